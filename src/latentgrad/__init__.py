@@ -5,6 +5,7 @@ estimators -> experiments. The public names of the lower layers are re-exported 
 """
 
 from . import distributions, estimators, mappings, structures
+from ._validation import set_default_validate_args, validate_args, validation_enabled
 from .diagnostics import GradientStats, gradient_stats
 from .estimators import Estimator, EstimatorOutput
 from .mappings import entmax15, entmax_bisect, softmax_pp, sparsemax, stick_breaking
@@ -23,10 +24,13 @@ __all__ = [
     "estimators",
     "gradient_stats",
     "mappings",
+    "set_default_validate_args",
     "softmax_pp",
     "sparsemap",
     "sparsemax",
     "stick_breaking",
     "structures",
     "topk_sparsemax",
+    "validate_args",
+    "validation_enabled",
 ]

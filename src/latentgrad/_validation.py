@@ -1,12 +1,56 @@
 """Input checks shared by every layer: one clear ValueError naming the argument.
 
-Each check costs at most one host-device sync (a single reduction, then one ``.item()``).
+Each value check costs at most one host-device sync (a single reduction, then one ``bool()``).
+Value checks (NaN, infinities, positivity) obey a global switch modeled on
+``torch.distributions.Distribution.set_default_validate_args``: ``set_default_validate_args(False)``
+or ``with validate_args(False):`` turns them off, so that no check forces a host-device
+synchronisation and ``torch.compile`` sees no data-dependent branch. Type, shape and dimension
+checks read only metadata and always run.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
+
+_VALIDATE = True
+
+
+def set_default_validate_args(value: bool) -> None:
+    """Turn the value checks of every latentgrad layer on (default) or off, globally.
+
+    Also sets ``torch.distributions.Distribution``'s default, so the distributions (ours and
+    torch's) follow the same switch. With checks off, bad values give undefined results (NaN)
+    instead of a ``ValueError``; use it once the model is known to be sound, for speed and
+    ``torch.compile``.
+    """
+    global _VALIDATE
+    if not isinstance(value, bool):
+        raise TypeError(f"value must be a bool, got {type(value).__name__}")
+    _VALIDATE = value
+    Distribution.set_default_validate_args(value)
+
+
+def validation_enabled() -> bool:
+    """Whether the value checks run (``set_default_validate_args``)."""
+    return _VALIDATE
+
+
+@contextlib.contextmanager
+def validate_args(value: bool) -> Iterator[None]:
+    """Context manager: value checks on/off inside the block, the previous setting restored after
+    (also torch.distributions' default)."""
+    previous, previous_torch = _VALIDATE, Distribution._validate_args
+    set_default_validate_args(value)
+    try:
+        yield
+    finally:
+        set_default_validate_args(previous)
+        Distribution.set_default_validate_args(previous_torch)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -41,20 +85,20 @@ def check_trailing_shape(x: Tensor, name: str, shape: tuple[int, ...]) -> None:
 
 def check_no_nan(x: Tensor, name: str) -> None:
     """Raise if any entry is NaN (one sync)."""
-    if x.numel() and bool(torch.isnan(x).any()):
+    if _VALIDATE and x.numel() and bool(torch.isnan(x).any()):
         raise ValueError(f"{name} contains NaN")
 
 
 def check_finite(x: Tensor, name: str) -> None:
     """Raise if any entry is NaN or +-inf (one sync)."""
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if _VALIDATE and x.numel() and not bool(torch.isfinite(x).all()):
         kind = "NaN" if bool(torch.isnan(x).any()) else "an infinite value"
         raise ValueError(f"{name} contains {kind}; expected finite values")
 
 
 def check_no_pos_inf(x: Tensor, name: str) -> None:
     """Raise if any entry is ``+inf`` (``-inf`` marks an excluded item and is allowed; one sync)."""
-    if x.numel() and bool((x == float("inf")).any()):
+    if _VALIDATE and x.numel() and bool((x == float("inf")).any()):
         raise ValueError(f"{name} contains +inf; expected finite values or -inf")
 
 
@@ -63,10 +107,11 @@ def checked_row_max(x: Tensor, name: str, dim: int = -1, shown_dim: int | None =
 
     A NaN, a ``+inf`` or an all ``-inf`` row makes its maximum non-finite, so one reduction checks
     all three; the error names ``shown_dim`` (default ``dim``), the caller's view of the axis.
-    ``-inf`` entries are allowed (they get probability zero).
+    ``-inf`` entries are allowed (they get probability zero). Unchecked (no sync) with
+    validation off.
     """
     row_max = x.amax(dim=dim)
-    if not bool(torch.isfinite(row_max).all()):
+    if _VALIDATE and not bool(torch.isfinite(row_max).all()):
         if bool(torch.isnan(row_max).any()):
             raise ValueError(f"{name} contains NaN")
         if bool((row_max == float("inf")).any()):
@@ -80,7 +125,7 @@ def checked_row_max(x: Tensor, name: str, dim: int = -1, shown_dim: int | None =
 
 def check_rows_valid(x: Tensor, name: str, dim: int = -1) -> None:
     """Scores along ``dim``: no NaN, no +inf, and at least one finite entry per row (one sync)."""
-    if x.numel():
+    if _VALIDATE and x.numel():
         checked_row_max(x, name, dim)
 
 
@@ -99,5 +144,6 @@ def check_positive_int(value: object, name: str) -> int:
 
 
 def check_positive(x: Tensor, name: str) -> None:
-    if x.numel() and not bool((x > 0).all()):
+    """Raise unless every entry is ``> 0`` (one sync)."""
+    if _VALIDATE and x.numel() and not bool((x > 0).all()):
         raise ValueError(f"{name} must be strictly positive")
