@@ -145,8 +145,10 @@ class NonEmptyFaces(Distribution):
         return ((2 * value - 1) * self.scores).sum(-1) - self.log_partition()
 
     def entropy(self) -> Tensor:
-        """H(P_F) (*batch,) = log Z − Σ_k (2 m_k − 1) s_k, exact in O(K)."""
-        return self.log_partition() - ((2 * self.marginals() - 1) * self.scores).sum(-1)
+        """H(P_F) (*batch,) = log Z − Σ_k (2 m_k − 1) s_k, exact in O(K); ≥ 0 (rounding clamped),
+        exactly 0 at K = 1 (one face)."""
+        h = self.log_partition() - ((2 * self.marginals() - 1) * self.scores).sum(-1)
+        return _nonnegative(h, one_point=self.num_categories == 1)
 
     def cross_entropy(self, other_scores: Tensor) -> Tensor:
         """−E_P[log Q(f)] for the Gibbs Q with scores t: log Z_t − Σ_k (2 m_k − 1) t_k."""
@@ -269,9 +271,10 @@ class MaxEntropyFaces(Distribution):
         return table.gather(-1, idx).squeeze(-1)
 
     def entropy(self) -> Tensor:
-        """H(Q) = −Σ_n Q(n)[log Q(n) − log C(K, n)], shape (*batch,)."""
+        """H(Q) = −Σ_n Q(n)[log Q(n) − log C(K, n)], shape (*batch,); ≥ 0, 0 at K = 1."""
         log_q = self.size_log_pmf()
-        return -(log_q.exp() * self._log_face_given_size(log_q)).sum(-1)
+        h = -(log_q.exp() * self._log_face_given_size(log_q)).sum(-1)
+        return _nonnegative(h, one_point=self.k == 1)
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """Draw n ~ Q, then a uniformly random face of size n, shape (*sample, *batch, K)."""
@@ -285,8 +288,13 @@ class MaxEntropyFaces(Distribution):
 
 @register_kl(NonEmptyFaces, NonEmptyFaces)
 def _kl_gibbs_gibbs(p: NonEmptyFaces, q: NonEmptyFaces) -> Tensor:
-    """KL = CE − H, both closed forms."""
-    return p.cross_entropy(q.scores) - p.entropy()
+    """KL = Σ_k (2 m_k − 1)(s_k − t_k) − log Z_s + log Z_t (m: marginals of p), in the form that
+    is exactly 0 where the scores coincide."""
+    _check_same_k(p.num_categories, q.num_categories)
+    t = q.scores.to(p.scores)
+    kl = (((2 * p.marginals() - 1) * (p.scores - t)).sum(-1) - p.log_partition()
+          + q.log_partition().to(p.scores))
+    return _nonnegative(kl, one_point=p.num_categories == 1)
 
 
 @register_kl(NonEmptyFaces, MaxEntropyFaces)
@@ -294,7 +302,8 @@ def _kl_gibbs_maxent(p: NonEmptyFaces, q: MaxEntropyFaces) -> Tensor:
     """KL = −H(P) − Σ_n P(n)[log Q(n) − log C(K, n)] (size pmf of P by the DP)."""
     _check_same_k(p.num_categories, q.k)
     p_size = p.size_log_pmf().exp()
-    return -p.entropy() - (p_size * q._log_face_given_size(p.scores)).sum(-1)
+    kl = -p.entropy() - (p_size * q._log_face_given_size(p.scores)).sum(-1)
+    return _nonnegative(kl, one_point=p.num_categories == 1)
 
 
 @register_kl(MaxEntropyFaces, NonEmptyFaces)
@@ -303,7 +312,8 @@ def _kl_maxent_gibbs(p: MaxEntropyFaces, q: NonEmptyFaces) -> Tensor:
     _check_same_k(p.k, q.num_categories)
     mean = p.mean.to(q.scores)
     entropy = p.entropy().to(q.scores)
-    return -entropy - ((2 * mean - 1) * q.scores).sum(-1) + q.log_partition()
+    kl = -entropy - ((2 * mean - 1) * q.scores).sum(-1) + q.log_partition()
+    return _nonnegative(kl, one_point=p.k == 1)
 
 
 @register_kl(MaxEntropyFaces, MaxEntropyFaces)
@@ -312,7 +322,13 @@ def _kl_maxent_maxent(p: MaxEntropyFaces, q: MaxEntropyFaces) -> Tensor:
     _check_same_k(p.k, q.k)
     log_p = p.size_log_pmf()
     log_q = q.size_log_pmf(log_p)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    return _nonnegative((log_p.exp() * (log_p - log_q)).sum(-1), one_point=p.k == 1)
+
+
+def _nonnegative(value: Tensor, one_point: bool) -> Tensor:
+    """A KL or discrete entropy, ≥ 0 by the math: rounding below 0 is clamped to 0, and the value
+    is exactly 0 on a one-point space (K = 1: the single face {1})."""
+    return value.clamp(0, 0) if one_point else value.clamp_min(0)
 
 
 def _check_same_k(k_p: int, k_q: int) -> None:

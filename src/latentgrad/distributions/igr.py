@@ -104,9 +104,11 @@ def check_truncation(eps: object, quantile: object) -> tuple[float, float]:
 
 
 def _gaussian_kl(mu_p: Tensor, sig_p: Tensor, mu_q: Tensor, sig_q: Tensor) -> Tensor:
-    """``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` of diagonal Gaussians, summed over the last dim."""
+    """``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` of diagonal Gaussians, summed over the last dim;
+    each coordinate's term ≥ 0 (rounding clamped), exactly 0 where the parameters coincide."""
     var_ratio = (sig_p / sig_q).pow(2)
-    return 0.5 * (var_ratio + ((mu_p - mu_q) / sig_q).pow(2) - 1 - var_ratio.log()).sum(dim=-1)
+    per_coord = var_ratio + ((mu_p - mu_q) / sig_q).pow(2) - 1 - var_ratio.log()
+    return 0.5 * per_coord.clamp_min(0).sum(dim=-1)
 
 
 def _noise_log_prob(eps: Tensor, scale: Tensor) -> Tensor:

@@ -365,27 +365,32 @@ class MixedUniform(Distribution):
 
 @register_kl(BinaryGaussianSparsemax, BinaryGaussianSparsemax)
 def _kl_bgs_bgs(p: BinaryGaussianSparsemax, q: BinaryGaussianSparsemax) -> Tensor:
-    """Masses Σ P log(P/Q) plus ∫_0^1 N_p log(N_p/N_q) in closed form (truncated moments of p)."""
+    """Masses Σ P log(P/Q) plus ∫_0^1 N_p log(N_p/N_q) in closed form (truncated moments of p),
+    written so that each term is exactly 0 where the parameters coincide; ≥ 0 (rounding clamped)."""
     masses = _mass_kl(p, q)
     z0, z1, z2 = p._truncated_moments()
     d = p.loc - q.loc
-    ratio = (p.scale**2 * z2 + 2 * p.scale * d * z1 + d * d * z0) / (2 * q.scale**2)
-    return masses + z0 * (q.scale.log() - p.scale.log()) - 0.5 * z2 + ratio
+    interior = (z0 * (q.scale.log() - p.scale.log()) + 0.5 * z2 * ((p.scale / q.scale)**2 - 1)
+                + (p.scale * d * z1 + 0.5 * d * d * z0) / q.scale**2)
+    return (masses + interior).clamp_min(0)
 
 
 @register_kl(HardConcrete, HardConcrete)
 def _kl_hc_hc(p: HardConcrete, q: HardConcrete) -> Tensor:
     """Masses Σ P log(P/Q) plus ∫_0^1 p log p − ∫_0^1 p log q, the latter by Gauss–Legendre in
-    p's logistic variable."""
+    p's logistic variable; ≥ 0 (rounding clamped), exactly 0 where the parameters coincide."""
     noise, weights = p._interior_nodes()
     cross = (weights * q.interior_log_prob(p._y_of_noise(noise))).sum(0)
-    return _mass_kl(p, q) - p._interior_entropy() - cross
+    kl = (_mass_kl(p, q) - p._interior_entropy() - cross).clamp_min(0)
+    same = (p.log_alpha == q.log_alpha) & (p.temperature == q.temperature) & (
+        p.stretch == q.stretch)
+    return torch.where(same, torch.zeros_like(kl), kl)
 
 
 @register_kl(_MixedUnitInterval, MixedUniform)
 def _kl_mixed_uniform(p: _MixedUnitInterval, q: MixedUniform) -> Tensor:
     """KL(p ‖ ⅓δ_0 + ⅓δ_1 + ⅓U) = log 3 − H⊕(p)."""
-    return math.log(3) - p.entropy()
+    return (math.log(3) - p.entropy()).clamp_min(0)
 
 
 def _mass_kl(p: _MixedUnitInterval, q: _MixedUnitInterval) -> Tensor:

@@ -51,19 +51,21 @@ def _dirichlet_entropy(alpha: Tensor, faces: Tensor, enumerated: bool = False) -
     """H(Dir(α_f)) = log B(α_f) + (α_0 − n)ψ(α_0) − Σ_{k∈f} (α_k − 1)ψ(α_k); 0 on vertices."""
     a0 = _over_faces(alpha, faces, enumerated)
     n = faces.sum(-1)
-    return (_over_faces(torch.lgamma(alpha) - (alpha - 1) * torch.digamma(alpha), faces,
-                        enumerated)
-            - torch.lgamma(a0) + (a0 - n) * torch.digamma(a0))
+    h = (_over_faces(torch.lgamma(alpha) - (alpha - 1) * torch.digamma(alpha), faces, enumerated)
+         - torch.lgamma(a0) + (a0 - n) * torch.digamma(a0))
+    return torch.where(n > 1, h, torch.zeros_like(h))  # a vertex is one point: exactly 0
 
 
 def _dirichlet_kl(alpha: Tensor, beta: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
     """KL(Dir(α_f) ‖ Dir(β_f)) = log Γ(α_0) − log Γ(β_0) + Σ_f [log Γ(β_k) − log Γ(α_k)
-    + (α_k − β_k)ψ(α_k)] − ψ(α_0) Σ_f (α_k − β_k); 0 on vertices."""
+    + (α_k − β_k)ψ(α_k)] − ψ(α_0) Σ_f (α_k − β_k); ≥ 0 (rounding clamped), exactly 0 on
+    vertices and where α_f = β_f."""
     a0, b0 = _over_faces(alpha, faces, enumerated), _over_faces(beta, faces, enumerated)
     diff = alpha - beta
     per_coord = torch.lgamma(beta) - torch.lgamma(alpha) + diff * torch.digamma(alpha)
-    return (torch.lgamma(a0) - torch.lgamma(b0) + _over_faces(per_coord, faces, enumerated)
-            - torch.digamma(a0) * _over_faces(diff, faces, enumerated))
+    kl = (torch.lgamma(a0) - torch.lgamma(b0) + _over_faces(per_coord, faces, enumerated)
+          - torch.digamma(a0) * _over_faces(diff, faces, enumerated))
+    return torch.where(faces.sum(-1) > 1, kl.clamp_min(0), torch.zeros_like(kl))
 
 
 def _enumerated_face_log_probs(faces_dist: Distribution, table: Tensor) -> Tensor:
@@ -217,7 +219,8 @@ class MixedDirichlet(Distribution):
         KL(Dir(α_f) ‖ Dir(β_f)); ``faces`` (S, *batch, K) as in ``entropy_sampled``."""
         if faces is None:
             faces = self.faces.sample((n_samples,))
-        return kl_divergence(self.faces, other.faces) + self.dirichlet_kl(other, faces).mean(0)
+        face_kl = kl_divergence(self.faces, other.faces).clamp_min(0)
+        return face_kl + self.dirichlet_kl(other, faces).mean(0)
 
 
 def _check_same_k(p: MixedDirichlet, q: MixedDirichlet) -> None:
@@ -234,4 +237,4 @@ def _kl_mixed_dirichlet(p: MixedDirichlet, q: MixedDirichlet) -> Tensor:
     table, probs = p._enumerated()
     kl_dir = _dirichlet_kl(p.concentration, q.concentration.to(p.concentration), table,
                            enumerated=True)
-    return kl_divergence(p.faces, q.faces).to(kl_dir) + (probs * kl_dir).sum(-1)
+    return kl_divergence(p.faces, q.faces).to(kl_dir).clamp_min(0) + (probs * kl_dir).sum(-1)

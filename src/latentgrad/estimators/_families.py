@@ -25,9 +25,10 @@ from ._checks import check_batched
 
 
 def masked_entropy(p: Tensor, dim: int = -1) -> Tensor:
-    """``H(p) = -sum_{p_z > 0} p_z log p_z`` along ``dim``; zeros are masked before the log."""
+    """``H(p) = -sum_{p_z > 0} p_z log p_z`` along ``dim``; zeros are masked before the log.
+    ``H ≥ 0``: a value that rounding puts below 0 (a mass of 1 + ulp) is returned as 0."""
     logp = torch.where(p > 0, p, torch.ones_like(p)).log()
-    return -(p * logp).sum(dim)
+    return (-(p * logp).sum(dim)).clamp_min(0)
 
 
 def gumbel_argmax(logits: Tensor, n: int) -> Tensor:
@@ -89,7 +90,7 @@ class BernoulliFamily:
         """Sum of binary entropies ``softplus(t_i) - t_i sigmoid(t_i)`` (0 for ``t_i = -inf``)."""
         off = scores == float("-inf")
         t = torch.where(off, torch.zeros_like(scores), scores)
-        h = F.softplus(t) - t * torch.sigmoid(t)
+        h = (F.softplus(t) - t * torch.sigmoid(t)).clamp_min(0)  # >= 0; rounding clamped
         return torch.where(off, torch.zeros_like(h), h).sum(-1)
 
 

@@ -124,8 +124,10 @@ class Structure(abc.ABC):
 
         Differentiable in ``scores`` (through ``marginals``, built with ``create_graph`` when the
         scores require grad); excluded (``-inf``) items have ``μ = 0`` and contribute 0.
+        ``H ≥ 0``: a value that rounding puts below 0 is returned as 0.
         """
-        return self.log_partition(scores) - self.score(scores, self.marginals(scores))
+        entropy = self.log_partition(scores) - self.score(scores, self.marginals(scores))
+        return entropy.clamp_min(0)
 
     @abc.abstractmethod
     def enumerate(self) -> Tensor:
