@@ -302,7 +302,7 @@ def test_softmax_loss_is_the_exact_expected_receiver_nll(monkeypatch) -> None:
     _counting(model, calls, monkeypatch)
     scores = model.sender(x)
     emb = model.receiver.game_tables(cands)
-    out = model._estimate(scores, cands, model.game_loss_fn(emb, label))
+    out = model.estimate(scores, model.game_loss_fn(emb, label), cands)
     b, v = scores.shape
     assert calls == [b * v]  # one receiver call over all (game, message) pairs
     # brute force: every message, one game at a time

@@ -28,6 +28,7 @@ class EstimatorSpec:
     mapping: str = "softmax"
     description: str = ""
     needs_baseline_input: bool = False
+    exact: bool = False
 
 
 def _softmax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
@@ -104,10 +105,10 @@ def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: in
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
     "softmax": EstimatorSpec(
-        _softmax, "softmax", "exact marginalization, p = softmax (K decoder calls)"
+        _softmax, "softmax", "exact marginalization, p = softmax (K decoder calls)", exact=True
     ),
     "sparsemax": EstimatorSpec(
-        _sparsemax, "sparsemax", "exact marginalization over supp sparsemax"
+        _sparsemax, "sparsemax", "exact marginalization over supp sparsemax", exact=True
     ),
     "sfe": EstimatorSpec(_sfe, "softmax", "score function, running-mean baseline"),
     "sfe_plus": EstimatorSpec(

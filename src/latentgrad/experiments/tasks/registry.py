@@ -1,6 +1,7 @@
 """Task registry: a task is one module of ``experiments.tasks`` exposing ``Config`` (its dataclass
 schema), ``build_run(config_dict, run_dir) -> (LightningModule, LightningDataModule)``,
-``REPORT_METRICS`` and ``CURVE_METRICS``; its YAML lives in ``experiments/configs/<task>.yaml``."""
+``REPORT_METRICS`` and ``CURVE_METRICS``; its YAML lives in ``experiments/configs/<task>.yaml``.
+``experiments.tasks.base`` is the skeleton tasks are built on (its docstring: how to add one)."""
 
 from __future__ import annotations
 

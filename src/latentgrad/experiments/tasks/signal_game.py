@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -57,14 +56,7 @@ from latentgrad.experiments.data.signal_game import (
     sample_games,
     synthetic_concepts,
 )
-from latentgrad.experiments.estimators import estimator_spec
-from latentgrad.experiments.schema import EstimatorConfig, TrainerConfig
-from latentgrad.experiments.tasks._common import (
-    mean_decoder_calls,
-    record_estimator_step,
-    register_decoder_calls,
-    step_temperature_schedules,
-)
+from latentgrad.experiments.tasks.base import LatentTask, TaskConfig, categorical_mode
 
 SOURCES = ("synthetic", "lazaridou")
 LOSSES = ("nll", "zero_one")
@@ -142,29 +134,14 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-
-    def validate(self) -> None:
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-
-
-@dataclass
-class SignalGameConfig:
+class SignalGameConfig(TaskConfig):
     task: str = "signal_game"
     estimator: str = "sparsemax"
-    seed: int = 0
-    profile: str = "full"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    estimator_args: EstimatorConfig = field(default_factory=EstimatorConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> None:
-        estimator_spec(self.estimator)
+        super().validate()
         require(
             self.model.loss == "nll" or self.estimator in ZERO_ONE_ESTIMATORS,
             "model.loss",
@@ -316,32 +293,27 @@ class CandidateAverage(nn.Module):
 # ---------------------------------------------------------------------------------------- model
 
 
-class SignalGame(L.LightningModule):
+class SignalGame(LatentTask):
     """Sender, receiver and estimator; ``config`` is the resolved config as a plain dict."""
 
+    config_class = SignalGameConfig
+
     def __init__(self, config: dict, feature_dim: int, run_dir: str | None = None) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": config, "feature_dim": feature_dim})
-        cfg = build(SignalGameConfig, config)
-        self.cfg = cfg
+        super().__init__(config, run_dir, feature_dim=feature_dim)
+        cfg = self.cfg
         m = cfg.model
-        spec = estimator_spec(cfg.estimator)
-        self.needs_baseline_input = spec.needs_baseline_input
         self.sender = Sender(
             feature_dim, m.hidden_dim, m.scalar_net_width, m.vocab_size, m.sender_temperature
         )
         self.receiver = Receiver(feature_dim, m.vocab_size, m.embedding_dim)
-        self.estimator = spec.factory(cfg.estimator_args, m.vocab_size, feature_dim)
-        if spec.needs_baseline_input:
+        self.estimator = self.make_estimator(m.vocab_size, feature_dim)
+        if self.spec.needs_baseline_input:
             self.estimator.baseline_net = CandidateAverage(self.estimator.baseline_net)
         self.zero_one = m.loss == "zero_one"
         # the stochastic receiver's choice is a categorical latent over the G candidates
         self.receiver_estimator = (
-            spec.factory(cfg.estimator_args, cfg.data.game_size, feature_dim)
-            if self.zero_one
-            else None
+            self.make_estimator(cfg.data.game_size, feature_dim) if self.zero_one else None
         )
-        register_decoder_calls(self)
         self._nonzeros: list[Tensor] = []
 
     # ---- the game's losses (no estimator math here)
@@ -383,10 +355,6 @@ class SignalGame(L.LightningModule):
 
         return loss_fn
 
-    def _estimate(self, scores: Tensor, candidates: Tensor, loss_fn: LossFn) -> EstimatorOutput:
-        kwargs = {"baseline_input": candidates} if self.needs_baseline_input else {}
-        return self.estimator(scores, loss_fn, **kwargs)
-
     @torch.no_grad()
     def evaluate(self, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
         """Per-batch means of every evaluation reading (module docstring)."""
@@ -394,10 +362,9 @@ class SignalGame(L.LightningModule):
         scores = self.sender(x)
         tables = self.receiver.game_tables(candidates)
         rows = torch.arange(x.shape[0], device=x.device)
-        mode = F.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
-        logp = self.receiver(tables, mode, rows)
+        logp = self.receiver(tables, categorical_mode(scores), rows)
         self._nonzeros.clear()
-        out = self._estimate(scores, candidates, self.reference_loss_fn(tables, label))
+        out = self.estimate(scores, self.reference_loss_fn(tables, label), candidates)
         return {
             "acc": (logp.argmax(-1) == label).to(x.dtype).mean(),
             "nll": -logp.gather(1, label.unsqueeze(1)).mean(),
@@ -413,19 +380,15 @@ class SignalGame(L.LightningModule):
         scores = self.sender(x)
         tables = self.receiver.game_tables(candidates)
         self._nonzeros.clear()
-        out = self._estimate(scores, candidates, self.game_loss_fn(tables, label))
+        out = self.estimate(scores, self.game_loss_fn(tables, label), candidates)
         self.log_dict(
             {
                 "train/loss": out.loss.detach(),
-                **record_estimator_step(self, out),
+                **self.record_step(out),
                 "train/nonzeros": torch.stack(self._nonzeros).mean(),
             }
         )
         return out.loss
-
-    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        for tau in step_temperature_schedules(self.estimator):
-            self.log("train/temperature", tau.float())
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         stats = self.evaluate(batch)
@@ -436,15 +399,6 @@ class SignalGame(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         for key, value in self.evaluate(batch).items():
             self.log(f"test/{key}", value)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
-            self.parameters(), lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay
-        )
-
-    def summary(self) -> dict[str, float]:
-        """Run-level numbers for ``metrics.json`` beyond the logged test metrics."""
-        return {"decoder_calls": mean_decoder_calls(self)}
 
 
 def build_run(config: dict, run_dir: str | None) -> tuple[SignalGame, SignalGameData]:

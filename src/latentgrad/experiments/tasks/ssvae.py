@@ -46,15 +46,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.digits import load_digits
 from latentgrad.experiments.data.idx import IDX_DATASETS, load_idx_dataset
-from latentgrad.experiments.estimators import estimator_spec, mlp
+from latentgrad.experiments.estimators import mlp
 from latentgrad.experiments.losses import sparsemax_loss
-from latentgrad.experiments.schema import EstimatorConfig, TrainerConfig
-from latentgrad.experiments.tasks._common import (
-    mean_decoder_calls,
-    record_estimator_step,
-    register_decoder_calls,
-    step_temperature_schedules,
-)
+from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
 
 # train-split sizes of the datasets (digits has no separate test split: it is carved out first)
 TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "digits": 1797}
@@ -128,17 +122,18 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-3
+class SSVAEOptimConfig(OptimConfig):
+    """Adam settings of the main phase, plus the labelled-only warm start and the weight of the
+    unlabelled term."""
+
     weight_decay: float = 1e-5
     warmstart_epochs: int = 100
     warmstart_lr: float = 1e-3
     unlabelled_weight: float = 9.0
 
     def validate(self) -> None:
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        super().validate()
         require(self.warmstart_lr > 0, "warmstart_lr", f"must be > 0, got {self.warmstart_lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(
             self.warmstart_epochs >= 0,
             "warmstart_epochs",
@@ -148,20 +143,16 @@ class OptimConfig:
 
 
 @dataclass
-class SSVAEConfig:
+class SSVAEConfig(TaskConfig):
     task: str = "ssvae"
     estimator: str = "softmax"
-    seed: int = 0
-    profile: str = "full"
     eval_test_every_epoch: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    estimator_args: EstimatorConfig = field(default_factory=EstimatorConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: SSVAEOptimConfig = field(default_factory=SSVAEOptimConfig)
 
     def validate(self) -> None:
-        estimator_spec(self.estimator)
+        super().validate()
         require(
             self.optim.warmstart_epochs < self.trainer.max_epochs,
             "optim.warmstart_epochs",
@@ -287,24 +278,20 @@ class SSVAEData(L.LightningDataModule):
 # ---------------------------------------------------------------------------------------- model
 
 
-class SSVAE(L.LightningModule):
+class SSVAE(LatentTask):
     """The semi-supervised VAE; ``config`` is the resolved config as a plain dict (checkpointed)."""
 
+    config_class = SSVAEConfig
+
     def __init__(self, config: dict, input_dim: int, run_dir: str | None = None) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": config, "input_dim": input_dim})
-        cfg = build(SSVAEConfig, config)
-        self.cfg = cfg
-        self.run_dir = run_dir
-        spec = estimator_spec(cfg.estimator)
-        self.mapping = spec.mapping
-        self.needs_baseline_input = spec.needs_baseline_input
+        super().__init__(config, run_dir, input_dim=input_dim)
+        cfg = self.cfg
+        self.mapping = self.spec.mapping
         k, m, d = NUM_CLASSES, cfg.model.latent_dim, input_dim
         self.classifier = mlp([d, *cfg.model.classifier_hidden, k])
         self.encoder = mlp([d + k, *cfg.model.encoder_hidden, 2 * m])
         self.decoder = mlp([m + k, *cfg.model.decoder_hidden, d])
-        self.estimator = spec.factory(cfg.estimator_args, k, d)
-        register_decoder_calls(self)
+        self.estimator = self.make_estimator(k, d)
         self.register_buffer("warmstart_best_acc", torch.full((), -1.0, dtype=torch.float64))
         self.register_buffer("warmstart_best_epoch", torch.full((), -1, dtype=torch.long))
         self.register_buffer("warmstart_done", torch.zeros((), dtype=torch.bool))
@@ -368,10 +355,7 @@ class SSVAE(L.LightningModule):
             return lab
         (xu,) = batch["unlabelled"]
         xu = torch.bernoulli(xu)
-        kwargs = {"baseline_input": xu} if self.needs_baseline_input else {}
-        out = self.estimator(
-            self.classifier(xu), lambda z, rows: self.loss_u(xu[rows], z), **kwargs
-        )
+        out = self.estimate(self.classifier(xu), lambda z, rows: self.loss_u(xu[rows], z), xu)
         loss = lab + self.cfg.optim.unlabelled_weight * out.loss
         logs = {
             f"train/{k}": v for k, v in out.logs.items() if k not in ("support_size", "entropy")
@@ -381,17 +365,16 @@ class SSVAE(L.LightningModule):
                 "train/loss": loss,
                 "train/labelled": lab,
                 "train/unlabelled": out.loss,
-                **record_estimator_step(self, out),
+                **self.record_step(out),
             }
         )
         self.log_dict(logs)
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
-    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """Advance the estimator's temperature schedules (methods.md §5.3) once per main step."""
-        if not self.in_warmstart:
-            step_temperature_schedules(self.estimator)
+    def schedules_running(self) -> bool:
+        """Temperatures advance once per main-phase step (the warm start has no estimator)."""
+        return not self.in_warmstart
 
     def validation_step(self, batch: tuple, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
@@ -426,6 +409,7 @@ class SSVAE(L.LightningModule):
             self._best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         if self.in_warmstart or bool(self.warmstart_done):
             return
         if self.cfg.optim.warmstart_epochs > 0 and self._best_state is not None:
@@ -467,7 +451,7 @@ class SSVAE(L.LightningModule):
 
     def summary(self) -> dict[str, float]:
         """Run-level numbers for ``metrics.json`` beyond the logged test metrics."""
-        out = {"decoder_calls": mean_decoder_calls(self)}
+        out = super().summary()
         if self.cfg.optim.warmstart_epochs > 0:
             out["warmstart_best_epoch"] = int(self.warmstart_best_epoch)
             out["warmstart_val_acc"] = float(self.warmstart_best_acc)

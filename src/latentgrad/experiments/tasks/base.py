@@ -1,0 +1,217 @@
+"""The task skeleton: what every experiment task shares, so a task file holds only its data, model
+and loss.
+
+A new task ``foo`` is
+
+1. ``Config``: a dataclass subclassing ``TaskConfig`` that sets ``task = "foo"`` and a default
+   ``estimator`` and adds its own ``data`` and ``model`` sections (and, when it needs more
+   optimiser settings, an ``optim`` section subclassing ``OptimConfig``). ``TaskConfig`` holds the
+   run identity (``task``, ``estimator``, ``seed``, ``profile``), ``optim`` (Adam ``lr``,
+   ``weight_decay``), ``estimator_args`` and ``trainer``, and checks the estimator name.
+2. a ``LightningDataModule`` for its data;
+3. a ``LatentTask`` subclass with the model: its encoder produces the estimator's ``scores``, its
+   ``loss_fn(z, rows)`` is the decoder's loss of latent values ``z`` for examples ``rows``, and its
+   Lightning hooks call the helpers below;
+4. ``build_run(config, run_dir) -> (module, datamodule)``, ``REPORT_METRICS`` (metric ->
+   (label, higher is better)) and ``CURVE_METRICS`` for the report, and a line in
+   ``tasks.registry.TASKS`` and ``configs/foo.yaml``.
+
+``LatentTask`` provides:
+
+- estimator construction from the registry (``self.spec``, ``self.estimator``) and
+  ``estimate(scores, loss_fn, baseline_input)``, which passes ``baseline_input`` only to
+  estimators that take one (NVIL);
+- decoder-call accounting: ``record_step(out)`` adds a training step's ``support_size`` to the
+  checkpointed totals and the epoch's list, returns the step's estimator logs; at each epoch end
+  the median and quartiles of the epoch's decoder calls per example are logged
+  (``train/decoder_calls_median``, ``_q25``, ``_q75``); ``summary()`` gives the run's mean;
+- one step of the estimator's temperature schedules per optimisation step;
+- the three test-time readings (``readings``): ``mode`` (the loss at the most probable latent:
+  ``mode_latent``, by default the argmax one-hot of categorical scores), and the estimator
+  called in eval mode, whose ``expected_loss`` is the ``expected`` reading for exact
+  marginalization (the exact expectation over the support) and the ``sample`` reading (a fresh
+  draw) for every other estimator;
+- ``configure_optimizers``: Adam over all parameters with ``optim.lr`` and ``optim.weight_decay``.
+
+Importance-sampled likelihoods live in ``tasks.likelihood``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from latentgrad.estimators.base import EstimatorOutput, LossFn
+from latentgrad.estimators.schedules import TemperatureSchedule
+from latentgrad.experiments.config import build, require
+from latentgrad.experiments.estimators import ESTIMATORS, estimator_spec
+from latentgrad.experiments.schema import EstimatorConfig, TrainerConfig
+
+QUANTILES = {"q25": 0.25, "median": 0.5, "q75": 0.75}
+
+
+@dataclass
+class OptimConfig:
+    """Adam settings of the run."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class TaskConfig:
+    """The sections every task has; a task's ``Config`` subclasses it (module docstring)."""
+
+    task: str = ""
+    estimator: str = ""
+    seed: int = 0
+    profile: str = "full"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    estimator_args: EstimatorConfig = field(default_factory=EstimatorConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        known = ", ".join(ESTIMATORS)
+        require(self.estimator in ESTIMATORS, "estimator", f"must be one of {known}, got "
+                f"{self.estimator!r}")
+
+
+def step_temperature_schedules(estimator: nn.Module) -> list[Tensor]:
+    """Advance every ``TemperatureSchedule`` inside ``estimator`` by one step; return their new
+    temperatures (scalars), in module order."""
+    taus = []
+    for module in estimator.modules():
+        if isinstance(module, TemperatureSchedule):
+            module.step()
+            taus.append(module())
+    return taus
+
+
+def categorical_mode(scores: Tensor) -> Tensor:
+    """The most probable category of scores ``(B, K)`` as one-hot rows ``(B, K)``."""
+    return torch.nn.functional.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
+
+
+class LatentTask(L.LightningModule):
+    """A LightningModule with one estimator-trained latent (module docstring).
+
+    ``config`` is the resolved config as a plain dict (checkpointed with ``dims``, the data-derived
+    sizes the model needs); ``self.cfg`` is the built ``config_class``.
+    """
+
+    config_class: type[TaskConfig] = TaskConfig
+
+    def __init__(self, config: dict, run_dir: str | None = None, **dims: Any) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config, **dims})
+        self.cfg = build(self.config_class, config)
+        self.run_dir = run_dir
+        self.spec = estimator_spec(self.cfg.estimator)
+        self.register_buffer("decoder_calls_sum", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("decoder_calls_count", torch.zeros((), dtype=torch.float64))
+        self._epoch_calls: list[Tensor] = []
+
+    # ---- estimator
+
+    def make_estimator(self, num_classes: int, features_dim: int, **kwargs: Any) -> nn.Module:
+        """The configured estimator for a latent of ``num_classes`` categories (or bits), with an
+        NVIL baseline on ``features_dim`` inputs; ``kwargs`` go to the registry factory."""
+        return self.spec.factory(self.cfg.estimator_args, num_classes, features_dim, **kwargs)
+
+    def estimate(
+        self, scores: Any, loss_fn: LossFn, baseline_input: Tensor | None = None
+    ) -> EstimatorOutput:
+        """``self.estimator(scores, loss_fn)``, with ``baseline_input`` for estimators that
+        take one."""
+        if self.spec.needs_baseline_input:
+            return self.estimator(scores, loss_fn, baseline_input=baseline_input)
+        return self.estimator(scores, loss_fn)
+
+    # ---- decoder calls
+
+    def record_step(self, out: EstimatorOutput) -> dict[str, Tensor]:
+        """Add a training step's decoder calls (``out.support_size`` (B,)) to the run's totals
+        and the epoch's list; return the step's estimator logs (mean expected loss, entropy,
+        decoder calls)."""
+        calls = out.support_size.detach().to(torch.float64)
+        self.decoder_calls_sum += calls.sum()
+        self.decoder_calls_count += calls.numel()
+        self._epoch_calls.append(calls.cpu())
+        return {
+            "train/expected_loss": out.expected_loss.mean(),
+            "train/entropy": out.entropy.mean(),
+            "train/decoder_calls": calls.mean().float(),
+        }
+
+    def epoch_call_quantiles(self) -> dict[str, float]:
+        """Median and quartiles of the decoder calls per example recorded this epoch."""
+        if not self._epoch_calls:
+            return {}
+        calls = torch.cat(self._epoch_calls)
+        return {name: float(calls.quantile(q)) for name, q in QUANTILES.items()}
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_calls = []
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.epoch_call_quantiles().items():
+            self.log(f"train/decoder_calls_{name}", value)
+
+    def mean_decoder_calls(self) -> float:
+        """Decoder calls per example over all recorded steps (NaN before the first one)."""
+        count = float(self.decoder_calls_count)
+        return float(self.decoder_calls_sum) / count if count else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        """Run-level numbers for ``metrics.json`` beyond the logged test metrics."""
+        return {"decoder_calls": self.mean_decoder_calls()}
+
+    # ---- schedules
+
+    def schedules_running(self) -> bool:
+        """Whether this optimisation step advances the temperature schedules (override to pause
+        them, e.g. during a warm start that does not use the estimator)."""
+        return True
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        """Advance the estimator's temperature schedules once per optimisation step."""
+        if self.schedules_running():
+            for tau in step_temperature_schedules(self.estimator):
+                self.log("train/temperature", tau.float())
+
+    # ---- test-time readings
+
+    def mode_latent(self, scores: Any) -> Tensor:
+        """The most probable latent value of each example (default: categorical argmax)."""
+        return categorical_mode(scores)
+
+    @property
+    def estimator_reading(self) -> str:
+        """``expected`` for exact marginalization, ``sample`` for every other estimator."""
+        return "expected" if self.spec.exact else "sample"
+
+    @torch.no_grad()
+    def readings(
+        self, scores: Any, loss_fn: LossFn, baseline_input: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], EstimatorOutput]:
+        """Per-example ``(B,)`` losses of the ``mode`` reading and of the estimator's reading
+        (``estimator_reading``), and the estimator's output (its ``support_size`` is the
+        test-time decoder calls). Call in eval mode."""
+        z = self.mode_latent(scores)
+        rows = torch.arange(z.shape[0], device=z.device)
+        out = self.estimate(scores, loss_fn, baseline_input)
+        return {"mode": loss_fn(z, rows), self.estimator_reading: out.expected_loss}, out
+
+    # ---- optimiser
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optim = self.cfg.optim
+        return torch.optim.Adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
