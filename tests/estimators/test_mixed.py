@@ -227,7 +227,9 @@ def test_bad_arguments_raise():
     est = MixedDirichletEstimator()
     loss_fn = CountingLoss(torch.ones(3))
     with pytest.raises(TypeError, match="tuple"):
-        est(torch.zeros(2, 3), loss_fn)
+        est([torch.zeros(2, 3)], loss_fn)
+    with pytest.raises(ValueError, match=r"\(B, \*latent, 2, K\)"):
+        est(torch.zeros(2, 3, 4), loss_fn)
     with pytest.raises(ValueError, match="concentration"):
         est((torch.zeros(2, 3), torch.zeros(2, 3)), loss_fn)
     with pytest.raises(ValueError, match="same shape"):

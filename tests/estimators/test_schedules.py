@@ -141,3 +141,66 @@ def test_as_schedule_wraps_floats_and_passes_schedules_through():
 def test_bad_configuration_raises(factory, match):
     with pytest.raises(ValueError, match=match):
         factory()
+
+
+# ------------------------------------------------------------------ advancing with the optimizer
+
+
+def _step_with(est, optimizer, train=True, grad=True, manual=None):
+    est.train(train)
+    with torch.set_grad_enabled(grad):
+        tau = est.temperature()
+    if manual == "before":
+        est.temperature.step()
+    optimizer.step()
+    if manual == "after":
+        est.temperature.step()
+    return tau
+
+
+def _gumbel(auto_step=True):
+    from latentgrad.estimators import GumbelSoftmax
+
+    return GumbelSoftmax(ExponentialDecay(1.0, 0.5, every=1, floor=0.01, auto_step=auto_step))
+
+
+def _optimizer():
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def test_a_schedule_advances_once_per_optimizer_step_that_followed_a_training_call():
+    est, opt = _gumbel(), _optimizer()
+    for _ in range(3):
+        _step_with(est, opt)
+    assert int(est.temperature.num_steps) == 3
+    est.temperature()  # two calls (gradient accumulation), one optimizer step: one advance
+    est.temperature()
+    opt.step()
+    assert int(est.temperature.num_steps) == 4
+    opt.step()  # not used since the last step: no advance
+    assert int(est.temperature.num_steps) == 4
+
+
+@pytest.mark.parametrize(("train", "grad"), [(False, True), (True, False)])
+def test_eval_mode_and_no_grad_calls_do_not_advance(train, grad):
+    est, opt = _gumbel(), _optimizer()
+    _step_with(est, opt, train=train, grad=grad)
+    assert int(est.temperature.num_steps) == 0
+
+
+@pytest.mark.parametrize("manual", ["before", "after"])
+def test_loops_that_step_by_hand_keep_the_same_schedule(manual):
+    est, opt = _gumbel(), _optimizer()
+    for _ in range(3):
+        _step_with(est, opt, manual=manual)
+    assert int(est.temperature.num_steps) == 3
+
+
+def test_auto_step_false_leaves_stepping_to_the_caller():
+    est, opt = _gumbel(auto_step=False), _optimizer()
+    _step_with(est, opt)
+    assert int(est.temperature.num_steps) == 0
+    _step_with(est, opt, manual="after")
+    assert int(est.temperature.num_steps) == 1
+    with pytest.raises(TypeError, match="auto_step"):
+        ExponentialDecay(1.0, 0.5, auto_step=1)

@@ -75,12 +75,41 @@ def sum_latent(x: Tensor, batch_dims: int = 1) -> Tensor:
     return x.flatten(batch_dims).sum(-1) if x.dim() > batch_dims else x
 
 
+def check_latent_shape(latent_shape: object, min_dim: int = 1) -> tuple[int, ...]:
+    """Require a tuple of at least ``min_dim`` positive ints (the latent shape of one example)."""
+    shape = tuple(latent_shape) if isinstance(latent_shape, (tuple, list, torch.Size)) else None
+    if (
+        shape is None
+        or len(shape) < min_dim
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape)
+    ):
+        raise ValueError(
+            f"latent_shape must be a tuple of at least {min_dim} positive int(s), e.g. (L, K) for "
+            f"L variables with K categories, got {latent_shape!r}"
+        )
+    return shape
+
+
 class Estimator(nn.Module):
-    """Base class: subclasses implement ``forward(scores, loss_fn) -> EstimatorOutput``."""
+    """Base class: subclasses implement ``forward(scores, loss_fn) -> EstimatorOutput``.
+
+    ``score_shape(latent_shape)`` says how many score units one example needs, so an encoder head
+    is sized the same way for every estimator::
+
+        head = torch.nn.Linear(hidden, math.prod(est.score_shape(latent_shape)))
+        scores = head(h).view(-1, *est.score_shape(latent_shape))
+    """
 
     def __init__(self, entropy_coeff: float = 0.0) -> None:
         super().__init__()
         self.entropy_coeff = float(entropy_coeff)
+
+    def score_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one example's scores for latents of shape ``latent_shape``: ``(*latent, K)``
+        for L categorical variables of K categories (or bits), ``(*latent, *structure.score_shape)``
+        for structures; the scores are ``(B, *score_shape)``. Default: the latent shape itself
+        (one score per category, bit or structure part)."""
+        return check_latent_shape(latent_shape)
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:  # pragma: no cover
         raise NotImplementedError

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
@@ -34,6 +35,7 @@ from .base import (
     EstimatorOutput,
     LossFn,
     call_loss_fn,
+    check_latent_shape,
     fixed_support_output,
     sum_latent,
 )
@@ -180,7 +182,9 @@ class MixedDirichletEstimator(Estimator):
             ``history`` training steps) (the paper's optional standardisation; running state in
             buffers, updated in training mode only).
 
-    ``scores``: a tuple (face_scores, concentration), both (B, *latent, K); ``z``:
+    ``scores``: one tensor (B, *latent, 2, K) (``score_shape((*latent, K))``): face scores
+    ``[..., 0, :]`` and concentration pre-activations ``[..., 1, :]``, α = softplus(·); or a tuple
+    (face_scores, concentration), both (B, *latent, K), α given directly. ``z``:
     (B·S', *latent, K) points of the simplex with exact zeros off the sampled faces.
     ``entropy`` (B,): H(q_F) (exact) + H(Dir(α_f)) averaged over the S sampled faces (or exact
     with ``exact_regularizer``), summed over latent variables.
@@ -218,10 +222,23 @@ class MixedDirichletEstimator(Estimator):
         var = (((history - mean) * filled) ** 2).sum() / (n - 1).clamp(min=1)
         return var.sqrt().clamp(min=1.0).to(batch_mean.dtype)
 
+    def score_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(*latent, K)`` -> ``(*latent, 2, K)``: face scores and concentrations per variable."""
+        *latent, k = check_latent_shape(latent_shape)
+        return (*latent, 2, k)
+
     def _check(self, scores: object) -> tuple[Tensor, Tensor]:
+        if isinstance(scores, Tensor):
+            x = _check_input(scores, "scores", 3)
+            if x.shape[-2] != 2:
+                raise ValueError("scores must have shape (B, *latent, 2, K): [..., 0, :] face "
+                                 "scores, [..., 1, :] concentrations before softplus; got shape "
+                                 f"{tuple(x.shape)}")
+            face_scores, raw = x.unbind(-2)
+            scores = (face_scores, F.softplus(raw))
         if not (isinstance(scores, tuple) and len(scores) == 2):
-            raise TypeError("scores must be a tuple (face_scores, concentration), got "
-                            f"{type(scores).__name__}")
+            raise TypeError("scores must be a tensor (B, *latent, 2, K) or a tuple (face_scores, "
+                            f"concentration), got {type(scores).__name__}")
         face_scores = _check_input(scores[0], "scores[0] (face_scores)", 2)
         concentration = _check_input(scores[1], "scores[1] (concentration)", 2)
         check_positive(concentration, "scores[1] (concentration)")
@@ -246,7 +263,7 @@ class MixedDirichletEstimator(Estimator):
             kl_at_faces = q.dirichlet_kl(self.prior, faces)
         return q.faces.entropy(), q.dirichlet_entropy(faces), kl, kl_at_faces
 
-    def forward(self, scores: tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
+    def forward(self, scores: Tensor | tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
         face_scores, concentration = self._check(scores)
         q = MixedDirichlet(NonEmptyFaces(face_scores, validate_args=False), concentration,
                            validate_args=False)

@@ -48,7 +48,7 @@ from ..structures.categorical import Categorical
 from ._checks import check_min_batched
 from ._families import BernoulliFamily, masked_entropy
 from ._one_sample import one_sample_output
-from .base import Estimator, EstimatorOutput, LossFn
+from .base import Estimator, EstimatorOutput, LossFn, check_latent_shape
 from .schedules import TemperatureSchedule, as_schedule
 
 
@@ -261,6 +261,13 @@ class IGREstimator(Estimator):
             self.flows.extend(
                 PlanarFlow(num_categories - 1, tuple(latent_shape)) for _ in range(num_flows)
             )
+
+    def score_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(*latent, K)`` -> ``(*latent, 2, K − 1)``: location and log-scale per variable."""
+        *latent, k = check_latent_shape(latent_shape)
+        if k < 2:
+            raise ValueError(f"IGR needs K >= 2 categories, got latent_shape {latent_shape!r}")
+        return (*latent, 2, k - 1)
 
     def _register_prior(self, prior: object) -> str | None:
         if prior is None:

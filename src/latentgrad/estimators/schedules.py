@@ -6,16 +6,25 @@ in checkpoints with ``state_dict``. The configured initial temperature is a cons
 is never overwritten; a learnable temperature is its own schedule (``Learnable``), not a decay
 applied to a parameter.
 
-The training loop calls ``schedule.step()`` once per optimisation step.
+Schedules advance by themselves: a call in training mode with gradients enabled marks the
+schedule as used, and the next ``step()`` of ANY ``torch.optim`` optimizer (a global post-step
+hook, so Lightning, accelerate and hand-written loops alike) advances every marked schedule once.
+So the temperature follows the optimisation steps that used it, gradient accumulation included,
+and is never silently frozen. A loop written for manual stepping keeps the same schedule: an
+explicit ``step()`` right after an optimizer step that already advanced the schedule is a no-op,
+and one before it takes the place of the automatic advance. ``auto_step=False`` leaves stepping
+to the caller.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .._validation import check_positive_int
 
@@ -29,18 +38,59 @@ def _check_positive_float(value: object, name: str) -> float:
     return value
 
 
+_AUTO_STEPPED: weakref.WeakSet[TemperatureSchedule] = weakref.WeakSet()
+_HOOK: list[object] = []
+
+
+def _advance_used_schedules(optimizer: object, args: object, kwargs: object) -> None:
+    """Optimizer post-step hook: advance every auto-stepped schedule used since the last step."""
+    for schedule in list(_AUTO_STEPPED):
+        if schedule.used_since_step:
+            schedule.used_since_step = False
+            schedule.advance()
+            schedule.advanced_by_optimizer = True
+
+
 class TemperatureSchedule(nn.Module):
     """Base class: ``schedule()`` -> current temperature (0-dim tensor), ``step()`` advances it.
 
     Fixed schedules return float64 (cast by the caller to its working dtype and device); a learnable
-    one returns its parameter's dtype with the gradient attached.
+    one returns its parameter's dtype with the gradient attached. Subclasses with state register
+    with ``auto_step`` (module docstring) and call ``mark_used()`` in ``forward``.
     """
+
+    used_since_step = False
+    advanced_by_optimizer = False
 
     def forward(self) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def advance(self) -> None:
+        """Move the state one optimisation step on (no-op for schedules without state)."""
+
     def step(self) -> None:
-        """Advance by one optimisation step (no-op for schedules without state)."""
+        """Advance by one optimisation step, unless the optimizer step that just ran already did
+        (auto-stepped schedules; module docstring)."""
+        self.used_since_step = False
+        if self.advanced_by_optimizer:
+            self.advanced_by_optimizer = False
+            return
+        self.advance()
+
+    def _register_auto_step(self, auto_step: bool) -> None:
+        if not isinstance(auto_step, bool):
+            raise TypeError(f"auto_step must be a bool, got {type(auto_step).__name__}")
+        self.auto_step = auto_step
+        if auto_step:
+            if not _HOOK:
+                _HOOK.append(register_optimizer_step_post_hook(_advance_used_schedules))
+            _AUTO_STEPPED.add(self)
+
+    def mark_used(self) -> None:
+        """Record a training-mode call with gradients (the next optimizer step advances us)."""
+        if self.training and torch.is_grad_enabled():
+            self.used_since_step = True
+            self.advanced_by_optimizer = False
 
 
 class Constant(TemperatureSchedule):
@@ -61,13 +111,22 @@ class ExponentialDecay(TemperatureSchedule):
     """``tau(step) = max(floor, tau0 * exp(-rate * every * floor(step / every)))``.
 
     The temperature changes only every ``every`` steps (Jang et al. 2017 anneal this way). ``tau0``
-    is kept as configured; to reproduce the reference runs, which ignored it (methods.md §7 #4),
-    pass ``tau0=1.0, floor=0.5`` explicitly. The step counter is the buffer ``num_steps``.
+    is kept as configured (the reference runs ignored it and started from 1.0 with floor 0.5: pass
+    ``tau0=1.0, floor=0.5`` to reproduce them). The step counter is the buffer ``num_steps``; it
+    advances after each optimizer step that followed a training call (``auto_step=True``), or on
+    ``step()``.
     """
 
     num_steps: Tensor
 
-    def __init__(self, tau0: float, rate: float, every: int = 1000, floor: float = 0.5) -> None:
+    def __init__(
+        self,
+        tau0: float,
+        rate: float,
+        every: int = 1000,
+        floor: float = 0.5,
+        auto_step: bool = True,
+    ) -> None:
         super().__init__()
         self.tau0 = _check_positive_float(tau0, "tau0")
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
@@ -76,13 +135,15 @@ class ExponentialDecay(TemperatureSchedule):
         self.rate = float(rate)
         self.floor = _check_positive_float(floor, "floor")
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        self._register_auto_step(auto_step)
 
     def forward(self) -> Tensor:
+        self.mark_used()
         epochs = torch.div(self.num_steps, self.every, rounding_mode="floor").to(torch.float64)
         tau = self.tau0 * torch.exp(-self.rate * self.every * epochs)
         return tau.clamp(min=self.floor)
 
-    def step(self) -> None:
+    def advance(self) -> None:
         self.num_steps.add_(1)
 
     def extra_repr(self) -> str:

@@ -36,7 +36,7 @@ from ._sampler import (
 )
 from .base import EstimatorOutput, LossFn
 
-__all__ = ["NVIL", "ScoreFunction", "SumAndSample"]
+__all__ = ["NVIL", "ScoreBaselineNet", "ScoreFunction", "SumAndSample"]
 
 
 class ScoreFunction(Sampler):
@@ -87,8 +87,29 @@ class ScoreFunction(Sampler):
         return self._reinforce(scores, losses, self._family.log_prob(scores, z[:, :s]), s)
 
 
+class ScoreBaselineNet(nn.Module):
+    """NVIL's default input-dependent baseline ``b_psi``: a ReLU MLP ``flatten -> hidden -> 1``
+    on its input (by default the detached scores ``(B, *score_shape)``). The input size is read
+    at the first call (``nn.LazyLinear``), where the net also takes the input's dtype and device;
+    the parameter objects stay the same, so an optimiser built before the first call trains them.
+    """
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        hidden = check_positive_int(hidden, "hidden")
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, ...)`` -> ``(B, 1)``."""
+        if self.net[1].has_uninitialized_params():
+            self.net.to(x)
+        return self.net(x)
+
+
 class NVIL(Sampler):
-    """Neural variational inference and learning (Mnih & Gregor 2014; methods.md §4.1).
+    """Neural variational inference and learning (Mnih & Gregor 2014).
 
     Learning signal ``A = l - c - b_psi(x)`` with ``c`` an optional input-independent running
     baseline (``centering``) and ``b_psi`` the ``baseline_net``; optional variance normalisation
@@ -96,16 +117,18 @@ class NVIL(Sampler):
 
         mean_s [ sg(A_s) log p(z_s) + l(z_s) + lam (sg(l(z_s) - c) - b_psi(x))^2 ] - c_H H(p).
 
-    ``baseline_net`` maps ``baseline_input`` (B, ...) to ``(B,)`` or ``(B, 1)``; it is a submodule,
-    so its parameters are in ``est.parameters()`` and must be given to the optimiser. It is trained
-    only by the regression term (weight ``regression_coeff``); the signal uses ``sg(b_psi)``.
-    Call as ``est(scores, loss_fn, baseline_input=x)``. Logs: ``baseline`` (mean c + b_psi),
-    ``baseline_mse``, ``entropy``, ``support_size``.
+    ``baseline_net`` maps ``baseline_input`` (B, ...) to ``(B,)`` or ``(B, 1)``; default
+    ``ScoreBaselineNet(baseline_hidden)``, a small MLP. It is a submodule, so its parameters are
+    in ``est.parameters()`` and must be given to the optimiser. It is trained only by the
+    regression term (weight ``regression_coeff``); the signal uses ``sg(b_psi)``. Called as
+    ``est(scores, loss_fn)`` the baseline sees the detached scores; ``est(scores, loss_fn,
+    baseline_input=x)`` gives it any other input (e.g. the encoder's input). Logs: ``baseline``
+    (mean c + b_psi), ``baseline_mse``, ``entropy``, ``support_size``.
     """
 
     def __init__(
         self,
-        baseline_net: nn.Module,
+        baseline_net: nn.Module | None = None,
         n_samples: int = 1,
         entropy_coeff: float = 0.0,
         structure: Structure | None = None,
@@ -113,19 +136,31 @@ class NVIL(Sampler):
         normalize: bool = False,
         regression_coeff: float = 1.0,
         decay: float = 0.99,
+        baseline_hidden: int = 64,
     ) -> None:
         check_choice(centering, "baseline", (None, *RUNNING_KINDS))
         n_samples = check_positive_int(n_samples, "n_samples")
         super().__init__(centering, entropy_coeff, structure, decay)
+        if baseline_net is None:
+            baseline_net = ScoreBaselineNet(baseline_hidden)
+        elif not callable(baseline_net):
+            raise TypeError(
+                f"baseline_net must be an nn.Module or None, got {type(baseline_net).__name__}"
+            )
         self.baseline_net = baseline_net
         self.n_samples = n_samples
         self.regression_coeff = float(regression_coeff)
         self.signal_scale = RunningBaseline("ema", decay) if normalize else None
 
-    def forward(self, scores: Tensor, loss_fn: LossFn, baseline_input: Tensor) -> EstimatorOutput:
-        """``scores`` (B, *event), ``baseline_input`` (B, ...) -> NVIL surrogate."""
+    def forward(
+        self, scores: Tensor, loss_fn: LossFn, baseline_input: Tensor | None = None
+    ) -> EstimatorOutput:
+        """``scores`` (B, *event), ``baseline_input`` (B, ...) (default: the detached scores)
+        -> NVIL surrogate."""
         scores = self._check(scores)
         b = scores.shape[0]
+        if baseline_input is None:
+            baseline_input = scores.detach()
         learned = self.baseline_net(baseline_input)
         if learned.dim() == 2 and learned.shape[1] == 1:
             learned = learned.squeeze(1)
