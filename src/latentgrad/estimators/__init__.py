@@ -11,7 +11,7 @@ from .mixed import BinaryMixedEstimator, GaussianSparsemaxEstimator, MixedDirich
 from .perturbation import PerturbationScoreFunction
 from .relaxed import GumbelSoftmax, IGREstimator
 from .schedules import Constant, ExponentialDecay, Learnable, TemperatureSchedule
-from .score_function import NVIL, ScoreFunction, SumAndSample
+from .score_function import NVIL, ScoreBaselineNet, ScoreFunction, SumAndSample
 from .sst import SSTEstimator
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "MixedDirichletEstimator",
     "PerturbationScoreFunction",
     "SSTEstimator",
+    "ScoreBaselineNet",
     "ScoreFunction",
     "SoftmaxMarginalization",
     "SparseMAPMarginalization",
