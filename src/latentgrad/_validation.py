@@ -147,3 +147,17 @@ def check_positive(x: Tensor, name: str) -> None:
     """Raise unless every entry is ``> 0`` (one sync)."""
     if _VALIDATE and x.numel() and not bool((x > 0).all()):
         raise ValueError(f"{name} must be strictly positive")
+
+
+def check_sample_shape(sample_shape: object, name: str = "sample_shape") -> torch.Size:
+    """Require a sequence of non-negative ints (a ``torch.Size``, tuple or list); return it as a
+    ``torch.Size``."""
+    if isinstance(sample_shape, (torch.Size, tuple, list)):
+        dims = tuple(sample_shape)
+        if all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            if any(d < 0 for d in dims):
+                raise ValueError(f"{name} must have non-negative sizes, got {dims}")
+            return torch.Size(dims)
+    raise TypeError(
+        f"{name} must be a torch.Size or a tuple of non-negative ints, got {sample_shape!r}"
+    )

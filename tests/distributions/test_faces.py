@@ -224,3 +224,41 @@ def test_expand_keeps_parameters():
     assert dist.entropy().shape == (2, 3)
     prior = MaxEntropyFaces(5).expand((4,))
     assert prior.entropy().shape == (4,) and prior.sample((2,)).shape == (2, 4, 5)
+
+
+@pytest.mark.parametrize("transform", [lambda s: s * 1e30, lambda s: s + 1e4, lambda s: s - 1e4,
+                                       lambda s: s * 1e4])
+def test_gibbs_is_accurate_in_float32_at_extreme_scores(transform):
+    """Every closed form is assembled without cancellation: float32 equals the float64
+    enumeration of the same (rounded) scores within float32 rounding of the result."""
+    torch.manual_seed(0)
+    s32 = transform(torch.randn(3, 5)).float()
+    t32 = transform(torch.randn(3, 5)).float()
+    s64, t64 = s32.double(), t32.double()
+    bp, bq = brute_gibbs(s64), brute_gibbs(t64)
+    faces = all_faces(5)
+    p, q = NonEmptyFaces(s32), NonEmptyFaces(t32)
+    entropy = -torch.where(bp > 0, bp * bp.log(), 0.0).sum(-1)
+    eps = torch.finfo(torch.float32).eps
+    tol = 50 * eps * (1 + entropy)
+    assert (p.entropy().double() - entropy).abs().max() <= tol.max()
+    torch.testing.assert_close(p.marginals().double(), bp @ faces, atol=50 * eps, rtol=0)
+    for value in (p.entropy(), p.log_prob(faces.float().unsqueeze(1)), kl_divergence(p, q),
+                  p.size_log_pmf()):
+        assert not torch.isnan(value).any()
+    kl = (bp * (torch.where(bp > 0, bp.log(), 0.0) - bq.log().clamp_min(-1e300))).sum(-1)
+    finite = kl.abs() < 1e6  # otherwise the KL is dominated by score gaps of ~1e30
+    assert ((kl_divergence(p, q).double() - kl).abs() <= 50 * eps * (1 + kl.abs()))[finite].all()
+
+
+@pytest.mark.parametrize("bits", [0.0, 3.0, 1e300])
+def test_maxent_handles_any_bit_precision(bits):
+    prior = MaxEntropyFaces(5, bits=bits, dtype=D)
+    assert torch.isfinite(prior.entropy()) and torch.isfinite(prior.size_log_pmf()).all()
+    torch.testing.assert_close(prior.size_log_pmf().exp().sum(), torch.tensor(1.0, dtype=D))
+    expected = brute_maxent(5, bits, "maxent") if bits < 100 else None
+    if expected is not None:
+        faces = all_faces(5)
+        torch.testing.assert_close(prior.log_prob(faces).exp(), expected)
+    else:  # N huge: all mass on the full face
+        assert prior.size_log_pmf().exp()[-1] == 1.0

@@ -102,3 +102,17 @@ def test_topk_sparsemax_bad_input(kwargs, exc, match):
     args = {"scores": torch.zeros(2, 4), "structure": BitVector(4), "k": 3} | kwargs
     with pytest.raises(exc, match=match):
         topk_sparsemax(**args)
+
+
+@pytest.mark.parametrize("name", ["ksubset", "categorical"])
+def test_weights_are_float32_accurate_at_large_offsets(name):
+    """Sparsemax receives s_j − s_1 summed over the entries where z_j and z_1 differ, so scores
+    near 1e4 (whose full structure scores round at ~1e-3 in float32) give the float64 weights."""
+    structure = STRUCTURES[name]
+    gen = torch.Generator().manual_seed(0)
+    scores = (0.3 * torch.randn(8, *structure.score_shape, generator=gen) + 1e4).float()
+    got = topk_sparsemax(scores, structure, 5).weights
+    want = topk_sparsemax(scores.double(), structure, 5).weights
+    width = min(got.shape[-1], want.shape[-1])
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got[..., :width].double(), want[..., :width], atol=20 * eps, rtol=0)

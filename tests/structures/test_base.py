@@ -48,3 +48,22 @@ def test_autograd_gradient_is_differentiable_only_when_scores_require_grad():
     p = x.detach().softmax(-1)
     want = p[:, :1] * (torch.eye(4, dtype=torch.float64)[0] - p)  # d p_0 / d x = p_0 (e_0 - p)
     torch.testing.assert_close(hvp, want)
+
+
+def test_half_precision_log_partition_marginals_entropy_are_computed_in_float32():
+    """The budgeted bit vector of the issue: bfloat16 marginals used to reach 2.0 and log Z to
+    drift by 4 at |score| 100; now each equals the float32 result rounded to the input dtype."""
+    from latentgrad.structures import BitVector, KSubset
+
+    row = torch.tensor([[-44.75, -89, -9.1875, 55.75, -0.945, -122, -126.5, -112, 116.5, 92.5]])
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.cat([row, 100 * torch.randn(3, 10, generator=gen)])
+    for structure in (BitVector(10, 4), KSubset(10, 3)):
+        for dtype in (torch.float16, torch.bfloat16):
+            half = rows.to(dtype)
+            for method in ("log_partition", "marginals", "entropy"):
+                got = getattr(structure, method)(half)
+                want = getattr(structure, method)(half.float())
+                assert got.dtype == dtype
+                torch.testing.assert_close(got, want.to(dtype), atol=0, rtol=0)
+            assert (structure.marginals(half) <= 1).all()

@@ -21,13 +21,15 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints, register_kl
+from torch.distributions import constraints, register_kl
+from torch.nn import functional as F
 from torch.nn.functional import logsigmoid
 
 from .._noise import gumbel
 from .._validation import check_min_dim, check_tensor
+from ._params import CheckedDistribution, checked_value, finite_vector
 
-__all__ = ["MaxEntropyFaces", "NonEmptyFaces", "log1mexp", "nonempty_face"]
+__all__ = ["MaxEntropyFaces", "NonEmptyFaces", "nonempty_face"]
 
 
 class _NonEmptyFace(constraints.Constraint):
@@ -47,15 +49,6 @@ class _NonEmptyFace(constraints.Constraint):
 nonempty_face = _NonEmptyFace()
 
 
-def log1mexp(x: Tensor) -> Tensor:
-    """log(1 − exp(x)) for x ≤ 0, accurate on the whole range (Mächler 2012)."""
-    return torch.where(
-        x > -math.log(2.0),
-        torch.log(-torch.expm1(x.clamp(max=0.0))),
-        torch.log1p(-torch.exp(x.clamp(max=-math.log(2.0)))),
-    )
-
-
 def _log_binomial(k: int, n: Tensor) -> Tensor:
     """log C(k, n), elementwise in ``n``."""
     return math.lgamma(k + 1) - torch.lgamma(n + 1) - torch.lgamma(k - n + 1)
@@ -65,21 +58,29 @@ def _size_of(value: Tensor) -> Tensor:
     return value.sum(-1)
 
 
-class NonEmptyFaces(Distribution):
+class NonEmptyFaces(CheckedDistribution):
     r"""Gibbs distribution over the non-empty faces of the K-simplex.
 
     P(f) = exp(Σ_k (2 f_k − 1) s_k) / Z for f ∈ {0,1}^K \ {0}: independent bits with
     π_k = σ(2 s_k) conditioned on f ≠ 0. With P_∅ = Π_k (1 − π_k),
-    log Z = Σ_k log(2 cosh s_k) + log(1 − P_∅), marginals m_k = π_k / (1 − P_∅) and
-    H = log Z − Σ_k (2 m_k − 1) s_k (Farinhas et al. 2022, App. on the Mixed Dirichlet).
+    log Z = Σ_k log(2 cosh s_k) + log(1 − P_∅) and marginals m_k = π_k / (1 − P_∅)
+    (Farinhas et al. 2022, App. on the Mixed Dirichlet).
+
+    Every quantity is assembled from ``log π_k`` and ``log(1 − π_k)`` without cancellation, so it
+    is accurate at any finite score: ``1 − P_∅ = Σ_k π_k Π_{j<k} (1 − π_j)`` (the first active
+    bit is k), ``log P(f) = Σ_k log P(bit k = f_k) − log(1 − P_∅)``, and the entropy follows the
+    same decomposition, ``H = H(k*) + Σ_k P(k* = k) Σ_{j>k} h(π_j)`` (h the binary entropy).
+    Scores beyond ±max/4 of their dtype act as ±max/4 (every bit is then certain to working
+    precision).
 
     Args:
-        scores: (*batch, K) real face scores ``s``.
+        scores: (*batch, K) finite face scores ``s``.
 
-    Event shape (K,); values are float 0/1 vectors. Sampling has no pathwise gradient.
+    Event shape (K,); values are 0/1 vectors (float, or bool/int). Sampling has no pathwise
+    gradient.
     """
 
-    arg_constraints: ClassVar[dict] = {"scores": constraints.real_vector}
+    arg_constraints: ClassVar[dict] = {"scores": finite_vector}
     support = nonempty_face
     has_rsample = False
     has_enumerate_support = False
@@ -102,23 +103,56 @@ class NonEmptyFaces(Distribution):
     def num_categories(self) -> int:
         return self.scores.shape[-1]
 
+    def _logits(self) -> Tensor:
+        """The bits' logits ``2 s`` (*batch, K), kept finite (|2 s| <= max/2)."""
+        big = torch.finfo(self.scores.dtype).max / 4
+        return 2 * self.scores.clamp(-big, big)
+
     def _log_pi(self) -> tuple[Tensor, Tensor]:
         """log π_k and log(1 − π_k), each (*batch, K)."""
-        return logsigmoid(2 * self.scores), logsigmoid(-2 * self.scores)
+        u = self._logits()
+        return logsigmoid(u), logsigmoid(-u)
+
+    def _log_none_before(self) -> Tensor:
+        """``Σ_{j<k} log(1 − π_j)`` (*batch, K): the log-probability that no bit before k is on."""
+        _, log_off = self._log_pi()
+        return torch.cat([torch.zeros_like(log_off[..., :1]), log_off[..., :-1]], -1).cumsum(-1)
+
+    def _log_first(self) -> Tensor:
+        """log P(first active bit = k) for the unconditioned bits, (*batch, K):
+        ``log π_k + Σ_{j<k} log(1 − π_j)``."""
+        return self._log_pi()[0] + self._log_none_before()
 
     def log_prob_empty(self) -> Tensor:
         """log P_∅ (*batch,): probability that the unconditioned independent bits are all off."""
-        return logsigmoid(-2 * self.scores).sum(-1)
+        return self._log_pi()[1].sum(-1)
+
+    def log_prob_nonempty(self) -> Tensor:
+        """log(1 − P_∅) (*batch,) = logsumexp_k log P(first active bit = k) (no cancellation)."""
+        return torch.logsumexp(self._log_first(), -1)
+
+    def _log_nonempty_parts(self) -> tuple[Tensor, Tensor]:
+        """``(M, rest)`` (*batch,) with ``log(1 − P_∅) = M + rest``: M the largest ``log_first``
+        and ``rest = log Σ_k exp(log_first_k − M)`` in [0, log K]. When every score is very
+        negative M ≈ 2 max s is large and rest is not: callers subtract M from similar terms."""
+        log_first = self._log_first()
+        top = log_first.amax(-1, keepdim=True)
+        return top.squeeze(-1), (log_first - top).exp().sum(-1).log()
+
+    def _minus_log_nonempty(self, x: Tensor) -> Tensor:
+        """``x − log(1 − P_∅)`` for log-probabilities ``x`` (*batch, n) of the unconditioned bits,
+        as ``(x − M) − rest``: only the gap of the two large terms is rounded."""
+        top, rest = self._log_nonempty_parts()
+        return (x - top.unsqueeze(-1)) - rest.unsqueeze(-1)
 
     def log_partition(self) -> Tensor:
         """log Z (*batch,) = Σ_k log(2 cosh s_k) + log(1 − P_∅)."""
         s = self.scores
-        return torch.logaddexp(s, -s).sum(-1) + log1mexp(self.log_prob_empty())
+        return torch.logaddexp(s, -s).sum(-1) + self.log_prob_nonempty()
 
     def log_marginals(self) -> Tensor:
         """log P(f_k = 1) (*batch, K) = log π_k − log(1 − P_∅)."""
-        log_pi, _ = self._log_pi()
-        return log_pi - log1mexp(self.log_prob_empty()).unsqueeze(-1)
+        return self._minus_log_nonempty(self._log_pi()[0])
 
     def marginals(self) -> Tensor:
         """P(f_k = 1) (*batch, K)."""
@@ -138,22 +172,35 @@ class NonEmptyFaces(Distribution):
         return torch.where(empty, best, bits)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log P(f) (*sample, *batch) for faces ``value`` (*sample, *batch, K)."""
-        if self._validate_args:
-            self._validate_sample(value)
-        value = value.to(self.scores.dtype)
-        return ((2 * value - 1) * self.scores).sum(-1) - self.log_partition()
+        """log P(f) = Σ_k log P(bit k = f_k) − log(1 − P_∅): (*sample, *batch, K) -> (*sample,
+        *batch)."""
+        on = checked_value(self, value) == 1
+        log_on, log_off = self._log_pi()
+        log_bits = torch.where(on, log_on, log_off).sum(-1, keepdim=True)
+        return self._minus_log_nonempty(log_bits).squeeze(-1)
 
     def entropy(self) -> Tensor:
-        """H(P_F) (*batch,) = log Z − Σ_k (2 m_k − 1) s_k, exact in O(K); ≥ 0 (rounding clamped),
-        exactly 0 at K = 1 (one face)."""
-        h = self.log_partition() - ((2 * self.marginals() - 1) * self.scores).sum(-1)
+        """H(P_F) (*batch,), exact in O(K): with k* the first active bit,
+        H = H(k*) + Σ_k P(k* = k) Σ_{j>k} h(π_j) (bits after k* are independent); ≥ 0 (rounding
+        clamped), exactly 0 at K = 1 (one face)."""
+        log_q = self._minus_log_nonempty(self._log_first())
+        log_q = log_q.clamp_min(torch.finfo(log_q.dtype).min)  # q log q = 0 where q = 0
+        q = log_q.exp()
+        a = self._logits().abs()
+        bit_entropy = F.softplus(-a) + a * torch.sigmoid(-a)  # h(σ(u)) with a = |u|
+        after = bit_entropy.flip(-1).cumsum(-1).flip(-1) - bit_entropy  # Σ_{j>k} h_j
+        h = (q * (after - log_q)).sum(-1)
         return _nonnegative(h, one_point=self.num_categories == 1)
 
     def cross_entropy(self, other_scores: Tensor) -> Tensor:
-        """−E_P[log Q(f)] for the Gibbs Q with scores t: log Z_t − Σ_k (2 m_k − 1) t_k."""
+        """−E_P[log Q(f)] (*batch,) for the Gibbs Q with scores t (see ``_gibbs_cross_entropy``)."""
         q = NonEmptyFaces(other_scores, validate_args=False)
-        return q.log_partition() - ((2 * self.marginals() - 1) * other_scores).sum(-1)
+        return _gibbs_cross_entropy(self.marginals(), self._extra_size(), q)
+
+    def _extra_size(self) -> Tensor:
+        """E|f| − 1 (*batch,) = Σ_k m_k (1 − Π_{j<k} (1 − π_j)): non-negative terms, accurate when
+        the faces are almost surely vertices (Σ_k m_k − 1 would round to 0 ± eps)."""
+        return (self.marginals() * -torch.expm1(self._log_none_before())).sum(-1)
 
     def size_log_pmf(self) -> Tensor:
         """log P(|f| = n) for n = 1..K, shape (*batch, K) (entry n − 1 is size n).
@@ -167,7 +214,7 @@ class NonEmptyFaces(Distribution):
             on, off = log_on[..., k : k + 1], log_off[..., k : k + 1]
             middle = torch.logaddexp(dp[..., 1:] + off, dp[..., :-1] + on)
             dp = torch.cat([dp[..., :1] + off, middle, dp[..., -1:] + on], -1)
-        return dp[..., 1:] - log1mexp(dp[..., 0]).unsqueeze(-1)
+        return self._minus_log_nonempty(dp[..., 1:])
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """Exact samples (*sample_shape, *batch, K), vectorised, no gradient.
@@ -177,8 +224,8 @@ class NonEmptyFaces(Distribution):
         """
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
-            log_on, log_off = self._log_pi()
-            log_first = log_on + torch.cumsum(log_off, -1) - log_off
+            log_on, _ = self._log_pi()
+            log_first = self._log_first()
             first = (log_first.expand(shape) + gumbel(shape, log_on)).argmax(-1, keepdim=True)
             idx = torch.arange(shape[-1], device=log_on.device)
             later = torch.rand(shape, dtype=log_on.dtype, device=log_on.device) < log_on.exp()
@@ -186,7 +233,20 @@ class NonEmptyFaces(Distribution):
             return bits.to(log_on.dtype)
 
 
-class MaxEntropyFaces(Distribution):
+def _gibbs_cross_entropy(marginals: Tensor, extra_size: Tensor, q: NonEmptyFaces) -> Tensor:
+    """−E_P[log Q(f)] for any P over faces with marginals m (*batch, K) and ``extra_size``
+    E_P|f| − 1 (*batch,), and the Gibbs Q (scores t):
+    ``log(1 − Q_∅) − Σ_k [m_k log σ(2t_k) + (1 − m_k) log σ(−2t_k)]``. With
+    ``log(1 − Q_∅) = M + log Σ_k exp(log_first_k − M)``, M is folded into the ``log σ(2t_k)``
+    terms, leaving ``−M (E|f| − 1)``: no two large terms cancel when every t_k is very negative
+    (``extra_size`` must then be accurate in absolute terms, not as Σ m_k − 1)."""
+    log_on, log_off = q._log_pi()
+    top, rest = q._log_nonempty_parts()
+    bits = -(marginals * (log_on - top.unsqueeze(-1)) + (1 - marginals) * log_off).sum(-1)
+    return bits - top * extra_size + rest
+
+
+class MaxEntropyFaces(CheckedDistribution):
     r"""Max-entropy face prior: size pmf Q(n), uniform among the C(K, n) faces of size n.
 
     ``form="maxent"``: Q(n) ∝ C(K, n) 2^{N(n−1)} / (n − 1)!, which maximises
@@ -228,10 +288,12 @@ class MaxEntropyFaces(Distribution):
         self.k, self.bits, self.form = k, float(bits), form
         dtype = dtype or torch.get_default_dtype()
         n = torch.arange(1, k + 1, dtype=dtype, device=device)
-        logits = self.bits * (n - 1) * math.log(2.0) - torch.lgamma(n)
+        # shifted by the constant N (K - 1) log 2, so a huge N gives -inf, not inf - inf
+        logits = self.bits * math.log(2.0) * (n - k) - torch.lgamma(n)
         if form == "maxent":
             logits = logits + _log_binomial(k, n)
-        self._size_log_pmf = torch.log_softmax(logits, -1)
+        # -inf (a size of probability 0) becomes the dtype's min, so 0 * log 0 terms are 0
+        self._size_log_pmf = torch.log_softmax(logits, -1).clamp_min(torch.finfo(dtype).min)
         super().__init__(torch.Size(), torch.Size([k]), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -262,9 +324,7 @@ class MaxEntropyFaces(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log Q(|f|) − log C(K, |f|), shape (*sample, *batch)."""
-        if self._validate_args:
-            self._validate_sample(value)
-        value = value.to(self._size_log_pmf.dtype)
+        value = checked_value(self, value).to(self._size_log_pmf.dtype)
         table = self._log_face_given_size(value)
         idx = (_size_of(value).long() - 1).unsqueeze(-1)
         table = table.expand((*idx.shape[:-1], self.k))
@@ -288,12 +348,17 @@ class MaxEntropyFaces(Distribution):
 
 @register_kl(NonEmptyFaces, NonEmptyFaces)
 def _kl_gibbs_gibbs(p: NonEmptyFaces, q: NonEmptyFaces) -> Tensor:
-    """KL = Σ_k (2 m_k − 1)(s_k − t_k) − log Z_s + log Z_t (m: marginals of p), in the form that
-    is exactly 0 where the scores coincide."""
+    """KL = E_P[log P(f) − log Q(f)] = Σ_k [m_k (log π_k − log π'_k) + (1 − m_k)(log(1 − π_k)
+    − log(1 − π'_k))] − (log(1 − P_∅) − log(1 − Q_∅)) (m: marginals of p), with the last
+    difference taken as (M_p − M_q) + (rest_p − rest_q) (``_log_nonempty_parts``): exactly 0
+    where the scores coincide and without cancellation of large terms at any finite scores."""
     _check_same_k(p.num_categories, q.num_categories)
-    t = q.scores.to(p.scores)
-    kl = (((2 * p.marginals() - 1) * (p.scores - t)).sum(-1) - p.log_partition()
-          + q.log_partition().to(p.scores))
+    q = NonEmptyFaces(q.scores.to(p.scores), validate_args=False)
+    (on_p, off_p), (on_q, off_q) = p._log_pi(), q._log_pi()
+    m = p.marginals()
+    bits = (m * (on_p - on_q) + (1 - m) * (off_p - off_q)).sum(-1)
+    (top_p, rest_p), (top_q, rest_q) = p._log_nonempty_parts(), q._log_nonempty_parts()
+    kl = bits - (top_p - top_q) - (rest_p - rest_q)
     return _nonnegative(kl, one_point=p.num_categories == 1)
 
 
@@ -308,11 +373,12 @@ def _kl_gibbs_maxent(p: NonEmptyFaces, q: MaxEntropyFaces) -> Tensor:
 
 @register_kl(MaxEntropyFaces, NonEmptyFaces)
 def _kl_maxent_gibbs(p: MaxEntropyFaces, q: NonEmptyFaces) -> Tensor:
-    """KL = −H(Q) − Σ_k (2 E_Q[f_k] − 1) s_k + log Z_s."""
+    """KL = −E_P[log Q(f)] − H(P), the cross-entropy from P's marginals E_P[f_k] = E_P|f| / K."""
     _check_same_k(p.k, q.num_categories)
-    mean = p.mean.to(q.scores)
-    entropy = p.entropy().to(q.scores)
-    kl = -entropy - ((2 * mean - 1) * q.scores).sum(-1) + q.log_partition()
+    size_pmf = p.size_log_pmf(q.scores).exp()
+    n = torch.arange(p.k, dtype=size_pmf.dtype, device=size_pmf.device)  # |f| − 1
+    extra = (size_pmf * n).sum(-1)
+    kl = _gibbs_cross_entropy(p.mean.to(q.scores), extra, q) - p.entropy().to(q.scores)
     return _nonnegative(kl, one_point=p.k == 1)
 
 

@@ -41,13 +41,21 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints, register_kl
+from torch.distributions import register_kl
 from torch.special import log_ndtr
 
 from latentgrad.mappings import sparsemax
 
 from .._validation import check_min_dim, check_positive_int, check_tensor
 from ._gauss_quadrature import gauss_legendre
+from ._params import (
+    CheckedDistribution,
+    broadcast_params,
+    checked_value,
+    finite_positive_vector,
+    finite_vector,
+    simplex,
+)
 
 __all__ = ["GaussianSparsemax"]
 
@@ -167,7 +175,7 @@ def _sampled_face_log_prob(dist: GaussianSparsemax, face: Tensor, n_samples: int
     return torch.logsumexp(lp, 0) - math.log(n_samples) - torch.lgamma(size)
 
 
-class GaussianSparsemax(Distribution):
+class GaussianSparsemax(CheckedDistribution):
     r"""y = sparsemax(μ + σ ⊙ ε), ε ~ N(0, I): a mixed distribution on the K-simplex.
 
     Args:
@@ -184,10 +192,10 @@ class GaussianSparsemax(Distribution):
     """
 
     arg_constraints: ClassVar[dict] = {
-        "loc": constraints.real_vector,
-        "scale": constraints.independent(constraints.positive, 1),
+        "loc": finite_vector,
+        "scale": finite_positive_vector,
     }
-    support = constraints.simplex
+    support = simplex
     has_rsample = True
 
     def __init__(self, loc: Tensor, scale: Tensor | float = 1.0, n_nodes: int = 48,
@@ -199,11 +207,7 @@ class GaussianSparsemax(Distribution):
         check_tensor(scale, "scale")
         check_positive_int(n_nodes, "n_nodes")
         check_positive_int(mc_samples, "mc_samples")
-        try:
-            self.loc, self.scale = torch.broadcast_tensors(loc, scale)
-        except RuntimeError as err:
-            raise ValueError(f"scale of shape {tuple(scale.shape)} does not broadcast to loc of "
-                             f"shape {tuple(loc.shape)}") from err
+        self.loc, self.scale = broadcast_params(loc=loc, scale=scale)
         if self.loc.shape != loc.shape:
             raise ValueError(f"scale of shape {tuple(scale.shape)} must broadcast to loc's shape "
                              f"{tuple(loc.shape)}")
@@ -228,10 +232,8 @@ class GaussianSparsemax(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Exact direct-sum log-density at ``value`` (*sample, *batch, K) -> (*sample, *batch)."""
-        if self._validate_args:
-            self._validate_sample(value)
-        shape = torch.broadcast_shapes(value.shape, self.loc.shape)
-        value = value.expand(shape)
+        value = checked_value(self, value)
+        shape = value.shape
         loc, scale = self.loc.expand(shape), self.scale.expand(shape)
         inside = value > 0
         outside = ~inside

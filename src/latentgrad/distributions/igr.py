@@ -13,6 +13,11 @@ Log-densities are by change of variables (density of the first K−1 coordinates
 ``rsample_with_log_prob`` evaluates it at the sample's own noise (no inversion, exact at any τ);
 ``log_prob`` inverts the map. The temperature is a float or a tensor broadcastable to the batch
 shape (it may require grad); ``delta`` is a positive float (δ = 1 in the paper).
+
+At low temperature the smallest entries of ψ underflow (``log ψ_k ≈ −Δλ/τ``): draws raise every
+entry to the dtype's smallest normal number (``open_simplex_point``), so they stay in the open
+simplex and ``log_prob`` is finite on them at any τ > 0; the densities returned with a draw are
+those of the unclamped point (they differ only in entries below ~1e-38 in float32).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints, register_kl
-from torch.distributions.utils import broadcast_all
 
 from .._validation import check_positive_int, check_tensor
 from ..mappings import (
@@ -37,6 +41,14 @@ from ..mappings import (
     stick_breaking_logits_log_abs_det_jacobian,
 )
 from ._gauss_quadrature import gauss_legendre
+from ._params import (
+    CheckedDistribution,
+    broadcast_params,
+    checked_value,
+    finite_positive,
+    finite_positive_vector,
+    finite_vector,
+)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -130,14 +142,21 @@ def _apply_flows(flows: Sequence[PlanarFlow], kappa: Tensor) -> tuple[Tensor, Te
     return kappa, log_det
 
 
-class _IGRBase(Distribution):
+def open_simplex_point(log_psi: Tensor) -> Tensor:
+    """``exp(log ψ)`` with every entry raised to at least the dtype's smallest normal number, so a
+    point whose smallest probabilities underflow (low temperature: ``log ψ_k ≈ −Δλ/τ``) stays in
+    the open simplex (its sum moves by at most ``K · tiny``, far below rounding)."""
+    return log_psi.clamp_min(math.log(torch.finfo(log_psi.dtype).tiny)).exp()
+
+
+class _IGRBase(CheckedDistribution):
     """Shared parameters and sampling of the IGR family (not public: each variant has its own
     KL registrations, which a common public base would blur)."""
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
-        "loc": constraints.real_vector,
-        "scale": constraints.independent(constraints.positive, 1),
-        "temperature": constraints.positive,
+        "loc": finite_vector,
+        "scale": finite_positive_vector,
+        "temperature": finite_positive,
     }
     support = open_simplex
     has_rsample = True
@@ -157,7 +176,7 @@ class _IGRBase(Distribution):
             )
         if isinstance(scale, Tensor):
             check_tensor(scale, "scale")
-        self.loc, self.scale = broadcast_all(loc, scale)
+        self.loc, self.scale = broadcast_params(loc=loc, scale=scale)
         if isinstance(temperature, Tensor):
             check_tensor(temperature, "temperature")
             tau = temperature.to(device=loc.device, dtype=self.loc.dtype)
@@ -226,14 +245,12 @@ class _IGRBase(Distribution):
         log_psi = log_softmax_pp(lam, self.temperature, self.delta)
         log_lam = _noise_log_prob(eps, self.scale) - flow_log_det
         log_det = softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
-        return log_psi.exp(), log_lam - log_det, lam, log_lam
+        return open_simplex_point(log_psi), log_lam - log_det, lam, log_lam
 
     def _softmax_pp_log_prob(self, value: Tensor, flows: Sequence[PlanarFlow]) -> Tensor:
         """``log q(ψ)`` of ``ψ = softmax_pp(flows(κ))`` by inverting softmax++ and then each
         flow (numerically): ``(*sample, *batch, K) -> (*sample, *batch)``."""
-        if self._validate_args:
-            self._validate_sample(value)
-        log_psi = value.log()
+        log_psi = checked_value(self, value).log()
         z = softmax_pp_inverse(log_psi, self.temperature, self.delta, log_input=True)
         for flow in reversed(flows):
             z = flow.inverse(z)
@@ -437,6 +454,8 @@ class IGRStickBreaking(_IGRBase):
     def truncation_level(self, sticks: Tensor) -> int:
         """``n*`` for sticks ``π`` of shape ``(..., K_max − 1)`` (one host sync)."""
         k1 = self.loc.shape[-1]
+        if not sticks.numel():
+            return k1  # an empty draw: keep every stick
         needed = 1 + (sticks.detach().cumsum(dim=-1) <= 1 - self.eps).sum(dim=-1)
         level = torch.quantile(needed.flatten().float(), self.quantile, interpolation="higher")
         return int(min(max(int(level.item()), 1), k1))
@@ -455,13 +474,12 @@ class IGRStickBreaking(_IGRBase):
             - stick_breaking_logits_log_abs_det_jacobian(kappa_n)
             - softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
         )
-        psi = F.pad(log_psi.exp(), (0, self.num_categories - n - 1))
+        psi = F.pad(open_simplex_point(log_psi), (0, self.num_categories - n - 1))
         return psi, log_q, kappa_n, gauss
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Density of the truncated variable at ``value`` ``(*sample, *batch, K_max)``."""
-        if self._validate_args:
-            self._validate_sample(value)
+        value = checked_value(self, value)
         counts = (value > 0).sum(dim=-1)
         m = int(counts.max().item()) if counts.numel() else 2
         if counts.numel() and not bool((counts == m).all()):

@@ -24,13 +24,19 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints, register_kl
-from torch.distributions.utils import broadcast_all
+from torch.distributions import constraints, register_kl
 from torch.nn.functional import logsigmoid
 
 from .._noise import logistic
 from .._validation import check_tensor
 from ._gauss_quadrature import gauss_legendre
+from ._params import (
+    CheckedDistribution,
+    broadcast_params,
+    checked_value,
+    finite,
+    finite_positive,
+)
 
 __all__ = ["BinaryGaussianSparsemax", "HardConcrete", "MixedUniform"]
 
@@ -58,7 +64,7 @@ def _ndtr_diff(a: Tensor, b: Tensor) -> Tensor:
     )
 
 
-class _MixedUnitInterval(Distribution):
+class _MixedUnitInterval(CheckedDistribution):
     """Shared logic of the mixed variables on [0, 1]; subclasses give the three faces' masses."""
 
     support = constraints.unit_interval
@@ -87,8 +93,7 @@ class _MixedUnitInterval(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Direct-sum log-density: log P0 at 0, log P1 at 1, log p(y) inside (sample..., batch)."""
-        if self._validate_args:
-            self._validate_sample(value)
+        value = checked_value(self, value)
         zero, one = value == 0, value == 1
         inner = torch.where(zero | one, torch.full_like(value, 0.5), value)
         return torch.where(
@@ -99,8 +104,7 @@ class _MixedUnitInterval(Distribution):
 
     def cdf(self, value: Tensor) -> Tensor:
         """P(y ≤ value) for value ∈ [0, 1] (P0 at 0, 1 at 1)."""
-        if self._validate_args:
-            self._validate_sample(value)
+        value = checked_value(self, value)
         one = value == 1
         inner = torch.where(one, torch.zeros_like(value), value)
         inside = self._interior_cdf(inner)
@@ -122,11 +126,12 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         scale: σ > 0, broadcastable with ``loc``.
     """
 
-    arg_constraints: ClassVar[dict] = {"loc": constraints.real, "scale": constraints.positive}
+    arg_constraints: ClassVar[dict] = {"loc": finite, "scale": finite_positive}
 
     def __init__(self, loc: Tensor | float, scale: Tensor | float,
                  validate_args: bool | None = None) -> None:
-        self.loc, self.scale = broadcast_all(_as_tensor(loc, "loc"), _as_tensor(scale, "scale"))
+        self.loc, self.scale = broadcast_params(
+            loc=_as_tensor(loc, "loc"), scale=_as_tensor(scale, "scale"))
         super().__init__(self.loc.shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -197,7 +202,7 @@ class HardConcrete(_MixedUnitInterval):
     """
 
     arg_constraints: ClassVar[dict] = {
-        "log_alpha": constraints.real, "temperature": constraints.positive,
+        "log_alpha": finite, "temperature": finite_positive,
     }
 
     def __init__(self, log_alpha: Tensor | float, temperature: Tensor | float,
@@ -209,8 +214,9 @@ class HardConcrete(_MixedUnitInterval):
         if isinstance(quadrature_nodes, bool) or not isinstance(quadrature_nodes, int) or (
                 quadrature_nodes < 2):
             raise ValueError(f"quadrature_nodes must be an int >= 2, got {quadrature_nodes!r}")
-        self.log_alpha, self.temperature = broadcast_all(
-            _as_tensor(log_alpha, "log_alpha"), _as_tensor(temperature, "temperature"))
+        self.log_alpha, self.temperature = broadcast_params(
+            log_alpha=_as_tensor(log_alpha, "log_alpha"),
+            temperature=_as_tensor(temperature, "temperature"))
         self.stretch, self.quadrature_nodes = (lo, hi), quadrature_nodes
         super().__init__(self.log_alpha.shape, validate_args=validate_args)
 
@@ -313,7 +319,7 @@ class HardConcrete(_MixedUnitInterval):
         return self._mass_entropy() + self._interior_entropy()
 
 
-class MixedUniform(Distribution):
+class MixedUniform(CheckedDistribution):
     """The uniform mixed prior on [0, 1]: ⅓ δ_0 + ⅓ δ_1 + ⅓ U(0, 1); log-density −log 3 everywhere.
 
     Args:
@@ -342,9 +348,7 @@ class MixedUniform(Distribution):
     prob_one = prob_zero
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        shape = checked_value(self, value).shape
         return torch.full(shape, -math.log(3), dtype=value.dtype, device=value.device)
 
     def entropy(self) -> Tensor:

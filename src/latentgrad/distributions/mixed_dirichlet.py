@@ -24,9 +24,11 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Gamma, constraints, kl_divergence, register_kl
+from torch.distributions import Distribution, Gamma, kl_divergence, register_kl
 
+from .._dtypes import working_dtype
 from .._validation import check_min_dim, check_tensor
+from ._params import CheckedDistribution, checked_value, finite_positive_vector, simplex
 from .faces import MaxEntropyFaces, NonEmptyFaces
 
 __all__ = ["MAX_ENUMERATION_K", "MixedDirichlet"]
@@ -70,10 +72,11 @@ def _dirichlet_kl(alpha: Tensor, beta: Tensor, faces: Tensor, enumerated: bool =
 
 def _enumerated_face_log_probs(faces_dist: Distribution, table: Tensor) -> Tensor:
     """log P_F(f) for every row of ``table`` (F, K), shape (*batch, F)."""
-    if isinstance(faces_dist, NonEmptyFaces):
-        s = faces_dist.scores
-        return (2 * s @ table.T - s.sum(-1, keepdim=True)
-                - faces_dist.log_partition().unsqueeze(-1))
+    if isinstance(faces_dist, NonEmptyFaces):  # Σ_k log P(bit k = f_k) − log(1 − P_∅)
+        log_on, log_off = faces_dist._log_pi()
+        table = table.to(log_on)
+        return (log_on @ table.T + log_off @ (1 - table).T
+                - faces_dist.log_prob_nonempty().unsqueeze(-1))
     if isinstance(faces_dist, MaxEntropyFaces):
         per_size = faces_dist._log_face_given_size(table)  # (*batch, K) by size
         idx = (table.sum(-1).long() - 1).expand((*per_size.shape[:-1], table.shape[0]))
@@ -82,7 +85,7 @@ def _enumerated_face_log_probs(faces_dist: Distribution, table: Tensor) -> Tenso
     return faces_dist.log_prob(table.reshape(shape)).movedim(0, -1)
 
 
-class MixedDirichlet(Distribution):
+class MixedDirichlet(CheckedDistribution):
     r"""Mixed Dirichlet on the K-simplex: f ~ P_F, then y_f ~ Dir(α_f), zeros off the face.
 
     Args:
@@ -98,9 +101,9 @@ class MixedDirichlet(Distribution):
     """
 
     arg_constraints: ClassVar[dict] = {
-        "concentration": constraints.independent(constraints.positive, 1),
+        "concentration": finite_positive_vector,
     }
-    support = constraints.simplex
+    support = simplex
     has_rsample = True
 
     def __init__(self, faces: Distribution | Tensor, concentration: Tensor,
@@ -141,14 +144,15 @@ class MixedDirichlet(Distribution):
     def rsample_on_faces(self, faces: Tensor) -> Tensor:
         """y ~ Dir(α_f) on given faces (*sample, *batch, K): Gamma draws normalised on the face.
 
-        Pathwise in α; exact zeros off the face and exactly e_k on a vertex {k}.
+        Pathwise in α; exact zeros off the face and exactly e_k on a vertex {k}. Half-precision
+        α is drawn in float32 (no half-precision Gamma sampler) and the draw cast back.
         """
-        alpha = self.concentration
+        alpha = self.concentration.to(working_dtype(self.concentration.dtype))
         faces = faces.to(alpha)
         shape = torch.broadcast_shapes(faces.shape, alpha.shape)
         gamma = Gamma(alpha.expand(shape), torch.ones((), dtype=alpha.dtype, device=alpha.device))
         g = gamma.rsample() * faces  # Gamma.rsample clamps at the dtype's tiny: no false zeros
-        return g / g.sum(-1, keepdim=True)
+        return (g / g.sum(-1, keepdim=True)).to(self.concentration.dtype)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """f ~ P_F (no gradient), then y_f ~ Dir(α_f) (pathwise), shape (*sample, *batch, K)."""
@@ -156,8 +160,7 @@ class MixedDirichlet(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log P_F(f(y)) + log Dir(y_f; α_f), shape (*sample, *batch)."""
-        if self._validate_args:
-            self._validate_sample(value)
+        value = checked_value(self, value)
         face = (value > 0).to(value.dtype)
         alpha = self.concentration
         log_y = torch.where(value > 0, value, torch.ones_like(value)).log()

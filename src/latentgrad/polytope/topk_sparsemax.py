@@ -2,7 +2,11 @@
 
 Take the k best structures z_1..z_k from ``structure.topk`` with scores s_j = <θ, z_j> and put
 p = sparsemax(s) on them. The k-best set is treated as constant: the gradient flows through the
-sparsemax Jacobian w.r.t. s and ∂s_j/∂θ = z_j. Certificate: when |supp p| < k every omitted
+sparsemax Jacobian w.r.t. s and ∂s_j/∂θ = z_j. Sparsemax only sees score differences, so it is
+given s_j − s_1 = <θ, z_j − z_1>, summed over the entries where z_j and z_1 differ: the rounding
+then scales with those entries, not with the whole structure's score (at θ ≈ 1e4 in float32 the
+plain sums are off by ~1e-3), and the gradient is unchanged (the Jacobian annihilates a shift
+shared by all s_j). Certificate: when |supp p| < k every omitted
 structure scores ≤ s_k ≤ τ, so p equals sparsemax over ALL structures.
 """
 
@@ -33,6 +37,8 @@ def topk_sparsemax(scores: Tensor, structure: Structure, k: int) -> SparseMAPRes
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a latentgrad Structure, got {type(structure).__name__}")
+    if type(structure).topk is Structure.topk:
+        raise TypeError(f"structure {structure!r} has no exact k-best oracle (topk)")
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 1:
@@ -43,7 +49,9 @@ def topk_sparsemax(scores: Tensor, structure: Structure, k: int) -> SparseMAPRes
     batch = structure.batch_shape(scores)
 
     z, _ = structure.topk(scores.detach(), k)
-    p = sparsemax(structure.score(scores.unsqueeze(-ev - 1), z.detach()), dim=-1)
+    z = z.detach()
+    gaps = structure.score(scores.unsqueeze(-ev - 1), z - z.narrow(-ev - 1, 0, 1))  # s_j − s_1
+    p = sparsemax(gaps, dim=-1)
 
     size = (p > 0).sum(-1)
     width = max(int(size.max()), 1) if size.numel() else 1

@@ -30,4 +30,4 @@ def check_enumerable(count: int, what: str) -> None:
 def flatten_batch(scores: Tensor, event_dim: int) -> tuple[Tensor, torch.Size]:
     """``(*batch, *event)`` -> ``(N, *event)`` and the batch shape to restore."""
     batch = scores.shape[: scores.dim() - event_dim]
-    return scores.reshape(-1, *scores.shape[scores.dim() - event_dim :]), batch
+    return scores.reshape(batch.numel(), *scores.shape[scores.dim() - event_dim :]), batch

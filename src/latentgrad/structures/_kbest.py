@@ -94,12 +94,12 @@ def kbest_subsets(
         if row_max_count is not None:
             counts = torch.arange(values.shape[1], device=dev).view(1, -1, 1)
             values = values.masked_fill(counts > row_max_count.view(n_rows, 1, 1), math.nan)
-        best = _best_first(values.reshape(n_rows, -1))[:, :k]
+        best = _best_first(values.flatten(1))[:, :k]
         count, pos = best // length, best % length
     chosen = torch.zeros((n_rows, k, n), dtype=torch.bool, device=dev)
     for i in range(n - 1, -1, -1):
         idx, prev_length = pointers[i]
-        p = idx.reshape(n_rows, -1).gather(1, count * idx.shape[-1] + pos)
+        p = idx.flatten(1).gather(1, count * idx.shape[-1] + pos)
         taken = p >= prev_length
         chosen[..., i] = taken
         pos = torch.where(taken, p - prev_length, p)

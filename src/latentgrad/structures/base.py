@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._dtypes import working_dtype
-from .._validation import check_no_nan, check_tensor, check_trailing_shape
+from .._validation import check_no_nan, check_sample_shape, check_tensor, check_trailing_shape
 
 
 def autograd_gradient(log_partition: Callable[[Tensor], Tensor], scores: Tensor) -> Tensor:
@@ -97,6 +97,7 @@ class Structure(abc.ABC):
         least float32 (half-precision DP tables lose too much).
         """
         self.check_scores(scores)
+        sample_shape = check_sample_shape(sample_shape)
         with torch.no_grad():
             work = scores.detach().to(working_dtype(scores.dtype))
             z = self._sample(work, tuple(sample_shape), generator)
@@ -115,19 +116,23 @@ class Structure(abc.ABC):
 
         ``scores`` ``(*batch, *score_shape)`` and structures ``z`` broadcast against each other
         (e.g. scores ``(B, 1, ...)`` with ``z`` ``(B, S, ...)``); returns the broadcast batch
-        shape, differentiable in ``scores``.
+        shape, differentiable in ``scores``; computed in at least float32, returned in the scores'
+        dtype.
         """
-        return self.score(scores, z) - self.log_partition(scores)
+        work = scores.to(working_dtype(scores.dtype))
+        return (self.score(work, z.to(work.dtype)) - self.log_partition(work)).to(scores.dtype)
 
     def entropy(self, scores: Tensor) -> Tensor:
         """Gibbs entropy ``H(p) = log Z - <scores, μ>``, ``μ = marginals(scores)``: ``(*batch,)``.
 
         Differentiable in ``scores`` (through ``marginals``, built with ``create_graph`` when the
         scores require grad); excluded (``-inf``) items have ``μ = 0`` and contribute 0.
-        ``H ≥ 0``: a value that rounding puts below 0 is returned as 0.
+        ``H ≥ 0``: a value that rounding puts below 0 is returned as 0. Computed in at least
+        float32, returned in the scores' dtype.
         """
-        entropy = self.log_partition(scores) - self.score(scores, self.marginals(scores))
-        return entropy.clamp_min(0)
+        work = scores.to(working_dtype(scores.dtype))
+        entropy = self.log_partition(work) - self.score(work, self.marginals(work))
+        return entropy.clamp_min(0).to(scores.dtype)
 
     @abc.abstractmethod
     def enumerate(self) -> Tensor:

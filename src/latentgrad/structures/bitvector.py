@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._dtypes import working_dtype
 from .._noise import uniform
 from .._validation import check_no_pos_inf
 from ._enumeration import check_enumerable, check_int, flatten_batch
@@ -85,18 +86,21 @@ class BitVector(Structure):
         return z.reshape(*batch, k, self.d), values.reshape(*batch, k)
 
     def log_partition(self, scores: Tensor) -> Tensor:
-        """``log sum_z exp(<t, z>)`` over the (budgeted) bit vectors: ``(*batch,)``."""
+        """``log sum_z exp(<t, z>)`` over the (budgeted) bit vectors: ``(*batch,)``, computed in
+        at least float32 and returned in the scores' dtype."""
         self.check_scores(scores)
+        work = scores.to(working_dtype(scores.dtype))
         if self.budget is None or self.budget == self.d:
-            return torch.nn.functional.softplus(scores).sum(-1)
-        return torch.logsumexp(log_elementary_symmetric(scores, self.budget), dim=-1)
+            return torch.nn.functional.softplus(work).sum(-1).to(scores.dtype)
+        log_z = torch.logsumexp(log_elementary_symmetric(work, self.budget), dim=-1)
+        return log_z.to(scores.dtype)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1)``, ``(*batch, d)``: ``sigmoid(t)``, or ``grad log Z`` with a budget."""
         self.check_scores(scores)
         if self.budget is None or self.budget == self.d:
             return torch.sigmoid(scores)
-        return super().marginals(scores)
+        return super().marginals(scores.to(working_dtype(scores.dtype))).to(scores.dtype)
 
     def _sample(
         self, scores: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator | None

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._dtypes import working_dtype
 from .._validation import check_no_pos_inf
 from ._enumeration import check_enumerable, check_int, flatten_batch
 from ._esp import log_elementary_symmetric
@@ -56,25 +57,30 @@ class KSubset(Structure):
     def topk(self, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The ``k`` best k-subsets (exact k-best count DP), ``(*batch, k, n)`` and ``(*batch, k)``.
 
-        Requires ``k <= C(n, self.k)``.
+        Requires ``k <= C(n, self.k)``. The DP ranks sums of scores shifted by their row maximum
+        (the same shift for every k-subset), so large common offsets do not round the ranking.
         """
         self.check_scores(scores)
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
-        z = kbest_subsets(flat, self.k, k, exact=True).to(scores.dtype)
+        top = flat.detach().amax(-1, keepdim=True) if flat.numel() else flat.new_zeros(())
+        shifted = flat.detach() - torch.where(torch.isfinite(top), top, 0.0)
+        z = kbest_subsets(shifted, self.k, k, exact=True).to(scores.dtype)
         values = self.score(flat.unsqueeze(1), z)
         return z.reshape(*batch, k, self.n), values.reshape(*batch, k)
 
     def log_partition(self, scores: Tensor) -> Tensor:
-        """``log e_k(θ) = log sum_{|S|=k} exp(sum_{i in S} θ_i)``: ``(*batch,)``."""
+        """``log e_k(θ) = log sum_{|S|=k} exp(sum_{i in S} θ_i)``: ``(*batch,)``, computed in at
+        least float32 and returned in the scores' dtype."""
         self.check_scores(scores)
-        return log_elementary_symmetric(scores, self.k)[..., -1]
+        work = scores.to(working_dtype(scores.dtype))
+        return log_elementary_symmetric(work, self.k)[..., -1].to(scores.dtype)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1) = grad log Z``, ``(*batch, n)``, sums to k; differentiable (its backward is
         the covariance of z, by double backward through the DP)."""
         self.check_scores(scores)
-        return super().marginals(scores)
+        return super().marginals(scores.to(working_dtype(scores.dtype))).to(scores.dtype)
 
     def _sample(
         self, scores: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator | None
