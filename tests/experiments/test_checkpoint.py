@@ -1,7 +1,8 @@
-"""Atomic writes: an interrupted save leaves the previous file intact."""
+"""Atomic writes, orphan temp files, and the choice of the checkpoint to resume from."""
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from latentgrad.experiments import checkpoint as ck
+from latentgrad.experiments.cli import main
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(
@@ -40,3 +42,88 @@ def test_checkpoint_io_loads_weights_only(tmp_path: Path) -> None:
         io.load_checkpoint(tmp_path / "bad.ckpt")
     with pytest.raises(FileNotFoundError):
         io.load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def _training_state(step: int) -> dict:
+    return {"state_dict": {"w": torch.full((2,), float(step))}, "loops": {}, "global_step": step}
+
+
+def test_orphan_temp_files_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    orphan = tmp_path / ".epoch=1-step=6.ckpt.k2j4x.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    keep = [tmp_path / "last.ckpt", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for f in keep:
+        f.write_bytes(b"x")
+    assert ck.remove_temp_files(tmp_path) == [orphan]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "corrupted", "missing"])
+def test_unusable_last_checkpoint_falls_back_to_the_newest_intact_one(
+    damage: str, tmp_path: Path
+) -> None:
+    ck.atomic_torch_save(_training_state(4), tmp_path / "epoch=0-step=4.ckpt")
+    ck.atomic_torch_save(_training_state(6), tmp_path / "epoch=1-step=6.ckpt")
+    last = tmp_path / "last.ckpt"
+    ck.atomic_torch_save(_training_state(8), last)
+    data = last.read_bytes()
+    if damage == "truncated":
+        last.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    elif damage == "corrupted":
+        last.write_bytes(bytes(b ^ 0x5A for b in data[:64]) + data[64:])
+    else:
+        last.unlink()
+    with pytest.warns(UserWarning, match=r"last\.ckpt is unusable .*epoch=1-step=6\.ckpt"):
+        chosen = ck.resume_checkpoint(tmp_path)
+    assert chosen == tmp_path / "epoch=1-step=6.ckpt"
+    assert ck.prepare_resume(tmp_path, chosen) == last
+    # last.ckpt is now the step-6 state; the periodic files it does not manage are gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert int(torch.load(last, weights_only=True)["global_step"]) == 6
+
+
+def test_intact_last_checkpoint_is_chosen_without_warning(tmp_path: Path) -> None:
+    ck.atomic_torch_save(_training_state(6), tmp_path / "epoch=1-step=6.ckpt")
+    ck.atomic_torch_save(_training_state(6), tmp_path / "last.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ck.resume_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    assert ck.resume_checkpoint(tmp_path / "nothing here") is None
+
+
+def test_no_intact_checkpoint_names_every_file(tmp_path: Path) -> None:
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    torch.save({"just": "a dict"}, tmp_path / "other.ckpt")
+    with pytest.raises(ck.CheckpointError, match=r"last\.ckpt: .*other\.ckpt: not a training"):
+        ck.resume_checkpoint(tmp_path)
+
+
+def _sg(tmp_path: Path, *extra: str) -> list[str]:
+    return ["run", "signal_game", "--estimator", "sfe", "--out", str(tmp_path), "profile=tiny",
+            *extra]  # fmt: skip
+
+
+def test_resume_cleans_temp_files_and_survives_a_corrupted_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_sg(tmp_path, "trainer.checkpoint_every_n_steps=2")) == 0
+    folder = tmp_path / "signal_game" / "sfe" / "seed0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=1-step=6.ckpt", "last.ckpt"]
+    (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:1000])
+    (folder / ".epoch=1-step=6.ckpt.x1y2z3.tmp").write_bytes(b"killed mid-write")
+    with pytest.warns(UserWarning, match=r"last\.ckpt is unusable.*epoch=1-step=6\.ckpt"):
+        code = main(_sg(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.max_epochs=3",
+                        "--resume"))  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=2-step=8.ckpt", "last.ckpt"]
+
+    for file in folder.iterdir():
+        file.write_bytes(b"")
+    capsys.readouterr()
+    code = main(_sg(tmp_path, "trainer.checkpoint_every_n_steps=2", "trainer.max_epochs=4",
+                    "--resume"))  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no intact checkpoint" in err and "last.ckpt" in err

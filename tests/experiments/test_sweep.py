@@ -38,18 +38,26 @@ def test_parse_seeds_is_the_ordered_union_of_the_ranges(ranges: list[tuple[int, 
 def test_sweep_two_local_workers_reports_failures_then_rerun_skips_finished(
     data_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    grid = ["softmax", "no_such_estimator"]
-    code = sweep("ssvae", grid, [1], TINY, out=str(tmp_path), workers=2)
+    # a cell that is valid but fails when it runs: its run directory holds another config
+    clash = tmp_path / "ssvae" / "sfe" / "seed1"
+    clash.mkdir(parents=True)
+    (clash / "config.yaml").write_text("task: ssvae\nestimator: sfe\nseed: 1\noptim: {lr: 9}\n")
+    code = sweep("ssvae", ["softmax", "sfe"], [1], TINY, out=str(tmp_path), workers=2)
     out = capsys.readouterr().out
     assert code == 1, out
     assert "1 finished, 0 skipped (already done), 1 failed" in out
-    assert "FAILED no_such_estimator/seed1" in out
-    log = tmp_path / "ssvae" / "no_such_estimator" / "seed1" / "sweep.log"
-    assert "no estimator 'no_such_estimator'" in log.read_text()
+    assert "FAILED sfe/seed1" in out
+    assert "differs from" in (clash / "sweep.log").read_text()
     result = json.loads((tmp_path / "ssvae" / "softmax" / "seed1" / "metrics.json").read_text())
     assert result["estimator"] == "softmax" and result["seed"] == 1
     assert sweep("ssvae", ["softmax"], [1], TINY, out=str(tmp_path), workers=2) == 0
     assert "0 finished, 1 skipped" in capsys.readouterr().out
+
+
+def test_sweep_with_one_invalid_cell_starts_none(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="2 of 4 cells are invalid, none was started: no_such"):
+        sweep("ssvae", ["softmax", "no_such"], [1, 2], TINY, out=str(tmp_path))
+    assert not tmp_path.joinpath("ssvae").exists()
 
 
 @pytest.mark.ray

@@ -1,21 +1,30 @@
-"""Atomic, ``weights_only``-loadable checkpoints.
+"""Atomic, ``weights_only``-loadable checkpoints, and picking one to resume from.
 
-Every file is written to a temporary file in the destination folder, flushed to disk, then moved
-into place with ``os.replace``: a run killed mid-write leaves the previous checkpoint intact, never
-a truncated one. Loading always uses ``torch.load(weights_only=True)``, so checkpoints must hold
-only tensors and plain Python containers/scalars (configs are stored as plain dicts).
+Every file is written to a temporary file ``.<name>.<random>.tmp`` in the destination folder,
+flushed to disk, then moved into place with ``os.replace``: a run killed mid-write leaves the
+previous checkpoint intact, never a truncated one, and at worst an orphan temp file, which
+``remove_temp_files`` deletes on the next start. Loading always uses
+``torch.load(weights_only=True)``, so checkpoints must hold only tensors and plain Python
+containers/scalars (configs are stored as plain dicts). ``resume_checkpoint`` picks the checkpoint
+to resume from: ``last.ckpt``, or, when that one is unreadable (truncated, empty, corrupted), the
+newest intact one beside it; ``prepare_resume`` restores ``last.ckpt`` from it and deletes the
+files the configured ``ModelCheckpoint`` no longer manages.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+TEMP_SUFFIX = ".tmp"
+LAST = "last.ckpt"
 
 
 def _umask() -> int:
@@ -35,7 +44,7 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], obje
     ``path``; the temp file is removed if anything fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -77,3 +86,95 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(
             path, map_location=map_location or (lambda storage, loc: storage), weights_only=True
         )
+
+
+def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the orphan temp files (``.<name>.<random>.tmp``) a killed atomic write left in
+    ``folder``; returns the deleted paths."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(f".*{TEMP_SUFFIX}")):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+class CheckpointError(ValueError):
+    """No intact checkpoint to resume from; the message names every unreadable file."""
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(checkpoint, "") if ``path`` loads and holds a Lightning training state, else (None, why)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file: torch raises many types for bad bytes
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, reason
+    missing = [k for k in ("state_dict", "loops", "global_step") if k not in ckpt]
+    if not isinstance(ckpt, dict) or missing:
+        return None, f"not a training checkpoint (no {', '.join(missing) or 'mapping'})"
+    return ckpt, ""
+
+
+def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint in ``folder`` to resume from: the intact ``*.ckpt`` with the largest global
+    step (``last.ckpt`` on ties), with a warning naming both files when ``last.ckpt`` is missing or
+    unreadable. ``None`` when ``folder`` holds no checkpoint; ``CheckpointError`` when it holds
+    only unreadable ones.
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not files:
+        return None
+    intact: dict[Path, int] = {}
+    broken: dict[Path, str] = {}
+    for file in files:
+        ckpt, why = _read(file)
+        if ckpt is None:
+            broken[file] = why
+        else:
+            intact[file] = int(ckpt["global_step"])
+    if not intact:
+        details = "; ".join(f"{f.name}: {why}" for f, why in broken.items())
+        raise CheckpointError(
+            f"--resume: no intact checkpoint in {folder} ({details}); delete the folder to "
+            "start over"
+        )
+    last = folder / LAST
+    chosen = max(intact, key=lambda f: (intact[f], f == last))
+    if last not in intact:
+        warnings.warn(
+            f"--resume: {last} is unusable ({broken.get(last, 'missing')}); resuming from "
+            f"{chosen} instead (global step {intact[chosen]})",
+            stacklevel=2,
+        )
+    return chosen
+
+
+def prepare_resume(folder: str | os.PathLike[str], chosen: Path) -> Path:
+    """Make ``folder/last.ckpt`` a copy of ``chosen`` (atomically, when they differ) and delete
+    every other checkpoint but the periodic one its ModelCheckpoint state manages (unreadable
+    files, or ones from steps the resumed run redoes); returns the ``last.ckpt`` path to resume
+    from. Resuming from ``last.ckpt`` lets Lightning replace the periodic file as usual: it never
+    deletes the file a run resumed from."""
+    folder = Path(folder)
+    last = folder / LAST
+    if chosen != last:
+        atomic_write_bytes(chosen.read_bytes(), last)
+    state, _ = _read(last)
+    keep = {LAST, *_periodic_checkpoints(state or {})}
+    for file in folder.glob("*.ckpt"):
+        if file.name not in keep:
+            file.unlink(missing_ok=True)
+    return last
+
+
+def _periodic_checkpoints(ckpt: dict[str, Any]) -> set[str]:
+    """File names of the checkpoints that ``ckpt``'s ModelCheckpoint state still manages."""
+    names = set()
+    for state in (ckpt.get("callbacks") or {}).values():
+        if isinstance(state, dict):
+            for key in ("best_model_path", "last_model_path"):
+                if state.get(key):
+                    names.add(Path(state[key]).name)
+    return names

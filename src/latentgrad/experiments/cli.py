@@ -6,14 +6,38 @@
         [key=value ...]
     latentgrad report RUNS_DIR
     latentgrad demo [--out DIR] [--mnist PATH]
+    latentgrad --version
+
+A user's mistake (unknown task or estimator, bad value, malformed YAML, bad data file, unusable
+checkpoint) exits with status 2 and one line on stderr, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
+from latentgrad import __version__
 from latentgrad.experiments.config import ConfigError, parse_overrides
+from latentgrad.experiments.data.files import DataError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``latentgrad run: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {seed}")
+    return seed
 
 
 def _trainer_flags(args: argparse.Namespace) -> list[str]:
@@ -37,13 +61,14 @@ def _add_trainer_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latentgrad", description=__doc__.split("\n")[0])
+    p = _Parser(prog="latentgrad", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"latentgrad {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="one training run")
     r.add_argument("task")
     r.add_argument("--estimator", required=True)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--config", help="YAML file with config overrides")
     r.add_argument("--out", default="runs", help="root of run directories (default: runs)")
     r.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -74,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--mnist", help="folder with the MNIST IDX files: use MNIST (cpu profile) instead of digits"
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     return p
 
 
@@ -109,18 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             from latentgrad.experiments.sweep import parse_seeds, sweep
 
-            parse_overrides(args.overrides)  # fail early on malformed overrides
-            extra = [*args.overrides, *_trainer_flags(args)]
-            if args.config:
-                extra = ["--config", args.config, *extra]
             return sweep(
                 args.task,
                 args.estimators.split(","),
                 parse_seeds(args.seeds),
-                extra,
+                [*args.overrides, *_trainer_flags(args)],
                 out=args.out,
                 workers=args.workers,
                 ray_address=args.ray,
+                config_file=args.config,
             )
         if args.command == "report":
             from latentgrad.experiments.report import report
@@ -132,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         from latentgrad.experiments.demo import demo
 
         return demo(args.out, args.mnist, args.seed)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        print(f"latentgrad {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
+        message = " ".join(str(err).split())  # one line
+        print(f"latentgrad {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

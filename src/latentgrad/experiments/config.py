@@ -12,6 +12,7 @@ dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from importlib import resources
@@ -79,13 +80,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() == "true"
     elif tp is int or tp is float:
         numbers = int if tp is int else int | float  # an int is a valid float, not vice versa
+        number = None
         if isinstance(value, numbers) and not isinstance(value, bool):
-            return tp(value)
-        if isinstance(value, str):
+            number = tp(value)
+        elif isinstance(value, str):
             try:
-                return tp(value)
+                number = tp(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -135,6 +141,18 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _safe_load(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)``; malformed YAML raises a one-line ``ConfigError`` naming
+    ``source`` and the position."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["optim.lr=1e-4", "trainer.max_epochs=3"]`` -> nested dict; values parsed as YAML."""
     out: dict[str, Any] = {}
@@ -145,7 +163,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _safe_load(raw, f"override {item!r}") if raw.strip() else ""
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -163,7 +181,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config: cannot read {path} as text: {err}") from None
+    data = _safe_load(text, f"--config {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a YAML mapping, got {type(data).__name__}")
     return data

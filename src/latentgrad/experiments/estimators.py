@@ -4,7 +4,9 @@ Each entry builds an ``Estimator`` for a categorical latent with ``num_classes``
 an ``EstimatorConfig`` and says which mapping the model's q(y|x) uses (``softmax`` or
 ``sparsemax``; the task uses it for evaluation and for the labelled loss). ``features_dim`` is the
 size of the encoder input, for estimators with an input-dependent baseline (NVIL): those are
-called as ``est(scores, loss_fn, baseline_input=x)`` (``needs_baseline_input``).
+called as ``est(scores, loss_fn, baseline_input=x)`` (``needs_baseline_input``). ``args`` lists
+the ``EstimatorConfig`` fields the factory reads: a user setting any other ``estimator_args`` key
+for this estimator is refused (it would be silently ignored); ``None`` leaves the keys unchecked.
 Estimator modules are imported only when an entry is built.
 """
 
@@ -29,6 +31,7 @@ class EstimatorSpec:
     description: str = ""
     needs_baseline_input: bool = False
     exact: bool = False
+    args: tuple[str, ...] | None = None
 
 
 def _softmax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
@@ -103,34 +106,65 @@ def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: in
     return GaussianSparsemaxEstimator(scale=1.0, entropy_coeff=cfg.entropy_coeff)
 
 
+_GUMBEL_ARGS = ("temperature", "temperature_min", "anneal_rate", "anneal_every", "entropy_coeff")
+
 ESTIMATORS: dict[str, EstimatorSpec] = {
     "softmax": EstimatorSpec(
-        _softmax, "softmax", "exact marginalization, p = softmax (K decoder calls)", exact=True
+        _softmax,
+        "softmax",
+        "exact marginalization, p = softmax (K decoder calls)",
+        exact=True,
+        args=("entropy_coeff",),
     ),
     "sparsemax": EstimatorSpec(
-        _sparsemax, "sparsemax", "exact marginalization over supp sparsemax", exact=True
+        _sparsemax,
+        "sparsemax",
+        "exact marginalization over supp sparsemax",
+        exact=True,
+        args=("entropy_coeff",),
     ),
-    "sfe": EstimatorSpec(_sfe, "softmax", "score function, running-mean baseline"),
+    "sfe": EstimatorSpec(
+        _sfe, "softmax", "score function, running-mean baseline", args=("baseline", "entropy_coeff")
+    ),
     "sfe_plus": EstimatorSpec(
-        _sfe_plus, "softmax", "score function, self-critic baseline (+1 sample)"
+        _sfe_plus,
+        "softmax",
+        "score function, self-critic baseline (+1 sample)",
+        args=("entropy_coeff",),
     ),
     "sfe_01": EstimatorSpec(
-        _sfe, "softmax", "score function, running-mean baseline; the task uses a 0/1 reward"
+        _sfe,
+        "softmax",
+        "score function, running-mean baseline; the task uses a 0/1 reward",
+        args=("baseline", "entropy_coeff"),
     ),
     "nvil": EstimatorSpec(
-        _nvil, "softmax", "score function, learned input-dependent baseline (MLP)", True
+        _nvil,
+        "softmax",
+        "score function, learned input-dependent baseline (MLP)",
+        True,
+        args=("nvil_hidden", "entropy_coeff"),
     ),
     "sum_and_sample": EstimatorSpec(
-        _sum_and_sample, "softmax", "Rao-Blackwellised: top-k_ss summed + 1 sample"
+        _sum_and_sample,
+        "softmax",
+        "Rao-Blackwellised: top-k_ss summed + 1 sample",
+        args=("k_ss", "baseline", "entropy_coeff"),
     ),
     "gumbel": EstimatorSpec(
-        _gumbel(False), "softmax", "Gumbel-Softmax relaxation, annealed temperature"
+        _gumbel(False),
+        "softmax",
+        "Gumbel-Softmax relaxation, annealed temperature",
+        args=_GUMBEL_ARGS,
     ),
     "st_gumbel": EstimatorSpec(
-        _gumbel(True), "softmax", "straight-through Gumbel, annealed temperature"
+        _gumbel(True), "softmax", "straight-through Gumbel, annealed temperature", args=_GUMBEL_ARGS
     ),
     "gaussian_sparsemax": EstimatorSpec(
-        _gaussian_sparsemax, "sparsemax", "mixed sample y = sparsemax(scores + N(0, I)), pathwise"
+        _gaussian_sparsemax,
+        "sparsemax",
+        "mixed sample y = sparsemax(scores + N(0, I)), pathwise",
+        args=("entropy_coeff",),
     ),
 }
 

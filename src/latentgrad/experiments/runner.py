@@ -4,25 +4,38 @@ Run directory: ``<out>/<task>/<estimator>/seed<seed>/`` holding ``config.yaml`` 
 ``command.txt``, ``run.json`` (seed, git commit, package versions), ``checkpoints/last.ckpt``
 (atomic, ``weights_only``-loadable), ``csv/version_*/metrics.csv`` and ``tb/`` logs (one version
 per attempt: a resumed run adds one) and, once finished, ``metrics.json``.
+
+Every user mistake (config, task, seed, trainer flags, data files, checkpoints) raises a
+``ConfigError``/``DataError``/``FileNotFoundError`` before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from latentgrad.experiments.checkpoint import AtomicCheckpointIO, atomic_write_text
-from latentgrad.experiments.config import ConfigError, resolve, to_dict
+from latentgrad.experiments.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    atomic_write_text,
+    prepare_resume,
+    remove_temp_files,
+    resume_checkpoint,
+)
+from latentgrad.experiments.config import ConfigError, deep_merge, load_yaml, resolve, to_dict
 from latentgrad.experiments.records import write_run_records
 from latentgrad.experiments.tasks.registry import get_task
 
 METRICS_FILE = "metrics.json"
 LAST_CKPT = "last.ckpt"
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 
 
 def run_dir_for(out: str | os.PathLike[str], task: str, estimator: str, seed: int) -> Path:
@@ -50,6 +63,107 @@ def _is_global_zero() -> bool:
     )
 
 
+def _check_estimator_args(
+    estimator: str, overrides: dict[str, Any], config_file: str | os.PathLike[str] | None
+) -> None:
+    """Refuse ``estimator_args`` keys the user set that ``estimator`` does not read."""
+    from latentgrad.experiments.estimators import estimator_spec
+
+    used = estimator_spec(estimator).args
+    user = deep_merge(load_yaml(config_file) if config_file is not None else {}, overrides)
+    given = user.get("estimator_args")
+    if used is None or not isinstance(given, dict):
+        return
+    ignored = sorted(set(given) - set(used))
+    if ignored:
+        raise ConfigError(
+            f"estimator_args.{ignored[0]}: does not apply to estimator {estimator!r}, which reads "
+            f"only {', '.join(f'estimator_args.{k}' for k in used)}"
+        )
+
+
+_LIGHTNING_INFO = "lightning.pytorch.utilities.rank_zero"  # the logger of rank_zero_info
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's promotional "Tip:" lines; its warnings and other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def _silence_lightning_tips() -> None:
+    log = logging.getLogger(_LIGHTNING_INFO)
+    if not any(isinstance(f, _NoTips) for f in log.filters):
+        log.addFilter(_NoTips())
+
+
+def check_run(
+    task: str,
+    estimator: str,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> tuple[Any, Any]:
+    """Validate one run without writing anything: -> (task module, resolved config).
+
+    Raises ``ConfigError`` (one line naming the key or flag) for an unknown task or estimator, a
+    seed outside ``[0, 2**32 - 1]``, an invalid or inapplicable config value, or trainer flags
+    (accelerator, devices, strategy, precision) Lightning refuses on this machine.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    try:
+        module = get_task(task)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    overrides = overrides or {}
+    cfg = resolve(module.Config, task, estimator, seed, overrides, config_file)
+    _check_estimator_args(estimator, overrides, config_file)
+    info = logging.getLogger(_LIGHTNING_INFO)
+    level = info.level
+    info.setLevel(logging.WARNING)  # the real Trainer prints the device summary, this one not
+    try:
+        _trainer(cfg.trainer, {"logger": False, "enable_checkpointing": False})
+    finally:
+        info.setLevel(level)
+    return module, cfg
+
+
+def _trainer(tc: Any, extra: dict[str, Any]) -> Any:
+    """``L.Trainer`` for the trainer section ``tc``; a setting Lightning refuses -> ConfigError."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    _silence_lightning_tips()
+    try:
+        return L.Trainer(
+            max_epochs=tc.max_epochs,
+            max_steps=tc.max_steps,
+            limit_train_batches=tc.limit_train_batches,
+            limit_val_batches=tc.limit_eval_batches,
+            limit_test_batches=tc.limit_eval_batches,
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            num_nodes=tc.num_nodes,
+            strategy=tc.strategy,
+            precision=tc.precision,
+            deterministic=tc.deterministic,
+            log_every_n_steps=tc.log_every_n_steps,
+            num_sanity_val_steps=tc.num_sanity_val_steps,
+            enable_progress_bar=tc.progress_bar,
+            enable_model_summary=False,
+            reload_dataloaders_every_n_epochs=1,
+            **extra,
+        )
+    except (ValueError, MisconfigurationException) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"trainer (accelerator={tc.accelerator!r}, devices={tc.devices}, "
+            f"strategy={tc.strategy!r}, precision={tc.precision!r}): {first}"
+        ) from None
+
+
 def run(
     task: str,
     estimator: str,
@@ -65,12 +179,11 @@ def run(
     Raises ``ConfigError`` before any training when the config is invalid, and ``FileExistsError``
     when the run directory already holds a run and ``resume`` is False.
     """
-    module = get_task(task)
-    cfg = resolve(module.Config, task, estimator, seed, overrides, config_file)
+    module, cfg = check_run(task, estimator, seed, overrides, config_file)
     config = to_dict(cfg)
     run_dir = run_dir_for(out, task, estimator, seed)
-    ckpt = run_dir / "checkpoints" / LAST_CKPT
     metrics_path = run_dir / METRICS_FILE
+    ckpt: Path | None = None
     # DDP worker processes re-run this command after rank 0 has written the records: skip the check
     if _is_global_zero() and (run_dir / "config.yaml").exists():
         if not resume:
@@ -82,19 +195,19 @@ def run(
         saved_trainer = yaml.safe_load((run_dir / "config.yaml").read_text()).get("trainer")
         if metrics_path.exists() and saved_trainer == config["trainer"]:
             return json.loads(metrics_path.read_text())  # finished with these settings
+    if resume:  # DDP workers start after rank 0 chose and pruned: they find the same file
+        with warnings.catch_warnings():
+            if not _is_global_zero():
+                warnings.simplefilter("ignore")
+            try:
+                ckpt = resume_checkpoint(run_dir / "checkpoints")
+            except CheckpointError as err:
+                raise ConfigError(str(err)) from None
 
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    if cfg.trainer.num_threads is not None:
-        import torch
-
-        torch.set_num_threads(cfg.trainer.num_threads)
-    L.seed_everything(seed, workers=True, verbose=False)
-    model, data = module.build_run(config, str(run_dir))  # loads the data: fails before any record
-    if _is_global_zero():
-        write_run_records(run_dir, config, argv)
     tc = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -103,29 +216,31 @@ def run(
         every_n_train_steps=tc.checkpoint_every_n_steps or None,
         save_on_train_epoch_end=True,
     )
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=tc.max_epochs,
-        max_steps=tc.max_steps,
-        limit_train_batches=tc.limit_train_batches,
-        limit_val_batches=tc.limit_eval_batches,
-        limit_test_batches=tc.limit_eval_batches,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
-        precision=tc.precision,
-        deterministic=tc.deterministic,
-        log_every_n_steps=tc.log_every_n_steps,
-        num_sanity_val_steps=tc.num_sanity_val_steps,
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1,
-        logger=[CSVLogger(run_dir, name="csv"), TensorBoardLogger(run_dir, name="tb")],
-        callbacks=[checkpoint],
-        plugins=[AtomicCheckpointIO()],
+    if tc.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(tc.num_threads)
+    L.seed_everything(seed, workers=True, verbose=False)
+    model, data = module.build_run(config, str(run_dir))  # loads the data: fails before any record
+    trainer = _trainer(
+        tc,
+        {
+            "default_root_dir": run_dir,
+            "logger": [CSVLogger(run_dir, name="csv"), TensorBoardLogger(run_dir, name="tb")],
+            "callbacks": [checkpoint],
+            "plugins": [AtomicCheckpointIO()],
+        },
     )
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt if resume and ckpt.exists() else None)
+    if _is_global_zero():
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_temp_files(folder)  # left by a write that was killed
+        if ckpt is not None:
+            ckpt = prepare_resume(run_dir / "checkpoints", ckpt)
+        write_run_records(run_dir, config, argv)
+    with warnings.catch_warnings():
+        # resuming in place: the checkpoint folder holds this run's own checkpoints by design
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt)
     tested = trainer.test(model, datamodule=data, verbose=False)
     metrics = {k: float(v) for k, v in tested[0].items()} if tested else {}
     metrics.update(model.summary())

@@ -1,9 +1,10 @@
 """Grids of runs (estimators x seeds) in a local process pool or on a Ray cluster.
 
-Each grid cell is one ``latentgrad run ... --resume`` subprocess (isolated: a crash fails that
-cell only) writing its output to ``<run_dir>/sweep.log``. Cells whose ``metrics.json`` exists are
-skipped, unfinished ones resume from their last checkpoint. A summary is printed at the end; the
-return code is 1 when any cell failed.
+Every cell's config is validated before any cell starts: one invalid cell refuses the whole grid
+with a ``ConfigError`` naming it. Each grid cell is then one ``latentgrad run ... --resume``
+subprocess (isolated: a crash fails that cell only) writing its output to ``<run_dir>/sweep.log``.
+Cells whose ``metrics.json`` exists are skipped, unfinished ones resume from their last checkpoint.
+A summary is printed at the end; the return code is 1 when any cell failed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentgrad.experiments.config import ConfigError
-from latentgrad.experiments.runner import METRICS_FILE, run_dir_for
+from latentgrad.experiments.config import ConfigError, parse_overrides
+from latentgrad.experiments.runner import METRICS_FILE, check_run, run_dir_for
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -31,8 +32,12 @@ def parse_seeds(text: str) -> list[int]:
                 seeds.extend(range(int(lo), int(hi) + 1))
             else:
                 seeds.append(int(part))
+        if any(s < 0 for s in seeds):
+            raise ValueError
     except ValueError:
-        raise ConfigError(f"--seeds: expected e.g. '1-10' or '43,44,45', got {text!r}") from None
+        raise ConfigError(
+            f"--seeds: expected non-negative seeds like '1-10' or '43,44,45', got {text!r}"
+        ) from None
     return list(dict.fromkeys(seeds))
 
 
@@ -56,18 +61,47 @@ def _threads_per_worker(workers: int) -> str:
     return str(max(1, (os.cpu_count() or 1) // max(1, workers)))
 
 
+def _check_cells(
+    task: str,
+    estimators: list[str],
+    seeds: list[int],
+    overrides: list[str],
+    config_file: str | None,
+) -> None:
+    """Resolve every cell's config; a ConfigError naming the invalid cells if any is."""
+    parsed = parse_overrides(overrides)
+    errors = []
+    for estimator in estimators:
+        for seed in seeds:
+            try:
+                check_run(task, estimator, seed, parsed, config_file)
+            except ConfigError as err:
+                errors.append(f"{estimator}/seed{seed}: {err}")
+    if errors:
+        raise ConfigError(
+            f"{len(errors)} of {len(estimators) * len(seeds)} cells are invalid, none was "
+            f"started: {'; '.join(errors)}"
+        )
+
+
 def sweep(
     task: str,
     estimators: list[str],
     seeds: list[int],
-    extra_args: list[str],
+    overrides: list[str],
     out: str = "runs",
     workers: int = 1,
     ray_address: str | None = None,
+    config_file: str | None = None,
 ) -> int:
-    """Run the grid; returns 0 when every cell finished (now or before), else 1."""
+    """Run the grid; returns 0 when every cell finished (now or before), else 1.
+
+    ``overrides``: ``key=value`` strings passed to every cell, ``config_file`` its ``--config``.
+    """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    _check_cells(task, estimators, seeds, overrides, config_file)
+    extra_args = [*(["--config", config_file] if config_file else []), *overrides]
     cells, skipped = [], []
     for estimator in estimators:
         for seed in seeds:

@@ -14,6 +14,11 @@ DATA_ENV = "LATENTGRAD_DATA"
 SUMS_FILE = "SHA256SUMS"
 
 
+class DataError(ValueError):
+    """A data file that exists but cannot be used (corrupt, wrong checksum, wrong format); the
+    message names the file and what to do."""
+
+
 def dataset_dir(name: str, path: str | os.PathLike[str] | None = None) -> Path:
     """Folder of ``name``: ``path``, else ``$LATENTGRAD_DATA/<name>``, else ``data/<name>``."""
     if path is not None:
@@ -57,7 +62,7 @@ def read_sums(directory: Path) -> dict[str, str]:
             continue
         parts = line.split()
         if len(parts) != 2 or len(parts[0]) != 64:
-            raise ValueError(
+            raise DataError(
                 f"{sums_path}:{lineno}: expected '<sha256 hex>  <filename>', got {line!r}"
             )
         sums[parts[1].lstrip("*")] = parts[0].lower()
@@ -71,7 +76,7 @@ def verify_checksum(file: Path) -> None:
         return
     actual = sha256(file)
     if actual != expected:
-        raise ValueError(
+        raise DataError(
             f"checksum mismatch for {file}: SHA-256 is {actual}, but {file.parent / SUMS_FILE} "
             f"expects {expected}. The file is corrupt or not the expected one; replace it."
         )

@@ -9,13 +9,19 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from latentgrad.experiments.data.files import dataset_dir, require_file, verify_checksum
+from latentgrad.experiments.data.files import (
+    DataError,
+    dataset_dir,
+    require_file,
+    verify_checksum,
+)
 
 IDX_FILES = {
     ("train", "images"): "train-images-idx3-ubyte.gz",
@@ -30,12 +36,18 @@ def read_idx(file: str | os.PathLike[str]) -> Tensor:
     """Read one IDX file (gzip if named ``*.gz``) into a uint8 tensor of its stored shape."""
     file = Path(file)
     opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(file, "rb") as fh:
+            raw = fh.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{file} is not a valid gzip file ({err or 'truncated'}); replace it with an intact "
+            "copy"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{file} is not an IDX file (bad magic number)")
+        raise DataError(f"{file} is not an IDX file (bad magic number)")
     if raw[2] != 0x08:
-        raise ValueError(
+        raise DataError(
             f"{file}: only unsigned-byte IDX data (type 0x08) is supported, got 0x{raw[2]:02x}"
         )
     ndim = raw[3]
@@ -45,7 +57,7 @@ def read_idx(file: str | os.PathLike[str]) -> Tensor:
     for n in shape:
         count *= n
     if len(raw) - header != count:
-        raise ValueError(
+        raise DataError(
             f"{file}: header announces shape {shape} ({count} bytes) but holds {len(raw) - header}"
         )
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
@@ -61,7 +73,7 @@ def _load_split(directory: str, split: str, name: str) -> tuple[Tensor, Tensor]:
         out.append(read_idx(file))
     images, labels = out
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{name} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise DataError(f"{name} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
     return images, labels.long()
 
 

@@ -1,0 +1,129 @@
+"""A user's mistake on the command line: exit status 2, one line on stderr, nothing written."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentgrad.experiments.cli import main
+from latentgrad.experiments.data.idx import IDX_FILES
+
+RUN = ["run", "ssvae", "--estimator", "softmax"]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI, check status 2 and a single stderr line without a traceback; the line."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse refuses the arguments themselves
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "no_such_task", "--estimator", "softmax"], "task must be one of ssvae"),
+        ([*RUN, "--seed", "-1"], "--seed: must be >= 0, got -1"),
+        ([*RUN, "--seed", "two"], "--seed: expected a non-negative integer"),
+        ([*RUN, "optim.lr=inf"], "optim.lr: must be a finite number"),
+        ([*RUN, "optim.lr=.nan"], "optim.lr: must be a finite number"),
+        ([*RUN, "estimator_args.entropy_coeff=-.inf"], "estimator_args.entropy_coeff: must be a"),
+        ([*RUN, "model.encoder_hidden=[4,"], "malformed YAML"),
+        ([*RUN, "--accelerator", "bogus"], "invalid accelerator name"),
+        ([*RUN, "--devices", "0"], "trainer.devices: must be >= 1"),
+        ([*RUN, "--devices", "two"], "--devices: invalid int value"),
+        ([*RUN, "--strategy", "bogus"], "invalid strategy name"),
+        (
+            ["run", "ssvae", "--estimator", "sparsemax", "estimator_args.temperature=0.5"],
+            "estimator_args.temperature: does not apply to estimator 'sparsemax'",
+        ),
+        (
+            ["sweep", "ssvae", "--estimators", "softmax,nope", "--seeds", "1"],
+            "1 of 2 cells are invalid, none was started: nope/seed1",
+        ),
+        (
+            [
+                "sweep",
+                "ssvae",
+                "--estimators",
+                "gumbel,sfe",
+                "--seeds",
+                "1",
+                "estimator_args.k_ss=2",
+            ],
+            "gumbel/seed1: estimator_args.k_ss: does not apply",
+        ),
+        (["sweep", "ssvae", "--estimators", "softmax", "--seeds", "1,-3"], "--seeds"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line_and_write_nothing(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _one_line_error(capsys, [*argv, "--out", str(tmp_path / "runs")])
+    assert message in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_malformed_config_file_names_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 0.1\n  weight_decay: [1,\n")
+    line = _one_line_error(capsys, [*RUN, "--config", str(bad), "--out", str(tmp_path / "runs")])
+    assert f"--config {bad}: malformed YAML (line 4" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def _fake_mnist(folder: Path, n: int = 200) -> None:
+    """A small MNIST-format folder (gzip IDX files, random pixels)."""
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for (split, part), name in IDX_FILES.items():
+        count = n if split == "train" else n // 2
+        shape = (count, 28, 28) if part == "images" else (count,)
+        high = 256 if part == "images" else 10
+        data = torch.randint(0, high, shape, generator=gen, dtype=torch.uint8)
+        header = bytes([0, 0, 0x08, len(shape)]) + struct.pack(f">{len(shape)}i", *shape)
+        (folder / name).write_bytes(gzip.compress(header + data.numpy().tobytes()))
+
+
+@pytest.mark.parametrize("damage", ["checksum", "truncated gzip", "not gzip"])
+def test_damaged_data_files_exit_2_naming_the_file(
+    damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mnist = tmp_path / "data" / "mnist"
+    _fake_mnist(mnist)
+    target = mnist / IDX_FILES[("train", "images")]
+    if damage == "checksum":
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        (mnist / "SHA256SUMS").write_text(f"{digest[::-1]}  {target.name}\n")
+        expected = f"checksum mismatch for {target}"
+    elif damage == "truncated gzip":
+        target.write_bytes(target.read_bytes()[:-100])
+        expected = f"{target} is not a valid gzip file"
+    else:
+        target.write_bytes(b"garbage" * 10)
+        expected = f"{target} is not a valid gzip file"
+    monkeypatch.setenv("LATENTGRAD_DATA", str(tmp_path / "data"))
+    line = _one_line_error(capsys, [*RUN, "profile=tiny", "--out", str(tmp_path / "runs")])
+    assert expected in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import latentgrad
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"latentgrad {latentgrad.__version__}"
