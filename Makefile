@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff check src tests benchmarks docs examples
 
 # The documentation site (Sphinx): any warning, e.g. a broken reference, fails the build.
 docs: $(STAMP)
