@@ -294,3 +294,21 @@ def test_score_function_never_samples_minus_inf_categories_and_loss_value_is_the
     torch.testing.assert_close(out.loss, (out.expected_loss - 0.3 * entropy).mean())
     (g,) = torch.autograd.grad(out.loss, scores)
     assert torch.isfinite(g).all() and (g[:, 1] == 0).all()
+
+
+def test_nvil_default_baseline_trains_over_several_steps():
+    torch.manual_seed(0)
+    est = NVIL()
+    scores = torch.randn(4, 5, requires_grad=True)
+
+    def loss_fn(z, rows):
+        return (z * torch.arange(5.0)).sum(-1)
+
+    est(scores, loss_fn)  # the first call sizes the default baseline net
+    opt = torch.optim.SGD([scores, *est.parameters()], lr=0.1)
+    for _ in range(3):
+        out = est(scores, loss_fn)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in est.parameters())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._validation import check_choice, check_positive_int
 from ..structures.base import Structure
@@ -103,7 +104,8 @@ class ScoreBaselineNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, ...)`` -> ``(B, 1)``."""
-        if self.net[1].has_uninitialized_params():
+        first = self.net[1]
+        if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)
         return self.net(x)
 
