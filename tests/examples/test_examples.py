@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # script -> (fast-mode arguments, a phrase its output must contain)
 FAST = {
+    "categorical_vae.py": (["--steps", "5"], "sparsemax marginalization"),
     "bitvector_sparsemap.py": (["--steps", "5", "--bits", "8"], "SparseMAP, budget 4"),
     "spanning_tree.py": (["--steps", "3", "--n", "5"], "edges recovered"),
     "mixed_latent.py": (["--steps", "20"], "exact KL to the mixed uniform prior"),
