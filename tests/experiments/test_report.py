@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentgrad.experiments.cli import main
-from latentgrad.experiments.report import mean_se, read_curves
+from latentgrad.experiments.report import mean_se, metric_label, read_curves
 
 FIXTURE = {  # estimator -> per-seed (acc, neg_elbo, decoder_calls)
     "softmax": [(0.90, 100.0, 10.0), (0.92, 102.0, 10.0), (0.94, 101.0, 10.0)],
@@ -20,11 +20,13 @@ FIXTURE = {  # estimator -> per-seed (acc, neg_elbo, decoder_calls)
 }
 
 
-def make_runs(root: Path) -> None:
+def make_runs(root: Path, warmstart: int | None = None) -> None:
     for est, seeds in FIXTURE.items():
         for seed, (acc, elbo, calls) in enumerate(seeds):
             d = root / "ssvae" / est / f"seed{seed}"
             (d / "csv" / "version_0").mkdir(parents=True)
+            if warmstart is not None:
+                (d / "config.yaml").write_text(f"optim:\n  warmstart_epochs: {warmstart}\n")
             metrics = {"test/acc": acc, "test/neg_elbo": elbo, "decoder_calls": calls}
             result = {
                 "task": "ssvae",
@@ -99,3 +101,54 @@ def test_report_without_runs_fails_clearly(
 ) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Every figure the report saves, by file name, captured before it is closed."""
+    from matplotlib.figure import Figure
+
+    saved: dict[str, object] = {}
+    real_savefig = Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        saved[Path(path).name] = fig
+        return real_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_report_figures_read_at_a_glance(tmp_path: Path, figures: dict) -> None:
+    make_runs(tmp_path, warmstart=1)
+    assert main(["report", str(tmp_path)]) == 0
+    assert len(figures) == 4
+    for name, fig in figures.items():
+        (ax,) = fig.axes
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert {"softmax", "sfe"} <= set(legend), name
+        assert "/" not in ax.get_ylabel() and "_" not in ax.get_ylabel(), ax.get_ylabel()
+        if name.startswith("curve_"):
+            assert ax.get_xlabel() == "epoch"
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert all(float(t).is_integer() for t in ticks), ticks
+            assert "band: ± 1 standard error over seeds" in legend
+            assert "end of the 1-epoch warm start" in legend
+        else:
+            assert ax.get_xscale() == "log"
+            assert ax.get_xlabel() == "decoder calls per example (log scale)"
+            assert "standard error" in ax.get_ylabel()
+            caps = {"_", "|", "None", "", None}  # error-bar caps
+            markers = {line.get_marker() for line in ax.get_lines()} - caps
+            assert len(markers) == len(FIXTURE), "each estimator has its own marker"
+    acc = figures["curve_ssvae_cpu_test_epoch_acc.png"].axes[0]
+    assert acc.get_ylabel() == "test accuracy"
+    elbo = figures["ssvae_cpu_test_neg_elbo_vs_decoder_calls.png"].axes[0]
+    assert elbo.get_ylabel().startswith("test -ELBO (nats)")
+
+
+def test_metric_labels_are_spelled_out_with_units() -> None:
+    labels = {"test/neg_elbo": ("test -ELBO (nats)", False)}
+    assert metric_label("test_epoch/neg_elbo", labels) == "test -ELBO (nats)"
+    assert metric_label("val/acc_reference", {}) == "validation accuracy reference"
+    assert metric_label("train/nll_bpd", {}) == "training NLL (bits/dim)"

@@ -57,6 +57,49 @@ def read_curves(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+_PREFIXES = {"train": "training", "val": "validation", "test": "test"}
+_NAMES = {
+    "acc": "accuracy",
+    "neg_elbo": "-ELBO (nats)",
+    "nll": "NLL (nats)",
+    "nll_bpd": "NLL (bits/dim)",
+    "loss": "loss",
+    "decoder_calls": "decoder calls / example",
+}
+
+
+def metric_label(key: str, report_metrics: dict[str, tuple[str, bool]]) -> str:
+    """A person's label for a logged metric key, with its unit: the task's ``REPORT_METRICS``
+    label for the key (``test_epoch/x`` reads as ``test/x``), else the key spelled out
+    (``val/acc_reference`` -> ``validation accuracy reference``)."""
+    for candidate in (key, key.replace("_epoch/", "/")):
+        if candidate in report_metrics:
+            return report_metrics[candidate][0]
+    prefix, _, name = key.replace("_epoch/", "/").rpartition("/")
+    head, _, rest = name.partition("_")
+    words = _NAMES.get(name) or " ".join(
+        filter(None, [_NAMES.get(head, head), rest.replace("_", " ")])
+    )
+    return f"{_PREFIXES.get(prefix, prefix)} {words}".strip()
+
+
+def warmstart_epochs(run_dir: Path) -> int:
+    """The run's ``warmstart_epochs`` from its recorded ``config.yaml`` (0 when it has none)."""
+    import yaml
+
+    file = run_dir / "config.yaml"
+    if not file.exists():
+        return 0
+    stack = [yaml.safe_load(file.read_text()) or {}]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("warmstart_epochs"), int):
+                return node["warmstart_epochs"]
+            stack.extend(node.values())
+    return 0
+
+
 def _fmt(mean: float, se: float) -> str:
     if math.isnan(se):
         return f"{mean:.4g}"
@@ -129,26 +172,47 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
     return paths
 
 
-def _finish_plot(plt, fig, ax, xlabel, ylabel, title, path: Path, md, alt: str) -> Path:
-    """Label ``ax`` (with a legend), save ``fig`` to ``path``, close it, and link it from the
-    markdown lines ``md`` with alt text ``alt``; return ``path``."""
+def _finish_plot(plt, fig, ax, xlabel, ylabel, title, path: Path, md, alt: str,
+                 extra: list[tuple[Any, str]] = ()) -> Path:
+    """Label ``ax`` (with a legend outside the axes, plus the ``extra`` (handle, label) entries),
+    save ``fig`` to ``path``, close it, and link it from the markdown lines ``md`` with alt text
+    ``alt``; return ``path``."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    ax.grid(alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    for handle, name in extra:
+        handles.append(handle)
+        names.append(name)
+    ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small",
+              frameon=False)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     md.append(f"![{alt}]({path.name})")
     return path
 
 
+# Distinct hollow markers and line styles, so estimators drawn on top of each other stay visible.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
+_LINES = ("-", "--", "-.", ":")
+
+
 def _plots(plt, spec, task, profile, estimators, groups, summary, out, md) -> dict[str, Path]:
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     paths: dict[str, Path] = {}
     tag = f"{task}_{profile}"
+    labels = dict(spec.REPORT_METRICS)
+    warmstart = max(
+        (warmstart_epochs(r["run_dir"]) for e in estimators for r in groups[(task, profile, e)]),
+        default=0,
+    )
     for key in spec.CURVE_METRICS:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(7, 4))
         drawn = False
-        for est in estimators:
+        for i, est in enumerate(estimators):
             per_epoch: dict[float, list[float]] = defaultdict(list)
             for run in groups[(task, profile, est)]:
                 for row in read_curves(run["run_dir"]):
@@ -160,18 +224,23 @@ def _plots(plt, spec, task, profile, estimators, groups, summary, out, md) -> di
             stats = [mean_se(per_epoch[e]) for e in epochs]
             means = [m for m, _ in stats]
             ses = [0.0 if math.isnan(s) else s for _, s in stats]
-            ax.plot(epochs, means, marker=".", label=est)
-            ax.fill_between(
-                epochs,
-                [m - s for m, s in zip(means, ses)],
-                [m + s for m, s in zip(means, ses)],
-                alpha=0.2,
-            )
+            (line,) = ax.plot(epochs, means, marker=_MARKERS[i % len(_MARKERS)], markersize=4,
+                              fillstyle="none", linestyle=_LINES[i % len(_LINES)], label=est)
+            ax.fill_between(epochs, [m - s for m, s in zip(means, ses)],
+                            [m + s for m, s in zip(means, ses)], color=line.get_color(), alpha=0.15)
             drawn = True
         if drawn:
+            extra = [(Patch(color="grey", alpha=0.15), "band: ± 1 standard error over seeds")]
+            if warmstart:
+                boundary = ax.axvline(warmstart - 0.5, color="black", linewidth=0.8,
+                                      linestyle=":")
+                extra.append((boundary, f"end of the {warmstart}-epoch warm start"))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             name = f"curve_{tag}_{key.replace('/', '_')}.png"
-            title = f"{task} ({profile}): {key}"
-            paths[name] = _finish_plot(plt, fig, ax, "epoch", key, title, out / name, md, key)
+            label = metric_label(key, labels)
+            paths[name] = _finish_plot(plt, fig, ax, "epoch", label,
+                                       f"{task} ({profile}): {label}", out / name, md, label,
+                                       extra)
         else:
             plt.close(fig)
     for key in spec.REPORT_METRICS:
@@ -185,28 +254,21 @@ def _plots(plt, spec, task, profile, estimators, groups, summary, out, md) -> di
         points = [p for p in points if p[2] is not None]
         if not points:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for est, (m, se), (calls, calls_se) in points:
-            ax.errorbar(
-                calls,
-                m,
-                yerr=None if math.isnan(se) else se,
-                xerr=None if math.isnan(calls_se) else calls_se,
-                fmt="o",
-                capsize=3,
-                label=est,
-            )
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, (est, (m, se), (calls, calls_se)) in enumerate(points):
+            ax.errorbar(calls, m, yerr=None if math.isnan(se) else se,
+                        xerr=None if math.isnan(calls_se) else calls_se,
+                        fmt=_MARKERS[i % len(_MARKERS)], fillstyle="none", markersize=8,
+                        capsize=3, label=est)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        label = metric_label(key, labels)
         name = f"{tag}_{key.replace('/', '_')}_vs_decoder_calls.png"
         paths[name] = _finish_plot(
-            plt,
-            fig,
-            ax,
-            "decoder calls per example",
-            key,
-            f"{task} ({profile}): {key} vs decoder calls",
-            out / name,
-            md,
-            f"{key} vs decoder calls",
+            plt, fig, ax, "decoder calls per example (log scale)",
+            f"{label} (mean ± standard error over seeds)",
+            f"{task} ({profile}): {label} vs decoder calls", out / name, md,
+            f"{label} vs decoder calls",
         )
     md.append("")
     return paths
