@@ -273,3 +273,18 @@ def test_sparse_marginalization_evaluates_exactly_the_support(
     assert torch.isfinite(out.entropy).all()
     assert (out.entropy >= -1e-12).all()
     assert (out.entropy <= out.support_size.double().log() + 1e-9).all()
+
+
+@pytest.mark.parametrize("make", [lambda: SparsemaxMarginalization("sparsemax"),
+                                  lambda: SparsemaxMarginalization("entmax15"),
+                                  lambda: TopKSparsemaxMarginalization(BitVector(K), 4)],
+                         ids=["sparsemax", "entmax15", "topk"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_huge_scores_keep_one_structure_per_example(make, dtype):
+    # scores x 1e10 once gave an empty support: loss_fn called with no pairs, loss 0 (or NaN).
+    scores = (_scores(seed=4).detach() * 1e10).to(dtype).requires_grad_(True)
+    loss_fn = QuadraticLoss(B, (K,), seed=2)
+    out = make()(scores, loss_fn)
+    assert (out.support_size >= 1).all() and loss_fn.calls[0] >= B
+    (grad,) = torch.autograd.grad(out.loss, scores)
+    assert torch.isfinite(out.loss) and torch.isfinite(grad).all()

@@ -10,11 +10,12 @@ from scipy.optimize import brentq
 def sparsemax_sort_reference(row: np.ndarray) -> np.ndarray:
     """Textbook sparsemax of one row by sorting (Martins & Astudillo 2016, Alg. 1); -inf -> 0."""
     finite = np.isfinite(row)
-    v = row[finite] - row[finite].max()  # exact: the map is shift invariant
-    s = np.sort(v)[::-1]
-    c = np.cumsum(s)
-    k = np.arange(1, len(s) + 1)
-    k_star = k[1 + k * s > c].max()
+    with np.errstate(over="ignore"):  # -max - max overflows to -inf: outside the support anyway
+        v = row[finite] - row[finite].max()  # exact: the map is shift invariant
+        s = np.sort(v)[::-1]
+        c = np.cumsum(s)
+        k = np.arange(1, len(s) + 1)
+        k_star = k[1 + k * s > c].max()
     tau = (c[k_star - 1] - 1) / k_star
     out = np.zeros_like(row)
     out[finite] = np.maximum(v - tau, 0.0)
@@ -25,7 +26,8 @@ def entmax_root_reference(row: np.ndarray, alpha: float) -> np.ndarray:
     """alpha-entmax of one row from its optimality condition, by brentq on the threshold:
     p_i = [(alpha - 1) x_i - tau]_+^{1/(alpha - 1)}, sum p = 1 (softmax at alpha = 1)."""
     finite = np.isfinite(row)
-    v = row[finite] - row[finite].max()  # exact: the map is shift invariant
+    with np.errstate(over="ignore"):  # -max - max overflows to -inf: outside the support anyway
+        v = row[finite] - row[finite].max()  # exact: the map is shift invariant
     out = np.zeros_like(row)
     if alpha == 1.0:
         e = np.exp(v)

@@ -46,12 +46,12 @@ def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor 
     ``tau`` (N,) and the candidates as ``flat`` indices into ``x.view(-1)`` with their ``rows``,
     or ``None, None`` when most entries are candidates (the dense path is then cheaper).
     """
-    gap = (x - (row_max - 2.0).unsqueeze(1)).mul_(0.5).relu_()  # [z + 1]_+
-    s1 = gap.sum(dim=1)
+    gap = (x - row_max.unsqueeze(1)).add_(2.0).mul_(0.5).relu_()  # [z + 1]_+, shifted first
+    s1 = gap.sum(dim=1)  # >= 1: the maximum's own gap
     s2 = torch.linalg.vector_norm(gap, dim=1).square()
     t = -1.0 + (s2 - 1.0) / (2.0 * s1)
     t = t - 8 * torch.finfo(x.dtype).eps * (1.0 - t)  # stays a lower bound despite rounding
-    found = candidates(x, row_max, row_max + 2.0 * t)
+    found = candidates(x, row_max, -2.0 * t)
     if found is None:
         return _newton((x - row_max.unsqueeze(1)) / 2, t), None, None
     flat, rows, shifted = found
@@ -168,7 +168,7 @@ def _entmax_bisect_forward(x: Tensor, alpha: Tensor, row_max: Tensor) -> Tensor:
     n, k = x.shape
     eps = alpha - 1.0
     reach = torch.where(eps > 0, 1.0 / torch.where(eps > 0, eps, 1.0), float("inf")).squeeze(1)
-    found = candidates(x, row_max, row_max - reach)
+    found = candidates(x, row_max, reach)
     if found is None:
         return _entmax_bisect_rows(x - row_max.unsqueeze(1), eps, k)
     flat, rows, shifted = found

@@ -28,7 +28,7 @@ def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor 
     ``x.view(-1)`` with their ``rows``, both ``None`` when most entries are candidates (then the
     dense path is cheaper); and the support ``sizes`` (N,) as floats.
     """
-    found = candidates(x, row_max, row_max - 1.0)
+    found = candidates(x, row_max, 1.0)
     if found is None:
         tau, sizes = _michelot(x - row_max.unsqueeze(1))
         return tau, None, None, sizes

@@ -23,8 +23,21 @@ def from_rows(y: Tensor, like: Tensor, dim: int) -> Tensor:
     return y.view(like.movedim(dim, -1).shape).movedim(-1, dim)
 
 
-def candidates(x: Tensor, row_max: Tensor, lower: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Entries of the (N, K) matrix ``x`` above a per-row bound ``lower`` (N,).
+def lower_bound(row_max: Tensor, margin: Tensor | float) -> Tensor:
+    """``row_max - margin`` (N,) rounded down: a bound that no rounding puts above the exact one.
+
+    At large magnitudes ``row_max - 1`` rounds to ``row_max`` (float32 from 2^24); comparing
+    entries with that rounded bound would drop the maximum itself. One ulp down is always at or
+    below the exact value, and the few extra candidates it may admit are sorted out by the exact
+    threshold search, which runs on the shifted ``x - row_max``.
+    """
+    return torch.nextafter(row_max - margin, row_max.new_tensor(float("-inf")))
+
+
+def candidates(x: Tensor, row_max: Tensor, margin: Tensor | float,
+               ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Entries of the (N, K) matrix ``x`` above ``row_max - margin`` (a per-row bound, ``margin``
+    a float or (N,) tensor >= 0, rounded down by ``lower_bound``).
 
     Returns ``flat`` (M,) indices into ``x.view(-1)`` grouped by row (rows ascending), their
     ``rows`` (M,) and ``shifted = x_flat - row_max[rows]`` (M,); ``-inf`` entries never
@@ -32,6 +45,7 @@ def candidates(x: Tensor, row_max: Tensor, lower: Tensor) -> tuple[Tensor, Tenso
     (dense) computations are cheaper than flat lists.
     """
     n, k = x.shape
+    lower = lower_bound(row_max, margin)
     found = _blocked_candidates(x, lower) if k >= _BLOCKED_FROM else None
     if found is None:
         flat = torch.gt(x, lower.unsqueeze(1)).view(-1).nonzero().squeeze(1)
