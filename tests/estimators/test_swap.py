@@ -77,12 +77,18 @@ def train_step(est: nn.Module, x: torch.Tensor, latent_shape: tuple[int, ...]):
     return out, moved
 
 
+STRUCTURED = ("topk_sparsemax", "sparsemap")  # one structure per example
+
+
+@pytest.mark.parametrize("latent_shape", [(K,), (3, K)], ids=["one", "three_variables"])
 @pytest.mark.parametrize("name", ESTIMATORS)
-def test_one_training_step_of_every_estimator_through_identical_code(name):
+def test_one_training_step_of_every_estimator_through_identical_code(name, latent_shape):
+    if name in STRUCTURED and len(latent_shape) > 1:
+        pytest.skip("a product of structures is its own structure")
     torch.manual_seed(0)
     est = ESTIMATORS[name]()
     x = torch.randn(6, D)
-    out, moved = train_step(est, x, (K,))
+    out, moved = train_step(est, x, latent_shape)
     assert torch.isfinite(out.loss) and out.expected_loss.shape == (6,)
     assert moved, "the encoder got no gradient"
     schedule = getattr(est, "temperature", None)
@@ -119,3 +125,25 @@ def test_the_readme_swap_loop_runs_and_covers_every_estimator(capsys):
         and name != "Estimator"
     }
     assert public <= printed
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_integer_losses_are_refused_with_a_type_error(name):
+    est = ESTIMATORS[name]()
+    scores = torch.randn(3, *est.score_shape((K,)))
+    with pytest.raises(TypeError, match="floating-point losses"):
+        est(scores, lambda z, rows: torch.zeros(len(rows), dtype=torch.long))
+
+
+PATHWISE = ("gumbel", "st_gumbel", "igr_i", "igr_sb", "igr_planar", "sst",
+            "gaussian_sparsemax", "binary_mixed", "mixed_dirichlet")
+
+
+@pytest.mark.parametrize("name", PATHWISE)
+def test_losses_without_a_graph_are_refused_by_pathwise_estimators_at_the_call(name):
+    est = ESTIMATORS[name]()
+    scores = torch.randn(3, *est.score_shape((K,)), requires_grad=True)
+    with pytest.raises(ValueError, match=f"{type(est).__name__}.*pathwise.*without a graph"):
+        est(scores, lambda z, rows: z.detach().sum(-1))
+    with torch.no_grad():  # nothing to differentiate: accepted
+        est(scores, lambda z, rows: z.sum(-1))

@@ -90,3 +90,23 @@ def test_bad_sizes_raise():
         Categorical(2.0)
     with pytest.raises(ValueError, match="k must be"):
         Categorical(3).topk(torch.zeros(3), 4)
+
+
+def test_index_sampler_log_prob_and_entropy_agree_with_the_one_hot_forms():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 2, 5, generator=g, dtype=torch.float64)
+    scores[0, 0, 1] = float("-inf")
+    cat = Categorical(5)
+    idx = cat.sample_indices(scores, (4000,), torch.Generator().manual_seed(1))
+    assert idx.shape == (4000, 3, 2) and idx.dtype == torch.long
+    assert not (idx[:, 0, 0] == 1).any()  # a -inf category is never drawn
+    freq = torch.nn.functional.one_hot(idx, 5).double().mean(0)
+    torch.testing.assert_close(freq, scores.softmax(-1), atol=0.03, rtol=0)
+    onehot = torch.nn.functional.one_hot(idx[:7], 5).double()
+    torch.testing.assert_close(cat.log_prob_indices(scores, idx[:7]), cat.log_prob(scores, onehot))
+    torch.testing.assert_close(
+        cat.log_prob_indices(scores.unsqueeze(0), idx[:7]), cat.log_prob(scores, onehot)
+    )
+    p = scores.softmax(-1)
+    expected = -(p * torch.where(p > 0, p.log(), 0.0)).sum(-1)
+    torch.testing.assert_close(cat.entropy(scores), expected)

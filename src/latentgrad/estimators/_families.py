@@ -1,15 +1,18 @@
-"""Latent families the exact and score-function estimators work with.
+"""Latent families of the sampling and exact estimators, built on the structures' own samplers,
+log-probabilities and entropies (one sampler per latent type).
 
-A family turns batched scores into a distribution over latent values ``z`` and gives what the
-estimators need: input checks, exact entropy, samples (no gradient) and ``log p(z)``.
+Scores are ``(B, *latent, *event)``: each example has ``L = prod(latent)`` independent latent
+variables (none when ``latent`` is empty), so samples are joint, log-probabilities and entropies
+sums over the variables.
 
-- ``CategoricalFamily``: scores ``(B, K)`` logits, ``p = softmax(scores)``, ``z`` one-hot ``(K,)``.
-- ``BernoulliFamily``: scores ``(B, D)``, independent bits ``p(z_i = 1) = sigmoid(t_i)``
-  (the Gibbs distribution of an unbudgeted bit vector), ``z`` in ``{0, 1}^D``;
-  ``log p(z) = sum_i z_i log sigmoid(t_i) + (1 - z_i) log sigmoid(-t_i)`` (methods.md §4).
-- ``StructureFamily``: the Gibbs distribution ``p(z) ∝ exp <θ, z>`` of any ``Structure`` with an
-  exact sampler: scores ``(B, *score_shape)``, ``z`` 0/1 structures, ``log p = <θ, z> - log Z``,
-  ``H = log Z - <θ, μ>`` (budgeted bit vectors, k-subsets, spanning trees, arborescences).
+- ``CategoricalLatent``: event ``(K,)``, ``p = softmax(scores)`` (``structures.Categorical``).
+  Values are int64 category indices ``(B, n, *latent)``; ``loss_fn`` receives them one-hot
+  ``(N, *latent, K)`` in the scores' dtype, or as indices ``(N, *latent)`` with
+  ``one_hot=False`` (nothing of size N x K is built).
+- ``StructureLatent``: the Gibbs distribution ``p(z) ∝ exp <θ, z>`` of a ``Structure`` with an
+  exact sampler (bit vectors with or without budget, k-subsets, trees): event ``score_shape``,
+  values 0/1 structures ``(B, n, *latent, *score_shape)``, ``log p = <θ, z> - log Z``,
+  ``H = log Z - <θ, μ>``.
 """
 
 from __future__ import annotations
@@ -18,102 +21,107 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._noise import gumbel
-from .._validation import check_no_nan, check_no_pos_inf, check_rows_valid
+from .._validation import check_tensor
 from ..structures.base import Structure
-from ._checks import check_batched
+from ..structures.categorical import Categorical
 
 
 def masked_entropy(p: Tensor, dim: int = -1) -> Tensor:
-    """``H(p) = -sum_{p_z > 0} p_z log p_z`` along ``dim``; zeros are masked before the log.
-    ``H ≥ 0``: a value that rounding puts below 0 (a mass of 1 + ulp) is returned as 0."""
+    """``H(p) = -sum_{p_z > 0} p_z log p_z`` along ``dim`` for any probabilities (e.g. sparse
+    ones); zeros are masked before the log."""
     logp = torch.where(p > 0, p, torch.ones_like(p)).log()
-    return (-(p * logp).sum(dim)).clamp_min(0)
+    return -(p * logp).sum(dim)
 
 
-def gumbel_argmax(logits: Tensor, n: int) -> Tensor:
-    """``n`` independent draws from ``softmax(logits)`` by Gumbel-max: ``(B, K)`` -> ``(B, n)``.
-
-    ``-inf`` logits are never drawn; the uniforms are clamped so the Gumbel noise stays finite.
-    """
-    shape = (logits.shape[0], n, logits.shape[-1])
-    return (logits.unsqueeze(1) + gumbel(shape, logits)).argmax(-1)
-
-
-class CategoricalFamily:
-    """Categorical over the last dim of ``(B, K)`` scores; samples are one-hot float rows."""
-
-    event_dim = 1
-
-    def check(self, scores: object, name: str = "scores") -> Tensor:
-        x = check_batched(scores, name, 1)
-        check_rows_valid(x, name)
-        return x
-
-    def sample(self, scores: Tensor, n: int) -> Tensor:
-        """``(B, K)`` -> ``(B, n, K)`` one-hot draws (no gradient)."""
-        idx = gumbel_argmax(scores.detach(), n)
-        return F.one_hot(idx, scores.shape[-1]).to(scores.dtype)
-
-    def log_prob(self, scores: Tensor, z: Tensor) -> Tensor:
-        """``log p(z)`` for one-hot ``z`` ``(B, n, K)`` -> ``(B, n)``, by index (no ``0 * -inf``)"""
-        logp = scores.log_softmax(-1)
-        return logp.gather(-1, z.argmax(-1))
-
-    def entropy(self, scores: Tensor) -> Tensor:
-        return masked_entropy(scores.softmax(-1))
+def check_latent_scores(scores: object, name: str, event_dim: int) -> Tensor:
+    """A float tensor ``(B, *latent, *event)`` with ``B >= 1`` (metadata only, no sync)."""
+    x = check_tensor(scores, name)
+    if x.dim() < 1 + event_dim or x.shape[0] == 0:
+        want = "(B, *latent, K)" if event_dim == 1 else f"(B, *latent, *score_shape[{event_dim}])"
+        raise ValueError(f"{name} must have shape {want} with B >= 1, got shape {tuple(x.shape)}")
+    return x
 
 
-class BernoulliFamily:
-    """Independent bits over ``(B, D)`` scores: ``p(z_i = 1) = sigmoid(t_i)``."""
+def sum_over(x: Tensor, keep: int) -> Tensor:
+    """Sum every dim after the first ``keep``: ``(*keep, *latent)`` -> ``(*keep,)``."""
+    return x.flatten(keep).sum(-1) if x.dim() > keep else x
+
+
+class CategoricalLatent:
+    """Independent categoricals over the last dim of ``(B, *latent, K)`` scores."""
 
     event_dim = 1
 
+    def __init__(self, one_hot: bool = True) -> None:
+        if not isinstance(one_hot, bool):
+            raise TypeError(f"one_hot must be a bool, got {type(one_hot).__name__}")
+        self.one_hot = one_hot
+
+    @staticmethod
+    def structure(scores: Tensor) -> Categorical:
+        return Categorical(scores.shape[-1])
+
     def check(self, scores: object, name: str = "scores") -> Tensor:
-        """Finite or ``-inf`` (bit always off) scores; NaN and ``+inf`` are rejected."""
-        x = check_batched(scores, name, 1)
-        check_no_nan(x, name)
-        check_no_pos_inf(x, name)
-        return x
+        """Shape ``(B, *latent, K)``, and (with validation on) rows with a finite maximum."""
+        x = check_latent_scores(scores, name, 1)
+        return self.structure(x).check_scores(x, name)
 
     def sample(self, scores: Tensor, n: int) -> Tensor:
-        """``(B, D)`` -> ``(B, n, D)`` 0/1 draws (no gradient)."""
-        probs = torch.sigmoid(scores.detach()).unsqueeze(1).expand(-1, n, -1)
-        return torch.bernoulli(probs)
+        """``n`` joint draws per example (no gradient): ``(B, n, *latent)`` int64."""
+        return self.structure(scores).sample_indices(scores, (n,)).movedim(0, 1)
 
-    def log_prob(self, scores: Tensor, z: Tensor) -> Tensor:
-        """``(B, n, D)`` bits -> ``(B, n)`` log-probabilities."""
-        t = scores.unsqueeze(1)
-        return torch.where(z > 0, F.logsigmoid(t), F.logsigmoid(-t)).sum(-1)
+    def mode(self, scores: Tensor) -> Tensor:
+        """The most probable value of each example: ``(B, 1, *latent)`` int64."""
+        return scores.detach().argmax(-1).unsqueeze(1)
+
+    def log_prob(self, scores: Tensor, values: Tensor) -> Tensor:
+        """``log p`` of ``(B, n, *latent)`` indices, summed over the variables: ``(B, n)``."""
+        return sum_over(self.structure(scores).log_prob_indices(scores.unsqueeze(1), values), 2)
 
     def entropy(self, scores: Tensor) -> Tensor:
-        """Sum of binary entropies ``softplus(t_i) - t_i sigmoid(t_i)`` (0 for ``t_i = -inf``)."""
-        off = scores == float("-inf")
-        t = torch.where(off, torch.zeros_like(scores), scores)
-        h = (F.softplus(t) - t * torch.sigmoid(t)).clamp_min(0)  # >= 0; rounding clamped
-        return torch.where(off, torch.zeros_like(h), h).sum(-1)
+        """Exact entropy of each example, summed over its variables: ``(B,)``."""
+        return sum_over(self.structure(scores).entropy(scores), 1)
+
+    def latent_values(self, values: Tensor, scores: Tensor) -> Tensor:
+        """What ``loss_fn`` receives for indices ``(N, *latent)``: one-hot ``(N, *latent, K)`` in
+        the scores' dtype, or the indices themselves with ``one_hot=False``."""
+        if not self.one_hot:
+            return values
+        return F.one_hot(values, scores.shape[-1]).to(scores.dtype)
 
 
-class StructureFamily:
-    """Gibbs distribution of ``structure`` over ``(B, *score_shape)`` scores (exact sampler)."""
+class StructureLatent:
+    """Gibbs distribution of ``structure`` over ``(B, *latent, *score_shape)`` scores."""
 
     def __init__(self, structure: Structure) -> None:
         self.structure = structure
         self.event_dim = structure.event_dim
 
     def check(self, scores: object, name: str = "scores") -> Tensor:
-        x = check_batched(scores, name, self.event_dim)
-        self.structure.check_scores(x, name)
-        return x
+        x = check_latent_scores(scores, name, self.event_dim)
+        want = tuple(self.structure.score_shape)
+        if tuple(x.shape[x.dim() - self.event_dim :]) != want:
+            raise ValueError(
+                f"{name} must have shape (B, *latent, {', '.join(map(str, want))}) for "
+                f"{self.structure!r}, got shape {tuple(x.shape)}"
+            )
+        return self.structure.check_scores(x, name)
 
     def sample(self, scores: Tensor, n: int) -> Tensor:
-        """``(B, *score_shape)`` -> ``(B, n, *score_shape)`` exact draws (no gradient)."""
+        """``(B, *latent, *score_shape)`` -> ``(B, n, *latent, *score_shape)`` exact draws."""
         return self.structure.sample(scores.detach(), (n,)).movedim(0, 1)
 
-    def log_prob(self, scores: Tensor, z: Tensor) -> Tensor:
-        """``(B, n, *score_shape)`` structures -> ``(B, n)`` ``<θ, z> - log Z(θ)``."""
-        return self.structure.log_prob(scores.unsqueeze(1), z)
+    def mode(self, scores: Tensor) -> Tensor:
+        """The MAP structure of each variable: ``(B, 1, *latent, *score_shape)``."""
+        return self.structure.argmax(scores.detach()).unsqueeze(1)
+
+    def log_prob(self, scores: Tensor, values: Tensor) -> Tensor:
+        """``(B, n, *latent, *score_shape)`` structures -> ``(B, n)`` ``<θ, z> - log Z(θ)``."""
+        return sum_over(self.structure.log_prob(scores.unsqueeze(1), values), 2)
 
     def entropy(self, scores: Tensor) -> Tensor:
-        """Exact ``log Z - <θ, μ>``, differentiable (double backward through ``log Z``)."""
-        return self.structure.entropy(scores)
+        """Exact ``log Z - <θ, μ>`` summed over the variables, differentiable: ``(B,)``."""
+        return sum_over(self.structure.entropy(scores), 1)
+
+    def latent_values(self, values: Tensor, scores: Tensor) -> Tensor:
+        return values

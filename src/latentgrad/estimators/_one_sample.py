@@ -36,7 +36,7 @@ def one_sample_output(
     ``temperature`` ``tau``, ``entropy``, ``support_size`` and, with a KL, ``kl`` (means).
     """
     rows = torch.arange(z.shape[0], device=z.device)
-    losses = call_loss_fn(loss_fn, z, rows)
+    losses = call_loss_fn(loss_fn, z, rows, type(est).__name__)
     entropy = torch.zeros_like(losses) if entropy is None else sum_latent(entropy)
     loss_b = losses - est.entropy_coeff * entropy
     logs: dict[str, float | Tensor] = {"temperature": tau.detach()}
@@ -44,4 +44,5 @@ def one_sample_output(
         kl = sum_latent(kl)
         loss_b = loss_b + kl_coeff * kl
         logs["kl"] = kl.detach().mean()
-    return fixed_support_output(loss_b.mean(), losses, entropy, 1, logs)
+    out = fixed_support_output(loss_b.mean(), losses, entropy, 1, logs)
+    return out.evaluated(z, rows, torch.ones_like(losses))

@@ -1,26 +1,26 @@
-"""Shared machinery of the score-function estimators (methods.md §4): the sampling family of a
-structure, the score term ``sg(advantage) (log q - sg(log q))`` and the ``Sampler`` base class
-(one batched ``loss_fn`` call, running baselines, the REINFORCE surrogate and its
-``EstimatorOutput``).
+"""Shared machinery of the score-function estimators: the sampling family of a structure, the
+score term ``sg(advantage) (log q - sg(log q))`` and the ``Sampler`` base class (one batched
+``loss_fn`` call, running baselines, the REINFORCE surrogate and its ``EstimatorOutput``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..structures.base import Structure
-from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical
 from ._baselines import RUNNING_KINDS, RunningBaseline
 from ._checks import check_structure
-from ._families import BernoulliFamily, CategoricalFamily, StructureFamily
+from ._families import CategoricalLatent, StructureLatent
 from .base import Estimator, EstimatorOutput, LossFn, call_loss_fn, fixed_support_output
 
 BASELINES = (None, "moving_average", "ema", "batch_loo", "self_critic", "leave_one_out")
 
 
-Family = CategoricalFamily | BernoulliFamily | StructureFamily
+Family = CategoricalLatent | StructureLatent
 
 
 def implements(structure: Structure, method: str) -> bool:
@@ -28,26 +28,20 @@ def implements(structure: Structure, method: str) -> bool:
     return getattr(type(structure), method) is not getattr(Structure, method)
 
 
-def sampling_family(structure: Structure | None) -> Family:
-    """The sampling family of ``structure`` (None: categorical over the last dim of the scores)."""
+def sampling_family(structure: Structure | None, one_hot: bool = True) -> Family:
+    """The sampling family of ``structure`` (None: categorical over the last dim of the scores;
+    ``one_hot=False``: ``loss_fn`` gets category indices)."""
     if check_structure(structure) is None or isinstance(structure, Categorical):
-        return CategoricalFamily()
-    if isinstance(structure, BitVector) and structure.budget in (None, structure.d):
-        return BernoulliFamily()
+        return CategoricalLatent(one_hot)
+    if not one_hot:
+        raise ValueError("one_hot=False applies to categorical latents (structure None or "
+                         f"Categorical), got {structure!r}")
     if not (implements(structure, "_sample") and implements(structure, "log_partition")):
         raise ValueError(
             "structure must have an exact Gibbs sampler (sample) and a log_partition for the "
             f"score-function estimators, {structure!r} has not"
         )
-    return StructureFamily(structure)
-
-
-def check_structure_scores(structure: Structure | None, scores: Tensor) -> None:
-    if structure is not None and tuple(scores.shape[1:]) != tuple(structure.score_shape):
-        raise ValueError(
-            f"scores must have shape (B, {', '.join(map(str, structure.score_shape))}) for "
-            f"{structure!r}, got shape {tuple(scores.shape)}"
-        )
+    return StructureLatent(structure)
 
 
 def leave_one_out_over_batch(values: Tensor) -> Tensor:
@@ -63,6 +57,14 @@ def score_term(advantage: Tensor, logp: Tensor) -> Tensor:
     return advantage.detach() * (logp - logp.detach())
 
 
+class Evaluated(NamedTuple):
+    """One ``loss_fn`` call: losses ``(B, n)`` of the latents ``z`` ``(B·n, ...)`` at ``rows``."""
+
+    losses: Tensor
+    z: Tensor
+    rows: Tensor
+
+
 class Sampler(Estimator):
     """Shared machinery: draw samples, evaluate them in one ``loss_fn`` call, running baselines."""
 
@@ -73,11 +75,12 @@ class Sampler(Estimator):
         structure: Structure | None,
         decay: float,
         family: Family | None = None,
+        one_hot: bool = True,
     ) -> None:
         super().__init__(entropy_coeff)
         self.baseline = baseline
         self.structure = structure
-        self._family = sampling_family(structure) if family is None else family
+        self._family = sampling_family(structure, one_hot) if family is None else family
         self.running = RunningBaseline(baseline, decay) if baseline in RUNNING_KINDS else None
 
     def extra_repr(self) -> str:
@@ -96,15 +99,15 @@ class Sampler(Estimator):
         )
 
     def _check(self, scores: object) -> Tensor:
-        x = self._family.check(scores)
-        check_structure_scores(self.structure, x)
-        return x
+        return self._family.check(scores)
 
-    def _evaluate(self, z: Tensor, loss_fn: LossFn) -> Tensor:
-        """``z`` (B, n, *event) -> losses (B, n) from one ``loss_fn`` call."""
-        b, n = z.shape[:2]
-        rows = torch.arange(b, device=z.device).repeat_interleave(n)
-        return call_loss_fn(loss_fn, z.flatten(0, 1), rows).view(b, n)
+    def _evaluate(self, values: Tensor, scores: Tensor, loss_fn: LossFn) -> Evaluated:
+        """Latent values ``(B, n, ...)`` -> losses (B, n) from one ``loss_fn`` call, with the
+        latents ``z`` (B·n, ...) and ``rows`` (B·n,) it was called on."""
+        b, n = values.shape[:2]
+        rows = torch.arange(b, device=values.device).repeat_interleave(n)
+        z = self._family.latent_values(values.flatten(0, 1), scores)
+        return Evaluated(call_loss_fn(loss_fn, z, rows).view(b, n), z, rows)
 
     def _entropy(self, scores: Tensor) -> Tensor:
         """Exact entropy ``(B,)``; built without a graph when there is no entropy bonus (the
@@ -134,18 +137,22 @@ class Sampler(Estimator):
         if self.running is not None and self.training:
             self.running.update(batch_mean)
 
-    def _reinforce(self, scores: Tensor, losses: Tensor, log_q: Tensor, s: int) -> EstimatorOutput:
+    def _reinforce(
+        self, scores: Tensor, ev: Evaluated, log_q: Tensor, s: int
+    ) -> EstimatorOutput:
         """``mean_s [sg(l_s - beta_s) log q_s + l_s] - c H`` per example, averaged over the batch.
 
-        ``losses`` ``(B, S [+ 1])``: the first S columns pair with ``log_q`` ``(B, S)``, an extra
-        column is the self-critic's sample; ``beta`` from ``_sample_beta``.
+        ``ev.losses`` ``(B, S [+ 1])``: the first S columns pair with ``log_q`` ``(B, S)``, an
+        extra column is the self-critic's sample; ``beta`` from ``_sample_beta``.
         """
+        losses = ev.losses
         ell = losses[:, :s]
         beta = self._sample_beta(losses.detach(), s)
         entropy = self._entropy(scores)
         per_example = (score_term(ell - beta, log_q) + ell).mean(1) - self.entropy_coeff * entropy
         expected = ell.detach().mean(1)
-        return self._finish(per_example.mean(), expected, entropy, beta, losses.shape[1])
+        weights = sample_weights(losses, s)
+        return self._finish(per_example.mean(), expected, entropy, beta, ev, weights)
 
     def _finish(
         self,
@@ -153,12 +160,23 @@ class Sampler(Estimator):
         expected: Tensor,
         entropy: Tensor,
         baseline: Tensor,
-        n_eval: int,
+        ev: Evaluated,
+        weights: Tensor,
         logs: dict[str, float | Tensor] | None = None,
     ) -> EstimatorOutput:
         """Update the running baseline with the batch-mean ``expected`` loss ``(B,)`` (training
-        only) and package the output: ``n_eval`` evaluations per example; logs ``baseline``
-        (mean), ``entropy`` (mean), ``support_size`` and the extra ``logs``."""
+        only) and package the output: ``ev.losses.shape[1]`` evaluations per example, combined
+        into ``expected`` with ``weights`` ``(B, n)``; logs ``baseline`` (mean), ``entropy``
+        (mean), ``support_size`` and the extra ``logs``."""
         self._update_running(expected.mean())
         all_logs = {"baseline": baseline.detach().mean(), **(logs or {})}
-        return fixed_support_output(loss, expected, entropy, n_eval, all_logs)
+        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], all_logs)
+        return out.evaluated(ev.z, ev.rows, weights.flatten())
+
+
+def sample_weights(losses: Tensor, s: int) -> Tensor:
+    """Weights ``(B, n)`` of a Monte Carlo mean over the first ``s`` of the ``n`` columns of
+    ``losses``."""
+    weights = torch.zeros_like(losses.detach())
+    weights[:, :s] = 1.0 / s
+    return weights

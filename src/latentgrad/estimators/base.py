@@ -27,6 +27,12 @@ class EstimatorOutput:
     support_size: (B,) number of ``loss_fn`` evaluations each example cost.
     entropy: (B,) entropy of the example's latent distribution (exact where the family allows).
     logs: scalars worth logging (support size, temperature, baseline value, ...).
+    latents: what ``loss_fn`` was called on (detached): the N latent values (one-hot, relaxed,
+        mixed or structures; int64 indices with ``one_hot=False``).
+    rows: (N,) the example each latent belongs to.
+    weights: (N,) how the N losses were combined: ``expected_loss[b] = sum_{rows_n = b}
+        weights_n * loss_n`` (probabilities for marginalization, 1/S for S samples, 0 for a
+        baseline's extra sample).
     """
 
     loss: Tensor
@@ -34,16 +40,37 @@ class EstimatorOutput:
     support_size: Tensor
     entropy: Tensor
     logs: dict[str, float | Tensor] = field(default_factory=dict)
+    latents: Tensor | None = None
+    rows: Tensor | None = None
+    weights: Tensor | None = None
+
+    def evaluated(self, latents: Tensor, rows: Tensor, weights: Tensor) -> EstimatorOutput:
+        """Record what was evaluated (stored detached); returns ``self``."""
+        self.latents, self.rows, self.weights = latents.detach(), rows, weights.detach()
+        return self
 
 
-def call_loss_fn(loss_fn: LossFn, z: Tensor, rows: Tensor) -> Tensor:
-    """Call ``loss_fn`` once and check it returned ``(N,)`` finite losses."""
+def call_loss_fn(
+    loss_fn: LossFn, z: Tensor, rows: Tensor, pathwise: str | None = None
+) -> Tensor:
+    """Call ``loss_fn`` once and check it returned ``(N,)`` floating-point losses, finite (with
+    validation on). ``pathwise``: the name of an estimator whose gradient flows through ``z``;
+    then losses without a graph while ``z`` has one are refused at the call (they would give no
+    gradient, or fail later in ``backward()``)."""
     out = loss_fn(z, rows)
     n = rows.shape[0]
     if not isinstance(out, Tensor) or out.shape != (n,):
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
             f"loss_fn must return a tensor of shape ({n},) (one loss per (z, row) pair), got {got}"
+        )
+    if not out.dtype.is_floating_point:
+        raise TypeError(f"loss_fn must return floating-point losses, got dtype {out.dtype}")
+    if pathwise and z.requires_grad and torch.is_grad_enabled() and not out.requires_grad:
+        raise ValueError(
+            f"{pathwise} differentiates the loss through the latents z (a pathwise gradient), "
+            "but loss_fn returned losses without a graph (detached, computed under no_grad or "
+            "not from z); compute them from z with gradients enabled"
         )
     if validation_enabled() and out.numel() and not bool(torch.isfinite(out).all()):
         raise ValueError("loss_fn returned NaN or infinite losses")

@@ -1,4 +1,4 @@
-"""Exact marginalization: sum the downstream loss over the support of p (methods.md §3).
+"""Exact marginalization: sum the downstream loss over the support of p.
 
 Correia et al. 2020, "Efficient Marginalization of Discrete and Structured Latent Variables via
 Sparsity". With weights ``p_b`` over candidate latent values, the surrogate is
@@ -7,15 +7,13 @@ Sparsity". With weights ``p_b`` over candidate latent values, the surrogate is
 
 whose gradient is exact: through ``p`` (the normaliser's Jacobian) and pathwise through ``l``.
 Only the (example, z) pairs with ``p_b(z) > 0`` are evaluated, all in ONE ``loss_fn`` call, so a
-sparse ``p`` turns directly into saved decoder compute.
+sparse ``p`` turns directly into saved decoder compute. With several independent categorical
+variables per example the support is the product of the per-variable supports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_choice, check_no_pos_inf, check_positive_int
@@ -25,46 +23,92 @@ from ..polytope.sparsemap import sparsemap
 from ..polytope.topk_sparsemax import topk_sparsemax
 from ..structures.base import Structure
 from ._checks import check_batched
-from ._families import CategoricalFamily, masked_entropy
+from ._families import CategoricalLatent, masked_entropy, sum_over
 from .base import Estimator, EstimatorOutput, LossFn, call_loss_fn
 
 
 def marginalize(
     weights: Tensor,
-    make_z: Callable[[Tensor, Tensor], Tensor],
+    rows: Tensor,
+    z: Tensor,
     loss_fn: LossFn,
+    entropy: Tensor,
     entropy_coeff: float,
+    support: Tensor,
 ) -> EstimatorOutput:
-    """Sum ``loss_fn`` over the support of ``weights`` (B, S) in one call.
+    """Sum ``loss_fn`` over the evaluated pairs in one call.
 
-    ``weights`` are differentiable probabilities over S candidates per example (zeros off the
-    support); ``make_z(rows, idx)`` returns the latent values ``(N, *event)`` of the pairs
-    ``(rows[n], idx[n])``. Returns the estimator output with the exact surrogate as ``loss``.
+    ``weights`` (N,) differentiable probabilities of the pairs ``(rows[n], z[n])`` (the support
+    of each example), ``entropy`` (B,) and ``support`` (B,) its size. Returns the estimator
+    output with the exact surrogate as ``loss``.
     """
-    mask = weights > 0
-    rows, idx = mask.nonzero(as_tuple=True)
-    losses = call_loss_fn(loss_fn, make_z(rows, idx), rows)
-    terms = weights[rows, idx] * losses
-    expected = torch.zeros(weights.shape[0], device=terms.device, dtype=terms.dtype)
+    losses = call_loss_fn(loss_fn, z, rows)
+    terms = weights * losses
+    expected = torch.zeros(entropy.shape[0], device=terms.device, dtype=terms.dtype)
     expected = expected.index_add(0, rows, terms)
-    entropy = masked_entropy(weights)
     loss = (expected - entropy_coeff * entropy).mean()
-    support = mask.sum(-1)
     logs: dict[str, float | Tensor] = {
         "support_size": support.detach().to(weights.dtype).mean(),
         "entropy": entropy.detach().mean(),
     }
-    return EstimatorOutput(loss, expected.detach(), support, entropy.detach(), logs)
+    out = EstimatorOutput(loss, expected.detach(), support, entropy.detach(), logs)
+    return out.evaluated(z, rows, weights)
+
+
+def product_support(p: Tensor, max_support: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The joint support of independent categoricals ``p`` ``(B, *latent, K)``.
+
+    Returns ``rows`` (N,), category indices ``(N, *latent)``, joint probabilities (N,)
+    (differentiable, the product over the variables) and the support size per example (B,).
+    Every example's pairs enumerate the product of its per-variable supports (mixed-radix
+    decoding of ``0 .. prod_l |supp p_bl| - 1``; no loop over examples); more than
+    ``max_support`` pairs for one example is an error.
+    """
+    b, k = p.shape[0], p.shape[-1]
+    flat = p.reshape(b, -1, k)
+    n_var = flat.shape[1]
+    mask = flat > 0
+    ex, var, cat = mask.nonzero(as_tuple=True)  # sorted by (example, variable, category)
+    probs = flat[ex, var, cat]
+    if n_var == 1:
+        return ex, cat.view(-1, *p.shape[1:-1]), probs, mask.sum((1, 2))
+    counts = mask.sum(-1)  # (B, L)
+    support = counts.prod(-1)
+    largest = int(support.max())
+    if largest > max_support:
+        raise ValueError(
+            f"the product of the per-variable supports has {largest} joint values for one "
+            f"example, above max_support={max_support}; raise max_support, or use a structured "
+            "estimator (TopKSparsemaxMarginalization or SparseMAPMarginalization over a product "
+            "structure) whose support does not multiply"
+        )
+    offsets = (counts.flatten().cumsum(0) - counts.flatten()).view(b, n_var)
+    rows = torch.repeat_interleave(torch.arange(b, device=p.device), support)
+    local = torch.arange(rows.shape[0], device=p.device) - (support.cumsum(0) - support)[rows]
+    radix = counts[rows]  # (N, L)
+    stride = torch.cat([radix.flip(1).cumprod(1).flip(1)[:, 1:], radix.new_ones(len(rows), 1)], 1)
+    digit = torch.div(local.unsqueeze(1), stride, rounding_mode="floor") % radix
+    position = offsets[rows] + digit  # (N, L) into the nonzero list
+    return rows, cat[position].view(-1, *p.shape[1:-1]), probs[position].prod(-1), support
+
 
 _NORMALIZERS = {"sparsemax": sparsemax, "entmax15": entmax15}
 
 
 class _CategoricalMarginalization(Estimator):
-    """Marginalization over K categories with ``p = normalize(scores)``; ``z`` one-hot (K,)."""
+    """Marginalization over independent categoricals ``(B, *latent, K)``, ``p = normalize``.
 
-    def __init__(self, entropy_coeff: float = 0.0) -> None:
+    ``loss_fn`` receives one-hot ``z`` ``(N, *latent, K)``, or int64 indices ``(N, *latent)`` with
+    ``one_hot=False``; several variables per example enumerate the product of their supports,
+    at most ``max_support`` joint values per example.
+    """
+
+    def __init__(
+        self, entropy_coeff: float = 0.0, one_hot: bool = True, max_support: int = 65536
+    ) -> None:
         super().__init__(entropy_coeff)
-        self._family = CategoricalFamily()
+        self._family = CategoricalLatent(one_hot)
+        self.max_support = check_positive_int(max_support, "max_support")
 
     def normalize(self, scores: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -77,15 +121,14 @@ class _CategoricalMarginalization(Estimator):
         return self.normalize(value_scores)
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
-        """``scores`` (B, K) logits (``-inf`` allowed) -> exact surrogate over ``supp p``."""
+        """``scores`` (B, *latent, K) logits (``-inf`` allowed) -> exact surrogate over the
+        support of p (the product of the variables' supports)."""
         scores = self._family.check(scores)
         p = self.normalize(scores)
-        k = scores.shape[-1]
-
-        def make_z(rows: Tensor, idx: Tensor) -> Tensor:
-            return F.one_hot(idx, k).to(scores.dtype)
-
-        return marginalize(p, make_z, loss_fn, self.entropy_coeff)
+        rows, idx, weights, support = product_support(p, self.max_support)
+        z = self._family.latent_values(idx, scores)
+        entropy = sum_over(masked_entropy(p), 1)
+        return marginalize(weights, rows, z, loss_fn, entropy, self.entropy_coeff, support)
 
 
 class SoftmaxMarginalization(_CategoricalMarginalization):
@@ -106,11 +149,20 @@ class SparsemaxMarginalization(_CategoricalMarginalization):
     Args:
         normalizer: ``"sparsemax"`` or ``"entmax15"``.
         entropy_coeff: c, weight of the Shannon entropy ``H(p)`` of the sparse distribution.
+        one_hot: ``False`` hands ``loss_fn`` int64 indices ``(N, *latent)``: the cost then
+            grows with the support, not with K.
+        max_support: most joint values per example over several variables.
     """
 
-    def __init__(self, normalizer: str = "sparsemax", entropy_coeff: float = 0.0) -> None:
+    def __init__(
+        self,
+        normalizer: str = "sparsemax",
+        entropy_coeff: float = 0.0,
+        one_hot: bool = True,
+        max_support: int = 65536,
+    ) -> None:
         check_choice(normalizer, "normalizer", tuple(_NORMALIZERS))
-        super().__init__(entropy_coeff)
+        super().__init__(entropy_coeff, one_hot, max_support)
         self.normalizer = normalizer
 
     def normalize(self, scores: Tensor) -> Tensor:
@@ -146,12 +198,13 @@ class _StructuredMarginalization(Estimator):
         self.structure.check_scores(scores)
         check_no_pos_inf(scores, "scores")
         result = self.solve(scores)
-        support = result.support.detach().to(scores.dtype)
-
-        def make_z(rows: Tensor, idx: Tensor) -> Tensor:
-            return support[rows, idx]
-
-        out = marginalize(result.weights, make_z, loss_fn, self.entropy_coeff)
+        mask = result.weights > 0
+        rows, idx = mask.nonzero(as_tuple=True)
+        z = result.support.detach().to(scores.dtype)[rows, idx]
+        entropy = masked_entropy(result.weights)
+        out = marginalize(
+            result.weights[rows, idx], rows, z, loss_fn, entropy, self.entropy_coeff, mask.sum(-1)
+        )
         out.logs["exact_fraction"] = result.exact.to(scores.dtype).mean()
         return out
 

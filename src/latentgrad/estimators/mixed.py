@@ -49,11 +49,20 @@ def _check_input(x: object, name: str, min_dim: int) -> Tensor:
     return x
 
 
-def _evaluate(z: Tensor, loss_fn: LossFn) -> Tensor:
-    """z (S, B, *event) -> losses (B, S) from one ``loss_fn`` call (rows are example indices)."""
+def _evaluate(z: Tensor, loss_fn: LossFn, name: str) -> tuple[Tensor, Tensor, Tensor]:
+    """z (S, B, *event) -> losses (B, S) from one ``loss_fn`` call of the pathwise estimator
+    ``name``, with the latents (S·B, *event) and rows (S·B,) it was called on."""
     s, b = z.shape[:2]
     rows = torch.arange(b, device=z.device).repeat(s)
-    return call_loss_fn(loss_fn, z.flatten(0, 1), rows).view(s, b).T
+    z = z.flatten(0, 1)
+    return call_loss_fn(loss_fn, z, rows, name).view(s, b).T, z, rows
+
+
+def mc_weights(rows: Tensor, s: int, total: int, like: Tensor) -> Tensor:
+    """Weights (total·B,) of the sample-major evaluations: 1/s for the first s samples of each
+    example, 0 for a baseline's extra ones."""
+    sample = torch.arange(total, device=rows.device).repeat_interleave(rows.shape[0] // total)
+    return torch.where(sample < s, 1.0 / s, 0.0).to(like.dtype)
 
 
 class GaussianSparsemaxEstimator(Estimator):
@@ -87,11 +96,12 @@ class GaussianSparsemaxEstimator(Estimator):
             loc, scale = _check_input(scores, "scores", 2), self.scale
         dist = GaussianSparsemax(loc, scale, validate_args=False)
         y = dist.rsample((self.n_samples,))
-        losses = _evaluate(y, loss_fn)
+        losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff != 0):
             entropy = sum_latent(-dist.log_prob(y).mean(0), 1)
         loss = (losses.mean(1) - self.entropy_coeff * entropy).mean()
-        return fixed_support_output(loss, losses.mean(1), entropy, self.n_samples)
+        out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples)
+        return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
 
 
 FAMILIES = ("hard_concrete", "gaussian_sparsemax")
@@ -137,7 +147,7 @@ class BinaryMixedEstimator(Estimator):
         scores = _check_input(scores, "scores", 1)
         dist = self.distribution(scores)
         y = dist.rsample((self.n_samples,))
-        losses = _evaluate(y, loss_fn)
+        losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
         entropy = sum_latent(dist.entropy(), 1)
         bits = scores[0].numel()
         kl = bits * math.log(3) - entropy
@@ -147,7 +157,8 @@ class BinaryMixedEstimator(Estimator):
             "prob_zero": dist.prob_zero().detach().mean(),
             "prob_one": dist.prob_one().detach().mean(),
         }
-        return fixed_support_output(loss, losses.mean(1), entropy, self.n_samples, logs)
+        out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples, logs)
+        return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
 
 
 BASELINES = (None, "self_critic", "leave_one_out")
@@ -270,7 +281,7 @@ class MixedDirichletEstimator(Estimator):
         s = self.n_samples
         total = s + (1 if self.baseline == "self_critic" else 0)
         faces = q.faces.sample((total,))  # (S', B, *latent, K)
-        losses = _evaluate(q.rsample_on_faces(faces), loss_fn)  # (B, S')
+        losses, z, rows = _evaluate(q.rsample_on_faces(faces), loss_fn, type(self).__name__)
         entropy, entropy_at_faces, kl, kl_at_faces = self._regularizers(q, faces)
         exact = -self.entropy_coeff * sum_latent(entropy, 1)
         at_faces = -self.entropy_coeff * entropy_at_faces
@@ -299,4 +310,5 @@ class MixedDirichletEstimator(Estimator):
         if kl is not None:
             logs["kl"] = report(kl, kl_at_faces).mean()
         entropy = report(entropy, entropy_at_faces)
-        return fixed_support_output(loss, losses[:, :s].mean(1), entropy, total, logs)
+        out = fixed_support_output(loss, losses[:, :s].mean(1), entropy, total, logs)
+        return out.evaluated(z, rows, mc_weights(rows, s, total, losses))

@@ -1,4 +1,4 @@
-"""``PerturbationScoreFunction``: the score function on perturbation utilities (methods.md §4.3).
+"""``PerturbationScoreFunction``: the score function on perturbation utilities .
 
 The SST paper's REINFORCE: differentiate ``E[l(argmax <θ + N, x>)]`` through the density of the
 utilities ``U = θ + N``; needs only the structure's MAP oracle.
@@ -15,13 +15,13 @@ from ..structures.base import Structure
 from ..structures.categorical import Categorical
 from ..structures.spanning_tree import SpanningTree
 from ._checks import check_leave_one_out, check_structure
-from ._families import StructureFamily
+from ._families import CategoricalLatent, StructureLatent
 from ._sampler import BASELINES, Sampler, implements
 from .base import EstimatorOutput, LossFn
 
 
 class PerturbationScoreFunction(Sampler):
-    """Score function on perturbation utilities (methods.md §4.3; the SST paper's REINFORCE).
+    """Score function on perturbation utilities (the SST paper's REINFORCE).
 
     ``X = argmax_x <U, x>`` with utilities ``U = θ + N``, N iid Gumbel(0, 1) (or standard
     Gaussian) in the layout of ``latentgrad.distributions.sst`` (one utility per free score
@@ -75,7 +75,9 @@ class PerturbationScoreFunction(Sampler):
                 f"entropy_coeff={entropy_coeff} needs a tractable entropy, but {structure!r} has "
                 "no log_partition"
             )
-        family = None if structure is None else _PerturbedFamily(structure, has_entropy)
+        family = _PerturbedCategorical() if structure is None else _PerturbedFamily(
+            structure, has_entropy
+        )
         super().__init__(baseline, entropy_coeff, structure, decay, family)
         self.n_samples = n_samples
         self.noise = noise
@@ -94,20 +96,27 @@ class PerturbationScoreFunction(Sampler):
         noise = structured_noise(structure, torch.Size(shape), theta, self.noise)
         utilities = theta.detach().unsqueeze(1) + noise
         z = structure.argmax(utilities)
-        losses = self._evaluate(z, loss_fn)
+        ev = self._evaluate(z, scores, loss_fn)
         finite = torch.where(drawn, theta, 0.0)
         delta = torch.where(drawn.unsqueeze(1), noise[:, :s], 0.0)
         delta = delta + (finite.detach() - finite).unsqueeze(1)  # U - θ, differentiable in θ
         log_q = -delta.square() / 2 if self.noise == "gaussian" else -delta - torch.exp(-delta)
         log_q = torch.where(drawn.unsqueeze(1), log_q, 0.0).flatten(2).sum(-1)
-        return self._reinforce(scores, losses, log_q, s)
+        return self._reinforce(scores, ev, log_q, s)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, noise={self.noise!r}"
 
 
-class _PerturbedFamily(StructureFamily):
-    """``StructureFamily``'s checks for ``PerturbationScoreFunction``, which never samples from
+class _PerturbedCategorical(CategoricalLatent):
+    """``CategoricalLatent``'s checks and entropy; the latents are the argmax one-hots."""
+
+    def latent_values(self, values: Tensor, scores: Tensor) -> Tensor:
+        return values
+
+
+class _PerturbedFamily(StructureLatent):
+    """``StructureLatent``'s checks for ``PerturbationScoreFunction``, which never samples from
     the Gibbs distribution (it perturbs and calls ``argmax``); entropy 0 without a
     ``log_partition``."""
 
@@ -118,4 +127,4 @@ class _PerturbedFamily(StructureFamily):
     def entropy(self, scores: Tensor) -> Tensor:
         if not self.has_entropy:
             return scores.new_zeros(scores.shape[0])
-        return self.structure.entropy(scores)
+        return super().entropy(scores)

@@ -46,7 +46,6 @@ from ..structures.base import Structure
 from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical
 from ._checks import check_min_batched
-from ._families import BernoulliFamily, masked_entropy
 from ._one_sample import one_sample_output
 from .base import Estimator, EstimatorOutput, LossFn, check_latent_shape
 from .schedules import TemperatureSchedule, as_schedule
@@ -150,7 +149,7 @@ class GumbelSoftmax(Estimator):
                 tau0 = self.prior_temperature
                 kl = (log_p - binary_concrete_logit_log_prob(v, torch.zeros_like(v), tau0)).sum(-1)
         else:
-            entropy = BernoulliFamily().entropy(scores)
+            entropy = BitVector(scores.shape[-1]).entropy(scores)
             if self.prior is not None:
                 kl = scores.shape[-1] * math.log(2) - entropy
         return y, hard, entropy, kl
@@ -170,7 +169,7 @@ class GumbelSoftmax(Estimator):
             if self.prior is not None:  # the Jacobian Σ x_k cancels in the ratio
                 kl = log_p - exp_concrete_log_prob(x, torch.zeros_like(x), self.prior_temperature)
         else:
-            entropy = masked_entropy(scores.softmax(dim=-1))
+            entropy = Categorical(scores.shape[-1]).entropy(scores)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
         return y, hard, entropy, kl

@@ -1,4 +1,4 @@
-"""Score-function (REINFORCE) estimators with baselines (methods.md §4).
+"""Score-function (REINFORCE) estimators with baselines.
 
 Per example b with S samples ``z_s ~ p_b``, the surrogate is
 
@@ -12,27 +12,29 @@ the sample they multiply and are always detached.
 
 Latents: categorical, independent bits, or the Gibbs distribution ``p(z) ∝ exp <θ, z>`` of any
 ``Structure`` with an exact sampler (budgeted bit vectors, k-subsets, spanning trees,
-arborescences). ``PerturbationScoreFunction`` (``perturbation.py``, methods.md §4.3) needs only the
-MAP oracle.
+arborescences). ``PerturbationScoreFunction`` (``perturbation.py``) needs only the MAP oracle.
+Scores ``(B, *latent, *event)`` hold several independent latent variables per example: samples
+are joint, ``log p`` and ``H`` sums over the variables.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._validation import check_choice, check_positive_int
+from ..structures._sampling import categorical as draw_categorical
 from ..structures.base import Structure
 from ._baselines import RUNNING_KINDS, RunningBaseline
 from ._checks import check_leave_one_out
-from ._families import CategoricalFamily, gumbel_argmax, masked_entropy
+from ._families import CategoricalLatent
 from ._sampler import (
     BASELINES,
     Sampler,
     implements,
     leave_one_out_over_batch,
+    sample_weights,
     score_term,
 )
 from .base import EstimatorOutput, LossFn
@@ -51,13 +53,13 @@ class ScoreFunction(Sampler):
             ``"leave_one_out"`` (mean loss of the other S - 1 samples; needs ``n_samples >= 2``).
         n_samples: S, samples per example.
         entropy_coeff: c, weight of the exact entropy bonus.
-        structure: ``None`` or ``Categorical(K)``: scores ``(B, K)``, ``z`` one-hot; an unbudgeted
-            ``BitVector(D)``: scores ``(B, D)``, independent bits ``p(z_i = 1) = sigmoid(t_i)``;
-            any other ``Structure`` with ``sample`` and ``log_partition`` (``BitVector(D, B)``,
-            ``KSubset``, ``SpanningTree``, ``Arborescence``): scores ``(B, *score_shape)``,
-            ``z ~ p(z) ∝ exp <θ, z>`` drawn exactly, ``log p = <θ, z> - log Z`` and the exact
-            entropy ``log Z - <θ, μ>``.
+        structure: ``None`` or ``Categorical(K)``: scores ``(B, *latent, K)``, ``z`` one-hot
+            ``(N, *latent, K)``; any ``Structure`` with ``sample`` and ``log_partition``
+            (``BitVector(D)`` with or without budget, ``KSubset``, ``SpanningTree``,
+            ``Arborescence``): scores ``(B, *latent, *score_shape)``, ``z ~ p(z) ∝ exp <θ, z>``
+            drawn exactly, ``log p = <θ, z> - log Z`` and the exact entropy ``log Z - <θ, μ>``.
         decay: EMA decay (``baseline="ema"``).
+        one_hot: categorical only; ``False`` hands ``loss_fn`` int64 indices ``(N, *latent)``.
 
     Returns ``EstimatorOutput`` with ``expected_loss_b = mean_s l_b(z_s)``, ``support_size_b`` the
     number of evaluations (S, or S + 1 with the self-critic), and logs ``baseline``, ``entropy``,
@@ -71,21 +73,22 @@ class ScoreFunction(Sampler):
         entropy_coeff: float = 0.0,
         structure: Structure | None = None,
         decay: float = 0.99,
+        one_hot: bool = True,
     ) -> None:
         check_choice(baseline, "baseline", BASELINES)
         n_samples = check_positive_int(n_samples, "n_samples")
         check_leave_one_out(baseline, n_samples)
-        super().__init__(baseline, entropy_coeff, structure, decay)
+        super().__init__(baseline, entropy_coeff, structure, decay, one_hot=one_hot)
         self.n_samples = n_samples
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
-        """``scores`` (B, *event) -> surrogate from S samples per example."""
+        """``scores`` (B, *latent, *event) -> surrogate from S joint samples per example."""
         scores = self._check(scores)
         s = self.n_samples
         extra = 1 if self.baseline == "self_critic" else 0
-        z = self._family.sample(scores, s + extra)
-        losses = self._evaluate(z, loss_fn)
-        return self._reinforce(scores, losses, self._family.log_prob(scores, z[:, :s]), s)
+        values = self._family.sample(scores, s + extra)
+        ev = self._evaluate(values, scores, loss_fn)
+        return self._reinforce(scores, ev, self._family.log_prob(scores, values[:, :s]), s)
 
 
 class ScoreBaselineNet(nn.Module):
@@ -139,10 +142,11 @@ class NVIL(Sampler):
         regression_coeff: float = 1.0,
         decay: float = 0.99,
         baseline_hidden: int = 64,
+        one_hot: bool = True,
     ) -> None:
         check_choice(centering, "baseline", (None, *RUNNING_KINDS))
         n_samples = check_positive_int(n_samples, "n_samples")
-        super().__init__(centering, entropy_coeff, structure, decay)
+        super().__init__(centering, entropy_coeff, structure, decay, one_hot=one_hot)
         if baseline_net is None:
             baseline_net = ScoreBaselineNet(baseline_hidden)
         elif not callable(baseline_net):
@@ -171,15 +175,16 @@ class NVIL(Sampler):
                 f"baseline_net must return shape ({b},) or ({b}, 1), got {tuple(learned.shape)}"
             )
         s = self.n_samples
-        z = self._family.sample(scores, s)
-        ell = self._evaluate(z, loss_fn)
+        values = self._family.sample(scores, s)
+        ev = self._evaluate(values, scores, loss_fn)
+        ell = ev.losses
         centre = self._running_value(ell)
         target = ell.detach() - centre
         signal = target - learned.detach().unsqueeze(1)
         raw_signal = signal
         if self.signal_scale is not None:
             signal = signal / self.signal_scale.get(signal).sqrt().clamp(min=1.0)
-        logp = self._family.log_prob(scores, z)
+        logp = self._family.log_prob(scores, values)
         entropy = self._entropy(scores)
         sq_err = (target - learned.unsqueeze(1)) ** 2
         per_example = (score_term(signal, logp) + ell + self.regression_coeff * sq_err).mean(1)
@@ -187,7 +192,9 @@ class NVIL(Sampler):
         if self.signal_scale is not None and self.training:
             self.signal_scale.update((raw_signal**2).mean())
         logs: dict[str, float | Tensor] = {"baseline_mse": sq_err.detach().mean()}
-        return self._finish(loss, ell.detach().mean(1), entropy, centre + learned, s, logs)
+        return self._finish(
+            loss, ell.detach().mean(1), entropy, centre + learned, ev, sample_weights(ell, s), logs
+        )
 
 
 class SumAndSample(Sampler):
@@ -220,6 +227,11 @@ class SumAndSample(Sampler):
         structure: ``None`` / ``Categorical(K)`` (scores ``(B, K)``) or a ``Structure`` with an
             exact ``topk`` and ``sample`` (scores ``(B, *score_shape)``).
         max_draws: M, rejection draws per example for the structured sampled term.
+        one_hot: categorical only; ``False`` hands ``loss_fn`` int64 indices ``(N, *latent)``.
+
+    Several categorical variables per example (scores ``(B, *latent, K)``): ``C`` is the k most
+    probable joint values (``joint_topk``) and the remainder is rejection-sampled as for
+    structures.
     """
 
     def __init__(
@@ -230,12 +242,13 @@ class SumAndSample(Sampler):
         decay: float = 0.99,
         structure: Structure | None = None,
         max_draws: int = 32,
+        one_hot: bool = True,
     ) -> None:
         check_choice(baseline, "baseline", (None, *RUNNING_KINDS, "batch_loo", "self_critic"))
         check_positive_int(k, "k")
         check_positive_int(max_draws, "max_draws")
-        super().__init__(baseline, entropy_coeff, structure, decay)
-        if not isinstance(self._family, CategoricalFamily):
+        super().__init__(baseline, entropy_coeff, structure, decay, one_hot=one_hot)
+        if not isinstance(self._family, CategoricalLatent):
             if not implements(structure, "topk"):
                 raise ValueError(
                     f"SumAndSample needs a structure with an exact k-best oracle (topk); "
@@ -245,10 +258,37 @@ class SumAndSample(Sampler):
         self.max_draws = max_draws
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
-        """``scores`` (B, K) logits or (B, *score_shape) structure scores -> surrogate."""
+        """``scores`` (B, *latent, K) logits or (B, *latent, *score_shape) structure scores ->
+        surrogate. One categorical variable per example takes the exact restricted sampler;
+        several (or a structure) the joint k best and the rejection-sampled remainder."""
         scores = self._check(scores)
-        if not isinstance(self._family, CategoricalFamily):
-            return self._forward_structured(scores, loss_fn)
+        if isinstance(self._family, CategoricalLatent):
+            if scores.dim() == 2:
+                return self._forward_categorical(scores, loss_fn)
+            total = scores.shape[-1] ** scores[0, ..., 0].numel()
+            if self.k > total:
+                raise ValueError(
+                    f"k={self.k} exceeds the number of joint values K^L={total} of scores"
+                )
+            return self._forward_joint(scores, loss_fn, joint_topk(scores, self.k), total)
+        structure = self.structure
+        assert structure is not None
+        if scores.dim() != 1 + structure.event_dim:  # the joint k best of several structures
+            raise ValueError(
+                "SumAndSample over structures takes one structure per example, scores "
+                f"(B, {', '.join(map(str, structure.score_shape))}); got shape "
+                f"{tuple(scores.shape)}"
+            )
+        total = getattr(structure, "num_structures", None)
+        if total is not None and self.k > total:
+            raise ValueError(
+                f"k={self.k} exceeds the number of structures {total} of {structure!r}"
+            )
+        top, _ = structure.topk(scores.detach(), self.k)
+        return self._forward_joint(scores, loss_fn, top, total)
+
+    def _forward_categorical(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
+        """One categorical variable: top-k summed, one exact draw from p outside them."""
         n_cat = scores.shape[1]
         k = self.k
         if k > n_cat:
@@ -259,61 +299,66 @@ class SumAndSample(Sampler):
         in_c = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, top, True)
         idx = [top]
         sampled = k < n_cat
+        categorical = self._family.structure(scores)
         if sampled:
             rest = scores.detach().masked_fill(in_c, float("-inf"))
-            idx.append(gumbel_argmax(rest, 1))
+            idx.append(draw_categorical(rest, None).unsqueeze(1))  # all -inf: weight 0
         if self.baseline == "self_critic":
-            idx.append(gumbel_argmax(scores.detach(), 1))
+            idx.append(self._family.sample(scores, 1))
         idx_t = torch.cat(idx, dim=1)
-        losses = self._evaluate(F.one_hot(idx_t, n_cat).to(scores.dtype), loss_fn)
+        ev = self._evaluate(idx_t, scores, loss_fn)
+        losses = ev.losses
         logp = logp_all.gather(-1, idx_t)
 
         p_c = p.gather(-1, top)
         ell_c = losses[:, :k]
         expected = (p_c * ell_c.detach()).sum(1)
+        weights = torch.zeros_like(losses.detach())
+        weights[:, :k] = p_c
         if sampled:
             rest_mass = p.masked_fill(in_c, 0.0).sum(-1)
             has_rest = rest_mass > 0
             ell_s = torch.where(has_rest, losses[:, k], torch.zeros_like(losses[:, k]))
             logp_s = torch.where(has_rest, logp[:, k], torch.zeros_like(logp[:, k]))
             expected = expected + rest_mass * ell_s.detach()
+            weights[:, k] = rest_mass
         beta = self._beta(losses.detach(), expected)
 
         per_example = (p_c * (score_term(ell_c - beta, logp[:, :k]) + ell_c)).sum(1)
         if sampled:
             sampled_term = score_term(ell_s - beta[:, 0], logp_s) + ell_s
             per_example = per_example + rest_mass * sampled_term
-        entropy = masked_entropy(logp_all.exp())
+        entropy = categorical.entropy(scores)
         loss = (per_example - self.entropy_coeff * entropy).mean()
-        return self._finish(loss, expected, entropy, beta, idx_t.shape[1])
+        return self._finish(loss, expected, entropy, beta, ev, weights)
 
-    def _forward_structured(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
-        """Sum over the k best structures, one rejection-sampled structure outside them."""
-        structure = self.structure
-        assert structure is not None
+    def _forward_joint(
+        self, scores: Tensor, loss_fn: LossFn, top: Tensor, total: int | None
+    ) -> EstimatorOutput:
+        """Sum over the k best joint values ``top`` (B, k, ...) of ``total`` (None: unknown),
+        one rejection-sampled value outside them."""
         b, k = scores.shape[0], self.k
-        total = getattr(structure, "num_structures", None)
-        if total is not None and k > total:
-            raise ValueError(f"k={k} exceeds the number of structures {total} of {structure!r}")
         sampled = total is None or k < total
-        top, _ = structure.topk(scores.detach(), k)
-        z = [top]
+        values = [top]
         if sampled:
             draws = self._family.sample(scores, self.max_draws)
             event = tuple(range(3, draws.dim() + 1))
             in_c = (draws.unsqueeze(2) == top.unsqueeze(1)).all(dim=event).any(2)
             found = (~in_c).any(1)
             first = (~in_c).long().argmax(1)
-            z.append(draws[torch.arange(b, device=draws.device), first].unsqueeze(1))
+            values.append(draws[torch.arange(b, device=draws.device), first].unsqueeze(1))
         if self.baseline == "self_critic":
-            z.append(self._family.sample(scores, 1))
-        z_all = torch.cat(z, dim=1)
-        losses = self._evaluate(z_all, loss_fn)
-        logp = self._family.log_prob(scores, z_all)
+            values.append(self._family.sample(scores, 1))
+        values_all = torch.cat(values, dim=1)
+        ev = self._evaluate(values_all, scores, loss_fn)
+        losses = ev.losses
+        logp = self._family.log_prob(scores, values_all)
 
         p_c = logp[:, :k].detach().exp()
         ell_c = losses[:, :k]
         expected = (p_c * ell_c.detach()).sum(1)
+        weights = torch.zeros_like(losses.detach())
+        weights[:, :k] = p_c
         if sampled:
             log_q = torch.logsumexp(logp[:, :k].detach(), 1).clamp_max(0.0)
             rest_mass = -torch.expm1(log_q)
@@ -322,6 +367,7 @@ class SumAndSample(Sampler):
             weight = torch.where(ok, rest_mass / torch.where(ok, hit, 1.0), 0.0)
             ell_s = losses[:, k]
             expected = expected + weight * ell_s.detach()
+            weights[:, k] = weight
         beta = self._beta(losses.detach(), expected)
         per_example = (p_c * (score_term(ell_c - beta, logp[:, :k]) + ell_c)).sum(1)
         if sampled:
@@ -332,7 +378,7 @@ class SumAndSample(Sampler):
         logs: dict[str, float | Tensor] = {}
         if sampled:
             logs["rejection_miss_rate"] = (~found).to(scores.dtype).mean()
-        return self._finish(loss, expected, entropy, beta, z_all.shape[1], logs)
+        return self._finish(loss, expected, entropy, beta, ev, weights, logs)
 
     def _beta(self, losses: Tensor, expected: Tensor) -> Tensor:
         """z-independent baseline ``(B, 1)`` shared by the summed and the sampled terms."""
@@ -341,3 +387,25 @@ class SumAndSample(Sampler):
         if self.baseline == "batch_loo":
             return leave_one_out_over_batch(expected).unsqueeze(1)
         return self._running_value(expected).expand(expected.shape[0], 1)
+
+
+def joint_topk(scores: Tensor, k: int) -> Tensor:
+    """The ``k`` most probable joint values of independent categoricals ``(B, *latent, K)`` as
+    indices ``(B, k, *latent)``, most probable first (``k <= K^L``).
+
+    Exact: a value among the k best uses, for each variable, one of that variable's k best
+    categories, so merging the variables one at a time and keeping the k best partial sums of
+    log-probabilities never drops one (L merges of k x k candidates; no loop over examples).
+    """
+    b, latent = scores.shape[0], scores.shape[1:-1]
+    logp = scores.detach().log_softmax(-1).reshape(b, -1, scores.shape[-1])
+    best = logp.new_zeros(b, 1)
+    idx = torch.zeros(b, 1, 0, dtype=torch.long, device=scores.device)
+    for var in range(logp.shape[1]):
+        top_val, top_idx = logp[:, var].topk(min(k, logp.shape[-1]), dim=-1)
+        cand = (best.unsqueeze(2) + top_val.unsqueeze(1)).flatten(1)
+        best, flat = cand.topk(min(k, cand.shape[1]), dim=-1)
+        parent, choice = flat // top_val.shape[1], flat % top_val.shape[1]
+        idx = torch.cat([idx.gather(1, parent.unsqueeze(2).expand(-1, -1, idx.shape[2])),
+                         top_idx.gather(1, choice).unsqueeze(2)], dim=2)
+    return idx.reshape(b, -1, *latent)

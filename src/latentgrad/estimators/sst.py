@@ -15,6 +15,7 @@ from ..distributions.sst import NOISES, REGULARIZERS, StochasticSoftmax
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
 from ._checks import check_batched, check_structure
+from ._families import check_latent_scores
 from ._one_sample import one_sample_output
 from .base import Estimator, EstimatorOutput, LossFn
 from .schedules import TemperatureSchedule, as_schedule
@@ -76,7 +77,7 @@ class SSTEstimator(Estimator):
     def _structure_for(self, scores: object) -> tuple[Structure, Tensor]:
         if self.structure is not None:
             return self.structure, check_batched(scores, "scores", self.structure.event_dim)
-        scores = check_batched(scores, "scores", 1)
+        scores = check_latent_scores(scores, "scores", 1)
         return Categorical(scores.shape[-1]), scores
 
     def _entropy(self, structure: Structure, scores: Tensor) -> Tensor | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._dtypes import working_dtype
 from .._validation import check_rows_valid, check_tensor, check_trailing_shape
 from ._enumeration import check_enumerable, check_int
 from ._sampling import categorical
@@ -54,6 +55,37 @@ class Categorical(Structure):
         """``softmax(θ)``: ``(*batch, k)``."""
         self.check_scores(scores)
         return torch.softmax(scores, dim=-1)
+
+    def entropy(self, scores: Tensor) -> Tensor:
+        """``H = -sum_i p_i log p_i``, ``p = softmax(θ)``: ``(*batch,)``, differentiable;
+        ``-inf`` categories (``p_i = 0``) contribute 0."""
+        self.check_scores(scores)
+        logp = torch.log_softmax(scores, dim=-1)
+        return -(logp.exp() * torch.where(scores > float("-inf"), logp, 0.0)).sum(-1)
+
+    def sample_indices(
+        self,
+        scores: Tensor,
+        sample_shape: torch.Size | tuple[int, ...] = (),
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Category indices drawn from ``softmax(θ)`` (Gumbel-max, no gradient), without building
+        one-hots: ``(*batch, k)`` -> ``(*sample_shape, *batch)`` int64."""
+        self.check_scores(scores)
+        with torch.no_grad():
+            work = scores.detach().to(working_dtype(scores.dtype))
+            return categorical(work.expand(*sample_shape, *work.shape), generator)
+
+    def log_prob_indices(self, scores: Tensor, idx: Tensor) -> Tensor:
+        """``log p(i) = θ_i - logsumexp(θ)`` of category indices ``idx``; ``scores``
+        ``(*batch, k)`` and ``idx`` ``(*batch')`` broadcast; differentiable in the scores."""
+        logp = torch.log_softmax(scores, dim=-1)
+        ndim = max(logp.dim() - 1, idx.dim())
+        a = (1,) * (ndim - logp.dim() + 1) + tuple(logp.shape[:-1])
+        b = (1,) * (ndim - idx.dim()) + tuple(idx.shape)
+        shape = tuple(max(m, n) for m, n in zip(a, b, strict=True))  # broadcast (no torch._refs)
+        logp = logp.reshape(*a, self.k).expand(*shape, self.k)
+        return logp.gather(-1, idx.reshape(b).expand(shape).unsqueeze(-1)).squeeze(-1)
 
     def _sample(
         self, scores: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator | None
