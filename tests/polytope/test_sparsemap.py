@@ -39,28 +39,36 @@ STRUCTURES = {
 }
 
 
+CARDINALITY = ["bitvector", "bitvector_budget", "ksubset", "categorical"]
+#: every structure through the active set, and the cardinality polytopes through the threshold
+#: solver too (``"auto"`` picks it for them)
+CASES = [(name, "active_set") for name in sorted(STRUCTURES)] + [
+    (name, "threshold") for name in CARDINALITY
+]
+
+
 def _scores(structure, batch=(4,), seed=0, scale=1.5):
     g = torch.Generator().manual_seed(seed)
     theta = scale * torch.randn(*batch, *structure.score_shape, generator=g, dtype=F64)
     return (theta + theta.mT) / 2 if isinstance(structure, SpanningTree) else theta
 
 
-@pytest.mark.parametrize("name", sorted(STRUCTURES))
-def test_sparsemap_matches_bruteforce_projection(name):
+@pytest.mark.parametrize("name, solver", CASES)
+def test_sparsemap_matches_bruteforce_projection(name, solver):
     structure = STRUCTURES[name]
     theta = _scores(structure, batch=(6,), seed=1)
-    res = sparsemap(theta, structure)
+    res = sparsemap(theta, structure, solver=solver)
     expected = torch.stack([project_bruteforce(t, structure) for t in theta])
     torch.testing.assert_close(res.marginals, expected, atol=1e-6, rtol=0)
     assert res.exact.all()
 
 
-@pytest.mark.parametrize("name", sorted(STRUCTURES))
-def test_sparsemap_satisfies_kkt_conditions(name):
+@pytest.mark.parametrize("name, solver", CASES)
+def test_sparsemap_satisfies_kkt_conditions(name, solver):
     """Every structure scores <θ − μ, z> ≤ <θ − μ, μ>, with equality on the support."""
     structure = STRUCTURES[name]
     theta = _scores(structure, batch=(8,), seed=2, scale=3.0)
-    res = sparsemap(theta, structure)
+    res = sparsemap(theta, structure, solver=solver)
     primal, slack = kkt_violation(theta, structure, res)
     assert primal <= 1e-9 and slack <= 1e-9
     torch.testing.assert_close(res.weights.sum(-1), torch.ones(8, dtype=F64))
@@ -69,9 +77,10 @@ def test_sparsemap_satisfies_kkt_conditions(name):
     torch.testing.assert_close(recon, res.marginals)
 
 
-def test_support_is_compact_distinct_and_heaviest_first():
+@pytest.mark.parametrize("solver", ["active_set", "threshold"])
+def test_support_is_compact_distinct_and_heaviest_first(solver):
     structure = BitVector(6)
-    res = sparsemap(_scores(structure, batch=(10,), seed=4, scale=1.0), structure)
+    res = sparsemap(_scores(structure, batch=(10,), seed=4, scale=1.0), structure, solver=solver)
     width = res.weights.shape[-1]
     assert width == int(res.support_size.max())
     positions = torch.arange(width)
@@ -126,7 +135,7 @@ def test_capacity_growth_and_inverse_refresh_on_large_supports():
     bordered inverse is refactorised every 32)."""
     g = torch.Generator().manual_seed(7)
     t = 0.05 + 0.9 * torch.rand(3, 40, generator=g, dtype=F64)
-    res = sparsemap(t, BitVector(40))
+    res = sparsemap(t, BitVector(40), solver="active_set")
     assert (res.support_size > 16).all() and (res.n_iter > 32).all()
     torch.testing.assert_close(res.marginals, t, atol=1e-9, rtol=0)
     torch.testing.assert_close(res.weights.sum(-1), torch.ones(3, dtype=F64))
@@ -138,7 +147,7 @@ def test_tolerance_below_rounding_noise_degrades_gracefully():
     certificate stays honest (flagged rows are the ones whose gap fails the test)."""
     g = torch.Generator().manual_seed(21)
     t = torch.randn(48, 64, generator=g, dtype=F64)
-    res = sparsemap(t, BitVector(64), tol=1e-14)
+    res = sparsemap(t, BitVector(64), tol=1e-14, solver="active_set")
     torch.testing.assert_close(res.weights.sum(-1), torch.ones(48, dtype=F64))
     torch.testing.assert_close(res.marginals, t.clamp(0, 1), atol=1e-5, rtol=0)
     resid = t - res.marginals
@@ -150,10 +159,10 @@ def test_rows_finishing_at_different_times_are_compacted_correctly():
     """Rows with 1 to 25 iterations in one batch (finished rows leave the working set)."""
     g = torch.Generator().manual_seed(17)
     t = 0.5 + torch.randn(24, 24, generator=g, dtype=F64) * torch.linspace(0.2, 20, 24)[:, None]
-    res = sparsemap(t, BitVector(24))
+    res = sparsemap(t, BitVector(24), solver="active_set")
     assert res.n_iter.min() <= 2 and res.n_iter.max() >= 15
     torch.testing.assert_close(res.marginals, t.clamp(0, 1), atol=1e-9, rtol=0)
-    singles = [sparsemap(row, BitVector(24)) for row in t[[0, 11, 23]]]
+    singles = [sparsemap(row, BitVector(24), solver="active_set") for row in t[[0, 11, 23]]]
     for i, single in zip([0, 11, 23], singles):
         k = int(single.support_size)
         torch.testing.assert_close(res.weights[i, :k], single.weights[:k])
@@ -173,8 +182,9 @@ def test_batch_shapes_and_rows_are_independent(batch):
     torch.testing.assert_close(res.marginals.reshape(-1, 7), singles)
 
 
-def test_empty_batch():
-    res = sparsemap(torch.zeros(0, 4, dtype=F64), BitVector(4))
+@pytest.mark.parametrize("solver", ["active_set", "threshold"])
+def test_empty_batch(solver):
+    res = sparsemap(torch.zeros(0, 4, dtype=F64), BitVector(4), solver=solver)
     assert res.marginals.shape == (0, 4) and res.support_size.shape == (0,)
 
 
@@ -189,9 +199,10 @@ def test_empty_batch():
         (_vertex_set(), torch.ones(4, dtype=F64)),
     ],
 )
-def test_degenerate_ties_give_finite_optimal_results_and_gradients(structure, theta):
+@pytest.mark.parametrize("solver", ["auto", "active_set"])
+def test_degenerate_ties_give_finite_optimal_results_and_gradients(structure, theta, solver):
     theta = theta.clone().requires_grad_(True)
-    res = sparsemap(theta.unsqueeze(0), structure)
+    res = sparsemap(theta.unsqueeze(0), structure, solver=solver)
     primal, slack = kkt_violation(theta.detach().unsqueeze(0), structure, res)
     assert primal <= 1e-9 and slack <= 1e-9
     torch.testing.assert_close(
@@ -214,7 +225,10 @@ TIE_STRUCTURES = ["bitvector", "bitvector_budget", "ksubset", "spanning_tree", "
     denominator=st.sampled_from([1, 2, 4]),
 )
 @example(name="bitvector_budget", values=[2, 2, 3, 1, 0, -1] + [0] * 10, denominator=4)
-def test_scores_on_a_coarse_grid_with_many_ties_are_solved_exactly(name, values, denominator):
+@pytest.mark.parametrize("solver", ["auto", "active_set"])
+def test_scores_on_a_coarse_grid_with_many_ties_are_solved_exactly(
+    name, values, denominator, solver
+):
     """Integer-ish scores make many structures tie and many active sets degenerate."""
     structure = STRUCTURES[name]
     size = math.prod(structure.score_shape)
@@ -222,7 +236,7 @@ def test_scores_on_a_coarse_grid_with_many_ties_are_solved_exactly(name, values,
     if isinstance(structure, SpanningTree):
         theta = (theta + theta.mT) / 2
     x = theta.clone().requires_grad_(True)
-    res = sparsemap(x.unsqueeze(0), structure)
+    res = sparsemap(x.unsqueeze(0), structure, solver=solver)
     primal, slack = kkt_violation(theta.unsqueeze(0), structure, res)
     assert primal <= 1e-9 and slack <= 1e-9 and res.exact.all()
     expected = project_bruteforce(theta, structure)
@@ -232,16 +246,21 @@ def test_scores_on_a_coarse_grid_with_many_ties_are_solved_exactly(name, values,
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["bitvector", "bitvector_budget", "ksubset", "vertex_set", "spanning_tree", "arborescence"],
+    "name, solver",
+    [
+        (name, solver)
+        for name in [*CARDINALITY[:3], "vertex_set", "spanning_tree", "arborescence"]
+        for solver in ("auto", "active_set")
+        if solver == "auto" or name in CARDINALITY
+    ],
 )
-def test_vjp_matches_finite_differences_of_bruteforce_projection(name):
+def test_vjp_matches_finite_differences_of_bruteforce_projection(name, solver):
     """μ is piecewise linear in θ: central differences of the brute-force QP give the Jacobian."""
     structure = STRUCTURES[name]
     theta = _scores(structure, batch=(), seed=9)
     cot = torch.randn(structure.score_shape, generator=torch.Generator().manual_seed(10), dtype=F64)
     x = theta.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad((sparsemap(x, structure).marginals * cot).sum(), x)
+    (grad,) = torch.autograd.grad((sparsemap(x, structure, solver=solver).marginals * cot).sum(), x)
     eps = 1e-6
     fd = torch.zeros_like(theta)
     for i in range(theta.numel()):
@@ -255,16 +274,18 @@ def test_vjp_matches_finite_differences_of_bruteforce_projection(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["bitvector", "bitvector_budget", "ksubset", "categorical", "spanning_tree"]
+    "name, solver",
+    [(name, "active_set") for name in [*CARDINALITY, "spanning_tree"]]
+    + [(name, "threshold") for name in CARDINALITY],
 )
-def test_gradcheck_weights_and_marginals(name):
+def test_gradcheck_weights_and_marginals(name, solver):
     """Gradcheck through a symmetric parametrisation (SpanningTree requires symmetric scores)."""
     structure = STRUCTURES[name]
     theta = _scores(structure, batch=(3,), seed=11).requires_grad_(True)
     sym = isinstance(structure, SpanningTree)
 
     def fn(x):
-        res = sparsemap((x + x.mT) / 2 if sym else x, structure)
+        res = sparsemap((x + x.mT) / 2 if sym else x, structure, solver=solver)
         return res.weights, res.marginals
 
     assert torch.autograd.gradcheck(fn, (theta,), eps=1e-6, atol=1e-6)
@@ -273,14 +294,14 @@ def test_gradcheck_weights_and_marginals(name):
 def test_warm_start_gives_the_same_answer_in_fewer_iterations():
     structure = BitVector(10, budget=5)
     theta = 0.5 + _scores(structure, batch=(8,), seed=12, scale=0.8)
-    first = sparsemap(theta, structure)
+    first = sparsemap(theta, structure, solver="active_set")
     moved = theta + 0.01 * _scores(structure, batch=(8,), seed=13)
-    cold = sparsemap(moved, structure)
-    warm = sparsemap(moved, structure, init=first)
+    cold = sparsemap(moved, structure, solver="active_set")
+    warm = sparsemap(moved, structure, init=first, solver="active_set")
     torch.testing.assert_close(warm.marginals, cold.marginals, atol=1e-9, rtol=0)
     assert warm.exact.all()
     assert warm.n_iter.sum() < cold.n_iter.sum()
-    again = sparsemap(theta, structure, init=(first.support, first.weights))
+    again = sparsemap(theta, structure, init=(first.support, first.weights), solver="active_set")
     assert (again.n_iter == 1).all()
     torch.testing.assert_close(again.marginals, first.marginals)
 
@@ -293,7 +314,7 @@ def test_warm_start_from_affinely_dependent_set_falls_back_to_map():
     )
     weights = torch.tensor([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]], dtype=F64)
     theta = torch.tensor([[0.3, 0.6], [0.2, 1.7]], dtype=F64)
-    res = sparsemap(theta, structure, init=(support, weights))
+    res = sparsemap(theta, structure, init=(support, weights), solver="active_set")
     torch.testing.assert_close(res.marginals, theta.clamp(0, 1))
     assert torch.isfinite(res.weights).all() and res.exact.all()
 
@@ -301,28 +322,31 @@ def test_warm_start_from_affinely_dependent_set_falls_back_to_map():
 def test_iteration_cap_returns_a_distribution_whose_certificate_is_honest():
     structure = BitVector(8)
     theta = 0.5 + 0.2 * _scores(structure, batch=(6,), seed=14)
-    res = sparsemap(theta, structure, max_iter=3)
+    res = sparsemap(theta, structure, max_iter=3, solver="active_set")
     assert (res.n_iter <= 3).all() and not res.exact.all()
     torch.testing.assert_close(res.weights.sum(-1), torch.ones(6, dtype=F64))
     optimal = (res.marginals - theta.clamp(0, 1)).abs().amax(-1) < 1e-9
     assert torch.equal(res.exact, optimal)
 
 
-def test_float32_matches_float64_and_half_is_cast_back():
+@pytest.mark.parametrize("solver", ["active_set", "threshold"])
+def test_float32_matches_float64_and_half_is_cast_back(solver):
     structure = BitVector(12, budget=6)
     theta = _scores(structure, batch=(32,), seed=15)
-    ref = sparsemap(theta, structure).marginals
-    res32 = sparsemap(theta.float(), structure)
+    ref = sparsemap(theta, structure, solver=solver).marginals
+    res32 = sparsemap(theta.float(), structure, solver=solver)
     assert res32.marginals.dtype == torch.float32 and res32.exact.all()
+    assert res32.support.dtype == torch.float32
     torch.testing.assert_close(res32.marginals.double(), ref, atol=1e-4, rtol=0)
-    res16 = sparsemap(theta.to(torch.bfloat16), structure)
+    res16 = sparsemap(theta.to(torch.bfloat16), structure, solver=solver)
     assert res16.weights.dtype == torch.bfloat16 and res16.marginals.dtype == torch.bfloat16
 
 
-def test_large_scores_do_not_overflow():
+@pytest.mark.parametrize("solver", ["active_set", "threshold"])
+def test_large_scores_do_not_overflow(solver):
     structure = KSubset(8, 3)
     theta = 1e4 * _scores(structure, batch=(5,), seed=16)
-    res = sparsemap(theta, structure)
+    res = sparsemap(theta, structure, solver=solver)
     assert torch.isfinite(res.marginals).all()
     torch.testing.assert_close(res.marginals, structure.argmax(theta))
 
@@ -341,6 +365,12 @@ def test_large_scores_do_not_overflow():
         ({"init": (torch.zeros(3, 1, 4), torch.ones(3, 1))}, ValueError, "init"),
         ({"init": (torch.zeros(3, 1, 5), -torch.ones(3, 1))}, ValueError, "nonnegative"),
         ({"init": (torch.full((3, 1, 5), 0.5), torch.ones(3, 1))}, ValueError, "0/1"),
+        ({"solver": "exact"}, ValueError, "solver must be one of"),
+        (
+            {"scores": torch.zeros(3, 4, 4), "structure": SpanningTree(4), "solver": "threshold"},
+            ValueError,
+            "solver='threshold' needs",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(kwargs, exc, match):

@@ -1,10 +1,15 @@
 """SparseMAP: the Euclidean projection of scores onto a structure's marginal polytope.
 
 μ*(θ) = argmax_{μ ∈ conv 𝒵} <θ, μ> − ½‖μ‖² (Niculae et al., 2018), returned with a sparse
-distribution p over structures such that μ* = Σ_z p_z z. Forward: the batched active-set solver of
-:mod:`latentgrad.polytope.active_set`. Backward (methods.md §3.3): on the final active set
-A⁺ = {p_z > 0}, with P the p-block of [[ZᵀZ, 1], [1ᵀ, 0]]⁻¹, ∂p/∂s = P and s_z = <θ, z>, so the VJP
-is ∂L/∂θ = Z P (∂L/∂p + Zᵀ ∂L/∂μ): one small linear solve, no unrolling of iterations.
+distribution p over structures such that μ* = Σ_z p_z z.
+
+Two solvers. Where conv 𝒵 is a box cut by at most one cardinality constraint (bit vectors with
+or without a budget, k-subsets, categorical), a threshold search gives μ* and sorting gives a
+decomposition into vertices (:mod:`latentgrad.polytope._cardinality`); autograd differentiates
+both. Any other structure goes through the batched active-set solver of
+:mod:`latentgrad.polytope.active_set`, whose backward works on the final active set
+A⁺ = {p_z > 0}: with P the p-block of [[ZᵀZ, 1], [1ᵀ, 0]]⁻¹, ∂p/∂s = P and s_z = <θ, z>, so the
+VJP is ∂L/∂θ = Z P (∂L/∂p + Zᵀ ∂L/∂μ): one small linear solve, no unrolling of iterations.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._validation import check_finite
+from .._validation import check_choice, check_finite
 from ..structures.base import Structure
 from ._bordered import bordered_solve
+from ._cardinality import cardinality_bounds, decompose, project
 from .active_set import solve_active_set
 from .result import SparseMAPResult
 
 DEFAULT_MAX_ITER = 1000
 DEFAULT_TOL = 1e-9
+SOLVERS = ("auto", "active_set", "threshold")
 
 
 class _ActiveSetWeights(torch.autograd.Function):
@@ -91,6 +98,7 @@ def sparsemap(
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     init: SparseMAPResult | tuple[Tensor, Tensor] | None = None,
+    solver: str = "auto",
 ) -> SparseMAPResult:
     """SparseMAP over ``structure``: a sparse distribution whose marginals are the projection of
     ``scores`` onto the marginal polytope.
@@ -109,13 +117,22 @@ def sparsemap(
         init: warm start, a previous result (or a pair ``(support, weights)`` with the shapes of
             :class:`SparseMAPResult`); its positive-weight structures start the active set.
             Rows whose set is affinely dependent start from MAP(θ) instead.
+        solver: ``"threshold"`` for structures whose marginal polytope is a box cut by at most
+            one cardinality constraint (``BitVector`` with or without budget, ``KSubset``,
+            ``Categorical``): the projection by a threshold search and a decomposition into at
+            most |F| + 1 structures (F the fractional marginals), no iterations
+            (:mod:`latentgrad.polytope._cardinality`; ``max_iter``, ``tol`` and ``init`` are
+            not used). ``"active_set"`` for any structure. ``"auto"`` (default): the threshold
+            solver where it applies, else the active set.
 
     Returns:
         :class:`SparseMAPResult`; ``weights`` and ``marginals`` are differentiable in ``scores``.
-        ``exact`` is False where the iteration cap (or a numerical stall) stopped a row first.
-        The solver runs in float64 whatever the input dtype (Gram matrices of 0/1 structures are
-        ill-conditioned: in float32 the bordered inverse loses the simplex constraint within
-        a few dozen updates); the outputs are cast back to the dtype of ``scores``.
+        ``exact`` is False where the iteration cap (or a numerical stall) stopped a row first
+        (always True, with ``n_iter`` 0, for the threshold solver). Both solvers run in
+        float64 whatever the input dtype (Gram matrices of 0/1 structures are ill-conditioned:
+        in float32 the bordered inverse loses the simplex constraint within a few dozen
+        updates; the threshold solver's cumulative sums need the precision too); the outputs
+        are cast back to the dtype of ``scores``.
     """
     structure = _check_structure(structure)
     structure.check_scores(scores)
@@ -126,8 +143,17 @@ def sparsemap(
         raise ValueError(f"tol must be a positive float, got {tol!r}")
     shape = structure.score_shape
     batch = structure.batch_shape(scores)
+    check_choice(solver, "solver", SOLVERS)
+    bounds = cardinality_bounds(structure)
+    if solver == "threshold" and bounds is None:
+        raise ValueError(
+            f"solver='threshold' needs a BitVector, KSubset or Categorical structure, got "
+            f"{structure!r}; use solver='active_set'"
+        )
     theta = scores.to(torch.float64).reshape(-1, *shape)
     warm = _check_init(init, structure, batch, theta)
+    if bounds is not None and solver != "active_set":
+        return _threshold_sparsemap(theta, bounds, scores.dtype, batch)
 
     with torch.no_grad():
         sol = solve_active_set(theta.detach(), structure, max_iter, float(tol), warm)
@@ -149,4 +175,24 @@ def sparsemap(
         support_size=keep.sum(1).reshape(batch),
         n_iter=sol.n_iter.reshape(batch),
         exact=sol.exact.reshape(batch),
+    )
+
+
+def _threshold_sparsemap(
+    theta: Tensor, bounds: tuple[int, int], dtype: torch.dtype, batch: torch.Size
+) -> SparseMAPResult:
+    """SparseMAP on a cardinality polytope: ``theta`` ``(B, n)`` float64 -> the result, cast to
+    ``dtype`` and reshaped to ``batch``."""
+    lo, hi = bounds
+    marginals, fixed = project(theta, lo, hi)
+    support, weights, support_size = decompose(marginals, hi, fixed, dtype)
+    width, n = support.shape[1:]
+    done = torch.ones(batch, dtype=torch.bool, device=theta.device)
+    return SparseMAPResult(
+        support=support.reshape(*batch, width, n),
+        weights=weights.to(dtype).reshape(*batch, width),
+        marginals=marginals.to(dtype).reshape(*batch, n),
+        support_size=support_size.reshape(batch),
+        n_iter=torch.zeros(batch, dtype=torch.long, device=theta.device),
+        exact=done,
     )
