@@ -168,10 +168,13 @@ def test_demo_trains_three_estimators_and_prints_the_table(
 
     assert demo(str(tmp_path), str(data_env), seed=0, profile="tiny") == 0
     out = capsys.readouterr().out
+    table = (tmp_path / "report.md").read_text()
     for est in DEMO_ESTIMATORS:
-        assert f"| {est} | 1 (0) |" in out
-        assert (run_dir(tmp_path, est) / "metrics.json").exists()
-    assert "Plots: " in out and (tmp_path / "report.md").exists()
+        assert f"| {est} | 1 (0) |" in table
+        metrics = json.loads((run_dir(tmp_path, est) / "metrics.json").read_text())["metrics"]
+        row = next(line for line in out.splitlines() if line.startswith(f"{est} "))
+        assert f"{metrics['test/neg_elbo']:.2f}" in row and f"{metrics['decoder_calls']:.2f}" in row
+    assert "What to look at:" in out and "Plots:" in out
 
 
 def test_warm_start_keeps_best_validation_weights_then_fresh_adam(
