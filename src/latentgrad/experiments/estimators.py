@@ -100,6 +100,46 @@ def _gumbel(straight_through: bool) -> Callable[[EstimatorConfig, int, int], Est
     return factory
 
 
+def _gumbel_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+    from latentgrad.estimators.relaxed import GumbelSoftmax
+
+    return GumbelSoftmax(
+        temperature=cfg.temperature,
+        kl="relaxed",
+        prior="uniform",
+        prior_temperature=cfg.prior_temperature,
+        entropy_coeff=cfg.entropy_coeff,
+    )
+
+
+def _igr(variant: str) -> Callable[..., Estimator]:
+    def factory(
+        cfg: EstimatorConfig,
+        num_classes: int,
+        features_dim: int,
+        prior: object = "uniform",
+        latent_shape: tuple[int, ...] = (),
+    ) -> Estimator:
+        """``prior``: ``"uniform"``, a ``(loc, scale)`` pair or None (no KL term);
+        ``latent_shape``: the latent variables of an example (the planar flows' shape)."""
+        from latentgrad.estimators.relaxed import IGREstimator
+
+        return IGREstimator(
+            variant=variant,
+            temperature=cfg.temperature,
+            prior=prior,
+            kl="sampled" if variant == "planar" else cfg.igr_kl,
+            entropy_coeff=cfg.entropy_coeff,
+            eps=1.0 - cfg.igr_threshold,
+            quantile=cfg.igr_quantile,
+            num_categories=num_classes,
+            latent_shape=tuple(latent_shape),
+            num_flows=cfg.num_flows,
+        )
+
+    return factory
+
+
 def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
     from latentgrad.estimators.mixed import GaussianSparsemaxEstimator
 
@@ -159,6 +199,18 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
     ),
     "st_gumbel": EstimatorSpec(
         _gumbel(True), "softmax", "straight-through Gumbel, annealed temperature", args=_GUMBEL_ARGS
+    ),
+    "gumbel_concrete": EstimatorSpec(
+        _gumbel_concrete,
+        "softmax",
+        "Gumbel-Softmax, fixed temperature, ExpConcrete KL to a uniform Concrete prior",
+    ),
+    "igr_i": EstimatorSpec(_igr("I"), "softmax", "IGR-I: softmax++ of a Gaussian, fixed τ"),
+    "igr_sb": EstimatorSpec(
+        _igr("SB"), "softmax", "IGR-SB: stick-breaking, adaptively truncated, fixed τ"
+    ),
+    "igr_planar": EstimatorSpec(
+        _igr("planar"), "softmax", "IGR-Planar: planar flows before softmax++, fixed τ"
     ),
     "gaussian_sparsemax": EstimatorSpec(
         _gaussian_sparsemax,

@@ -60,7 +60,14 @@ class TrainerConfig:
 
 @dataclass
 class EstimatorConfig:
-    """Settings read by the factories of ``experiments.estimators`` (each uses its own)."""
+    """Settings read by the factories of ``experiments.estimators`` (each uses its own).
+
+    ``prior_temperature``: τ₀ of the uniform Concrete prior of ``gumbel_concrete``. IGR
+    estimators (fixed ``temperature``): ``igr_kl`` (``closed_form`` Gaussian KL or the one-sample
+    ``sampled`` log-ratio; IGR-Planar is always sampled), ``igr_threshold`` (IGR-SB keeps sticks
+    until their mass exceeds it, at the ``igr_quantile`` of the draws) and ``num_flows``
+    (IGR-Planar).
+    """
 
     entropy_coeff: float = 1.0
     baseline: str = "moving_average"
@@ -70,6 +77,11 @@ class EstimatorConfig:
     anneal_rate: float = 1e-4
     anneal_every: int = 1000
     nvil_hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
+    prior_temperature: float = 0.5
+    igr_kl: str = "closed_form"
+    igr_threshold: float = 0.9
+    igr_quantile: float = 0.5
+    num_flows: int = 2
 
     def validate(self) -> None:
         require(self.entropy_coeff >= 0, "entropy_coeff", f"must be >= 0, got {self.entropy_coeff}")
@@ -81,3 +93,12 @@ class EstimatorConfig:
         require(self.anneal_rate >= 0, "anneal_rate", f"must be >= 0, got {self.anneal_rate}")
         require(self.anneal_every >= 1, "anneal_every", f"must be >= 1, got {self.anneal_every}")
         require(all(h >= 1 for h in self.nvil_hidden), "nvil_hidden", "layer widths must be >= 1")
+        require(self.prior_temperature > 0, "prior_temperature", "must be > 0")
+        require(
+            self.igr_kl in ("closed_form", "sampled"),
+            "igr_kl",
+            f"must be 'closed_form' or 'sampled', got {self.igr_kl!r}",
+        )
+        require(0 < self.igr_threshold <= 1, "igr_threshold", "must be in (0, 1]")
+        require(0 < self.igr_quantile <= 1, "igr_quantile", "must be in (0, 1]")
+        require(self.num_flows >= 1, "num_flows", f"must be >= 1, got {self.num_flows}")
