@@ -11,6 +11,10 @@ from types import ModuleType
 TASKS = {
     "ssvae": "latentgrad.experiments.tasks.ssvae",
     "signal_game": "latentgrad.experiments.tasks.signal_game",
+    "igr_vae": "latentgrad.experiments.tasks.igr_vae",
+    "igr_sop": "latentgrad.experiments.tasks.igr_sop",
+    "igr_countable": "latentgrad.experiments.tasks.igr_countable",
+    "voting_regression": "latentgrad.experiments.tasks.voting_regression",
 }
 
 

@@ -1,0 +1,102 @@
+"""The IGR and voting tasks end to end on the ``tiny`` profile, and the IGR VAE's test-time
+likelihood estimators against exact enumeration on a model small enough to enumerate."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentgrad.experiments.cli import main
+from latentgrad.experiments.config import resolve, to_dict
+from latentgrad.experiments.tasks.igr_vae import IGRVAE, IGRVAEConfig
+
+RUNS = [
+    *(("igr_vae", e) for e in ("igr_i", "igr_sb", "igr_planar", "gumbel_concrete")),
+    *(("igr_sop", e) for e in ("gumbel", "igr_i", "igr_planar")),
+    *(("igr_countable", e) for e in ("igr_sb", "igr_i", "igr_planar", "gumbel")),
+    *(("voting_regression", e) for e in ("mixed_dirichlet", "dirichlet")),
+]
+EXPECTED = {
+    "igr_vae": ("test/nll_paper", "test/neg_elbo", "test/vertex_distance"),
+    "igr_sop": ("test/nll",),
+    "igr_countable": ("test/tv_discrete", "test/tv_relaxed", "test/truncation"),
+    "voting_regression": ("test/mean_rmse", "test/mode_mae", "test/zero_acc"),
+}
+
+
+@pytest.mark.parametrize(("task", "estimator"), RUNS)
+def test_tiny_run_end_to_end(task: str, estimator: str, data_env: Path, tmp_path: Path) -> None:
+    code = main(["run", task, "--estimator", estimator, "--out", str(tmp_path), "profile=tiny"])
+    assert code == 0
+    result = json.loads((tmp_path / task / estimator / "seed0" / "metrics.json").read_text())
+    for key in EXPECTED[task]:
+        assert math.isfinite(result["metrics"][key]), key
+    if task == "igr_vae" and estimator in ("igr_i", "gumbel_concrete"):
+        assert math.isfinite(result["metrics"]["test/nll_is"])
+    if task == "voting_regression" and estimator == "mixed_dirichlet":
+        assert math.isfinite(result["metrics"]["recovery/face_mae"])
+
+
+def tiny_vae(estimator: str, samples: int) -> IGRVAE:
+    """V = 2 latents of K = 3 categories, 6 pixels, linear maps: 9 latent configurations."""
+    overrides = {
+        "profile": "tiny",
+        "model": {"num_vars": 2, "num_categories": 3, "eval_samples": samples},
+    }
+    cfg = to_dict(resolve(IGRVAEConfig, "igr_vae", estimator, 0, overrides))
+    torch.manual_seed(0)
+    model = IGRVAE(cfg, pixels=6, likelihood="bernoulli")
+    with torch.no_grad():  # scores far enough from uniform for q to differ from the posterior
+        model.encoder.weight.mul_(1.5)
+        model.decoder.weight.mul_(4.0)
+    return model.eval()
+
+
+def exact_terms(model: IGRVAE, x: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Enumerating the 9 one-hot configurations h: log p(x) = logsumexp_h [log p(h) + log
+    p(x|h)] with p(h) = 1/9, and log Σ_h q(h|x) p(x|h), each (B,)."""
+    configs = torch.tensor(list(itertools.product(range(3), repeat=2)))
+    onehots = F.one_hot(configs, 3).float()  # (9, 2, 3)
+    b = x.shape[0]
+    nll = model.neg_log_lik(x.repeat(9, 1), onehots.repeat_interleave(b, 0)).view(9, b)
+    log_q = sum(q[:, v, configs[:, v]].log().T for v in range(2))  # (9, B)
+    log_px = torch.logsumexp(-nll - math.log(9), 0)
+    log_qp = torch.logsumexp(-nll + log_q, 0)
+    return log_px, log_qp
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_concrete", "igr_i"])
+def test_vae_likelihood_estimators_match_enumeration(estimator: str) -> None:
+    """With S = 20,000 hard samples: ``nll_is`` converges to the exact −log p(x) of the discrete
+    model; ``nll_paper`` to −[log Σ_h q(h|x) p(x|h) − KL(q ‖ uniform)]. Observed errors over
+    seeds 0-3: at most 0.045 nats (the weights p(h)/q(h|x) reach 9/q_min ≈ 50, hence the
+    noise). Tolerance 0.1 nats; the two limits differ by more than 0.2 for every example."""
+    model = tiny_vae(estimator, 20_000)
+    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    stats = model.evaluate(x)
+    q = model.discrete_posterior(model.scores(x))
+    log_px, log_qp = exact_terms(model, x, q)
+    kl = (q * (q * 3).log()).sum((-2, -1))
+    assert torch.allclose(stats["nll_is"], -log_px, atol=0.1)
+    assert torch.allclose(stats["nll_paper"], -(log_qp - kl), atol=0.1)
+    assert bool(((log_px - (log_qp - kl)).abs() > 0.2).all())
+
+
+def test_igr_hard_samples_follow_the_zero_temperature_pmf() -> None:
+    """IGR-I's hard samples (argmax ψ at τ = 1) are distributed as its zero-temperature pmf
+    (δ = 1): frequencies of 20,000 draws within 0.02 (4 standard errors) of the quadrature."""
+    model = tiny_vae("igr_i", 20_000)
+    x = torch.bernoulli(torch.full((3, 6), 0.5), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(4)
+    scores = model.scores(x)
+    with torch.no_grad():
+        _, hard = model.posterior_draws(scores, 20_000)
+    q = model.discrete_posterior(scores)
+    assert torch.allclose(hard.mean(0), q, atol=0.02)
