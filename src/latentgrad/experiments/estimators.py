@@ -112,29 +112,43 @@ def _gumbel_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int) 
     )
 
 
+_IGR_ARGS = {
+    "I": ("temperature", "igr_kl", "entropy_coeff"),
+    "SB": ("temperature", "igr_kl", "igr_threshold", "igr_quantile", "entropy_coeff"),
+    "planar": ("temperature", "num_flows", "entropy_coeff"),
+}
+
+
 def _igr(variant: str) -> Callable[..., Estimator]:
     def factory(
         cfg: EstimatorConfig,
         num_classes: int,
         features_dim: int,
-        prior: object = "uniform",
+        prior: object = None,
         latent_shape: tuple[int, ...] = (),
     ) -> Estimator:
-        """``prior``: ``"uniform"``, a ``(loc, scale)`` pair or None (no KL term);
+        """``prior``: None (no KL term), ``"uniform"`` (IGR-I, IGR-Planar) or a ``(loc, scale)``
+        pair;
         ``latent_shape``: the latent variables of an example (the planar flows' shape)."""
         from latentgrad.estimators.relaxed import IGREstimator
 
+        kwargs: dict = {"kl": "sampled"}
+        if variant != "planar":
+            kwargs["kl"] = cfg.igr_kl
+        if variant == "SB":
+            kwargs.update(eps=1.0 - cfg.igr_threshold, quantile=cfg.igr_quantile)
+        if variant == "planar":
+            kwargs.update(
+                num_categories=num_classes,
+                latent_shape=tuple(latent_shape),
+                num_flows=cfg.num_flows,
+            )
         return IGREstimator(
             variant=variant,
             temperature=cfg.temperature,
             prior=prior,
-            kl="sampled" if variant == "planar" else cfg.igr_kl,
             entropy_coeff=cfg.entropy_coeff,
-            eps=1.0 - cfg.igr_threshold,
-            quantile=cfg.igr_quantile,
-            num_categories=num_classes,
-            latent_shape=tuple(latent_shape),
-            num_flows=cfg.num_flows,
+            **kwargs,
         )
 
     return factory
@@ -204,13 +218,22 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         _gumbel_concrete,
         "softmax",
         "Gumbel-Softmax, fixed temperature, ExpConcrete KL to a uniform Concrete prior",
+        args=("temperature", "prior_temperature", "entropy_coeff"),
     ),
-    "igr_i": EstimatorSpec(_igr("I"), "softmax", "IGR-I: softmax++ of a Gaussian, fixed τ"),
+    "igr_i": EstimatorSpec(
+        _igr("I"), "softmax", "IGR-I: softmax++ of a Gaussian, fixed τ", args=_IGR_ARGS["I"]
+    ),
     "igr_sb": EstimatorSpec(
-        _igr("SB"), "softmax", "IGR-SB: stick-breaking, adaptively truncated, fixed τ"
+        _igr("SB"),
+        "softmax",
+        "IGR-SB: stick-breaking, adaptively truncated, fixed τ",
+        args=_IGR_ARGS["SB"],
     ),
     "igr_planar": EstimatorSpec(
-        _igr("planar"), "softmax", "IGR-Planar: planar flows before softmax++, fixed τ"
+        _igr("planar"),
+        "softmax",
+        "IGR-Planar: planar flows before softmax++, fixed τ, sampled KL",
+        args=_IGR_ARGS["planar"],
     ),
     "gaussian_sparsemax": EstimatorSpec(
         _gaussian_sparsemax,

@@ -222,7 +222,18 @@ class IGRVAE(LatentTask):
         self.variant = IGR_VARIANTS.get(cfg.estimator)
         v = m.num_vars
         self.k = m.sb_max_categories if self.variant == "SB" else m.num_categories
-        self.score_shape = (v, self.k) if self.variant is None else (v, 2, self.k - 1)
+        if self.variant is None:
+            self.estimator = self.make_estimator(self.k, pixels)
+        else:
+            prior: object = "uniform"
+            if self.variant == "SB":
+                loc0, scale0 = fit_sb_prior(m, est.temperature, est.igr_threshold,
+                                            est.igr_quantile)
+                self.register_buffer("sb_prior_loc", loc0)
+                self.register_buffer("sb_prior_scale", scale0)
+                prior = (loc0, scale0)
+            self.estimator = self.make_estimator(self.k, pixels, prior=prior, latent_shape=(v,))
+        self.score_shape = self.estimator.score_shape((v, self.k))
         n_scores = math.prod(self.score_shape)
         n_out = pixels * (2 if likelihood == "gaussian" else 1)
         if m.architecture == "linear":
@@ -230,17 +241,6 @@ class IGRVAE(LatentTask):
         else:
             self.encoder = mlp([pixels, 512, 256, n_scores])
             self.decoder = mlp([v * self.k, 256, 512, n_out])
-        prior: object = "uniform"
-        if self.variant == "SB":
-            loc0, scale0 = fit_sb_prior(m, est.temperature, est.igr_threshold, est.igr_quantile)
-            self.register_buffer("sb_prior_loc", loc0)
-            self.register_buffer("sb_prior_scale", scale0)
-            prior = (loc0, scale0)
-        if self.variant is None:
-            self.estimator = self.make_estimator(self.k, pixels)
-        else:
-            self.estimator = self.make_estimator(self.k, pixels, prior=prior, latent_shape=(v,))
-        self._x: Tensor | None = None
 
     # ---- the model's math (no estimator math here)
 
