@@ -100,3 +100,18 @@ def test_igr_hard_samples_follow_the_zero_temperature_pmf() -> None:
         _, hard = model.posterior_draws(scores, 20_000)
     q = model.discrete_posterior(scores)
     assert torch.allclose(hard.mean(0), q, atol=0.02)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_concrete", "igr_i", "igr_sb", "igr_planar"])
+def test_mode_reading_is_the_draw_at_zero_noise(estimator: str, monkeypatch) -> None:
+    """With the Gaussian (or Gumbel) noise replaced by zeros, every draw is the mode reading."""
+    model = tiny_vae(estimator, 1)
+    x = torch.bernoulli(torch.full((5, 6), 0.5), generator=torch.Generator().manual_seed(5))
+    scores = model.scores(x)
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: torch.zeros(*a, **k))
+    monkeypatch.setattr(
+        "latentgrad.estimators.relaxed.draw_noise", lambda shape, like, noise: like.new_zeros(shape)
+    )
+    with torch.no_grad():
+        _, hard = model.posterior_draws(scores, 1)
+    assert torch.equal(hard[0], model.mode_latent(scores))
