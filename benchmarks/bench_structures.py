@@ -7,11 +7,11 @@ Cases: ``sparsemap`` on BitVector(32) and BitVector(128, budget=64) (the thresho
 active set for comparison), ``topk_sparsemax`` (k = 10) on the same structures, ``sparsemap`` on
 SpanningTree(10) and the Gibbs marginals of SpanningTree(10) and SpanningTree(30) (matrix-tree).
 Scores are N(0, 1) float32 rows; the backward pass is that of ``<v, marginals> + <u, weights>``
-for random v, u. Batch-1 cost is averaged over 8 different single rows (the active-set iteration
-count varies from row to row), batch-64 cost over ``--repeats`` calls, batch-1024 cost over one
-call. The ratio columns are per-example(batch 1) / per-example(batch 1024): what batching buys,
-in wall time and in process CPU time (the steadier of the two when other processes share the
-machine), and per-example(batch 1024) / per-example(batch 64). One intra-op thread by default:
+for random v, u. Every cost is the median of ``--repeats`` calls; at batch 1 it is averaged over
+8 different single rows (the active-set iteration count varies from row to row). The ratio
+columns are per-example(batch 1) / per-example(batch 1024), what batching buys, and
+per-example(batch 1024) / per-example(batch 64), each in wall time and in process CPU time (the
+steadier of the two when other processes share the machine). One intra-op thread by default:
 on a loaded machine, multi-threaded small ops wait on descheduled sibling threads.
 
 Then SparseMAP at batch 64 against lp-sparsemap (Niculae & Martins, 2020; deep-spin's C++
@@ -70,20 +70,21 @@ def _marginals_step(structure: Structure) -> Callable[[Tensor], Tensor]:
 
 
 def _per_example_ms(step, theta: Tensor, batch: int, repeats: int) -> tuple[float, float]:
-    """Mean over calls of (forward+backward time / batch): wall and process-CPU ms.
+    """Forward+backward time / batch, wall and process-CPU ms: the median of ``repeats`` calls
+    on each input (robust to bursts of load from other processes), averaged over the inputs.
 
-    Batch 1 runs ``SINGLE_ROWS`` different rows; larger batches run ``repeats`` calls (one for
-    the largest batch, whose single call already averages over 1024 rows)."""
+    Batch 1 runs ``SINGLE_ROWS`` different rows (their costs differ); larger batches one input."""
     if batch == 1:
         inputs = [theta[i : i + 1] for i in range(SINGLE_ROWS)]
     else:
-        inputs = [theta[:batch]] * (1 if batch == max(BATCHES) else repeats)
+        inputs = [theta[:batch]]
     wall, cpu = [], []
     for x in inputs:
         x = x.detach().requires_grad_(True)
-        _, wall_s, cpu_s = time_call(lambda x=x: step(x).backward(), theta.device)
-        wall.append(wall_s / batch)
-        cpu.append(cpu_s / batch)
+        call = lambda x=x: step(x).backward()  # noqa: E731
+        times = [time_call(call, theta.device)[1:] for _ in range(repeats)]
+        wall.append(statistics.median(t[0] for t in times) / batch)
+        cpu.append(statistics.median(t[1] for t in times) / batch)
     return 1e3 * statistics.mean(wall), 1e3 * statistics.mean(cpu)
 
 

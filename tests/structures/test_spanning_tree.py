@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latentgrad.structures._matrix_tree import log_count_rooted_at_zero
 from latentgrad.structures.spanning_tree import SpanningTree
 
 F64 = torch.float64
@@ -305,3 +306,17 @@ def test_bad_sizes_raise_clear_errors():
         SpanningTree(3.0)
     with pytest.raises(ValueError, match="small sizes"):
         SpanningTree(8).enumerate()
+
+
+def test_thirty_nodes_at_score_scale_100_in_float32_match_the_float64_elimination():
+    """The benchmark's size: float32 marginals within 1e-3 of the subtraction-free float64
+    elimination (no cancellation) at scores in [-100, 100]."""
+    n = 30
+    uniform = torch.rand(3, n, n, generator=torch.Generator().manual_seed(8), dtype=F64)
+    scores = ((uniform + uniform.mT) * 100 - 100).float()
+    mu = SpanningTree(n).marginals(scores)
+    assert mu.dtype == torch.float32 and torch.isfinite(mu).all()
+    leaf = scores.double().requires_grad_(True)
+    sym = ((leaf + leaf.mT) / 2).masked_fill(torch.eye(n, dtype=torch.bool), 0)
+    (grad,) = torch.autograd.grad(log_count_rooted_at_zero(sym).sum(), leaf)
+    torch.testing.assert_close(mu.double(), grad + grad.mT, rtol=0, atol=1e-3)

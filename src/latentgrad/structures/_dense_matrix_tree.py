@@ -62,7 +62,7 @@ class _LogdetInverse(torch.autograd.Function):
                 factor = torch.where(ok[:, None, None], factor, eye)
             logdet = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             inverse = torch.cholesky_inverse(factor)
-            row_sums = inverse.abs().sum(-1).amax(-1)
+            row_sums = torch.linalg.vector_norm(inverse, 1, dim=-1).amax(-1)
             norms = row_sums * row_sums  # ||M||_1 = ||M||_inf
         else:
             lu, pivots, info = torch.linalg.lu_factor_ex(a)
@@ -75,8 +75,8 @@ class _LogdetInverse(torch.autograd.Function):
                 pivots = torch.where(ok[:, None], pivots, identity)
             logdet = lu.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
             inverse = torch.linalg.lu_solve(lu, pivots, eye.expand_as(a))
-            size = inverse.abs()
-            norms = size.sum(-1).amax(-1) * size.sum(-2).amax(-1)
+            rows = torch.linalg.vector_norm(inverse, 1, dim=-1).amax(-1)
+            norms = rows * torch.linalg.vector_norm(inverse, 1, dim=-2).amax(-1)
         scale = a.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1)
         bound = k * torch.finfo(a.dtype).eps * scale * norms
         ok = ok & torch.isfinite(logdet) & (bound <= TOLERANCE)
@@ -140,9 +140,9 @@ def _undirected(logw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     node when the degrees are uneven (strong scores), so more rows pass the trust test.
     """
     lw, m = _masked(logw)
-    prob = (lw - m[:, :, None]).exp()
+    prob = (lw - m[:, :, None]).exp_()
     half = m / 2
-    w_tilde = (lw - half[:, :, None] - half[:, None, :]).exp()
+    w_tilde = (lw - half[:, :, None]).sub_(half[:, None, :]).exp_()
     degree = prob.sum(-1)
     ground = torch.nn.functional.one_hot((m + degree.detach().log()).argmax(-1), m.shape[-1])
     ground = ground.bool()
@@ -164,14 +164,66 @@ def dense_log_count_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
     return _trusted_log_det(m.masked_fill(ground, 0), normalised, symmetric=True)
 
 
-def dense_marginals_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
-    """Edge marginals ``(B, n, n)`` (symmetric, zero diagonal) of symmetric ``logw`` and the
-    trust flags ``(B,)``; untrusted rows are zero."""
+def _undirected_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """Edge marginals of symmetric ``logw`` in differentiable operations (any order), the trust
+    flags, and ``(P, W̃, M)`` with ``M`` the padded inverse of ``Ã`` (``M_rr = 0``)."""
     _, prob, w_tilde, ground, normalised = _undirected(logw)
     _, inverse, ok = _LogdetInverse.apply(normalised, True)
     inverse = inverse - torch.diag_embed((ground & ok[:, None]).to(inverse.dtype))  # M_rr = 0
     half = prob * inverse.diagonal(dim1=-2, dim2=-1)[:, :, None]
-    return torch.addcmul(half + half.mT, w_tilde, inverse, value=-2), ok
+    marginals = torch.addcmul(half + half.mT, w_tilde, inverse, value=-2)
+    return marginals, ok, (prob, w_tilde, inverse)
+
+
+class _UndirectedMarginals(torch.autograd.Function):
+    """``(μ, ok, P, W̃, M)`` of symmetric float64 ``logw`` ``(B, n, n)`` (only μ carries a
+    gradient), with a closed-form backward.
+
+    With ``H = G + Gᵀ`` (G the cotangent of μ), μ = P∘(diag(M) 1ᵀ) + (…)ᵀ − 2 W̃∘M gives
+    ∂L/∂M = X = diag(Σ_j H_ij P_ij) − H∘W̃ and, through M = Ã⁻¹, ∂L/∂Ã = Y = −M X M. As
+    Ã_ii = Σ_j P_ij and Ã_ij = −W̃_ij, the cotangent of logw is
+    Γ_ij = P_ij (H_ij M_ii + Y_ii) − W̃_ij (H_ij M_ij + Y_ij), returned symmetrised (only
+    symmetric perturbations exist): two batched products and a few elementwise passes, where
+    autograd walks the whole chain. A double backward (``create_graph``) differentiates the
+    graph of :func:`_undirected_marginals_graph` instead.
+    """
+
+    @staticmethod
+    def forward(logw: Tensor) -> tuple[Tensor, ...]:
+        marginals, ok, (prob, w_tilde, inverse) = _undirected_marginals_graph(logw)
+        return marginals, ok, prob, w_tilde, inverse
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        (logw,) = inputs
+        _, ok, prob, w_tilde, inverse = output
+        ctx.mark_non_differentiable(ok, prob, w_tilde, inverse)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logw, prob, w_tilde, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, *_):
+        if grad is None:
+            return None
+        logw, prob, w_tilde, inverse = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the graph itself
+            marginals = _undirected_marginals_graph(logw)[0]
+            return torch.autograd.grad(marginals, logw, grad, create_graph=True)[0]
+        sym = grad + grad.mT
+        x = torch.diag_embed((sym * prob).sum(-1)).sub_(sym * w_tilde)
+        y = (inverse @ x @ inverse).neg_()
+        m_diag = inverse.diagonal(dim1=-2, dim2=-1)
+        y_diag = y.diagonal(dim1=-2, dim2=-1)
+        gamma = prob * torch.addcmul(y_diag[:, :, None], sym, m_diag[:, :, None])
+        gamma = (gamma + gamma.mT).mul_(0.5)
+        return gamma.sub_(w_tilde * torch.addcmul(y, sym, inverse))
+
+
+def dense_marginals_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
+    """Edge marginals ``(B, n, n)`` (symmetric, zero diagonal) of symmetric ``logw`` and the
+    trust flags ``(B,)``; untrusted rows are zero. Differentiable to any order."""
+    marginals, ok, *_ = _UndirectedMarginals.apply(logw)
+    return marginals, ok
 
 
 def _rooted(logw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
