@@ -23,7 +23,7 @@ def one_sample_output(
     est: Estimator,
     loss_fn: LossFn,
     z: Tensor,
-    tau: Tensor,
+    tau: Tensor | None,
     entropy: Tensor | None,
     kl: Tensor | None = None,
     kl_coeff: float = 0.0,
@@ -33,13 +33,16 @@ def one_sample_output(
 
     ``entropy`` and ``kl`` ``(B, *latent)`` are summed over the latent variables (``entropy=None``:
     0, in the losses' dtype); ``expected_loss`` is ``ℓ_b``, ``support_size`` 1; logs
-    ``temperature`` ``tau``, ``entropy``, ``support_size`` and, with a KL, ``kl`` (means).
+    ``temperature`` ``tau`` (unless None), ``entropy``, ``support_size`` and, with a KL, ``kl``
+    (means). Also the eval-mode reading at the mode (``z`` without a graph).
     """
     rows = torch.arange(z.shape[0], device=z.device)
     losses = call_loss_fn(loss_fn, z, rows, type(est).__name__)
     entropy = torch.zeros_like(losses) if entropy is None else sum_latent(entropy)
     loss_b = losses - est.entropy_coeff * entropy
-    logs: dict[str, float | Tensor] = {"temperature": tau.detach()}
+    logs: dict[str, float | Tensor] = {}
+    if tau is not None:
+        logs["temperature"] = tau.detach()
     if kl is not None:
         kl = sum_latent(kl)
         loss_b = loss_b + kl_coeff * kl

@@ -16,6 +16,7 @@ from ._baselines import RUNNING_KINDS, RunningBaseline
 from ._checks import check_structure
 from ._families import CategoricalLatent, StructureLatent
 from .base import Estimator, EstimatorOutput, LossFn, call_loss_fn, fixed_support_output
+from .marginalization import softmax_expectation
 
 BASELINES = (None, "moving_average", "ema", "batch_loo", "self_critic", "leave_one_out")
 
@@ -76,12 +77,15 @@ class Sampler(Estimator):
         decay: float,
         family: Family | None = None,
         one_hot: bool = True,
+        eval_mode: str = "mode",
     ) -> None:
         super().__init__(entropy_coeff)
         self.baseline = baseline
         self.structure = structure
         self._family = sampling_family(structure, one_hot) if family is None else family
         self.running = RunningBaseline(baseline, decay) if baseline in RUNNING_KINDS else None
+        allowed = ("mode", "sample") if not isinstance(self._family, CategoricalLatent) else None
+        self._set_eval_mode(eval_mode, *(() if allowed is None else (allowed,)))
 
     def extra_repr(self) -> str:
         n = getattr(self, "n_samples", None)
@@ -100,6 +104,25 @@ class Sampler(Estimator):
 
     def _check(self, scores: object) -> Tensor:
         return self._family.check(scores)
+
+    def _eval_reading(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput | None:
+        """The eval-mode reading (``Estimator``): None when sampling as in training; otherwise
+        one evaluation at the mode, or the exact expectation (categorical latents)."""
+        reading = self.reading()
+        if reading == "sample":
+            return None
+        if reading == "expected":
+            if not isinstance(self._family, CategoricalLatent):
+                raise ValueError("eval_mode='expected' needs a categorical latent")
+            return softmax_expectation(
+                scores, loss_fn, self.entropy_coeff, self._family.one_hot
+            )
+        ev = self._evaluate(self._family.mode(scores), scores, loss_fn)
+        entropy = self._entropy(scores)
+        losses = ev.losses[:, 0]
+        loss = (losses - self.entropy_coeff * entropy).mean()
+        out = fixed_support_output(loss, losses, entropy, 1)
+        return out.evaluated(ev.z, ev.rows, torch.ones_like(losses))
 
     def _evaluate(self, values: Tensor, scores: Tensor, loss_fn: LossFn) -> Evaluated:
         """Latent values ``(B, n, ...)`` -> losses (B, n) from one ``loss_fn`` call, with the

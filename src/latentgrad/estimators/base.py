@@ -117,8 +117,17 @@ def check_latent_shape(latent_shape: object, min_dim: int = 1) -> tuple[int, ...
     return shape
 
 
+EVAL_MODES = ("mode", "sample", "expected")
+
+
 class Estimator(nn.Module):
     """Base class: subclasses implement ``forward(scores, loss_fn) -> EstimatorOutput``.
+
+    Sampling, relaxation and mixed estimators read their latent differently in ``eval()`` mode,
+    by ``eval_mode`` (the argument of their constructors; default ``"mode"``): ``"mode"``
+    evaluates the most probable value (argmax category, MAP structure, most probable face),
+    ``"sample"`` behaves as in training (running baselines are updated only in training), and
+    ``"expected"`` (categorical latents) the exact expectation over the product of the supports.
 
     ``score_shape(latent_shape)`` says how many score units one example needs, so an encoder head
     is sized the same way for every estimator::
@@ -127,9 +136,22 @@ class Estimator(nn.Module):
         scores = head(h).view(-1, *est.score_shape(latent_shape))
     """
 
+    eval_mode = "sample"
+
     def __init__(self, entropy_coeff: float = 0.0) -> None:
         super().__init__()
         self.entropy_coeff = float(entropy_coeff)
+
+    def _set_eval_mode(self, eval_mode: object, allowed: tuple[str, ...] = EVAL_MODES) -> None:
+        if eval_mode not in allowed:
+            raise ValueError(
+                f"eval_mode must be one of {allowed} for {type(self).__name__}, got {eval_mode!r}"
+            )
+        self.eval_mode = eval_mode
+
+    def reading(self) -> str:
+        """How this call reads the latent: ``"sample"`` in training, ``eval_mode`` in eval."""
+        return "sample" if self.training else self.eval_mode
 
     def score_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of one example's scores for latents of shape ``latent_shape``: ``(*latent, K)``

@@ -92,6 +92,26 @@ def product_support(p: Tensor, max_support: int) -> tuple[Tensor, Tensor, Tensor
     return rows, cat[position].view(-1, *p.shape[1:-1]), probs[position].prod(-1), support
 
 
+def softmax_expectation(
+    scores: Tensor,
+    loss_fn: LossFn,
+    entropy_coeff: float,
+    one_hot: bool = True,
+    extra: Tensor | None = None,
+    max_support: int = 65536,
+) -> EstimatorOutput:
+    """The ``"expected"`` eval reading of a categorical latent ``(B, *latent, K)``: exact
+    ``E_{softmax}[l] - c H`` (+ ``extra`` (B,), e.g. a KL term) over the product of supports."""
+    family = CategoricalLatent(one_hot)
+    rows, idx, weights, support = product_support(scores.softmax(-1), max_support)
+    entropy = family.entropy(scores)
+    z = family.latent_values(idx, scores)
+    out = marginalize(weights, rows, z, loss_fn, entropy, entropy_coeff, support)
+    if extra is not None:
+        out.loss = out.loss + extra.mean()
+    return out
+
+
 _NORMALIZERS = {"sparsemax": sparsemax, "entmax15": entmax15}
 
 

@@ -1,4 +1,4 @@
-"""Estimators over mixed discrete/continuous latents (Farinhas et al. 2022; methods.md §6).
+"""Estimators over mixed discrete/continuous latents (Farinhas et al. 2022).
 
 Each estimator draws S samples per example, evaluates them with ONE ``loss_fn`` call and returns
 a surrogate whose gradient is the estimator; regularisers are direct-sum entropies/KLs.
@@ -29,7 +29,9 @@ from ..distributions.faces import NonEmptyFaces
 from ..distributions.gaussian_sparsemax import GaussianSparsemax
 from ..distributions.mixed_binary import BinaryGaussianSparsemax, HardConcrete
 from ..distributions.mixed_dirichlet import MixedDirichlet
+from ..mappings import sparsemax
 from ._checks import check_leave_one_out, check_min_batched
+from ._one_sample import one_sample_output
 from .base import (
     Estimator,
     EstimatorOutput,
@@ -72,6 +74,8 @@ class GaussianSparsemaxEstimator(Estimator):
         scale: σ > 0 used when ``scores`` is a tensor (the signalling-game setting is σ = 1).
         n_samples: S samples per example.
         entropy_coeff: c in ``loss = mean(ℓ) − c·H``.
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the noise-free point
+            ``sparsemax(μ)``) or ``"sample"``.
 
     ``scores``: loc μ (B, *latent, K), or a tuple (loc, scale) with scale broadcastable to loc.
     ``z``: (B·S, *latent, K) points of the simplex with exact zeros. ``entropy`` (B,): the Monte
@@ -79,8 +83,10 @@ class GaussianSparsemaxEstimator(Estimator):
     pathwise-differentiable), summed over latent variables.
     """
 
-    def __init__(self, scale: float = 1.0, n_samples: int = 1, entropy_coeff: float = 0.0) -> None:
+    def __init__(self, scale: float = 1.0, n_samples: int = 1, entropy_coeff: float = 0.0,
+                 eval_mode: str = "mode") -> None:
         super().__init__(entropy_coeff)
+        self._set_eval_mode(eval_mode, ("mode", "sample"))
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
         self.scale = float(scale)
@@ -96,9 +102,11 @@ class GaussianSparsemaxEstimator(Estimator):
             loc, scale = _check_input(scores, "scores", 2), self.scale
         dist = GaussianSparsemax(loc, scale, validate_args=False)
         y = dist.rsample((self.n_samples,))
-        losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff != 0):
             entropy = sum_latent(-dist.log_prob(y).mean(0), 1)
+        if self.reading() == "mode":  # the noise-free point sparsemax(μ)
+            return one_sample_output(self, loss_fn, sparsemax(loc.detach(), dim=-1), None, entropy)
+        losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
         loss = (losses.mean(1) - self.entropy_coeff * entropy).mean()
         out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples)
         return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
@@ -120,14 +128,19 @@ class BinaryMixedEstimator(Estimator):
         entropy_coeff, kl_coeff: ``loss = mean(ℓ) + kl_coeff·KL − entropy_coeff·H``, with H the
             exact H⊕ summed over bits and KL = D log 3 − H⊕ the KL to the uniform mixed prior
             ⅓δ_0 + ⅓δ_1 + ⅓U(0, 1) per bit (the bit-vector VAE prior).
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (each bit's noise-free
+            point, its median: Hard Concrete ``clip(σ(log α / β)(r − l) + l, 0, 1)``, Gaussian
+            ``clip(μ, 0, 1)``) or ``"sample"``.
 
     ``scores``: (B, *bits); ``z``: (B·S, *bits) in [0, 1] with exact 0s and 1s.
     """
 
     def __init__(self, family: str = "hard_concrete", temperature: float = 2 / 3,
                  stretch: tuple[float, float] = (-0.1, 1.1), scale: float = 1.0,
-                 n_samples: int = 1, entropy_coeff: float = 0.0, kl_coeff: float = 0.0) -> None:
+                 n_samples: int = 1, entropy_coeff: float = 0.0, kl_coeff: float = 0.0,
+                 eval_mode: str = "mode") -> None:
         super().__init__(entropy_coeff)
+        self._set_eval_mode(eval_mode, ("mode", "sample"))
         check_choice(family, "family", FAMILIES)
         for name, value in (("temperature", temperature), ("scale", scale)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -143,14 +156,24 @@ class BinaryMixedEstimator(Estimator):
             return HardConcrete(scores, self.temperature, self.stretch, validate_args=False)
         return BinaryGaussianSparsemax(scores, self.scale, validate_args=False)
 
+    def _median(self, scores: Tensor) -> Tensor:
+        """Each bit's noise-free point (its median), (B, *bits)."""
+        if self.family == "hard_concrete":
+            low, high = self.stretch
+            scores = torch.sigmoid(scores / self.temperature) * (high - low) + low
+        return scores.clamp(0.0, 1.0)
+
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         scores = _check_input(scores, "scores", 1)
         dist = self.distribution(scores)
-        y = dist.rsample((self.n_samples,))
-        losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
         entropy = sum_latent(dist.entropy(), 1)
         bits = scores[0].numel()
         kl = bits * math.log(3) - entropy
+        if self.reading() == "mode":
+            return one_sample_output(self, loss_fn, self._median(scores.detach()), None, entropy,
+                                     kl, self.kl_coeff)
+        y = dist.rsample((self.n_samples,))
+        losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
         loss = (losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy).mean()
         logs: dict[str, float | Tensor] = {
             "kl_uniform": kl.detach().mean(),
@@ -165,7 +188,7 @@ BASELINES = (None, "self_critic", "leave_one_out")
 
 
 class MixedDirichletEstimator(Estimator):
-    r"""Mixed Dirichlet VAE estimator (Farinhas et al. 2022; methods.md §6.5).
+    r"""Mixed Dirichlet VAE estimator (Farinhas et al. 2022).
 
     Per example and sample s: f_s ~ q_F (no pathwise gradient), y_s ~ Dir(α_{f_s}) (implicit
     reparameterisation). With the f-dependent cost c_s = ℓ(y_s) + d(f_s),
@@ -192,6 +215,8 @@ class MixedDirichletEstimator(Estimator):
         standardize: divide c − β by max(1, std of the batch means of c over the last
             ``history`` training steps) (the paper's optional standardisation; running state in
             buffers, updated in training mode only).
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the Dirichlet mean on
+            the most probable face) or ``"sample"``.
 
     ``scores``: one tensor (B, *latent, 2, K) (``score_shape((*latent, K))``): face scores
     ``[..., 0, :]`` and concentration pre-activations ``[..., 1, :]``, α = softplus(·); or a tuple
@@ -204,8 +229,10 @@ class MixedDirichletEstimator(Estimator):
     def __init__(self, n_samples: int = 1, baseline: str | None = "self_critic",
                  prior: MixedDirichlet | None = None, kl_coeff: float = 1.0,
                  entropy_coeff: float = 0.0, exact_regularizer: bool = False,
-                 standardize: bool = False, history: int = 100) -> None:
+                 standardize: bool = False, history: int = 100,
+                 eval_mode: str = "mode") -> None:
         super().__init__(entropy_coeff)
+        self._set_eval_mode(eval_mode, ("mode", "sample"))
         self.n_samples = check_positive_int(n_samples, "n_samples")
         check_choice(baseline, "baseline", BASELINES)
         check_leave_one_out(baseline, n_samples)
@@ -274,6 +301,18 @@ class MixedDirichletEstimator(Estimator):
             kl_at_faces = q.dirichlet_kl(self.prior, faces)
         return q.faces.entropy(), q.dirichlet_entropy(faces), kl, kl_at_faces
 
+    def _mode_output(self, q: MixedDirichlet, loss_fn: LossFn, *regularizers: Tensor | None,
+                     ) -> EstimatorOutput:
+        """One evaluation at the Dirichlet mean on the most probable face, with the training
+        estimates of H⊕ and KL⊕ ((B, *latent) exact parts, (S', B, *latent) sampled parts)."""
+        entropy, entropy_at_faces, kl, kl_at_faces = regularizers
+        alpha = q.concentration.detach() * q.faces.mode
+        y = alpha / alpha.sum(-1, keepdim=True)
+        s = self.n_samples
+        total_entropy = sum_latent(entropy + entropy_at_faces[:s].mean(0), 1)
+        total_kl = None if kl is None else sum_latent(kl + kl_at_faces[:s].mean(0), 1)
+        return one_sample_output(self, loss_fn, y, None, total_entropy, total_kl, self.kl_coeff)
+
     def forward(self, scores: Tensor | tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
         face_scores, concentration = self._check(scores)
         q = MixedDirichlet(NonEmptyFaces(face_scores, validate_args=False), concentration,
@@ -281,8 +320,10 @@ class MixedDirichletEstimator(Estimator):
         s = self.n_samples
         total = s + (1 if self.baseline == "self_critic" else 0)
         faces = q.faces.sample((total,))  # (S', B, *latent, K)
-        losses, z, rows = _evaluate(q.rsample_on_faces(faces), loss_fn, type(self).__name__)
         entropy, entropy_at_faces, kl, kl_at_faces = self._regularizers(q, faces)
+        if self.reading() == "mode":
+            return self._mode_output(q, loss_fn, entropy, entropy_at_faces, kl, kl_at_faces)
+        losses, z, rows = _evaluate(q.rsample_on_faces(faces), loss_fn, type(self).__name__)
         exact = -self.entropy_coeff * sum_latent(entropy, 1)
         at_faces = -self.entropy_coeff * entropy_at_faces
         if kl is not None:

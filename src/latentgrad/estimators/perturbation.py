@@ -7,6 +7,7 @@ utilities ``U = θ + N``; needs only the structure's MAP oracle.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_choice, check_positive_int
@@ -50,6 +51,7 @@ class PerturbationScoreFunction(Sampler):
             ``log_partition`` report 0 and accept no bonus.
         noise: ``"gumbel"`` or ``"gaussian"``.
         decay: EMA decay.
+        eval_mode: the reading in ``eval()``: ``"mode"`` (the MAP) or ``"sample"``.
 
     ``scores`` ``(B, *score_shape)``; one ``loss_fn`` call on the ``B * S`` hard structures (+B for
     the self-critic); ``support_size`` is the number of evaluations per example.
@@ -63,6 +65,7 @@ class PerturbationScoreFunction(Sampler):
         entropy_coeff: float = 0.0,
         noise: str = "gumbel",
         decay: float = 0.99,
+        eval_mode: str = "mode",
     ) -> None:
         check_choice(baseline, "baseline", BASELINES)
         check_positive_int(n_samples, "n_samples")
@@ -79,12 +82,15 @@ class PerturbationScoreFunction(Sampler):
             structure, has_entropy
         )
         super().__init__(baseline, entropy_coeff, structure, decay, family)
+        self._set_eval_mode(eval_mode, ("mode", "sample"))
         self.n_samples = n_samples
         self.noise = noise
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *score_shape) -> surrogate from S perturbations per example."""
         scores = self._check(scores)
+        if (reading := self._eval_reading(scores, loss_fn)) is not None:
+            return reading
         structure = self.structure or Categorical(scores.shape[-1])
         s = self.n_samples
         extra = 1 if self.baseline == "self_critic" else 0
@@ -113,6 +119,10 @@ class _PerturbedCategorical(CategoricalLatent):
 
     def latent_values(self, values: Tensor, scores: Tensor) -> Tensor:
         return values
+
+    def mode(self, scores: Tensor) -> Tensor:
+        """The argmax one-hot ``(B, 1, *latent, K)``."""
+        return F.one_hot(super().mode(scores), scores.shape[-1]).to(scores.dtype)
 
 
 class _PerturbedFamily(StructureLatent):

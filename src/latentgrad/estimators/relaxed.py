@@ -47,7 +47,8 @@ from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical
 from ._checks import check_min_batched
 from ._one_sample import one_sample_output
-from .base import Estimator, EstimatorOutput, LossFn, check_latent_shape
+from .base import EVAL_MODES, Estimator, EstimatorOutput, LossFn, check_latent_shape, sum_latent
+from .marginalization import softmax_expectation
 from .schedules import TemperatureSchedule, as_schedule
 
 
@@ -77,6 +78,9 @@ class GumbelSoftmax(Estimator):
             Concrete prior at ``prior_temperature`` τ₀ for ``kl="relaxed"`` (IGR's Gumbel
             baseline used τ₀ = 0.5 whatever τ is).
         prior_temperature, kl_coeff: τ₀ and the KL weight.
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (``onehot(argmax θ)``,
+            bits ``1[θ > 0]``), ``"sample"`` or ``"expected"`` (categorical: exact expectation of
+            the loss under ``softmax(θ)``, plus the same entropy/KL terms).
 
     Output: ``expected_loss = ℓ(z)`` per example (one sample), ``support_size`` ones,
     ``entropy`` the chosen ``H`` (summed over latent variables), logs ``temperature`` and,
@@ -93,6 +97,7 @@ class GumbelSoftmax(Estimator):
         prior: str | None = None,
         prior_temperature: float = 0.5,
         kl_coeff: float = 1.0,
+        eval_mode: str = "mode",
     ) -> None:
         super().__init__(entropy_coeff)
         if kl not in ("categorical", "relaxed"):
@@ -118,6 +123,7 @@ class GumbelSoftmax(Estimator):
         self.straight_through = bool(straight_through)
         self.kl = kl
         self.structure = structure
+        self._set_eval_mode(eval_mode, ("mode", "sample") if self.bits else EVAL_MODES)
 
     def _check(self, scores: object) -> Tensor:
         x = check_min_batched(scores, "scores", 2)
@@ -180,7 +186,14 @@ class GumbelSoftmax(Estimator):
         tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
         sample = self._bits if self.bits else self._categorical
         y, hard, entropy, kl = sample(scores, tau)
-        z = hard + (y - y.detach()) if self.straight_through else y
+        reading = self.reading()
+        if reading == "expected":
+            extra = None if kl is None else self.kl_coeff * sum_latent(kl)
+            return softmax_expectation(scores, loss_fn, self.entropy_coeff, extra=extra)
+        if reading == "mode":
+            z = (scores > 0).to(scores.dtype) if self.bits else one_hot_argmax(scores.detach())
+        else:
+            z = hard + (y - y.detach()) if self.straight_through else y
         return one_sample_output(self, loss_fn, z, tau, entropy, kl, self.kl_coeff)
 
 
@@ -213,6 +226,8 @@ class IGREstimator(Estimator):
         num_categories, latent_shape, num_flows: planar only; the estimator owns
             ``num_flows`` ``PlanarFlow(K − 1, latent_shape)`` modules (global per latent
             variable, trained with the model).
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the one-hot argmax of
+            ψ at the location, no noise) or ``"sample"``.
 
     Output: ``expected_loss = ℓ(z)``, ``entropy = −log q(ψ)`` at the sample (summed over latent
     variables), logs ``temperature``, ``kl`` (mean) and, for SB, ``truncation`` (sticks kept).
@@ -233,8 +248,10 @@ class IGREstimator(Estimator):
         num_categories: int | None = None,
         latent_shape: tuple[int, ...] = (),
         num_flows: int = 2,
+        eval_mode: str = "mode",
     ) -> None:
         super().__init__(entropy_coeff)
+        self._set_eval_mode(eval_mode, ("mode", "sample"))
         check_choice(variant, "variant", VARIANTS)
         if kl not in ("closed_form", "sampled"):
             raise ValueError(f"kl must be 'closed_form' or 'sampled', got {kl!r}")
@@ -331,7 +348,13 @@ class IGREstimator(Estimator):
         else:
             psi, log_q = dist.rsample_with_log_prob()
             kl = kl_divergence(dist, self._prior(loc, tau))
-        z = one_hot_argmax(psi) + (psi - psi.detach()) if self.straight_through else psi
+        if self.reading() == "mode":
+            tiny = torch.full_like(loc, torch.finfo(loc.dtype).tiny)
+            z = one_hot_argmax(self._distribution(loc, tiny, tau).rsample().detach())
+        elif self.straight_through:
+            z = one_hot_argmax(psi) + (psi - psi.detach())
+        else:
+            z = psi
         out = one_sample_output(self, loss_fn, z, tau, -log_q, kl, self.kl_coeff)
         if self.variant == "SB":
             out.logs["truncation"] = (psi > 0).sum(dim=-1).max().detach() - 1

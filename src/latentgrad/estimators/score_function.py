@@ -60,6 +60,8 @@ class ScoreFunction(Sampler):
             drawn exactly, ``log p = <θ, z> - log Z`` and the exact entropy ``log Z - <θ, μ>``.
         decay: EMA decay (``baseline="ema"``).
         one_hot: categorical only; ``False`` hands ``loss_fn`` int64 indices ``(N, *latent)``.
+        eval_mode: the reading in ``eval()``: ``"mode"``, ``"sample"`` or ``"expected"``
+            (categorical) (``Estimator``).
 
     Returns ``EstimatorOutput`` with ``expected_loss_b = mean_s l_b(z_s)``, ``support_size_b`` the
     number of evaluations (S, or S + 1 with the self-critic), and logs ``baseline``, ``entropy``,
@@ -74,16 +76,21 @@ class ScoreFunction(Sampler):
         structure: Structure | None = None,
         decay: float = 0.99,
         one_hot: bool = True,
+        eval_mode: str = "mode",
     ) -> None:
         check_choice(baseline, "baseline", BASELINES)
         n_samples = check_positive_int(n_samples, "n_samples")
         check_leave_one_out(baseline, n_samples)
-        super().__init__(baseline, entropy_coeff, structure, decay, one_hot=one_hot)
+        super().__init__(
+            baseline, entropy_coeff, structure, decay, one_hot=one_hot, eval_mode=eval_mode
+        )
         self.n_samples = n_samples
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *latent, *event) -> surrogate from S joint samples per example."""
         scores = self._check(scores)
+        if (reading := self._eval_reading(scores, loss_fn)) is not None:
+            return reading
         s = self.n_samples
         extra = 1 if self.baseline == "self_critic" else 0
         values = self._family.sample(scores, s + extra)
@@ -143,10 +150,13 @@ class NVIL(Sampler):
         decay: float = 0.99,
         baseline_hidden: int = 64,
         one_hot: bool = True,
+        eval_mode: str = "mode",
     ) -> None:
         check_choice(centering, "baseline", (None, *RUNNING_KINDS))
         n_samples = check_positive_int(n_samples, "n_samples")
-        super().__init__(centering, entropy_coeff, structure, decay, one_hot=one_hot)
+        super().__init__(
+            centering, entropy_coeff, structure, decay, one_hot=one_hot, eval_mode=eval_mode
+        )
         if baseline_net is None:
             baseline_net = ScoreBaselineNet(baseline_hidden)
         elif not callable(baseline_net):
@@ -164,6 +174,8 @@ class NVIL(Sampler):
         """``scores`` (B, *event), ``baseline_input`` (B, ...) (default: the detached scores)
         -> NVIL surrogate."""
         scores = self._check(scores)
+        if (reading := self._eval_reading(scores, loss_fn)) is not None:
+            return reading
         b = scores.shape[0]
         if baseline_input is None:
             baseline_input = scores.detach()
@@ -228,6 +240,8 @@ class SumAndSample(Sampler):
             exact ``topk`` and ``sample`` (scores ``(B, *score_shape)``).
         max_draws: M, rejection draws per example for the structured sampled term.
         one_hot: categorical only; ``False`` hands ``loss_fn`` int64 indices ``(N, *latent)``.
+        eval_mode: the reading in ``eval()``: ``"mode"``, ``"sample"`` or ``"expected"``
+            (categorical) (``Estimator``).
 
     Several categorical variables per example (scores ``(B, *latent, K)``): ``C`` is the k most
     probable joint values (``joint_topk``) and the remainder is rejection-sampled as for
@@ -243,11 +257,14 @@ class SumAndSample(Sampler):
         structure: Structure | None = None,
         max_draws: int = 32,
         one_hot: bool = True,
+        eval_mode: str = "mode",
     ) -> None:
         check_choice(baseline, "baseline", (None, *RUNNING_KINDS, "batch_loo", "self_critic"))
         check_positive_int(k, "k")
         check_positive_int(max_draws, "max_draws")
-        super().__init__(baseline, entropy_coeff, structure, decay, one_hot=one_hot)
+        super().__init__(
+            baseline, entropy_coeff, structure, decay, one_hot=one_hot, eval_mode=eval_mode
+        )
         if not isinstance(self._family, CategoricalLatent):
             if not implements(structure, "topk"):
                 raise ValueError(
@@ -262,6 +279,8 @@ class SumAndSample(Sampler):
         surrogate. One categorical variable per example takes the exact restricted sampler;
         several (or a structure) the joint k best and the rejection-sampled remainder."""
         scores = self._check(scores)
+        if (reading := self._eval_reading(scores, loss_fn)) is not None:
+            return reading
         if isinstance(self._family, CategoricalLatent):
             if scores.dim() == 2:
                 return self._forward_categorical(scores, loss_fn)

@@ -1,4 +1,4 @@
-"""``SSTEstimator``: stochastic softmax tricks (Paulus et al. 2020; methods.md §5.7).
+"""``SSTEstimator``: stochastic softmax tricks (Paulus et al. 2020).
 
 One perturbed relaxation ``X_t = argmax_{x in conv X} <θ + N, x> - t Ω(x)`` per example; the loss
 is evaluated at ``X_t`` (or, straight-through, at the hard ``X = argmax_x <θ + N, x>`` with the
@@ -34,6 +34,8 @@ class SSTEstimator(Estimator):
         noise: ``"gumbel"`` or ``"gaussian"`` utilities ``U = θ + N``.
         straight_through: forward the hard SMT sample, backward the relaxed gradient.
         entropy_coeff: weight ``c`` of an entropy bonus, ``loss = mean_b(ℓ_b - c H_b)``.
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the MAP structure
+            ``argmax <θ, x>``) or ``"sample"``.
 
     ``scores`` ``(B, *score_shape)``. ``loss_fn`` is called once with ``z`` ``(B, *score_shape)``
     (relaxed points in the marginal polytope, or hard 0/1 structures when straight-through) and
@@ -53,8 +55,10 @@ class SSTEstimator(Estimator):
         noise: str = "gumbel",
         straight_through: bool = False,
         entropy_coeff: float = 0.0,
+        eval_mode: str = "mode",
     ) -> None:
         super().__init__(entropy_coeff)
+        self._set_eval_mode(eval_mode, ("mode", "sample"))
         check_structure(structure)
         check_choice(regularizer, "regularizer", REGULARIZERS)
         check_choice(noise, "noise", NOISES)
@@ -100,5 +104,5 @@ class SSTEstimator(Estimator):
         dist = StochasticSoftmax(
             structure, scores, tau, self.noise, self.regularizer, self.straight_through
         )
-        z = dist.rsample()
+        z = structure.argmax(scores.detach()) if self.reading() == "mode" else dist.rsample()
         return one_sample_output(self, loss_fn, z, tau, self._entropy(structure, scores))
