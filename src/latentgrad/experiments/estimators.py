@@ -21,6 +21,10 @@ from torch import nn
 from latentgrad.estimators.base import Estimator
 from latentgrad.experiments.schema import EstimatorConfig
 
+# The tasks read the mode themselves; in eval mode the estimators draw as in training, so their
+# output is the task's "sample" reading.
+SAMPLE_READING = "sample"
+
 
 @dataclass(frozen=True)
 class EstimatorSpec:
@@ -49,13 +53,17 @@ def _sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Est
 def _sfe(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
     from latentgrad.estimators.score_function import ScoreFunction
 
-    return ScoreFunction(baseline=cfg.baseline, entropy_coeff=cfg.entropy_coeff)
+    return ScoreFunction(
+        baseline=cfg.baseline, entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+    )
 
 
 def _sfe_plus(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
     from latentgrad.estimators.score_function import ScoreFunction
 
-    return ScoreFunction(baseline="self_critic", entropy_coeff=cfg.entropy_coeff)
+    return ScoreFunction(
+        baseline="self_critic", entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+    )
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -72,14 +80,21 @@ def _nvil(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimato
     from latentgrad.estimators.score_function import NVIL
 
     return NVIL(
-        baseline_net=mlp([features_dim, *cfg.nvil_hidden, 1]), entropy_coeff=cfg.entropy_coeff
+        baseline_net=mlp([features_dim, *cfg.nvil_hidden, 1]),
+        entropy_coeff=cfg.entropy_coeff,
+        eval_mode=SAMPLE_READING,
     )
 
 
 def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
     from latentgrad.estimators.score_function import SumAndSample
 
-    return SumAndSample(k=cfg.k_ss, baseline=cfg.baseline, entropy_coeff=cfg.entropy_coeff)
+    return SumAndSample(
+        k=cfg.k_ss,
+        baseline=cfg.baseline,
+        entropy_coeff=cfg.entropy_coeff,
+        eval_mode=SAMPLE_READING,
+    )
 
 
 def _gumbel(straight_through: bool) -> Callable[[EstimatorConfig, int, int], Estimator]:
@@ -94,7 +109,10 @@ def _gumbel(straight_through: bool) -> Callable[[EstimatorConfig, int, int], Est
             floor=cfg.temperature_min,
         )
         return GumbelSoftmax(
-            temperature=schedule, straight_through=straight_through, entropy_coeff=cfg.entropy_coeff
+            temperature=schedule,
+            straight_through=straight_through,
+            entropy_coeff=cfg.entropy_coeff,
+            eval_mode=SAMPLE_READING,
         )
 
     return factory
@@ -157,7 +175,9 @@ def _igr(variant: str) -> Callable[..., Estimator]:
 def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
     from latentgrad.estimators.mixed import GaussianSparsemaxEstimator
 
-    return GaussianSparsemaxEstimator(scale=1.0, entropy_coeff=cfg.entropy_coeff)
+    return GaussianSparsemaxEstimator(
+        scale=1.0, entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+    )
 
 
 _GUMBEL_ARGS = ("temperature", "temperature_min", "anneal_rate", "anneal_every", "entropy_coeff")
