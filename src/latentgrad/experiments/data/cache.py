@@ -1,0 +1,73 @@
+"""Generated data sets cached on disk, verified on every load.
+
+``cached_arrays(directory, name, params, generate)`` returns ``generate()`` (a dict of numpy
+arrays) the first time and writes it to ``directory/<name>.npz`` (atomically) beside
+``directory/<name>.json``, which records the generator parameters and the file's SHA-256. Later
+calls with the same parameters load the ``.npz`` after checking its SHA-256; a file whose hash
+differs (truncated, edited, bit rot) raises ``ValueError`` naming the file, and a record made
+with other parameters raises ``ValueError`` too (delete the files, or use another folder, to
+regenerate). Nothing is ever silently regenerated over existing files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentgrad.experiments.checkpoint import atomic_write_bytes, atomic_write_text
+from latentgrad.experiments.data.files import sha256
+
+
+def cache_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """``(data file, record file)`` of the cached set ``name`` in ``directory``."""
+    directory = Path(directory)
+    return directory / f"{name}.npz", directory / f"{name}.json"
+
+
+def _load(data_path: Path, record_path: Path, params: dict[str, Any]) -> dict[str, np.ndarray]:
+    record = json.loads(record_path.read_text())
+    if record.get("params") != json.loads(json.dumps(params)):
+        raise ValueError(
+            f"cached data {data_path} was generated with parameters {record.get('params')}, not "
+            f"{params}; delete {data_path} and {record_path} (or use another cache folder) to "
+            "regenerate"
+        )
+    actual = sha256(data_path)
+    if actual != record.get("sha256"):
+        raise ValueError(
+            f"cached data {data_path} is corrupt: its SHA-256 is {actual}, but {record_path} "
+            f"records {record.get('sha256')}; delete both files to regenerate"
+        )
+    with np.load(data_path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def cached_arrays(
+    directory: str | Path,
+    name: str,
+    params: dict[str, Any],
+    generate: Callable[[], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """Load the verified cache ``name`` made with ``params`` (JSON-serialisable), or generate,
+    save and return it (module docstring)."""
+    data_path, record_path = cache_paths(directory, name)
+    if data_path.exists() or record_path.exists():
+        if not (data_path.exists() and record_path.exists()):
+            present = data_path if data_path.exists() else record_path
+            raise ValueError(
+                f"cached data is incomplete: {present} exists without its partner; delete it to "
+                "regenerate"
+            )
+        return _load(data_path, record_path, params)
+    arrays = generate()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(buffer.getvalue(), data_path)
+    record = {"params": params, "sha256": sha256(data_path), "arrays": sorted(arrays)}
+    atomic_write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", record_path)
+    return arrays
