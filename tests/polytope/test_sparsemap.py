@@ -182,6 +182,17 @@ def test_batch_shapes_and_rows_are_independent(batch):
     torch.testing.assert_close(res.marginals.reshape(-1, 7), singles)
 
 
+def test_inference_mode_gives_the_same_solution_as_grad_mode():
+    """Evaluation loops (Lightning's) run under torch.inference_mode: the solver still works."""
+    theta = torch.randn(3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theta = (theta + theta.mT) / 2
+    want = sparsemap(theta, SpanningTree(5))
+    with torch.inference_mode():
+        got = sparsemap(theta, SpanningTree(5))
+    torch.testing.assert_close(got.marginals, want.marginals)
+    torch.testing.assert_close(got.weights, want.weights)
+
+
 @pytest.mark.parametrize("solver", ["active_set", "threshold"])
 def test_empty_batch(solver):
     res = sparsemap(torch.zeros(0, 4, dtype=F64), BitVector(4), solver=solver)

@@ -8,6 +8,14 @@ called as ``est(scores, loss_fn, baseline_input=x)`` (``needs_baseline_input``).
 the ``EstimatorConfig`` fields the factory reads: a user setting any other ``estimator_args`` key
 for this estimator is refused (it would be silently ignored); ``None`` leaves the keys unchecked.
 Estimator modules are imported only when an entry is built.
+
+Structured latents (the stochastic-softmax-tricks tasks): an entry's ``latent`` names the latent
+family it is built for (``edges``: one binary variable per edge, scores ``(B, E, 2)``; ``subset``
+and ``tree``: the task's ``Structure``, passed as ``structure=``) and ``posterior`` how its sample
+relates to the scores, which decides the KL term of an ELBO: ``perturbed`` (a function of
+utilities ``U = θ + Gumbel``, KL between utility distributions), ``gibbs`` (an exact sample of
+``p(z) ∝ exp <θ, z>``, KL between Gibbs distributions) or ``sparse`` (a sparse distribution over
+structures, marginalized exactly).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class EstimatorSpec:
     needs_baseline_input: bool = False
     exact: bool = False
     args: tuple[str, ...] | None = None
+    latent: str = "categorical"
+    posterior: str = "categorical"
 
 
 def _softmax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
@@ -262,6 +272,156 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         args=("entropy_coeff",),
     ),
 }
+
+
+# ---------------------------------------------------------------------------- structured latents
+
+
+def _schedule(cfg: EstimatorConfig):
+    """The configured temperature: constant when ``anneal_rate`` is 0, else exponential decay."""
+    from latentgrad.estimators.schedules import Constant, ExponentialDecay
+
+    if cfg.anneal_rate == 0:
+        return Constant(cfg.temperature)
+    return ExponentialDecay(
+        tau0=cfg.temperature,
+        rate=cfg.anneal_rate,
+        every=cfg.anneal_every,
+        floor=cfg.temperature_min,
+    )
+
+
+def _edges(straight_through: bool) -> Callable[..., Estimator]:
+    def factory(cfg: EstimatorConfig, num_classes: int, features_dim: int, **_) -> Estimator:
+        from latentgrad.estimators.relaxed import GumbelSoftmax
+
+        return GumbelSoftmax(
+            temperature=_schedule(cfg),
+            straight_through=straight_through,
+            entropy_coeff=cfg.entropy_coeff,
+        )
+
+    return factory
+
+
+def _sst(straight_through: bool) -> Callable[..., Estimator]:
+    def factory(
+        cfg: EstimatorConfig, num_classes: int, features_dim: int, structure=None, **_
+    ) -> Estimator:
+        from latentgrad.estimators.sst import SSTEstimator
+
+        return SSTEstimator(
+            structure,
+            temperature=_schedule(cfg),
+            straight_through=straight_through,
+            entropy_coeff=cfg.entropy_coeff,
+        )
+
+    return factory
+
+
+def _perturbed_sfe(baseline: str, multi: bool) -> Callable[..., Estimator]:
+    def factory(
+        cfg: EstimatorConfig, num_classes: int, features_dim: int, structure=None, **_
+    ) -> Estimator:
+        from latentgrad.estimators.perturbation import PerturbationScoreFunction
+
+        return PerturbationScoreFunction(
+            structure,
+            baseline=baseline,
+            n_samples=cfg.n_samples if multi else 1,
+            entropy_coeff=cfg.entropy_coeff,
+            decay=cfg.decay,
+        )
+
+    return factory
+
+
+def _structured_nvil(
+    cfg: EstimatorConfig, num_classes: int, features_dim: int, structure=None, **_
+) -> Estimator:
+    from latentgrad.estimators.score_function import NVIL
+
+    return NVIL(
+        baseline_net=mlp([features_dim, *cfg.nvil_hidden, 1]),
+        entropy_coeff=cfg.entropy_coeff,
+        structure=structure,
+        centering="ema",
+        decay=cfg.decay,
+    )
+
+
+def _sparsemap(
+    cfg: EstimatorConfig, num_classes: int, features_dim: int, structure=None, **_
+) -> Estimator:
+    from latentgrad.estimators.marginalization import SparseMAPMarginalization
+
+    return SparseMAPMarginalization(structure, entropy_coeff=cfg.entropy_coeff)
+
+
+def _structured(latent: str) -> dict[str, EstimatorSpec]:
+    """The SST-paper estimators over the ``subset`` or ``tree`` latent of a task."""
+    what = {"subset": "k-subsets", "tree": "trees"}[latent]
+    specs = {
+        f"{latent}_sst": EstimatorSpec(
+            _sst(False),
+            description=f"SST over {what}: exp.-family-entropy relaxation of Gumbel utilities",
+            latent=latent,
+            posterior="perturbed",
+        ),
+        f"{latent}_st": EstimatorSpec(
+            _sst(True),
+            description=f"straight-through SST over {what}: hard SMT forward, relaxed backward",
+            latent=latent,
+            posterior="perturbed",
+        ),
+    }
+    if latent == "tree":
+        for name, baseline, multi, text in (
+            ("sfe_ema", "ema", False, "EMA (0.99) baseline"),
+            ("sfe_batch", "batch_loo", False, "mean of the other examples of the batch"),
+            ("sfe_multi", "leave_one_out", True, "leave-one-out over n_samples samples"),
+        ):
+            specs[f"tree_{name}"] = EstimatorSpec(
+                _perturbed_sfe(baseline, multi),
+                description=f"score function on the utilities of the SMT, {text}",
+                latent=latent,
+                posterior="perturbed",
+            )
+        specs["tree_nvil"] = EstimatorSpec(
+            _structured_nvil,
+            description="NVIL on exact Gibbs samples of trees (EMA centring + learned baseline)",
+            needs_baseline_input=True,
+            latent=latent,
+            posterior="gibbs",
+        )
+        specs["tree_sparsemap"] = EstimatorSpec(
+            _sparsemap,
+            description="SparseMAP over trees: exact marginalization over a sparse support",
+            latent=latent,
+            posterior="sparse",
+        )
+    return specs
+
+
+ESTIMATORS.update(
+    {
+        "edges_sst": EstimatorSpec(
+            _edges(False),
+            description="independent edges: Gumbel-Softmax per edge",
+            latent="edges",
+            posterior="perturbed",
+        ),
+        "edges_st": EstimatorSpec(
+            _edges(True),
+            description="independent edges: straight-through Gumbel-Softmax per edge",
+            latent="edges",
+            posterior="perturbed",
+        ),
+        **_structured("subset"),
+        **_structured("tree"),
+    }
+)
 
 
 def estimator_spec(name: str) -> EstimatorSpec:

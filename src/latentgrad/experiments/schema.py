@@ -82,6 +82,8 @@ class EstimatorConfig:
     igr_threshold: float = 0.9
     igr_quantile: float = 0.5
     num_flows: int = 2
+    n_samples: int = 4
+    decay: float = 0.99
 
     def validate(self) -> None:
         require(self.entropy_coeff >= 0, "entropy_coeff", f"must be >= 0, got {self.entropy_coeff}")
@@ -102,3 +104,5 @@ class EstimatorConfig:
         require(0 < self.igr_threshold <= 1, "igr_threshold", "must be in (0, 1]")
         require(0 < self.igr_quantile <= 1, "igr_quantile", "must be in (0, 1]")
         require(self.num_flows >= 1, "num_flows", f"must be >= 1, got {self.num_flows}")
+        require(self.n_samples >= 2, "n_samples", f"must be >= 2, got {self.n_samples}")
+        require(0 <= self.decay < 1, "decay", f"must be in [0, 1), got {self.decay}")

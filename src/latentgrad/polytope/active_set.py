@@ -59,8 +59,9 @@ class ActiveSetSolution(NamedTuple):
 def score_weights(structure: Structure, theta: Tensor, z: Tensor) -> Tensor:
     """The weights w ``(D,)`` of ``score(θ, z) = Σ_i w_i θ_i z_i``, read off by autograd, and
     checked against ``structure.score`` on ``theta`` ``(B, *score_shape)`` and its MAP ``z``."""
-    probe = torch.zeros(structure.score_shape, dtype=theta.dtype, device=theta.device)
-    with torch.enable_grad():
+    # also under torch.inference_mode (Lightning's evaluation loops): a normal tensor, autograd on
+    with torch.inference_mode(False), torch.enable_grad():
+        probe = torch.zeros(structure.score_shape, dtype=theta.dtype, device=theta.device)
         probe.requires_grad_(True)
         (w,) = torch.autograd.grad(structure.score(probe, torch.ones_like(probe)), probe)
     w = w.reshape(-1)

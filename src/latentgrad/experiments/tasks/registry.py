@@ -15,6 +15,7 @@ TASKS = {
     "igr_sop": "latentgrad.experiments.tasks.igr_sop",
     "igr_countable": "latentgrad.experiments.tasks.igr_countable",
     "voting_regression": "latentgrad.experiments.tasks.voting_regression",
+    "graph_layout": "latentgrad.experiments.tasks.graph_layout",
 }
 
 

@@ -1,0 +1,426 @@
+"""Task ``graph_layout``: neural relational inference with a latent graph (Kipf et al. 2018) on
+force-directed layouts of random trees, the headline experiment of Paulus et al. 2020 (§5.3).
+
+Data (``experiments.data.graph_layout``): n = 10 vertices, T frames of 2-d positions, scaled to
+[-1, 1] with the global minimum and maximum of the training positions. The model is a VAE whose
+latent is the interaction graph:
+
+- Encoder (NRI's factor-graph MLP encoder): per vertex its whole trajectory ``(T·2,)`` -> node MLP
+  -> edge MLP on (sender, receiver) -> mean over incoming edges -> node MLP -> edge MLP on
+  (sender, receiver, skip) -> linear head. Every MLP is two linear layers with ELU and a
+  BatchNorm at the output. The head gives 1 logit per directed edge, averaged over both
+  directions, for trees and top-(n-1) edges, or 2 logits per directed edge for independent edges.
+- Latent: ``edges_*`` one binary variable per directed edge (Gumbel-Softmax); ``subset_*`` exactly
+  n - 1 of the n(n-1)/2 undirected edges (k-subset SST); ``tree_*`` a spanning tree (SST with the
+  matrix-tree marginals, score-function estimators, NVIL, SparseMAP).
+- Decoder (NRI's MLP decoder): per edge a message MLP for each of the two edge types ("edge",
+  "no edge") on (sender, receiver) positions, weighted by the (relaxed) edge indicator ``z`` and
+  ``1 - z``, summed per receiver; an output MLP predicts the position increment. In training it
+  is fed the true frame every ``prediction_steps`` frames and its own predictions in between.
+- Objective per example (per vertex, i.e. divided by n): Gaussian NLL with variance 5e-5 and no
+  normalising constant, summed over vertices, frames and coordinates, plus the KL term of the
+  estimator's posterior kind (``tasks.structured``: utilities' KL for SMT/SST samples, each
+  undirected edge once; Gibbs or sparse-distribution KL to the uniform prior over trees).
+
+Evaluation (validation and test), with one-step teacher forcing (every prediction starts from
+the true previous frame): ``elbo`` = -(NLL + KL) per vertex at one hard sample (the stochastic
+argmax; an exact Gibbs sample for NVIL; the exact expectation over the support for SparseMAP),
+``nll`` its reconstruction part; ``precision``/``recall``/``edge_acc`` of that sample's undirected
+edges against the true tree (an undirected edge {i, j} is predicted when either direction is:
+``z_ij`` or ``z_ji``; ``edge_acc`` over all n(n-1)/2 pairs); ``*_mode`` the same for the MAP
+structure of the scores. For independent edges, "edge" is the second of the two edge types (a
+fixed reading; the original code took the better of both readings, reported as
+``edge_acc_swapped``, the accuracy when the two types are exchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from latentgrad.estimators.base import EstimatorOutput, LossFn
+from latentgrad.experiments.config import build, require
+from latentgrad.experiments.data.files import dataset_dir
+from latentgrad.experiments.data.graph_layout import graph_layout_splits
+from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
+from latentgrad.experiments.tasks.structured import (
+    hard_sample,
+    log_num_structures,
+    posterior_kl,
+    precision_recall,
+    undirected,
+)
+from latentgrad.structures import Categorical, KSubset, SpanningTree
+
+
+@dataclass
+class DataConfig:
+    """Generated trajectories (cached under ``path``, default ``$LATENTGRAD_DATA/graph_layout``;
+    ``generator_seed`` is independent of the run seed) and the batch size."""
+
+    path: str | None = None
+    num_vertices: int = 10
+    num_frames: int = 10
+    num_train: int = 50_000
+    num_valid: int = 10_000
+    num_test: int = 10_000
+    generator_seed: int = 42
+    batch_size: int = 128
+    progress: bool = True
+
+    def validate(self) -> None:
+        require(self.num_vertices >= 3, "num_vertices", f"must be >= 3, got {self.num_vertices}")
+        require(self.num_frames >= 2, "num_frames", f"must be >= 2, got {self.num_frames}")
+        for key in ("num_train", "num_valid", "num_test", "batch_size"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class ModelConfig:
+    """NRI widths, the training rollout length and the Gaussian likelihood's variance."""
+
+    hidden: int = 256
+    prediction_steps: int = 9
+    variance: float = 5e-5
+
+    def validate(self) -> None:
+        require(self.hidden >= 1, "hidden", f"must be >= 1, got {self.hidden}")
+        require(self.prediction_steps >= 1, "prediction_steps", "must be >= 1")
+        require(self.variance > 0, "variance", f"must be > 0, got {self.variance}")
+
+
+@dataclass
+class GraphLayoutConfig(TaskConfig):
+    task: str = "graph_layout"
+    estimator: str = "tree_sst"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4))
+
+
+Config = GraphLayoutConfig
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+class GraphLayoutData(L.LightningDataModule):
+    """Batches ``(positions (B, n, T, 2), adjacency (B, n, n))``; training batches shuffled with
+    a generator seeded by the run seed."""
+
+    def __init__(self, cfg: DataConfig, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "sets"):
+            return
+        cfg = self.cfg
+        splits = graph_layout_splits(
+            str(dataset_dir("graph_layout", cfg.path)),
+            cfg.num_vertices,
+            cfg.num_frames,
+            (cfg.num_train, cfg.num_valid, cfg.num_test),
+            cfg.generator_seed,
+            cfg.progress,
+        )
+        train = torch.from_numpy(splits["train"]["positions"])
+        lo, hi = train.min(), train.max()
+        self.sets = {}
+        for name, arrays in splits.items():
+            x = torch.from_numpy(arrays["positions"]).permute(0, 3, 1, 2)  # (N, n, T, 2)
+            x = (x - lo) * (2.0 / (hi - lo)) - 1.0
+            self.sets[name] = TensorDataset(x.contiguous(), torch.from_numpy(arrays["adjacency"]))
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.sets["train"], batch_size=self.cfg.batch_size, shuffle=True, generator=gen
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["valid"], batch_size=self.cfg.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["test"], batch_size=self.cfg.batch_size)
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+class NRIMLP(nn.Module):
+    """``Linear -> ELU -> Linear -> ELU -> BatchNorm`` over the last dim of ``(..., in)``."""
+
+    def __init__(self, n_in: int, hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.ELU(), nn.Linear(hidden, n_out), nn.ELU()
+        )
+        self.norm = nn.BatchNorm1d(n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.net(x)
+        return self.norm(h.reshape(-1, h.shape[-1])).reshape(h.shape)
+
+
+class Graph(nn.Module):
+    """The n(n-1) directed edges ``e = (receiver, sender)`` of K_n in row-major order."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        off = ~torch.eye(n, dtype=torch.bool)
+        recv, send = off.nonzero(as_tuple=True)
+        self.n = n
+        self.register_buffer("recv", recv, persistent=False)
+        self.register_buffer("send", send, persistent=False)
+
+    def to_edges(self, h: Tensor) -> Tensor:
+        """Node features ``(B, n, F)`` -> ``(B, E, 2F)`` (sender, receiver)."""
+        return torch.cat([h[:, self.send], h[:, self.recv]], dim=-1)
+
+    def to_nodes(self, e: Tensor, mean: bool) -> Tensor:
+        """Edge features ``(B, E, F)`` summed (or averaged over n) per receiver -> ``(B, n, F)``."""
+        out = e.new_zeros(e.shape[0], self.n, e.shape[-1]).index_add(1, self.recv, e)
+        return out / self.n if mean else out
+
+
+class NRIEncoder(nn.Module):
+    """Trajectories ``(B, n, T, 2)`` -> edge logits ``(B, E, n_out)`` (module docstring)."""
+
+    def __init__(self, graph: Graph, n_in: int, hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.mlp1 = NRIMLP(n_in, hidden, hidden)
+        self.mlp2 = NRIMLP(2 * hidden, hidden, hidden)
+        self.mlp3 = NRIMLP(hidden, hidden, hidden)
+        self.mlp4 = NRIMLP(3 * hidden, hidden, hidden)
+        self.head = nn.Linear(hidden, n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = self.graph
+        e = self.mlp2(g.to_edges(self.mlp1(x.flatten(2))))
+        h = self.mlp3(g.to_nodes(e, mean=True))
+        return self.head(self.mlp4(torch.cat([g.to_edges(h), e], dim=-1)))
+
+
+class NRIDecoder(nn.Module):
+    """One-step position predictor given edge-type weights ``(B, E, 2)`` (module docstring)."""
+
+    def __init__(self, graph: Graph, hidden: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.messages = nn.ModuleList(
+            nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+            for _ in range(2)
+        )
+        self.out = nn.Sequential(
+            nn.Linear(2 + hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 2),
+        )
+
+    def step(self, x: Tensor, types: Tensor) -> Tensor:
+        """Positions ``(B, n, 2)`` -> predicted next positions ``(B, n, 2)``."""
+        pre = self.graph.to_edges(x)
+        msg = sum(net(pre) * types[..., k : k + 1] for k, net in enumerate(self.messages))
+        agg = self.graph.to_nodes(msg, mean=False)
+        return x + self.out(torch.cat([x, agg], dim=-1))
+
+    def forward(self, x: Tensor, types: Tensor, prediction_steps: int) -> Tensor:
+        """Predictions of frames ``1..T-1`` ``(B, n, T-1, 2)``: rollouts of ``prediction_steps``
+        steps, all started in parallel from the true frames ``0, p, 2p, ...``."""
+        b, n, t, _ = x.shape
+        starts = x[:, :, : t - 1 : prediction_steps]  # (B, n, S, 2)
+        s = starts.shape[2]
+        cur = starts.permute(0, 2, 1, 3).reshape(b * s, n, 2)
+        types = types.repeat_interleave(s, dim=0)
+        preds = []
+        for _ in range(prediction_steps):
+            cur = self.step(cur, types)
+            preds.append(cur)
+        out = torch.stack(preds, dim=1).reshape(b, s * prediction_steps, n, 2)[:, : t - 1]
+        return out.permute(0, 2, 1, 3)
+
+
+class GraphLayout(LatentTask):
+    """NRI VAE with the configured latent graph and estimator (module docstring)."""
+
+    config_class = GraphLayoutConfig
+
+    def __init__(self, config: dict, run_dir: str | None = None) -> None:
+        super().__init__(config, run_dir)
+        cfg, n = self.cfg, self.cfg.data.num_vertices
+        self.n = n
+        self.latent = self.spec.latent
+        self.posterior = self.spec.posterior
+        self.graph = Graph(n)
+        heads = 2 if self.latent == "edges" else 1
+        self.encoder = NRIEncoder(self.graph, 2 * cfg.data.num_frames, cfg.model.hidden, heads)
+        self.decoder = NRIDecoder(self.graph, cfg.model.hidden)
+        self.structure = {
+            "edges": Categorical(2),
+            "subset": KSubset(n * (n - 1) // 2, n - 1),
+            "tree": SpanningTree(n),
+        }[self.latent]
+        est_cfg = cfg.estimator_args
+        if self.posterior in ("gibbs", "sparse"):  # the ELBO's entropy term, per vertex
+            est_cfg = dataclasses.replace(est_cfg, entropy_coeff=1.0 / n)
+        self.estimator = self.spec.factory(
+            est_cfg, n, n * cfg.data.num_frames * 2, structure=self.structure
+        )
+        i, j = self.graph.recv, self.graph.send
+        lo, hi = torch.minimum(i, j), torch.maximum(i, j)
+        # undirected index (i < j, row-major) of every directed edge
+        self.register_buffer("pair", lo * n - lo * (lo + 1) // 2 + hi - lo - 1, persistent=False)
+
+    # ---- latent layouts
+
+    def scores(self, x: Tensor) -> Tensor:
+        """Encoder logits in the latent's layout: ``(B, E, 2)`` (edges), undirected edge scores
+        ``(B, n(n-1)/2)`` (subset) or symmetric ``(B, n, n)`` (tree), directions averaged."""
+        logits = self.encoder(x)
+        if self.latent == "edges":
+            return logits
+        b, n = x.shape[0], self.n
+        full = logits.new_zeros(b, n, n)
+        full[:, self.graph.recv, self.graph.send] = logits[..., 0]
+        sym = (full + full.mT) / 2
+        if self.latent == "tree":
+            return sym
+        i, j = torch.triu_indices(n, n, offset=1, device=x.device)
+        return sym[:, i, j]
+
+    def edge_weights(self, z: Tensor) -> Tensor:
+        """A latent value in its layout -> per directed edge weights of (no edge, edge)."""
+        if self.latent == "edges":
+            return z
+        if self.latent == "tree":
+            on = z[:, self.graph.recv, self.graph.send]
+        else:
+            on = z[:, self.pair]
+        return torch.stack([1 - on, on], dim=-1)
+
+    def adjacency(self, z: Tensor) -> Tensor:
+        """A hard latent value -> directed 0/1 adjacency ``(B, n, n)``."""
+        if self.latent == "tree":
+            return z
+        on = z[..., 1] if self.latent == "edges" else z[:, self.pair]
+        adj = on.new_zeros(on.shape[0], self.n, self.n)
+        adj[:, self.graph.recv, self.graph.send] = on
+        return adj
+
+    def map_latent(self, scores: Tensor) -> Tensor:
+        if self.latent == "edges":
+            return nn.functional.one_hot(scores.argmax(-1), 2).to(scores.dtype)
+        return self.structure.argmax(scores.detach())
+
+    def sample_latent(self, scores: Tensor) -> Tensor:
+        return hard_sample(self.posterior, self.structure, scores)
+
+    # ---- loss
+
+    def nll_fn(self, x: Tensor, prediction_steps: int) -> LossFn:
+        """``loss_fn(z, rows)``: Gaussian NLL per vertex of the trajectories ``x[rows]``."""
+        var = self.cfg.model.variance
+
+        def loss_fn(z: Tensor, rows: Tensor) -> Tensor:
+            xs = x[rows]
+            pred = self.decoder(xs, self.edge_weights(z), prediction_steps)
+            err = (pred - xs[:, :, 1:]).square().flatten(1).sum(-1)
+            return err / (2 * var * self.n)
+
+        return loss_fn
+
+    def kl(self, scores: Tensor, out: EstimatorOutput | None = None) -> Tensor:
+        """Per-vertex KL term ``(B,)`` of the posterior kind (sparse: from ``out.entropy``)."""
+        entropy = None if out is None else out.entropy
+        return posterior_kl(self.posterior, self.structure, scores, entropy) / self.n
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch
+        scores = self.scores(x)
+        out = self.estimate(
+            scores, self.nll_fn(x, self.cfg.model.prediction_steps), x.flatten(1)
+        )
+        loss = out.loss
+        if self.posterior == "perturbed":
+            kl = self.kl(scores)
+            loss = loss + kl.mean()
+        else:  # the estimator's entropy bonus is the KL's only varying part: log|X|/n is constant
+            kl = (log_num_structures(self.structure) - out.entropy) / self.n
+        self.log_dict(
+            {
+                "train/loss": loss.detach(),
+                "train/neg_elbo": (out.expected_loss + kl.detach()).mean(),
+                **self.record_step(out),
+            }
+        )
+        return loss
+
+    # ---- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """Batch means of the evaluation metrics (module docstring)."""
+        x, adj = batch
+        scores = self.scores(x)
+        loss_fn = self.nll_fn(x, 1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        gold = undirected(adj)
+        if self.posterior == "sparse":
+            out = self.estimator(scores, loss_fn)
+            nll, kl = out.expected_loss, self.kl(scores, out)
+            z = self.map_latent(scores)
+        else:
+            z = self.sample_latent(scores)
+            nll, kl = loss_fn(z, rows), self.kl(scores)
+        stats = {"elbo": -(nll + kl).mean(), "nll": nll.mean(), "kl": kl.mean()}
+        mode = self.map_latent(scores)
+        stats["nll_mode"] = loss_fn(mode, rows).mean()
+        for tag, value in (("", z), ("_mode", mode)):
+            predicted = undirected(self.adjacency(value))
+            stats[f"precision{tag}"], stats[f"recall{tag}"] = precision_recall(predicted, gold)
+            stats[f"edge_acc{tag}"] = (predicted == gold).to(x.dtype).mean()
+        if self.latent == "edges":
+            swapped = undirected(self.adjacency(1 - z))
+            stats["edge_acc_swapped"] = (swapped == gold).to(x.dtype).mean()
+        return stats
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        stats = self.evaluate(batch)
+        self.log("val/elbo", stats["elbo"], prog_bar=True)
+        self.log("val/precision", stats["precision"])
+        self.log("val/recall", stats["recall"])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        for key, value in self.evaluate(batch).items():
+            self.log(f"test/{key}", value)
+
+
+def build_run(config: dict, run_dir: str | None) -> tuple[GraphLayout, GraphLayoutData]:
+    """The task entry point used by the runner: (LightningModule, LightningDataModule)."""
+    cfg = build(GraphLayoutConfig, config)
+    data = GraphLayoutData(cfg.data, cfg.seed)
+    data.setup()
+    return GraphLayout(config, run_dir), data
+
+
+# metric name -> (label, higher is better); the report shows these, in this order
+REPORT_METRICS = {
+    "test/elbo": ("test ELBO per vertex (one sample)", True),
+    "test/precision": ("edge precision (sample)", True),
+    "test/recall": ("edge recall (sample)", True),
+    "test/precision_mode": ("edge precision (MAP)", True),
+    "test/recall_mode": ("edge recall (MAP)", True),
+    "test/nll": ("test NLL per vertex (sample)", False),
+    "test/kl": ("KL per vertex", False),
+}
+CURVE_METRICS = ("val/elbo", "val/precision")

@@ -1,0 +1,154 @@
+"""The ``graph_layout`` task: latent layouts, NRI rollout, objective pieces and tiny CLI runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from _run_logs import csv_rows
+
+from latentgrad.experiments.cli import main
+from latentgrad.experiments.config import ConfigError, resolve, to_dict
+from latentgrad.experiments.tasks import graph_layout as task
+from latentgrad.experiments.tasks.structured import (
+    posterior_kl,
+    precision_recall,
+    undirected,
+)
+from latentgrad.structures import SpanningTree
+
+CONFIG = Path(task.__file__).parents[1] / "configs" / "graph_layout.yaml"
+ESTIMATORS = list(yaml.safe_load(CONFIG.read_text())["estimators"])
+TINY_N = 5  # data.num_vertices of the tiny profile
+
+
+@pytest.fixture
+def data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LATENTGRAD_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def tiny_model(estimator: str, **overrides):
+    torch.manual_seed(0)
+    cfg = resolve(task.Config, "graph_layout", estimator, 0, {"profile": "tiny", **overrides})
+    return task.build_run(to_dict(cfg), None)
+
+
+def test_estimators_cover_every_latent_and_the_paper_baselines() -> None:
+    assert {"edges_sst", "edges_st", "subset_sst", "subset_st", "tree_sst", "tree_st"} <= set(
+        ESTIMATORS
+    )
+    assert {"tree_sfe_ema", "tree_sfe_batch", "tree_sfe_multi", "tree_nvil", "tree_sparsemap"} <= (
+        set(ESTIMATORS)
+    )
+
+
+def test_a_categorical_estimator_is_rejected(data_env: Path) -> None:
+    with pytest.raises(ConfigError, match="has no estimator 'sfe'"):
+        tiny_model("sfe")
+
+
+def test_positions_are_scaled_to_the_training_range(data_env: Path) -> None:
+    _, data = tiny_model("tree_sst")
+    x = data.sets["train"].tensors[0]
+    assert x.shape == (16, TINY_N, 4, 2)
+    torch.testing.assert_close(x.min(), torch.tensor(-1.0))
+    torch.testing.assert_close(x.max(), torch.tensor(1.0))
+
+
+def test_tree_and_subset_layouts_give_the_same_edge_weights(data_env: Path) -> None:
+    tree_model, data = tiny_model("tree_sst")
+    subset_model, _ = tiny_model("subset_sst")
+    adj = data.sets["train"].tensors[1][:6]
+    i, j = torch.triu_indices(TINY_N, TINY_N, offset=1)
+    subset = adj[:, i, j]
+    torch.testing.assert_close(tree_model.edge_weights(adj), subset_model.edge_weights(subset))
+    assert torch.equal(subset_model.adjacency(subset), adj)
+    x = data.sets["train"].tensors[0][:6]
+    tree_model.eval()
+    scores = tree_model.scores(x)
+    torch.testing.assert_close(scores, scores.mT)
+    assert scores.shape == (6, TINY_N, TINY_N)
+
+
+def test_decoder_rollout_feeds_true_frames_every_prediction_steps(data_env: Path) -> None:
+    model, data = tiny_model("tree_sst")
+    x = data.sets["train"].tensors[0][:3]  # (3, n, 4, 2)
+    types = torch.rand(3, TINY_N * (TINY_N - 1), 2)
+    dec = model.decoder
+    one_step = dec(x, types, 1)
+    for t in range(3):
+        torch.testing.assert_close(one_step[:, :, t], dec.step(x[:, :, t], types))
+    rollout = dec(x, types, 3)
+    cur = x[:, :, 0]
+    for t in range(3):
+        cur = dec.step(cur, types)
+        torch.testing.assert_close(rollout[:, :, t], cur)
+    two = dec(x, types, 2)  # true frames 0 and 2 start the rollouts
+    torch.testing.assert_close(two[:, :, 2], dec.step(x[:, :, 2], types))
+    torch.testing.assert_close(two[:, :, 1], dec.step(dec.step(x[:, :, 0], types), types))
+
+
+def test_gibbs_kl_to_the_uniform_prior_matches_enumeration() -> None:
+    tree = SpanningTree(4)
+    theta = torch.randn(2, 4, 4, dtype=torch.float64)
+    theta = (theta + theta.mT) / 2
+    z = tree.enumerate()  # (16, 4, 4)
+    logp = tree.log_prob(theta[:, None], z[None])  # (2, 16)
+    want = (logp.exp() * (logp + math.log(16))).sum(-1)
+    torch.testing.assert_close(posterior_kl("gibbs", tree, theta), want)
+
+
+def test_perturbed_kl_counts_each_undirected_edge_once() -> None:
+    tree = SpanningTree(4)
+    theta = torch.randn(3, 4, 4, dtype=torch.float64)
+    theta = (theta + theta.mT) / 2
+    i, j = torch.triu_indices(4, 4, offset=1)
+    d = theta[:, i, j]
+    want = (d + torch.expm1(-d)).sum(-1)
+    torch.testing.assert_close(posterior_kl("perturbed", tree, theta), want)
+    with pytest.raises(ValueError, match="entropy"):
+        posterior_kl("sparse", tree, theta)
+
+
+def test_undirected_edges_use_either_direction_and_micro_precision_recall() -> None:
+    directed = torch.zeros(1, 3, 3)
+    directed[0, 0, 1] = 1  # 0 -> 1 only
+    directed[0, 2, 1] = directed[0, 1, 2] = 1
+    assert undirected(directed).tolist() == [[True, False, True]]
+    gold = torch.tensor([[True, True, False]])
+    p, r = precision_recall(undirected(directed), gold)
+    assert (p.item(), r.item()) == (0.5, 0.5)
+    p, r = precision_recall(torch.zeros(1, 3, dtype=torch.bool), gold)
+    assert (p.item(), r.item()) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, data_env: Path) -> None:
+    code = main(["run", "graph_layout", "--estimator", estimator, "--out", str(tmp_path / "runs"),
+                 "profile=tiny"])
+    assert code == 0
+    d = tmp_path / "runs" / "graph_layout" / estimator / "seed0"
+    result = json.loads((d / "metrics.json").read_text())
+    assert result["global_step"] == 4
+    m = result["metrics"]
+    assert all(math.isfinite(v) for v in m.values())
+    assert m["test/elbo"] == pytest.approx(-(m["test/nll"] + m["test/kl"]), rel=1e-5)
+    assert m["test/kl"] >= 0 and m["test/nll"] > 0
+    for key in ("precision", "recall", "precision_mode", "recall_mode", "edge_acc"):
+        assert 0.0 <= m[f"test/{key}"] <= 1.0
+    if not estimator.startswith("edges"):  # n - 1 predicted and n - 1 true edges
+        assert m["test/precision"] == pytest.approx(m["test/recall"])
+        assert m["test/precision_mode"] == pytest.approx(m["test/recall_mode"])
+    expected_calls = {"tree_sfe_multi": 2.0}.get(estimator, 1.0)
+    if estimator == "tree_sparsemap":
+        assert 1.0 <= m["decoder_calls"] <= TINY_N ** (TINY_N - 2)
+    else:
+        assert m["decoder_calls"] == expected_calls
+    assert sum(1 for r in csv_rows(d) if r.get("val/elbo")) == 2  # validation after each epoch
+    # the generated data were cached once and reused by this run's later stages
+    assert len(list(data_env.glob("graph_layout/*.npz"))) == 1
