@@ -16,6 +16,7 @@ TASKS = {
     "igr_countable": "latentgrad.experiments.tasks.igr_countable",
     "voting_regression": "latentgrad.experiments.tasks.voting_regression",
     "graph_layout": "latentgrad.experiments.tasks.graph_layout",
+    "listops": "latentgrad.experiments.tasks.listops",
 }
 
 
