@@ -1,0 +1,124 @@
+"""Relaxed k-subsets of the learning-to-explain baselines: the formulas, their low-temperature
+limits, straight-through forward values, gradients and input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentgrad.estimators.subsets import (
+    CorrelatedSSTEstimator,
+    L2XEstimator,
+    SoftSubEstimator,
+    l2x_relax,
+    softsub_relax,
+    topk_mask,
+)
+from latentgrad.structures import KSubset
+
+F64 = torch.float64
+
+
+def _gumbels(shape, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return -torch.empty(shape, dtype=F64).exponential_(generator=gen).log()
+
+
+def test_l2x_is_the_elementwise_max_of_k_concretes() -> None:
+    theta = torch.randn(3, 6, dtype=F64)
+    g = _gumbels((2, 3, 6), 0)
+    tau = torch.tensor(0.7, dtype=F64)
+    want = torch.maximum(((theta + g[0]) / tau).softmax(-1), ((theta + g[1]) / tau).softmax(-1))
+    torch.testing.assert_close(l2x_relax(theta, g, tau), want)
+
+
+def test_l2x_at_low_temperature_is_the_union_of_the_draws_argmaxes() -> None:
+    theta = torch.randn(4, 7, dtype=F64)
+    g = _gumbels((3, 4, 7), 1)
+    z = l2x_relax(theta, g, torch.tensor(1e-4, dtype=F64))
+    want = torch.zeros_like(theta)
+    for j in range(3):
+        want.scatter_(-1, (theta + g[j]).argmax(-1, keepdim=True), 1.0)
+    torch.testing.assert_close(z, want, atol=1e-6, rtol=0)
+
+
+def test_softsub_sums_to_k_and_tends_to_gumbel_top_k() -> None:
+    theta = torch.randn(5, 8, dtype=F64)
+    g = _gumbels((5, 8), 2)
+    z = softsub_relax(theta, g, 3, torch.tensor(0.5, dtype=F64), 1e-20)
+    torch.testing.assert_close(z.sum(-1), torch.full((5,), 3.0, dtype=F64))
+    assert bool((z >= 0).all())  # entries may exceed 1 at moderate temperatures
+    cold = softsub_relax(theta, g, 3, torch.tensor(1e-4, dtype=F64), 1e-20)
+    torch.testing.assert_close(cold, topk_mask(theta + g, 3), atol=1e-6, rtol=0)
+
+
+def test_correlated_utilities_have_the_low_rank_plus_diagonal_covariance() -> None:
+    torch.manual_seed(0)
+    est = CorrelatedSSTEstimator(k=2, temperature=1.0, rank=2)
+    scores = torch.zeros(1, 4, 4, dtype=F64)
+    scores[0, :, 0] = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    scores[0, :, 1] = torch.tensor([0.0, -0.5, 0.3, 0.1])  # log sigma
+    scores[0, :, 2:] = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, -1.0], [0.2, 0.3]])
+    draws = est.utilities(scores.expand(20000, 4, 4))  # one draw per (identical) row
+    sigma = scores[0, :, 1].exp()
+    cov = torch.diag(sigma**2) + scores[0, :, 2:] @ scores[0, :, 2:].T
+    # Monte Carlo with 20,000 draws: standard errors about 0.01-0.02 here
+    torch.testing.assert_close(draws.mean(0), scores[0, :, 0], atol=0.06, rtol=0)
+    torch.testing.assert_close(torch.cov(draws.T), cov, atol=0.1, rtol=0)
+
+
+def test_correlated_sst_is_the_k_subset_marginals_of_the_utilities() -> None:
+    est = CorrelatedSSTEstimator(k=3, temperature=0.5, rank=1)
+    scores = torch.randn(2, 6, 3, dtype=F64)
+    torch.manual_seed(5)
+    seen = []
+    out = est(scores, lambda z, rows: seen.append(z) or z.sum(-1))
+    torch.manual_seed(5)
+    u = est.utilities(scores)
+    torch.testing.assert_close(seen[0], KSubset(6, 3).marginals(u / 0.5))
+    torch.testing.assert_close(out.expected_loss, torch.full((2,), 3.0, dtype=F64))
+    assert est.score_shape((6,)) == (6, 3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda st: L2XEstimator(3, 0.5, straight_through=st),
+        lambda st: SoftSubEstimator(3, 0.5, straight_through=st),
+        lambda st: CorrelatedSSTEstimator(3, 0.5, rank=2, straight_through=st),
+    ],
+)
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_pathwise_gradients_and_straight_through_forward(make, straight_through: bool) -> None:
+    est = make(straight_through)
+    shape = (4, 7, 4) if isinstance(est, CorrelatedSSTEstimator) else (4, 7)
+    scores = torch.randn(shape, dtype=F64, requires_grad=True)
+    weights = torch.randn(7, dtype=F64)
+    seen = []
+
+    def loss_fn(z, rows):
+        seen.append(z.detach())
+        return z @ weights
+
+    est(scores, loss_fn).loss.backward()
+    assert scores.grad is not None and bool(scores.grad.abs().sum() > 0)
+    z = seen[0]
+    if straight_through:
+        assert bool(((z == 0) | (z == 1)).all()) and bool((z.sum(-1) == 3).all())
+    elif not isinstance(est, SoftSubEstimator):  # SoftSub's entries may exceed 1
+        assert bool(((z >= 0) & (z <= 1 + 1e-12)).all())
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="fewer than k"):
+        L2XEstimator(5, 1.0)(torch.randn(2, 3), lambda z, r: z.sum(-1))
+    with pytest.raises(ValueError, match="finite"):
+        SoftSubEstimator(1, 1.0)(torch.tensor([[0.0, float("nan")]]), lambda z, r: z.sum(-1))
+    with pytest.raises(ValueError, match="last dimension"):
+        CorrelatedSSTEstimator(1, 1.0, rank=2)(torch.randn(2, 3, 3), lambda z, r: z.sum(-1))
+    with pytest.raises(ValueError, match="entropy_coeff"):
+        L2XEstimator(1, 1.0, entropy_coeff=0.1)
+    with pytest.raises(TypeError, match="straight_through"):
+        SoftSubEstimator(1, 1.0, straight_through=1)
+    with pytest.raises(ValueError, match="eps"):
+        SoftSubEstimator(1, 1.0, eps=0.0)
