@@ -276,6 +276,18 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
 
 # ---------------------------------------------------------------------------- structured latents
 
+_SCHEDULE_ARGS = ("temperature", "anneal_rate", "anneal_every", "temperature_min")
+
+
+def _default_structure(structure, latent: str, size: int):
+    """The task's structure, or (when none is given) a spanning tree on ``size`` nodes
+    (``tree``) or a 1-subset of ``size`` items (``subset``)."""
+    if structure is not None:
+        return structure
+    from latentgrad.structures import KSubset, SpanningTree
+
+    return SpanningTree(size) if latent == "tree" else KSubset(size, 1)
+
 
 def _schedule(cfg: EstimatorConfig):
     """The configured temperature: constant when ``anneal_rate`` is 0, else exponential decay."""
@@ -304,14 +316,14 @@ def _edges(straight_through: bool) -> Callable[..., Estimator]:
     return factory
 
 
-def _sst(straight_through: bool) -> Callable[..., Estimator]:
+def _sst(straight_through: bool, latent: str) -> Callable[..., Estimator]:
     def factory(
         cfg: EstimatorConfig, num_classes: int, features_dim: int, structure=None, **_
     ) -> Estimator:
         from latentgrad.estimators.sst import SSTEstimator
 
         return SSTEstimator(
-            structure,
+            _default_structure(structure, latent, num_classes),
             temperature=_schedule(cfg),
             straight_through=straight_through,
             entropy_coeff=cfg.entropy_coeff,
@@ -327,7 +339,7 @@ def _perturbed_sfe(baseline: str, multi: bool) -> Callable[..., Estimator]:
         from latentgrad.estimators.perturbation import PerturbationScoreFunction
 
         return PerturbationScoreFunction(
-            structure,
+            _default_structure(structure, "tree", num_classes),
             baseline=baseline,
             n_samples=cfg.n_samples if multi else 1,
             entropy_coeff=cfg.entropy_coeff,
@@ -345,7 +357,7 @@ def _structured_nvil(
     return NVIL(
         baseline_net=mlp([features_dim, *cfg.nvil_hidden, 1]),
         entropy_coeff=cfg.entropy_coeff,
-        structure=structure,
+        structure=_default_structure(structure, "tree", num_classes),
         centering="ema",
         decay=cfg.decay,
     )
@@ -356,7 +368,9 @@ def _sparsemap(
 ) -> Estimator:
     from latentgrad.estimators.marginalization import SparseMAPMarginalization
 
-    return SparseMAPMarginalization(structure, entropy_coeff=cfg.entropy_coeff)
+    return SparseMAPMarginalization(
+        _default_structure(structure, "tree", num_classes), entropy_coeff=cfg.entropy_coeff
+    )
 
 
 def _structured(latent: str) -> dict[str, EstimatorSpec]:
@@ -364,16 +378,18 @@ def _structured(latent: str) -> dict[str, EstimatorSpec]:
     what = {"subset": "k-subsets", "tree": "trees"}[latent]
     specs = {
         f"{latent}_sst": EstimatorSpec(
-            _sst(False),
+            _sst(False, latent),
             description=f"SST over {what}: exp.-family-entropy relaxation of Gumbel utilities",
             latent=latent,
             posterior="perturbed",
+            args=(*_SCHEDULE_ARGS, "entropy_coeff"),
         ),
         f"{latent}_st": EstimatorSpec(
-            _sst(True),
+            _sst(True, latent),
             description=f"straight-through SST over {what}: hard SMT forward, relaxed backward",
             latent=latent,
             posterior="perturbed",
+            args=(*_SCHEDULE_ARGS, "entropy_coeff"),
         ),
     }
     if latent == "tree":
@@ -387,6 +403,7 @@ def _structured(latent: str) -> dict[str, EstimatorSpec]:
                 description=f"score function on the utilities of the SMT, {text}",
                 latent=latent,
                 posterior="perturbed",
+                args=("entropy_coeff", "decay", *(("n_samples",) if multi else ())),
             )
         specs["tree_nvil"] = EstimatorSpec(
             _structured_nvil,
@@ -394,12 +411,14 @@ def _structured(latent: str) -> dict[str, EstimatorSpec]:
             needs_baseline_input=True,
             latent=latent,
             posterior="gibbs",
+            args=("nvil_hidden", "entropy_coeff", "decay"),
         )
         specs["tree_sparsemap"] = EstimatorSpec(
             _sparsemap,
             description="SparseMAP over trees: exact marginalization over a sparse support",
             latent=latent,
             posterior="sparse",
+            args=("entropy_coeff",),
         )
     return specs
 
@@ -411,12 +430,14 @@ ESTIMATORS.update(
             description="independent edges: Gumbel-Softmax per edge",
             latent="edges",
             posterior="perturbed",
+            args=(*_SCHEDULE_ARGS, "entropy_coeff"),
         ),
         "edges_st": EstimatorSpec(
             _edges(True),
             description="independent edges: straight-through Gumbel-Softmax per edge",
             latent="edges",
             posterior="perturbed",
+            args=(*_SCHEDULE_ARGS, "entropy_coeff"),
         ),
         **_structured("subset"),
         **_structured("tree"),
