@@ -12,7 +12,9 @@ for random v, u. Every cost is the median of ``--repeats`` calls; at batch 1 it 
 columns are per-example(batch 1) / per-example(batch 1024), what batching buys, and
 per-example(batch 1024) / per-example(batch 64), each in wall time and in process CPU time (the
 steadier of the two when other processes share the machine). One intra-op thread by default:
-on a loaded machine, multi-threaded small ops wait on descheduled sibling threads.
+on a loaded machine, multi-threaded small ops wait on descheduled sibling threads. With
+``--device cuda`` two more columns: the CPU's per-example cost at batch 1024 (one call) and its
+ratio to the GPU's.
 
 Then SparseMAP at batch 64 against lp-sparsemap (Niculae & Martins, 2020; deep-spin's C++
 package, one factor graph with a budget factor per instance, forward+backward of the
@@ -117,8 +119,10 @@ def _lpsmap_step(budget: int) -> Callable[[Tensor], Tensor] | None:
 
 
 def _table(cases, gen: torch.Generator, device: torch.device, repeats: int) -> None:
+    on_gpu = device.type == "cuda"
     header = f"{'case':34s}" + "".join(f"{'b=' + str(b):>10s}" for b in BATCHES)
-    print(header + f"{'1/1024':>8s}{'cpu':>7s}{'1024/64':>9s}{'cpu':>7s}")
+    header += f"{'1/1024':>8s}{'cpu':>7s}{'1024/64':>9s}{'cpu':>7s}"
+    print(header + (f"{'CPU b=1024':>12s}{'CPU/GPU':>9s}" if on_gpu else ""))
     for name, structure, step in cases:
         theta = _scores(structure, gen, device)
         step(theta[:2].detach().requires_grad_(True)).backward()  # warm-up
@@ -126,10 +130,11 @@ def _table(cases, gen: torch.Generator, device: torch.device, repeats: int) -> N
         cells = "".join(f"{wall:10.4f}" for wall, _ in cost)
         ratio, cpu_ratio = cost[0][0] / cost[-1][0], cost[0][1] / cost[-1][1]
         load, cpu_load = cost[2][0] / cost[1][0], cost[2][1] / cost[1][1]
-        print(
-            f"{name:34s}{cells}{ratio:7.1f}x{cpu_ratio:6.1f}x{load:8.2f}x{cpu_load:6.2f}x",
-            flush=True,
-        )
+        line = f"{name:34s}{cells}{ratio:7.1f}x{cpu_ratio:6.1f}x{load:8.2f}x{cpu_load:6.2f}x"
+        if on_gpu:  # the same batch of 1024 on the CPU (one thread), for the GPU's speed-up
+            host = _per_example_ms(step, theta.cpu(), max(BATCHES), 1)[0]
+            line += f"{host:12.4f}{host / cost[-1][0]:8.1f}x"
+        print(line, flush=True)
 
 
 def _against_lpsmap(gen: torch.Generator, device: torch.device, repeats: int) -> None:

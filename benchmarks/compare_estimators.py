@@ -7,7 +7,7 @@ scores ``n_draws`` times and compares the mean with the exact gradient of its ta
 computed by enumerating the K categories: ``softmax`` (Gibbs) for the sampling and relaxed
 estimators, the sparse distribution itself for sparsemax / entmax marginalization.
 
-    python benchmarks/compare_estimators.py [--draws 500] [--k 8]
+    python benchmarks/compare_estimators.py [--draws 500] [--k 8] [--device cuda]
 
 Columns: evals = loss evaluations per example; |bias| = norm of (mean - exact) (includes Monte
 Carlo error about sqrt(var/draws)); var = total variance (trace of the covariance);
@@ -61,27 +61,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
+    device = torch.device(args.device)
     b, k = args.batch, args.k
-    scores = 1.5 * torch.randn(b, k, dtype=torch.float64)
-    y = torch.softmax(torch.randn(b, k, dtype=torch.float64), -1)
-    c = torch.randn(b, k, dtype=torch.float64)
+    scores = 1.5 * torch.randn(b, k, dtype=torch.float64).to(device)
+    y = torch.softmax(torch.randn(b, k, dtype=torch.float64), -1).to(device)
+    c = torch.randn(b, k, dtype=torch.float64).to(device)
 
     def loss_fn(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return ((z - y[rows]) ** 2).sum(-1) + (z * c[rows]).sum(-1) + 3.0
 
-    onehots = torch.eye(k, dtype=torch.float64)
-    table = torch.stack([loss_fn(onehots, torch.full((k,), i)) for i in range(b)])
+    onehots = torch.eye(k, dtype=torch.float64, device=device)
+    table = torch.stack([loss_fn(onehots, torch.full((k,), i, device=device)) for i in range(b)])
     mean_loss = float((scores.softmax(-1) * table).sum(-1).mean())
 
-    print(f"toy: B={b} K={k} draws={args.draws} seed={args.seed}")
+    print(f"toy: B={b} K={k} draws={args.draws} seed={args.seed} device={device}")
     print(f"{'estimator':<30} {'evals':>6} {'|bias|':>9} {'var':>10} {'|exact|':>9}")
     for name, (est, kwargs) in estimators(mean_loss).items():
         if "baseline_input" in kwargs:
             kwargs = {"baseline_input": scores}
-        stats = gradient_stats(est, scores, loss_fn, args.draws, **kwargs)
+        stats = gradient_stats(est.to(device), scores, loss_fn, args.draws, **kwargs)
         print(
             f"{name:<30} {stats.evaluations_per_example:>6.2f} {float(stats.bias_norm):>9.5f} "
             f"{float(stats.total_variance):>10.5f} {float(stats.exact.norm()):>9.5f}"
