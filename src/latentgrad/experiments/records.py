@@ -75,3 +75,11 @@ def write_run_records(run_dir: Path, config: dict[str, Any], argv: list[str] | N
         "versions": package_versions(),
     }
     atomic_write_text(json.dumps(info, indent=2) + "\n", run_dir / "run.json")
+
+
+def record_finish(run_dir: Path) -> None:
+    """Add the finishing time to ``run.json`` (kept out of ``metrics.json``, whose bytes are the
+    same for a resumed and an uninterrupted run)."""
+    info = json.loads((run_dir / "run.json").read_text())
+    info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(json.dumps(info, indent=2) + "\n", run_dir / "run.json")

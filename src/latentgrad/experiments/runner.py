@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from latentgrad.experiments.checkpoint import (
     resume_checkpoint,
 )
 from latentgrad.experiments.config import ConfigError, deep_merge, load_yaml, resolve, to_dict
-from latentgrad.experiments.records import write_run_records
+from latentgrad.experiments.records import record_finish, write_run_records
 from latentgrad.experiments.tasks.registry import get_task
 
 METRICS_FILE = "metrics.json"
@@ -209,11 +208,12 @@ def run(
                 raise ConfigError(str(err)) from None
 
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from latentgrad.experiments.resumable import EpochSafeCheckpoint, StepSeeds, make_resumable
+
     tc = cfg.trainer
-    checkpoint = ModelCheckpoint(
+    checkpoint = EpochSafeCheckpoint(
         dirpath=run_dir / "checkpoints",
         save_last=True,  # last.ckpt: what --resume loads
         save_top_k=1,  # with no monitor: keeps the latest epoch/step checkpoint beside it
@@ -226,12 +226,13 @@ def run(
         torch.set_num_threads(tc.num_threads)
     L.seed_everything(seed, workers=True, verbose=False)
     model, data = module.build_run(config, str(run_dir))  # loads the data: fails before any record
+    make_resumable(data, seed)
     trainer = _trainer(
         tc,
         {
             "default_root_dir": run_dir,
             "logger": [CSVLogger(run_dir, name="csv"), TensorBoardLogger(run_dir, name="tb")],
-            "callbacks": [checkpoint],
+            "callbacks": [StepSeeds(seed), checkpoint],
             "plugins": [AtomicCheckpointIO()],
         },
     )
@@ -255,9 +256,9 @@ def run(
         "profile": cfg.profile,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": metrics,
     }
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # metrics.json: same bytes for a resumed and an uninterrupted run
         atomic_write_text(json.dumps(result, indent=2) + "\n", metrics_path)
+        record_finish(run_dir)
     return result

@@ -1,0 +1,52 @@
+"""Run the latentgrad CLI in this process and SIGKILL it at a chosen point (resume tests).
+
+    python _kill.py POINT N ARGS...
+
+POINT ``step``: right after the N-th optimizer step (before that step's checkpoint); ``save``:
+right after the N-th file of the checkpoints folder is in place; ``write``: during the N-th write
+into the checkpoints folder, before its temp file is moved into place (it stays as an orphan).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    point, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    count = 0
+
+    def tick() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "step":
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(lambda *_: tick())
+    else:
+        from latentgrad.experiments import checkpoint
+
+        finish = checkpoint._finish
+
+        def killing_finish(tmp: str, path: Path) -> None:
+            ours = Path(path).parent.name == "checkpoints"
+            if ours and point == "write":
+                tick()
+            finish(tmp, path)
+            if ours and point == "save":
+                tick()
+
+        checkpoint._finish = killing_finish
+    from latentgrad.experiments.cli import main as cli
+
+    sys.exit(cli(args))
+
+
+if __name__ == "__main__":
+    main()
