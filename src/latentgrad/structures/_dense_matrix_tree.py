@@ -146,9 +146,10 @@ def _undirected(logw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     degree = prob.sum(-1)
     ground = torch.nn.functional.one_hot((m + degree.detach().log()).argmax(-1), m.shape[-1])
     ground = ground.bool()
-    laplacian = (-w_tilde).diagonal_scatter(degree, dim1=-2, dim2=-1)
-    eye = torch.eye(m.shape[-1], dtype=logw.dtype, device=logw.device)
-    grounded = torch.where(ground[:, :, None] | ground[:, None, :], eye, laplacian)
+    grounded = w_tilde.neg()  # in place from here on: no new (B, n, n) buffers
+    grounded.diagonal(dim1=-2, dim2=-1).copy_(degree)
+    grounded.masked_fill_(ground[:, :, None] | ground[:, None, :], 0.0)
+    grounded.diagonal(dim1=-2, dim2=-1).masked_fill_(ground, 1.0)
     return m, prob, w_tilde, ground, grounded
 
 
@@ -166,13 +167,16 @@ def dense_log_count_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
 
 def _undirected_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """Edge marginals of symmetric ``logw`` in differentiable operations (any order), the trust
-    flags, and ``(P, W̃, M)`` with ``M`` the padded inverse of ``Ã`` (``M_rr = 0``)."""
+    flags, and ``(P, W̃, M, r)``: ``M`` the inverse of the grounded matrix (the minor's inverse
+    padded, with ``M_rr = 1``, which no marginal reads: ``W̃_rr = 0``) and the ground one-hot
+    ``r`` of the trusted rows."""
     _, prob, w_tilde, ground, normalised = _undirected(logw)
     _, inverse, ok = _LogdetInverse.apply(normalised, True)
-    inverse = inverse - torch.diag_embed((ground & ok[:, None]).to(inverse.dtype))  # M_rr = 0
-    half = prob * inverse.diagonal(dim1=-2, dim2=-1)[:, :, None]
-    marginals = torch.addcmul(half + half.mT, w_tilde, inverse, value=-2)
-    return marginals, ok, (prob, w_tilde, inverse)
+    ground = ground & ok[:, None]
+    diagonal = inverse.diagonal(dim1=-2, dim2=-1) - ground.to(inverse.dtype)  # M_rr = 0
+    half = prob * diagonal[:, :, None]
+    marginals = (half + half.mT).addcmul_(w_tilde, inverse, value=-2)
+    return marginals, ok, (prob, w_tilde, inverse, ground)
 
 
 class _UndirectedMarginals(torch.autograd.Function):
@@ -190,33 +194,37 @@ class _UndirectedMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(logw: Tensor) -> tuple[Tensor, ...]:
-        marginals, ok, (prob, w_tilde, inverse) = _undirected_marginals_graph(logw)
-        return marginals, ok, prob, w_tilde, inverse
+        marginals, ok, saved = _undirected_marginals_graph(logw)
+        return marginals, ok, *saved
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         (logw,) = inputs
-        _, ok, prob, w_tilde, inverse = output
-        ctx.mark_non_differentiable(ok, prob, w_tilde, inverse)
+        _, ok, prob, w_tilde, inverse, ground = output
+        ctx.mark_non_differentiable(ok, prob, w_tilde, inverse, ground)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logw, prob, w_tilde, inverse)
+        ctx.save_for_backward(logw, prob, w_tilde, inverse, ground)
 
     @staticmethod
     def backward(ctx, grad: Tensor | None, *_):
         if grad is None:
             return None
-        logw, prob, w_tilde, inverse = ctx.saved_tensors
+        logw, prob, w_tilde, inverse, ground = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the graph itself
             marginals = _undirected_marginals_graph(logw)[0]
             return torch.autograd.grad(marginals, logw, grad, create_graph=True)[0]
+        # in place wherever a buffer is free: fresh (B, n, n) buffers cost more than the math
         sym = grad + grad.mT
-        x = torch.diag_embed((sym * prob).sum(-1)).sub_(sym * w_tilde)
-        y = (inverse @ x @ inverse).neg_()
-        m_diag = inverse.diagonal(dim1=-2, dim2=-1)
-        y_diag = y.diagonal(dim1=-2, dim2=-1)
-        gamma = prob * torch.addcmul(y_diag[:, :, None], sym, m_diag[:, :, None])
-        gamma = (gamma + gamma.mT).mul_(0.5)
-        return gamma.sub_(w_tilde * torch.addcmul(y, sym, inverse))
+        x = (sym * w_tilde).neg_()  # W̃_ii = 0: the diagonal is only the degree term
+        x.diagonal(dim1=-2, dim2=-1).add_(torch.linalg.vecdot(sym, prob))
+        # M (with M_rr = 1) around X without row and column r equals M0 X M0 (M0: M_rr = 0)
+        x.masked_fill_(ground[:, :, None] | ground[:, None, :], 0.0)
+        y = torch.bmm(torch.bmm(inverse, x), inverse).neg_()
+        diagonal = inverse.diagonal(dim1=-2, dim2=-1) - ground.to(inverse.dtype)
+        gamma = torch.addcmul(y.diagonal(dim1=-2, dim2=-1)[:, :, None], sym, diagonal[:, :, None])
+        gamma.mul_(prob)
+        out = (gamma + gamma.mT).mul_(0.5)
+        return out.sub_(sym.mul_(inverse).add_(y).mul_(w_tilde))
 
 
 def dense_marginals_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:

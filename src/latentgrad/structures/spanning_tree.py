@@ -130,7 +130,7 @@ class SpanningTree(TreeStructure):
         """``(θ + θᵀ)/2`` in float64 with a zero diagonal."""
         work = flat.to(torch.float64)
         eye = torch.eye(self.n, dtype=torch.bool, device=flat.device)
-        return ((work + work.mT) / 2).masked_fill(eye, 0)
+        return (work + work.mT).mul_(0.5).masked_fill_(eye, 0)
 
     def _marginals(self, flat: Tensor) -> Tensor:
         """Edge marginals ``P({i, j} in tree)`` as a symmetric ``(B, n, n)`` matrix, zero
