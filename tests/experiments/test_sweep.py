@@ -97,3 +97,35 @@ def test_sweep_cli_rejects_bad_seeds_and_overrides(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["sweep", "ssvae", "--estimators", "softmax", "--seeds", "1", "--workers", "2", "lr"])
     assert "unrecognized arguments: lr" in capsys.readouterr().err
+
+
+def test_progress_lines_count_cells_and_estimate_the_time_left() -> None:
+    import io
+
+    from latentgrad.experiments.sweep import Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress("ssvae", total=5, workers=2, out=out, clock=lambda: now[0])
+    progress.start("a/seed1")
+    progress.start("b/seed1")
+    now[0] = 60.0
+    progress.end("a/seed1", 0)
+    progress.start("c/seed1")
+    now[0] = 100.0
+    progress.end("b/seed1", 1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "[sweep ssvae 0/5] started a/seed1 | done 0, running 1, failed 0, waiting 4 | "
+        "time left ~unknown"
+    )
+    # 4 cells left, 2 at a time, 60 s each
+    assert lines[2] == (
+        "[sweep ssvae 1/5] finished a/seed1 in 1m00s | done 1, running 1, failed 0, "
+        "waiting 3 | time left ~2m00s"
+    )
+    # 3 left -> 2 rounds of the mean 80 s
+    assert lines[4] == (
+        "[sweep ssvae 2/5] FAILED b/seed1 (exit 1) after 1m40s | done 1, running 1, failed 1, "
+        "waiting 2 | time left ~2m40s"
+    )

@@ -1,4 +1,4 @@
-"""The ``latentgrad`` command: ``run``, ``sweep``, ``report`` and ``demo``.
+"""The ``latentgrad`` command: ``run``, ``sweep``, ``report``, ``demo`` and ``list``.
 
     latentgrad run TASK --estimator NAME [--seed S] [--config FILE.yaml] [--out DIR] [--resume]
         [--devices N] [--num-nodes N] [--accelerator A] [--strategy S] [key=value ...]
@@ -6,7 +6,11 @@
         [key=value ...]
     latentgrad report RUNS_DIR
     latentgrad demo [--out DIR] [--mnist PATH]
+    latentgrad list
     latentgrad --version
+
+``--plugin MODULE`` (before the command, repeatable) imports a module that registers user tasks or
+estimators; installed ones register through entry points (``experiments.plugins``).
 
 A user's mistake (unknown task or estimator, bad value, malformed YAML, bad data file, unusable
 checkpoint) exits with status 2 and one line on stderr, before anything is written.
@@ -63,7 +67,15 @@ def _add_trainer_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="latentgrad", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"latentgrad {__version__}")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first: it registers user tasks/estimators (repeatable)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="tasks, their estimators and profiles")
 
     r = sub.add_parser("run", help="one training run")
     r.add_argument("task")
@@ -103,6 +115,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _list() -> int:
+    """Print every task with its profiles and estimators (name and description)."""
+    from latentgrad.experiments.config import task_estimators, task_yaml
+    from latentgrad.experiments.estimators import ESTIMATORS
+    from latentgrad.experiments.tasks.registry import TASKS
+
+    for task in TASKS:
+        profiles = ", ".join(task_yaml(task).get("profiles") or {}) or "-"
+        print(f"{task}  (profiles: {profiles})")
+        for name in task_estimators(task):
+            spec = ESTIMATORS.get(name)
+            print(f"  {name:<20} {spec.description if spec else ''}".rstrip())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
@@ -115,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "sweep"):
         args.overrides = [*args.overrides, *rest]
     try:
+        from latentgrad.experiments.plugins import load_plugins
+
+        load_plugins(args.plugin)
+        if args.command == "list":
+            return _list()
         if args.command == "run":
             from latentgrad.experiments.runner import run
 
@@ -143,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 ray_address=args.ray,
                 config_file=args.config,
+                plugins=args.plugin,
             )
         if args.command == "report":
             from latentgrad.experiments.report import report

@@ -192,17 +192,37 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def task_yaml(task: str) -> dict[str, Any]:
-    """The packaged ``experiments/configs/<task>.yaml``."""
+    """The task's YAML: the packaged ``experiments/configs/<task>.yaml``, or a plugin task's
+    ``CONFIG_FILE`` (``experiments.plugins``)."""
     ref = resources.files("latentgrad.experiments").joinpath("configs", f"{task}.yaml")
-    if not ref.is_file():
+    source = f"configs/{task}.yaml"
+    if ref.is_file():
+        text = ref.read_text()
+    else:
+        from latentgrad.experiments.plugins import task_config_file
+
+        file = task_config_file(task)
+        if file is None:
+            raise ConfigError(
+                f"no config for task {task!r} (expected experiments/configs/{task}.yaml)"
+            )
+        if not file.is_file():
+            raise ConfigError(f"task {task!r}: its CONFIG_FILE {file} does not exist")
+        text, source = file.read_text(), str(file)
+    data = _safe_load(text, source) or {}
+    if not isinstance(data, dict) or set(data) - {"defaults", "estimators", "profiles"}:
         raise ConfigError(
-            f"no packaged config for task {task!r} (expected experiments/configs/{task}.yaml)"
+            f"{source}: expected a mapping with the sections defaults, estimators, profiles"
         )
-    data = yaml.safe_load(ref.read_text()) or {}
-    unknown = set(data) - {"defaults", "estimators", "profiles"}
-    if unknown:  # pragma: no cover - packaging error
-        raise ConfigError(f"configs/{task}.yaml: unknown top-level sections {sorted(unknown)}")
     return data
+
+
+def task_estimators(task: str) -> list[str]:
+    """The estimators task ``task`` can run: its YAML's ``estimators`` and the plugin ones."""
+    from latentgrad.experiments.plugins import plugin_estimators
+
+    names = list(task_yaml(task).get("estimators") or {})
+    return names + [name for name in plugin_estimators() if name not in names]
 
 
 def resolve(
@@ -216,12 +236,12 @@ def resolve(
     """Resolve the full config of one run (see the module docstring for the layer order)."""
     spec = task_yaml(task)
     estimators = spec.get("estimators") or {}
-    if estimator not in estimators:
+    if estimator not in task_estimators(task):
         raise ConfigError(
             f"--estimator: task {task!r} has no estimator {estimator!r}; "
-            f"choose from {', '.join(estimators)}"
+            f"choose from {', '.join(task_estimators(task))}"
         )
-    layers: list[dict[str, Any]] = [spec.get("defaults") or {}, estimators[estimator] or {}]
+    layers: list[dict[str, Any]] = [spec.get("defaults") or {}, estimators.get(estimator) or {}]
     user: dict[str, Any] = {}
     if config_file is not None:
         user = load_yaml(config_file)

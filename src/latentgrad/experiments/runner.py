@@ -29,6 +29,7 @@ from latentgrad.experiments.checkpoint import (
     resume_checkpoint,
 )
 from latentgrad.experiments.config import ConfigError, deep_merge, load_yaml, resolve, to_dict
+from latentgrad.experiments.plugins import load_entry_points
 from latentgrad.experiments.records import record_finish, write_run_records
 from latentgrad.experiments.tasks.registry import get_task
 
@@ -114,6 +115,7 @@ def check_run(
     seed outside ``[0, 2**32 - 1]``, an invalid or inapplicable config value, or trainer flags
     (accelerator, devices, strategy, precision) Lightning refuses on this machine.
     """
+    load_entry_points()
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed: must be an integer in [0, {MAX_SEED}], got {seed!r}")
     try:

@@ -4,7 +4,9 @@ Every cell's config is validated before any cell starts: one invalid cell refuse
 with a ``ConfigError`` naming it. Each grid cell is then one ``latentgrad run ... --resume``
 subprocess (isolated: a crash fails that cell only) writing its output to ``<run_dir>/sweep.log``.
 Cells whose ``metrics.json`` exists are skipped, unfinished ones resume from their last checkpoint.
-A summary is printed at the end; the return code is 1 when any cell failed.
+While it runs, one line per cell that starts or ends gives the counts done / running / failed /
+waiting and an estimate of the time left; a summary is printed at the end; the return code is 1
+when any cell failed.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from latentgrad.experiments.config import ConfigError, parse_overrides
 from latentgrad.experiments.runner import METRICS_FILE, check_run, run_dir_for
@@ -48,6 +54,79 @@ class Cell:
     command: list[str]
     run_dir: Path
     log: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.estimator}/seed{self.seed}"
+
+
+class Progress:
+    """Per-cell progress of a sweep, one line per event on ``out``: the cell that started or
+    ended, the counts done / running / failed / waiting, and the time left, estimated as the mean
+    duration of the ended cells times the cells not ended, over the parallel workers."""
+
+    def __init__(
+        self,
+        task: str,
+        total: int,
+        workers: int,
+        out: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.task, self.total, self.workers = task, total, workers
+        self.out = out or sys.stdout
+        self.clock = clock
+        self.done = self.failed = 0
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def start(self, name: str) -> None:
+        with self.lock:
+            self.started[name] = self.clock()
+            self._print(f"started {name}")
+
+    def end(self, name: str, code: int) -> None:
+        with self.lock:
+            seconds = self.clock() - self.started.pop(name)
+            self.durations.append(seconds)
+            if code == 0:
+                self.done += 1
+                self._print(f"finished {name} in {_duration(seconds)}")
+            else:
+                self.failed += 1
+                self._print(f"FAILED {name} (exit {code}) after {_duration(seconds)}")
+
+    def eta(self) -> str:
+        left = self.total - self.done - self.failed
+        if left == 0:
+            return "0s"
+        if not self.durations:
+            return "unknown"
+        mean = sum(self.durations) / len(self.durations)
+        return _duration(mean * -(-left // self.workers))  # rounds of `workers` cells
+
+    def _print(self, event: str) -> None:
+        running = len(self.started)
+        waiting = self.total - self.done - self.failed - running
+        print(
+            f"[sweep {self.task} {self.done + self.failed}/{self.total}] {event} | done "
+            f"{self.done}, running {running}, failed {self.failed}, waiting {waiting} | "
+            f"time left ~{self.eta()}",
+            file=self.out,
+            flush=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _execute(command: list[str], log: str, env: dict[str, str]) -> int:
@@ -93,10 +172,12 @@ def sweep(
     workers: int = 1,
     ray_address: str | None = None,
     config_file: str | None = None,
+    plugins: list[str] | None = None,
 ) -> int:
     """Run the grid; returns 0 when every cell finished (now or before), else 1.
 
-    ``overrides``: ``key=value`` strings passed to every cell, ``config_file`` its ``--config``.
+    ``overrides``: ``key=value`` strings passed to every cell, ``config_file`` its ``--config``,
+    ``plugins`` the ``--plugin`` modules its runs import.
     """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -110,17 +191,26 @@ def sweep(
                 skipped.append(f"{estimator}/seed{seed}")
                 continue
             command = [
-                sys.executable, "-m", "latentgrad.experiments.cli", "run", task,
+                sys.executable, "-m", "latentgrad.experiments.cli",
+                *(arg for module in plugins or [] for arg in ("--plugin", module)), "run", task,
                 "--estimator", estimator, "--seed", str(seed), "--out", str(out), "--resume",
                 "--no-progress-bar", *extra_args,
             ]  # fmt: skip
             cells.append(Cell(estimator, seed, command, run_dir, run_dir / "sweep.log"))
     if ray_address is not None:
-        codes = _run_ray(cells, ray_address)
+        codes = _run_ray(cells, ray_address, task)
     else:
         env = dict(os.environ, OMP_NUM_THREADS=_threads_per_worker(workers))
+        progress = Progress(task, len(cells), workers)
+
+        def execute(cell: Cell) -> int:
+            progress.start(cell.name)
+            code = _execute(cell.command, str(cell.log), env)
+            progress.end(cell.name, code)
+            return code
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            codes = list(pool.map(lambda c: _execute(c.command, str(c.log), env), cells))
+            codes = list(pool.map(execute, cells))
     failed = [(c, code) for c, code in zip(cells, codes) if code != 0]
     print(f"sweep {task}: {len(cells) - len(failed)} finished, "
           f"{len(skipped)} skipped (already done), "
@@ -130,7 +220,7 @@ def sweep(
     return 1 if failed else 0
 
 
-def _run_ray(cells: list[Cell], address: str) -> list[int]:
+def _run_ray(cells: list[Cell], address: str, task: str) -> list[int]:
     """One Ray task (1 CPU) per cell. ``address``: 'auto', 'local' (start one here) or host:port.
 
     On a multi-node cluster ``--out`` must be on a file system shared by all nodes.
@@ -148,7 +238,17 @@ def _run_ray(cells: list[Cell], address: str) -> list[int]:
     try:
         remote = ray.remote(num_cpus=1)(_execute)
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        return ray.get([remote.remote(c.command, str(c.log), env) for c in cells])
+        progress = Progress(task, len(cells), int(ray.cluster_resources().get("CPU", 1)))
+        futures = {}
+        for cell in cells:  # queued on the cluster: "running" counts queued cells too
+            futures[remote.remote(cell.command, str(cell.log), env)] = cell
+            progress.start(cell.name)
+        codes, pending = {}, list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            codes[ready[0]] = ray.get(ready[0])
+            progress.end(futures[ready[0]].name, codes[ready[0]])
+        return [codes[f] for f in futures]
     finally:
         if started:
             ray.shutdown()
