@@ -8,6 +8,9 @@ import pytest
 
 from latentgrad.experiments.estimators import ESTIMATORS
 from latentgrad.experiments.schema import EstimatorConfig
+from latentgrad.structures.bitvector import BitVector
+
+BITS_ONLY = ("binary_concrete", "hard_concrete", "sparsemap_budget")
 
 
 class _Recorder:
@@ -26,7 +29,23 @@ class _Recorder:
 def test_declared_args_are_exactly_the_fields_the_factory_reads(name: str) -> None:
     spec = ESTIMATORS[name]
     recorder = _Recorder()
-    spec.factory(recorder, 5, 3)  # type: ignore[arg-type]
+    structure = BitVector(5) if name in BITS_ONLY else None
+    spec.factory(recorder, 5, 3, structure=structure)  # type: ignore[arg-type]
     fields = {f.name for f in dataclasses.fields(EstimatorConfig)}
     assert spec.args is not None and set(spec.args) <= fields
     assert recorder.read == set(spec.args)
+
+
+@pytest.mark.parametrize("name", BITS_ONLY)
+def test_bit_vector_estimators_refuse_a_categorical_latent(name: str) -> None:
+    with pytest.raises(ValueError, match="BitVector"):
+        ESTIMATORS[name].factory(EstimatorConfig(), 5, 3)
+
+
+def test_budget_defaults_to_half_the_bits_and_is_checked() -> None:
+    est = ESTIMATORS["sparsemap_budget"].factory(EstimatorConfig(), 6, 3, structure=BitVector(6))
+    assert est.structure.budget == 3
+    with pytest.raises(ValueError, match="budget"):
+        ESTIMATORS["sparsemap_budget"].factory(
+            EstimatorConfig(budget=7), 6, 3, structure=BitVector(6)
+        )

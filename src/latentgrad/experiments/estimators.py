@@ -9,6 +9,13 @@ the ``EstimatorConfig`` fields the factory reads: a user setting any other ``est
 for this estimator is refused (it would be silently ignored); ``None`` leaves the keys unchecked.
 Estimator modules are imported only when an entry is built.
 
+Bit vectors (the bit-vector VAE): the categorical entries that also handle independent bits
+(``sfe``, ``sfe_plus``, ``nvil``, ``sum_and_sample``, ``gumbel``, ``st_gumbel``,
+``gaussian_sparsemax``) build them when the task passes ``structure=BitVector(D)`` (``num_classes``
+is then D); ``topk_sparsemax``, ``sparsemap``, ``sparsemap_budget``, ``binary_concrete`` and
+``hard_concrete`` (``latent="bits"``) need it. ``gaussian``, ``dirichlet`` and
+``mixed_dirichlet`` (``latent="simplex"``) are the continuous and mixed latents of the simplex VAE.
+
 Structured latents (the stochastic-softmax-tricks tasks): an entry's ``latent`` names the latent
 family it is built for (``edges``: one binary variable per edge, scores ``(B, E, 2)``; ``subset``
 and ``tree``: the task's ``Structure``, passed as ``structure=``) and ``posterior`` how its sample
@@ -23,11 +30,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from latentgrad.estimators.base import Estimator
 from latentgrad.experiments.schema import EstimatorConfig
+
+if TYPE_CHECKING:
+    from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
+    from latentgrad.structures.base import Structure
 
 # The tasks read the mode themselves; in eval mode the estimators draw as in training, so their
 # output is the task's "sample" reading.
@@ -60,55 +72,67 @@ def _sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Est
     return SparsemaxMarginalization(entropy_coeff=cfg.entropy_coeff)
 
 
-def _sfe(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _sfe(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+         structure: Structure | None = None) -> Estimator:
     from latentgrad.estimators.score_function import ScoreFunction
 
     return ScoreFunction(
-        baseline=cfg.baseline, entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+        baseline=cfg.baseline, entropy_coeff=cfg.entropy_coeff, structure=structure,
+        eval_mode=SAMPLE_READING,
     )
 
 
-def _sfe_plus(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _sfe_plus(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+              structure: Structure | None = None) -> Estimator:
     from latentgrad.estimators.score_function import ScoreFunction
 
     return ScoreFunction(
-        baseline="self_critic", entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+        baseline="self_critic", entropy_coeff=cfg.entropy_coeff, structure=structure,
+        eval_mode=SAMPLE_READING,
     )
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """ReLU MLP through the widths ``sizes`` (no activation after the last layer)."""
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """ReLU MLP through the widths ``sizes`` (no activation after the last layer), with dropout
+    of rate ``dropout`` before each linear layer when it is positive."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(pairwise(sizes)):
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 
-def _nvil(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _nvil(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+          structure: Structure | None = None) -> Estimator:
     from latentgrad.estimators.score_function import NVIL
 
     return NVIL(
         baseline_net=mlp([features_dim, *cfg.nvil_hidden, 1]),
         entropy_coeff=cfg.entropy_coeff,
+        structure=structure,
         eval_mode=SAMPLE_READING,
     )
 
 
-def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                    structure: Structure | None = None) -> Estimator:
     from latentgrad.estimators.score_function import SumAndSample
 
     return SumAndSample(
         k=cfg.k_ss,
         baseline=cfg.baseline,
         entropy_coeff=cfg.entropy_coeff,
+        structure=structure,
         eval_mode=SAMPLE_READING,
     )
 
 
-def _gumbel(straight_through: bool) -> Callable[[EstimatorConfig, int, int], Estimator]:
-    def factory(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _gumbel(straight_through: bool, kl: str = "categorical") -> Callable[..., Estimator]:
+    def factory(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                structure: Structure | None = None) -> Estimator:
         from latentgrad.estimators.relaxed import GumbelSoftmax
         from latentgrad.estimators.schedules import ExponentialDecay
 
@@ -122,6 +146,8 @@ def _gumbel(straight_through: bool) -> Callable[[EstimatorConfig, int, int], Est
             temperature=schedule,
             straight_through=straight_through,
             entropy_coeff=cfg.entropy_coeff,
+            kl=kl,
+            structure=structure,
             eval_mode=SAMPLE_READING,
         )
 
@@ -182,11 +208,18 @@ def _igr(variant: str) -> Callable[..., Estimator]:
     return factory
 
 
-def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
-    from latentgrad.estimators.mixed import GaussianSparsemaxEstimator
+def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                        structure: Structure | None = None) -> Estimator:
+    """Categorical: y = sparsemax(μ + σε) on the simplex; bits: y = clip(μ + σε, 0, 1)."""
+    from latentgrad.estimators.mixed import BinaryMixedEstimator, GaussianSparsemaxEstimator
 
+    if structure is not None:
+        return BinaryMixedEstimator(
+            "gaussian_sparsemax", scale=cfg.scale, entropy_coeff=cfg.entropy_coeff,
+            eval_mode=SAMPLE_READING,
+        )
     return GaussianSparsemaxEstimator(
-        scale=1.0, entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+        scale=cfg.scale, entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
     )
 
 
@@ -268,10 +301,173 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
     "gaussian_sparsemax": EstimatorSpec(
         _gaussian_sparsemax,
         "sparsemax",
-        "mixed sample y = sparsemax(scores + N(0, I)), pathwise",
-        args=("entropy_coeff",),
+        "mixed sample: sparsemax(scores + sigma N(0, I)); bits: clip(scores + sigma N, 0, 1)",
+        args=("scale", "entropy_coeff"),
     ),
 }
+
+
+# --------------------------------------------------------------- bit vectors and the simplex VAE
+
+
+def _bits_only(structure: Structure | None, name: str) -> Structure:
+    from latentgrad.structures.bitvector import BitVector
+
+    if not isinstance(structure, BitVector):
+        raise ValueError(f"{name} needs a BitVector latent (structure=BitVector(D)), got "
+                         f"{structure!r}")
+    return structure
+
+
+def _binary_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                     structure: Structure | None = None) -> Estimator:
+    """Binary Concrete bits on (0, 1): the relaxed density's entropy (Lebesgue measure)."""
+    structure = _bits_only(structure, "binary_concrete")
+    return _gumbel(False, kl="relaxed")(cfg, num_classes, features_dim, structure)
+
+
+def _hard_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                   structure: Structure | None = None) -> Estimator:
+    """Hard Concrete bits (Louizos et al. 2018) with temperature ``cfg.temperature`` (fixed)."""
+    from latentgrad.estimators.mixed import BinaryMixedEstimator
+
+    _bits_only(structure, "hard_concrete")
+    return BinaryMixedEstimator(
+        "hard_concrete",
+        temperature=cfg.temperature,
+        stretch=tuple(cfg.stretch),
+        entropy_coeff=cfg.entropy_coeff,
+        eval_mode=SAMPLE_READING,
+    )
+
+
+def _topk_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                    structure: Structure | None = None) -> Estimator:
+    from latentgrad.estimators.marginalization import TopKSparsemaxMarginalization
+
+    return TopKSparsemaxMarginalization(
+        _bits_only(structure, "topk_sparsemax"), k=cfg.topk, entropy_coeff=cfg.entropy_coeff
+    )
+
+
+def _bit_sparsemap(budgeted: bool) -> Callable[..., Estimator]:
+    def factory(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                structure: Structure | None = None) -> Estimator:
+        from latentgrad.estimators.marginalization import SparseMAPMarginalization
+        from latentgrad.structures.bitvector import BitVector
+
+        structure = _bits_only(structure, "sparsemap_budget" if budgeted else "sparsemap")
+        budget = structure.d // 2 if cfg.budget is None else cfg.budget
+        if budgeted:
+            if budget > structure.d:
+                raise ValueError(
+                    f"estimator_args.budget ({budget}) exceeds the {structure.d} bits"
+                )
+            structure = BitVector(structure.d, budget=budget)
+        return SparseMAPMarginalization(structure, entropy_coeff=cfg.entropy_coeff)
+
+    return factory
+
+
+def _reparameterized(family: str) -> Callable[..., Estimator]:
+    def factory(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                structure: Structure | None = None) -> Estimator:
+        from latentgrad.experiments.reparam import Reparameterized
+
+        return Reparameterized(family, kl_coeff=1.0, entropy_coeff=cfg.entropy_coeff)
+
+    return factory
+
+
+def mixed_dirichlet_prior(k: int, form: str) -> MixedDirichlet:
+    """The Mixed Dirichlet VAE prior: max-entropy faces (``form``) and Dir(1) on each face."""
+    import torch
+
+    from latentgrad.distributions.faces import MaxEntropyFaces
+    from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
+
+    return MixedDirichlet(MaxEntropyFaces(k, form=form), torch.ones(k))
+
+
+def _mixed_dirichlet(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+                     structure: Structure | None = None) -> Estimator:
+    from latentgrad.estimators.mixed import MixedDirichletEstimator
+
+    return MixedDirichletEstimator(
+        baseline="self_critic",
+        prior=mixed_dirichlet_prior(num_classes, cfg.face_prior),
+        kl_coeff=1.0,
+        entropy_coeff=cfg.entropy_coeff,
+        eval_mode=SAMPLE_READING,
+    )
+
+
+ESTIMATORS.update(
+    {
+        "topk_sparsemax": EstimatorSpec(
+            _topk_sparsemax,
+            "sparsemax",
+            "sparsemax over the k best bit vectors (estimator_args.topk), exact over its support",
+            exact=True,
+            args=("topk", "entropy_coeff"),
+            latent="bits",
+            posterior="sparse",
+        ),
+        "sparsemap": EstimatorSpec(
+            _bit_sparsemap(False),
+            "sparsemax",
+            "SparseMAP over bit vectors: exact over its sparse support",
+            exact=True,
+            args=("entropy_coeff",),
+            latent="bits",
+            posterior="sparse",
+        ),
+        "sparsemap_budget": EstimatorSpec(
+            _bit_sparsemap(True),
+            "sparsemax",
+            "SparseMAP over bit vectors with at most estimator_args.budget ones (null: D/2)",
+            exact=True,
+            args=("budget", "entropy_coeff"),
+            latent="bits",
+            posterior="sparse",
+        ),
+        "binary_concrete": EstimatorSpec(
+            _binary_concrete,
+            "softmax",
+            "Binary Concrete bits on (0, 1), annealed temperature",
+            args=_GUMBEL_ARGS,
+            latent="bits",
+        ),
+        "hard_concrete": EstimatorSpec(
+            _hard_concrete,
+            "softmax",
+            "Hard Concrete mixed bits on [0, 1], pathwise",
+            args=("temperature", "stretch", "entropy_coeff"),
+            latent="bits",
+        ),
+        "gaussian": EstimatorSpec(
+            _reparameterized("gaussian"),
+            "softmax",
+            "diagonal Gaussian on R^K, reparameterised, closed-form KL to N(0, I)",
+            args=("entropy_coeff",),
+            latent="simplex",
+        ),
+        "dirichlet": EstimatorSpec(
+            _reparameterized("dirichlet"),
+            "softmax",
+            "Dirichlet on the simplex, implicit reparameterisation, closed-form KL to Dir(1)",
+            args=("entropy_coeff",),
+            latent="simplex",
+        ),
+        "mixed_dirichlet": EstimatorSpec(
+            _mixed_dirichlet,
+            "softmax",
+            "Mixed Dirichlet: faces by score function (self-critic), Dirichlet pathwise",
+            args=("face_prior", "entropy_coeff"),
+            latent="simplex",
+        ),
+    }
+)
 
 
 # ---------------------------------------------------------------------------- structured latents

@@ -67,6 +67,11 @@ class EstimatorConfig:
     ``sampled`` log-ratio; IGR-Planar is always sampled), ``igr_threshold`` (IGR-SB keeps sticks
     until their mass exceeds it, at the ``igr_quantile`` of the draws) and ``num_flows``
     (IGR-Planar).
+    ``temperature``: the Gumbel/Concrete schedule's start, and Hard Concrete's fixed β;
+    ``topk``: k of top-k sparsemax; ``budget``: the bit budget of ``sparsemap_budget`` (null:
+    half the bits); ``scale``: σ of Gaussian-sparsemax; ``stretch``: Hard Concrete's (l, r);
+    ``face_prior``: the max-entropy face prior's form of the Mixed Dirichlet VAE (``maxent`` or
+    the reference code's ``maxent-reference``).
     """
 
     entropy_coeff: float = 1.0
@@ -84,6 +89,11 @@ class EstimatorConfig:
     num_flows: int = 2
     n_samples: int = 4
     decay: float = 0.99
+    topk: int = 10
+    budget: int | None = None
+    scale: float = 1.0
+    stretch: list[float] = field(default_factory=lambda: [-0.1, 1.1])
+    face_prior: str = "maxent-reference"
 
     def validate(self) -> None:
         require(self.entropy_coeff >= 0, "entropy_coeff", f"must be >= 0, got {self.entropy_coeff}")
@@ -106,3 +116,14 @@ class EstimatorConfig:
         require(self.num_flows >= 1, "num_flows", f"must be >= 1, got {self.num_flows}")
         require(self.n_samples >= 2, "n_samples", f"must be >= 2, got {self.n_samples}")
         require(0 <= self.decay < 1, "decay", f"must be in [0, 1), got {self.decay}")
+        require(self.topk >= 1, "topk", f"must be >= 1, got {self.topk}")
+        require(self.budget is None or self.budget >= 1, "budget", "must be null or >= 1")
+        require(self.scale > 0, "scale", f"must be > 0, got {self.scale}")
+        forms = ("maxent", "maxent-reference")
+        require(self.face_prior in forms, "face_prior", f"must be one of {forms}, got "
+                f"{self.face_prior!r}")
+        require(
+            len(self.stretch) == 2 and self.stretch[0] < 0 and self.stretch[1] > 1,
+            "stretch",
+            f"must be [l, r] with l < 0 and r > 1, got {self.stretch}",
+        )

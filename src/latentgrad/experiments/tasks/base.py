@@ -24,7 +24,8 @@ A new task ``foo`` is
 - decoder-call accounting: ``record_step(out)`` adds a training step's ``support_size`` to the
   checkpointed totals and the epoch's list, returns the step's estimator logs; at each epoch end
   the median and quartiles of the epoch's decoder calls per example are logged
-  (``train/decoder_calls_median``, ``_q25``, ``_q75``); ``summary()`` gives the run's mean;
+  (``train/decoder_calls_median``, ``_q25``, ``_q75``); ``summary()`` gives the run's mean and
+  the last epoch's quartiles;
 - one step of the estimator's temperature schedules per optimisation step;
 - the three test-time readings (``readings``): ``mode`` (the loss at the most probable latent:
   ``mode_latent``, by default the argmax one-hot of categorical scores), and the estimator
@@ -38,6 +39,8 @@ Importance-sampled likelihoods live in ``tasks.likelihood``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,14 @@ def step_temperature_schedules(estimator: nn.Module) -> list[Tensor]:
             module.step()
             taus.append(module())
     return taus
+
+
+@contextmanager
+def evaluation() -> Iterator[None]:
+    """No gradient, but outside ``torch.inference_mode`` (which Lightning's validation and test
+    loops enter): solvers that read structure weights by autograd (SparseMAP) need it off."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def categorical_mode(scores: Tensor) -> Tensor:
@@ -171,8 +182,11 @@ class LatentTask(L.LightningModule):
         return float(self.decoder_calls_sum) / count if count else float("nan")
 
     def summary(self) -> dict[str, float]:
-        """Run-level numbers for ``metrics.json`` beyond the logged test metrics."""
-        return {"decoder_calls": self.mean_decoder_calls()}
+        """Run-level numbers for ``metrics.json`` beyond the logged test metrics: the mean decoder
+        calls per example over training and the quartiles of the last epoch trained
+        (``decoder_calls_final_median``, ``_q25``, ``_q75``)."""
+        final = {f"decoder_calls_final_{k}": v for k, v in self.epoch_call_quantiles().items()}
+        return {"decoder_calls": self.mean_decoder_calls(), **final}
 
     # ---- schedules
 
@@ -198,17 +212,17 @@ class LatentTask(L.LightningModule):
         """``expected`` for exact marginalization, ``sample`` for every other estimator."""
         return "expected" if self.spec.exact else "sample"
 
-    @torch.no_grad()
     def readings(
         self, scores: Any, loss_fn: LossFn, baseline_input: Tensor | None = None
     ) -> tuple[dict[str, Tensor], EstimatorOutput]:
         """Per-example ``(B,)`` losses of the ``mode`` reading and of the estimator's reading
         (``estimator_reading``), and the estimator's output (its ``support_size`` is the
-        test-time decoder calls). Call in eval mode."""
-        z = self.mode_latent(scores)
-        rows = torch.arange(z.shape[0], device=z.device)
-        out = self.estimate(scores, loss_fn, baseline_input)
-        return {"mode": loss_fn(z, rows), self.estimator_reading: out.expected_loss}, out
+        test-time decoder calls). Call in eval mode; runs under ``evaluation()``."""
+        with evaluation():
+            z = self.mode_latent(scores)
+            rows = torch.arange(z.shape[0], device=z.device)
+            out = self.estimate(scores, loss_fn, baseline_input)
+            return {"mode": loss_fn(z, rows), self.estimator_reading: out.expected_loss}, out
 
     # ---- optimiser
 

@@ -20,12 +20,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from latentgrad.experiments.config import require
+
 LogDensity = Callable[[Tensor], Tensor]
 Sampler = Callable[[int], Tensor]
+
+
+@dataclass
+class ImportanceConfig:
+    """Config section of a task's importance-sampled NLL: S on validation and on test, and the
+    most decoder evaluations held in memory at once (``max_decodes``; sets the chunk)."""
+
+    val_samples: int = 16
+    test_samples: int = 1024
+    max_decodes: int = 512
+
+    def validate(self) -> None:
+        for key in ("val_samples", "test_samples", "max_decodes"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+
+    def chunk(self, batch_size: int) -> int:
+        """Samples per chunk for a batch of ``batch_size`` examples."""
+        return max(1, self.max_decodes // batch_size)
 
 
 def _check_counts(n_samples: int, chunk: int) -> None:
@@ -87,14 +108,16 @@ def support_log_likelihood(
 
     ``support`` ``(B, M, *event)``: each example's support points, padded; ``mask`` ``(B, M)``
     marks the real ones. ``sample_prior(n)`` draws ``(n, B, *event)`` from ``p(z)``;
-    ``log_prior(z)`` is ``log p(z)`` ``(n, B)``.
+    ``log_prior(z)`` is ``log p(z)`` ``(n, B)``. The support is scored ``chunk`` points at a time.
     """
     _check_counts(n_samples, chunk)
     if support.shape[:2] != mask.shape:
         raise ValueError(
             f"mask must have shape (B, M) = {tuple(support.shape[:2])}, got {tuple(mask.shape)}"
         )
-    on_support = log_joint(support.movedim(1, 0)).T  # (B, M)
+    points = support.movedim(1, 0)  # (M, B, *event)
+    parts = [log_joint(points[i : i + chunk]) for i in range(0, points.shape[0], chunk)]
+    on_support = torch.cat(parts).T  # (B, M)
     exact = torch.logsumexp(on_support.masked_fill(~mask, -math.inf), -1)
     terms = []
     for n in _chunks(n_samples, chunk):

@@ -17,6 +17,9 @@ TASKS = {
     "voting_regression": "latentgrad.experiments.tasks.voting_regression",
     "graph_layout": "latentgrad.experiments.tasks.graph_layout",
     "listops": "latentgrad.experiments.tasks.listops",
+    "bitvector_vae": "latentgrad.experiments.tasks.bitvector_vae",
+    "bitvector_vae_d128": "latentgrad.experiments.tasks.bitvector_vae",  # D = 128, own lrs
+    "mixed_vae": "latentgrad.experiments.tasks.mixed_vae",
 }
 
 
