@@ -357,8 +357,8 @@ def _bit_sparsemap(budgeted: bool) -> Callable[..., Estimator]:
         from latentgrad.structures.bitvector import BitVector
 
         structure = _bits_only(structure, "sparsemap_budget" if budgeted else "sparsemap")
-        budget = structure.d // 2 if cfg.budget is None else cfg.budget
         if budgeted:
+            budget = structure.d // 2 if cfg.budget is None else cfg.budget
             if budget > structure.d:
                 raise ValueError(
                     f"estimator_args.budget ({budget}) exceeds the {structure.d} bits"
