@@ -619,8 +619,49 @@ def _structured(latent: str) -> dict[str, EstimatorSpec]:
     return specs
 
 
+def _subset_relaxation(kind: str, straight_through: bool) -> Callable[..., Estimator]:
+    def factory(
+        cfg: EstimatorConfig, num_classes: int, features_dim: int, structure=None, **_
+    ) -> Estimator:
+        from latentgrad.estimators import subsets
+
+        k = _default_structure(structure, "subset", num_classes).k
+        if kind == "corr":
+            return subsets.CorrelatedSSTEstimator(
+                k, _schedule(cfg), rank=cfg.rank, straight_through=straight_through
+            )
+        cls = subsets.L2XEstimator if kind == "l2x" else subsets.SoftSubEstimator
+        return cls(k, _schedule(cfg), straight_through=straight_through)
+
+    return factory
+
+
+def _subset_relaxations() -> dict[str, EstimatorSpec]:
+    """Relaxed k-subsets of the learning-to-explain baselines (``estimators.subsets``)."""
+    kinds = {
+        "l2x": "L2X: elementwise max of k Concrete draws",
+        "softsub": "SoftSub: k successive softmaxes of Gumbel-perturbed scores",
+        "corr_subset": "k-subset SST at correlated low-rank Gaussian utilities",
+    }
+    specs = {}
+    for name, text in kinds.items():
+        kind = name.split("_")[0]
+        args = (*_SCHEDULE_ARGS, *(("rank",) if kind == "corr" else ()))
+        specs[f"{name}_sst" if kind == "corr" else name] = EstimatorSpec(
+            _subset_relaxation(kind, False), description=text, latent="subset", args=args
+        )
+        specs[f"{name}_st"] = EstimatorSpec(
+            _subset_relaxation(kind, True),
+            description=f"straight-through {text}",
+            latent="subset",
+            args=args,
+        )
+    return specs
+
+
 ESTIMATORS.update(
     {
+        **_subset_relaxations(),
         "edges_sst": EstimatorSpec(
             _edges(False),
             description="independent edges: Gumbel-Softmax per edge",

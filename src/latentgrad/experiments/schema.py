@@ -94,6 +94,7 @@ class EstimatorConfig:
     scale: float = 1.0
     stretch: list[float] = field(default_factory=lambda: [-0.1, 1.1])
     face_prior: str = "maxent-reference"
+    rank: int = 1
 
     def validate(self) -> None:
         require(self.entropy_coeff >= 0, "entropy_coeff", f"must be >= 0, got {self.entropy_coeff}")
@@ -127,3 +128,4 @@ class EstimatorConfig:
             "stretch",
             f"must be [l, r] with l < 0 and r > 1, got {self.stretch}",
         )
+        require(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")

@@ -20,6 +20,7 @@ TASKS = {
     "bitvector_vae": "latentgrad.experiments.tasks.bitvector_vae",
     "bitvector_vae_d128": "latentgrad.experiments.tasks.bitvector_vae",  # D = 128, own lrs
     "mixed_vae": "latentgrad.experiments.tasks.mixed_vae",
+    "l2x": "latentgrad.experiments.tasks.l2x",
 }
 
 

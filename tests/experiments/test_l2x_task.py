@@ -1,0 +1,104 @@
+"""The ``l2x`` task: metrics on hand-made explainers, and tiny CLI runs of every subset
+relaxation on the synthetic sets and on review files in the BeerAdvocate layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from latentgrad.experiments.cli import main
+from latentgrad.experiments.config import resolve, to_dict
+from latentgrad.experiments.tasks import l2x as task
+
+CONFIG = Path(task.__file__).parents[1] / "configs" / "l2x.yaml"
+ESTIMATORS = list(yaml.safe_load(CONFIG.read_text())["estimators"])
+
+
+def tiny_model(estimator: str, **data):
+    torch.manual_seed(0)
+    cfg = resolve(task.Config, "l2x", estimator, 0, {"profile": "tiny", "data": data})
+    return task.build_run(to_dict(cfg), None)
+
+
+def test_estimators_cover_the_papers_subset_relaxations() -> None:
+    assert {"l2x", "softsub", "subset_sst", "corr_subset_sst"} <= set(ESTIMATORS)
+    assert {"l2x_st", "softsub_st", "subset_st", "corr_subset_st"} <= set(ESTIMATORS)
+
+
+def test_metrics_of_an_oracle_explainer_are_perfect(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, data = tiny_model("subset_sst", dataset="switch")
+    x, probs, relevant = data.sets["valid"].tensors
+    oracle = relevant.float() * 10 + torch.arange(10.0) * 0.01  # relevant first
+    monkeypatch.setattr(model, "scores", lambda batch: (oracle, oracle))
+    model.eval()
+    stats = model.evaluate((x, probs, relevant))
+    assert stats["precision"] == 1.0
+    assert stats["median_rank"] == 3.0  # k = 5 relevant features at ranks 1..5
+    reverse = -oracle
+    monkeypatch.setattr(model, "scores", lambda batch: (reverse, reverse))
+    stats = model.evaluate((x, probs, relevant))
+    assert stats["precision"] == 0.0 and stats["median_rank"] == 8.0  # ranks 6..10
+
+
+def test_k_defaults_to_the_number_of_relevant_features() -> None:
+    for dataset, k in (("xor", 2), ("orange_skin", 4), ("switch", 5)):
+        model, _ = tiny_model("l2x", dataset=dataset)
+        assert model.k == k
+    model, _ = tiny_model("l2x", dataset="xor", k=3)
+    assert model.k == 3
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_cli_run_tiny_profile_synthetic(estimator: str, tmp_path: Path) -> None:
+    code = main(["run", "l2x", "--estimator", estimator, "--out", str(tmp_path), "profile=tiny",
+                 "data.dataset=orange_skin"])
+    assert code == 0
+    result = json.loads((tmp_path / "l2x" / estimator / "seed0" / "metrics.json").read_text())
+    m = result["metrics"]
+    assert result["global_step"] == 8
+    assert all(math.isfinite(v) for v in m.values())
+    assert 0 <= m["test/precision"] <= 1 and 0 <= m["test/acc"] <= 1
+    assert 2.5 <= m["test/median_rank"] <= 8.5  # k = 4 relevant among 10 features
+
+
+def _write_beer(folder: Path) -> None:
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(30)]
+    folder.mkdir(parents=True)
+    (folder / "review+wiki.filtered.200.txt").write_text(
+        "".join(f"{w} {rng.random():.3f} {rng.random():.3f}\n" for w in words)
+    )
+
+    def review() -> list[str]:
+        return rng.choices(words, k=rng.randint(3, 16))
+
+    for name, n in (("train", 40), ("heldout", 10)):
+        lines = [f"0.1 {rng.random():.2f} 0.3 0.4 0.5\t{' '.join(review())}\n" for _ in range(n)]
+        (folder / f"reviews.aspect1.{name}.txt").write_text("".join(lines))
+    records = []
+    for _ in range(12):
+        tokens = review()
+        records.append({"x": tokens, "y": [0.1, rng.random(), 0.3], "0": [], "1": [[0, 2]],
+                        "2": []})
+    (folder / "annotations.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.parametrize("estimator", ["l2x", "corr_subset_st"])
+def test_cli_run_tiny_profile_reviews(estimator: str, tmp_path: Path) -> None:
+    _write_beer(tmp_path / "beer")
+    code = main(["run", "l2x", "--estimator", estimator, "--out", str(tmp_path / "runs"),
+                 "profile=tiny", "data.source=beer", f"data.path={tmp_path / 'beer'}",
+                 "data.k=3"])
+    assert code == 0
+    result = json.loads(
+        (tmp_path / "runs" / "l2x" / estimator / "seed0" / "metrics.json").read_text()
+    )
+    m = result["metrics"]
+    assert m["test/mse"] >= 0 and 0 <= m["test/precision"] <= 1
+    assert math.isfinite(m["test/mse"])
