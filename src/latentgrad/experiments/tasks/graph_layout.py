@@ -38,15 +38,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from latentgrad.estimators.base import EstimatorOutput, LossFn
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.files import dataset_dir
 from latentgrad.experiments.data.graph_layout import graph_layout_splits
+from latentgrad.experiments.data.splits import TensorSplits
 from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
 from latentgrad.experiments.tasks.structured import (
     hard_sample,
@@ -109,18 +109,10 @@ Config = GraphLayoutConfig
 # ---------------------------------------------------------------------------------------- data
 
 
-class GraphLayoutData(L.LightningDataModule):
-    """Batches ``(positions (B, n, T, 2), adjacency (B, n, n))``; training batches shuffled with
-    a generator seeded by the run seed."""
+class GraphLayoutData(TensorSplits):
+    """Batches ``(positions (B, n, T, 2), adjacency (B, n, n))``."""
 
-    def __init__(self, cfg: DataConfig, seed: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "sets"):
-            return
+    def load(self) -> dict[str, TensorDataset]:
         cfg = self.cfg
         splits = graph_layout_splits(
             str(dataset_dir("graph_layout", cfg.path)),
@@ -132,23 +124,12 @@ class GraphLayoutData(L.LightningDataModule):
         )
         train = torch.from_numpy(splits["train"]["positions"])
         lo, hi = train.min(), train.max()
-        self.sets = {}
+        sets = {}
         for name, arrays in splits.items():
             x = torch.from_numpy(arrays["positions"]).permute(0, 3, 1, 2)  # (N, n, T, 2)
             x = (x - lo) * (2.0 / (hi - lo)) - 1.0
-            self.sets[name] = TensorDataset(x.contiguous(), torch.from_numpy(arrays["adjacency"]))
-
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.sets["train"], batch_size=self.cfg.batch_size, shuffle=True, generator=gen
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["valid"], batch_size=self.cfg.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["test"], batch_size=self.cfg.batch_size)
+            sets[name] = TensorDataset(x.contiguous(), torch.from_numpy(arrays["adjacency"]))
+        return sets
 
 
 # --------------------------------------------------------------------------------------- model

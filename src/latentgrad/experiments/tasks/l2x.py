@@ -27,16 +27,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from latentgrad.estimators.subsets import CorrelatedSSTEstimator, topk_mask
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.files import dataset_dir
 from latentgrad.experiments.data.l2x import DATASETS, NUM_FEATURES, load_beer, synthetic_l2x
+from latentgrad.experiments.data.splits import TensorSplits
 from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
 from latentgrad.structures import KSubset
 
@@ -113,19 +113,13 @@ Config = L2XConfig
 # ---------------------------------------------------------------------------------------- data
 
 
-class L2XData(L.LightningDataModule):
+class L2XData(TensorSplits):
     """Synthetic batches ``(x, probs, relevant)``; review batches ``(tokens, lengths, rating,
-    relevant)``; training batches shuffled with a generator seeded by the run seed."""
+    relevant)``; ``embeddings`` the reviews' word vectors (None for synthetic data)."""
 
-    def __init__(self, cfg: DataConfig, seed: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-        self.embeddings: Tensor | None = None
+    embeddings: Tensor | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "sets"):
-            return
+    def load(self) -> dict[str, TensorDataset]:
         cfg = self.cfg
         if cfg.source == "synthetic":
             splits = {
@@ -143,22 +137,10 @@ class L2XData(L.LightningDataModule):
                 for key in split:
                     split[key] = split[key][keep]
             keys = ("tokens", "lengths", "rating", "relevant")
-        self.sets = {
+        return {
             name: TensorDataset(*(torch.from_numpy(split[k]) for k in keys))
             for name, split in splits.items()
         }
-
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.sets["train"], batch_size=self.cfg.batch_size, shuffle=True, generator=gen
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["valid"], batch_size=self.cfg.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["test"], batch_size=self.cfg.batch_size)
 
 
 # --------------------------------------------------------------------------------------- model

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.files import dataset_dir, require_file
 from latentgrad.experiments.data.listops import VOCAB, listops_splits, read_listops_tsv
+from latentgrad.experiments.data.splits import TensorSplits
 from latentgrad.experiments.tasks.base import LatentTask, TaskConfig
 from latentgrad.experiments.tasks.structured import hard_sample, precision_recall
 from latentgrad.structures import Arborescence
@@ -114,36 +114,15 @@ def load_splits(cfg: DataConfig) -> dict[str, dict]:
     )
 
 
-class ListOpsData(L.LightningDataModule):
-    """Batches ``(tokens (B, max_length), lengths (B,), labels (B,), heads (B, max_length))``;
-    training batches shuffled with a generator seeded by the run seed."""
+class ListOpsData(TensorSplits):
+    """Batches ``(tokens (B, max_length), lengths (B,), labels (B,), heads (B, max_length))``."""
 
-    def __init__(self, cfg: DataConfig, seed: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.seed = seed
-
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "sets"):
-            return
-        self.sets = {
-            split: TensorDataset(
-                *(torch.from_numpy(a[k]) for k in ("tokens", "lengths", "labels", "heads"))
-            )
+    def load(self) -> dict[str, TensorDataset]:
+        keys = ("tokens", "lengths", "labels", "heads")
+        return {
+            split: TensorDataset(*(torch.from_numpy(a[k]) for k in keys))
             for split, a in load_splits(self.cfg).items()
         }
-
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.sets["train"], batch_size=self.cfg.batch_size, shuffle=True, generator=gen
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["valid"], batch_size=self.cfg.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["test"], batch_size=self.cfg.batch_size)
 
 
 # --------------------------------------------------------------------------------------- model
