@@ -163,6 +163,7 @@ def _gumbel_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int) 
         prior="uniform",
         prior_temperature=cfg.prior_temperature,
         entropy_coeff=cfg.entropy_coeff,
+        eval_mode=SAMPLE_READING,
     )
 
 
@@ -202,6 +203,7 @@ def _igr(variant: str) -> Callable[..., Estimator]:
             temperature=cfg.temperature,
             prior=prior,
             entropy_coeff=cfg.entropy_coeff,
+            eval_mode=SAMPLE_READING,
             **kwargs,
         )
 
