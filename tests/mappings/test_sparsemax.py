@@ -20,7 +20,7 @@ support_module = importlib.import_module("latentgrad.mappings._support")
 rows_strategy = st.lists(st.floats(-20, 20, allow_nan=False), min_size=1, max_size=12)
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 17, 300])
+@pytest.mark.parametrize("k", [1, 2, 5, 17, 300, 1000])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sparsemax_matches_sorting_reference(k, seed):
     x = hard_rows(seed, k)
@@ -36,9 +36,11 @@ def test_sparsemax_matches_entmax_package():
 @pytest.mark.parametrize(
     ("scale", "sparse_path"), [(3.0, True), (0.01, False)], ids=["sparse", "dense"]
 )
-def test_both_search_paths_are_exact(scale, sparse_path):
-    # Peaked rows go through the short candidate list, flat rows through the full-row fallback.
-    x = torch.randn(30, 200, dtype=torch.float64) * scale
+@pytest.mark.parametrize("k", [200, 1000], ids=["entrywise", "blocks"])
+def test_both_search_paths_are_exact(scale, sparse_path, k):
+    # Peaked rows go through the short candidate list (found entry by entry on short rows, via
+    # block maxima from 512 entries), flat rows through the full-row fallback.
+    x = torch.randn(30, k, dtype=torch.float64) * scale
     row_max = x.amax(1)
     _, flat, _, sizes = sparsemax_module._support(x, row_max)
     assert (flat is not None) == sparse_path
@@ -112,25 +114,28 @@ def test_bad_dim_raises():
     assert sparsemax_threshold(torch.randn(0, 4))[0].shape == (0, 1)
 
 
+@pytest.mark.parametrize("k", [5000, 4099], ids=["divisible", "prime"])
 @pytest.mark.parametrize("flat_row", [False, True], ids=["blocked", "blocked-fallback"])
-def test_long_rows_are_exact_through_the_blocked_candidate_search(flat_row):
-    # K >= 4096 goes through block maxima (K mod 32 = 8 tail columns); a flat row makes too
-    # many blocks qualify and the search falls back to one pass over all entries.
+def test_long_rows_are_exact_through_the_blocked_candidate_search(flat_row, k):
+    # Long rows go through block maxima (blocks of 32: K mod 32 tail columns); flat rows make
+    # too many blocks qualify and the search falls back to full rows (dense). sparsemax itself
+    # blocks 5000 by 25 (no tail) and the prime 4099 by 32 (3 tail columns).
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(8, 5000, generator=g, dtype=torch.float64) * 3
+    x = torch.randn(8, k, generator=g, dtype=torch.float64) * 3
     x[2, ::3] = float("-inf")
-    x[3, 4995:] += 20.0  # the winners sit in the tail columns
-    if flat_row:
+    x[3, k - 5 :] += 20.0  # the winners sit in the tail columns
+    if flat_row:  # two flat rows of eight: a quarter of all entries are candidates
         x[1] *= 1e-3
+        x[5] *= 1e-3
     row_max = x.amax(1)
-    blocked = support_module._blocked_candidates(x, row_max - 1.0)
+    blocked = support_module._blocked_candidates(x, row_max, 1.0, 32, None)
     assert (blocked is None) == flat_row
     torch.testing.assert_close(
         sparsemax(x), rowwise(sparsemax_sort_reference, x), rtol=0, atol=1e-12
     )
-    assert sparsemax_module._support(x, row_max)[1] is not None
+    assert (sparsemax_module._support(x, row_max)[1] is None) == flat_row
     x.requires_grad_()
-    v = torch.randn(8, 5000, generator=g, dtype=torch.float64)
+    v = torch.randn(8, k, generator=g, dtype=torch.float64)
     (grad,) = torch.autograd.grad((sparsemax(x) * v).sum(), x)
     p = sparsemax(x.detach())
     s = (p > 0).double()

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from latentgrad.structures.arborescence import Arborescence
 
 F64 = torch.float64
+# Two log-partition computations of a 4-node graph (an elimination and a brute-force sum, or a
+# batch and a single row) agree to O(n^3) roundings of the log-scale values: n^3 * eps, times 8.
+ELIMINATION_RTOL = 8 * 4**3 * torch.finfo(F64).eps
 
 
 def pruefer_edge_lists(n: int) -> list[list[tuple[int, int]]]:
@@ -233,7 +236,7 @@ def test_weak_arc_into_a_strong_two_cycle_is_exact():
     scores[1, 2] = 0.0
     log_z, mu, _ = brute_force(scores, n, 0)
     arb = Arborescence(n, 0)
-    torch.testing.assert_close(arb.log_partition(scores), log_z, rtol=1e-14, atol=0)
+    torch.testing.assert_close(arb.log_partition(scores), log_z, rtol=ELIMINATION_RTOL, atol=0)
     torch.testing.assert_close(arb.marginals(scores), mu, rtol=1e-12, atol=1e-30)
     torch.testing.assert_close(arb.log_partition(scores.float()), log_z.float())
     torch.testing.assert_close(arb.marginals(scores.float()), mu.float())

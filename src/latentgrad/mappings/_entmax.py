@@ -49,7 +49,7 @@ def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor 
     gap = (x - row_max.unsqueeze(1)).add_(2.0).mul_(0.5).relu_()  # [z + 1]_+, shifted first
     s1 = gap.sum(dim=1)  # >= 1: the maximum's own gap
     s2 = torch.linalg.vector_norm(gap, dim=1).square()
-    t = -1.0 + (s2 - 1.0) / (2.0 * s1)
+    t = -1.0 + (s2 - 1.0) / (2.0 * s1)  # one Newton step from tau >= max z - 1 (p_max <= 1)
     t = t - 8 * torch.finfo(x.dtype).eps * (1.0 - t)  # stays a lower bound despite rounding
     found = candidates(x, row_max, -2.0 * t)
     if found is None:

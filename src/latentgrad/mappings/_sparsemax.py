@@ -2,12 +2,14 @@
 
     sparsemax(x) = argmin_{p in simplex} ||p - x||^2,   p_i = [x_i - tau]_+,   sum_i p_i = 1.
 
-The threshold is found without sorting. Since p_i <= 1, tau >= max(x) - 1, so only entries with
-x_i > max(x) - 1 can be in the support. On those candidates we run Michelot's algorithm, which
-is Newton's method on the convex, decreasing, piecewise linear f(t) = sum_i [x_i - t]_+ - 1 from
-the lower bound t_0 = max(x) - 1: t <- (sum_{x_i > t} x_i - 1) / #{x_i > t}. The iterates increase
-monotonically, every step drops the candidates at or below t, and the answer is exact as soon as
-a step drops none (at most K steps; in practice a handful on a short list).
+The full rows are never sorted. Since p_i <= 1, tau >= max(x) - 1, so only entries with
+x_i > max(x) - 1 can be in the support; on long rows a lower bound on tau from the block maxima
+(a subset of each row, see ``_support.candidates``) narrows that list further. The short list of
+candidates is sorted for the exact threshold (``_sorted_threshold``). When most entries are
+candidates, Michelot's algorithm runs on full rows instead: Newton's method on the convex,
+decreasing, piecewise linear f(t) = sum_i [x_i - t]_+ - 1 from the lower bound t_0 = max(x) - 1,
+t <- (sum_{x_i > t} x_i - 1) / #{x_i > t}, exact as soon as a step drops no entry. Everything
+runs on the shifted x - max(x), so the result is exact at any magnitude.
 """
 
 from __future__ import annotations
@@ -28,14 +30,41 @@ def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor 
     ``x.view(-1)`` with their ``rows``, both ``None`` when most entries are candidates (then the
     dense path is cheaper); and the support ``sizes`` (N,) as floats.
     """
-    found = candidates(x, row_max, 1.0)
+    found = candidates(x, row_max, 1.0, _tighten)
     if found is None:
         tau, sizes = _michelot(x - row_max.unsqueeze(1))
         return tau, None, None, sizes
     flat, rows, z = found
-    tau, sizes = _michelot(padded(z, rows, x.shape[0], -2.0)[0])  # padding -2 < -1 <= tau
+    tau, sizes = _sorted_threshold(padded(z, rows, x.shape[0], -2.0)[0])  # -2 < -1 <= tau
     support = (z > tau[rows]).nonzero().squeeze(1)
     return tau, flat[support], rows[support], sizes
+
+
+def _sorted_threshold(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Threshold and support size (N,) of the short rows ``z`` (N, m) by sorting (Martins &
+    Astudillo 2016, Alg. 1): with ``s`` sorted decreasingly and ``c`` its cumulative sums, the
+    support is the prefix where ``1 + k s_k > c_k``, and ``tau = (c_k* - 1) / k*``. A fixed
+    handful of ops (no iteration): the short candidate lists are cheap to sort."""
+    s = z.sort(dim=1, descending=True).values
+    c = s.cumsum(dim=1)
+    k = torch.arange(1, z.shape[1] + 1, dtype=z.dtype, device=z.device)
+    sizes = torch.gt(k * s + 1.0, c).sum(dim=1, keepdim=True)
+    tau = (c.gather(1, sizes - 1) - 1.0) / sizes
+    return tau.squeeze(1), sizes.squeeze(1).to(z.dtype)
+
+
+def _tighten(z: Tensor, margin: float) -> Tensor:
+    """Margin below the row maximum that still holds the support, from a subset ``z`` (N, W) of
+    each shifted row: Michelot steps from ``t = -margin`` on the subset stay below its
+    threshold, hence below the row's (a step never moves t down: where the subset's threshold
+    is below t, e.g. the maximum is not in the subset, t stays); lowered by a rounding
+    allowance."""
+    t = z.new_full((z.shape[0], 1), -margin)
+    for _ in range(2):
+        gap = (z - t).relu_()
+        step = (gap.sum(dim=1, keepdim=True) - 1.0) / gap.sign_().sum(dim=1, keepdim=True)
+        t = t + step.nan_to_num_(0.0).clamp_min_(0.0)  # 0/0 where no entry is above t
+    return (16 * torch.finfo(z.dtype).eps * (1.0 - t) - t).squeeze(1)
 
 
 def _michelot(z: Tensor) -> tuple[Tensor, Tensor]:

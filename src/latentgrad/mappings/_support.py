@@ -9,6 +9,8 @@ candidates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -35,9 +37,15 @@ def lower_bound(row_max: Tensor, margin: Tensor | float) -> Tensor:
 
 
 def candidates(x: Tensor, row_max: Tensor, margin: Tensor | float,
-               ) -> tuple[Tensor, Tensor, Tensor] | None:
+               tighten: Tighten | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
     """Entries of the (N, K) matrix ``x`` above ``row_max - margin`` (a per-row bound, ``margin``
     a float or (N,) tensor >= 0, rounded down by ``lower_bound``).
+
+    On long rows the entries are screened through block maxima (see ``_blocked_candidates``);
+    ``tighten(z, margin)``, if given, may shrink the margin from the shifted block maxima
+    ``z = block_max - row_max`` (N, W), any subset of a row: a threshold of that subset is a
+    lower bound on the row's. Without it, only rows of ``_UNTIGHTENED_BLOCKED_FROM`` entries or
+    more are screened by blocks (a loose margin makes most blocks qualify on shorter rows).
 
     Returns ``flat`` (M,) indices into ``x.view(-1)`` grouped by row (rows ascending), their
     ``rows`` (M,) and ``shifted = x_flat - row_max[rows]`` (M,); ``-inf`` entries never
@@ -45,42 +53,64 @@ def candidates(x: Tensor, row_max: Tensor, margin: Tensor | float,
     (dense) computations are cheaper than flat lists.
     """
     n, k = x.shape
-    lower = lower_bound(row_max, margin)
-    found = _blocked_candidates(x, lower) if k >= _BLOCKED_FROM else None
-    if found is None:
+    block = _block_size(k) if tighten is not None or k >= _UNTIGHTENED_BLOCKED_FROM else 1
+    if block > 1:
+        found = _blocked_candidates(x, row_max, margin, block, tighten)
+        if found is None:
+            return None
+        flat, rows = found
+    else:
+        lower = lower_bound(row_max, margin)
         flat = torch.gt(x, lower.unsqueeze(1)).view(-1).nonzero().squeeze(1)
         rows = torch.div(flat, k, rounding_mode="floor")
-    else:
-        flat, rows = found
     if 4 * flat.numel() >= n * k:
         return None
     return flat, rows, x.view(-1)[flat] - row_max[rows]
 
 
-_BLOCKED_FROM = 4096
-_BLOCK = 32
+Tighten = Callable[[Tensor, "Tensor | float"], Tensor]
+
+_UNTIGHTENED_BLOCKED_FROM = 4096
+_MIN_BLOCK = 4  # below this, one comparison over all entries is cheaper than block maxima
+_MAX_BLOCK = 32
+_MIN_WIDTH = 128  # blocks per row: strided maxima vectorise over this contiguous width
 
 
-def _blocked_candidates(x: Tensor, lower: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``flat``/``rows`` of the entries above ``lower`` for long rows, or ``None`` if too many.
+def _block_size(k: int) -> int:
+    """Entries per block for rows of length ``k`` (1: no blocking): the largest that keeps
+    ``_MIN_WIDTH`` blocks per row, a divisor of ``k`` if one is at least half as large (no tail
+    columns to handle)."""
+    block = min(_MAX_BLOCK, k // _MIN_WIDTH)
+    if block < _MIN_BLOCK:
+        return 1
+    divisor = next(b for b in range(block, 0, -1) if k % b == 0)
+    return divisor if 2 * divisor >= block else block
 
-    A ``nonzero`` over all N K entries costs more than a softmax on long rows, so this goes
-    through blocks: block j of a row holds the columns ``j, j + K//B, j + 2 K//B, ...`` (a
-    strided split whose maxima reduce over a middle dimension, which vectorises); only blocks
+
+def _blocked_candidates(x: Tensor, row_max: Tensor, margin: Tensor | float, block: int,
+                        tighten: Tighten | None) -> tuple[Tensor, Tensor] | None:
+    """``flat``/``rows`` of the entries above ``row_max - margin``, or ``None`` if too many.
+
+    A comparison and a ``nonzero`` over all N K entries cost more than a softmax, so this goes
+    through blocks: block j of a row holds the columns ``j, j + W, j + 2 W, ...`` (W = K // B;
+    a strided split whose maxima reduce over a middle dimension, which vectorises); only blocks
     whose maximum is above the bound are expanded, and the ``K mod B`` tail columns always are.
     """
     n, k = x.shape
-    n_blocks = k // _BLOCK
-    width = _BLOCK * n_blocks
-    block_max = x[:, :width].reshape(n, _BLOCK, n_blocks).amax(dim=1)
+    n_blocks = k // block
+    width = block * n_blocks
+    block_max = x.as_strided((n, block, n_blocks), (k, n_blocks, 1)).amax(dim=1)
+    if tighten is not None:
+        margin = tighten(block_max - row_max.unsqueeze(1), margin)
+    lower = lower_bound(row_max, margin)
     hits = torch.gt(block_max, lower.unsqueeze(1)).view(-1).nonzero().squeeze(1)
-    if 8 * hits.numel() * _BLOCK >= n * k:
+    if 4 * hits.numel() * block >= n * k:  # as in ``candidates``: dense is cheaper
         return None
     hit_rows = torch.div(hits, n_blocks, rounding_mode="floor")
     starts = hits + hit_rows * (k - n_blocks)  # = row * k + first column of the block
     steps = torch.arange(0, width, n_blocks, device=x.device)
     flat = (starts.unsqueeze(1) + steps).view(-1)
-    rows = hit_rows.unsqueeze(1).expand(-1, _BLOCK).reshape(-1)
+    rows = hit_rows.unsqueeze(1).expand(-1, block).reshape(-1)
     if width < k:
         tail = torch.arange(width, k, device=x.device)
         all_rows = torch.arange(n, device=x.device)
