@@ -13,6 +13,8 @@ variables per example the support is the product of the per-variable supports.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -152,14 +154,41 @@ class _CategoricalMarginalization(Estimator):
 
 
 class SoftmaxMarginalization(_CategoricalMarginalization):
-    """Dense exact marginalization, ``p = softmax(scores)``: K loss evaluations per example.
+    """Dense exact marginalization, ``p = softmax(scores)``: every joint value is evaluated,
+    ``K^L`` loss evaluations per example for ``L`` variables (at most ``max_support``).
 
-    Categories with probability exactly 0 (``-inf`` scores) are skipped; they contribute nothing
-    to the value or the gradient.
+    The evaluated pairs do not depend on the scores' values (zero-probability categories are
+    evaluated with weight 0), so a step has fixed shapes: no host-device synchronisation with
+    validation off, and ``torch.compile(fullgraph=True)`` traces it.
     """
 
     def normalize(self, scores: Tensor) -> Tensor:
         return scores.softmax(-1)
+
+    def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
+        """``scores`` (B, *latent, K) logits -> exact surrogate over all ``K^L`` joint values."""
+        scores = self._family.check(scores)
+        b, latent, k = scores.shape[0], scores.shape[1:-1], scores.shape[-1]
+        n_var = math.prod(latent)
+        total = k**n_var
+        if n_var > 1 and total > self.max_support:
+            raise ValueError(
+                f"{n_var} variables of K={k} categories have {total} joint values, above "
+                f"max_support={self.max_support}; raise max_support, or use "
+                "SparsemaxMarginalization (sparse supports), TopKSparsemaxMarginalization or "
+                "SparseMAPMarginalization over a product structure"
+            )
+        p = self.normalize(scores).reshape(b, n_var, k)
+        codes = torch.arange(total, device=scores.device)
+        powers = k ** torch.arange(n_var - 1, -1, -1, device=scores.device)
+        digits = torch.div(codes.unsqueeze(1), powers, rounding_mode="floor") % k  # (total, L)
+        weights = p.gather(2, digits.T.unsqueeze(0).expand(b, -1, -1)).prod(1).flatten()
+        rows = torch.arange(b, device=scores.device).repeat_interleave(total)
+        idx = digits.repeat(b, 1).view(b * total, *latent)
+        z = self._family.latent_values(idx, scores)
+        entropy = self._family.entropy(scores)
+        support = torch.full((b,), total, dtype=torch.long, device=scores.device)
+        return marginalize(weights, rows, z, loss_fn, entropy, self.entropy_coeff, support)
 
 
 class SparsemaxMarginalization(_CategoricalMarginalization):
