@@ -25,7 +25,7 @@ from ..polytope.sparsemap import sparsemap
 from ..polytope.topk_sparsemax import topk_sparsemax
 from ..structures.base import Structure
 from ._checks import check_batched
-from ._families import CategoricalLatent, masked_entropy, sum_over
+from ._families import CategoricalLatent, check_latent_scores, masked_entropy
 from .base import Estimator, EstimatorOutput, LossFn, call_loss_fn
 
 
@@ -57,11 +57,13 @@ def marginalize(
     return out.evaluated(z, rows, weights)
 
 
-def product_support(p: Tensor, max_support: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def product_support(p: Tensor, max_support: int) -> tuple[Tensor, ...]:
     """The joint support of independent categoricals ``p`` ``(B, *latent, K)``.
 
     Returns ``rows`` (N,), category indices ``(N, *latent)``, joint probabilities (N,)
-    (differentiable, the product over the variables) and the support size per example (B,).
+    (differentiable, the product over the variables), the support size per example (B,) and
+    the entropy ``-sum p log p`` summed over the variables (B,), from the support alone (the
+    cost of everything after the nonzero search grows with the support, not with K).
     Every example's pairs enumerate the product of its per-variable supports (mixed-radix
     decoding of ``0 .. prod_l |supp p_bl| - 1``; no loop over examples); more than
     ``max_support`` pairs for one example is an error.
@@ -72,9 +74,10 @@ def product_support(p: Tensor, max_support: int) -> tuple[Tensor, Tensor, Tensor
     mask = flat > 0
     ex, var, cat = mask.nonzero(as_tuple=True)  # sorted by (example, variable, category)
     probs = flat[ex, var, cat]
+    entropy = torch.zeros(b, dtype=p.dtype, device=p.device).index_add(0, ex, -probs * probs.log())
     if n_var == 1:
-        return ex, cat.view(-1, *p.shape[1:-1]), probs, mask.sum((1, 2))
-    counts = mask.sum(-1)  # (B, L)
+        return ex, cat.view(-1, *p.shape[1:-1]), probs, torch.bincount(ex, minlength=b), entropy
+    counts = torch.bincount(ex * n_var + var, minlength=b * n_var).view(b, n_var)
     support = counts.prod(-1)
     largest = int(support.max())
     if largest > max_support:
@@ -91,7 +94,8 @@ def product_support(p: Tensor, max_support: int) -> tuple[Tensor, Tensor, Tensor
     stride = torch.cat([radix.flip(1).cumprod(1).flip(1)[:, 1:], radix.new_ones(len(rows), 1)], 1)
     digit = torch.div(local.unsqueeze(1), stride, rounding_mode="floor") % radix
     position = offsets[rows] + digit  # (N, L) into the nonzero list
-    return rows, cat[position].view(-1, *p.shape[1:-1]), probs[position].prod(-1), support
+    idx = cat[position].view(-1, *p.shape[1:-1])
+    return rows, idx, probs[position].prod(-1), support, entropy
 
 
 def softmax_expectation(
@@ -105,7 +109,7 @@ def softmax_expectation(
     """The ``"expected"`` eval reading of a categorical latent ``(B, *latent, K)``: exact
     ``E_{softmax}[l] - c H`` (+ ``extra`` (B,), e.g. a KL term) over the product of supports."""
     family = CategoricalLatent(one_hot)
-    rows, idx, weights, support = product_support(scores.softmax(-1), max_support)
+    rows, idx, weights, support, _ = product_support(scores.softmax(-1), max_support)
     entropy = family.entropy(scores)
     z = family.latent_values(idx, scores)
     out = marginalize(weights, rows, z, loss_fn, entropy, entropy_coeff, support)
@@ -145,11 +149,10 @@ class _CategoricalMarginalization(Estimator):
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *latent, K) logits (``-inf`` allowed) -> exact surrogate over the
         support of p (the product of the variables' supports)."""
-        scores = self._family.check(scores)
+        scores = check_latent_scores(scores, "scores", 1)  # the mapping validates the values
         p = self.normalize(scores)
-        rows, idx, weights, support = product_support(p, self.max_support)
+        rows, idx, weights, support, entropy = product_support(p, self.max_support)
         z = self._family.latent_values(idx, scores)
-        entropy = sum_over(masked_entropy(p), 1)
         return marginalize(weights, rows, z, loss_fn, entropy, self.entropy_coeff, support)
 
 
