@@ -62,8 +62,8 @@ def test_a_training_step_compiles_as_one_graph_and_matches_eager(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
-def test_inductor_compiles_every_dense_estimator_step_and_matches_eager(name, monkeypatch):
+def test_inductor_compiles_every_dense_estimator_step_and_matches_eager(name):
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
-    _check(name, "inductor")
+    with inductor_config.patch(fallback_random=True):
+        _check(name, "inductor")

@@ -141,6 +141,11 @@ class GumbelSoftmax(Estimator):
             check_rows_valid(x, "scores")
         return x
 
+    @property
+    def needs_entropy_grad(self) -> bool:
+        """Whether the exact entropy enters the loss (an entropy bonus or a KL to the prior)."""
+        return bool(self.entropy_coeff) or (self.prior is not None and bool(self.kl_coeff))
+
     def _bits(self, scores: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Binary Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)``."""
         perturbed = scores + logistic(scores.shape, scores)
@@ -155,7 +160,7 @@ class GumbelSoftmax(Estimator):
                 tau0 = self.prior_temperature
                 kl = (log_p - binary_concrete_logit_log_prob(v, torch.zeros_like(v), tau0)).sum(-1)
         else:
-            entropy = BitVector(scores.shape[-1]).entropy(scores)
+            entropy = _exact_entropy(BitVector(scores.shape[-1]), scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = scores.shape[-1] * math.log(2) - entropy
         return y, hard, entropy, kl
@@ -175,7 +180,7 @@ class GumbelSoftmax(Estimator):
             if self.prior is not None:  # the Jacobian Σ x_k cancels in the ratio
                 kl = log_p - exp_concrete_log_prob(x, torch.zeros_like(x), self.prior_temperature)
         else:
-            entropy = Categorical(scores.shape[-1]).entropy(scores)
+            entropy = _exact_entropy(Categorical(scores.shape[-1]), scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
         return y, hard, entropy, kl
@@ -195,6 +200,15 @@ class GumbelSoftmax(Estimator):
         else:
             z = hard + (y - y.detach()) if self.straight_through else y
         return one_sample_output(self, loss_fn, z, tau, entropy, kl, self.kl_coeff)
+
+
+def _exact_entropy(structure: Structure, scores: Tensor, with_grad: bool) -> Tensor:
+    """The structure's exact entropy of ``scores``, built without a graph unless ``with_grad``
+    (a reported value costs no backward)."""
+    if with_grad:
+        return structure.entropy(scores)
+    with torch.no_grad():
+        return structure.entropy(scores.detach())
 
 
 VARIANTS = ("I", "SB", "planar")
