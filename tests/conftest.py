@@ -14,14 +14,3 @@ settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True
 settings.register_profile("explore", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-
-def pytest_collection_modifyitems(config, items):
-    """``@pytest.mark.slow`` tests run only when selected (``-m slow``)."""
-    import pytest
-
-    if "slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
