@@ -13,4 +13,3 @@ torch.set_num_threads(int(os.environ.get("LATENTGRAD_TEST_THREADS", "1")))
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True)
 settings.register_profile("explore", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
