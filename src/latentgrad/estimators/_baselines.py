@@ -1,4 +1,4 @@
-"""Input-independent running baselines for score-function estimators (methods.md §4).
+"""Input-independent running baselines for score-function estimators.
 
 The statistic lives in module buffers (so it is saved in checkpoints and follows ``.to(device)``)
 and is updated only by ``update``, which the estimators call after the surrogate is formed and
@@ -36,8 +36,9 @@ class RunningBaseline(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def get(self, like: Tensor) -> Tensor:
-        """The current baseline as a 0-dim tensor with ``like``'s dtype and device (no gradient)."""
-        return self.value.to(device=like.device, dtype=like.dtype)
+        """The current baseline as a 0-dim tensor with ``like``'s dtype and device (no gradient);
+        a copy, so the later in-place ``update`` never changes a value already used."""
+        return self.value.to(device=like.device, dtype=like.dtype, copy=True)
 
     @torch.no_grad()
     def update(self, batch_mean: Tensor) -> None:

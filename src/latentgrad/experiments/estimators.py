@@ -509,6 +509,7 @@ def _edges(straight_through: bool) -> Callable[..., Estimator]:
             temperature=_schedule(cfg),
             straight_through=straight_through,
             entropy_coeff=cfg.entropy_coeff,
+            eval_mode=SAMPLE_READING,
         )
 
     return factory
@@ -525,6 +526,7 @@ def _sst(straight_through: bool, latent: str) -> Callable[..., Estimator]:
             temperature=_schedule(cfg),
             straight_through=straight_through,
             entropy_coeff=cfg.entropy_coeff,
+            eval_mode=SAMPLE_READING,
         )
 
     return factory
@@ -542,6 +544,7 @@ def _perturbed_sfe(baseline: str, multi: bool) -> Callable[..., Estimator]:
             n_samples=cfg.n_samples if multi else 1,
             entropy_coeff=cfg.entropy_coeff,
             decay=cfg.decay,
+            eval_mode=SAMPLE_READING,
         )
 
     return factory
@@ -558,6 +561,7 @@ def _structured_nvil(
         structure=_default_structure(structure, "tree", num_classes),
         centering="ema",
         decay=cfg.decay,
+        eval_mode=SAMPLE_READING,
     )
 
 
