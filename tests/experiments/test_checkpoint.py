@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -45,7 +46,9 @@ def test_checkpoint_io_loads_weights_only(tmp_path: Path) -> None:
 
 
 def _training_state(step: int) -> dict:
-    return {"state_dict": {"w": torch.full((2,), float(step))}, "loops": {}, "global_step": step}
+    callbacks = {"ModelCheckpoint{}": {"best_model_path": "", "last_model_path": ""}}
+    return {"state_dict": {"w": torch.full((2,), float(step))}, "loops": {}, "global_step": step,
+            "callbacks": callbacks}  # fmt: skip
 
 
 def test_orphan_temp_files_are_removed_and_nothing_else(tmp_path: Path) -> None:
@@ -81,7 +84,10 @@ def test_unusable_last_checkpoint_falls_back_to_the_newest_intact_one(
     assert ck.prepare_resume(tmp_path, chosen) == last
     # last.ckpt is now the step-6 state; the periodic files it does not manage are gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
-    assert int(torch.load(last, weights_only=True)["global_step"]) == 6
+    restored = torch.load(last, weights_only=True)
+    assert int(restored["global_step"]) == 6
+    # ModelCheckpoint then overwrites last.ckpt instead of writing last-v1.ckpt beside it
+    assert restored["callbacks"]["ModelCheckpoint{}"]["last_model_path"] == os.path.realpath(last)
 
 
 def test_intact_last_checkpoint_is_chosen_without_warning(tmp_path: Path) -> None:

@@ -160,7 +160,13 @@ def prepare_resume(folder: str | os.PathLike[str], chosen: Path) -> Path:
     folder = Path(folder)
     last = folder / LAST
     if chosen != last:
-        atomic_write_bytes(chosen.read_bytes(), last)
+        ckpt, _ = _read(chosen)
+        assert ckpt is not None, f"{chosen} was checked intact"
+        for callback in (ckpt.get("callbacks") or {}).values():
+            if isinstance(callback, dict) and "last_model_path" in callback:
+                # else ModelCheckpoint would keep this copy and write last-v1.ckpt beside it
+                callback["last_model_path"] = os.path.realpath(last)
+        atomic_torch_save(ckpt, last)
     state, _ = _read(last)
     keep = {LAST, *_periodic_checkpoints(state or {})}
     for file in folder.glob("*.ckpt"):
