@@ -150,13 +150,15 @@ class LatentTask(L.LightningModule):
 
     def record_step(self, out: EstimatorOutput) -> dict[str, Tensor]:
         """Add a training step's decoder calls (``out.support_size`` (B,)) to the run's totals
-        and the epoch's list; return the step's estimator logs (mean expected loss, entropy,
-        decoder calls)."""
+        and the epoch's list; return the step's estimator logs (``out.logs``, mean expected loss,
+        entropy, decoder calls) under ``train/``."""
         calls = out.support_size.detach().to(torch.float64)
         self.decoder_calls_sum += calls.sum()
         self.decoder_calls_count += calls.numel()
         self._epoch_calls.append(calls.cpu())
+        skip = ("support_size", "entropy")
         return {
+            **{f"train/{k}": v for k, v in out.logs.items() if k not in skip},
             "train/expected_loss": out.expected_loss.mean(),
             "train/entropy": out.entropy.mean(),
             "train/decoder_calls": calls.mean().float(),
@@ -229,3 +231,29 @@ class LatentTask(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.cfg.optim
         return torch.optim.Adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+class SampledEvaluation(LatentTask):
+    """A ``LatentTask`` whose ``evaluate(images, n_samples)`` returns per-example ``(B,)``
+    metrics, logged as batch means under ``val/`` and ``test/`` with ``importance.val_samples`` /
+    ``importance.test_samples`` samples (batches are ``(images,)``); ``dataset_label`` (the data
+    actually used, e.g. ``mnist-substitute``) goes to ``metrics.json``."""
+
+    progress_metric = "nll"
+    dataset_label = ""
+
+    def evaluate(self, images: Tensor, n_samples: int) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _log_eval(self, prefix: str, images: Tensor, n_samples: int) -> None:
+        for key, value in self.evaluate(images, n_samples).items():
+            self.log(f"{prefix}/{key}", value.mean(), prog_bar=key == self.progress_metric)
+
+    def validation_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
+        self._log_eval("val", batch[0], self.cfg.importance.val_samples)
+
+    def test_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
+        self._log_eval("test", batch[0], self.cfg.importance.test_samples)
+
+    def summary(self) -> dict:
+        return {**super().summary(), "dataset": self.dataset_label}

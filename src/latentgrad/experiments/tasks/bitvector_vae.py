@@ -52,7 +52,7 @@ from latentgrad.estimators.base import LossFn
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.images import ImageDataConfig, ImageSplits
 from latentgrad.experiments.estimators import mlp
-from latentgrad.experiments.tasks.base import LatentTask, TaskConfig, evaluation
+from latentgrad.experiments.tasks.base import SampledEvaluation, TaskConfig, evaluation
 from latentgrad.experiments.tasks.likelihood import (
     ImportanceConfig,
     importance_log_likelihood,
@@ -111,10 +111,11 @@ class BitVectorVAEConfig(TaskConfig):
 Config = BitVectorVAEConfig
 
 
-class BitVectorVAE(LatentTask):
+class BitVectorVAE(SampledEvaluation):
     """Encoder, decoder and estimator of the bit-vector VAE (module docstring)."""
 
     config_class = BitVectorVAEConfig
+    progress_metric = "nll_bpd"
 
     def __init__(self, config: dict, input_dim: int, run_dir: str | None = None,
                  dataset_label: str = "") -> None:
@@ -258,30 +259,14 @@ class BitVectorVAE(LatentTask):
         x, inputs = self.inputs(batch[0])
         out = self.estimate(self.scores(inputs), self.loss_fn(x), inputs)
         rate = self.rate(out.entropy)
-        skip = ("support_size", "entropy")
-        logs = {f"train/{k}": v for k, v in out.logs.items() if k not in skip}
-        logs.update({
+        self.log_dict({
             "train/loss": out.loss.detach(),
             "train/rate": rate.mean(),
             "train/distortion": out.expected_loss.mean(),
             "train/neg_elbo": (rate + out.expected_loss).mean(),
             **self.record_step(out),
         })
-        self.log_dict(logs)
         return out.loss
-
-    def _log_eval(self, prefix: str, images: Tensor, n_samples: int) -> None:
-        for key, value in self.evaluate(images, n_samples).items():
-            self.log(f"{prefix}/{key}", value.mean(), prog_bar=key == "nll_bpd")
-
-    def validation_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
-        self._log_eval("val", batch[0], self.cfg.importance.val_samples)
-
-    def test_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
-        self._log_eval("test", batch[0], self.cfg.importance.test_samples)
-
-    def summary(self) -> dict:
-        return {**super().summary(), "dataset": self.dataset_label}
 
 
 def build_run(config: dict, run_dir: str | None) -> tuple[BitVectorVAE, ImageSplits]:

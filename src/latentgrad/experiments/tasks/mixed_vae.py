@@ -57,7 +57,12 @@ from latentgrad.estimators.base import LossFn
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.images import ImageDataConfig, ImageSplits, binarize
 from latentgrad.experiments.estimators import mixed_dirichlet_prior, mlp
-from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig, evaluation
+from latentgrad.experiments.tasks.base import (
+    OptimConfig,
+    SampledEvaluation,
+    TaskConfig,
+    evaluation,
+)
 from latentgrad.experiments.tasks.likelihood import ImportanceConfig, importance_log_likelihood
 from latentgrad.mappings import sparsemax
 
@@ -133,7 +138,7 @@ class MixedVAEConfig(TaskConfig):
 Config = MixedVAEConfig
 
 
-class MixedVAE(LatentTask):
+class MixedVAE(SampledEvaluation):
     """Encoder, decoder and estimator of the simplex-latent VAE (module docstring)."""
 
     config_class = MixedVAEConfig
@@ -275,20 +280,8 @@ class MixedVAE(LatentTask):
     def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
         x = binarize(batch[0]).to(self.decoder[-1].weight.dtype)
         out = self.estimate(self.scores(x), self.loss_fn(x), x)
-        skip = ("support_size", "entropy")
-        logs = {f"train/{k}": v for k, v in out.logs.items() if k not in skip}
-        self.log_dict({**logs, "train/loss": out.loss.detach(), **self.record_step(out)})
+        self.log_dict({"train/loss": out.loss.detach(), **self.record_step(out)})
         return out.loss
-
-    def _log_eval(self, prefix: str, images: Tensor, n_samples: int) -> None:
-        for key, value in self.evaluate(images, n_samples).items():
-            self.log(f"{prefix}/{key}", value.mean(), prog_bar=key == "nll")
-
-    def validation_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
-        self._log_eval("val", batch[0], self.cfg.importance.val_samples)
-
-    def test_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
-        self._log_eval("test", batch[0], self.cfg.importance.test_samples)
 
     def parameter_groups(self) -> tuple[list[Tensor], list[Tensor]]:
         """(generator parameters, inference parameters: everything else)."""
@@ -315,9 +308,6 @@ class MixedVAE(LatentTask):
         """Clip each group's gradient to global norm ``optim.clip_norm`` (two optimisers)."""
         for params in self.parameter_groups():
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm)
-
-    def summary(self) -> dict:
-        return {**super().summary(), "dataset": self.dataset_label}
 
 
 def build_run(config: dict, run_dir: str | None) -> tuple[MixedVAE, ImageSplits]:

@@ -357,10 +357,7 @@ class SSVAE(LatentTask):
         xu = torch.bernoulli(xu)
         out = self.estimate(self.classifier(xu), lambda z, rows: self.loss_u(xu[rows], z), xu)
         loss = lab + self.cfg.optim.unlabelled_weight * out.loss
-        logs = {
-            f"train/{k}": v for k, v in out.logs.items() if k not in ("support_size", "entropy")
-        }
-        logs.update(
+        self.log_dict(
             {
                 "train/loss": loss,
                 "train/labelled": lab,
@@ -368,7 +365,6 @@ class SSVAE(LatentTask):
                 **self.record_step(out),
             }
         )
-        self.log_dict(logs)
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
