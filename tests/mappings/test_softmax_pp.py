@@ -153,3 +153,18 @@ def test_inverse_rejects_points_outside_the_open_simplex():
         softmax_pp_log_abs_det_jacobian(torch.tensor([[0.5, float("nan"), 0.5]]))
     with pytest.raises(ValueError, match="log-probabilities"):
         softmax_pp_inverse(torch.tensor([[0.1, 0.2]]), log_input=True)
+
+
+def test_a_tensor_parameter_that_does_not_broadcast_is_refused_by_name():
+    from latentgrad.mappings import softmax_pp_inverse, softmax_pp_log_abs_det_jacobian
+
+    x, psi = torch.zeros(2, 3), torch.full((2, 4), 0.25)
+    calls = [lambda: softmax_pp(x, tau=torch.ones(5)), lambda: softmax_pp(x, delta=torch.ones(5)),
+             lambda: softmax_pp_inverse(psi, tau=torch.ones(5)),
+             lambda: softmax_pp_log_abs_det_jacobian(psi, tau=torch.ones(5))]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"(tau|delta) of shape \(5,\) does not broadcast"):
+            call()
+    per_row = torch.tensor([0.5, 2.0])
+    assert softmax_pp_log_abs_det_jacobian(psi, tau=per_row).shape == (2,)
+    torch.testing.assert_close(softmax_pp(x, tau=per_row), softmax_pp(x))  # x = 0: tau-free

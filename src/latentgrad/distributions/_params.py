@@ -59,13 +59,13 @@ class _Independent(constraints.Constraint):
 
 class _Simplex(constraints.Constraint):
     """Points of the closed simplex along the last dim: entries >= 0 summing to 1 within
-    ``sqrt(eps)`` of the value's dtype (torch's ``simplex`` uses 1e-6, which rejects every
-    half-precision point)."""
+    ``max(1e-6, sqrt(eps))`` of the value's dtype (torch's ``simplex`` uses 1e-6, which rejects
+    every half-precision point)."""
 
     event_dim = 1
 
     def check(self, value: Tensor) -> Tensor:
-        tol = math.sqrt(torch.finfo(value.dtype).eps) if value.is_floating_point() else 0.0
+        tol = max(1e-6, math.sqrt(torch.finfo(value.dtype).eps)) if value.is_floating_point() else 0
         return (value >= 0).all(dim=-1) & ((value.sum(dim=-1) - 1).abs() <= tol)
 
 

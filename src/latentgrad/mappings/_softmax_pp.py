@@ -36,13 +36,23 @@ def _check_x(x: object, dim: int, name: str) -> tuple[Tensor, int]:
     return x, normalize_dim(x, dim)
 
 
-def _param(value: Tensor | float, dim: int, like: Tensor) -> Tensor | float:
+def _param(value: Tensor | float, dim: int, like: Tensor, name: str) -> Tensor | float:
     """A tensor ``tau``/``delta`` gets a size-1 axis at ``dim`` unless it already has ``like.dim()``
-    dimensions (then it must broadcast with size 1 along ``dim``)."""
+    dimensions (then it must broadcast with size 1 along ``dim``); a ``ValueError`` naming it when
+    it does not broadcast with ``like``."""
     if isinstance(value, Tensor):
+        shape = tuple(value.shape)
         value = value.to(like.dtype)
         if value.dim() and value.dim() < like.dim():
             value = value.unsqueeze(dim - like.dim())
+        try:
+            torch.broadcast_shapes(value.shape, like.shape)
+        except RuntimeError:
+            batch = tuple(like.shape[:dim] + like.shape[dim + 1 :])
+            raise ValueError(
+                f"{name} of shape {shape} does not broadcast with the batch shape {batch} "
+                f"(the input's shape {tuple(like.shape)} without dim={dim})"
+            ) from None
     return value
 
 
@@ -62,8 +72,8 @@ def log_softmax_pp(
     check_scalar_or_tensor_positive(delta, "delta")
     dtype = working_dtype(x.dtype)
     xw = x.to(dtype)
-    tau_w = _param(tau, dim, xw)
-    log_delta = _log_param(_param(delta, dim, xw), xw)
+    tau_w = _param(tau, dim, xw, "tau")
+    log_delta = _log_param(_param(delta, dim, xw, "delta"), xw)
     scaled = xw / tau_w
     last_shape = (*scaled.shape[:dim], 1, *scaled.shape[dim + 1 :])
     last = torch.as_tensor(log_delta, device=x.device, dtype=dtype).expand(last_shape)
@@ -97,8 +107,8 @@ def softmax_pp_inverse(
     check_scalar_or_tensor_positive(delta, "delta")
     k = log_psi.shape[dim]
     head, last = log_psi.split([k - 1, 1], dim=dim)
-    tau_w = _param(tau, dim, log_psi)
-    log_delta = _log_param(_param(delta, dim, log_psi), log_psi)
+    tau_w = _param(tau, dim, log_psi, "tau")
+    log_delta = _log_param(_param(delta, dim, log_psi, "delta"), log_psi)
     return (tau_w * (head - last + log_delta)).to(psi.dtype)
 
 
@@ -117,9 +127,9 @@ def softmax_pp_log_abs_det_jacobian(
     log_psi, dim = _check_psi(psi, dim, log_input)
     check_scalar_or_tensor_positive(tau, "tau")
     k = log_psi.shape[dim]
-    log_tau = _log_param(tau, log_psi)
-    if isinstance(log_tau, Tensor) and log_tau.dim() == log_psi.dim():
-        log_tau = log_tau.squeeze(dim)
+    log_tau = _log_param(_param(tau, dim, log_psi, "tau"), log_psi)
+    if isinstance(log_tau, Tensor) and log_tau.dim():
+        log_tau = log_tau.squeeze(dim - log_psi.dim())  # the size-1 axis ``_param`` aligned
     return (log_psi.sum(dim=dim) - (k - 1) * log_tau).to(psi.dtype)
 
 
