@@ -233,7 +233,7 @@ def test_bad_arguments_raise():
         MixedDirichlet("faces", torch.ones(3))
     with pytest.raises(ValueError, match="broadcast"):
         MixedDirichlet(torch.zeros(2, 3), torch.ones(4, 3))
-    with pytest.raises(ValueError, match="scores"):
+    with pytest.raises(ValueError, match="faces contains NaN"):  # the caller's argument name
         MixedDirichlet(torch.tensor([0.0, float("nan"), 1.0]), torch.ones(3))
     with pytest.raises(ValueError, match="same K"):
         kl_divergence(MixedDirichlet(torch.zeros(3), torch.ones(3)),

@@ -83,6 +83,12 @@ finite_vector = independent(finite, 1)
 finite_positive_vector = independent(finite_positive, 1)
 
 
+def validating(validate_args: bool | None) -> bool:
+    """Whether a distribution built with ``validate_args`` checks its arguments (``None``: the
+    global default, ``latentgrad.set_default_validate_args`` / torch's)."""
+    return Distribution._validate_args if validate_args is None else bool(validate_args)
+
+
 def broadcast_params(**params: Tensor | float) -> tuple[Tensor, ...]:
     """The named parameters broadcast to one shape (numbers become tensors like the first tensor
     parameter, as ``broadcast_all`` does); a ``ValueError`` naming them and their shapes when they

@@ -22,10 +22,30 @@ from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution
 from torch.distributions.utils import _sum_rightmost
 
-from .._validation import check_no_nan, check_positive_int, check_tensor
+from .._dtypes import working_dtype
+from .._validation import (
+    check_no_nan,
+    check_no_pos_inf,
+    check_positive_int,
+    check_rows_valid,
+    check_tensor,
+)
 
 
-def _temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
+def _temperature(temperature: float | Tensor, like: Tensor, batch: torch.Size) -> Tensor:
+    """The temperature as a tensor in ``like``'s dtype: finite, > 0, broadcastable to ``batch``."""
+    if isinstance(temperature, Tensor):
+        check_tensor(temperature, "temperature")
+        try:
+            torch.broadcast_shapes(temperature.shape, batch)
+        except RuntimeError:
+            raise ValueError(
+                f"temperature of shape {tuple(temperature.shape)} does not broadcast with the "
+                f"batch shape {tuple(batch)}"
+            ) from None
+    elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        got = type(temperature).__name__
+        raise TypeError(f"temperature must be a float or a tensor, got {got}")
     tau = torch.as_tensor(temperature, dtype=like.dtype, device=like.device)
     if tau.numel() and not bool((tau > 0).all() & torch.isfinite(tau).all()):
         raise ValueError("temperature must be finite and strictly positive")
@@ -36,6 +56,7 @@ def _check_pair(value: Tensor, logits: Tensor, value_name: str) -> None:
     check_tensor(value, value_name)
     check_tensor(logits, "logits")
     check_no_nan(value, value_name)
+    check_no_pos_inf(logits, "logits")
     check_no_nan(logits, "logits")
     try:
         torch.broadcast_shapes(value.shape, logits.shape)
@@ -61,9 +82,14 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
     ``logsumexp(x) = 0``.
     """
     _check_pair(x, logits, "x")
-    tau = _temperature(temperature, x)
+    check_rows_valid(logits, "logits")
+    dtype = torch.promote_types(x.dtype, logits.dtype)
+    tau = _temperature(temperature, x, torch.broadcast_shapes(x.shape, logits.shape)[:-1])
+    work = working_dtype(dtype)  # half precision: computed in float32, returned as given
+    tol = _support_tol(x)
+    x, logits, tau = x.to(work), logits.to(work), tau.to(work)
     lse = torch.logsumexp(x, dim=-1)
-    if x.numel() and not bool((lse.abs() <= _support_tol(x)).all() & (x <= 0).all()):
+    if x.numel() and not bool((lse.abs() <= tol).all() & (x <= 0).all()):
         raise ValueError(
             "x must be log-probabilities: x <= 0 with logsumexp(x) = 0 along the last dim"
         )
@@ -75,19 +101,19 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
         + (k - 1) * torch.log(tau)
         + t.sum(dim=-1)
         - k * torch.logsumexp(t, dim=-1)
-    )
+    ).to(dtype)
 
 
 def concrete_log_prob(y: Tensor, logits: Tensor, temperature: float | Tensor) -> Tensor:
     """Log-density of Concrete ``y = softmax((logits + g) / tau)`` on the simplex:
     ``exp_concrete_log_prob(log y) − Σ_k log y_k``. Shapes as in ``exp_concrete_log_prob``."""
-    check_tensor(y, "y")
-    check_no_nan(y, "y")
+    _check_pair(y, logits, "y")
     if y.numel() and not bool((y > 0).all() & ((y.sum(-1) - 1).abs() <= _support_tol(y)).all()):
         raise ValueError("y must lie in the open simplex: y > 0 summing to 1 along the last dim")
-    log_y = torch.log(y)
+    log_y = torch.log(y.to(working_dtype(y.dtype)))
     log_y = log_y - torch.logsumexp(log_y, dim=-1, keepdim=True)  # exact renormalisation
-    return exp_concrete_log_prob(log_y, logits, temperature) - log_y.sum(dim=-1)
+    log_p = exp_concrete_log_prob(log_y, logits, temperature) - log_y.sum(dim=-1)
+    return log_p.to(torch.promote_types(y.dtype, logits.dtype))
 
 
 def binary_concrete_logit_log_prob(
@@ -99,7 +125,7 @@ def binary_concrete_logit_log_prob(
     arguments broadcast. Equals ``torch.distributions.LogitRelaxedBernoulli.log_prob``.
     """
     _check_pair(v, logits, "v")
-    tau = _temperature(temperature, v)
+    tau = _temperature(temperature, v, torch.broadcast_shapes(v.shape, logits.shape))
     t = logits - tau * v
     return torch.log(tau) + t - 2 * F.softplus(t)
 
@@ -108,8 +134,7 @@ def binary_concrete_log_prob(y: Tensor, logits: Tensor, temperature: float | Ten
     """Log-density of Binary Concrete ``y = sigmoid(v)`` on (0, 1), elementwise:
     ``log p(v) − log y − log(1 − y)`` at ``v = logit(y)``. Prefer the logit form when ``v`` is at
     hand: ``y`` rounds to 0 or 1 long before ``v`` overflows."""
-    check_tensor(y, "y")
-    check_no_nan(y, "y")
+    _check_pair(y, logits, "y")
     if y.numel() and not bool(((y > 0) & (y < 1)).all()):
         raise ValueError("y must lie in the open interval (0, 1)")
     v = torch.logit(y)

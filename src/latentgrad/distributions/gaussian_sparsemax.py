@@ -46,6 +46,7 @@ from torch.special import log_ndtr
 
 from latentgrad.mappings import sparsemax
 
+from .._dtypes import working_dtype
 from .._validation import check_min_dim, check_positive_int, check_tensor
 from ._gauss_quadrature import gauss_legendre
 from ._params import (
@@ -119,15 +120,22 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
         for _ in range(_NEWTON_STEPS):
             _, g1, g2 = _log_integrand_and_derivatives(mode, *args)
             step = g1 / g2
-            mode = mode - step
+            mode = torch.where(torch.isfinite(step), mode - step, mode)
             if not bool((step.abs() > _TOL * torch.sqrt(-1 / g2)).any()):
                 break
         top, _, g2 = _log_integrand_and_derivatives(mode, *args)
-        ends = mode + torch.sqrt(-1 / g2) * torch.tensor([-1.0, 1.0], dtype=m.dtype,
-                                                           device=m.device)
+        sign = torch.tensor([-1.0, 1.0], dtype=m.dtype, device=m.device)
+        # g ≤ top − (τ − τ̂)²/(2v) (the Gaussian factor makes g 1/v-strongly concave), so the drop
+        # points lie within `reach` of the mode: the iterates are kept there, which also holds
+        # when g is too large for its rounding to resolve a 40-nat drop (|g| ≳ 1e8 in float32)
+        reach = torch.sqrt(2 * _DROP * args[1])
+        ends = mode + torch.minimum(torch.sqrt(-1 / g2), reach) * sign
         for _ in range(_NEWTON_STEPS):
             g, g1, _ = _log_integrand_and_derivatives(ends, *args)
-            ends = ends - (g - top + _DROP) / g1
+            moved = ends - (g - top + _DROP) / g1
+            offset = (moved - mode) * sign  # > 0 on the correct side of the mode
+            offset = torch.where(torch.isfinite(offset) & (offset > 0), offset, reach)
+            ends = mode + offset.clamp(max=reach) * sign
             if not bool(((g - top + _DROP).abs() > 1).any()):  # within a nat of the target
                 break
     x, w = gauss_legendre(n_nodes, m)
@@ -135,9 +143,16 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
     half_left, half_right = (mode - left) / 2, (right - mode) / 2
     nodes = torch.cat([mode - half_left * (1 - x), mode + half_right * (1 + x)], -1)
     log_w = torch.cat([w.log() + half_left.log(), w.log() + half_right.log()], -1)
+    nodes = torch.cat([nodes, mode], -1)  # the last one serves the Laplace fallback below
     u = (nodes.unsqueeze(-1) - loc) / scale
     g = -0.5 * (nodes - m) ** 2 / v + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
-    return (torch.logsumexp(log_w + g, -1, keepdim=True) - 0.5 * (_LOG_2PI + v.log())).squeeze(-1)
+    log_integral = torch.logsumexp(log_w + g[..., :-1], -1, keepdim=True)
+    # a bracket narrower than the rounding of τ near the mode (σ ≪ ulp(μ)): the integrand is a
+    # Gaussian at that scale, and Laplace's method gives its integral
+    laplace = g[..., -1:] + 0.5 * (_LOG_2PI - (-g2).log())
+    resolved = (half_left > 0) & (half_right > 0)
+    log_integral = torch.where(resolved, log_integral, laplace)
+    return (log_integral - 0.5 * (_LOG_2PI + v.log())).squeeze(-1)
 
 
 def _unit_interval_rule(like: Tensor) -> tuple[Tensor, Tensor]:
@@ -256,10 +271,13 @@ class GaussianSparsemax(CheckedDistribution):
         τ − m, u_j are not rounded at the scale of |μ| (float32 at |μ| ~ 1e3).
         """
         value = checked_value(self, value)
+        dtype = self.loc.dtype
+        work = working_dtype(dtype)  # half precision: computed in float32, returned as given
+        value = value.to(work)
         shape = value.shape
         inside = value > 0
         outside = ~inside
-        loc, scale = self.loc.expand(shape), self.scale.expand(shape)
+        loc, scale = self.loc.expand(shape).to(work), self.scale.expand(shape).to(work)
         shift = loc.detach().masked_fill(outside, float("-inf")).amax(-1, keepdim=True)
         loc = loc - torch.where(torch.isfinite(shift), shift, 0.0)
         size = inside.sum(-1).to(loc.dtype)
@@ -267,7 +285,7 @@ class GaussianSparsemax(CheckedDistribution):
         v = 1 / prec.sum(-1)
         a = loc - value
         m = v * (prec * a).sum(-1)
-        spread = (prec * (a - m.unsqueeze(-1)) ** 2).sum(-1)
+        spread = torch.where(inside, prec * (a - m.unsqueeze(-1)) ** 2, 0.0).sum(-1)
         log_c = (-(size - 1) / 2 * _LOG_2PI - torch.where(inside, scale.log(), 0.0).sum(-1)
                  + 0.5 * v.log() - 0.5 * spread)
         n_out = outside.sum(-1)
@@ -278,7 +296,7 @@ class GaussianSparsemax(CheckedDistribution):
         if bool(many.any()):  # quadrature only where the support leaves two or more out
             log_e = log_e.masked_scatter(many, _log_expected_normal_cdf_product(
                 m[many], v[many], loc[many], scale[many], outside[many], self.n_nodes))
-        return size.log() + log_c + log_e
+        return (size.log() + log_c + log_e).to(dtype)
 
     def vertex_log_prob(self) -> Tensor:
         """log P(y = e_i) for every vertex i, shape (*batch, K).

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints, register_kl
 
+from .._dtypes import working_dtype
 from .._validation import check_positive_int, check_tensor
 from ..mappings import (
     log_softmax_pp,
@@ -118,8 +119,8 @@ def check_truncation(eps: object, quantile: object) -> tuple[float, float]:
 def _gaussian_kl(mu_p: Tensor, sig_p: Tensor, mu_q: Tensor, sig_q: Tensor) -> Tensor:
     """``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` of diagonal Gaussians, summed over the last dim;
     each coordinate's term ≥ 0 (rounding clamped), exactly 0 where the parameters coincide."""
-    var_ratio = (sig_p / sig_q).pow(2)
-    per_coord = var_ratio + ((mu_p - mu_q) / sig_q).pow(2) - 1 - var_ratio.log()
+    log_ratio = 2 * (sig_p.log() - sig_q.log())  # not the log of an overflowed (σ_p/σ_q)²
+    per_coord = log_ratio.exp() + ((mu_p - mu_q) / sig_q).pow(2) - 1 - log_ratio
     return 0.5 * per_coord.clamp_min(0).sum(dim=-1)
 
 
@@ -142,11 +143,11 @@ def _apply_flows(flows: Sequence[PlanarFlow], kappa: Tensor) -> tuple[Tensor, Te
     return kappa, log_det
 
 
-def open_simplex_point(log_psi: Tensor) -> Tensor:
-    """``exp(log ψ)`` with every entry raised to at least the dtype's smallest normal number, so a
-    point whose smallest probabilities underflow (low temperature: ``log ψ_k ≈ −Δλ/τ``) stays in
-    the open simplex (its sum moves by at most ``K · tiny``, far below rounding)."""
-    return log_psi.clamp_min(math.log(torch.finfo(log_psi.dtype).tiny)).exp()
+def open_simplex_point(log_psi: Tensor, dtype: torch.dtype) -> Tensor:
+    """``exp(log ψ)`` in ``dtype`` with every entry raised to at least that dtype's smallest normal
+    number, so a point whose smallest probabilities underflow (low temperature:
+    ``log ψ_k ≈ −Δλ/τ``) stays in the open simplex (its sum moves by at most ``K · tiny``)."""
+    return log_psi.clamp_min(math.log(torch.finfo(dtype).tiny)).exp().to(dtype)
 
 
 class _IGRBase(CheckedDistribution):
@@ -242,10 +243,16 @@ class _IGRBase(CheckedDistribution):
         ``log q(λ) = log N(κ; loc, scale²) − Σ log|det flows|`` is returned with λ."""
         eps = self._noise(sample_shape)
         lam, flow_log_det = _apply_flows(flows, self.loc + self.scale * eps)
-        log_psi = log_softmax_pp(lam, self.temperature, self.delta)
+        info = torch.finfo(lam.dtype)
+        lam = lam.clamp(-info.max, info.max)  # loc + scale·ε overflowing: the vertex it points at
+        dtype = lam.dtype  # half precision: softmax++ and its Jacobian in float32
+        work, tau = working_dtype(dtype), self.temperature
+        log_psi = log_softmax_pp(lam.to(work), tau.to(work), self.delta)
+        log_psi = log_psi.clamp_min(torch.finfo(work).min)  # an underflowed ψ_k: log ψ_k finite
         log_lam = _noise_log_prob(eps, self.scale) - flow_log_det
-        log_det = softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
-        return open_simplex_point(log_psi), log_lam - log_det, lam, log_lam
+        log_det = softmax_pp_log_abs_det_jacobian(log_psi, tau.to(work), log_input=True)
+        log_q = (log_lam.to(work) - log_det).to(dtype)
+        return open_simplex_point(log_psi, dtype), log_q, lam, log_lam
 
     def _softmax_pp_log_prob(self, value: Tensor, flows: Sequence[PlanarFlow]) -> Tensor:
         """``log q(ψ)`` of ``ψ = softmax_pp(flows(κ))`` by inverting softmax++ and then each
@@ -474,7 +481,7 @@ class IGRStickBreaking(_IGRBase):
             - stick_breaking_logits_log_abs_det_jacobian(kappa_n)
             - softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
         )
-        psi = F.pad(open_simplex_point(log_psi), (0, self.num_categories - n - 1))
+        psi = F.pad(open_simplex_point(log_psi, log_psi.dtype), (0, self.num_categories - n - 1))
         return psi, log_q, kappa_n, gauss
 
     def log_prob(self, value: Tensor) -> Tensor:

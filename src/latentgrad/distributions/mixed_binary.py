@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.distributions import constraints, register_kl
 from torch.nn.functional import logsigmoid
 
+from .._dtypes import working_dtype
 from .._noise import logistic
 from .._validation import check_tensor
 from ._gauss_quadrature import gauss_legendre
@@ -54,13 +55,28 @@ def _xlogx_from_log(log_p: Tensor) -> Tensor:
     return torch.where(log_p > -math.inf, log_p.exp() * log_p, torch.zeros_like(log_p))
 
 
+def _times(x: Tensor, moment: Tensor) -> Tensor:
+    """``x · moment``, 0 where the moment is 0 (``inf · 0`` would be NaN)."""
+    return torch.where(moment == 0, 0.0, x * moment)
+
+
+def _ndtr(x: Tensor) -> Tensor:
+    """Φ(x), evaluated in at least float32 (torch has no half-precision kernel)."""
+    return torch.special.ndtr(x.to(working_dtype(x.dtype))).to(x.dtype)
+
+
+def _log_ndtr(x: Tensor) -> Tensor:
+    """log Φ(x), evaluated in at least float32 (torch has no half-precision kernel)."""
+    return torch.special.log_ndtr(x.to(working_dtype(x.dtype))).to(x.dtype)
+
+
 def _ndtr_diff(a: Tensor, b: Tensor) -> Tensor:
     """Φ(b) − Φ(a) for a ≤ b without cancellation in the upper tail."""
     upper = a > 0
     return torch.where(
         upper,
-        torch.special.ndtr(-a) - torch.special.ndtr(-b),
-        torch.special.ndtr(b) - torch.special.ndtr(a),
+        _ndtr(-a) - _ndtr(-b),
+        _ndtr(b) - _ndtr(a),
     )
 
 
@@ -146,17 +162,17 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         return -self.loc / self.scale, (1 - self.loc) / self.scale
 
     def log_prob_zero(self) -> Tensor:
-        return torch.special.log_ndtr(-self.loc / self.scale)
+        return _log_ndtr(-self.loc / self.scale)
 
     def log_prob_one(self) -> Tensor:
-        return torch.special.log_ndtr((self.loc - 1) / self.scale)
+        return _log_ndtr((self.loc - 1) / self.scale)
 
     def interior_log_prob(self, value: Tensor) -> Tensor:
         u = (value - self.loc) / self.scale
         return -0.5 * u * u - self.scale.log() - 0.5 * _LOG_2PI
 
     def _interior_cdf(self, value: Tensor) -> Tensor:
-        return torch.special.ndtr((value - self.loc) / self.scale)
+        return _ndtr((value - self.loc) / self.scale)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """clip(μ + σε, 0, 1): exact 0/1 on the masses, pathwise gradient inside."""
@@ -169,7 +185,7 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         a, b = self._bounds()
         pa, pb = (torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi) for t in (a, b))
         z0 = _ndtr_diff(a, b)
-        return z0, pa - pb, z0 - (b * pb - a * pa)
+        return z0, pa - pb, z0 - (_times(b, pb) - _times(a, pa))
 
     @property
     def mean(self) -> Tensor:
@@ -178,9 +194,18 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         return self.prob_one() + self.loc * z0 + self.scale * z1
 
     def entropy(self) -> Tensor:
-        """Closed-form direct-sum entropy (nats), shape batch_shape."""
-        z0, _, z2 = self._truncated_moments()
-        return self._mass_entropy() + z0 * (self.scale.log() + 0.5 * _LOG_2PI) + 0.5 * z2
+        """Closed-form direct-sum entropy (nats), shape batch_shape (in at least float32)."""
+        w = self._working()
+        z0, _, z2 = w._truncated_moments()
+        h = w._mass_entropy() + _times(w.scale.log() + 0.5 * _LOG_2PI, z0) + 0.5 * z2
+        return h.to(self.loc.dtype)
+
+    def _working(self) -> BinaryGaussianSparsemax:
+        """This distribution with parameters in at least float32 (half precision overflows)."""
+        work = working_dtype(self.loc.dtype)
+        if work == self.loc.dtype:
+            return self
+        return BinaryGaussianSparsemax(self.loc.to(work), self.scale.to(work), validate_args=False)
 
 
 class HardConcrete(_MixedUnitInterval):
@@ -370,13 +395,18 @@ class MixedUniform(CheckedDistribution):
 @register_kl(BinaryGaussianSparsemax, BinaryGaussianSparsemax)
 def _kl_bgs_bgs(p: BinaryGaussianSparsemax, q: BinaryGaussianSparsemax) -> Tensor:
     """Masses Σ P log(P/Q) plus ∫_0^1 N_p log(N_p/N_q) in closed form (truncated moments of p),
-    written so that each term is exactly 0 where the parameters coincide; ≥ 0 (rounding clamped)."""
+    written so that each term is exactly 0 where the parameters coincide; ≥ 0 (rounding clamped).
+    Computed in at least float32."""
+    dtype = p.loc.dtype
+    p, q = p._working(), q._working()
     masses = _mass_kl(p, q)
     z0, z1, z2 = p._truncated_moments()
     d = p.loc - q.loc
-    interior = (z0 * (q.scale.log() - p.scale.log()) + 0.5 * z2 * ((p.scale / q.scale)**2 - 1)
-                + (p.scale * d * z1 + 0.5 * d * d * z0) / q.scale**2)
-    return (masses + interior).clamp_min(0)
+    # a moment that is 0 (no interior mass) zeroes its term even where its factor overflows
+    interior = (_times(q.scale.log() - p.scale.log(), z0)
+                + 0.5 * _times((p.scale / q.scale)**2 - 1, z2)
+                + (_times(p.scale * d, z1) + 0.5 * _times(d * d, z0)) / q.scale**2)
+    return (masses + interior).clamp_min(0).to(dtype)
 
 
 @register_kl(HardConcrete, HardConcrete)
@@ -401,6 +431,6 @@ def _mass_kl(p: _MixedUnitInterval, q: _MixedUnitInterval) -> Tensor:
     out = 0
     for log_p, log_q in ((p.log_prob_zero(), q.log_prob_zero()), (p.log_prob_one(),
                                                                   q.log_prob_one())):
-        out = out + torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_q),
-                                torch.zeros_like(log_p))
+        mass = log_p.exp()  # a mass that underflows to 0 contributes 0 (not 0 · inf)
+        out = out + torch.where(mass > 0, mass * (log_p - log_q), torch.zeros_like(log_p))
     return out

@@ -27,8 +27,14 @@ from torch import Tensor
 from torch.distributions import Distribution, Gamma, kl_divergence, register_kl
 
 from .._dtypes import working_dtype
-from .._validation import check_min_dim, check_tensor
-from ._params import CheckedDistribution, checked_value, finite_positive_vector, simplex
+from .._validation import check_finite, check_min_dim, check_tensor
+from ._params import (
+    CheckedDistribution,
+    checked_value,
+    finite_positive_vector,
+    simplex,
+    validating,
+)
 from .faces import MaxEntropyFaces, NonEmptyFaces
 
 __all__ = ["MAX_ENUMERATION_K", "MixedDirichlet"]
@@ -109,6 +115,10 @@ class MixedDirichlet(CheckedDistribution):
     def __init__(self, faces: Distribution | Tensor, concentration: Tensor,
                  validate_args: bool | None = None) -> None:
         if isinstance(faces, Tensor):
+            check_tensor(faces, "faces")
+            check_min_dim(faces, "faces", 1)
+            if validating(validate_args):
+                check_finite(faces, "faces")
             faces = NonEmptyFaces(faces, validate_args=validate_args)
         if not isinstance(faces, Distribution) or len(faces.event_shape) != 1:
             raise TypeError("faces must be a face-score tensor or a distribution over faces "
@@ -159,14 +169,18 @@ class MixedDirichlet(CheckedDistribution):
         return self.rsample_on_faces(self.faces.sample(sample_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log P_F(f(y)) + log Dir(y_f; α_f), shape (*sample, *batch)."""
+        """log P_F(f(y)) + log Dir(y_f; α_f), shape (*sample, *batch), computed in at least
+        float32 (half-precision lgamma overflows) and returned in the concentration's dtype."""
         value = checked_value(self, value)
-        face = (value > 0).to(value.dtype)
-        alpha = self.concentration
-        log_y = torch.where(value > 0, value, torch.ones_like(value)).log()
+        dtype = self.concentration.dtype
+        work = working_dtype(dtype)
+        face = (value > 0).to(work)
+        alpha = self.concentration.to(work)
+        log_y = torch.where(value > 0, value, torch.ones_like(value)).to(work).log()
         log_dir = (torch.lgamma((alpha * face).sum(-1)) - (torch.lgamma(alpha) * face).sum(-1)
                    + ((alpha - 1) * log_y * face).sum(-1))
-        return self.faces.log_prob(face) + log_dir
+        log_face = self.faces.log_prob(face.to(value.dtype))
+        return (log_face.to(work) + log_dir).to(dtype)
 
     def dirichlet_entropy(self, faces: Tensor) -> Tensor:
         """H(Dir(α_f)) at faces (*sample, *batch, K) -> (*sample, *batch) (0 on vertices)."""
@@ -187,23 +201,27 @@ class MixedDirichlet(CheckedDistribution):
             )
 
     def _enumerated(self) -> tuple[Tensor, Tensor]:
-        table = _face_table(self.num_categories, self.concentration)
-        return table, _enumerated_face_log_probs(self.faces, table).exp()
+        """The (F, K) face table and (*batch, F) face probabilities, in at least float32 (the
+        enumerated entropy and KL are computed there: half-precision lgamma overflows)."""
+        work = working_dtype(self.concentration.dtype)
+        table = _face_table(self.num_categories, self.concentration.to(work))
+        return table, _enumerated_face_log_probs(self.faces, table).exp().to(work)
 
     @property
     def mean(self) -> Tensor:
         """E[y_k] = α_k Σ_{f∋k} P_F(f)/α_0(f) by face enumeration (K <= 16), (*batch, K)."""
         self._check_enumerable("mean", "the mean of rsample draws")
         table, probs = self._enumerated()
-        a0 = self.concentration @ table.T
-        return self.concentration * ((probs / a0) @ table)
+        alpha = self.concentration.to(table)
+        return (alpha * ((probs / (alpha @ table.T)) @ table)).to(self.concentration.dtype)
 
     def entropy(self) -> Tensor:
         """Exact H⊕ = H(P_F) + Σ_f P_F(f) H(Dir(α_f)) by face enumeration (K <= 16)."""
         self._check_enumerable("entropy", "entropy_sampled(faces)")
         table, probs = self._enumerated()
-        h_dir = _dirichlet_entropy(self.concentration, table, enumerated=True)
-        return self.faces.entropy().to(h_dir) + (probs * h_dir).sum(-1)
+        alpha = self.concentration
+        h_dir = _dirichlet_entropy(alpha.to(table), table, enumerated=True)
+        return (self.faces.entropy().to(h_dir) + (probs * h_dir).sum(-1)).to(alpha.dtype)
 
     def entropy_sampled(self, faces: Tensor | None = None, n_samples: int = 1) -> Tensor:
         """Unbiased H⊕ at any K: H(P_F) (exact) + mean over sampled faces of H(Dir(α_f)).
@@ -238,6 +256,7 @@ def _kl_mixed_dirichlet(p: MixedDirichlet, q: MixedDirichlet) -> Tensor:
     _check_same_k(p, q)
     p._check_enumerable("KL", "p.kl_sampled(q, faces)")
     table, probs = p._enumerated()
-    kl_dir = _dirichlet_kl(p.concentration, q.concentration.to(p.concentration), table,
+    kl_dir = _dirichlet_kl(p.concentration.to(table), q.concentration.to(table), table,
                            enumerated=True)
-    return kl_divergence(p.faces, q.faces).to(kl_dir).clamp_min(0) + (probs * kl_dir).sum(-1)
+    kl = kl_divergence(p.faces, q.faces).to(kl_dir).clamp_min(0) + (probs * kl_dir).sum(-1)
+    return kl.to(p.concentration.dtype)

@@ -20,10 +20,13 @@ with ``δ = θ - θ₀`` (Gaussian noise: ``δ² / 2``) per drawn utility, each 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from .._dtypes import working_dtype
 from .._validation import check_choice, check_tensor, check_trailing_shape
 from ..mappings import sparsemax
 from ..polytope.sparsemap import sparsemap
@@ -241,6 +244,8 @@ class StochasticSoftmax(_Perturbed):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float, Tensor)):
             got = type(temperature).__name__
             raise TypeError(f"temperature must be a float or a tensor, got {got}")
+        if isinstance(temperature, Tensor):
+            check_tensor(temperature, "temperature")
         tau = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
         if tau.dim():
             try:
@@ -269,18 +274,27 @@ class StochasticSoftmax(_Perturbed):
         return new
 
     def relax(self, utilities: Tensor) -> Tensor:
-        """``X_t`` at given utilities ``(*shape, *batch_shape, *score_shape)``, same shape."""
-        t = self.temperature
+        """``X_t`` at given utilities ``(*shape, *batch_shape, *score_shape)``, same shape.
+
+        ``U / t`` is formed in at least float32 and kept within ``±max / (16 n)`` (n entries per
+        structure): an overflow to ``+inf`` at a tiny temperature becomes a score large enough
+        for the hard limit, not an invalid one; excluded (``-inf``) utilities stay ``-inf``.
+        """
+        dtype = utilities.dtype
+        work = working_dtype(dtype)
+        t = self.temperature.to(work)
         t = t.reshape(t.shape + (1,) * self.structure.event_dim)
-        scaled = utilities / t
+        u = utilities.to(work)
+        big = torch.finfo(work).max / (16 * max(1, math.prod(self.structure.score_shape)))
+        scaled = torch.where(torch.isinf(u), u, (u / t).clamp(-big, big))
         s = self.structure
         if self.regularizer == "entropy":
-            return s.marginals(scaled)
+            return s.marginals(scaled).to(dtype)
         if isinstance(s, Categorical):
-            return sparsemax(s.check_scores(scaled), dim=-1)
+            return sparsemax(s.check_scores(scaled), dim=-1).to(dtype)
         if isinstance(s, BitVector) and s.budget in (None, s.d):
-            return s.check_scores(scaled).clamp(0.0, 1.0)
-        return sparsemap(scaled, s).marginals
+            return s.check_scores(scaled).clamp(0.0, 1.0).to(dtype)
+        return sparsemap(scaled, s).marginals.to(dtype)
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Relaxed (or straight-through) samples ``(*sample_shape, *batch_shape, *score_shape)``,

@@ -273,7 +273,8 @@ class MixedDirichletEstimator(Estimator):
                                  "scores, [..., 1, :] concentrations before softplus; got shape "
                                  f"{tuple(x.shape)}")
             face_scores, raw = x.unbind(-2)
-            scores = (face_scores, F.softplus(raw))
+            # softplus(·) >= the dtype's tiny: a very negative pre-activation stays a valid α
+            scores = (face_scores, F.softplus(raw).clamp_min(torch.finfo(raw.dtype).tiny))
         if not (isinstance(scores, tuple) and len(scores) == 2):
             raise TypeError("scores must be a tensor (B, *latent, 2, K) or a tuple (face_scores, "
                             f"concentration), got {type(scores).__name__}")

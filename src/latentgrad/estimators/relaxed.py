@@ -353,7 +353,8 @@ class IGREstimator(Estimator):
         scores = self._check(scores)
         tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
         loc, log_scale = scores.unbind(dim=-2)
-        dist = self._distribution(loc, log_scale.exp(), tau)
+        info = torch.finfo(log_scale.dtype)  # σ = exp(ξ) kept in [tiny, max] (no 0 or inf)
+        dist = self._distribution(loc, log_scale.exp().clamp(info.tiny, info.max), tau)
         kl = None
         if self.prior_kind is None:
             psi, log_q = dist.rsample_with_log_prob()

@@ -113,7 +113,9 @@ class ScoreBaselineNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(B, ...)`` -> ``(B, 1)``."""
+        """``(B, ...)`` -> ``(B, 1)``; non-finite entries (``-inf``: an excluded category) enter
+        as 0, so the baseline stays finite."""
+        x = torch.where(torch.isfinite(x), x, 0.0)
         first = self.net[1]
         if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)

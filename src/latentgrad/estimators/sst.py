@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_choice
+from .._validation import check_choice, validation_enabled
 from ..distributions.sst import NOISES, REGULARIZERS, StochasticSoftmax
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
@@ -100,9 +100,12 @@ class SSTEstimator(Estimator):
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         structure, scores = self._structure_for(scores)
+        if validation_enabled():
+            structure.check_scores(scores, "scores")  # errors name the caller's argument
         tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
         dist = StochasticSoftmax(
-            structure, scores, tau, self.noise, self.regularizer, self.straight_through
+            structure, scores, tau, self.noise, self.regularizer, self.straight_through,
+            validate_args=False,
         )
         z = structure.argmax(scores.detach()) if self.reading() == "mode" else dist.rsample()
         return one_sample_output(self, loss_fn, z, tau, self._entropy(structure, scores))

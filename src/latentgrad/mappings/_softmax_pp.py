@@ -74,9 +74,14 @@ def log_softmax_pp(
     xw = x.to(dtype)
     tau_w = _param(tau, dim, xw, "tau")
     log_delta = _log_param(_param(delta, dim, xw, "delta"), xw)
-    scaled = xw / tau_w
+    # shifted by c = max(0, max_k x_k) (detached; log_softmax is shift-invariant): x − c is exact
+    # near the maximum, so a large common offset is not rounded at its own scale, and the
+    # logits stay <= log delta (an overflow of (x − c)/tau to -inf only underflows a psi_k)
+    shift = xw.detach().amax(dim=dim, keepdim=True).clamp_min(0) if xw.shape[dim] else 0.0
+    scaled = (xw - shift) / tau_w
     last_shape = (*scaled.shape[:dim], 1, *scaled.shape[dim + 1 :])
     last = torch.as_tensor(log_delta, device=x.device, dtype=dtype).expand(last_shape)
+    last = last - shift / tau_w
     return torch.cat([scaled, last], dim=dim).log_softmax(dim=dim).to(x.dtype)
 
 

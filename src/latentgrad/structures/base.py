@@ -119,7 +119,7 @@ class Structure(abc.ABC):
         shape, differentiable in ``scores``; computed in at least float32, returned in the scores'
         dtype.
         """
-        work = scores.to(working_dtype(scores.dtype))
+        work = check_tensor(scores, "scores").to(working_dtype(scores.dtype))
         return (self.score(work, z.to(work.dtype)) - self.log_partition(work)).to(scores.dtype)
 
     def entropy(self, scores: Tensor) -> Tensor:
@@ -130,7 +130,7 @@ class Structure(abc.ABC):
         ``H ≥ 0``: a value that rounding puts below 0 is returned as 0. Computed in at least
         float32, returned in the scores' dtype.
         """
-        work = scores.to(working_dtype(scores.dtype))
+        work = check_tensor(scores, "scores").to(working_dtype(scores.dtype))
         entropy = self.log_partition(work) - self.score(work, self.marginals(work))
         return entropy.clamp_min(0).to(scores.dtype)
 

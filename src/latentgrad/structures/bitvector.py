@@ -77,12 +77,13 @@ class BitVector(Structure):
         self.check_scores(scores)
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
+        flat = flat.to(working_dtype(flat.dtype))  # half precision: the DP sums in float32
         if self.budget is None or self.budget == self.d:
             z = kbest_bitvector_flips(flat, k)
         else:
             z = kbest_budgeted_bitvectors(flat, self.budget, k)
         z = z.to(scores.dtype)
-        values = self.score(flat.unsqueeze(1), z)
+        values = self.score(flat.unsqueeze(1), z.to(flat.dtype)).to(scores.dtype)
         return z.reshape(*batch, k, self.d), values.reshape(*batch, k)
 
     def log_partition(self, scores: Tensor) -> Tensor:
@@ -92,8 +93,13 @@ class BitVector(Structure):
         work = scores.to(working_dtype(scores.dtype))
         if self.budget is None or self.budget == self.d:
             return torch.nn.functional.softplus(work).sum(-1).to(scores.dtype)
-        log_z = torch.logsumexp(log_elementary_symmetric(work, self.budget), dim=-1)
-        return log_z.to(scores.dtype)
+        # log e_c(t) = log e_c(t − m) + c m with m the row maximum (detached): the DP sums shifted
+        # scores, so a large common offset does not round the count weights
+        top = work.detach().amax(-1, keepdim=True) if work.numel() else work.new_zeros(())
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        counts = torch.arange(self.budget + 1, dtype=work.dtype, device=work.device)
+        log_e = log_elementary_symmetric(work - top, self.budget) + counts * top
+        return torch.logsumexp(log_e, dim=-1).to(scores.dtype)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1)``, ``(*batch, d)``: ``sigmoid(t)``, or ``grad log Z`` with a budget."""

@@ -63,10 +63,11 @@ class KSubset(Structure):
         self.check_scores(scores)
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
+        flat = flat.to(working_dtype(flat.dtype))  # half precision: the DP sums in float32
         top = flat.detach().amax(-1, keepdim=True) if flat.numel() else flat.new_zeros(())
         shifted = flat.detach() - torch.where(torch.isfinite(top), top, 0.0)
         z = kbest_subsets(shifted, self.k, k, exact=True).to(scores.dtype)
-        values = self.score(flat.unsqueeze(1), z)
+        values = self.score(flat.unsqueeze(1), z.to(flat.dtype)).to(scores.dtype)
         return z.reshape(*batch, k, self.n), values.reshape(*batch, k)
 
     def log_partition(self, scores: Tensor) -> Tensor:
@@ -74,7 +75,12 @@ class KSubset(Structure):
         least float32 and returned in the scores' dtype."""
         self.check_scores(scores)
         work = scores.to(working_dtype(scores.dtype))
-        return log_elementary_symmetric(work, self.k)[..., -1].to(scores.dtype)
+        # log e_k(θ) = log e_k(θ − c) + k c: the DP sums shifted scores (no rounding at the scale
+        # of a large common offset); c is the row maximum, detached (the gradient is unchanged)
+        top = work.detach().amax(-1, keepdim=True) if work.numel() else work.new_zeros(())
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        log_z = log_elementary_symmetric(work - top, self.k)[..., -1] + self.k * top.squeeze(-1)
+        return log_z.to(scores.dtype)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1) = grad log Z``, ``(*batch, n)``, sums to k; differentiable (its backward is
