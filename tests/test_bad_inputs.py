@@ -289,7 +289,7 @@ def distribution_entries() -> list[Entry]:
 
 
 def _quadratic_loss(z, rows):
-    target = torch.linspace(-1, 1, z[0].numel(), dtype=z.dtype).view(z.shape[1:])
+    target = torch.linspace(-1, 1, math.prod(z.shape[1:]), dtype=z.dtype).view(z.shape[1:])
     return ((z - target) ** 2).flatten(1).sum(-1)
 
 
