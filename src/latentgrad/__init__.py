@@ -1,6 +1,6 @@
 """latentgrad: gradient estimators for discrete, structured and mixed latent variables.
 
-Layers (DESIGN.md): mappings -> structures -> polytope (SparseMAP) -> distributions ->
+Layers: mappings -> structures -> polytope (SparseMAP) -> distributions ->
 estimators -> experiments. The public names of the lower layers are re-exported here.
 """
 

@@ -1,4 +1,4 @@
-"""Clamped noise draws shared by every layer (methods.md §0).
+"""Clamped noise draws shared by every layer.
 
 Uniforms are clamped to ``[tiny, 1 - eps]`` of the dtype, so ``log u`` and ``log(1 - u)`` are
 finite and the Gumbel and logistic draws built from them never hit ``±inf``. Every draw is in

@@ -1,4 +1,4 @@
-"""Stochastic argmax / softmax tricks (methods.md §5.7-5.10): brute force in float64."""
+"""Stochastic argmax / softmax tricks: brute force in float64."""
 
 import itertools
 import math
@@ -211,7 +211,7 @@ def test_relaxation_passes_gradcheck_in_logits_and_temperature(structure, regula
 
 
 def test_ksubset_relaxation_backward_is_the_scaled_covariance():
-    """d X_t / d θ = Cov_{p(U/t)}(z) / t (methods.md §5.8), against enumeration."""
+    """d X_t / d θ = Cov_{p(U/t)}(z) / t, against enumeration."""
     ks = KSubset(5, 2)
     u = torch.randn(5, generator=gen(10), dtype=F64)
     t = 0.6
@@ -260,7 +260,7 @@ def test_bitvector_stochastic_argmax_log_prob_matches_noise_cdf(noise):
 
 
 def test_ksubset_gumbel_argmax_is_sampling_without_replacement_not_gibbs():
-    """SMT on k-subsets with Gumbel noise = Gumbel-top-k (methods.md §5.7), by enumeration of
+    """SMT on k-subsets with Gumbel noise = Gumbel-top-k, by enumeration of
     the draw orders."""
     torch.manual_seed(13)
     logits = torch.tensor([1.0, 0.0, -1.0, 0.5], dtype=F64)
@@ -363,7 +363,7 @@ def test_bad_arguments_raise(kwargs, error, match):
         StochasticSoftmax(**args)
 
 
-# --- trees (methods.md §5.9, §5.10) ---------------------------------------------------------
+# --- trees ---------------------------------------------------------
 
 TREES = [SpanningTree(4), Arborescence(4, root=0), Arborescence(4)]
 

@@ -1,4 +1,4 @@
-"""The estimator contract (DESIGN.md, estimators/base.py) for every estimator of this module.
+"""The estimator contract (estimators/base.py) for every estimator of this module.
 
 One ``loss_fn`` call per estimator call; ``support_size`` counts the evaluated pairs; (B,) outputs;
 a batch of 4096 in bounded time; clear errors for bad scores and bad losses.

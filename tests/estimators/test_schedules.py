@@ -78,7 +78,7 @@ def test_configured_tau0_is_never_overwritten():
 
 
 def test_reference_schedule_is_reproduced_with_explicit_tau0_one():
-    # the reference computed max(0.5, exp(-r * step)) from step 0 (methods.md §5.3)
+    # the reference computed max(0.5, exp(-r * step)) from step 0
     sched = ExponentialDecay(1.0, 3e-3, every=1, floor=0.5)
     for step in range(400):
         assert sched().item() == pytest.approx(max(0.5, math.exp(-3e-3 * step)), rel=1e-12)

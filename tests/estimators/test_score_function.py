@@ -142,7 +142,7 @@ def test_running_baseline_updates_only_in_training_mode():
 
 def test_self_critic_baseline_is_detached_from_the_decoder():
     """The decoder gradient is the pathwise gradient of the S sampled losses only: the
-    self-critic's extra evaluation enters through sg(beta) (methods.md §7 #2)."""
+    self-critic's extra evaluation enters through sg(beta)."""
     torch.manual_seed(4)
     loss_fn = QuadraticLoss(8, (K,), offset=1.0, seed=5)
     scores = torch.randn(8, K, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""SSTEstimator: the Estimator contract on top of StochasticSoftmax (methods.md §5.7)."""
+"""SSTEstimator: the Estimator contract on top of StochasticSoftmax."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Score-function estimators over structured latents (methods.md §4, §4.2, §4.3): unbiasedness
+"""Score-function estimators over structured latents: unbiasedness
 against the exact gradient by enumeration (float64), the one-call contract, bad input.
 
 Unbiasedness tests run one estimator call on a big batch of identical rows (every row is the same

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CANDIDATES = [os.environ.get("LATENTGRAD_DATA", ""), "/work/shared/data"]
+CANDIDATES = [os.environ.get("LATENTGRAD_DATA", "")]
 
 
 def _mnist_dir() -> Path | None:

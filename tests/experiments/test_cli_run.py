@@ -17,7 +17,7 @@ from _run_logs import csv_rows
 
 from latentgrad.experiments.cli import main
 
-# decoder calls per unlabelled example (experiments.md §1.1): sparsemax is data-dependent
+# decoder calls per unlabelled example: sparsemax is data-dependent
 EXPECTED_CALLS = {
     "softmax": 10.0,
     "sfe": 1.0,

@@ -200,9 +200,9 @@ def _main_phase_step(model: SSVAE, xl: torch.Tensor, yl: torch.Tensor, xu: torch
 def test_main_phase_loss_is_labelled_plus_weighted_unlabelled_neg_elbo(
     estimator: str, data_env: Path
 ) -> None:
-    """Step loss = mean_l[ℓ_U(x, y) + CE] + w · mean_u[Σ_y q(y|x) ℓ_U(x, y) - H(q(y|x))]
-    (experiments.md §1.1): the classification term is there with weight 1, the entropy enters
-    once, as a bonus, with coefficient 1 (sparsemax runs: Fenchel-Young loss, sparse q)."""
+    """Step loss = mean_l[ℓ_U(x, y) + CE] + w · mean_u[Σ_y q(y|x) ℓ_U(x, y) - H(q(y|x))]:
+    the classification term is there with weight 1, the entropy enters once, as a bonus, with
+    coefficient 1 (sparsemax runs: Fenchel-Young loss, sparse q)."""
     model, data = build_run(tiny_config(estimator, **{"optim.unlabelled_weight": 7.0}), None)
     _deterministic_loss_u(model)
     x, y = data.validation.tensors  # already 0/1: the dynamic binarisation keeps them as they are

@@ -95,7 +95,7 @@ def test_log_partition_gradient_is_marginals_and_twice_differentiable():
 
 
 def test_marginal_jacobian_is_covariance_of_enumeration():
-    """SST backward (methods.md §5.8): d mu / d theta = Cov_p(z), exactly."""
+    """SST backward: d mu / d theta = Cov_p(z), exactly."""
     scores = torch.randn(6, dtype=torch.float64)
     assert_marginal_jacobian_is_enumeration_covariance(KSubset(6, 2), scores)
 

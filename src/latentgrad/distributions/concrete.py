@@ -1,4 +1,4 @@
-"""Gumbel-Softmax / Concrete extras (Maddison et al. 2017; Jang et al. 2017; methods.md §5.1).
+"""Gumbel-Softmax / Concrete extras (Maddison et al. 2017; Jang et al. 2017).
 
 torch already ships the distributions (``RelaxedOneHotCategorical`` = Concrete on the simplex,
 ``ExpRelaxedCategorical`` = its log-space ExpConcrete, ``RelaxedBernoulli`` = Binary Concrete).
@@ -121,7 +121,7 @@ def binary_concrete_logit_log_prob(
 ) -> Tensor:
     """Log-density of the Binary Concrete logit ``v = (logits + L) / tau``, L ~ Logistic(0, 1).
 
-    ``log p(v) = log τ + θ − τ v − 2 softplus(θ − τ v)`` (methods.md §5.1). Elementwise; all
+    ``log p(v) = log τ + θ − τ v − 2 softplus(θ − τ v)``. Elementwise; all
     arguments broadcast. Equals ``torch.distributions.LogitRelaxedBernoulli.log_prob``.
     """
     _check_pair(v, logits, "v")

@@ -1,4 +1,4 @@
-"""Invertible Gaussian reparameterisation (IGR; Potapczynski et al. 2020; methods.md §5.4-5.6).
+"""Invertible Gaussian reparameterisation (IGR; Potapczynski et al. 2020).
 
 A Gaussian ``κ = loc + scale · ε`` (ε ~ N(0, I) in R^{K−1}) is pushed into the open K-simplex by
 an invertible map, then softmax++: ``ψ = softmax_pp(λ; τ, δ)`` with
@@ -92,7 +92,7 @@ def one_hot_argmax(x: Tensor) -> Tensor:
 
 def uniform_prior_loc(num_categories: int, scale: float | Tensor = 1.0) -> Tensor:
     """Location ``μ₀ = −σ₀ Φ⁻¹(K^{−1/(K−1)})`` of the isotropic IGR-I prior whose zero-temperature
-    pmf is exactly uniform (methods.md §5.4): then ``P(K) = Φ(−μ₀/σ₀)^{K−1} = 1/K`` and the other
+    pmf is exactly uniform: then ``P(K) = Φ(−μ₀/σ₀)^{K−1} = 1/K`` and the other
     categories share the rest by symmetry. Returns a tensor shaped like ``scale`` (0-dim for a
     float; float64 unless ``scale`` is a tensor); broadcast it to ``(..., K−1)``."""
     k = num_categories
@@ -419,7 +419,7 @@ class IGRStickBreaking(_IGRBase):
     """IGR-SB: ``ψ = softmax_pp(π; τ, δ)``, ``π = stick_breaking(σ(κ))_{1:n*}``, κ ~ N(loc, scale²).
 
     ``loc``/``scale`` are ``(*batch, K_max − 1)``: one stick per possible category. Each draw keeps
-    only the first ``n*`` sticks (adaptive truncation, methods.md §5.5): per (sample, batch
+    only the first ``n*`` sticks (adaptive truncation): per (sample, batch
     element) ``n = 1 + #{k : Σ_{j≤k} π_j ≤ 1 − eps}`` is the number of sticks whose cumulative mass
     first exceeds ``1 − eps``, and ``n* = quantile_q(n)`` over the whole draw (one host sync),
     clipped to ``[1, K_max − 1]``. ``ψ`` then has ``n* + 1`` positive entries (category ``n* + 1``
@@ -523,7 +523,7 @@ class PlanarFlow(nn.Module):
     and f is invertible; ``log|det ∂f/∂z| = log|1 + (1 − tanh²(wᵀz + b)) wᵀû|``.
     Parameters ``u, w`` have shape ``(*param_shape, dim)`` and ``b`` ``(*param_shape,)``: one flow
     per latent variable, shared across examples (not amortised), broadcast against ``z``.
-    ``reference_form=True`` divides by ‖w‖ instead of ‖w‖², as the IGR code did (methods.md §7 #7);
+    ``reference_form=True`` divides by ‖w‖ instead of ‖w‖², as the IGR code did;
     that f is invertible only when ‖w‖ = 1. Kept only to reproduce old runs.
     """
 
@@ -589,7 +589,7 @@ class IGRPlanar(_IGRBase):
     inverts the flows numerically (``PlanarFlow.inverse``: bisection, exact to working precision).
     ``kl_mc(prior)``/``rsample_with_kl(prior)`` give the Monte Carlo KL to an ``IGR`` prior
     (Gaussian in λ space): ``log N(κ; μ, σ²) − Σ_l log|det_l| − log N(λ; μ₀, σ₀²)``
-    (methods.md §5.6).
+   .
     """
 
     @classmethod

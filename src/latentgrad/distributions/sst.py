@@ -1,7 +1,7 @@
 """Stochastic argmax and stochastic softmax tricks over a ``Structure`` (Paulus et al. 2020).
 
 Utilities ``U = θ + N`` with iid noise ``N`` (Gumbel(0, 1) or standard Gaussian), one draw per
-free score entry (methods.md §5.7): per entry of the score tensor, except that a ``SpanningTree``
+free score entry: per entry of the score tensor, except that a ``SpanningTree``
 draws one utility per undirected edge (upper triangle, mirrored) and an ``Arborescence`` rooted at
 r draws none for the entries it ignores (diagonal, column r); see ``utility_mask``.
 
@@ -78,8 +78,9 @@ def utility_kl(
     """``sum_e KL(q_e ‖ p_e)`` over the drawn utilities ``U_e = θ_e + N_e`` of each example.
 
     Gumbel: ``δ + e^{-δ} - 1``, Gaussian: ``δ² / 2`` with ``δ = θ - θ₀``; the sum runs over
-    ``utility_mask`` (each drawn utility once: one term per undirected tree edge, methods.md §7
-    #17). Entries whose logit is ``-inf`` are excluded items, never drawn, and count 0.
+    ``utility_mask`` (each drawn utility once: one term per undirected tree edge; the SST
+    reference code counted each edge twice). Entries whose logit is ``-inf`` are excluded
+    items, never drawn, and count 0.
     logits ``(*batch, *score_shape)`` -> ``(*batch,)``.
     """
     prior = torch.as_tensor(prior_logits, dtype=logits.dtype, device=logits.device)
@@ -134,7 +135,7 @@ class _Perturbed(Distribution):
     def utility_kl(self, prior_logits: Tensor | float = 0.0) -> Tensor:
         """``KL(q(U) ‖ p(U))``, ``p`` the same noise around ``prior_logits``: ``(*batch_shape,)``.
 
-        Each drawn utility (``utility_mask``) is counted once (methods.md §5.7 and §7 #17);
+        Each drawn utility (``utility_mask``) is counted once;
         ``-inf`` entries are not drawn and count 0.
         """
         return utility_kl(self.structure, self.logits, prior_logits, self.noise)

@@ -1,4 +1,4 @@
-"""Reparameterised relaxations: Gumbel-Softmax / Binary Concrete and IGR (methods.md §5.1-5.6).
+"""Reparameterised relaxations: Gumbel-Softmax / Binary Concrete and IGR.
 
 Each estimator draws ONE relaxed sample per example, evaluates it with one ``loss_fn`` call and
 returns the pathwise surrogate ``mean_b [ℓ_b(z_b) + kl_coeff·KL_b − entropy_coeff·H_b]``. The
@@ -59,14 +59,14 @@ class GumbelSoftmax(Estimator):
     ``y = softmax((θ + g)/τ)``, g iid Gumbel; ST hard sample ``onehot(argmax(θ + g))``.
     Bits (``structure=BitVector(D)``, no budget): scores ``(B, *latent, D)``; Binary Concrete
     ``y = σ((θ + L)/τ)``, L iid Logistic; ST hard sample ``1[θ + L > 0]`` (a sample, never the
-    mode ``1[θ > 0]``; methods.md §7 #10). ``-inf`` scores (category/bit excluded) are allowed
+    mode ``1[θ > 0]``). ``-inf`` scores (category/bit excluded) are allowed
     with ``kl="categorical"``.
 
     Args:
         temperature: τ, a float or a ``TemperatureSchedule``.
         straight_through: forward the hard sample, backward through the relaxation.
         entropy_coeff: c in ``loss = mean(ℓ − c·H)``.
-        kl: which distribution the entropy ``H`` and the KL describe (methods.md §5.1; ELBOs
+        kl: which distribution the entropy ``H`` and the KL describe (ELBOs
             built from different choices are not comparable): ``"categorical"`` — the discrete
             distribution ``softmax(θ)`` (bits: independent ``σ(θ)``), exact, the usual
             surrogate; ``"relaxed"`` — the relaxed variable, one-sample Monte Carlo at the drawn
@@ -219,7 +219,7 @@ class IGREstimator(Estimator):
 
     ``scores`` is ONE tensor ``(B, *latent, 2, K − 1)``: ``scores[..., 0, :]`` the Gaussian
     location μ and ``scores[..., 1, :]`` the log-scale ξ, ``σ = exp(ξ)`` (initialise σ through ξ
-    directly; methods.md §7 #22). ``z`` is ψ ``(B, *latent, K)`` on the simplex (IGR-SB:
+    directly). ``z`` is ψ ``(B, *latent, K)`` on the simplex (IGR-SB:
     zero-padded after the adaptive truncation), or its one-hot argmax with ``straight_through``.
 
     Args:

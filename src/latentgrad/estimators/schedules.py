@@ -1,4 +1,4 @@
-"""Temperature schedules for relaxed estimators (methods.md §5.3).
+"""Temperature schedules for relaxed estimators.
 
 A schedule is a small ``nn.Module``: calling it returns the current temperature as a 0-dim tensor,
 ``step()`` advances it by one optimisation step. The step counter lives in a buffer, so it is saved

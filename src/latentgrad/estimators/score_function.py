@@ -212,7 +212,7 @@ class NVIL(Sampler):
 
 
 class SumAndSample(Sampler):
-    """Sum&Sample (Liu et al. 2019; methods.md §4.2): sum the k most probable categories exactly,
+    """Sum&Sample (Liu et al. 2019): sum the k most probable categories exactly,
     sample one more from p restricted to the rest.
 
     With ``C`` the top-k categories of ``sg(p)`` and ``1 - q_C`` the mass outside them, per example

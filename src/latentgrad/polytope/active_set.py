@@ -1,4 +1,4 @@
-"""Batched active-set solver for SparseMAP in distribution form (methods.md §3.3).
+"""Batched active-set solver for SparseMAP in distribution form.
 
 SparseMAP (Niculae et al., 2018) projects scores θ onto the marginal polytope conv 𝒵:
 μ* = argmax_{μ ∈ conv 𝒵} <θ, μ> − ½‖μ‖². Written over a distribution p on an active set A ⊂ 𝒵,

@@ -22,7 +22,7 @@ class SparseMAPResult(NamedTuple):
         the Frank-Wolfe gap passed the tolerance test, or the MAP oracle's best structure for
         θ − μ was already active (gap zero up to rounding); False after the iteration cap.
         Top-k sparsemax: ``support_size < k``, so the result equals sparsemax over all
-        structures (methods.md §3.2).
+        structures.
     """
 
     support: Tensor

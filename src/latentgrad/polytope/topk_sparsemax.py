@@ -1,4 +1,4 @@
-"""Top-k sparsemax over a structure (Correia et al., 2020; methods.md §3.2).
+"""Top-k sparsemax over a structure (Correia et al., 2020).
 
 Take the k best structures z_1..z_k from ``structure.topk`` with scores s_j = <θ, z_j> and put
 p = sparsemax(s) on them. The k-best set is treated as constant: the gradient flows through the

@@ -1,6 +1,6 @@
 """Matrix-tree log-counts by batched dense factorisation, with a per-row trust test.
 
-The fast path of the tree structures (methods.md §2). With column shifts ``m_j`` (the largest
+The fast path of the tree structures. With column shifts ``m_j`` (the largest
 score into node j), ``log Z = sum_j m_j + log det Ã`` where ``Ã`` is the normalised Laplacian
 minor: off-diagonal entries ``-exp(θ - m)`` in ``[-1, 0]``, diagonal (the normalised degree) in
 ``[1, n - 1]``, so nothing overflows. ``Ã`` is factorised for all rows at once (Cholesky

@@ -1,7 +1,7 @@
 """Log elementary symmetric polynomials in log space (the k-subset / budget count DP).
 
 ``e_j(θ) = sum_{|S| = j} exp(sum_{i in S} θ_i)`` is the coefficient of ``x^j`` in the generating
-polynomial ``prod_i (1 + e^{θ_i} x)`` (methods.md §2). Instead of the n-step recursion
+polynomial ``prod_i (1 + e^{θ_i} x)``. Instead of the n-step recursion
 ``a_{i,j} = logaddexp(a_{i-1,j}, a_{i-1,j-1} + θ_i)`` the product is formed as a balanced tree of
 pairwise polynomial products, each a log-space convolution truncated at degree ``max_count``:
 ``ceil(log2 n)`` batched steps instead of n, the same O(n · max_count) coefficients per level.

@@ -1,4 +1,4 @@
-"""Exact k-best oracles for bit vectors and count-constrained subsets (methods.md §2).
+"""Exact k-best oracles for bit vectors and count-constrained subsets.
 
 Batched merges, each looping over the items only (never over examples):
 

@@ -1,5 +1,5 @@
 """Exact Gibbs samplers shared by the simple structures: categorical draws and backward sampling
-through the count DP (methods.md §2); the clamped noise comes from ``latentgrad._noise``.
+through the count DP; the clamped noise comes from ``latentgrad._noise``.
 
 All functions draw under ``torch.no_grad`` from detached scores, take an optional
 ``torch.Generator`` and work in at least float32 (the DP tables of half-precision scores lose

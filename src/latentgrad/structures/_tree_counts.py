@@ -1,5 +1,5 @@
 """Matrix-tree log-counts and their gradients (marginals): the dense fast path on every row,
-the log-domain elimination on the rows it does not trust (methods.md §2).
+the log-domain elimination on the rows it does not trust.
 
 Each function takes float64 log weights ``logw`` ``(B, n, n)`` (arc i -> j; diagonal ignored),
 runs ``_dense_matrix_tree`` on the whole batch, then gathers the untrusted rows, recomputes them

@@ -1,4 +1,4 @@
-"""``TreeStructure``: what ``SpanningTree`` and ``Arborescence`` share (methods.md §2, §5.9-5.10).
+"""``TreeStructure``: what ``SpanningTree`` and ``Arborescence`` share.
 
 Scores ``(*batch, n, n)``, finite; ``log Z`` and the marginals by a matrix-tree theorem on the
 flattened, validated scores (``_log_partition`` and ``_marginals``, supplied by the subclass;

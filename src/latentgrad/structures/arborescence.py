@@ -1,4 +1,4 @@
-"""``Arborescence(n, root=None)``: directed spanning trees (dependency trees), methods.md §2, §5.10.
+"""``Arborescence(n, root=None)``: directed spanning trees (dependency trees).
 
 Convention: ``scores[..., i, j]`` is the score of the arc i -> j (head i, dependent j), and a
 structure value ``z`` ``(n, n)`` has ``z[i, j] = 1`` iff i is the head of j; it scores <θ, z>.

@@ -112,7 +112,7 @@ class Structure(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no exact Gibbs sampler")
 
     def log_prob(self, scores: Tensor, z: Tensor) -> Tensor:
-        """``log p(z) = <scores, z> - log Z(scores)`` under the Gibbs distribution (methods.md §4).
+        """``log p(z) = <scores, z> - log Z(scores)`` under the Gibbs distribution.
 
         ``scores`` ``(*batch, *score_shape)`` and structures ``z`` broadcast against each other
         (e.g. scores ``(B, 1, ...)`` with ``z`` ``(B, S, ...)``); returns the broadcast batch

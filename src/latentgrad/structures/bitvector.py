@@ -1,6 +1,6 @@
 """``BitVector(d, budget=None)``: 0/1 vectors of length d, optionally with at most ``budget`` ones.
 
-A bit scores ``t_i`` when on and 0 when off (methods.md §0, §2). Unbudgeted, the bits are
+A bit scores ``t_i`` when on and 0 when off. Unbudgeted, the bits are
 independent: MAP ``1[t > 0]``, ``log Z = sum softplus(t)``, marginals ``sigmoid(t)``. With a budget
 B the count DP over elementary symmetric polynomials gives ``log Z = logsumexp_{c <= B} log e_c(t)``
 in O(dB).

@@ -1,4 +1,4 @@
-"""``Categorical(k)``: one-hot vectors of length k (methods.md §2)."""
+"""``Categorical(k)``: one-hot vectors of length k."""
 
 from __future__ import annotations
 

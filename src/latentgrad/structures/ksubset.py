@@ -1,4 +1,4 @@
-"""``KSubset(n, k)``: 0/1 vectors of length n with exactly k ones (methods.md §2, §5.8).
+"""``KSubset(n, k)``: 0/1 vectors of length n with exactly k ones.
 
 ``log Z = log e_k(θ)``, the k-th elementary symmetric polynomial, by an O(nk) log-space DP that is
 differentiable twice (marginals ``grad log Z``, their backward the covariance of z).

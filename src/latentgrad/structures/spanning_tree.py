@@ -1,4 +1,4 @@
-"""``SpanningTree(n)``: undirected spanning trees of the complete graph K_n (methods.md §2, §5.9).
+"""``SpanningTree(n)``: undirected spanning trees of the complete graph K_n.
 
 A tree is a symmetric 0/1 adjacency matrix ``z`` ``(n, n)`` with zero diagonal: edge {i, j} sets
 both ``z[i, j]`` and ``z[j, i]``. Scores are symmetric ``(n, n)`` edge scores (diagonal ignored),
@@ -46,7 +46,7 @@ class SpanningTree(TreeStructure):
 
     def from_edges(self, values: Tensor) -> Tensor:
         """Per-edge values ``(*batch, E)`` in ``edges`` order -> symmetric ``(*batch, n, n)``,
-        zero diagonal (e.g. one Gumbel draw per undirected edge for SST, methods.md §5.7)."""
+        zero diagonal (e.g. one Gumbel draw per undirected edge for SST)."""
         check_tensor(values, "values")
         num_edges = self.n * (self.n - 1) // 2
         if values.dim() < 1 or values.shape[-1] != num_edges:

@@ -1,4 +1,4 @@
-"""Signaling-game data (experiments.md §1.2, §5.1): concept features and the game sampler.
+"""Signaling-game data: concept features and the game sampler.
 
 A split is a ``ConceptFeatures``: item feature rows ``(N, F)``, L2-normalised per item and sorted
 by concept, with ``offsets``/``counts`` ``(C,)`` locating each concept's items. Two sources:

@@ -1,5 +1,5 @@
 """Task ``signal_game``: the Lewis signaling game of Correia et al. 2020 §5.2 and Farinhas et al.
-2022 §5.1 (experiments.md §1.2, §2.1), after Lazaridou et al. 2017.
+2022 §5.1, after Lazaridou et al. 2017.
 
 A sender sees the target item's features ``x`` ``(F,)`` and emits one message from a vocabulary of
 V = 256 symbols; the receiver sees the G = 16 items of the game in a random order and scores them.
@@ -17,10 +17,10 @@ V = 256 symbols; the receiver sees the G = 16 items of the game in a random orde
   the receiver is stochastic: its choice ``a`` is drawn from its log-softmax and
   ``ℓ = −1[a = target]``; the receiver is then a second categorical latent variable trained by
   the same score-function estimator as the sender (its own baseline and entropy bonus, same
-  coefficient; methods.md §4, last line). ``loss_fn`` returns ``ℓ`` plus a zero-valued term whose
+  coefficient). ``loss_fn`` returns ``ℓ`` plus a zero-valued term whose
   gradient is the receiver's surrogate gradient, so the sender's estimator sees the 0/1 loss.
 - NVIL: the learned baseline is the registry's MLP applied to each of the G candidates' features
-  and averaged over them (methods.md §4.1); ``baseline_input`` = candidates ``(B, G, F)``.
+  and averaged over them; ``baseline_input`` = candidates ``(B, G, F)``.
 
 Evaluation protocol (the same for every method), on validation and test games:
 

@@ -1,4 +1,4 @@
-"""Task ``ssvae``: semi-supervised VAE on MNIST with a latent class y (experiments.md §1.1).
+"""Task ``ssvae``: semi-supervised VAE on MNIST with a latent class y.
 
 Correia et al. 2020, §5.1 (after Kingma et al. 2014, M2). Classifier q(y|x), encoder q(h|x, y)
 (diagonal Gaussian, σ = exp), Bernoulli decoder p(x|y, h), priors uniform(y) and N(0, I).
