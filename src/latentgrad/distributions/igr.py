@@ -588,8 +588,7 @@ class IGRPlanar(_IGRBase):
     log-dets of the flows at the points they were applied to). ``log_prob`` of an arbitrary value
     inverts the flows numerically (``PlanarFlow.inverse``: bisection, exact to working precision).
     ``kl_mc(prior)``/``rsample_with_kl(prior)`` give the Monte Carlo KL to an ``IGR`` prior
-    (Gaussian in λ space): ``log N(κ; μ, σ²) − Σ_l log|det_l| − log N(λ; μ₀, σ₀²)``
-   .
+    (Gaussian in λ space): ``log N(κ; μ, σ²) − Σ_l log|det_l| − log N(λ; μ₀, σ₀²)``.
     """
 
     @classmethod
