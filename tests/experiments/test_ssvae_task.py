@@ -315,3 +315,26 @@ def test_warm_start_restores_the_best_epoch_into_the_trained_modules(
     saved = torch.load(tmp_path / "warmstart.ckpt", weights_only=True)
     assert saved["epoch"] == 0 and saved["val_acc"] == pytest.approx(0.5)
     assert torch.equal(saved["state_dict"]["classifier.0.weight"], best["classifier.0.weight"])
+
+
+def test_warm_start_validation_logs_only_the_accuracy_it_selects_by(
+    data_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the warm start, validation computes the classifier's accuracy and nothing else (no
+    K-fold -ELBO enumeration, no test pass); the main phase logs all three metrics."""
+    cfg = tiny_config(**{"optim.warmstart_epochs": 1, "trainer.max_epochs": 2})
+    model, data = build_run(cfg, None)
+    model.trainer = _StubTrainer(model.configure_optimizers())  # type: ignore[assignment]
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+    x, y = data.validation.tensors
+    with torch.no_grad():
+        model.validation_step((x, y), 0, dataloader_idx=0)
+        model.validation_step((x, y), 0, dataloader_idx=1)
+    expected = (model.classifier(x).argmax(-1) == y).float().mean()
+    assert logged.keys() == {"val/acc"} and torch.equal(logged["val/acc"], expected)
+
+    model.trainer.current_epoch = 1  # main phase
+    with torch.no_grad():
+        model.validation_step((x, y), 0, dataloader_idx=1)
+    assert logged.keys() >= {"test_epoch/acc", "test_epoch/acc_generative", "test_epoch/neg_elbo"}

@@ -373,7 +373,15 @@ class SSVAE(LatentTask):
         return not self.in_warmstart
 
     def validation_step(self, batch: tuple, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Main phase: accuracy, exact -ELBO and generative accuracy on validation (and test,
+        ``test_epoch/``). Warm start: validation accuracy only, the one number it selects by
+        (the K-fold -ELBO enumeration would cost 3x the warm start's own training)."""
         x, y = batch
+        if self.in_warmstart:
+            if dataloader_idx == 0:
+                correct = (self.classifier(x).argmax(-1) == y).to(x.dtype)
+                self.log("val/acc", correct.mean(), add_dataloader_idx=False, sync_dist=True)
+            return
         correct, neg_elbo, gen_correct = self.evaluate(x, y)
         prefix = "val" if dataloader_idx == 0 else "test_epoch"
         self.log(f"{prefix}/acc", correct.mean(), add_dataloader_idx=False, sync_dist=True)
