@@ -15,22 +15,21 @@ def check_leave_one_out(baseline: str | None, n_samples: int) -> None:
 
 
 def check_batched(scores: object, name: str, event_dim: int) -> Tensor:
-    """Require a float tensor with exactly one batch dimension and a non-empty batch."""
+    """Require a float tensor with exactly one batch dimension (``B = 0`` allowed)."""
     x = check_tensor(scores, name)
-    if x.dim() != 1 + event_dim or x.shape[0] == 0:
+    if x.dim() != 1 + event_dim:
         want = "(B, K)" if event_dim == 1 else f"(B, *score_shape) with {event_dim} score dim(s)"
-        raise ValueError(f"{name} must have shape {want} with B >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape {want}, got shape {tuple(x.shape)}")
     return x
 
 
 def check_min_batched(x: object, name: str, min_dim: int) -> Tensor:
-    """Require a float tensor with at least ``min_dim`` dimensions, the first (for
-    ``min_dim > 0``) a non-empty batch."""
+    """Require a float tensor with at least ``min_dim`` dimensions (the first, for
+    ``min_dim > 0``, the batch; ``B = 0`` allowed)."""
     x = check_tensor(x, name)
-    if x.dim() < min_dim or (min_dim > 0 and x.shape[0] == 0):
+    if x.dim() < min_dim:
         raise ValueError(
-            f"{name} must have at least {min_dim} dimensions with a non-empty batch, "
-            f"got shape {tuple(x.shape)}"
+            f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}"
         )
     return x
 

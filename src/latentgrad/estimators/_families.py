@@ -34,11 +34,11 @@ def masked_entropy(p: Tensor, dim: int = -1) -> Tensor:
 
 
 def check_latent_scores(scores: object, name: str, event_dim: int) -> Tensor:
-    """A float tensor ``(B, *latent, *event)`` with ``B >= 1`` (metadata only, no sync)."""
+    """A float tensor ``(B, *latent, *event)``, ``B = 0`` allowed (metadata only, no sync)."""
     x = check_tensor(scores, name)
-    if x.dim() < 1 + event_dim or x.shape[0] == 0:
+    if x.dim() < 1 + event_dim:
         want = "(B, *latent, K)" if event_dim == 1 else f"(B, *latent, *score_shape[{event_dim}])"
-        raise ValueError(f"{name} must have shape {want} with B >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape {want}, got shape {tuple(x.shape)}")
     return x
 
 

@@ -13,6 +13,7 @@ from .base import (
     Estimator,
     EstimatorOutput,
     LossFn,
+    batch_mean,
     call_loss_fn,
     fixed_support_output,
     sum_latent,
@@ -46,6 +47,6 @@ def one_sample_output(
     if kl is not None:
         kl = sum_latent(kl)
         loss_b = loss_b + kl_coeff * kl
-        logs["kl"] = kl.detach().mean()
-    out = fixed_support_output(loss_b.mean(), losses, entropy, 1, logs)
+        logs["kl"] = batch_mean(kl.detach())
+    out = fixed_support_output(batch_mean(loss_b), losses, entropy, 1, logs)
     return out.evaluated(z, rows, torch.ones_like(losses))

@@ -15,7 +15,14 @@ from ..structures.categorical import Categorical
 from ._baselines import RUNNING_KINDS, RunningBaseline
 from ._checks import check_structure
 from ._families import CategoricalLatent, StructureLatent
-from .base import Estimator, EstimatorOutput, LossFn, call_loss_fn, fixed_support_output
+from .base import (
+    Estimator,
+    EstimatorOutput,
+    LossFn,
+    batch_mean,
+    call_loss_fn,
+    fixed_support_output,
+)
 from .marginalization import softmax_expectation
 
 BASELINES = (None, "moving_average", "ema", "batch_loo", "self_critic", "leave_one_out")
@@ -46,9 +53,10 @@ def sampling_family(structure: Structure | None, one_hot: bool = True) -> Family
 
 
 def leave_one_out_over_batch(values: Tensor) -> Tensor:
-    """``(B,)`` -> ``(B,)``: mean of the other examples' values (needs B >= 2)."""
+    """``(B,)`` -> ``(B,)``: mean of the other examples' values (needs B >= 2; an empty batch
+    gives an empty result)."""
     b = values.shape[0]
-    if b < 2:
+    if b == 1:
         raise ValueError("baseline='batch_loo' needs a batch of at least 2 examples")
     return (values.sum() - values) / (b - 1)
 
@@ -120,7 +128,7 @@ class Sampler(Estimator):
         ev = self._evaluate(self._family.mode(scores), scores, loss_fn)
         entropy = self._entropy(scores)
         losses = ev.losses[:, 0]
-        loss = (losses - self.entropy_coeff * entropy).mean()
+        loss = batch_mean(losses - self.entropy_coeff * entropy)
         out = fixed_support_output(loss, losses, entropy, 1)
         return out.evaluated(ev.z, ev.rows, torch.ones_like(losses))
 
@@ -156,9 +164,11 @@ class Sampler(Estimator):
             return leave_one_out_over_batch(ell.mean(1)).unsqueeze(1)
         return self._running_value(ell)
 
-    def _update_running(self, batch_mean: Tensor) -> None:
-        if self.running is not None and self.training:
-            self.running.update(batch_mean)
+    def _update_running(self, expected: Tensor) -> None:
+        """Fold the batch mean of ``expected`` ``(B,)`` into the running baseline (training
+        only; an empty batch leaves it unchanged)."""
+        if self.running is not None and self.training and expected.numel():
+            self.running.update(expected.mean())
 
     def _reinforce(
         self, scores: Tensor, ev: Evaluated, log_q: Tensor, s: int
@@ -175,7 +185,7 @@ class Sampler(Estimator):
         per_example = (score_term(ell - beta, log_q) + ell).mean(1) - self.entropy_coeff * entropy
         expected = ell.detach().mean(1)
         weights = sample_weights(losses, s)
-        return self._finish(per_example.mean(), expected, entropy, beta, ev, weights)
+        return self._finish(batch_mean(per_example), expected, entropy, beta, ev, weights)
 
     def _finish(
         self,
@@ -191,8 +201,8 @@ class Sampler(Estimator):
         only) and package the output: ``ev.losses.shape[1]`` evaluations per example, combined
         into ``expected`` with ``weights`` ``(B, n)``; logs ``baseline`` (mean), ``entropy``
         (mean), ``support_size`` and the extra ``logs``."""
-        self._update_running(expected.mean())
-        all_logs = {"baseline": baseline.detach().mean(), **(logs or {})}
+        self._update_running(expected)
+        all_logs = {"baseline": batch_mean(baseline.detach()), **(logs or {})}
         out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], all_logs)
         return out.evaluated(ev.z, ev.rows, weights.flatten())
 

@@ -22,7 +22,9 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 class EstimatorOutput:
     """What every estimator returns.
 
-    loss: scalar surrogate to backpropagate (its gradient is the estimator).
+    loss: scalar surrogate to backpropagate (its gradient is the estimator), a mean over the
+        batch; 0 (with a graph, zero gradients) for an empty batch, whose other fields are
+        empty.
     expected_loss: (B,) estimate of E_p[loss_b] (no entropy term).
     support_size: (B,) number of ``loss_fn`` evaluations each example cost.
     entropy: (B,) entropy of the example's latent distribution (exact where the family allows).
@@ -77,6 +79,13 @@ def call_loss_fn(
     return out
 
 
+def batch_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over its entries (the examples of a batch, or their samples). An empty
+    batch has no loss: its mean is 0, a sum over no examples that keeps ``x``'s graph (so
+    ``backward()`` works and gives zero gradients), where ``Tensor.mean`` would give NaN."""
+    return x.mean() if x.numel() else x.sum()
+
+
 def fixed_support_output(
     loss: Tensor,
     expected: Tensor,
@@ -86,10 +95,10 @@ def fixed_support_output(
 ) -> EstimatorOutput:
     """The output of an estimator that evaluates every example ``n_eval`` times: ``expected``
     and ``entropy`` ``(B,)`` (stored detached), ``support_size`` ``n_eval`` for each example;
-    logs ``entropy`` (mean), ``support_size`` and the given ``logs``."""
+    logs ``entropy`` (mean, 0 over an empty batch), ``support_size`` and the given ``logs``."""
     support = torch.full((expected.shape[0],), n_eval, dtype=torch.long, device=expected.device)
     all_logs: dict[str, float | Tensor] = {
-        "entropy": entropy.detach().mean(),
+        "entropy": batch_mean(entropy.detach()),
         "support_size": float(n_eval),
         **(logs or {}),
     }

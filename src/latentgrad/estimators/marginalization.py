@@ -26,7 +26,7 @@ from ..polytope.topk_sparsemax import topk_sparsemax
 from ..structures.base import Structure
 from ._checks import check_batched
 from ._families import CategoricalLatent, check_latent_scores, masked_entropy
-from .base import Estimator, EstimatorOutput, LossFn, call_loss_fn
+from .base import Estimator, EstimatorOutput, LossFn, batch_mean, call_loss_fn
 
 
 def marginalize(
@@ -48,10 +48,10 @@ def marginalize(
     terms = weights * losses
     expected = torch.zeros(entropy.shape[0], device=terms.device, dtype=terms.dtype)
     expected = expected.index_add(0, rows, terms)
-    loss = (expected - entropy_coeff * entropy).mean()
+    loss = batch_mean(expected - entropy_coeff * entropy)
     logs: dict[str, float | Tensor] = {
-        "support_size": support.detach().to(weights.dtype).mean(),
-        "entropy": entropy.detach().mean(),
+        "support_size": batch_mean(support.detach().to(weights.dtype)),
+        "entropy": batch_mean(entropy.detach()),
     }
     out = EstimatorOutput(loss, expected.detach(), support, entropy.detach(), logs)
     return out.evaluated(z, rows, weights)
@@ -69,7 +69,7 @@ def product_support(p: Tensor, max_support: int) -> tuple[Tensor, ...]:
     ``max_support`` pairs for one example is an error.
     """
     b, k = p.shape[0], p.shape[-1]
-    flat = p.reshape(b, -1, k)
+    flat = p.reshape(b, math.prod(p.shape[1:-1]), k)
     n_var = flat.shape[1]
     mask = flat > 0
     ex, var, cat = mask.nonzero(as_tuple=True)  # sorted by (example, variable, category)
@@ -79,7 +79,7 @@ def product_support(p: Tensor, max_support: int) -> tuple[Tensor, ...]:
         return ex, cat.view(-1, *p.shape[1:-1]), probs, torch.bincount(ex, minlength=b), entropy
     counts = torch.bincount(ex * n_var + var, minlength=b * n_var).view(b, n_var)
     support = counts.prod(-1)
-    largest = int(support.max())
+    largest = int(support.max()) if b else 0
     if largest > max_support:
         raise ValueError(
             f"the product of the per-variable supports has {largest} joint values for one "
@@ -114,7 +114,7 @@ def softmax_expectation(
     z = family.latent_values(idx, scores)
     out = marginalize(weights, rows, z, loss_fn, entropy, entropy_coeff, support)
     if extra is not None:
-        out.loss = out.loss + extra.mean()
+        out.loss = out.loss + batch_mean(extra)
     return out
 
 
@@ -257,7 +257,7 @@ class _StructuredMarginalization(Estimator):
         out = marginalize(
             result.weights[rows, idx], rows, z, loss_fn, entropy, self.entropy_coeff, mask.sum(-1)
         )
-        out.logs["exact_fraction"] = result.exact.to(scores.dtype).mean()
+        out.logs["exact_fraction"] = batch_mean(result.exact.to(scores.dtype))
         return out
 
 
@@ -284,7 +284,7 @@ class TopKSparsemaxMarginalization(_StructuredMarginalization):
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         out = super().forward(scores, loss_fn)
         full = (out.support_size >= self.k).to(out.expected_loss.dtype)
-        out.logs["full_support_fraction"] = full.mean()
+        out.logs["full_support_fraction"] = batch_mean(full)
         return out
 
 

@@ -36,6 +36,7 @@ from .base import (
     Estimator,
     EstimatorOutput,
     LossFn,
+    batch_mean,
     call_loss_fn,
     check_latent_shape,
     fixed_support_output,
@@ -107,7 +108,7 @@ class GaussianSparsemaxEstimator(Estimator):
         if self.reading() == "mode":  # the noise-free point sparsemax(μ)
             return one_sample_output(self, loss_fn, sparsemax(loc.detach(), dim=-1), None, entropy)
         losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
-        loss = (losses.mean(1) - self.entropy_coeff * entropy).mean()
+        loss = batch_mean(losses.mean(1) - self.entropy_coeff * entropy)
         out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples)
         return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
 
@@ -167,18 +168,18 @@ class BinaryMixedEstimator(Estimator):
         scores = _check_input(scores, "scores", 1)
         dist = self.distribution(scores)
         entropy = sum_latent(dist.entropy(), 1)
-        bits = scores[0].numel()
+        bits = math.prod(scores.shape[1:])
         kl = bits * math.log(3) - entropy
         if self.reading() == "mode":
             return one_sample_output(self, loss_fn, self._median(scores.detach()), None, entropy,
                                      kl, self.kl_coeff)
         y = dist.rsample((self.n_samples,))
         losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
-        loss = (losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy).mean()
+        loss = batch_mean(losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy)
         logs: dict[str, float | Tensor] = {
-            "kl_uniform": kl.detach().mean(),
-            "prob_zero": dist.prob_zero().detach().mean(),
-            "prob_one": dist.prob_one().detach().mean(),
+            "kl_uniform": batch_mean(kl.detach()),
+            "prob_zero": batch_mean(dist.prob_zero().detach()),
+            "prob_one": batch_mean(dist.prob_one().detach()),
         }
         out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples, logs)
         return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
@@ -247,18 +248,19 @@ class MixedDirichletEstimator(Estimator):
         self.register_buffer("_cost_means", torch.zeros(history))
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long))
 
-    def _scale(self, batch_mean: Tensor) -> Tensor:
-        """max(1, std of the stored batch means) after folding in this step's (training only)."""
+    def _scale(self, costs: Tensor) -> Tensor:
+        """max(1, std of the stored batch means) after folding in the mean of this step's
+        ``costs`` (training only; an empty batch adds nothing)."""
         history = self._cost_means
-        if self.training:
+        if self.training and costs.numel():
             with torch.no_grad():
-                history[self._steps % history.numel()] = batch_mean.to(history.dtype)
+                history[self._steps % history.numel()] = costs.mean().to(history.dtype)
                 self._steps += 1
         filled = torch.arange(history.numel(), device=history.device) < self._steps
         n = filled.sum().clamp(min=1)
         mean = (history * filled).sum() / n
         var = (((history - mean) * filled) ** 2).sum() / (n - 1).clamp(min=1)
-        return var.sqrt().clamp(min=1.0).to(batch_mean.dtype)
+        return var.sqrt().clamp(min=1.0).to(costs.dtype)
 
     def score_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
         """``(*latent, K)`` -> ``(*latent, 2, K)``: face scores and concentrations per variable."""
@@ -341,16 +343,16 @@ class MixedDirichletEstimator(Estimator):
             beta = torch.zeros_like(detached[:, :s])
         advantage = detached[:, :s] - beta
         if self.standardize:
-            advantage = advantage / self._scale(detached[:, :s].mean())
+            advantage = advantage / self._scale(detached[:, :s])
         score = advantage * (log_q - log_q.detach())
-        loss = ((cost[:, :s] + score).mean(1) + exact).mean()
+        loss = batch_mean((cost[:, :s] + score).mean(1) + exact)
 
         def report(exact_part: Tensor, sampled_part: Tensor) -> Tensor:
             return sum_latent(exact_part + sampled_part[:s].mean(0), 1).detach()
 
-        logs: dict[str, float | Tensor] = {"baseline": beta.mean()}
+        logs: dict[str, float | Tensor] = {"baseline": batch_mean(beta)}
         if kl is not None:
-            logs["kl"] = report(kl, kl_at_faces).mean()
+            logs["kl"] = batch_mean(report(kl, kl_at_faces))
         entropy = report(entropy, entropy_at_faces)
         out = fixed_support_output(loss, losses[:, :s].mean(1), entropy, total, logs)
         return out.evaluated(z, rows, mc_weights(rows, s, total, losses))

@@ -372,5 +372,6 @@ class IGREstimator(Estimator):
             z = psi
         out = one_sample_output(self, loss_fn, z, tau, -log_q, kl, self.kl_coeff)
         if self.variant == "SB":
-            out.logs["truncation"] = (psi > 0).sum(dim=-1).max().detach() - 1
+            kept = (psi > 0).sum(dim=-1).detach()  # sticks kept + 1 (no sticks in an empty batch)
+            out.logs["truncation"] = kept.max() - 1 if kept.numel() else kept.new_zeros(())
         return out

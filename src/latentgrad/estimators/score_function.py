@@ -19,6 +19,8 @@ are joint, ``log p`` and ``H`` sums over the variables.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
@@ -37,7 +39,7 @@ from ._sampler import (
     sample_weights,
     score_term,
 )
-from .base import EstimatorOutput, LossFn
+from .base import EstimatorOutput, LossFn, batch_mean
 
 __all__ = ["NVIL", "ScoreBaselineNet", "ScoreFunction", "SumAndSample"]
 
@@ -202,10 +204,10 @@ class NVIL(Sampler):
         entropy = self._entropy(scores)
         sq_err = (target - learned.unsqueeze(1)) ** 2
         per_example = (score_term(signal, logp) + ell + self.regression_coeff * sq_err).mean(1)
-        loss = (per_example - self.entropy_coeff * entropy).mean()
-        if self.signal_scale is not None and self.training:
+        loss = batch_mean(per_example - self.entropy_coeff * entropy)
+        if self.signal_scale is not None and self.training and raw_signal.numel():
             self.signal_scale.update((raw_signal**2).mean())
-        logs: dict[str, float | Tensor] = {"baseline_mse": sq_err.detach().mean()}
+        logs: dict[str, float | Tensor] = {"baseline_mse": batch_mean(sq_err.detach())}
         return self._finish(
             loss, ell.detach().mean(1), entropy, centre + learned, ev, sample_weights(ell, s), logs
         )
@@ -286,7 +288,7 @@ class SumAndSample(Sampler):
         if isinstance(self._family, CategoricalLatent):
             if scores.dim() == 2:
                 return self._forward_categorical(scores, loss_fn)
-            total = scores.shape[-1] ** scores[0, ..., 0].numel()
+            total = scores.shape[-1] ** math.prod(scores.shape[1:-1])
             if self.k > total:
                 raise ValueError(
                     f"k={self.k} exceeds the number of joint values K^L={total} of scores"
@@ -350,7 +352,7 @@ class SumAndSample(Sampler):
             sampled_term = score_term(ell_s - beta[:, 0], logp_s) + ell_s
             per_example = per_example + rest_mass * sampled_term
         entropy = categorical.entropy(scores)
-        loss = (per_example - self.entropy_coeff * entropy).mean()
+        loss = batch_mean(per_example - self.entropy_coeff * entropy)
         return self._finish(loss, expected, entropy, beta, ev, weights)
 
     def _forward_joint(
@@ -395,10 +397,10 @@ class SumAndSample(Sampler):
             sampled_term = score_term(ell_s - beta[:, 0], logp[:, k]) + ell_s
             per_example = per_example + weight * sampled_term
         entropy = self._entropy(scores)
-        loss = (per_example - self.entropy_coeff * entropy).mean()
+        loss = batch_mean(per_example - self.entropy_coeff * entropy)
         logs: dict[str, float | Tensor] = {}
         if sampled:
-            logs["rejection_miss_rate"] = (~found).to(scores.dtype).mean()
+            logs["rejection_miss_rate"] = batch_mean((~found).to(scores.dtype))
         return self._finish(loss, expected, entropy, beta, ev, weights, logs)
 
     def _beta(self, losses: Tensor, expected: Tensor) -> Tensor:
@@ -419,7 +421,7 @@ def joint_topk(scores: Tensor, k: int) -> Tensor:
     log-probabilities never drops one (L merges of k x k candidates; no loop over examples).
     """
     b, latent = scores.shape[0], scores.shape[1:-1]
-    logp = scores.detach().log_softmax(-1).reshape(b, -1, scores.shape[-1])
+    logp = scores.detach().log_softmax(-1).reshape(b, math.prod(latent), scores.shape[-1])
     best = logp.new_zeros(b, 1)
     idx = torch.zeros(b, 1, 0, dtype=torch.long, device=scores.device)
     for var in range(logp.shape[1]):
@@ -429,4 +431,4 @@ def joint_topk(scores: Tensor, k: int) -> Tensor:
         parent, choice = flat // top_val.shape[1], flat % top_val.shape[1]
         idx = torch.cat([idx.gather(1, parent.unsqueeze(2).expand(-1, -1, idx.shape[2])),
                          top_idx.gather(1, choice).unsqueeze(2)], dim=2)
-    return idx.reshape(b, -1, *latent)
+    return idx.reshape(b, idx.shape[1], *latent)
