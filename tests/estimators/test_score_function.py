@@ -312,3 +312,27 @@ def test_nvil_default_baseline_trains_over_several_steps():
         out.loss.backward()
         opt.step()
     assert all(torch.isfinite(p).all() for p in est.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nvil_default_baseline_is_finite_at_any_score_magnitude(dtype):
+    """The default net reads asinh(scores): at scores up to an eighth of the dtype's maximum the
+    baseline is of the order of log|scores| (raw scores of 1e20 once gave an infinite float32
+    surrogate through a squared error of 1e38), and the surrogate and its gradients are finite."""
+    top = torch.finfo(dtype).max / 8
+    for magnitude in (1.0, 1e4, 1e20, top):
+        if magnitude > top:
+            continue
+        torch.manual_seed(0)
+        scores = (torch.randn(4, K, dtype=torch.float64) * magnitude).to(dtype).requires_grad_()
+        est = NVIL()
+        out = est(scores, lambda z, rows: (z * torch.arange(K, dtype=z.dtype)).sum(-1))
+        assert torch.isfinite(out.loss), magnitude
+        first, last = est.baseline_net.net[1], est.baseline_net.net[3]
+        features = float(scores.detach().double().abs().max().asinh())  # |asinh x| <= this
+        hidden = first.weight.double().abs().sum(1) * features + first.bias.double().abs()
+        bound = float(last.weight.double().abs() @ hidden + last.bias.double().abs())
+        rounding = 2 * (K + first.out_features) * torch.finfo(dtype).eps  # two dot products
+        assert abs(float(out.logs["baseline"])) <= (1 + rounding) * bound, magnitude
+        grads = torch.autograd.grad(out.loss, [scores, *est.parameters()])
+        assert all(torch.isfinite(g).all() for g in grads), magnitude

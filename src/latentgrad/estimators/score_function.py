@@ -102,9 +102,13 @@ class ScoreFunction(Sampler):
 
 class ScoreBaselineNet(nn.Module):
     """NVIL's default input-dependent baseline ``b_psi``: a ReLU MLP ``flatten -> hidden -> 1``
-    on its input (by default the detached scores ``(B, *score_shape)``). The input size is read
-    at the first call (``nn.LazyLinear``), where the net also takes the input's dtype and device;
-    the parameter objects stay the same, so an optimiser built before the first call trains them.
+    on the features ``asinh(x)`` of its input (by default the detached scores
+    ``(B, *score_shape)``). ``asinh(x) ≈ x`` near 0 and ``≈ sign(x) log 2|x|`` beyond, so the
+    baseline, its regression error and the surrogate stay finite at any finite score magnitude
+    (raw scores of 1e20 would give a float32 squared error of 1e38 and beyond). The input size is
+    read at the first call (``nn.LazyLinear``), where the net also takes the input's dtype and
+    device; the parameter objects stay the same, so an optimiser built before the first call
+    trains them.
     """
 
     def __init__(self, hidden: int = 64) -> None:
@@ -117,7 +121,7 @@ class ScoreBaselineNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, ...)`` -> ``(B, 1)``; non-finite entries (``-inf``: an excluded category) enter
         as 0, so the baseline stays finite."""
-        x = torch.where(torch.isfinite(x), x, 0.0)
+        x = torch.where(torch.isfinite(x), x, 0.0).asinh()
         first = self.net[1]
         if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)
