@@ -13,6 +13,7 @@ from .base import (
     Estimator,
     EstimatorOutput,
     LossFn,
+    add_term,
     batch_mean,
     call_loss_fn,
     fixed_support_output,
@@ -40,13 +41,13 @@ def one_sample_output(
     rows = torch.arange(z.shape[0], device=z.device)
     losses = call_loss_fn(loss_fn, z, rows, type(est).__name__)
     entropy = torch.zeros_like(losses) if entropy is None else sum_latent(entropy)
-    loss_b = losses - est.entropy_coeff * entropy
+    loss_b = add_term(losses, -est.entropy_coeff, entropy)
     logs: dict[str, float | Tensor] = {}
     if tau is not None:
         logs["temperature"] = tau.detach()
     if kl is not None:
         kl = sum_latent(kl)
-        loss_b = loss_b + kl_coeff * kl
+        loss_b = add_term(loss_b, kl_coeff, kl)
         logs["kl"] = batch_mean(kl.detach())
     out = fixed_support_output(batch_mean(loss_b), losses, entropy, 1, logs)
     return out.evaluated(z, rows, torch.ones_like(losses))

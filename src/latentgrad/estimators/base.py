@@ -86,6 +86,13 @@ def batch_mean(x: Tensor) -> Tensor:
     return x.mean() if x.numel() else x.sum()
 
 
+def add_term(x: Tensor, coeff: float, term: Tensor | None) -> Tensor:
+    """``x + coeff · term``; with ``coeff = 0`` (or no term) ``x`` itself: a regulariser that is
+    not in the objective never enters it (a Monte Carlo entropy that overflowed to ±inf times a
+    zero coefficient would be NaN)."""
+    return x + coeff * term if coeff and term is not None else x
+
+
 def fixed_support_output(
     loss: Tensor,
     expected: Tensor,

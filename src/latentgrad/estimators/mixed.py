@@ -36,6 +36,7 @@ from .base import (
     Estimator,
     EstimatorOutput,
     LossFn,
+    add_term,
     batch_mean,
     call_loss_fn,
     check_latent_shape,
@@ -108,7 +109,7 @@ class GaussianSparsemaxEstimator(Estimator):
         if self.reading() == "mode":  # the noise-free point sparsemax(μ)
             return one_sample_output(self, loss_fn, sparsemax(loc.detach(), dim=-1), None, entropy)
         losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
-        loss = batch_mean(losses.mean(1) - self.entropy_coeff * entropy)
+        loss = batch_mean(add_term(losses.mean(1), -self.entropy_coeff, entropy))
         out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples)
         return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
 
@@ -175,7 +176,8 @@ class BinaryMixedEstimator(Estimator):
                                      kl, self.kl_coeff)
         y = dist.rsample((self.n_samples,))
         losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
-        loss = batch_mean(losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy)
+        loss = add_term(add_term(losses.mean(1), self.kl_coeff, kl), -self.entropy_coeff, entropy)
+        loss = batch_mean(loss)
         logs: dict[str, float | Tensor] = {
             "kl_uniform": batch_mean(kl.detach()),
             "prob_zero": batch_mean(dist.prob_zero().detach()),
@@ -327,11 +329,13 @@ class MixedDirichletEstimator(Estimator):
         if self.reading() == "mode":
             return self._mode_output(q, loss_fn, entropy, entropy_at_faces, kl, kl_at_faces)
         losses, z, rows = _evaluate(q.rsample_on_faces(faces), loss_fn, type(self).__name__)
-        exact = -self.entropy_coeff * sum_latent(entropy, 1)
-        at_faces = -self.entropy_coeff * entropy_at_faces
+        exact = add_term(torch.zeros_like(losses[:, 0]), -self.entropy_coeff,
+                         sum_latent(entropy, 1))
+        at_faces = add_term(torch.zeros_like(entropy_at_faces), -self.entropy_coeff,
+                            entropy_at_faces)
         if kl is not None:
-            exact = exact + self.kl_coeff * sum_latent(kl, 1)
-            at_faces = at_faces + self.kl_coeff * kl_at_faces
+            exact = add_term(exact, self.kl_coeff, sum_latent(kl, 1))
+            at_faces = add_term(at_faces, self.kl_coeff, kl_at_faces)
         cost = losses + sum_latent(at_faces.movedim(0, 1), 2)  # c_s, (B, S')
         log_q = sum_latent(q.faces.log_prob(faces).movedim(0, 1), 2)[:, :s]
         detached = cost.detach()
