@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latentgrad.experiments.config import ConfigError
+from latentgrad.experiments.cli import main
+from latentgrad.experiments.config import ConfigError, sweep_grid, task_estimators
 from latentgrad.experiments.sweep import parse_seeds, sweep
 
 TINY = ["profile=tiny", "trainer.max_epochs=2"]
@@ -90,8 +91,6 @@ def test_ddp_on_two_cpu_processes_with_gloo(data_env: Path, tmp_path: Path) -> N
 
 
 def test_sweep_cli_rejects_bad_seeds_and_overrides(capsys: pytest.CaptureFixture[str]) -> None:
-    from latentgrad.experiments.cli import main
-
     assert main(["sweep", "ssvae", "--estimators", "softmax", "--seeds", "x"]) == 2
     assert "--seeds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -129,3 +128,21 @@ def test_progress_lines_count_cells_and_estimate_the_time_left() -> None:
         "[sweep ssvae 2/5] FAILED b/seed1 (exit 1) after 1m40s | done 1, running 1, failed 1, "
         "waiting 2 | time left ~2m40s"
     )
+
+
+def test_a_profile_names_the_seeds_its_sweep_runs() -> None:
+    """``latentgrad sweep ssvae profile=paper`` needs no --seeds/--estimators: the published
+    seeds and every estimator of the task; the command line still wins."""
+    everything = task_estimators("ssvae")
+    assert sweep_grid("ssvae", "paper", None, None) == (everything, "43-52")
+    assert sweep_grid("ssvae", None, None, None) == (everything, "43-52")  # no profile = full
+    assert sweep_grid("ssvae", "faithful", "sfe,softmax", "1") == (["sfe", "softmax"], "1")
+    with pytest.raises(ConfigError, match=r"--seeds: required.*'tiny'"):
+        sweep_grid("ssvae", "tiny", None, None)
+
+
+def test_sweep_cli_without_seeds_for_a_profile_that_names_none_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sweep", "ssvae", "profile=tiny"]) == 2
+    assert "--seeds: required" in capsys.readouterr().err

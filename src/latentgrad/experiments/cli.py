@@ -91,8 +91,17 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="a grid of runs (estimators x seeds)")
     s.add_argument("task")
-    s.add_argument("--estimators", required=True, help="comma-separated estimator names")
-    s.add_argument("--seeds", required=True, help="e.g. 1-10 or 43,44,45")
+    s.add_argument(
+        "--estimators",
+        help="comma-separated estimator names (default: the profile's sweep, else all)",
+    )
+    s.add_argument("--seeds", help="e.g. 1-10 or 43,44,45 (default: the profile's published seeds)")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue unfinished cells from their checkpoints (always done; finished cells are "
+        "skipped)",
+    )
     s.add_argument("--workers", type=int, default=1, help="parallel local processes")
     s.add_argument("--ray", help="run on Ray: 'auto' or a cluster address ('local' starts one)")
     s.add_argument("--config", help="YAML file with config overrides")
@@ -164,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"finished {args.task}/{args.estimator}/seed{args.seed}: {result['metrics']}")
             return 0
         if args.command == "sweep":
+            from latentgrad.experiments.config import sweep_grid
             from latentgrad.experiments.sweep import parse_seeds, sweep
 
+            profile = parse_overrides(args.overrides).get("profile")
+            estimators, seeds = sweep_grid(args.task, profile, args.estimators, args.seeds)
             return sweep(
                 args.task,
-                args.estimators.split(","),
-                parse_seeds(args.seeds),
+                estimators,
+                parse_seeds(seeds),
                 [*args.overrides, *_trainer_flags(args)],
                 out=args.out,
                 workers=args.workers,

@@ -2,7 +2,10 @@
 
 A task's YAML (``experiments/configs/<task>.yaml``) has the sections ``defaults`` (the paper's
 protocol at full scale), ``estimators`` (per-estimator settings, e.g. learning rates; its keys are
-the estimators the task supports) and ``profiles`` (named smaller settings: ``cpu``, ``tiny``).
+the estimators the task supports), ``profiles`` (named settings: ``paper``, ``faithful``,
+``cpu``, ``tiny``) and optionally ``sweeps``: per profile, the ``seeds`` (``"43-52"``) and
+``estimators`` that ``latentgrad sweep TASK profile=NAME`` runs when ``--seeds`` and
+``--estimators`` are not given.
 Layers apply in the order schema defaults < ``defaults`` < ``estimators[name]`` < ``profiles[p]`` <
 ``--config FILE`` < command-line overrides. Every layer is checked against the schema before any
 training starts: unknown keys, wrong types and impossible values raise ``ConfigError`` naming the
@@ -210,11 +213,29 @@ def task_yaml(task: str) -> dict[str, Any]:
             raise ConfigError(f"task {task!r}: its CONFIG_FILE {file} does not exist")
         text, source = file.read_text(), str(file)
     data = _safe_load(text, source) or {}
-    if not isinstance(data, dict) or set(data) - {"defaults", "estimators", "profiles"}:
+    if not isinstance(data, dict) or set(data) - {"defaults", "estimators", "profiles", "sweeps"}:
         raise ConfigError(
-            f"{source}: expected a mapping with the sections defaults, estimators, profiles"
+            f"{source}: expected a mapping with the sections defaults, estimators, profiles "
+            "(and optionally sweeps)"
         )
     return data
+
+
+def sweep_grid(
+    task: str, profile: str | None, estimators: str | None, seeds: str | None
+) -> tuple[list[str], str]:
+    """The (estimators, seeds) of ``latentgrad sweep``: the command line's where given, else the
+    YAML's ``sweeps[profile]`` entry; estimators default to every estimator of the task."""
+    entry = (task_yaml(task).get("sweeps") or {}).get(profile or "full") or {}
+    seeds = seeds if seeds is not None else entry.get("seeds")
+    if seeds is None:
+        known = ", ".join(task_yaml(task).get("sweeps") or {}) or "none"
+        raise ConfigError(
+            f"--seeds: required, since task {task!r} names no seeds for profile "
+            f"{profile or 'full'!r} (profiles with seeds: {known})"
+        )
+    names = estimators.split(",") if estimators is not None else entry.get("estimators")
+    return list(names or task_estimators(task)), str(seeds)
 
 
 def task_estimators(task: str) -> list[str]:

@@ -11,8 +11,9 @@ Two ways in:
 
 A task module provides what the built-in ones do (``Config``, ``build_run``, ``REPORT_METRICS``,
 ``CURVE_METRICS``; ``experiments.tasks.base`` is the skeleton) plus ``CONFIG_FILE``, the path of its
-YAML with the sections ``defaults``, ``estimators`` and ``profiles`` of the packaged
-``configs/<task>.yaml``. A plugin estimator can be chosen for every task (with the task's defaults).
+YAML with the sections ``defaults``, ``estimators``, ``profiles`` (and optionally ``sweeps``) of
+the packaged ``configs/<task>.yaml``. A plugin estimator can be chosen for every task (with the
+task's defaults).
 """
 
 from __future__ import annotations
