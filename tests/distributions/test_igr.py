@@ -531,3 +531,54 @@ def test_low_temperature_draws_stay_in_the_open_simplex_with_finite_log_prob(fam
     tol = math.sqrt(torch.finfo(dtype).eps)
     assert bool(((x.sum(-1) - 1).abs() <= tol).all())
     assert torch.isfinite(dist.log_prob(x)).all()
+
+
+@pytest.mark.parametrize("family", ["I", "SB", "planar"])
+def test_log_scale_replaces_the_log_of_a_clamped_scale_in_densities_and_kls(family):
+    """σ = exp(ξ) underflows float32 at ξ = -200 (clamped to the smallest normal number, whose log
+    is -87): with ``log_scale=ξ`` the Gaussian part of every log-density uses ξ itself, so the
+    draw's log q exceeds the clamped one by exactly Σ (log σ_clamped − ξ), and the KL equals the
+    float64 closed form."""
+    loc = torch.tensor([[0.3, -0.2, 0.1], [1.0, 0.5, -1.0]])
+    xi = torch.tensor([[-200.0, -150.0, 0.5], [-90.0, 2.0, -300.0]])
+    clamped = xi.exp().clamp_min(torch.finfo(torch.float32).tiny)
+
+    def make(scale, at=loc, **kw):
+        if family == "I":
+            return IGR(at, scale, 0.5, **kw)
+        if family == "SB":
+            return IGRStickBreaking(at, scale, 0.5, eps=0.0, **kw)
+        torch.manual_seed(3)
+        return IGRPlanar(at, scale, 0.5, [PlanarFlow(3), PlanarFlow(3)], **kw)
+
+    torch.manual_seed(0)
+    psi, log_q = make(clamped, log_scale=xi).rsample_with_log_prob()
+    torch.manual_seed(0)
+    psi_c, log_q_c = make(clamped).rsample_with_log_prob()
+    torch.testing.assert_close(psi, psi_c, rtol=0, atol=0)
+    shift = (clamped.log() - xi).double().sum(-1)  # ≈ 163 and 297 nats
+    torch.testing.assert_close(log_q.double() - log_q_c.double(), shift, rtol=4e-7, atol=0)
+    if family != "planar":
+        prior = make(torch.ones_like(xi), torch.zeros_like(loc))
+        got = kl_divergence(make(clamped, log_scale=xi), prior).double()
+        x, m = xi.double(), loc.double()
+        want = 0.5 * ((2 * x).exp() + m.square() - 1 - 2 * x).sum(-1)
+        torch.testing.assert_close(got, want, rtol=2e-7, atol=0)
+        with pytest.raises(ValueError, match="log_scale"):
+            make(clamped, log_scale=xi[:, :2])
+
+
+def test_gaussian_kl_in_half_precision_is_computed_in_float32():
+    """σ = exp(-50) underflows float16 and μ² = 3600 loses bits in bfloat16: from the log-scale,
+    computed in float32, the KL is within one rounding of the half dtype of the float64 value."""
+    loc = torch.tensor([[3.0, -60.0, 0.25]])
+    xi = torch.tensor([[-50.0, 4.0, -0.5]])
+    for dtype in (torch.float16, torch.bfloat16):
+        info = torch.finfo(dtype)
+        scale = xi.exp().clamp(info.tiny, info.max).to(dtype)
+        p = IGR(loc.to(dtype), scale, 0.5, log_scale=xi.to(dtype))
+        q = IGR(torch.zeros(1, 3, dtype=dtype), 1.0, 0.5)
+        got = kl_divergence(p, q).double()
+        x, m = xi.to(dtype).double(), loc.to(dtype).double()
+        want = 0.5 * ((2 * x).exp() + m.square() - 1 - 2 * x).sum(-1)
+        torch.testing.assert_close(got, want, rtol=torch.finfo(dtype).eps, atol=0)

@@ -378,3 +378,24 @@ def test_igr_estimator_is_finite_at_low_temperature_in_float32(variant):
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(out.entropy).all()
     assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", ["I", "SB"])
+def test_igr_closed_form_kl_uses_the_log_scale_where_its_exp_underflows(dtype, variant):
+    """ξ = -120 (float32) or -20 (half) puts σ = exp(ξ) below the dtype's smallest normal number:
+    the KL reads log σ = ξ itself, so it matches the float64 closed form within the dtype's
+    rounding (clamping σ once put each coordinate's KL term ~ 33 nats (float32) / 10 nats
+    (float16) too low)."""
+    low = -120.0 if dtype == torch.float32 else -20.0
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(4, 3, generator=g, dtype=D)
+    xi = low + torch.rand(4, 3, generator=g, dtype=D)
+    scores = torch.stack([loc, xi], -2).to(dtype)
+    prior = "uniform" if variant == "I" else (0.0, 1.0)
+    out = IGREstimator(variant, 0.5, prior=prior)(scores, lambda z, rows: z.square().sum(-1))
+    m, x = scores.double().unbind(-2)
+    m0 = uniform_prior_loc(4, 1.0).to(D) if variant == "I" else torch.zeros(3, dtype=D)
+    want = 0.5 * ((2 * x).exp() + (m - m0).square() - 1 - 2 * x).sum(-1).mean()
+    eps = torch.finfo(dtype).eps
+    assert abs(float(out.logs["kl"]) - float(want)) <= 4 * eps * float(want)

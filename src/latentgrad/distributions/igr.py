@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints, register_kl
 
 from .._dtypes import working_dtype
-from .._validation import check_positive_int, check_tensor
+from .._validation import check_finite, check_positive_int, check_tensor
 from ..mappings import (
     log_softmax_pp,
     softmax_pp_inverse,
@@ -116,22 +116,27 @@ def check_truncation(eps: object, quantile: object) -> tuple[float, float]:
     return float(eps), float(q)
 
 
-def _gaussian_kl(mu_p: Tensor, sig_p: Tensor, mu_q: Tensor, sig_q: Tensor) -> Tensor:
-    """``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` of diagonal Gaussians, summed over the last dim;
-    each coordinate's term ≥ 0 (rounding clamped), exactly 0 where the parameters coincide."""
-    log_ratio = 2 * (sig_p.log() - sig_q.log())  # not the log of an overflowed (σ_p/σ_q)²
-    per_coord = log_ratio.exp() + ((mu_p - mu_q) / sig_q).pow(2) - 1 - log_ratio
-    return 0.5 * per_coord.clamp_min(0).sum(dim=-1)
+def _gaussian_kl(mu_p: Tensor, log_sig_p: Tensor, mu_q: Tensor, log_sig_q: Tensor) -> Tensor:
+    """``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` of diagonal Gaussians from their log-scales, summed
+    over the last dim; each coordinate's term ≥ 0 (rounding clamped), exactly 0 where the
+    parameters coincide. Half precision is computed in float32."""
+    dtype = mu_p.dtype
+    mu_p, log_sig_p, mu_q, log_sig_q = (
+        t.to(working_dtype(dtype)) for t in (mu_p, log_sig_p, mu_q, log_sig_q)
+    )
+    log_ratio = 2 * (log_sig_p - log_sig_q)  # not the log of an overflowed (σ_p/σ_q)²
+    per_coord = log_ratio.exp() + ((mu_p - mu_q) * (-log_sig_q).exp()).pow(2) - 1 - log_ratio
+    return (0.5 * per_coord.clamp_min(0).sum(dim=-1)).to(dtype)
 
 
-def _noise_log_prob(eps: Tensor, scale: Tensor) -> Tensor:
+def _noise_log_prob(eps: Tensor, log_scale: Tensor) -> Tensor:
     """``log N(loc + scale·ε; loc, diag scale²) = Σ −ε²/2 − log σ − ½ log 2π`` over the last dim."""
-    return (-0.5 * eps.pow(2) - scale.log() - _HALF_LOG_2PI).sum(dim=-1)
+    return (-0.5 * eps.pow(2) - log_scale - _HALF_LOG_2PI).sum(dim=-1)
 
 
-def _gauss_log_prob(kappa: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+def _gauss_log_prob(kappa: Tensor, loc: Tensor, scale: Tensor, log_scale: Tensor) -> Tensor:
     """``log N(κ; loc, diag scale²)`` summed over the last dim."""
-    return _noise_log_prob((kappa - loc) / scale, scale)
+    return _noise_log_prob((kappa - loc) / scale, log_scale)
 
 
 def _apply_flows(flows: Sequence[PlanarFlow], kappa: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,6 +174,8 @@ class _IGRBase(CheckedDistribution):
         temperature: Tensor | float,
         delta: float = 1.0,
         validate_args: bool | None = None,
+        *,
+        log_scale: Tensor | None = None,
     ) -> None:
         check_tensor(loc, "loc")
         if loc.dim() < 1 or loc.shape[-1] < 1:
@@ -203,12 +210,35 @@ class _IGRBase(CheckedDistribution):
         self.loc = self.loc.expand((*batch_shape, k1))
         self.scale = self.scale.expand((*batch_shape, k1))
         self.temperature = tau.expand(batch_shape)
+        self._log_scale = None
+        if log_scale is not None:
+            check_tensor(log_scale, "log_scale")
+            check_finite(log_scale, "log_scale")
+            try:
+                fits = torch.broadcast_shapes(log_scale.shape, self.scale.shape) == self.scale.shape
+            except RuntimeError:
+                fits = False
+            if not fits or log_scale.dtype != self.scale.dtype:
+                raise ValueError(
+                    f"log_scale must broadcast to the scale's shape {tuple(self.scale.shape)} and "
+                    f"have its dtype {self.scale.dtype}, got {tuple(log_scale.shape)} "
+                    f"{log_scale.dtype}"
+                )
+            self._log_scale = log_scale.expand(self.scale.shape)
         super().__init__(batch_shape, torch.Size((k1 + 1,)), validate_args=validate_args)
+
+    @property
+    def log_scale(self) -> Tensor:
+        """``log σ`` ``(*batch, K−1)``: the ``log_scale`` given to the constructor, else
+        ``scale.log()``."""
+        return self.scale.log() if self._log_scale is None else self._log_scale
 
     def _expand_params(self, new: _IGRBase, batch_shape: torch.Size) -> None:
         k1 = self.loc.shape[-1]
         new.loc = self.loc.expand((*batch_shape, k1))
         new.scale = self.scale.expand((*batch_shape, k1))
+        new._log_scale = None if self._log_scale is None else self._log_scale.expand(
+            (*batch_shape, k1))
         new.temperature = self.temperature.expand(batch_shape)
         new.delta = self.delta
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
@@ -249,7 +279,7 @@ class _IGRBase(CheckedDistribution):
         work, tau = working_dtype(dtype), self.temperature
         log_psi = log_softmax_pp(lam.to(work), tau.to(work), self.delta)
         log_psi = log_psi.clamp_min(torch.finfo(work).min)  # an underflowed ψ_k: log ψ_k finite
-        log_lam = _noise_log_prob(eps, self.scale) - flow_log_det
+        log_lam = _noise_log_prob(eps, self.log_scale) - flow_log_det
         log_det = softmax_pp_log_abs_det_jacobian(log_psi, tau.to(work), log_input=True)
         log_q = (log_lam.to(work) - log_det).to(dtype)
         return open_simplex_point(log_psi, dtype), log_q, lam, log_lam
@@ -263,7 +293,7 @@ class _IGRBase(CheckedDistribution):
             z = flow.inverse(z)
         _, flow_log_det = _apply_flows(flows, z)
         log_det = softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
-        return _gauss_log_prob(z, self.loc, self.scale) - flow_log_det - log_det
+        return _gauss_log_prob(z, self.loc, self.scale, self.log_scale) - flow_log_det - log_det
 
     def rsample_with_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
         """A reparameterised sample ``(*sample_shape, *batch, K)`` and its log-density
@@ -290,7 +320,9 @@ class _IGRBase(CheckedDistribution):
         _check_same_map(self, prior)
         psi, log_q, point, log_q_point = self._draw(sample_shape)
         n = point.shape[-1]
-        log_p_point = _gauss_log_prob(point, prior.loc[..., :n], prior.scale[..., :n])
+        log_p_point = _gauss_log_prob(
+            point, prior.loc[..., :n], prior.scale[..., :n], prior.log_scale[..., :n]
+        )
         return psi, log_q, log_q_point - log_p_point
 
     def kl_mc(self, prior: _IGRBase, n_samples: int = 1) -> Tensor:
@@ -336,6 +368,9 @@ class IGR(_IGRBase):
         scale: ``(*batch, K−1)`` (or broadcastable, or a float) Gaussian scale σ > 0.
         temperature: τ > 0, float or tensor broadcastable to the batch shape.
         delta: δ > 0, mass parameter of category K (softmax++).
+        log_scale: optionally ``log σ``, shaped and typed like the broadcast ``scale``; the
+            log-densities and KLs then use it instead of ``scale.log()``, exact where
+            ``σ = exp(log_scale)`` under- or overflows the dtype and was clamped (all variants).
 
     ``event_shape = (K,)``. ``kl_divergence(IGR, IGR)`` is the exact Gaussian KL (same τ and δ
     required). ``zero_temperature_pmf`` gives the categorical distribution that samples approach
@@ -412,7 +447,7 @@ class IGR(_IGRBase):
 @register_kl(IGR, IGR)
 def _kl_igr_igr(p: IGR, q: IGR) -> Tensor:
     _check_same_map(p, q)
-    return _gaussian_kl(p.loc, p.scale, q.loc, q.scale)
+    return _gaussian_kl(p.loc, p.log_scale, q.loc, q.log_scale)
 
 
 class IGRStickBreaking(_IGRBase):
@@ -446,9 +481,11 @@ class IGRStickBreaking(_IGRBase):
         delta: float = 1.0,
         quantile: float = 1.0,
         validate_args: bool | None = None,
+        *,
+        log_scale: Tensor | None = None,
     ) -> None:
         self.eps, self.quantile = check_truncation(eps, quantile)
-        super().__init__(loc, scale, temperature, delta, validate_args)
+        super().__init__(loc, scale, temperature, delta, validate_args, log_scale=log_scale)
 
     def expand(
         self, batch_shape: Sequence[int], _instance: IGRStickBreaking | None = None
@@ -469,13 +506,14 @@ class IGRStickBreaking(_IGRBase):
 
     def _draw(self, sample_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         eps = self._noise(sample_shape)
-        kappa = self.loc + self.scale * eps
+        info = torch.finfo(self.loc.dtype)  # loc + scale·ε overflowing: the stick it points at
+        kappa = (self.loc + self.scale * eps).clamp(-info.max, info.max)
         with torch.no_grad():
             n = self.truncation_level(stick_breaking_logits(kappa)[..., :-1])
-        kappa_n, eps_n, scale_n = kappa[..., :n], eps[..., :n], self.scale[..., :n]
+        kappa_n, eps_n, log_scale_n = kappa[..., :n], eps[..., :n], self.log_scale[..., :n]
         sticks = stick_breaking_logits(kappa_n)[..., :-1]
         log_psi = log_softmax_pp(sticks, self.temperature, self.delta)
-        gauss = _noise_log_prob(eps_n, scale_n)
+        gauss = _noise_log_prob(eps_n, log_scale_n)
         log_q = (
             gauss
             - stick_breaking_logits_log_abs_det_jacobian(kappa_n)
@@ -504,7 +542,8 @@ class IGRStickBreaking(_IGRBase):
             )
         kappa = stick_breaking_logits_inverse(torch.cat([sticks, remainder], dim=-1))
         return (
-            _gauss_log_prob(kappa, self.loc[..., : m - 1], self.scale[..., : m - 1])
+            _gauss_log_prob(kappa, self.loc[..., : m - 1], self.scale[..., : m - 1],
+                            self.log_scale[..., : m - 1])
             - stick_breaking_logits_log_abs_det_jacobian(kappa)
             - softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
         )
@@ -513,7 +552,7 @@ class IGRStickBreaking(_IGRBase):
 @register_kl(IGRStickBreaking, IGRStickBreaking)
 def _kl_igr_sb(p: IGRStickBreaking, q: IGRStickBreaking) -> Tensor:
     _check_same_map(p, q)
-    return _gaussian_kl(p.loc, p.scale, q.loc, q.scale)
+    return _gaussian_kl(p.loc, p.log_scale, q.loc, q.log_scale)
 
 
 class PlanarFlow(nn.Module):
@@ -603,8 +642,10 @@ class IGRPlanar(_IGRBase):
         flows: Sequence[PlanarFlow],
         delta: float = 1.0,
         validate_args: bool | None = None,
+        *,
+        log_scale: Tensor | None = None,
     ) -> None:
-        super().__init__(loc, scale, temperature, delta, validate_args)
+        super().__init__(loc, scale, temperature, delta, validate_args, log_scale=log_scale)
         flows = list(flows)
         for i, flow in enumerate(flows):
             if not isinstance(flow, PlanarFlow):

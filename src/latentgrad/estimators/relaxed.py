@@ -329,12 +329,17 @@ class IGREstimator(Estimator):
         check_finite(x, "scores")
         return x
 
-    def _distribution(self, loc: Tensor, scale: Tensor, tau: Tensor):
+    def _distribution(self, loc: Tensor, log_scale: Tensor, tau: Tensor):
+        """The variant's distribution at ``σ = exp(ξ)``, kept in [tiny, max] for the draws (no 0
+        or inf), with ``log σ = ξ`` exactly in its log-densities and KLs."""
+        info = torch.finfo(log_scale.dtype)
+        scale = log_scale.exp().clamp(info.tiny, info.max)
+        kw = {"log_scale": log_scale}
         if self.variant == "I":
-            return IGR(loc, scale, tau, self.delta)
+            return IGR(loc, scale, tau, self.delta, **kw)
         if self.variant == "SB":
-            return IGRStickBreaking(loc, scale, tau, self.eps, self.delta, self.quantile)
-        return IGRPlanar(loc, scale, tau, self.flows, self.delta)
+            return IGRStickBreaking(loc, scale, tau, self.eps, self.delta, self.quantile, **kw)
+        return IGRPlanar(loc, scale, tau, self.flows, self.delta, **kw)
 
     def _prior(self, like: Tensor, tau: Tensor) -> IGR | IGRStickBreaking:
         """The prior distribution, batch-shaped like ``like`` ``(B, *latent, K − 1)``."""
@@ -353,8 +358,7 @@ class IGREstimator(Estimator):
         scores = self._check(scores)
         tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
         loc, log_scale = scores.unbind(dim=-2)
-        info = torch.finfo(log_scale.dtype)  # σ = exp(ξ) kept in [tiny, max] (no 0 or inf)
-        dist = self._distribution(loc, log_scale.exp().clamp(info.tiny, info.max), tau)
+        dist = self._distribution(loc, log_scale, tau)
         kl = None
         if self.prior_kind is None:
             psi, log_q = dist.rsample_with_log_prob()
@@ -364,7 +368,7 @@ class IGREstimator(Estimator):
             psi, log_q = dist.rsample_with_log_prob()
             kl = kl_divergence(dist, self._prior(loc, tau))
         if self.reading() == "mode":
-            tiny = torch.full_like(loc, torch.finfo(loc.dtype).tiny)
+            tiny = torch.full_like(loc, math.log(torch.finfo(loc.dtype).tiny))
             z = one_hot_argmax(self._distribution(loc, tiny, tau).rsample().detach())
         elif self.straight_through:
             z = one_hot_argmax(psi) + (psi - psi.detach())
