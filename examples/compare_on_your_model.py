@@ -6,6 +6,10 @@ gradient, computed by enumerating the latent space.
 
     python examples/compare_on_your_model.py [--draws 300]
 
+Time: measured once with the default arguments: 13 s wall, 3.9 s CPU, one thread
+(OMP_NUM_THREADS=1, nice -n 5), on a shared 2-core machine with one core busy with a background
+training sweep (load average about 8).
+
 What to look at: |bias| (zero up to Monte Carlo noise, about sqrt(variance / draws), for the
 unbiased estimators; systematic for the relaxations), the variance, and the loss evaluations
 each estimator pays per example.
