@@ -20,6 +20,7 @@ The prior of the VAE is ``MixedDirichlet(MaxEntropyFaces(K, form=...), torch.one
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -40,6 +41,7 @@ from .faces import MaxEntropyFaces, NonEmptyFaces
 __all__ = ["MAX_ENUMERATION_K", "MixedDirichlet"]
 
 MAX_ENUMERATION_K = 16
+_HALF_LOG_2PI_PLUS_HALF = 0.5 * math.log(2 * math.pi) + 0.5
 
 
 def _face_table(k: int, like: Tensor) -> Tensor:
@@ -55,25 +57,53 @@ def _over_faces(x: Tensor, faces: Tensor, enumerated: bool) -> Tensor:
     return x @ faces.T if enumerated else (x * faces).sum(-1)
 
 
+def _log_gamma_part(alpha: Tensor) -> Tensor:
+    """``h(α) = log Γ(α) − αψ(α) + α``, the part of Dirichlet entropies and KLs with a log Γ.
+
+    Its terms grow like ``α log α`` and cancel to ``−½ log α + ½ log 2π + ½ + O(1/α)``; from
+    ``α ≥ eps^(−1/5)`` of the dtype ``h = g − ψ(α)`` with the asymptotic series
+    ``g(α) = ½ log α + ½ log 2π + ½ − 1/(3α) − 1/(12α²) − 1/(90α³) + O(α⁻⁴)`` replaces the direct
+    form, which would lose ``α log α · eps`` and overflow (``log Γ(1e37)`` in float32). Near 0,
+    ``h ≈ −log α + 1``: no ``1/α`` term to cancel.
+    """
+    big = torch.finfo(alpha.dtype).eps ** -0.2
+    small = alpha.clamp(max=big)  # the direct branch never sees a huge α (no inf, no NaN grad)
+    direct = torch.lgamma(small) - small * torch.digamma(small) + small
+    large = alpha.clamp(min=big)
+    inv = large.reciprocal()
+    g = 0.5 * large.log() + _HALF_LOG_2PI_PLUS_HALF - inv * (1 / 3 + inv * (1 / 12 + inv / 90))
+    return torch.where(alpha < big, direct, g - torch.digamma(large))
+
+
 def _dirichlet_entropy(alpha: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
-    """H(Dir(α_f)) = log B(α_f) + (α_0 − n)ψ(α_0) − Σ_{k∈f} (α_k − 1)ψ(α_k); 0 on vertices."""
+    """H(Dir(α_f)) = log B(α_f) + (α_0 − n)ψ(α_0) − Σ_{k∈f} (α_k − 1)ψ(α_k)
+    = Σ_{k∈f} [h(α_k) + ψ(α_k)] − h(α_0) − nψ(α_0) with ``h`` of ``_log_gamma_part`` (its ``α``
+    terms cancel: Σ α_k = α_0), stable at any α; 0 on vertices."""
     a0 = _over_faces(alpha, faces, enumerated)
     n = faces.sum(-1)
-    h = (_over_faces(torch.lgamma(alpha) - (alpha - 1) * torch.digamma(alpha), faces, enumerated)
-         - torch.lgamma(a0) + (a0 - n) * torch.digamma(a0))
+    h = (_over_faces(_log_gamma_part(alpha) + torch.digamma(alpha), faces, enumerated)
+         - _log_gamma_part(a0) - n * torch.digamma(a0))
     return torch.where(n > 1, h, torch.zeros_like(h))  # a vertex is one point: exactly 0
 
 
 def _dirichlet_kl(alpha: Tensor, beta: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
     """KL(Dir(α_f) ‖ Dir(β_f)) = log Γ(α_0) − log Γ(β_0) + Σ_f [log Γ(β_k) − log Γ(α_k)
-    + (α_k − β_k)ψ(α_k)] − ψ(α_0) Σ_f (α_k − β_k); ≥ 0 (rounding clamped), exactly 0 on
-    vertices and where α_f = β_f."""
+    + (α_k − β_k)ψ(α_k)] − ψ(α_0) Σ_f (α_k − β_k)
+    = Σ_f [log Γ(β_k) − h(α_k) − β_k ψ(α_k)] + h(α_0) − log Γ(β_0) + β_0 ψ(α_0) with ``h`` of
+    ``_log_gamma_part`` (stable at any α); ≥ 0 (rounding clamped), exactly 0 on vertices and
+    where α_f = β_f."""
     a0, b0 = _over_faces(alpha, faces, enumerated), _over_faces(beta, faces, enumerated)
-    diff = alpha - beta
-    per_coord = torch.lgamma(beta) - torch.lgamma(alpha) + diff * torch.digamma(alpha)
-    kl = (torch.lgamma(a0) - torch.lgamma(b0) + _over_faces(per_coord, faces, enumerated)
-          - torch.digamma(a0) * _over_faces(diff, faces, enumerated))
-    return torch.where(faces.sum(-1) > 1, kl.clamp_min(0), torch.zeros_like(kl))
+    per_coord = torch.lgamma(beta) - _log_gamma_part(alpha) - beta * torch.digamma(alpha)
+    kl = (_over_faces(per_coord, faces, enumerated) + _log_gamma_part(a0) - torch.lgamma(b0)
+          + b0 * torch.digamma(a0))
+    differ = _over_faces((alpha != beta).to(alpha.dtype), faces, enumerated) > 0
+    return torch.where((faces.sum(-1) > 1) & differ, kl.clamp_min(0), torch.zeros_like(kl))
+
+
+def _expect(probs: Tensor, values: Tensor) -> Tensor:
+    """Σ_f P(f) v_f over the last dim, a face of probability 0 contributing 0 whatever its value
+    (an overflowed ±inf entropy of a face the distribution never picks is not a NaN)."""
+    return torch.where(probs > 0, probs * values, torch.zeros_like(values)).sum(-1)
 
 
 def _enumerated_face_log_probs(faces_dist: Distribution, table: Tensor) -> Tensor:
@@ -183,14 +213,20 @@ class MixedDirichlet(CheckedDistribution):
         return (log_face.to(work) + log_dir).to(dtype)
 
     def dirichlet_entropy(self, faces: Tensor) -> Tensor:
-        """H(Dir(α_f)) at faces (*sample, *batch, K) -> (*sample, *batch) (0 on vertices)."""
-        return _dirichlet_entropy(self.concentration, faces.to(self.concentration))
+        """H(Dir(α_f)) at faces (*sample, *batch, K) -> (*sample, *batch) (0 on vertices),
+        computed in at least float32."""
+        dtype = self.concentration.dtype
+        alpha = self.concentration.to(working_dtype(dtype))
+        return _dirichlet_entropy(alpha, faces.to(alpha)).to(dtype)
 
     def dirichlet_kl(self, other: MixedDirichlet, faces: Tensor) -> Tensor:
-        """KL(Dir(α_f) ‖ Dir(β_f)) at faces (*sample, *batch, K) -> (*sample, *batch)."""
+        """KL(Dir(α_f) ‖ Dir(β_f)) at faces (*sample, *batch, K) -> (*sample, *batch),
+        computed in at least float32."""
         _check_same_k(self, other)
-        return _dirichlet_kl(self.concentration, other.concentration.to(self.concentration),
-                             faces.to(self.concentration))
+        dtype = self.concentration.dtype
+        alpha = self.concentration.to(working_dtype(dtype))
+        kl = _dirichlet_kl(alpha, other.concentration.to(alpha), faces.to(alpha))
+        return kl.to(dtype)
 
     def _check_enumerable(self, what: str, alternative: str) -> None:
         if self.num_categories > MAX_ENUMERATION_K:
@@ -221,7 +257,7 @@ class MixedDirichlet(CheckedDistribution):
         table, probs = self._enumerated()
         alpha = self.concentration
         h_dir = _dirichlet_entropy(alpha.to(table), table, enumerated=True)
-        return (self.faces.entropy().to(h_dir) + (probs * h_dir).sum(-1)).to(alpha.dtype)
+        return (self.faces.entropy().to(h_dir) + _expect(probs, h_dir)).to(alpha.dtype)
 
     def entropy_sampled(self, faces: Tensor | None = None, n_samples: int = 1) -> Tensor:
         """Unbiased H⊕ at any K: H(P_F) (exact) + mean over sampled faces of H(Dir(α_f)).
@@ -258,5 +294,5 @@ def _kl_mixed_dirichlet(p: MixedDirichlet, q: MixedDirichlet) -> Tensor:
     table, probs = p._enumerated()
     kl_dir = _dirichlet_kl(p.concentration.to(table), q.concentration.to(table), table,
                            enumerated=True)
-    kl = kl_divergence(p.faces, q.faces).to(kl_dir).clamp_min(0) + (probs * kl_dir).sum(-1)
+    kl = kl_divergence(p.faces, q.faces).to(kl_dir).clamp_min(0) + _expect(probs, kl_dir)
     return kl.to(p.concentration.dtype)
