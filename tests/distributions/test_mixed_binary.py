@@ -185,7 +185,7 @@ def test_uniform_mixed_prior_normalised_and_samples():
 
 
 def test_gaussian_sparsemax_sampler_uses_the_same_scale_as_the_density():
-    # Reference bug (methods §7 #1): noise std σ/√2 in the sampler. Interior samples of ours are
+    # A bug of the reference code: noise std σ/√2 in the sampler. Interior samples of ours are
     # N(μ, σ²) restricted to (0, 1): compare their empirical cdf with the model cdf.
     torch.manual_seed(1)
     dist = BinaryGaussianSparsemax(torch.tensor(0.5, dtype=D), torch.tensor(0.3, dtype=D))

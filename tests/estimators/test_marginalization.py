@@ -161,7 +161,8 @@ def _sparsemax_over_space(space, scores):
     ("structure", "k"), [(KSubset(5, 2), 4), (BitVector(4), 5), (BitVector(4, budget=2), 3)]
 )
 def test_topk_sparsemax_with_small_support_equals_sparsemax_over_all_structures(structure, k):
-    """Certificate of §3.2: |supp p| < k => exact sparsemax over every structure."""
+    """Top-k sparsemax certificate (Correia et al. 2020): |supp p| < k => exact sparsemax over
+    every structure."""
     space = structure.enumerate().to(torch.float64)
     g = torch.Generator().manual_seed(7)
     scores = (3 * torch.randn(B, structure.score_shape[0], generator=g, dtype=torch.float64))
@@ -184,7 +185,7 @@ def test_topk_sparsemax_logs_full_supports():
 
 
 def test_sparsemap_bitvector_linear_loss_has_the_clipped_projection_gradient():
-    """For l(z) = <c, z>, E_p[l] = <c, mu*> with mu* = clip(t, 0, 1) for unbudgeted bits (§3.3),
+    """For l(z) = <c, z>, E_p[l] = <c, mu*> with mu* = clip(t, 0, 1) for unbudgeted bits,
     so the value and gradient are unique even though p is not."""
     d = 5
     g = torch.Generator().manual_seed(9)

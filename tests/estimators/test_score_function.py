@@ -177,7 +177,7 @@ def test_sum_and_sample_with_k_equal_to_K_is_exact_marginalization():
     [(1, None), (2, None), (1, "self_critic"), (2, "batch_loo"), (1, "moving_average")],
 )
 def test_sum_and_sample_is_unbiased(k, baseline):
-    """Also catches the reference's beta = 0 in the sampled term (§7 #3): with a warmed-up
+    """Also catches the reference's beta = 0 in the sampled term: with a warmed-up
     running baseline near E[l] = 10 that version is biased by -beta * sum_C grad p."""
     torch.manual_seed(6)
     est = SumAndSample(k=k, baseline=baseline, entropy_coeff=0.2)

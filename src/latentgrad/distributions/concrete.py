@@ -5,7 +5,7 @@ torch already ships the distributions (``RelaxedOneHotCategorical`` = Concrete o
 This module adds what they lack:
 
 - the log-densities as plain functions of (value, logits, temperature), for relaxed KLs whose two
-  sides use different temperatures (IGR's Gumbel-Softmax baseline, §5.1 (b));
+  sides use different temperatures (the Gumbel-Softmax baseline of Potapczynski et al. 2020);
 - the Binary Concrete density in logit form, stable where ``y`` rounds to 0 or 1;
 - Monte Carlo ``relaxed_entropy`` and ``relaxed_kl``, which torch leaves NotImplemented. They are
   estimates: the sample count is an argument, and samples are drawn with ``rsample`` so the

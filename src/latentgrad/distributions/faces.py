@@ -254,7 +254,7 @@ class MaxEntropyFaces(CheckedDistribution):
     (with N = 0 the induced mixed prior has a constant direct-sum density).
     ``form="maxent-reference"``: Q(n) ∝ 2^{N(n−1)} / (n − 1)!, the size pmf used by the
     reference code of Farinhas et al. (2022), which omits the C(K, n) factor; it is what the MNIST
-    VAE reproductions use but it is *not* the maximum-entropy prior (see methods §6.5, §7 #21).
+    VAE reproductions use but it is *not* the maximum-entropy prior.
 
     Args:
         k: number of simplex vertices K.

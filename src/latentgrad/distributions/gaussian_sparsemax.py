@@ -1,7 +1,7 @@
 """Gaussian-sparsemax on the K-simplex (Farinhas et al. 2022): y = sparsemax(μ + σ ⊙ ε).
 
 A mixed random variable: y lands on a face f = {i : y_i > 0} of the simplex with positive
-probability and has a density on that face (direct-sum base measure, methods §6.0/§6.1).
+probability and has a density on that face (direct-sum base measure).
 
 Exact log-density by a 1-D reduction. With support S (s = |S|), the rest N, threshold τ:
 z_S = y_S + τ1 and z_N ≤ τ; the map (y_{1:s−1}, τ) ↦ z_S has Jacobian s, so
@@ -18,7 +18,7 @@ sides of τ̂ (``n_nodes`` each) integrate exp g in log space. The nodes only ch
 evaluate an integral whose value does not depend on them, so they are detached. Cost O(K·nodes)
 per point at any K (no K² or K·S tensors, unlike the reference's 1000-point trapezoid).
 
-Departure from methods §6.1 (which suggests Gauss–Hermite with ≥ 64 nodes): plain or
+Why not Gauss–Hermite (e.g. with ≥ 64 nodes, the obvious choice for a Gaussian weight): plain or
 Laplace-centred Gauss–Hermite is wrong by more than a nat when the scales σ differ by two orders
 of magnitude (the integrand is then a Gaussian cut by a near-step); the bracketed two-sided rule
 stays within 1e-6 of adaptive scipy quadrature there (tests).
@@ -313,8 +313,8 @@ class GaussianSparsemax(CheckedDistribution):
         """log P(support(y) = f) for a face f given as a 0/1 or bool mask (..., K).
 
         ``face`` broadcasts against the batch; returns shape broadcast(face[..., :-1], batch).
-        P(f) = ∫_f p(y) dy over the |f| − 1 free coordinates of the face (direct-sum measure,
-        methods §6.0), with the exact ``log_prob`` as integrand:
+        P(f) = ∫_f p(y) dy over the |f| − 1 free coordinates of the face (direct-sum measure),
+        with the exact ``log_prob`` as integrand:
 
         - |f| = 1: the vertex formula (as ``vertex_log_prob``), exact;
         - |f| = 2: composite Gauss–Legendre on (0, 1) (4 pieces × 16 nodes), deterministic;

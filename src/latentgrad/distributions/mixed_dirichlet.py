@@ -2,7 +2,7 @@
 
 y is drawn in two steps: a face f ~ P_F (``NonEmptyFaces`` Gibbs posterior, or any face
 distribution such as the ``MaxEntropyFaces`` prior), then y_f ~ Dir(α_f) with zeros off the face
-(a size-1 face is a vertex). Direct-sum base measure (methods §6.0/§6.5):
+(a size-1 face is a vertex). Direct-sum base measure:
 
     log p(y) = log P_F(f(y)) + log Dir(y_f; α_f)
     H⊕ = H(P_F) + Σ_f P_F(f) H(Dir(α_f))

@@ -9,7 +9,7 @@ a surrogate whose gradient is the estimator; regularisers are direct-sum entropi
   Gaussian-sparsemax), pathwise; exact H⊕ and exact KL to the uniform mixed prior,
   KL = D log 3 − H⊕.
 - ``MixedDirichletEstimator``: face by score function (self-critic or leave-one-out baseline),
-  Dirichlet on the face by implicit reparameterisation, exact face entropy/KL terms (§6.5).
+  Dirichlet on the face by implicit reparameterisation, exact face entropy/KL terms.
 
 Surrogate per example (all three): mean_s ℓ(y_s) + kl_coeff·KL − entropy_coeff·H, summed over
 the latent variables of the example.

@@ -8,7 +8,7 @@ pairwise polynomial products, each a log-space convolution truncated at degree `
 
 Every step is built from autograd ops whose gradients stay finite when entries are ``-inf``
 (excluded items, padding, unreachable counts), so ``log Z`` is differentiable twice: its gradient
-is the marginal vector and its Hessian the covariance the k-subset SST backward needs (§5.8).
+is the marginal vector and its Hessian the covariance the k-subset SST backward needs.
 """
 
 from __future__ import annotations

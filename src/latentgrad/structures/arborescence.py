@@ -47,7 +47,7 @@ class Arborescence(TreeStructure):
     accurate (``_dense_matrix_tree``) and by subtraction-free log-domain elimination
     (``_matrix_tree``) for the other rows (``_tree_counts``); ``argmax`` is batched
     Chu–Liu/Edmonds. ``marginals`` (``grad log Z``, in closed form from the inverse of the same
-    matrix or by autograd of the elimination; differentiable for SST, §5.10) are the arc marginals
+    matrix or by autograd of the elimination; differentiable, for SST) are the arc marginals
     ``P(i -> j)`` (single-root: ``P(j is the root's child)`` on the diagonal); each column of a
     non-root node sums to 1.
     """

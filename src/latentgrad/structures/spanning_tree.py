@@ -136,7 +136,7 @@ class SpanningTree(TreeStructure):
         """Edge marginals ``P({i, j} in tree)`` as a symmetric ``(B, n, n)`` matrix, zero
         diagonal, ``sum_{i<j} μ_ij = n - 1`` (= ``g + gᵀ``, ``g = grad log Z``): closed form
         from the inverse of the normalised Laplacian minor where trusted, autograd of the
-        elimination elsewhere; differentiable (SST, §5.9)."""
+        elimination elsewhere; differentiable (for the SST relaxation)."""
         return marginals_undirected(self._symmetric(flat)).to(flat.dtype)
 
     def _sample(

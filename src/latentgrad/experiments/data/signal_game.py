@@ -3,21 +3,21 @@
 A split is a ``ConceptFeatures``: item feature rows ``(N, F)``, L2-normalised per item and sorted
 by concept, with ``offsets``/``counts`` ``(C,)`` locating each concept's items. Two sources:
 
-- ``synthetic_concepts``: the offline generator of §5.1. Each of C concepts belongs to one of G
-  groups (uniform); group centres ``a_g ~ N(0, I_F)``, prototypes
-  ``m_c = a_g(c) + prototype_noise · N(0, I_F)``, items ``x = ReLU(m_c + item_noise · N(0, I_F))``,
-  L2-normalised. Train and test items are independent draws from the same prototypes. Difficulty
-  knobs: more ``item_noise`` blurs concepts; less ``prototype_noise`` (or fewer groups) makes
-  same-group distractors harder to tell apart.
+- ``synthetic_concepts``: an offline stand-in for the image features. Each of C concepts belongs to
+  one of G groups (uniform); group centres ``a_g ~ N(0, I_F)``, prototypes ``m_c = a_g(c) +
+  prototype_noise · N(0, I_F)``, items ``x = ReLU(m_c + item_noise · N(0, I_F))``, L2-normalised.
+  Train and test items are independent draws from the same prototypes. Difficulty knobs: more
+  ``item_noise`` blurs concepts; less ``prototype_noise`` (or fewer groups) makes same-group
+  distractors harder to tell apart.
 - ``load_lazaridou``: the original VGG fc features of Lazaridou et al. 2017 as redistributed with
   DianeBouchacourt/SignalingGame: per split folder (``train``, ``test``) the HDF5 file
   ``ours_images_single_sm0.h5`` (one dataset of 4096-d rows) and the pickled label list
   ``ours_images_single_sm0.objects`` (one concept label per row). Needs ``h5py``.
 
-``sample_games`` draws games exactly as §1.2 for both sources: ``game_size`` distinct concepts
-uniformly without replacement, one item of each uniformly; the first is the target (the sender's
-input); the receiver sees the items in a uniformly random order and the label is the target's
-position there.
+``sample_games`` draws games as the original code does, for both sources: ``game_size`` distinct
+concepts uniformly without replacement, one item of each uniformly; the first is the target (the
+sender's input); the receiver sees the items in a uniformly random order and the label is the
+target's position there.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def synthetic_concepts(
     item_noise: float = 0.6,
     seed: int = 0,
 ) -> tuple[ConceptFeatures, ConceptFeatures]:
-    """Train and test splits of the §5.1 generator (see the module docstring); seeded by ``seed``
+    """Train and test splits of the offline generator (see the module docstring); seeded by ``seed``
     alone, so the data never depends on the training seed."""
     for name, value in (
         ("num_concepts", num_concepts),
@@ -179,7 +179,7 @@ class Games:
 def sample_games(
     data: ConceptFeatures, n: int, game_size: int, generator: torch.Generator
 ) -> Games:
-    """``n`` games of ``game_size`` distinct concepts (§1.2), all drawn at once."""
+    """``n`` games of ``game_size`` distinct concepts, all drawn at once."""
     if game_size < 2 or game_size > data.num_concepts:
         raise ValueError(
             f"game_size must be in [2, {data.num_concepts}] (the number of concepts), "

@@ -66,7 +66,7 @@ ZERO_ONE_ESTIMATORS = ("sfe", "sfe_01", "sfe_plus")
 
 @dataclass
 class DataConfig:
-    """Features and games. ``source=synthetic``: the §5.1 generator (seed ``generator_seed``,
+    """Features and games. ``source=synthetic``: the offline generator (seed ``generator_seed``,
     independent of the run seed); ``source=lazaridou``: the original features under ``path``
     (default ``$LATENTGRAD_DATA/signal_game``) with ``train/`` and ``test/`` folders.
     Training games of epoch ``e`` are drawn with the generator seed ``2**20 * seed + e``;
@@ -116,7 +116,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Sender and receiver sizes (§1.2) and the game loss (``nll`` or ``zero_one``)."""
+    """Sender and receiver sizes (the paper's) and the game loss (``nll`` or ``zero_one``)."""
 
     vocab_size: int = 256
     hidden_dim: int = 256
