@@ -513,13 +513,11 @@ def _tolerance(entry: Entry, dtype: torch.dtype, inputs: Inputs, ref: Tensor) ->
     return tol
 
 
-# Drawn here: every entry point but the Hard Concrete entropy/KL (float32 quadrature off by
-# ~1 nat at |log α| ~ 1e3)
-FINITE_ENTRIES = [e for e in ENTRIES if e.name not in ("HardConcrete.entropy+kl",)]
+
 
 
 @settings(max_examples=120)
-@given(finite_case(FINITE_ENTRIES))
+@given(finite_case())
 def test_finite_inputs_give_no_nan_and_the_float64_answer(case):
     entry, dtype, inputs = case
     torch.manual_seed(0)

@@ -208,6 +208,9 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         return BinaryGaussianSparsemax(self.loc.to(work), self.scale.to(work), validate_args=False)
 
 
+_WIDE_NOISE_INTERVAL = 36.0  # logistic units: Gauss–Legendre in L up to this, in σ(L) beyond
+
+
 class HardConcrete(_MixedUnitInterval):
     r"""Hard Concrete (Louizos et al. 2018): a stretched, clipped Binary Concrete.
 
@@ -222,8 +225,9 @@ class HardConcrete(_MixedUnitInterval):
         temperature: β > 0, broadcastable with ``log_alpha``.
         stretch: (l, r) with l < 0 and r > 1.
         quadrature_nodes: Gauss–Legendre nodes for entropy, KL and mean (default 32: machine
-            precision for β <= 2, about 1e-5 at β = 5; use 64 for 2 < β <= 5). The
-            integration interval is 4.8β logistic units long for the default stretch.
+            precision for β <= 2, about 1e-5 at β = 5, 1e-4 at β = 6 to 10 (use 64 there),
+            then better again as 1/β²). The integration interval is 4.8β logistic units long
+            for the default stretch; beyond 36 units the nodes are placed in σ(L).
     """
 
     arg_constraints: ClassVar[dict] = {
@@ -276,8 +280,12 @@ class HardConcrete(_MixedUnitInterval):
     def interior_log_prob(self, value: Tensor) -> Tensor:
         """log p_s(s)/(r − l) with s = (y − l)/(r − l) and x = logit(s):
         log p_s = log β + logσ(βx − log α) + logσ(log α − βx) − logσ(x) − logσ(−x)."""
+        return self._interior_log_prob_at_logit(self._logit_of(value))
+
+    def _interior_log_prob_at_logit(self, x: Tensor) -> Tensor:
+        """``interior_log_prob`` at the point with ``logit(s) = x`` (no round trip through y,
+        which loses the digits of s near 0 and 1)."""
         lo, hi = self.stretch
-        x = self._logit_of(value)
         noise = self.temperature * x - self.log_alpha
         return (self.temperature.log() + logsigmoid(noise) + logsigmoid(-noise)
                 - logsigmoid(x) - logsigmoid(-x) - math.log(hi - lo))
@@ -294,13 +302,28 @@ class HardConcrete(_MixedUnitInterval):
         return (lo + (hi - lo) * s).clamp(0, 1)
 
     def _interior_nodes(self) -> tuple[Tensor, Tensor]:
-        """Gauss–Legendre nodes L (n, *batch) over (L0, L1) and weights × p_L(L) (n, *batch)."""
+        """Gauss–Legendre nodes L (n, *batch) over (L0, L1) and weights × p_L(L) (n, *batch).
+
+        An interval up to ``_WIDE_NOISE_INTERVAL`` logistic units long (β <= 7.5 for the default
+        stretch) takes the nodes in L; a longer one, where a few nodes would straddle the
+        logistic peak (at β ~ 1e3 the rule once gave ∫ p_L = 30), takes them in the logistic
+        CDF u = σ(L) over (σ(L0), σ(L1)), whose weights sum to the interior mass exactly; log u
+        and log(1 − u) are interpolated separately so L = log u − log(1 − u) keeps its digits
+        (and stays finite where σ(L0) and σ(L1) underflow)."""
         l0, l1 = self._noise_bounds()
         x, w = gauss_legendre(self.quadrature_nodes, self.log_alpha)
         shape = (-1,) + (1,) * len(self.batch_shape)
+        x, w = x.reshape(shape), w.reshape(shape)
         half = (l1 - l0) / 2
-        noise = (l0 + l1) / 2 + half * x.reshape(shape)
-        return noise, w.reshape(shape) * half * torch.sigmoid(noise) * torch.sigmoid(-noise)
+        noise = (l0 + l1) / 2 + half * x
+        weights = w * half * torch.sigmoid(noise) * torch.sigmoid(-noise)
+        wide = half > _WIDE_NOISE_INTERVAL / 2
+        left, right = ((1 - x) / 2).log(), ((1 + x) / 2).log()  # interpolation in log space
+        log_u = torch.logaddexp(logsigmoid(l0) + left, logsigmoid(l1) + right)
+        log_v = torch.logaddexp(logsigmoid(-l0) + left, logsigmoid(-l1) + right)  # log(1 − u)
+        noise_u = log_u - log_v
+        weights_u = w * self._interior_mass() / 2
+        return torch.where(wide, noise_u, noise), torch.where(wide, weights_u, weights)
 
     def _y_of_noise(self, noise: Tensor) -> Tensor:
         lo, hi = self.stretch
@@ -414,7 +437,11 @@ def _kl_hc_hc(p: HardConcrete, q: HardConcrete) -> Tensor:
     """Masses Σ P log(P/Q) plus ∫_0^1 p log p − ∫_0^1 p log q, the latter by Gauss–Legendre in
     p's logistic variable; ≥ 0 (rounding clamped), exactly 0 where the parameters coincide."""
     noise, weights = p._interior_nodes()
-    cross = (weights * q.interior_log_prob(p._y_of_noise(noise))).sum(0)
+    if p.stretch == q.stretch:  # q's density at p's logit x = (log α + L)/β itself
+        at = q._interior_log_prob_at_logit((p.log_alpha + noise) / p.temperature)
+    else:
+        at = q.interior_log_prob(p._y_of_noise(noise))
+    cross = (weights * at).sum(0)
     kl = (_mass_kl(p, q) - p._interior_entropy() - cross).clamp_min(0)
     same = (p.log_alpha == q.log_alpha) & (p.temperature == q.temperature) & (
         p.stretch == q.stretch)
