@@ -24,10 +24,11 @@ from torch import Tensor
 from latentgrad._dtypes import working_dtype
 from latentgrad._validation import check_tensor
 from latentgrad.mappings._rowwise import check_scores, map_rows
-from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, scatter
+from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, scatter, take
 
 _MAX_NEWTON_STEPS = 64
 _UNCHECKED_STEPS = 2  # the support is rarely settled before this many Newton steps
+_TIGHTEN_STEPS = 3  # Newton steps on the block maxima before the candidates are listed
 
 
 def _quadratic_root(t: Tensor, size: Tensor, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,32 +42,59 @@ def _quadratic_root(t: Tensor, size: Tensor, s1: Tensor, s2: Tensor) -> tuple[Te
 def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Threshold of 1.5-entmax on the rows of the (N, K) matrix ``x`` (no autograd).
 
-    With ``z = (x - max x) / 2``, ``p = [z - tau]_+^2``. The first Newton step (see ``_newton``)
-    runs on full rows; the rest on the entries above it, a superset of the support. Returns
-    ``tau`` (N,) and the candidates as ``flat`` indices into ``x.view(-1)`` with their ``rows``,
-    or ``None, None`` when most entries are candidates (the dense path is then cheaper).
+    With ``z = (x - max x) / 2``, ``p = [z - tau]_+^2`` and ``tau >= -1`` (``p_max <= 1``), so
+    only entries within 2 of the row maximum are candidates, fewer after ``_tighten``. The
+    threshold comes from sorting the candidates, laid out as a padded matrix (full rows, when
+    most entries are candidates, go through ``_newton`` instead). Returns
+    ``tau`` (N,) and the support as ``flat`` indices into ``x.view(-1)`` with their ``rows``, or
+    ``None, None`` when most entries are candidates (the dense path is then cheaper).
     """
-    gap = (x - row_max.unsqueeze(1)).add_(2.0).mul_(0.5).relu_()  # [z + 1]_+, shifted first
-    s1 = gap.sum(dim=1)  # >= 1: the maximum's own gap
-    s2 = torch.linalg.vector_norm(gap, dim=1).square()
-    t = -1.0 + (s2 - 1.0) / (2.0 * s1)  # one Newton step from tau >= max z - 1 (p_max <= 1)
-    t = t - 8 * torch.finfo(x.dtype).eps * (1.0 - t)  # stays a lower bound despite rounding
-    found = candidates(x, row_max, -2.0 * t)
+    found = candidates(x, row_max, 2.0, _tighten)
     if found is None:
-        return _newton((x - row_max.unsqueeze(1)) / 2, t), None, None
+        start = x.new_full((x.shape[0],), -1.0)
+        return _newton((x - row_max.unsqueeze(1)).mul_(0.5), start), None, None
     flat, rows, shifted = found
-    z = shifted / 2
-    tau = _newton(padded(z, rows, x.shape[0], -2.0)[0], t)  # padding -2 < t: not in the support
-    support = (z > tau[rows]).nonzero().squeeze(1)
-    return tau, flat[support], rows[support]
+    z = shifted.mul_(0.5)
+    tau = _sorted_threshold(padded(z, rows, x.shape[0], -2.0)[0])  # padding -2 < -1 <= tau
+    support = torch.gt(z, take(tau, rows)).nonzero().squeeze(1)
+    return tau, take(flat, support), take(rows, support)
+
+
+def _sorted_threshold(z: Tensor) -> Tensor:
+    """1.5-entmax threshold (N,) of the short rows ``z`` (N, m) by sorting (Peters et al. 2019,
+    Alg. 2): with ``s`` sorted decreasingly, ``tau_k`` is the smaller root of
+    ``sum_{i <= k} (s_i - t)^2 = 1``, and ``tau = tau_k*`` for the number k* of k with
+    ``tau_k <= s_k`` (a prefix). A fixed handful of ops (no iteration)."""
+    s = z.sort(dim=1, descending=True).values
+    k = torch.arange(1, z.shape[1] + 1, dtype=z.dtype, device=z.device)
+    mean = s.cumsum(dim=1).div_(k)
+    spread = s.square().cumsum(dim=1).div_(k).sub_(mean.square())  # mean square - squared mean
+    tau = mean.sub_(spread.neg_().add_(k.reciprocal()).clamp_min_(0.0).sqrt_())
+    size = torch.le(tau, s).sum(dim=1, keepdim=True)
+    return tau.gather(1, size - 1).squeeze(1)
+
+
+def _tighten(z: Tensor, bound: float) -> Tensor:
+    """A higher lower bound (N,) on ``2 tau`` (the threshold on the shifted scale ``x - max x``),
+    from a subset ``z`` (N, W) of each shifted row: Newton steps on the subset's convex,
+    decreasing ``f_S(t) = sum [z / 2 - t]_+^2 - 1`` from ``t = bound / 2 <= tau_S`` stay below
+    its root ``tau_S <= tau`` (a subset has less mass at any t); lowered by a rounding
+    allowance."""
+    half = z * 0.5
+    t = half.new_full((z.shape[0], 1), 0.5 * bound)
+    for _ in range(_TIGHTEN_STEPS):
+        gap = (half - t).relu_()
+        t = t + (gap.square().sum(dim=1, keepdim=True) - 1.0) / (2.0 * gap.sum(dim=1, keepdim=True))
+    allowance = 16 * torch.finfo(z.dtype).eps
+    return t.squeeze(1).mul_(2.0 + 2.0 * allowance).sub_(2.0 * allowance)
 
 
 def _newton(z: Tensor, t: Tensor) -> Tensor:
     """1.5-entmax threshold (N,) of the rows of ``z`` (N, m), from lower bounds ``t`` (N,).
 
     Newton steps on the convex, decreasing ``f(t) = sum [z - t]_+^2 - 1`` stay below tau; after
-    each step the exact root on the current set ``{z > t}`` is accepted once that set is exactly
-    ``{z > root}``, which makes it the unique root of f.
+    each step past the first ``_UNCHECKED_STEPS``, the exact root on the current set ``{z > t}``
+    is accepted once that set is exactly ``{z > root}``, which makes it the unique root of f.
     """
     t = t.unsqueeze(1)
     for step in range(_MAX_NEWTON_STEPS):
@@ -96,12 +124,12 @@ def _entmax15_vjp(v: Tensor, y: Tensor, flat: Tensor | None, rows: Tensor | None
         gv = g * v
         return gv - g * (gv.sum(dim=1, keepdim=True) / g.sum(dim=1, keepdim=True))
     n = y.shape[0]
-    y_c = y.reshape(-1)[flat]
+    y_c = take(y, flat)
     on = y_c > 0
     g = torch.where(on, torch.where(on, y_c, 1.0).sqrt(), 0.0)
-    gv = g * v.reshape(-1)[flat]
+    gv = g * take(v, flat)
     coef = row_sum(gv, rows, n) / row_sum(g, rows, n)
-    return scatter(gv - g * coef[rows], flat, v.shape)
+    return scatter(gv - g * take(coef, rows), flat, v.shape)
 
 
 class _Entmax15(torch.autograd.Function):
@@ -112,8 +140,8 @@ class _Entmax15(torch.autograd.Function):
         if flat is None:
             z = (x - row_max.unsqueeze(1)) / 2
             return (z - tau.unsqueeze(1)).clamp_min(0.0).square()
-        z = (x.view(-1)[flat] - row_max[rows]) / 2
-        return scatter((z - tau[rows]).square(), flat, x.shape)
+        z = (take(x, flat) - take(row_max, rows)).mul_(0.5)
+        return scatter(z.sub_(take(tau, rows)).square_(), flat, x.shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -45,10 +45,15 @@ def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Tensor], Tensor]) -
     x, dim = check_scores(x, dim)
     if x.numel() == 0:
         return x.clone()
-    xw = x.to(working_dtype(x.dtype))
-    rows_x = as_rows(xw, dim)
+    dtype = working_dtype(x.dtype)
+    xw = x if x.dtype == dtype else x.to(dtype)
+    plain = xw.dim() == 2 and dim == 1 and xw.is_contiguous()  # already (N, K) rows: no views
+    rows_x = xw if plain else as_rows(xw, dim)
     row_max = checked_row_max(rows_x.detach(), "x", dim=1, shown_dim=dim)
-    return from_rows(rows_fn(rows_x, row_max), xw, dim).to(x.dtype)
+    y = rows_fn(rows_x, row_max)
+    if not plain:
+        y = from_rows(y, xw, dim)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def check_scalar_or_tensor_positive(value: object, name: str) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor
 from latentgrad._dtypes import working_dtype
 from latentgrad._validation import checked_row_max
 from latentgrad.mappings._rowwise import check_scores, map_rows
-from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, scatter
+from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, scatter, take
 
 
 def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
@@ -30,41 +30,44 @@ def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor 
     ``x.view(-1)`` with their ``rows``, both ``None`` when most entries are candidates (then the
     dense path is cheaper); and the support ``sizes`` (N,) as floats.
     """
+    return _solve(x, row_max)[:4]
+
+
+def _solve(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor,
+                                                 Tensor | None]:
+    """``_support`` and the output values on the support (``None`` on the dense path)."""
     found = candidates(x, row_max, 1.0, _tighten)
     if found is None:
         tau, sizes = _michelot(x - row_max.unsqueeze(1))
-        return tau, None, None, sizes
+        return tau, None, None, sizes, None
     flat, rows, z = found
-    tau, sizes = _sorted_threshold(padded(z, rows, x.shape[0], -2.0)[0])  # -2 < -1 <= tau
-    support = (z > tau[rows]).nonzero().squeeze(1)
-    return tau, flat[support], rows[support], sizes
+    tau = _sorted_threshold(padded(z, rows, x.shape[0], -2.0)[0])  # -2 < -1 <= tau
+    values = z - take(tau, rows)
+    support = torch.gt(values, 0.0).nonzero().squeeze(1)
+    rows = take(rows, support)
+    sizes = torch.bincount(rows, minlength=x.shape[0]).to(x.dtype)
+    return tau, take(flat, support), rows, sizes, take(values, support)
 
 
-def _sorted_threshold(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Threshold and support size (N,) of the short rows ``z`` (N, m) by sorting (Martins &
-    Astudillo 2016, Alg. 1): with ``s`` sorted decreasingly and ``c`` its cumulative sums, the
-    support is the prefix where ``1 + k s_k > c_k``, and ``tau = (c_k* - 1) / k*``. A fixed
-    handful of ops (no iteration): the short candidate lists are cheap to sort."""
-    s = z.sort(dim=1, descending=True).values
-    c = s.cumsum(dim=1)
+def _sorted_threshold(z: Tensor) -> Tensor:
+    """Threshold (N,) of the short rows ``z`` (N, m) by sorting (Martins & Astudillo 2016,
+    Alg. 1): with ``s`` sorted decreasingly and ``c`` its cumulative sums, ``tau = (c_k - 1) / k``
+    at the largest k with ``1 + k s_k > c_k``, which is also the largest of all the
+    ``(c_k - 1) / k`` (they rise up to that k and fall after it; Condat 2016). A fixed handful of
+    ops (no iteration): the short candidate lists are cheap to sort."""
+    c = z.sort(dim=1, descending=True).values.cumsum_(dim=1)
     k = torch.arange(1, z.shape[1] + 1, dtype=z.dtype, device=z.device)
-    sizes = torch.gt(k * s + 1.0, c).sum(dim=1, keepdim=True)
-    tau = (c.gather(1, sizes - 1) - 1.0) / sizes
-    return tau.squeeze(1), sizes.squeeze(1).to(z.dtype)
+    return c.sub_(1.0).div_(k).amax(dim=1)
 
 
-def _tighten(z: Tensor, margin: float) -> Tensor:
-    """Margin below the row maximum that still holds the support, from a subset ``z`` (N, W) of
-    each shifted row: Michelot steps from ``t = -margin`` on the subset stay below its
-    threshold, hence below the row's (a step never moves t down: where the subset's threshold
-    is below t, e.g. the maximum is not in the subset, t stays); lowered by a rounding
-    allowance."""
-    t = z.new_full((z.shape[0], 1), -margin)
-    for _ in range(2):
-        gap = (z - t).relu_()
-        step = (gap.sum(dim=1, keepdim=True) - 1.0) / gap.sign_().sum(dim=1, keepdim=True)
-        t = t + step.nan_to_num_(0.0).clamp_min_(0.0)  # 0/0 where no entry is above t
-    return (16 * torch.finfo(z.dtype).eps * (1.0 - t) - t).squeeze(1)
+def _tighten(z: Tensor, bound: float) -> Tensor:
+    """A higher lower bound (N,) on the threshold, from a subset ``z`` (N, W) of each shifted row
+    that holds its maximum 0: one Michelot step from ``bound = -1 <= tau_S`` stays below the
+    subset's threshold ``tau_S``, hence below the row's; lowered by a rounding allowance."""
+    gap = (z - bound).relu_()
+    t = (gap.sum(dim=1) - 1.0).div_(gap.sign_().sum(dim=1)).add_(bound)
+    allowance = 16 * torch.finfo(z.dtype).eps
+    return t.mul_(1.0 + allowance).sub_(allowance)  # t - allowance * (1 - t)
 
 
 def _michelot(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,24 +99,23 @@ def _sparsemax_vjp(v: Tensor, y: Tensor, flat: Tensor | None, rows: Tensor | Non
         support = y.sign()  # float 0/1: cheaper than a bool mask on CPU
         mean = (v * support).sum(dim=1, keepdim=True) / sizes.unsqueeze(1)
         return (v - mean) * support
-    v_s = v.reshape(-1)[flat]
+    v_s = take(v, flat)
     mean = row_sum(v_s, rows, sizes.shape[0]) / sizes
-    return scatter(v_s - mean[rows], flat, v.shape)
+    return scatter(v_s - take(mean, rows), flat, v.shape)
 
 
 class _Sparsemax(torch.autograd.Function):
-    """(N, K) rows -> sparsemax rows, given the threshold and support found by ``_support``."""
+    """(N, K) rows -> sparsemax rows, given the threshold and support found by ``_solve``."""
 
     @staticmethod
-    def forward(x, row_max, tau, flat, rows, sizes):
+    def forward(x, row_max, tau, flat, rows, sizes, values):
         if flat is None:
-            return ((x - row_max.unsqueeze(1)) - tau.unsqueeze(1)).clamp_min(0.0)
-        values = (x.view(-1)[flat] - row_max[rows]) - tau[rows]
+            return (x - row_max.unsqueeze(1)).sub_(tau.unsqueeze(1)).clamp_min_(0.0)
         return scatter(values, flat, x.shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, _, flat, rows, sizes = inputs
+        _, _, _, flat, rows, sizes, _ = inputs
         y = output if flat is None else None
         ctx.save_for_backward(y, flat, rows, sizes)
         ctx.save_for_forward(y, flat, rows, sizes)
@@ -121,7 +123,7 @@ class _Sparsemax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         dx = _sparsemax_vjp(grad_output, *ctx.saved_tensors)
-        return dx, None, None, None, None, None
+        return dx, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
@@ -130,7 +132,7 @@ class _Sparsemax(torch.autograd.Function):
 
 def _sparsemax_rows(x: Tensor, row_max: Tensor) -> Tensor:
     """The mapping on the (N, K) rows ``x`` with row maxima ``row_max`` (N,); see ``map_rows``."""
-    return _Sparsemax.apply(x, row_max, *_support(x.detach(), row_max))
+    return _Sparsemax.apply(x, row_max, *_solve(x.detach(), row_max))
 
 
 def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
