@@ -80,13 +80,13 @@ def _tighten(z: Tensor, bound: float) -> Tensor:
     decreasing ``f_S(t) = sum [z / 2 - t]_+^2 - 1`` from ``t = bound / 2 <= tau_S`` stay below
     its root ``tau_S <= tau`` (a subset has less mass at any t); lowered by a rounding
     allowance."""
-    half = z * 0.5
-    t = half.new_full((z.shape[0], 1), 0.5 * bound)
+    t = z.new_full((z.shape[0], 1), bound)  # on the shifted scale: 2 t
     for _ in range(_TIGHTEN_STEPS):
-        gap = (half - t).relu_()
-        t = t + (gap.square().sum(dim=1, keepdim=True) - 1.0) / (2.0 * gap.sum(dim=1, keepdim=True))
+        gap = (z - t).relu_()  # 2 [z / 2 - t / 2]_+
+        excess = torch.linalg.vecdot(gap, gap, dim=1).unsqueeze(1).sub_(4.0)  # 4 f_S(t / 2)
+        t = torch.addcdiv(t, excess, gap.sum(dim=1, keepdim=True), value=0.5)  # Newton, doubled
     allowance = 16 * torch.finfo(z.dtype).eps
-    return t.squeeze(1).mul_(2.0 + 2.0 * allowance).sub_(2.0 * allowance)
+    return t.squeeze(1).mul_(1.0 + allowance).sub_(2.0 * allowance)
 
 
 def _newton(z: Tensor, t: Tensor) -> Tensor:
