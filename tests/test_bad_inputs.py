@@ -30,6 +30,7 @@ import latentgrad as lg
 from latentgrad import distributions as dist
 from latentgrad import estimators as est
 from latentgrad import structures as sts
+from latentgrad.estimators import subsets
 
 B, K = 3, 4
 HALF = (torch.float16, torch.bfloat16)
@@ -310,10 +311,14 @@ ESTIMATORS = {
     "gaussian_sparsemax": lambda: est.GaussianSparsemaxEstimator(),
     "binary_mixed": lambda: est.BinaryMixedEstimator(),
     "mixed_dirichlet": lambda: est.MixedDirichletEstimator(),
+    "l2x": lambda: subsets.L2XEstimator(2, 0.5),
+    "softsub": lambda: subsets.SoftSubEstimator(2, 0.5),
+    "correlated_sst": lambda: subsets.CorrelatedSSTEstimator(2, 0.5),
 }
 DETERMINISTIC_ESTIMATORS = ("softmax", "sparsemax", "entmax15", "topk_sparsemax", "sparsemap")
 # scores that parameterise continuous or mixed distributions: every entry must be finite
-CONTINUOUS_ESTIMATORS = ("igr", "gaussian_sparsemax", "binary_mixed", "mixed_dirichlet")
+CONTINUOUS_ESTIMATORS = ("igr", "gaussian_sparsemax", "binary_mixed", "mixed_dirichlet", "l2x",
+                         "softsub", "correlated_sst")
 
 
 def estimator_entries() -> list[Entry]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latentgrad.distributions.sst import draw_noise
 from latentgrad.estimators.subsets import (
     CorrelatedSSTEstimator,
     L2XEstimator,
@@ -122,3 +123,41 @@ def test_bad_inputs_raise_clear_errors() -> None:
         SoftSubEstimator(1, 1.0, straight_through=1)
     with pytest.raises(ValueError, match="eps"):
         SoftSubEstimator(1, 1.0, eps=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize(("mu_scale", "log_sigma", "tau"),
+                         [(1.0, 0.0, 0.5), (1e30, 5.0, 0.5), (1.0, 200.0, 1e-3), (3e37, 80.0, 1.0)])
+def test_correlated_sst_utilities_are_finite_and_exact_up_to_a_row_scale(dtype, mu_scale, log_sigma,
+                                                                         tau):
+    """σ = exp(log σ) and U / τ overflow float32 from log σ ~ 89: the tempered utilities are the
+    float64 U / τ of the same draw up to one positive factor per row (exactly U / τ when nothing
+    overflows), within a few roundings of the largest term; the relaxed subset is then finite."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 5, 3, generator=g, dtype=F64)
+    scores[..., 0] *= mu_scale
+    scores[..., 1] = log_sigma + scores[..., 1]
+    scores = scores.to(dtype)
+    est = CorrelatedSSTEstimator(2, tau, rank=1)
+    tau_t = torch.tensor(tau, dtype=dtype)
+    torch.manual_seed(1)
+    got = est.tempered_utilities(scores, tau_t).double()
+    torch.manual_seed(1)  # the same draws, combined in float64
+    work = scores.to(torch.promote_types(dtype, torch.float32))
+    eps = draw_noise(work[..., 0].shape, work[..., 0], "gaussian").double()
+    eta = draw_noise(torch.Size((3, 1)), work[..., 0], "gaussian").double()
+    x = scores.double()
+    want = (x[..., 0] + x[..., 1].exp() * eps + (x[..., 2:] @ eta.unsqueeze(-1)).squeeze(-1)) / tau
+    assert torch.isfinite(got).all()
+    ratio = got.abs().amax(-1, keepdim=True) / want.abs().amax(-1, keepdim=True)
+    err = (got / ratio - want).abs().amax(-1)
+    ulp = torch.finfo(work.dtype).eps
+    assert (err <= 16 * ulp * want.abs().amax(-1)).all(), err
+    if mu_scale == 1.0 and log_sigma == 0.0:  # nothing overflows: U / τ itself
+        ones = torch.ones(3, dtype=F64)
+        torch.testing.assert_close(ratio.squeeze(-1), ones, rtol=8 * ulp, atol=0)
+    torch.manual_seed(1)
+    out = est(scores, lambda z, rows: z.square().sum(-1))
+    z = out.latents.double()
+    assert torch.isfinite(z).all() and torch.allclose(z.sum(-1), torch.full((3,), 2.0, dtype=F64),
+                                                       atol=8 * torch.finfo(dtype).eps)

@@ -20,9 +20,12 @@ example, evaluates ``loss_fn`` once and differentiates through ``z`` (pathwise).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from .._dtypes import working_dtype
 from .._validation import check_positive_int
 from ..distributions.sst import draw_noise
 from ..structures.ksubset import KSubset
@@ -156,6 +159,40 @@ class CorrelatedSSTEstimator(_RelaxedSubset):
         eta = draw_noise(torch.Size((scores.shape[0], self.rank)), mu, "gaussian")
         return mu + log_sigma.exp() * eps + (factors @ eta.unsqueeze(-1)).squeeze(-1)
 
+    def tempered_utilities(self, scores: Tensor, tau: Tensor) -> Tensor:
+        """One draw of ``U / τ`` ``(B, n)``, finite at any finite scores and temperature, in at
+        least float32 (half-precision scores: float32 utilities).
+
+        Computed as ``Û e^m / τ``: ``m >= 0`` each row's largest
+        log-magnitude of the terms of U (``log|μ_i|``, ``log σ_i + log|ε_i|``,
+        ``log|F_ij η_j|``) plus ``log(2 + rank)``, so ``|Û| <= 1`` (``Û = U`` exactly when no
+        term exceeds 1/(2 + rank)). Where ``e^m / τ`` would overflow, ``m`` is lowered to fit:
+        the row is scaled down as a whole, at magnitudes where its relaxed top-k is already
+        the hard one (its gaps exceed ~1/eps of the dtype).
+        """
+        x = scores.to(working_dtype(scores.dtype))
+        info = torch.finfo(x.dtype)
+        mu, log_sigma, factors = x[..., 0], x[..., 1], x[..., 2:]
+        eps = draw_noise(mu.shape, mu, "gaussian")
+        eta = draw_noise(torch.Size((x.shape[0], self.rank)), mu, "gaussian")
+        tau = tau.to(x)
+        log_terms = math.log(2 + self.rank)
+
+        def log_abs(t: Tensor) -> Tensor:
+            return t.abs().clamp_min(info.tiny).log()
+
+        with torch.no_grad():  # the row scale m is a constant of the draw
+            largest = torch.stack([
+                log_abs(mu), log_sigma + log_abs(eps),
+                (log_abs(factors) + log_abs(eta).unsqueeze(-2)).amax(-1)], -1).amax(-1)
+            m = (largest.amax(-1, keepdim=True) + log_terms).clamp_min(0)
+            fit = (math.log(info.max) - 1 - log_terms + tau.log()).clamp_max(math.log(info.max))
+            m_out = torch.minimum(m, fit)
+        scale = (-m).exp()
+        u_hat = (mu * scale + eps * (log_sigma - m).exp()
+                 + ((factors * scale.unsqueeze(-1)) @ eta.unsqueeze(-1)).squeeze(-1))
+        return u_hat * (m_out.exp() / tau)
+
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         scores = self._check(scores, trailing=1)
         if scores.shape[-1] != 2 + self.rank:
@@ -164,5 +201,6 @@ class CorrelatedSSTEstimator(_RelaxedSubset):
                 f"{scores.shape[-1]}"
             )
         tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
-        relaxed = KSubset(scores.shape[1], self.k).marginals(self.utilities(scores) / tau)
+        utilities = self.tempered_utilities(scores, tau)
+        relaxed = KSubset(scores.shape[1], self.k).marginals(utilities).to(scores.dtype)
         return self._output(relaxed, loss_fn, tau)
