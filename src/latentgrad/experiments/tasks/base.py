@@ -229,6 +229,7 @@ class LatentTask(L.LightningModule):
     # ---- optimiser
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over all parameters with ``optim.lr`` and ``optim.weight_decay``."""
         optim = self.cfg.optim
         return torch.optim.Adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
