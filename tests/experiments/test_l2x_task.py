@@ -14,6 +14,7 @@ import yaml
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import resolve, to_dict
+from latentgrad.experiments.data.l2x import DATASETS
 from latentgrad.experiments.tasks import l2x as task
 
 CONFIG = Path(task.__file__).parents[1] / "configs" / "l2x.yaml"
@@ -54,17 +55,39 @@ def test_k_defaults_to_the_number_of_relevant_features() -> None:
     assert model.k == 3
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_cli_run_tiny_profile_synthetic(estimator: str, tmp_path: Path) -> None:
+CELLS = [(est, "orange_skin") for est in ESTIMATORS] + [
+    (est, dataset)
+    for dataset in DATASETS
+    if dataset != "orange_skin"
+    for est in ("subset_sst", "subset_st")
+]
+
+
+@pytest.mark.parametrize(("estimator", "dataset"), CELLS)
+def test_cli_run_tiny_profile_synthetic(estimator: str, dataset: str, tmp_path: Path) -> None:
     code = main(["run", "l2x", "--estimator", estimator, "--out", str(tmp_path), "profile=tiny",
-                 "data.dataset=orange_skin"])
+                 f"data.dataset={dataset}"])
     assert code == 0
     result = json.loads((tmp_path / "l2x" / estimator / "seed0" / "metrics.json").read_text())
     m = result["metrics"]
-    assert result["global_step"] == 8
-    assert all(math.isfinite(v) for v in m.values())
+    assert result["global_step"] == 8 and m["dataset"] == dataset
+    assert all(math.isfinite(v) for v in m.values() if not isinstance(v, str))
     assert 0 <= m["test/precision"] <= 1 and 0 <= m["test/acc"] <= 1
-    assert 2.5 <= m["test/median_rank"] <= 8.5  # k = 4 relevant among 10 features
+    k = DATASETS[dataset]  # relevant features among 10: median rank within [(k+1)/2, 10-(k-1)/2]
+    assert (k + 1) / 2 <= m["test/median_rank"] <= 10 - (k - 1) / 2
+
+
+@pytest.mark.parametrize(("k", "estimator"), [(5, "l2x_st"), (10, "subset_sst"),
+                                              (15, "corr_subset_st")])
+def test_cli_run_tiny_profile_generated_reviews(k: int, estimator: str, tmp_path: Path) -> None:
+    code = main(["run", "l2x", "--estimator", estimator, "--out", str(tmp_path), "profile=tiny",
+                 "data.source=beer_substitute", f"data.k={k}"])
+    assert code == 0
+    result = json.loads((tmp_path / "l2x" / estimator / "seed0" / "metrics.json").read_text())
+    m = result["metrics"]
+    assert m["dataset"] == "beer-substitute"
+    assert math.isfinite(m["test/mse"]) and m["test/mse"] >= 0
+    assert 0 <= m["test/precision"] <= 1
 
 
 def _write_beer(folder: Path) -> None:
@@ -100,5 +123,6 @@ def test_cli_run_tiny_profile_reviews(estimator: str, tmp_path: Path) -> None:
         (tmp_path / "runs" / "l2x" / estimator / "seed0" / "metrics.json").read_text()
     )
     m = result["metrics"]
+    assert m["dataset"] == "beer"
     assert m["test/mse"] >= 0 and 0 <= m["test/precision"] <= 1
     assert math.isfinite(m["test/mse"])

@@ -14,13 +14,22 @@ correlated SST, of the utilities' mean).
   (against the more likely label), ``precision`` ``|selected ∩ relevant| / k`` and
   ``median_rank``: per row the median rank of its relevant features among the explainer's scores
   (1 = highest, ties broken at random), averaged over rows (best ``(k + 1) / 2``).
-- ``data.source=beer`` (user-provided BeerAdvocate reviews, ``load_beer``): word-level selector of
+- ``data.source=beer`` (user-provided BeerAdvocate reviews, ``load_beer``) or
+  ``data.source=beer_substitute`` (generated reviews, ``experiments.data.reviews``, the offline
+  default, labelled ``beer-substitute`` in ``metrics.json``): word-level selector of
   Chen et al. 2018 on frozen word vectors (conv 100 k=3 -> max-pool -> dense 100 as global
   context; two more conv 100 k=3 as local context; concatenated, dropout 0.2, 1x1 conv 100,
   1x1 conv -> score units per word); predictor: mean of the selected words' vectors -> dense 250
   -> ReLU -> rating; squared error. Metrics: ``mse`` with the hard mask and ``precision`` of the
   selected words against the aspect's annotated sentences (annotated test reviews only).
-  Padding is never selected; reviews shorter than k tokens are dropped.
+  Padding is never selected; reviews shorter than k tokens are dropped. The paper's sizes are
+  ``k`` in {5, 10, 15} (``data.k``).
+
+Protocols (``configs/l2x.yaml``): profile ``paper`` is Chen et al.'s synthetic protocol as above
+(10^6 training rows, one epoch of batch 1000, Adam 1e-3) with training seeds 0-4 (Chen et al.
+ran seed 0 only), about 10 CPU-minutes per run on one thread; it fits, so there is no
+``faithful`` profile. The review task's sizes, epochs and learning rates were never published;
+``data.source=beer`` uses the defaults of this module.
 """
 
 from __future__ import annotations
@@ -36,11 +45,13 @@ from latentgrad.estimators.subsets import CorrelatedSSTEstimator, topk_mask
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.files import dataset_dir
 from latentgrad.experiments.data.l2x import DATASETS, NUM_FEATURES, load_beer, synthetic_l2x
+from latentgrad.experiments.data.reviews import generated_reviews
 from latentgrad.experiments.data.splits import TensorSplits
 from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
 from latentgrad.structures import KSubset
 
-SOURCES = ("synthetic", "beer")
+SOURCES = ("synthetic", "beer", "beer_substitute")
+TEXT_SOURCES = ("beer", "beer_substitute")
 RELU_DATASETS = ("xor", "orange_skin")
 PAD_SCORE = -1e4  # score of padding words: never selected
 
@@ -50,7 +61,8 @@ class DataConfig:
     """Synthetic: ``dataset``, ``num_train`` rows from ``train_seed`` and ``num_valid`` from
     ``valid_seed`` (the validation rows are also the test rows, as in Chen et al. 2018).
     Beer: reviews under ``path`` (default ``$LATENTGRAD_DATA/beer``), ``aspect`` (1 = aroma),
-    ``max_length`` tokens. ``k = 0``: the dataset's number of relevant features (beer: 10)."""
+    ``max_length`` tokens; beer_substitute: ``num_reviews`` (train, valid, test) generated reviews
+    from ``train_seed``. ``k = 0``: the dataset's number of relevant features (reviews: 10)."""
 
     source: str = "synthetic"
     dataset: str = "xor"
@@ -62,6 +74,7 @@ class DataConfig:
     path: str | None = None
     aspect: int = 1
     max_length: int = 350
+    num_reviews: list[int] = field(default_factory=lambda: [40_000, 5_000, 2_000])
     k: int = 0
     batch_size: int = 1000
 
@@ -72,10 +85,22 @@ class DataConfig:
             require(getattr(self, key) >= 2, key, f"must be >= 2, got {getattr(self, key)}")
         require(self.k >= 0, "k", f"must be >= 0 (0: the dataset's default), got {self.k}")
         require(
+            len(self.num_reviews) == 3 and min(self.num_reviews) >= 1,
+            "num_reviews",
+            f"must be three sizes >= 1 (train, valid, test), got {self.num_reviews}",
+        )
+        require(
             self.source != "synthetic" or self.k <= NUM_FEATURES,
             "k",
             f"must be <= {NUM_FEATURES} on the synthetic data, got {self.k}",
         )
+
+    @property
+    def label(self) -> str:
+        """The data actually used, for ``metrics.json``."""
+        return {"synthetic": self.dataset, "beer": "beer", "beer_substitute": "beer-substitute"}[
+            self.source
+        ]
 
     @property
     def subset_size(self) -> int:
@@ -129,7 +154,14 @@ class L2XData(TensorSplits):
             splits["test"] = splits["valid"]
             keys = ("x", "probs", "relevant")
         else:
-            splits, matrix = load_beer(dataset_dir("beer", cfg.path), cfg.aspect, cfg.max_length)
+            if cfg.source == "beer":
+                splits, matrix = load_beer(
+                    dataset_dir("beer", cfg.path), cfg.aspect, cfg.max_length
+                )
+            else:
+                splits, matrix = generated_reviews(
+                    tuple(cfg.num_reviews), cfg.train_seed, cfg.aspect, cfg.max_length
+                )
             self.embeddings = torch.from_numpy(matrix)
             for split in splits.values():
                 split.setdefault("relevant", torch.zeros(split["tokens"].shape, dtype=bool).numpy())
@@ -223,7 +255,7 @@ class L2X(LatentTask):
         super().__init__(config, run_dir)
         cfg = self.cfg
         self.k = cfg.data.subset_size
-        self.text = cfg.data.source == "beer"
+        self.text = cfg.data.source in TEXT_SOURCES
         m = cfg.model
         if self.text:
             if embeddings is None:
@@ -319,6 +351,9 @@ class L2X(LatentTask):
     def validation_step(self, batch, batch_idx: int) -> None:
         for key, value in self.evaluate(batch).items():
             self.log(f"val/{key}", value, prog_bar=key == "precision")
+
+    def summary(self) -> dict:
+        return {**super().summary(), "dataset": self.cfg.data.label}
 
     def test_step(self, batch, batch_idx: int) -> None:
         for key, value in self.evaluate(batch).items():
