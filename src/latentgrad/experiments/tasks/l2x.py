@@ -27,7 +27,7 @@ correlated SST, of the utilities' mean).
 
 Protocols (``configs/l2x.yaml``): profile ``paper`` is Chen et al.'s synthetic protocol as above
 (10^6 training rows, one epoch of batch 1000, Adam 1e-3) with training seeds 0-4 (Chen et al.
-ran seed 0 only), about 10 CPU-minutes per run on one thread; it fits, so there is no
+ran seed 0 only), about 3 CPU-minutes per run on one thread; it fits, so there is no
 ``faithful`` profile. The review task's sizes, epochs and learning rates were never published;
 ``data.source=beer`` uses the defaults of this module.
 """
