@@ -165,8 +165,6 @@ def distribution_entries() -> list[Entry]:
     def sb(loc, scale, temperature):
         return dist.IGRStickBreaking(loc, scale, temperature, eps=0.1)
 
-    def sb_draw(**a):  # densities from the draw's noise: at extreme temperatures both the clamped
-        return sb(**a).rsample_with_log_prob((2,))  # sticks round, and log_prob may refuse them
 
     def planar(loc, scale, temperature):
         torch.manual_seed(0)
@@ -178,9 +176,9 @@ def distribution_entries() -> list[Entry]:
     pos = ("scale", "temperature")
     for name, family in (("IGR", igr), ("IGRStickBreaking", sb), ("IGRPlanar", planar)):
         make = _loc_scale_tau(K - 1)
-        draw = sb_draw if family is sb else (lambda f=family, **a: _draw_and_density(f(**a)))
         out += [
-            Entry(f"{name}.rsample+log_prob", make, draw, LST, positive=pos, random=True),
+            Entry(f"{name}.rsample+log_prob", make,  # log_prob of its own draws
+                  lambda f=family, **a: _draw_and_density(f(**a)), LST, positive=pos, random=True),
             Entry(f"{name}.entropy_mc", make,
                   lambda f=family, **a: (f(**a).rsample(), f(**a).entropy_mc(2)), LST,
                   positive=pos, random=True),

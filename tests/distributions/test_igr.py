@@ -582,3 +582,21 @@ def test_gaussian_kl_in_half_precision_is_computed_in_float32():
         x, m = xi.to(dtype).double(), loc.to(dtype).double()
         want = 0.5 * ((2 * x).exp() + m.square() - 1 - 2 * x).sum(-1)
         torch.testing.assert_close(got, want, rtol=torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("tau", [1e-8, 1e-3, 1.0, 1e4])
+def test_igr_sb_log_prob_is_finite_on_its_own_draws_at_any_temperature(dtype, tau):
+    """ψ in its dtype pins the sticks τ(log ψ_k − log ψ_last + log δ) down only to ~2τ·eps: a
+    draw whose remainder is that close to 0 once read as outside the image and was refused
+    (float32 already at τ = 1). log_prob now takes it as the image point at that resolution
+    from the boundary: finite on every draw, while values clearly outside are still refused."""
+    if torch.tensor(tau, dtype=dtype) == 0:
+        pytest.skip("temperature not representable")
+    g = torch.Generator().manual_seed(0)
+    loc = (torch.randn(6, 4, generator=g, dtype=D) * 10).to(dtype)
+    scale = (0.5 + torch.rand(6, 4, generator=g, dtype=D)).to(dtype)
+    dist = IGRStickBreaking(loc, scale, torch.tensor(tau, dtype=dtype), eps=0.1)
+    torch.manual_seed(0)
+    x = dist.rsample((8,))
+    assert torch.isfinite(dist.log_prob(x)).all()

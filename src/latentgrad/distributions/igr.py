@@ -535,11 +535,20 @@ class IGRStickBreaking(_IGRBase):
         log_psi = value[..., :m].log()
         sticks = softmax_pp_inverse(log_psi, self.temperature, self.delta, log_input=True)
         remainder = 1 - sticks.sum(dim=-1, keepdim=True)
-        if sticks.numel() and not bool((sticks > 0).all() & (remainder > 0).all()):
+        # ψ in its dtype pins each stick τ(log ψ_k − log ψ_last + log δ) down only to about
+        # 2τ·eps (plus the sum's rounding): a draw whose last stick or remainder is that close
+        # to 0 reads as slightly outside the image. Within that resolution the value is taken as
+        # the image point at distance tol from the boundary; beyond it, refused.
+        eps = torch.finfo(value.dtype).eps
+        tol = (4 * m * eps * (1 + self.temperature.abs())).unsqueeze(-1)
+        if sticks.numel() and not bool((sticks > -tol).all() & (remainder > -tol).all()):
             raise ValueError(
                 "value is outside the image of the IGR-SB map: its sticks "
                 "tau (log psi_k - log psi_last + log delta) must be positive and sum to < 1"
             )
+        sticks, remainder = torch.maximum(sticks, tol), torch.maximum(remainder, tol)
+        total = sticks.sum(dim=-1, keepdim=True) + remainder  # 1 up to that resolution
+        sticks, remainder = sticks / total, remainder / total
         kappa = stick_breaking_logits_inverse(torch.cat([sticks, remainder], dim=-1))
         return (
             _gauss_log_prob(kappa, self.loc[..., : m - 1], self.scale[..., : m - 1],
