@@ -266,3 +266,24 @@ def test_budget_argmax_ties_at_the_budget_take_the_first_indices():
     scores = torch.tensor([[1.0, 2.0, 1.0, 1.0, -1.0, 1.0]])
     assert BitVector(6, 3).argmax(scores).tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
     assert BitVector(6, 0).argmax(scores).tolist() == [[0.0] * 6]
+
+
+@pytest.mark.parametrize("budget", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_at_large_scores_matches_the_float64_brute_force(budget, dtype):
+    """Scores of magnitude 1e4 with near-ties: the k best set is the float64 brute force's over
+    the same (rounded) scores and each returned score is its float64 score rounded to the dtype
+    (float32 sums once swapped near-tied vectors: 2.9e-3 off the k-th best)."""
+    d, k = 8, 5
+    structure = BitVector(d, budget=budget)
+    space = structure.enumerate().double()
+    g = torch.Generator().manual_seed(0)
+    sign = torch.randn(64, d, generator=g, dtype=torch.float64).sign()
+    scores = ((1e4 + 3e-3 * torch.randn(64, d, generator=g, dtype=torch.float64)) * sign).to(dtype)
+    z, values = structure.topk(scores, k)
+    exact = scores.double() @ space.T
+    kth = exact.sort(dim=-1, descending=True).values[:, k - 1 : k]
+    got = (scores.double().unsqueeze(1) * z.double()).sum(-1)
+    assert (got >= kth).all()  # every returned vector is among the k best
+    eps = torch.finfo(dtype).eps  # its exact score, rounded once (half an ulp)
+    assert ((values.double() - got).abs() <= eps / 2 * got.abs()).all()

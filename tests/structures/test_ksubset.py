@@ -168,3 +168,21 @@ def test_bad_scores_raise(scores, error, match):
 def test_topk_m_out_of_range_raises():
     with pytest.raises(ValueError, match="k must be"):
         KSubset(4, 2).topk(torch.zeros(4), 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_at_large_mixed_sign_scores_matches_the_float64_brute_force(dtype):
+    """Scores ±1e4 with near-ties (the row-max shift does not help mixed signs): the k best set
+    is the float64 brute force's and each score its float64 score rounded once."""
+    structure, k = KSubset(8, 3), 5
+    space = structure.enumerate().double()
+    g = torch.Generator().manual_seed(1)
+    sign = torch.randn(64, 8, generator=g, dtype=torch.float64).sign()
+    scores = ((1e4 + 3e-3 * torch.randn(64, 8, generator=g, dtype=torch.float64)) * sign).to(dtype)
+    z, values = structure.topk(scores, k)
+    exact = scores.double() @ space.T
+    kth = exact.sort(dim=-1, descending=True).values[:, k - 1 : k]
+    got = (scores.double().unsqueeze(1) * z.double()).sum(-1)
+    assert (got >= kth).all()
+    eps = torch.finfo(dtype).eps
+    assert ((values.double() - got).abs() <= eps / 2 * got.abs()).all()

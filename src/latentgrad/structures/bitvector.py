@@ -73,11 +73,13 @@ class BitVector(Structure):
         Unbudgeted: the flip-cost merge (loop over d with early stop); budgeted: the k-best count
         DP over counts ``0..budget`` on a window of ``2k - 2`` items around the MAP's decision
         boundary (O(k^3) per row, independent of d). Requires ``k <= num_structures``.
+        Ranked and scored in float64: sums of float32 scores of ~1e4 round by ~2e-3, enough to
+        swap near-tied structures; the scores are returned correctly rounded to the input dtype.
         """
         self.check_scores(scores)
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
-        flat = flat.to(working_dtype(flat.dtype))  # half precision: the DP sums in float32
+        flat = flat.to(torch.float64)
         if self.budget is None or self.budget == self.d:
             z = kbest_bitvector_flips(flat, k)
         else:
