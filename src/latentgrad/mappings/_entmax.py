@@ -28,7 +28,7 @@ from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, s
 
 _MAX_NEWTON_STEPS = 64
 _UNCHECKED_STEPS = 2  # the support is rarely settled before this many Newton steps
-_TIGHTEN_STEPS = 3  # Newton steps on the block maxima before the candidates are listed
+_TIGHTEN_STEPS = 4  # Newton steps on the block maxima before the candidates are listed
 
 
 def _quadratic_root(t: Tensor, size: Tensor, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:

@@ -55,7 +55,7 @@ def candidates(x: Tensor, row_max: Tensor, margin: Tensor | float,
     (dense) computations are cheaper than flat lists.
     """
     n, k = x.shape
-    block = _block_size(k) if tighten is not None or k >= _UNTIGHTENED_BLOCKED_FROM else 1
+    block = _block_size(n, k) if tighten is not None or k >= _UNTIGHTENED_BLOCKED_FROM else 1
     if block > 1:
         return _blocked_candidates(x, row_max, margin, block, tighten)
     lower = lower_bound(row_max, margin)
@@ -73,17 +73,22 @@ _UNTIGHTENED_BLOCKED_FROM = 4096
 _MIN_BLOCK = 4  # below this, one comparison over all entries is cheaper than block maxima
 _MAX_BLOCK = 32
 _MIN_WIDTH = 128  # blocks per row: strided maxima vectorise over this contiguous width
+_GRAIN = 32768  # torch's intra-op grain (at::internal::GRAIN_SIZE): smaller ops run serially
+_MAX_SERIAL_BLOCK = 64
 
 
-def _block_size(k: int) -> int:
-    """Entries per block for rows of length ``k`` (1: no blocking): the largest that keeps
-    ``_MIN_WIDTH`` blocks per row, a divisor of ``k`` if one is at least half as large (no tail
-    columns to handle)."""
+def _block_size(n: int, k: int) -> int:
+    """Entries per block for ``n`` rows of length ``k`` (1: no blocking): the largest that keeps
+    ``_MIN_WIDTH`` blocks per row, or more where the (n, K / B) block maxima would otherwise
+    exceed torch's parallel grain (the screening's dozen small ops on them then run on one
+    thread: no thread hand-off each, which is what costs on a busy machine); a divisor of ``k``
+    near that size if there is one (no tail columns to handle)."""
     block = min(_MAX_BLOCK, k // _MIN_WIDTH)
     if block < _MIN_BLOCK:
         return 1
-    divisor = next(b for b in range(block, 0, -1) if k % b == 0)
-    return divisor if 2 * divisor >= block else block
+    block = max(block, min(-(-n * k // _GRAIN), _MAX_SERIAL_BLOCK, k // _MIN_WIDTH))
+    near = [b for b in range(block // 2, 2 * block) if k % b == 0]
+    return min(near, key=lambda b: abs(b - block)) if near else block
 
 
 def _blocked_candidates(x: Tensor, row_max: Tensor, margin: Tensor | float, block: int,
