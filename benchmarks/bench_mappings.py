@@ -1,7 +1,7 @@
 """Forward+backward timings of the simplex mappings, measured side by side in one run.
 
     python benchmarks/bench_mappings.py [--device cpu|cuda] [--thread-counts 1,2] [--load]
-                                        [--repeats 10]
+                                        [--repeats 10] [--shapes 256x1000,64x32000]
 
 For each shape (rows x K) and each torch thread count it times ``y = f(x); y.backward(v)`` for
 torch.softmax, latentgrad's sparsemax / entmax15 / entmax_bisect(alpha=1.5) and, when the
@@ -89,6 +89,10 @@ def main() -> None:
                         help="comma-separated torch thread counts to measure (overrides --threads)")
     parser.add_argument("--load", action="store_true",
                         help="also measure while another process keeps one core busy")
+    parser.add_argument("--shapes", default=None,
+                        help="comma-separated ROWSxK shapes (default: "
+                             + ",".join(f"{r}x{k}" for r, k in SHAPES) + ", and on cuda "
+                             + ",".join(f"{r}x{k}" for r, k in GPU_SHAPES) + ")")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = start(args)
@@ -97,7 +101,10 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     fns = _candidates()
     inputs = {}
-    for rows, k in SHAPES + (GPU_SHAPES if device.type == "cuda" else ()):
+    shapes = SHAPES + (GPU_SHAPES if device.type == "cuda" else ())
+    if args.shapes:
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
+    for rows, k in shapes:
         x = torch.randn(rows, k, generator=gen).to(device).requires_grad_()
         inputs[f"{rows}x{k}"] = (x, torch.randn(rows, k, generator=gen).to(device))
     print(f"device={device} thread_counts={thread_counts} repeats={args.repeats} "
