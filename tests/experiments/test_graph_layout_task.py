@@ -219,3 +219,29 @@ def test_tree_sst_learns_the_true_edges_given_a_decoder_that_uses_them(data_env:
         loss.backward()
         opt.step()
     assert before < 0.5 and precision() > 0.75
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_paper_profiles_are_the_defaults_and_faithful_ones_only_shorten_the_main_phase() -> None:
+    def config(profile: str | None) -> dict:
+        over = {} if profile is None else {"profile": profile}
+        flat = _flat(to_dict(resolve(task.Config, "graph_layout", "tree_sst", 42, over)))
+        flat.pop("profile")
+        return flat
+
+    defaults, paper, faithful = config(None), config("paper"), config("faithful")
+    assert paper == defaults and paper["trainer.max_steps"] == 50_000
+    assert {k for k in paper if paper[k] != faithful[k]} == {"trainer.max_steps"}
+    assert faithful["trainer.max_steps"] == 5_000
+    t20, faithful_t20 = config("paper_t20"), config("faithful_t20")
+    assert {k for k in paper if paper[k] != t20[k]} == {"data.num_frames", "model.prediction_steps"}
+    assert {k for k in t20 if t20[k] != faithful_t20[k]} == {"trainer.max_steps"}

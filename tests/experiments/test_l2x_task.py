@@ -126,3 +126,17 @@ def test_cli_run_tiny_profile_reviews(estimator: str, tmp_path: Path) -> None:
     assert m["dataset"] == "beer"
     assert m["test/mse"] >= 0 and 0 <= m["test/precision"] <= 1
     assert math.isfinite(m["test/mse"])
+
+
+def test_paper_profile_is_chen_et_al_s_protocol() -> None:
+    def config(profile: str | None) -> dict:
+        over = {} if profile is None else {"profile": profile}
+        cfg = to_dict(resolve(task.Config, "l2x", "subset_sst", 0, over))
+        cfg.pop("profile")
+        return cfg
+
+    paper = config("paper")
+    assert paper == config(None)
+    assert (paper["data"]["num_train"], paper["data"]["num_valid"]) == (10**6, 10**5)
+    assert (paper["data"]["batch_size"], paper["trainer"]["max_epochs"]) == (1000, 1)
+    assert paper["optim"]["lr"] == 1e-3

@@ -95,3 +95,16 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, data_env: Path) ->
         assert m["test/precision"] == pytest.approx(m["test/recall"])
     assert m["decoder_calls"] == 1.0
     assert sum(1 for r in csv_rows(d) if r.get("val/acc")) == 2
+
+
+def test_paper_profile_is_the_defaults_and_faithful_only_shortens_training() -> None:
+    def config(profile: str | None) -> dict:
+        over = {} if profile is None else {"profile": profile}
+        cfg = to_dict(resolve(task.Config, "listops", "tree_sst", 0, over))
+        cfg.pop("profile")
+        return cfg
+
+    defaults, paper, faithful = config(None), config("paper"), config("faithful")
+    assert paper == defaults
+    assert faithful["trainer"] == {**paper["trainer"], "max_epochs": 2}
+    assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}
