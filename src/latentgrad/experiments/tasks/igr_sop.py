@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.estimators.base import LossFn
 from latentgrad.experiments.config import build, require
+from latentgrad.experiments.data.batched import batched_loader
 from latentgrad.experiments.data.idx import load_idx_dataset
 from latentgrad.experiments.data.subsets import SubsetConfig
 from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
@@ -108,10 +109,10 @@ class HalvesData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         c = self.cfg
-        return DataLoader(self.train, c.batch_size, shuffle=True, num_workers=c.num_workers)
+        return batched_loader(self.train, c.batch_size, shuffle=True, num_workers=c.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test, self.cfg.eval_batch_size, num_workers=self.cfg.num_workers)
+        return batched_loader(self.test, self.cfg.eval_batch_size, num_workers=self.cfg.num_workers)
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -173,7 +174,9 @@ class SOP(LatentTask):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x_up, x_low = batch
         out = self.estimate(self.layer_scores(self.layer1, x_up), self.loss_fn(x_low))
-        self.log_dict({"train/loss": out.loss.detach(), **self.record_step(out)})
+        logs = {"train/loss": out.loss.detach(), **self.record_step(out)}
+        if self.logging_step():
+            self.log_dict(logs)
         return out.loss
 
     @torch.no_grad()

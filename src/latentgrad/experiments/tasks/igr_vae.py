@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.distributions import IGR
 from latentgrad.experiments.config import build, require
+from latentgrad.experiments.data.batched import batched_loader
 from latentgrad.experiments.data.idx import load_idx_dataset
 from latentgrad.experiments.data.subsets import SubsetConfig
 from latentgrad.experiments.estimators import mlp
@@ -176,9 +177,7 @@ class ImageData(L.LightningDataModule):
             self.train, self.test = TensorDataset(train), TensorDataset(test)
 
     def _loader(self, ds: TensorDataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers
-        )
+        return batched_loader(ds, batch_size, shuffle, self.cfg.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, True, self.cfg.batch_size)
@@ -275,7 +274,8 @@ class IGRVAE(LatentTask):
             logs["train/categories"] = out.logs["truncation"].float() + 1
         if "kl" in out.logs:
             logs["train/kl"] = out.logs["kl"]
-        self.log_dict(logs)
+        if self.logging_step():
+            self.log_dict(logs)
         return out.loss
 
     def posterior_draws(self, scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
