@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import task_yaml
-from latentgrad.experiments.resumable import ResumableLoader, derived_seed
+from latentgrad.experiments.resumable import ResumableLoader, derived_seed, seed_all
 from latentgrad.experiments.tasks.registry import TASKS
 
 HERE = Path(__file__).parent
@@ -162,3 +162,10 @@ def test_every_task_and_estimator_resumes_bit_identical(
     if task != "signal_game":  # the others read MNIST (or its stand-ins)
         request.getfixturevalue("data_env")
     _check_kills_then_resume(task, estimator, tmp_path)
+
+
+def test_seed_all_gives_the_cpu_generator_the_state_of_torch_manual_seed() -> None:
+    seed_all(123)
+    after_seed_all = torch.rand(5)
+    torch.manual_seed(123)
+    assert torch.equal(after_seed_all, torch.rand(5))

@@ -3,10 +3,15 @@ test-time readings, on a toy task with a categorical latent."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.estimators.base import EstimatorOutput
 from latentgrad.experiments.config import ConfigError, build, to_dict
@@ -88,3 +93,38 @@ def test_decoder_calls_accumulate_and_give_epoch_quantiles() -> None:
     model.on_train_epoch_start()  # a new epoch starts a new list; the run's mean stays
     assert model.epoch_call_quantiles() == {}
     assert model.mean_decoder_calls() == 3.0
+
+
+class Logged(Toy):
+    """Logs ``gated`` only on ``logging_step()`` steps and ``always`` on every step."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.gated_steps: list[int] = []
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        value = batch[0].float().sum() + 0.0 * self.w
+        self.log("always", value)
+        if self.logging_step():
+            self.log("gated", value)
+            self.gated_steps.append(self.global_step)
+        return (self.w - 1.0) ** 2
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.arange(7.0)), batch_size=1)
+
+
+def test_logging_step_holds_exactly_on_the_steps_the_logger_writes(tmp_path: Path) -> None:
+    """Out of a trainer every step logs; in one, a metric logged only when ``logging_step()``
+    holds reaches the CSV log at the same steps, with the same values, as one logged always."""
+    assert toy("softmax").logging_step()
+    trainer = L.Trainer(max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    model = Logged(to_dict(build(ToyConfig, {"estimator": "softmax"})))
+    trainer.fit(model)
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == model.gated_steps == [2, 5, 8, 11]  # of 0-13
+    assert all(row["gated"] == row["always"] != "" for row in rows)
