@@ -1,6 +1,7 @@
 """Task ``igr_countable``: fitting a distribution with countably infinite support by IGR-SB's
-adaptively truncated stick-breaking (Potapczynski et al. 2020, §5.1), against IGR-I and
-Gumbel-Softmax truncated to ``model.num_categories``.
+stick-breaking (Potapczynski et al. 2020, §5.1), against IGR-I, IGR-Planar and Gumbel-Softmax
+truncated to ``model.num_categories``. IGR-SB keeps all its sticks by default (``model.threshold =
+1``, the reference's finite variant); below 1 it truncates adaptively.
 
 Target (``data``): Poisson(``rate``) or negative binomial(``r``, ``p``) with pmf
 ``C(k + r − 1, k) p^r (1 − p)^k``, k = 0, 1, ... (scipy's ``nbinom``), evaluated on
@@ -14,6 +15,10 @@ Test metrics (``model.eval_samples`` fresh draws): ``tv_relaxed``, the total var
 and the target; ``tv_discrete``, between the frequencies of ``argmax ψ`` (the fitted discrete
 pmf) and the target; the final divergence; ``truncation``, the number of categories the fitted
 IGR-SB uses (sticks kept + 1; the others: K) and the target's mass beyond it.
+
+Cost (one CPU thread, CPU time): a full-protocol fit (200 steps of 10,000 draws, K = 100) takes
+7 s (Gumbel) to 18 s (IGR-SB), testing on 100,000 draws under a second; Lightning's per-step
+overhead is negligible beside the draws.
 """
 
 from __future__ import annotations
@@ -58,12 +63,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """``num_categories``: K (IGR-SB: K_max, the cap of its truncation); ``threshold``: IGR-SB
-    keeps sticks until their mass exceeds it (``eps = 1 − threshold``), at the ``quantile`` of
-    the draws' stick counts; ``samples`` per step, ``eval_samples`` at test."""
+    keeps sticks until their mass exceeds it (``eps = 1 − threshold``; 1 keeps all), at the
+    ``quantile`` of the draws' stick counts; ``samples`` per step, ``eval_samples`` at test."""
 
     num_categories: int = 100
     temperature: float = 0.01
-    threshold: float = 0.99
+    threshold: float = 1.0
     quantile: float = 0.5
     num_flows: int = 2
     divergence: str = "kl"

@@ -11,9 +11,11 @@ the run's ``source``).
 Model: encoder x → scores (Gumbel: V × K logits; IGR: V × (μ, ξ) of K − 1 coordinates, IGR-SB
 K_max − 1 sticks); decoder of the V relaxed one-hots (V · K inputs) → pixels. ``linear``: one
 dense layer each way; ``nonlinear``: 784→512→256→scores and V·K→256→512→pixels, ReLU.
-Loss: the estimator's one-sample −ELBO ``ℓ(ψ) + KL``: IGR-I/IGR-SB with the closed-form Gaussian
-KL (``estimator_args.igr_kl``), IGR-Planar with the sampled log-ratio, Gumbel-Softmax with the
-ExpConcrete log-ratio to a uniform Concrete prior at τ₀. Priors: IGR-I and IGR-Planar the
+Loss: the estimator's one-sample −ELBO ``ℓ(ψ) + KL``: IGR-I/IGR-SB with the one-sample Gaussian
+log-ratio at the drawn sample (``estimator_args.igr_kl: sampled``, the reference's runs; or
+``closed_form``, the exact Gaussian KL), IGR-Planar with the sampled log-ratio including the
+flows' log-determinant, Gumbel-Softmax with the ExpConcrete log-ratio to a uniform Concrete prior
+at τ₀. Priors: IGR-I and IGR-Planar the
 isotropic IGR-I prior whose zero-temperature pmf is exactly uniform; IGR-SB a shared N(μ₀, σ₀²)
 on the sticks, fitted (``model.sb_prior=fitted``, the reference's approach) so that the mean of
 its relaxed samples is close (squared distance) to uniform over the first K categories, or
@@ -38,6 +40,11 @@ Test metrics (nats per image; hard samples are the one-hot ``argmax ψ`` of S =
   noise (``mode_latent``);
 - ``vertex_distance``: mean Euclidean distance of a relaxed posterior draw to its nearest vertex;
   ``categories`` (IGR-SB): categories kept by the truncation.
+
+Cost (one CPU thread, CPU time through the runner): 20–23 ms per training step of batch 100
+(IGR-I, IGR-Planar, Gumbel; IGR-SB 35 ms, its truncation reads the stick counts every step), so
+a 300-epoch run of 180,000 steps takes 1.0–1.2 CPU-hours (IGR-SB 1.9), testing on 10,000
+images with 100 samples each 1–5 minutes more.
 """
 
 from __future__ import annotations
