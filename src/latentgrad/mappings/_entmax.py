@@ -3,11 +3,13 @@
     alpha-entmax(x) = argmax_{p in simplex} <p, x> + H^T_alpha(p),
     p_i = [(alpha - 1) x_i - tau]_+^{1 / (alpha - 1)}    (alpha > 1;  alpha -> 1 is softmax).
 
-``entmax15`` (alpha = 1.5, ``p_i = [x_i / 2 - tau]_+^2``) finds tau exactly without sorting:
-Newton's method from the lower bound ``max(x)/2 - 1`` (p_i <= 1) on the convex, decreasing
-``f(t) = sum_i [x_i/2 - t]_+^2 - 1``, and after every step the exact root of the quadratic on the
-current support, accepted once that support is self-consistent (then it is the unique root).
-After the first step only the entries above the iterate (a short list) are looked at.
+``entmax15`` (alpha = 1.5, ``p_i = [x_i / 2 - tau]_+^2``) never sorts full rows. Since p_i <= 1,
+``tau >= max(x)/2 - 1``; Newton steps on the convex, decreasing ``f(t) = sum_i [x_i/2 - t]_+^2 - 1``
+of the block maxima (a subset of each row, see ``_support.candidates``) raise that lower bound,
+and the short list of entries above it is sorted for the exact threshold (``_sorted_threshold``).
+When most entries are candidates, Newton's method runs on full rows instead, with after every
+step the exact root of the quadratic on the current support, accepted once that support is
+self-consistent (then it is the unique root).
 
 ``entmax_bisect`` handles any alpha >= 1 by safeguarded Newton/bisection on a threshold written in
 logit units, ``p_i = exp(log1p((alpha - 1)(x_i - max x - nu)) / (alpha - 1))``, which is stable as
