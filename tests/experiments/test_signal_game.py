@@ -274,6 +274,46 @@ def test_receiver_sparse_and_dense_message_paths_agree() -> None:
     torch.testing.assert_close(g_sparse, g_dense)
 
 
+def test_receiver_on_symbol_indices_equals_one_hot_messages_with_gradients() -> None:
+    torch.manual_seed(2)
+    receiver = task.Receiver(feature_dim=5, vocab_size=7, embedding_dim=3).double()
+    tables = receiver.game_tables(torch.rand(3, 4, 5, dtype=torch.float64))
+    symbols = torch.tensor([6, 0, 3, 3, 1])
+    rows = torch.tensor([2, 0, 1, 0, 2])
+    onehot = F.one_hot(symbols, 7).double()
+    by_index = receiver(tables, symbols, rows)
+    # a lookup is the one-hot row's sum with the zero terms left out: 1.0 * t and 0 + t are exact
+    assert torch.equal(by_index, receiver(tables, onehot, rows))
+    torch.testing.assert_close(by_index, receiver(tables, onehot.requires_grad_(), rows))
+    (g_index,) = torch.autograd.grad(by_index.sum(), receiver.message.weight, retain_graph=True)
+    (g_dense,) = torch.autograd.grad(
+        torch.einsum("ngv,nv->ng", tables[rows], onehot).log_softmax(-1).sum(),
+        receiver.message.weight,
+    )
+    torch.testing.assert_close(g_index, g_dense)
+
+
+@pytest.mark.parametrize("estimator", ["sparsemax", "sfe", "nvil", "gumbel"])
+def test_discrete_estimators_hand_the_receiver_indices_relaxations_vectors(estimator) -> None:
+    model, data = tiny_model(estimator)
+    x, cands, label = first_batch(data)
+    seen: list[torch.Tensor] = []
+    inner = model.game_loss_fn(model.receiver.game_tables(cands), label)
+
+    def spy(z, rows):
+        seen.append(z)
+        return inner(z, rows)
+
+    model.estimate(model.sender(x), spy, cands)
+    z = seen[0]
+    if estimator == "gumbel":
+        assert z.is_floating_point() and z.shape[-1] == TINY_VOCAB
+    else:
+        assert z.dtype == torch.long and z.dim() == 1
+        assert int(z.min()) >= 0 and int(z.max()) < TINY_VOCAB
+    assert float(task.message_nonzeros(z)) == (TINY_VOCAB if estimator == "gumbel" else 1.0)
+
+
 # -------------------------------------------------------------------------------- loss wiring
 
 

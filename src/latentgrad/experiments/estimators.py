@@ -7,7 +7,9 @@ size of the encoder input, for estimators with an input-dependent baseline (NVIL
 called as ``est(scores, loss_fn, baseline_input=x)`` (``needs_baseline_input``). ``args`` lists
 the ``EstimatorConfig`` fields the factory reads: a user setting any other ``estimator_args`` key
 for this estimator is refused (it would be silently ignored); ``None`` leaves the keys unchecked.
-Estimator modules are imported only when an entry is built.
+Estimator modules are imported only when an entry is built. ``indices``: the factory takes
+``one_hot=False``, with which ``loss_fn`` receives category indices ``(N,)`` int64 instead of
+one-hot rows ``(N, K)`` (cheaper when the decoder only looks up the category).
 
 Bit vectors (the bit-vector VAE): the categorical entries that also handle independent bits
 (``sfe``, ``sfe_plus``, ``nvil``, ``sum_and_sample``, ``gumbel``, ``st_gumbel``,
@@ -58,37 +60,40 @@ class EstimatorSpec:
     args: tuple[str, ...] | None = None
     latent: str = "categorical"
     posterior: str = "categorical"
+    indices: bool = False
 
 
-def _softmax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _softmax(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+             one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.marginalization import SoftmaxMarginalization
 
-    return SoftmaxMarginalization(entropy_coeff=cfg.entropy_coeff)
+    return SoftmaxMarginalization(entropy_coeff=cfg.entropy_coeff, one_hot=one_hot)
 
 
-def _sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int) -> Estimator:
+def _sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int,
+               one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.marginalization import SparsemaxMarginalization
 
-    return SparsemaxMarginalization(entropy_coeff=cfg.entropy_coeff)
+    return SparsemaxMarginalization(entropy_coeff=cfg.entropy_coeff, one_hot=one_hot)
 
 
 def _sfe(cfg: EstimatorConfig, num_classes: int, features_dim: int,
-         structure: Structure | None = None) -> Estimator:
+         structure: Structure | None = None, one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.score_function import ScoreFunction
 
     return ScoreFunction(
         baseline=cfg.baseline, entropy_coeff=cfg.entropy_coeff, structure=structure,
-        eval_mode=SAMPLE_READING,
+        one_hot=one_hot, eval_mode=SAMPLE_READING,
     )
 
 
 def _sfe_plus(cfg: EstimatorConfig, num_classes: int, features_dim: int,
-              structure: Structure | None = None) -> Estimator:
+              structure: Structure | None = None, one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.score_function import ScoreFunction
 
     return ScoreFunction(
         baseline="self_critic", entropy_coeff=cfg.entropy_coeff, structure=structure,
-        eval_mode=SAMPLE_READING,
+        one_hot=one_hot, eval_mode=SAMPLE_READING,
     )
 
 
@@ -106,19 +111,20 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
 
 
 def _nvil(cfg: EstimatorConfig, num_classes: int, features_dim: int,
-          structure: Structure | None = None) -> Estimator:
+          structure: Structure | None = None, one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.score_function import NVIL
 
     return NVIL(
         baseline_net=mlp([features_dim, *cfg.nvil_hidden, 1]),
         entropy_coeff=cfg.entropy_coeff,
         structure=structure,
+        one_hot=one_hot,
         eval_mode=SAMPLE_READING,
     )
 
 
 def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int,
-                    structure: Structure | None = None) -> Estimator:
+                    structure: Structure | None = None, one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.score_function import SumAndSample
 
     return SumAndSample(
@@ -126,6 +132,7 @@ def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int,
         baseline=cfg.baseline,
         entropy_coeff=cfg.entropy_coeff,
         structure=structure,
+        one_hot=one_hot,
         eval_mode=SAMPLE_READING,
     )
 
@@ -234,6 +241,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "exact marginalization, p = softmax (K decoder calls)",
         exact=True,
         args=("entropy_coeff",),
+        indices=True,
     ),
     "sparsemax": EstimatorSpec(
         _sparsemax,
@@ -241,21 +249,28 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "exact marginalization over supp sparsemax",
         exact=True,
         args=("entropy_coeff",),
+        indices=True,
     ),
     "sfe": EstimatorSpec(
-        _sfe, "softmax", "score function, running-mean baseline", args=("baseline", "entropy_coeff")
+        _sfe,
+        "softmax",
+        "score function, running-mean baseline",
+        args=("baseline", "entropy_coeff"),
+        indices=True,
     ),
     "sfe_plus": EstimatorSpec(
         _sfe_plus,
         "softmax",
         "score function, self-critic baseline (+1 sample)",
         args=("entropy_coeff",),
+        indices=True,
     ),
     "sfe_01": EstimatorSpec(
         _sfe,
         "softmax",
         "score function, running-mean baseline; the task uses a 0/1 reward",
         args=("baseline", "entropy_coeff"),
+        indices=True,
     ),
     "nvil": EstimatorSpec(
         _nvil,
@@ -263,12 +278,14 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         "score function, learned input-dependent baseline (MLP)",
         True,
         args=("nvil_hidden", "entropy_coeff"),
+        indices=True,
     ),
     "sum_and_sample": EstimatorSpec(
         _sum_and_sample,
         "softmax",
         "Rao-Blackwellised: top-k_ss summed + 1 sample",
         args=("k_ss", "baseline", "entropy_coeff"),
+        indices=True,
     ),
     "gumbel": EstimatorSpec(
         _gumbel(False),

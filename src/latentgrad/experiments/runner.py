@@ -155,6 +155,7 @@ def _trainer(tc: Any, extra: dict[str, Any]) -> Any:
             precision=tc.precision,
             deterministic=tc.deterministic,
             log_every_n_steps=tc.log_every_n_steps,
+            check_val_every_n_epoch=tc.check_val_every_n_epoch,
             num_sanity_val_steps=tc.num_sanity_val_steps,
             enable_progress_bar=tc.progress_bar,
             enable_model_summary=False,

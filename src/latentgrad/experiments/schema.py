@@ -11,6 +11,9 @@ from latentgrad.experiments.config import require
 class TrainerConfig:
     """Lightning ``Trainer`` settings. ``max_steps = -1`` means no step limit (epochs decide).
 
+    ``check_val_every_n_epoch``: validate after every n-th epoch only; in a task that selects
+    nothing by validation (no best-validation checkpoint) this changes only the logged curves,
+    never the trained weights or the test metrics.
     ``num_threads``: CPU threads of torch in this process (null: torch's default). Small models
     on a shared CPU run several times faster with 1 thread than with contended threads.
     """
@@ -27,6 +30,7 @@ class TrainerConfig:
     deterministic: bool = False
     checkpoint_every_n_steps: int = 0
     log_every_n_steps: int = 50
+    check_val_every_n_epoch: int = 1
     num_sanity_val_steps: int = 0
     progress_bar: bool = True
     num_threads: int | None = None
@@ -52,6 +56,11 @@ class TrainerConfig:
             self.log_every_n_steps >= 1,
             "log_every_n_steps",
             f"must be >= 1, got {self.log_every_n_steps}",
+        )
+        require(
+            self.check_val_every_n_epoch >= 1,
+            "check_val_every_n_epoch",
+            f"must be >= 1, got {self.check_val_every_n_epoch}",
         )
         require(self.num_sanity_val_steps >= 0, "num_sanity_val_steps", "must be >= 0")
         threads_ok = self.num_threads is None or self.num_threads >= 1

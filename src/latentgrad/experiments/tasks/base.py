@@ -28,6 +28,7 @@ A new task ``foo`` is
   the last epoch's quartiles;
 - one step of the estimator's temperature schedules per optimisation step;
 - ``logging_step()``: whether this step's on-step logs reach the loggers (log only then);
+  ``log_train(metrics)`` logs a dict of per-step training metrics only then;
 - the three test-time readings (``readings``): ``mode`` (the loss at the most probable latent:
   ``mode_latent``, by default the argmax one-hot of categorical scores), and the estimator
   called in eval mode, whose ``expected_loss`` is the ``expected`` reading for exact
@@ -215,6 +216,11 @@ class LatentTask(L.LightningModule):
         per-step metrics only when this holds, which writes the same logs."""
         trainer = self._trainer
         return trainer is None or trainer._logger_connector.should_update_logs
+
+    def log_train(self, metrics: dict[str, Tensor]) -> None:
+        """``self.log_dict(metrics)`` on the steps the loggers write (``logging_step``)."""
+        if self.logging_step():
+            self.log_dict(metrics)
 
     # ---- test-time readings
 

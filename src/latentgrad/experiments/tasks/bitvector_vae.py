@@ -259,7 +259,7 @@ class BitVectorVAE(SampledEvaluation):
         x, inputs = self.inputs(batch[0])
         out = self.estimate(self.scores(inputs), self.loss_fn(x), inputs)
         rate = self.rate(out.entropy)
-        self.log_dict({
+        self.log_train({
             "train/loss": out.loss.detach(),
             "train/rate": rate.mean(),
             "train/distortion": out.expected_loss.mean(),

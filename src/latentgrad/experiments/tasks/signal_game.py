@@ -249,11 +249,12 @@ class Receiver(nn.Module):
 
     The scores are linear in the message, ``s_b(z) = T_b z`` with the per-game table
     ``T_b = C_b W_m`` ``(G, V)`` (``C_b`` the embedded candidates), built once per batch by
-    ``game_tables``. A message that needs no gradient (one-hot rows of marginalization and
-    score-function estimators) is evaluated from its non-zero entries only, ``O(G)`` per
-    one-hot row, so a receiver call over many (game, message) pairs costs little beyond the table;
-    a message with a gradient (relaxations, mixed samples) uses the dense product. Both give the
-    same scores.
+    ``game_tables``. The marginalization and score-function estimators hand the receiver symbol
+    indices (their messages are one-hot): a lookup in the table, ``O(G)`` per message, so a
+    receiver call over many (game, message) pairs costs little beyond the table. A message
+    vector that needs no gradient (the mode's one-hot rows) is evaluated from its non-zero
+    entries only; one with a gradient (relaxations, mixed samples) uses the dense product. All
+    three give the same scores on one-hot messages.
     """
 
     def __init__(self, feature_dim: int, vocab_size: int, embedding_dim: int) -> None:
@@ -267,8 +268,11 @@ class Receiver(nn.Module):
         return self.candidates(candidates) @ self.message.weight
 
     def forward(self, tables: Tensor, z: Tensor, rows: Tensor) -> Tensor:
-        """``tables`` ``(B, G, V)``, messages ``z`` ``(N, V)``, games ``rows`` ``(N,)`` ->
-        log-probabilities ``(N, G)`` over the candidates of game ``rows[n]``."""
+        """``tables`` ``(B, G, V)``, messages ``z`` ``(N, V)`` or symbol indices ``(N,)`` int64,
+        games ``rows`` ``(N,)`` -> log-probabilities ``(N, G)`` over the candidates of game
+        ``rows[n]``."""
+        if not z.is_floating_point():  # a symbol index: the one-hot row's scores, looked up
+            return tables[rows, :, z].log_softmax(-1)
         if z.requires_grad:
             scores = torch.einsum("ngv,nv->ng", tables[rows], z)
         else:
@@ -277,6 +281,14 @@ class Receiver(nn.Module):
             shape = (z.shape[0], tables.shape[1])
             scores = tables.new_zeros(shape).index_add(0, n, terms)
         return scores.log_softmax(-1)
+
+
+def message_nonzeros(z: Tensor) -> Tensor:
+    """Mean number of non-zero entries of messages ``z`` ``(N, V)`` (1 for symbol indices
+    ``(N,)``)."""
+    if not z.is_floating_point():
+        return torch.ones((), dtype=torch.float32, device=z.device)
+    return (z != 0).sum(-1).to(torch.float32).mean()
 
 
 class CandidateAverage(nn.Module):
@@ -306,7 +318,9 @@ class SignalGame(LatentTask):
             feature_dim, m.hidden_dim, m.scalar_net_width, m.vocab_size, m.sender_temperature
         )
         self.receiver = Receiver(feature_dim, m.vocab_size, m.embedding_dim)
-        self.estimator = self.make_estimator(m.vocab_size, feature_dim)
+        # discrete messages reach the receiver as symbol indices (no one-hot rows of V entries)
+        indices = {"one_hot": False} if self.spec.indices else {}
+        self.estimator = self.make_estimator(m.vocab_size, feature_dim, **indices)
         if self.spec.needs_baseline_input:
             self.estimator.baseline_net = CandidateAverage(self.estimator.baseline_net)
         self.zero_one = m.loss == "zero_one"
@@ -331,7 +345,7 @@ class SignalGame(LatentTask):
         """The training ``loss_fn(z, rows)`` of a batch (NLL, or 0/1 with the receiver's term)."""
 
         def loss_fn(z: Tensor, rows: Tensor) -> Tensor:
-            self._nonzeros.append((z != 0).sum(-1).to(torch.float32).mean().detach())
+            self._nonzeros.append(message_nonzeros(z).detach())
             logp = self.receiver(tables, z, rows)
             target = label[rows]
             if not self.zero_one:
@@ -346,7 +360,7 @@ class SignalGame(LatentTask):
         runs, its argmax otherwise."""
 
         def loss_fn(z: Tensor, rows: Tensor) -> Tensor:
-            self._nonzeros.append((z != 0).sum(-1).to(torch.float32).mean())
+            self._nonzeros.append(message_nonzeros(z))
             logp = self.receiver(tables, z, rows)
             target = label[rows]
             if self.zero_one:
@@ -381,7 +395,7 @@ class SignalGame(LatentTask):
         tables = self.receiver.game_tables(candidates)
         self._nonzeros.clear()
         out = self.estimate(scores, self.game_loss_fn(tables, label), candidates)
-        self.log_dict(
+        self.log_train(
             {
                 "train/loss": out.loss.detach(),
                 **self.record_step(out),
