@@ -49,8 +49,8 @@ of training as an SFE step. Validation (1,024 games after every 100 steps) adds 
 100 steps (9%). One run of 50,000 steps: about 3.3 CPU-hours (NVIL 5.4); the protocol's 9
 methods × 10 seeds: about 320 CPU-hours. Profile ``faithful`` keeps everything but runs 20,000 of
 the 50,000 steps (200 of the 500 epochs): about 1.3 CPU-hours per run (NVIL 2.2), 13 CPU-hours
-for one seed of the 9 methods. The Gumbel temperature schedule, r = 1e-5 per 1,000 steps, reaches τ = 0.82 there
-instead of 0.61.
+for one seed of the 9 methods. The Gumbel temperature schedule, r = 1e-5 per 1,000 steps,
+reaches τ = 0.82 there instead of 0.61.
 """
 
 from __future__ import annotations
