@@ -205,3 +205,18 @@ def test_st_gumbel_decodes_one_bit_vector_per_example_and_its_mode_is_the_sign()
     assert out.support_size.tolist() == [1, 1, 1]
     z = model.mode_latent(model.scores(inputs))
     torch.testing.assert_close(z, (model.encoder(inputs) > 0).double())
+
+
+@pytest.mark.parametrize("name", ["bitvector_vae", "bitvector_vae_d128"])
+def test_paper_profile_is_the_defaults_and_faithful_only_shortens_and_validates_less(name) -> None:
+    def config(profile: str | None) -> dict:
+        over = {} if profile is None else {"profile": profile}
+        cfg = to_dict(resolve(task.Config, name, "sparsemap", 0, over))
+        cfg.pop("profile")
+        return cfg
+
+    defaults, paper, faithful = config(None), config("paper"), config("faithful")
+    assert paper == defaults and paper["trainer"]["max_epochs"] == 100
+    changed = {"max_epochs": 50, "check_val_every_n_epoch": 10}
+    assert faithful["trainer"] == {**paper["trainer"], **changed}
+    assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}

@@ -457,3 +457,19 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, monkeypatch) -> No
     rows = csv_rows(d)
     assert sum(1 for r in rows if r.get("val/acc")) == 2  # validation after each epoch
     assert any(r.get("train/decoder_calls") for r in rows)
+
+
+def _profile(profile: str | None, estimator: str = "sparsemax") -> dict:
+    over = {} if profile is None else {"profile": profile}
+    cfg = to_dict(resolve(task.Config, "signal_game", estimator, 0, over))
+    cfg.pop("profile")
+    return cfg
+
+
+@pytest.mark.parametrize("estimator", ["sparsemax", "nvil", "gumbel"])
+def test_paper_profile_is_the_defaults_and_faithful_only_shortens_training(estimator) -> None:
+    defaults, paper, faithful = (_profile(p, estimator) for p in (None, "paper", "faithful"))
+    assert paper == defaults
+    assert paper["trainer"]["max_epochs"] == 500 and paper["data"]["batches_per_epoch"] == 100
+    assert faithful["trainer"] == {**paper["trainer"], "max_epochs": 200}
+    assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}
