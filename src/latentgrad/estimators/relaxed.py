@@ -9,8 +9,8 @@ the backward pass is that of the relaxation: ``z = h + (y − sg(y))``, which is
 Several latent variables per example are supported: scores ``(B, *latent, ...)`` give
 ``z`` of shape ``(B, *latent, K)``; entropies and KLs are summed over the latent variables.
 
-Temperatures are floats or ``TemperatureSchedule`` objects (``schedules.py``); the training loop
-calls ``est.temperature.step()`` once per optimisation step.
+Temperatures are floats or ``TemperatureSchedule`` objects (``schedules.py``); a schedule
+advances by itself once per optimizer step that followed a training-mode call.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ class SSTEstimator(Estimator):
     Args:
         structure: the latent ``Structure`` (``None``: a categorical over the last dim of scores).
         temperature: ``t > 0``, a float or a ``TemperatureSchedule`` (a ``Learnable`` schedule
-            makes ``t`` a trained parameter of this module; the training loop calls
-            ``est.temperature.step()``).
+            makes ``t`` a trained parameter of this module; a decaying one advances once per
+            optimizer step that used it).
         regularizer: ``"entropy"`` (Gibbs marginals at ``U / t``; Categorical: Gumbel-Softmax) or
             ``"euclidean"`` (sparsemax / SparseMAP at ``U / t``).
         noise: ``"gumbel"`` or ``"gaussian"`` utilities ``U = θ + N``.

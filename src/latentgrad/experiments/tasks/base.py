@@ -26,7 +26,9 @@ A new task ``foo`` is
   the median and quartiles of the epoch's decoder calls per example are logged
   (``train/decoder_calls_median``, ``_q25``, ``_q75``); ``summary()`` gives the run's mean and
   the last epoch's quartiles;
-- one step of the estimator's temperature schedules per optimisation step;
+- the estimator's temperatures logged after each training batch (``train/temperature``); the
+  schedules advance by themselves once per optimizer step that used them, so the task never steps
+  them (a second step per batch would double the annealing under gradient accumulation);
 - ``logging_step()``: whether this step's on-step logs reach the loggers (log only then);
   ``log_train(metrics)`` logs a dict of per-step training metrics only then;
 - the three test-time readings (``readings``): ``mode`` (the loss at the most probable latent:
@@ -89,15 +91,11 @@ class TaskConfig:
                 f"{self.estimator!r}")
 
 
-def step_temperature_schedules(estimator: nn.Module) -> list[Tensor]:
-    """Advance every ``TemperatureSchedule`` inside ``estimator`` by one step; return their new
-    temperatures (scalars), in module order."""
-    taus = []
-    for module in estimator.modules():
-        if isinstance(module, TemperatureSchedule):
-            module.step()
-            taus.append(module())
-    return taus
+def current_temperatures(estimator: nn.Module) -> list[Tensor]:
+    """The temperature (scalar) of every ``TemperatureSchedule`` inside ``estimator``, in module
+    order, read under ``no_grad`` so that reading does not count as a use that advances them."""
+    with torch.no_grad():
+        return [m() for m in estimator.modules() if isinstance(m, TemperatureSchedule)]
 
 
 @contextmanager
@@ -194,17 +192,11 @@ class LatentTask(L.LightningModule):
 
     # ---- schedules
 
-    def schedules_running(self) -> bool:
-        """Whether this optimisation step advances the temperature schedules (override to pause
-        them, e.g. during a warm start that does not use the estimator)."""
-        return True
-
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        """Advance the estimator's temperature schedules once per optimisation step."""
-        if self.schedules_running():
-            for tau in step_temperature_schedules(self.estimator):
-                if self.logging_step():
-                    self.log("train/temperature", tau.float())
+        """Log the estimator's temperatures (the schedules step themselves, module docstring)."""
+        if self.logging_step():
+            for tau in current_temperatures(self.estimator):
+                self.log("train/temperature", tau.float())
 
     # ---- logging
 

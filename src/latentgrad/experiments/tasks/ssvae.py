@@ -368,10 +368,6 @@ class SSVAE(LatentTask):
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
-    def schedules_running(self) -> bool:
-        """Temperatures advance once per main-phase step (the warm start has no estimator)."""
-        return not self.in_warmstart
-
     def validation_step(self, batch: tuple, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Main phase: accuracy, exact -ELBO and generative accuracy on validation (and test,
         ``test_epoch/``). Warm start: validation accuracy only, the one number it selects by
