@@ -2,7 +2,11 @@
 
 The statistic lives in module buffers (so it is saved in checkpoints and follows ``.to(device)``)
 and is updated only by ``update``, which the estimators call after the surrogate is formed and
-only in training mode.
+only in training mode. ``update`` replaces the buffers by new tensors instead of writing into
+them: a baseline value already read by this step's surrogate is never changed afterwards. Under
+``torch.compile`` this matters for the gradients: AOT autograd may recompute a read of a buffer in
+the backward pass instead of saving it, and a buffer mutated in place in the forward would then be
+read after its update (eager and compiled gradients would differ).
 
 - ``"moving_average"``: running mean over all steps, ``beta_n = beta_{n-1} + (l_n - beta_{n-1})/n``
   (``beta = 0`` before the first update).
@@ -36,17 +40,18 @@ class RunningBaseline(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def get(self, like: Tensor) -> Tensor:
-        """The current baseline as a 0-dim tensor with ``like``'s dtype and device (no gradient);
-        a copy, so the later in-place ``update`` never changes a value already used."""
-        return self.value.to(device=like.device, dtype=like.dtype, copy=True)
+        """The current baseline as a 0-dim tensor with ``like``'s dtype and device (no gradient;
+        ``update`` replaces the buffer, so the value returned never changes)."""
+        return self.value.to(device=like.device, dtype=like.dtype)
 
     @torch.no_grad()
     def update(self, batch_mean: Tensor) -> None:
-        """Fold in one step's batch-mean loss (a 0-dim tensor); no host sync."""
+        """Fold in one step's batch-mean loss (a 0-dim tensor) into new buffers, on the loss's
+        device (an estimator left on the CPU follows CUDA losses); no host sync."""
         x = batch_mean.detach().to(self.value.dtype)
-        self.count += 1
+        value, count = self.value.to(x.device), self.count.to(x.device) + 1
         if self.kind == "moving_average":
-            self.value += (x - self.value) / self.count
+            value = value + (x - value) / count
         else:
-            ema = self.decay * self.value + (1.0 - self.decay) * x
-            self.value.copy_(torch.where(self.count == 1, x, ema))
+            value = torch.where(count == 1, x, self.decay * value + (1.0 - self.decay) * x)
+        self.value, self.count = value, count
