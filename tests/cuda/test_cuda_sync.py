@@ -14,7 +14,12 @@ from _same import DEVICE
 import latentgrad
 from latentgrad import distributions as D
 from latentgrad import mappings
-from latentgrad.estimators import GumbelSoftmax, ScoreFunction, SoftmaxMarginalization
+from latentgrad.estimators import (
+    GaussianSparsemaxEstimator,
+    GumbelSoftmax,
+    ScoreFunction,
+    SoftmaxMarginalization,
+)
 from latentgrad.polytope import sparsemap, topk_sparsemax
 from latentgrad.structures import BitVector, Categorical, KSubset, SpanningTree
 
@@ -60,10 +65,15 @@ HOT_PATHS = {
     "sparsemap_threshold": (lambda x: sparsemap(x, BitVector(K, 4)).marginals, _x, SUPPORT),
     "topk_sparsemax": (lambda x: topk_sparsemax(x, KSubset(K, 3), 4).marginals, _x, SUPPORT),
     "igr_rsample": (_rsample(lambda x: D.IGR(x[:, 1:], 1.0, 0.5)), _x, None),
-    "gaussian_sparsemax_rsample": (_rsample(lambda x: D.GaussianSparsemax(x, 1.0)), _x, SUPPORT),
+    "gaussian_sparsemax_rsample": (_rsample(lambda x: D.GaussianSparsemax(x, 1.0)), _x, None),
+    "gaussian_sparsemax_log_prob": (lambda x: D.GaussianSparsemax(x, 1.0).log_prob(
+        D.GaussianSparsemax(x.detach(), 1.0).sample((2,))), _x, None),
     "gumbel_softmax": (_estimate(GumbelSoftmax(0.5)), _x, None),
     "score_function": (_estimate(ScoreFunction(n_samples=2)), _x, None),
-    "softmax_marginalization": (_estimate(SoftmaxMarginalization()), _x, SUPPORT),
+    "softmax_marginalization": (_estimate(SoftmaxMarginalization()), _x, None),
+    "gaussian_sparsemax_estimator": (
+        _estimate(GaussianSparsemaxEstimator(n_samples=2, entropy_coeff=0.1)), _x, None
+    ),
 }
 
 

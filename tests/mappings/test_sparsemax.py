@@ -28,6 +28,21 @@ def test_sparsemax_matches_sorting_reference(k, seed):
     torch.testing.assert_close(sparsemax(x), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 2, 5, 17, 300])
+def test_sparsemax_by_sorting_is_sparsemax_with_the_same_gradient(k):
+    # the fixed-shape variant (threshold by sorting whole rows, dense backward)
+    x = hard_rows(4, k).requires_grad_()
+    y = sparsemax_module.sparsemax_by_sorting(x)
+    torch.testing.assert_close(y, rowwise(sparsemax_sort_reference, x.detach()), rtol=0,
+                               atol=1e-12)
+    v = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, x, v)
+    (expected,) = torch.autograd.grad(sparsemax(x), x, v)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    z = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda t: sparsemax_module.sparsemax_by_sorting(t, dim=1), (z,))
+
+
 def test_sparsemax_matches_entmax_package():
     x = torch.randn(40, 50, dtype=torch.float64) * 2
     torch.testing.assert_close(sparsemax(x), entmax.sparsemax(x, dim=-1), rtol=0, atol=1e-12)

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torch.nn.functional import logsigmoid
 
 from .._noise import gumbel
+from .._one_hot import one_hot
 from .._validation import check_min_dim, check_tensor
 from ._params import CheckedDistribution, checked_value, finite_vector
 
@@ -167,7 +168,7 @@ class NonEmptyFaces(CheckedDistribution):
         """The bitwise mode 1[s > 0], or the single best bit when that is empty (*batch, K)."""
         s = self.scores
         bits = (s > 0).to(s.dtype)
-        best = torch.nn.functional.one_hot(s.argmax(-1), s.shape[-1]).to(s.dtype)
+        best = one_hot(s.argmax(-1), s.shape[-1], s.dtype)
         empty = bits.sum(-1, keepdim=True) == 0
         return torch.where(empty, best, bits)
 

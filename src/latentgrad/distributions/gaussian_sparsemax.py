@@ -32,6 +32,13 @@ relative standard error O(n_samples^{-1/2}); tests).
 
 Entropy and KL have no closed form: they are Monte Carlo estimates with this exact log-density
 (pathwise-differentiable through ``rsample``).
+
+Sampling and the density keep fixed shapes, so a training step needs no host-device
+synchronisation (validation off): ``rsample`` finds the sparsemax threshold by sorting whole rows,
+the quadrature runs on every row (rows it does not need take the closed forms by ``where``), and
+the Newton loops stop at convergence only on the CPU, where reading a tensor costs no
+synchronisation; on accelerators and under ``torch.compile`` they run their fixed number of
+steps.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from torch import Tensor
 from torch.distributions import register_kl
 from torch.special import log_ndtr
 
-from latentgrad.mappings import sparsemax
+from latentgrad.mappings._sparsemax import sparsemax_by_sorting
 
 from .._dtypes import working_dtype
 from .._validation import check_min_dim, check_positive_int, check_tensor
@@ -101,11 +108,18 @@ def _truncation_variance_loss(u: Tensor, ratio: Tensor) -> Tensor:
     return torch.where(u < -cut, series, ratio * (u + ratio)).clamp(0, 1)
 
 
+def _stops_early(x: Tensor) -> bool:
+    """Whether the Newton loops may stop at convergence: the test reads a tensor on the host,
+    free on the CPU but a synchronisation on an accelerator and a graph break under
+    ``torch.compile``, where the loops run all their steps instead."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: Tensor,
                                      outside: Tensor, n_nodes: int) -> Tensor:
     """log E_{τ~N(m, v)}[Π_{j: outside_j} Φ((τ − μ_j)/σ_j)].
 
-    m, v: (R,); loc, scale, outside: (R, K). Returns (R,).
+    m, v: (*R,); loc, scale, outside: (*R, K). Returns (*R,).
 
     The log-integrand g is concave. Newton finds its mode τ̂; Newton from τ̂ ± (Laplace std) finds
     the points L < τ̂ < R where g has dropped by ``_DROP`` nats (for a concave function the
@@ -114,6 +128,7 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
     """
     m, v = m.unsqueeze(-1), v.unsqueeze(-1)
     loc, scale, outside = loc.unsqueeze(-2), scale.unsqueeze(-2), outside.unsqueeze(-2)
+    early = _stops_early(m)
     with torch.no_grad():
         args = (m.detach(), v.detach(), loc.detach(), scale.detach(), outside)
         mode = args[0]
@@ -121,10 +136,10 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
             _, g1, g2 = _log_integrand_and_derivatives(mode, *args)
             step = g1 / g2
             mode = torch.where(torch.isfinite(step), mode - step, mode)
-            if not bool((step.abs() > _TOL * torch.sqrt(-1 / g2)).any()):
+            if early and not bool((step.abs() > _TOL * torch.sqrt(-1 / g2)).any()):
                 break
         top, _, g2 = _log_integrand_and_derivatives(mode, *args)
-        sign = torch.tensor([-1.0, 1.0], dtype=m.dtype, device=m.device)
+        sign = torch.arange(2, dtype=m.dtype, device=m.device) * 2 - 1  # (-1, 1)
         # g ≤ top − (τ − τ̂)²/(2v) (the Gaussian factor makes g 1/v-strongly concave), so the drop
         # points lie within `reach` of the mode: the iterates are kept there, which also holds
         # when g is too large for its rounding to resolve a 40-nat drop (|g| ≳ 1e8 in float32)
@@ -136,7 +151,7 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
             offset = (moved - mode) * sign  # > 0 on the correct side of the mode
             offset = torch.where(torch.isfinite(offset) & (offset > 0), offset, reach)
             ends = mode + offset.clamp(max=reach) * sign
-            if not bool(((g - top + _DROP).abs() > 1).any()):  # within a nat of the target
+            if early and not bool(((g - top + _DROP).abs() > 1).any()):  # within a nat
                 break
     x, w = gauss_legendre(n_nodes, m)
     left, right = ends[..., :1], ends[..., 1:]
@@ -258,10 +273,11 @@ class GaussianSparsemax(CheckedDistribution):
         return new
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        """sparsemax(μ + σ ε), shape (*sample_shape, *batch, K), pathwise through sparsemax."""
+        """sparsemax(μ + σ ε), shape (*sample_shape, *batch, K), pathwise through sparsemax
+        (its threshold by sorting whole rows: no data-dependent shape)."""
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        return sparsemax(self.loc + self.scale * eps, dim=-1)
+        return sparsemax_by_sorting(self.loc + self.scale * eps, dim=-1)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Exact direct-sum log-density at ``value`` (*sample, *batch, K) -> (*sample, *batch).
@@ -291,11 +307,10 @@ class GaussianSparsemax(CheckedDistribution):
         n_out = outside.sum(-1)
         single = log_ndtr((m.unsqueeze(-1) - loc) / torch.sqrt(v.unsqueeze(-1) + scale**2))
         single = torch.where(outside, single, 0.0).sum(-1)
-        log_e = torch.where(n_out == 0, 0.0, single)
-        many = n_out >= 2
-        if bool(many.any()):  # quadrature only where the support leaves two or more out
-            log_e = log_e.masked_scatter(many, _log_expected_normal_cdf_product(
-                m[many], v[many], loc[many], scale[many], outside[many], self.n_nodes))
+        # the quadrature runs on every row (fixed shapes); it is used where the support leaves
+        # two or more out, and is finite on the others (no NaN enters the backward)
+        many = _log_expected_normal_cdf_product(m, v, loc, scale, outside, self.n_nodes)
+        log_e = torch.where(n_out >= 2, many, torch.where(n_out == 0, 0.0, single))
         return (size.log() + log_c + log_e).to(dtype)
 
     def vertex_log_prob(self) -> Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints, register_kl
 
 from .._dtypes import working_dtype
+from .._one_hot import one_hot
 from .._validation import check_finite, check_positive_int, check_tensor
 from ..mappings import (
     log_softmax_pp,
@@ -87,7 +88,7 @@ truncated_simplex = _TruncatedSimplex()
 
 def one_hot_argmax(x: Tensor) -> Tensor:
     """One-hot of ``argmax`` over the last dim, in ``x``'s dtype: ``(..., K) -> (..., K)``."""
-    return F.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype)
+    return one_hot(x.argmax(dim=-1), x.shape[-1], x.dtype)
 
 
 def uniform_prior_loc(num_categories: int, scale: float | Tensor = 1.0) -> Tensor:

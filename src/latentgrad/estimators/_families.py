@@ -18,9 +18,9 @@ sums over the variables.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .._one_hot import one_hot
 from .._validation import check_tensor
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
@@ -87,7 +87,7 @@ class CategoricalLatent:
         the scores' dtype, or the indices themselves with ``one_hot=False``."""
         if not self.one_hot:
             return values
-        return F.one_hot(values, scores.shape[-1]).to(scores.dtype)
+        return one_hot(values, scores.shape[-1], scores.dtype)
 
 
 class StructureLatent:

@@ -7,9 +7,9 @@ utilities ``U = θ + N``; needs only the structure's MAP oracle.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .._one_hot import one_hot
 from .._validation import check_choice, check_positive_int
 from ..distributions.sst import NOISES, structured_noise, utility_mask
 from ..structures.base import Structure
@@ -122,7 +122,7 @@ class _PerturbedCategorical(CategoricalLatent):
 
     def mode(self, scores: Tensor) -> Tensor:
         """The argmax one-hot ``(B, 1, *latent, K)``."""
-        return F.one_hot(super().mode(scores), scores.shape[-1]).to(scores.dtype)
+        return one_hot(super().mode(scores), scores.shape[-1], scores.dtype)
 
 
 class _PerturbedFamily(StructureLatent):

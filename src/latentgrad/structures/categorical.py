@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .._dtypes import working_dtype
+from .._one_hot import one_hot
 from .._validation import check_rows_valid, check_tensor, check_trailing_shape
 from ._enumeration import check_enumerable, check_int
 from ._sampling import categorical
@@ -36,14 +37,14 @@ class Categorical(Structure):
         """One-hot of the best category (first index on ties): ``(*batch, k)``."""
         self.check_scores(scores)
         idx = scores.argmax(dim=-1)
-        return torch.nn.functional.one_hot(idx, self.k).to(scores.dtype)
+        return one_hot(idx, self.k, scores.dtype)
 
     def topk(self, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """The k best categories: one-hots ``(*batch, k, K)`` and their scores ``(*batch, k)``."""
         self.check_scores(scores)
         check_int(k, "k", 1, self.k)
         values, idx = torch.sort(scores, dim=-1, descending=True, stable=True)
-        onehot = torch.nn.functional.one_hot(idx[..., :k], self.k).to(scores.dtype)
+        onehot = one_hot(idx[..., :k], self.k, scores.dtype)
         return onehot, values[..., :k]
 
     def log_partition(self, scores: Tensor) -> Tensor:
@@ -92,7 +93,7 @@ class Categorical(Structure):
     ) -> Tensor:
         """One-hot draws from ``softmax(θ)`` by Gumbel-max: ``(*sample_shape, *batch, k)``."""
         idx = categorical(scores.expand(*sample_shape, *scores.shape), generator)
-        return torch.nn.functional.one_hot(idx, self.k).to(scores.dtype)
+        return one_hot(idx, self.k, scores.dtype)
 
     def enumerate(self) -> Tensor:
         """The identity matrix ``(k, k)``: row i is category i."""
