@@ -155,8 +155,10 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
 
 def _sorted_rows(x: Tensor, row_max: Tensor) -> Tensor:
     """The mapping on the (N, K) rows by sorting whole rows (see ``sparsemax_by_sorting``)."""
-    tau, sizes = _sorted_threshold(x.detach() - row_max.unsqueeze(1))
-    return _Sparsemax.apply(x, row_max, tau, None, None, sizes)
+    z = x.detach() - row_max.unsqueeze(1)
+    tau = _sorted_threshold(z)
+    sizes = torch.gt(z, tau.unsqueeze(1)).sum(dim=1).to(z.dtype)
+    return _Sparsemax.apply(x, row_max, tau, None, None, sizes, None)
 
 
 def sparsemax_by_sorting(x: Tensor, dim: int = -1) -> Tensor:
