@@ -16,6 +16,22 @@ figure to compare on a busy machine), and the median over the N steps of the per
 library / hand-written.
 
     python benchmarks/bench_overhead.py [--device cuda] [--repeats 200] [--k 20]
+
+Measured (2026-12-02, CPU, 1 thread, K=20, batch 64, 100 interleaved repeats, one of the two
+cores busy with another job; min-of-N ratio library / hand-written, validation on / off):
+
+==========================  ===========  ===========
+step                        on           off
+==========================  ===========  ===========
+softmax marginalization     1.01         1.02
+sparsemax marginalization   1.05         1.03
+Gumbel ST                   1.09         1.06
+score function + EMA        1.17         1.15
+==========================  ===========  ===========
+
+(The step is ~2 ms for Gumbel ST and the score function, so 0.1 ms of small tensor operations
+-- the reported exact entropy, the running baseline, the evaluated latents and weights of
+``EstimatorOutput`` -- is 5-15 %.)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._one_hot import one_hot
 from .._validation import check_tensor
 from ..structures.base import Structure
-from ..structures.categorical import Categorical
+from ..structures.categorical import Categorical, categorical_entropy, draw_indices
 
 
 def masked_entropy(p: Tensor, dim: int = -1) -> Tensor:
@@ -68,7 +68,7 @@ class CategoricalLatent:
 
     def sample(self, scores: Tensor, n: int) -> Tensor:
         """``n`` joint draws per example (no gradient): ``(B, n, *latent)`` int64."""
-        return self.structure(scores).sample_indices(scores, (n,)).movedim(0, 1)
+        return draw_indices(scores, (n,)).movedim(0, 1)  # scores checked by ``check``
 
     def mode(self, scores: Tensor) -> Tensor:
         """The most probable value of each example: ``(B, 1, *latent)`` int64."""
@@ -80,7 +80,7 @@ class CategoricalLatent:
 
     def entropy(self, scores: Tensor) -> Tensor:
         """Exact entropy of each example, summed over its variables: ``(B,)``."""
-        return sum_over(self.structure(scores).entropy(scores), 1)
+        return sum_over(categorical_entropy(scores), 1)  # scores checked by ``check``
 
     def latent_values(self, values: Tensor, scores: Tensor) -> Tensor:
         """What ``loss_fn`` receives for indices ``(N, *latent)``: one-hot ``(N, *latent, K)`` in

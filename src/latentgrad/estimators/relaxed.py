@@ -16,6 +16,7 @@ advances by itself once per optimizer step that followed a training-mode call.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ from ..distributions.igr import (
 from ..distributions.sst import draw_noise
 from ..structures.base import Structure
 from ..structures.bitvector import BitVector
-from ..structures.categorical import Categorical
+from ..structures.categorical import Categorical, categorical_entropy
 from ._checks import check_min_batched
 from ._one_sample import one_sample_output
 from .base import EVAL_MODES, Estimator, EstimatorOutput, LossFn, check_latent_shape, sum_latent
@@ -160,7 +161,9 @@ class GumbelSoftmax(Estimator):
                 tau0 = self.prior_temperature
                 kl = (log_p - binary_concrete_logit_log_prob(v, torch.zeros_like(v), tau0)).sum(-1)
         else:
-            entropy = _exact_entropy(BitVector(scores.shape[-1]), scores, self.needs_entropy_grad)
+            entropy = _exact_entropy(
+                BitVector(scores.shape[-1]).entropy, scores, self.needs_entropy_grad
+            )
             if self.prior is not None:
                 kl = scores.shape[-1] * math.log(2) - entropy
         return y, hard, entropy, kl
@@ -180,7 +183,7 @@ class GumbelSoftmax(Estimator):
             if self.prior is not None:  # the Jacobian Σ x_k cancels in the ratio
                 kl = log_p - exp_concrete_log_prob(x, torch.zeros_like(x), self.prior_temperature)
         else:
-            entropy = _exact_entropy(Categorical(scores.shape[-1]), scores, self.needs_entropy_grad)
+            entropy = _exact_entropy(categorical_entropy, scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
         return y, hard, entropy, kl
@@ -202,13 +205,14 @@ class GumbelSoftmax(Estimator):
         return one_sample_output(self, loss_fn, z, tau, entropy, kl, self.kl_coeff)
 
 
-def _exact_entropy(structure: Structure, scores: Tensor, with_grad: bool) -> Tensor:
-    """The structure's exact entropy of ``scores``, built without a graph unless ``with_grad``
-    (a reported value costs no backward)."""
+def _exact_entropy(entropy: Callable[[Tensor], Tensor], scores: Tensor,
+                   with_grad: bool) -> Tensor:
+    """The exact ``entropy(scores)``, built without a graph unless ``with_grad`` (a reported value
+    costs no backward)."""
     if with_grad:
-        return structure.entropy(scores)
+        return entropy(scores)
     with torch.no_grad():
-        return structure.entropy(scores.detach())
+        return entropy(scores.detach())
 
 
 VARIANTS = ("I", "SB", "planar")

@@ -60,9 +60,7 @@ class Categorical(Structure):
     def entropy(self, scores: Tensor) -> Tensor:
         """``H = -sum_i p_i log p_i``, ``p = softmax(θ)``: ``(*batch,)``, differentiable;
         ``-inf`` categories (``p_i = 0``) contribute 0."""
-        self.check_scores(scores)
-        logp = torch.log_softmax(scores, dim=-1)
-        return -(logp.exp() * torch.where(scores > float("-inf"), logp, 0.0)).sum(-1)
+        return categorical_entropy(self.check_scores(scores))
 
     def sample_indices(
         self,
@@ -72,10 +70,7 @@ class Categorical(Structure):
     ) -> Tensor:
         """Category indices drawn from ``softmax(θ)`` (Gumbel-max, no gradient), without building
         one-hots: ``(*batch, k)`` -> ``(*sample_shape, *batch)`` int64."""
-        self.check_scores(scores)
-        with torch.no_grad():
-            work = scores.detach().to(working_dtype(scores.dtype))
-            return categorical(work.expand(*sample_shape, *work.shape), generator)
+        return draw_indices(self.check_scores(scores), sample_shape, generator)
 
     def log_prob_indices(self, scores: Tensor, idx: Tensor) -> Tensor:
         """``log p(i) = θ_i - logsumexp(θ)`` of category indices ``idx``; ``scores``
@@ -99,3 +94,20 @@ class Categorical(Structure):
         """The identity matrix ``(k, k)``: row i is category i."""
         check_enumerable(self.k, repr(self))
         return torch.eye(self.k)
+
+
+def categorical_entropy(scores: Tensor) -> Tensor:
+    """``Categorical.entropy`` without the check, for callers that validated ``scores``."""
+    logp = torch.log_softmax(scores, dim=-1)
+    return -(logp.exp() * torch.where(scores > float("-inf"), logp, 0.0)).sum(-1)
+
+
+def draw_indices(
+    scores: Tensor,
+    sample_shape: torch.Size | tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``Categorical.sample_indices`` without the check, for callers that validated ``scores``."""
+    with torch.no_grad():
+        work = scores.detach().to(working_dtype(scores.dtype))
+        return categorical(work.expand(*sample_shape, *work.shape), generator)
