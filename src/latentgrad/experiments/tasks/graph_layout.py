@@ -412,7 +412,7 @@ class GraphLayout(LatentTask):
             loss = loss + kl.mean()
         else:  # the estimator's entropy bonus is the KL's only varying part: log|X|/n is constant
             kl = (log_num_structures(self.structure) - out.entropy) / self.n
-        self.log_dict(
+        self.log_train(
             {
                 "train/loss": loss.detach(),
                 "train/neg_elbo": (out.expected_loss + kl.detach()).mean(),

@@ -320,7 +320,7 @@ class L2X(LatentTask):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         scores, _ = self.scores(batch)
         out = self.estimate(scores, self.loss_fn(batch))
-        self.log_dict({"train/loss": out.loss.detach(), **self.record_step(out)})
+        self.log_train({"train/loss": out.loss.detach(), **self.record_step(out)})
         return out.loss
 
     @torch.no_grad()

@@ -357,7 +357,7 @@ class SSVAE(LatentTask):
         xu = torch.bernoulli(xu)
         out = self.estimate(self.classifier(xu), lambda z, rows: self.loss_u(xu[rows], z), xu)
         loss = lab + self.cfg.optim.unlabelled_weight * out.loss
-        self.log_dict(
+        self.log_train(
             {
                 "train/loss": loss,
                 "train/labelled": lab,
