@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _profiles import profile_config
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import resolve, to_dict
@@ -209,13 +210,9 @@ def test_st_gumbel_decodes_one_bit_vector_per_example_and_its_mode_is_the_sign()
 
 @pytest.mark.parametrize("name", ["bitvector_vae", "bitvector_vae_d128"])
 def test_paper_profile_is_the_defaults_and_faithful_only_shortens_and_validates_less(name) -> None:
-    def config(profile: str | None) -> dict:
-        over = {} if profile is None else {"profile": profile}
-        cfg = to_dict(resolve(task.Config, name, "sparsemap", 0, over))
-        cfg.pop("profile")
-        return cfg
-
-    defaults, paper, faithful = config(None), config("paper"), config("faithful")
+    defaults, paper, faithful = (
+        profile_config(name, "sparsemap", p) for p in (None, "paper", "faithful")
+    )
     assert paper == defaults and paper["trainer"]["max_epochs"] == 100
     changed = {"max_epochs": 50, "check_val_every_n_epoch": 10}
     assert faithful["trainer"] == {**paper["trainer"], **changed}

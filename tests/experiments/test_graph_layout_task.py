@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _profiles import profile_config
 from _run_logs import csv_rows
 from torch import Tensor
 
@@ -233,10 +234,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def test_paper_profiles_are_the_defaults_and_faithful_ones_only_shorten_the_main_phase() -> None:
     def config(profile: str | None) -> dict:
-        over = {} if profile is None else {"profile": profile}
-        flat = _flat(to_dict(resolve(task.Config, "graph_layout", "tree_sst", 42, over)))
-        flat.pop("profile")
-        return flat
+        return _flat(profile_config("graph_layout", "tree_sst", profile, seed=42))
 
     defaults, paper, faithful = config(None), config("paper"), config("faithful")
     assert paper == defaults and paper["trainer.max_steps"] == 50_000

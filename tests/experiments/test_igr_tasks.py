@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _profiles import profile_config
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import resolve, sweep_grid, task_yaml, to_dict
 from latentgrad.experiments.tasks.igr_vae import IGRVAE, IGRVAEConfig
-from latentgrad.experiments.tasks.registry import get_task
 
 RUNS = [
     *(("igr_vae", e) for e in ("igr_i", "igr_sb", "igr_planar", "gumbel_concrete")),
@@ -122,17 +122,11 @@ def test_mode_reading_is_the_draw_at_zero_noise(estimator: str, monkeypatch) -> 
 def test_paper_and_faithful_profiles_are_the_protocol_defaults(task: str) -> None:
     """``paper`` (and ``faithful``, which only runs fewer seeds) resolve to the defaults for every
     estimator; their sweeps run the paper's seeds (``faithful``: a leading subset of them)."""
-    module = get_task(task)
     for estimator in task_yaml(task)["estimators"]:
-        def config(profile: str | None, estimator: str = estimator) -> dict:
-            over = {} if profile is None else {"profile": profile}
-            cfg = to_dict(resolve(module.Config, task, estimator, 0, over))
-            cfg.pop("profile")
-            return cfg
-
-        assert config("paper") == config(None)
+        defaults = profile_config(task, estimator, None)
+        assert profile_config(task, estimator, "paper") == defaults
         if "faithful" in task_yaml(task)["profiles"]:
-            assert config("faithful") == config(None)
+            assert profile_config(task, estimator, "faithful") == defaults
     paper_seeds = sweep_grid(task, "paper", None, None)[1].split(",")
     if task != "igr_countable":
         assert paper_seeds == ["5328", "5945", "8965", "49", "9337"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _profiles import profile_config
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import resolve, to_dict
@@ -130,10 +131,7 @@ def test_cli_run_tiny_profile_reviews(estimator: str, tmp_path: Path) -> None:
 
 def test_paper_profile_is_chen_et_al_s_protocol() -> None:
     def config(profile: str | None) -> dict:
-        over = {} if profile is None else {"profile": profile}
-        cfg = to_dict(resolve(task.Config, "l2x", "subset_sst", 0, over))
-        cfg.pop("profile")
-        return cfg
+        return profile_config("l2x", "subset_sst", profile)
 
     paper = config("paper")
     assert paper == config(None)

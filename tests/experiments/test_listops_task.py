@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _profiles import profile_config
 from _run_logs import csv_rows
 
 from latentgrad.experiments.cli import main
@@ -98,13 +99,9 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, data_env: Path) ->
 
 
 def test_paper_profile_is_the_defaults_and_faithful_only_shortens_training() -> None:
-    def config(profile: str | None) -> dict:
-        over = {} if profile is None else {"profile": profile}
-        cfg = to_dict(resolve(task.Config, "listops", "tree_sst", 0, over))
-        cfg.pop("profile")
-        return cfg
-
-    defaults, paper, faithful = config(None), config("paper"), config("faithful")
+    defaults, paper, faithful = (
+        profile_config("listops", "tree_sst", p) for p in (None, "paper", "faithful")
+    )
     assert paper == defaults
     assert faithful["trainer"] == {**paper["trainer"], "max_epochs": 2}
     assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _profiles import profile_config
 from torch.distributions import Normal
 
 from latentgrad.experiments.cli import main
@@ -192,13 +193,9 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, data_env: Path) ->
 
 
 def test_paper_profile_is_the_defaults_and_faithful_only_validates_less() -> None:
-    def config(profile: str | None) -> dict:
-        over = {} if profile is None else {"profile": profile}
-        cfg = to_dict(resolve(task.Config, "mixed_vae", "mixed_dirichlet", 0, over))
-        cfg.pop("profile")
-        return cfg
-
-    defaults, paper, faithful = config(None), config("paper"), config("faithful")
+    defaults, paper, faithful = (
+        profile_config("mixed_vae", "mixed_dirichlet", p) for p in (None, "paper", "faithful")
+    )
     assert paper == defaults and paper["trainer"]["max_epochs"] == 500
     assert faithful["trainer"] == {**paper["trainer"], "check_val_every_n_epoch": 10}
     assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}

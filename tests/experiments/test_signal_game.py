@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _profiles import profile_config
 from _run_logs import csv_rows
 from scipy import stats
 
@@ -459,16 +460,11 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, monkeypatch) -> No
     assert any(r.get("train/decoder_calls") for r in rows)
 
 
-def _profile(profile: str | None, estimator: str = "sparsemax") -> dict:
-    over = {} if profile is None else {"profile": profile}
-    cfg = to_dict(resolve(task.Config, "signal_game", estimator, 0, over))
-    cfg.pop("profile")
-    return cfg
-
-
 @pytest.mark.parametrize("estimator", ["sparsemax", "nvil", "gumbel"])
 def test_paper_profile_is_the_defaults_and_faithful_only_shortens_training(estimator) -> None:
-    defaults, paper, faithful = (_profile(p, estimator) for p in (None, "paper", "faithful"))
+    defaults, paper, faithful = (
+        profile_config("signal_game", estimator, p) for p in (None, "paper", "faithful")
+    )
     assert paper == defaults
     assert paper["trainer"]["max_epochs"] == 500 and paper["data"]["batches_per_epoch"] == 100
     assert faithful["trainer"] == {**paper["trainer"], "max_epochs": 200}
