@@ -23,6 +23,7 @@ from latentgrad.estimators.base import (
     Estimator,
     EstimatorOutput,
     LossFn,
+    batch_mean,
     call_loss_fn,
     fixed_support_output,
 )
@@ -43,14 +44,16 @@ class Reparameterized(Estimator):
         self.family, self.n_samples, self.kl_coeff = family, n_samples, float(kl_coeff)
 
     def distribution(self, scores: Tensor | tuple[Tensor, Tensor]) -> Distribution:
-        """q of the scores, batch shape (B,), event shape (K,)."""
+        """q of the scores, batch shape (B,), event shape (K,). An empty batch skips
+        torch.distributions' argument checks, which cannot reshape zero elements."""
         if self.family == "gaussian":
             if not (isinstance(scores, tuple) and len(scores) == 2):
                 raise TypeError("gaussian scores must be a tuple (loc, scale)")
-            return Independent(Normal(*scores), 1)
+            check = None if scores[0].numel() else False
+            return Independent(Normal(*scores, validate_args=check), 1, validate_args=check)
         if not isinstance(scores, Tensor):
             raise TypeError(f"dirichlet scores must be a tensor, got {type(scores).__name__}")
-        return Dirichlet(scores)
+        return Dirichlet(scores, validate_args=None if scores.numel() else False)
 
     def prior(self, like: Tensor) -> Distribution:
         """The fixed prior, event shape (K,) like the last dim of ``like``."""
@@ -65,7 +68,12 @@ class Reparameterized(Estimator):
         s, b = z.shape[:2]
         rows = torch.arange(b, device=z.device).repeat(s)
         losses = call_loss_fn(loss_fn, z.flatten(0, 1), rows).view(s, b).T  # (B, S)
-        kl = kl_divergence(q, self.prior(z))
-        entropy = q.entropy()
-        loss = (losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy).mean()
-        return fixed_support_output(loss, losses.mean(1), entropy, s, {"kl": kl.detach().mean()})
+        prior = self.prior(z)
+        if isinstance(q, Independent):  # sum the coordinates here: Independent cannot reshape B = 0
+            kl = kl_divergence(q.base_dist, prior.base_dist).sum(-1)
+            entropy = q.base_dist.entropy().sum(-1)
+        else:
+            kl, entropy = kl_divergence(q, prior), q.entropy()
+        loss = batch_mean(losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy)
+        logs = {"kl": batch_mean(kl.detach())}
+        return fixed_support_output(loss, losses.mean(1), entropy, s, logs)
