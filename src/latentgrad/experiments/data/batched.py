@@ -29,4 +29,5 @@ def batched_loader(
         sampler=BatchSampler(order, batch_size, drop_last=False),
         batch_size=None,
         num_workers=num_workers,
+        persistent_workers=num_workers > 0,
     )

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.experiments.config import require
+from latentgrad.experiments.data.batched import batched_loader
 from latentgrad.experiments.data.files import dataset_dir
 from latentgrad.experiments.data.idx import IDX_FILES, load_idx_dataset
 
@@ -101,13 +102,7 @@ class ImageSplits(L.LightningDataModule):
         return getattr(self, split).tensors[0]
 
     def _loader(self, dataset: TensorDataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+        return batched_loader(dataset, batch_size, shuffle, self.cfg.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, True, self.cfg.batch_size)
