@@ -138,3 +138,15 @@ def test_paper_profile_is_chen_et_al_s_protocol() -> None:
     assert (paper["data"]["num_train"], paper["data"]["num_valid"]) == (10**6, 10**5)
     assert (paper["data"]["batch_size"], paper["trainer"]["max_epochs"]) == (1000, 1)
     assert paper["optim"]["lr"] == 1e-3
+    assert paper["optim"]["weight_decay"] == 2e-3  # Chen et al.'s L2 penalty 1e-3
+
+
+@pytest.mark.parametrize("source", ["beer", "beer_substitute"])
+def test_reviews_default_to_batch_100_without_weight_decay(source: str) -> None:
+    cfg = resolve(task.Config, "l2x", "l2x", 0, {"data": {"source": source}})
+    assert (cfg.data.batch_size, cfg.optim.weight_decay) == (100, 0.0)
+    chosen = {"data": {"source": source, "batch_size": 7}, "optim": {"weight_decay": 0.5}}
+    cfg = resolve(task.Config, "l2x", "l2x", 0, chosen)
+    assert (cfg.data.batch_size, cfg.optim.weight_decay) == (7, 0.5)
+    with pytest.raises(ValueError, match="weight_decay"):
+        resolve(task.Config, "l2x", "l2x", 0, {"optim": {"weight_decay": -1.0}})

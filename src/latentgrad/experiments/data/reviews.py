@@ -3,15 +3,19 @@
 and are never compared with the paper's numbers.
 
 Each review rates five aspects (0 appearance, 1 aroma, 2 palate, 3 taste, 4 overall, the order
-of the BeerAdvocate files). A latent quality ``q ~ U(0, 1)`` gives correlated ratings
-``r_a = clip(q + 0.2 ε_a, 0, 1)`` rounded to tenths, as the real ratings are correlated across
-aspects. The review is one sentence per aspect in random order:
-``[filler]{0..2} noun_a [filler]{0..1} sentiment [sentiment]{0..1} [filler]{0..2} "."``, where
-``noun_a`` is one of the aspect's nouns and each sentiment word comes from the level
-``round(4 r_a)`` of five levels (one level off with probability 0.1). Sentiment words and fillers
-are shared by all aspects, so only the noun in front says which aspect a sentiment is about, and
-the words that explain aspect ``a``'s rating form one contiguous phrase: the annotated
-``relevant`` span of the aspect's sentence (every split carries it).
+of the BeerAdvocate files), independently: ``r_a ~ U(0, 1)`` rounded to tenths. Real aspect
+ratings are strongly correlated, which is why the paper's data are the decorrelated subsets of
+Lei et al. 2016; independent ratings are the decorrelated case taken to its end, so that only
+the aspect's own words predict its rating. The review is one sentence per aspect in random order,
+two or three clauses and a full stop:
+``([filler]{0..1} head_a [filler]{0..1} sentiment [sentiment]{0..1})+ [filler]{0..1} "."``,
+where ``head_a`` is one of the aspect's nouns in the first clause and one of its descriptors
+(neutral aspect words, such as "citrus" for aroma) in the others, and each sentiment word comes
+from the level ``round(4 r_a)`` of five levels (one level off with probability 0.1). Sentiment
+words and fillers are shared by all aspects, so only the aspect word in front of a sentiment
+word says which aspect it is about, and the words that explain aspect ``a``'s rating form one
+contiguous phrase: the annotated ``relevant`` span of the aspect's sentence (every split carries
+it; about 10 of a review's 51 tokens, at most 68 in all).
 
 Word vectors ``(V, dim)``: id 0 pads (zeros), id 1 is ``UNK`` (unused), then every word a random
 direction ``N(0, I / dim)``; sentiment words of level ``l`` add ``(l / 2 - 1) v`` for one fixed
@@ -25,6 +29,7 @@ import numpy as np
 
 ASPECTS = 5
 NOUNS_PER_ASPECT = 6
+DESCRIPTORS_PER_ASPECT = 10
 LEVELS = 5
 WORDS_PER_LEVEL = 6
 FILLERS = 40
@@ -32,10 +37,12 @@ SPLITS = ("train", "valid", "test")
 
 
 def _vocabulary(dim: int, rng: np.random.RandomState) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Word ids by kind (``noun`` ``(ASPECTS, NOUNS)``, ``sentiment`` ``(LEVELS, WORDS)``,
-    ``filler`` ``(FILLERS,)``, ``stop``) and the embedding matrix (module docstring)."""
+    """Word ids by kind (``noun`` ``(ASPECTS, NOUNS)``, ``descriptor`` ``(ASPECTS,
+    DESCRIPTORS)``, ``sentiment`` ``(LEVELS, WORDS)``, ``filler`` ``(FILLERS,)``, ``stop``) and
+    the embedding matrix (module docstring)."""
     sizes = {
         "noun": (ASPECTS, NOUNS_PER_ASPECT),
+        "descriptor": (ASPECTS, DESCRIPTORS_PER_ASPECT),
         "sentiment": (LEVELS, WORDS_PER_LEVEL),
         "filler": (FILLERS,),
         "stop": (1,),
@@ -57,22 +64,28 @@ def _vocabulary(dim: int, rng: np.random.RandomState) -> tuple[dict[str, np.ndar
 def _sentence(
     aspect: int, rating: float, ids: dict[str, np.ndarray], rng: np.random.RandomState
 ) -> list[int]:
-    def fillers(most: int) -> list[int]:
-        return list(rng.choice(ids["filler"], size=rng.randint(most + 1)))
+    def fillers() -> list[int]:
+        return list(rng.choice(ids["filler"], size=rng.randint(2)))
 
-    level = round(rating * (LEVELS - 1))
-    if rng.rand() < 0.1:
-        level = int(np.clip(level + rng.choice([-1, 1]), 0, LEVELS - 1))
-    sentiment = [int(rng.choice(ids["sentiment"][level])) for _ in range(1 + rng.randint(2))]
-    noun = int(rng.choice(ids["noun"][aspect]))
-    return [*fillers(2), noun, *fillers(1), *sentiment, *fillers(2), int(ids["stop"][0])]
+    def sentiment() -> list[int]:
+        level = round(rating * (LEVELS - 1))
+        if rng.rand() < 0.1:
+            level = int(np.clip(level + rng.choice([-1, 1]), 0, LEVELS - 1))
+        return [int(rng.choice(ids["sentiment"][level]))]
+
+    words: list[int] = []
+    for clause in range(2 + rng.randint(2)):
+        head = ids["noun" if clause == 0 else "descriptor"][aspect]
+        words += [*fillers(), int(rng.choice(head)), *fillers(), *sentiment()]
+        if rng.rand() < 0.5:
+            words += sentiment()
+    return [*words, *fillers(), int(ids["stop"][0])]
 
 
 def _reviews(
     n: int, aspect: int, max_length: int, ids: dict[str, np.ndarray], rng: np.random.RandomState
 ) -> dict[str, np.ndarray]:
-    q = rng.rand(n, 1)
-    ratings = np.round(np.clip(q + 0.2 * rng.randn(n, ASPECTS), 0.0, 1.0), 1)
+    ratings = np.round(rng.rand(n, ASPECTS), 1)
     tokens = np.zeros((n, max_length), dtype=np.int64)
     relevant = np.zeros((n, max_length), dtype=bool)
     lengths = np.zeros(n, dtype=np.int64)
@@ -91,8 +104,6 @@ def _reviews(
         "rating": ratings[:, aspect].astype(np.float32),
         "relevant": relevant,
     }
-
-
 def generated_reviews(
     sizes: tuple[int, int, int],
     seed: int,
