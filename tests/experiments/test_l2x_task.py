@@ -48,6 +48,39 @@ def test_metrics_of_an_oracle_explainer_are_perfect(monkeypatch: pytest.MonkeyPa
     assert stats["precision"] == 0.0 and stats["median_rank"] == 8.0  # ranks 6..10
 
 
+def test_review_metrics_of_an_oracle_explainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, data = tiny_model("subset_sst", source="beer_substitute", k=5, max_length=72)
+    tokens, lengths, rating, relevant = data.sets["test"].tensors
+    position = torch.arange(tokens.shape[1]) * 1e-3
+    oracle = relevant.float() * 10 - position  # the aroma sentence, from its first word
+    monkeypatch.setattr(model, "scores", lambda batch: (oracle, oracle))
+    model.eval()
+    batch = (tokens, lengths, rating, relevant)
+    best = (relevant.sum(-1).clamp_max(5) / 5).mean()  # 1: every span has >= 5 words
+    assert model.evaluate(batch)["precision"] == pytest.approx(float(best), abs=1e-6)
+    outside = (~relevant).float() * 10 - position  # selects the review's first other words
+    monkeypatch.setattr(model, "scores", lambda batch: (outside, outside))
+    assert model.evaluate(batch)["precision"] == 0.0
+
+
+@pytest.mark.parametrize("estimator", ["l2x", "softsub", "subset_sst", "corr_subset_sst"])
+def test_padding_words_get_no_weight(estimator: str) -> None:
+    model, data = tiny_model(estimator, source="beer_substitute", k=5, max_length=72)
+    batch = data.sets["train"].tensors
+    pad = torch.arange(72) >= batch[1][:, None]
+    assert bool(pad.any())  # reviews are shorter than 72 words
+    seen = []
+
+    def loss(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        seen.append(z.detach())
+        return z.sum(-1)
+
+    scores, select = model.scores(batch)
+    model.estimate(scores, loss)
+    (z,) = seen  # the relaxed k-hot vectors the predictor would see
+    assert float(z[pad].abs().max()) < 1e-6 and bool((select[pad] < select[~pad].min()).all())
+
+
 def test_k_defaults_to_the_number_of_relevant_features() -> None:
     for dataset, k in (("xor", 2), ("orange_skin", 4), ("switch", 5)):
         model, _ = tiny_model("l2x", dataset=dataset)
