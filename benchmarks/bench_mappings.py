@@ -2,6 +2,7 @@
 
     python benchmarks/bench_mappings.py [--device cpu|cuda] [--thread-counts 1,2] [--load]
                                         [--repeats 10] [--shapes 256x1000,64x32000]
+                                        [--functions sparsemax,entmax15]
 
 For each shape (rows x K) and each torch thread count it times ``y = f(x); y.backward(v)`` for
 torch.softmax, latentgrad's sparsemax / entmax15 / entmax_bisect(alpha=1.5) and, when the
@@ -93,6 +94,9 @@ def main() -> None:
                         help="comma-separated ROWSxK shapes (default: "
                              + ",".join(f"{r}x{k}" for r, k in SHAPES) + ", and on cuda "
                              + ",".join(f"{r}x{k}" for r, k in GPU_SHAPES) + ")")
+    parser.add_argument("--functions", default=None,
+                        help="comma-separated subset of the functions to time (softmax always): "
+                             + ",".join(_candidates()))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = start(args)
@@ -100,6 +104,9 @@ def main() -> None:
                      else [torch.get_num_threads()])  # host threads do not matter on a GPU
     gen = torch.Generator().manual_seed(args.seed)
     fns = _candidates()
+    if args.functions:
+        keep = {"softmax", *args.functions.split(",")}
+        fns = {name: fn for name, fn in fns.items() if name in keep}
     inputs = {}
     shapes = SHAPES + (GPU_SHAPES if device.type == "cuda" else ())
     if args.shapes:

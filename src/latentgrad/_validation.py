@@ -103,22 +103,26 @@ def check_no_pos_inf(x: Tensor, name: str) -> None:
 
 
 def checked_row_max(x: Tensor, name: str, dim: int = -1, shown_dim: int | None = None) -> Tensor:
-    """Maxima of the scores ``x`` along ``dim``, validating the rows on the way (one sync).
+    """Maxima of the scores ``x`` along ``dim``, validating the rows on the way (one sync; see
+    ``check_row_max``)."""
+    return check_row_max(x.amax(dim=dim), name, dim if shown_dim is None else shown_dim)
 
-    A NaN, a ``+inf`` or an all ``-inf`` row makes its maximum non-finite, so one reduction checks
-    all three; the error names ``shown_dim`` (default ``dim``), the caller's view of the axis.
-    ``-inf`` entries are allowed (they get probability zero). Unchecked (no sync) with
+
+def check_row_max(row_max: Tensor, name: str, dim: int) -> Tensor:
+    """Validate scores through their row maxima ``row_max`` along ``dim`` (one sync); return them.
+
+    A NaN, a ``+inf`` or an all ``-inf`` row makes its maximum non-finite (maxima propagate
+    NaN), so one reduction checks all three; the error names ``dim``, the caller's view of the
+    axis. ``-inf`` entries are allowed (they get probability zero). Unchecked (no sync) with
     validation off.
     """
-    row_max = x.amax(dim=dim)
     if _VALIDATE and not bool(torch.isfinite(row_max).all()):
         if bool(torch.isnan(row_max).any()):
             raise ValueError(f"{name} contains NaN")
         if bool((row_max == float("inf")).any()):
             raise ValueError(f"{name} contains +inf; expected finite values or -inf")
-        axis = dim if shown_dim is None else shown_dim
         raise ValueError(
-            f"{name} has a row that is entirely -inf along dim={axis}: no entry to put mass on"
+            f"{name} has a row that is entirely -inf along dim={dim}: no entry to put mass on"
         )
     return row_max
 

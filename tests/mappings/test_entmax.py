@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 from latentgrad.mappings import entmax15, entmax_bisect
+from latentgrad.mappings._support import row_maxima
 
 # the package re-exports the function under the module's name: fetch the module itself
 entmax_module = importlib.import_module("latentgrad.mappings._entmax")
@@ -68,8 +69,8 @@ def test_entmax_bisect_special_cases():
 )
 def test_entmax15_both_search_paths_are_exact(scale, sparse_path):
     x = torch.randn(30, 200, dtype=torch.float64) * scale
-    _, flat, _ = entmax_module._support(x, x.amax(1))
-    assert (flat is not None) == sparse_path
+    _, _, columns = entmax_module._solve(x, row_maxima(x, entmax_module._SPREAD))
+    assert (columns is not None) == sparse_path
     expected = rowwise(entmax_root_reference, x, 1.5)
     torch.testing.assert_close(entmax15(x), expected, rtol=0, atol=1e-10)
 
@@ -185,12 +186,55 @@ def test_bad_alpha_raises(alpha, error, match):
 def test_long_peaked_rows_search_a_short_list_exactly(alpha):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 5000, generator=g, dtype=torch.float64) * 4
-    x[1] *= 1e-3  # one flat row: a wide padded list, but still under a quarter of all entries
     x[2, ::3] = float("-inf")
     x[3, 4995:] += 20.0
     expected = rowwise(entmax_root_reference, x, alpha)
     torch.testing.assert_close(entmax_bisect(x, alpha), expected, rtol=0, atol=1e-9)
     if alpha == 1.5:
         torch.testing.assert_close(entmax15(x), expected, rtol=0, atol=1e-10)
-        _, flat, _ = entmax_module._support(x, x.amax(1))
-        assert flat is not None
+        _, _, columns = entmax_module._solve(x, row_maxima(x, entmax_module._SPREAD))
+        assert columns is not None
+
+
+def _peaked_rows(k):
+    """Float64 rows (6, k): peaked, -inf entries, winners in the tail columns, and a row with
+    180 entries near its maximum, all in the support (a wide candidate list)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, k, generator=g, dtype=torch.float64) * 4
+    x[2, ::3] = float("-inf")
+    x[3, k - 5 :] += 20.0
+    x[5, :180] = 30.0 + 1e-3 * torch.randn(180, generator=g, dtype=torch.float64)
+    return x
+
+
+def _entmax15_grad(x, v):
+    g = entmax15(x.detach()).sqrt()
+    return g * v - g * (g * v).sum(-1, keepdim=True) / g.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("k", [400, 1000, 4099], ids=["short", "tail", "prime"])
+@pytest.mark.parametrize("wide", [False, True], ids=["sorted", "newton"])
+def test_entmax15_candidate_lists_sorted_or_iterated_are_exact(k, wide):
+    # Lists up to _SORTED_UP_TO long are sorted, longer ones go through Newton's iteration from
+    # the screening bound; the first-order backward (from sqrt(p) at the candidates) and the
+    # differentiable one (through the output) give the same gradient.
+    x = _peaked_rows(k)
+    if not wide:
+        x[5] = x[0]
+    _, _, columns = entmax_module._solve(x, row_maxima(x, entmax_module._SPREAD))
+    assert columns is not None and (columns.shape[1] > entmax_module._SORTED_UP_TO) == wide
+    expected = rowwise(entmax_root_reference, x, 1.5)
+    torch.testing.assert_close(entmax15(x), expected, rtol=0, atol=1e-10)
+    v = torch.randn(6, k, dtype=torch.float64)
+    x.requires_grad_()
+    (grad,) = torch.autograd.grad(entmax15(x), x, v)
+    (graph_grad,) = torch.autograd.grad(entmax15(x), x, v, create_graph=True)
+    torch.testing.assert_close(grad, _entmax15_grad(x, v))
+    torch.testing.assert_close(graph_grad, grad)
+
+
+@pytest.mark.parametrize("k", [600, 1000])
+def test_entmax15_gradcheck_through_the_blocked_search(k):
+    x = _peaked_rows(k)[[0, 3]].requires_grad_()
+    assert gradcheck(entmax15, (x,), fast_mode=True)
+    assert gradgradcheck(entmax15, (x,), fast_mode=True)

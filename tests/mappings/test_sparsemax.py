@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 from latentgrad.mappings import sparsemax, sparsemax_threshold
+from latentgrad.mappings._support import row_maxima
 
 # the package re-exports the function under the module's name: fetch the module itself
 sparsemax_module = importlib.import_module("latentgrad.mappings._sparsemax")
-support_module = importlib.import_module("latentgrad.mappings._support")
 rows_strategy = st.lists(st.floats(-20, 20, allow_nan=False), min_size=1, max_size=12)
 
 
@@ -53,16 +53,16 @@ def test_sparsemax_matches_entmax_package():
 )
 @pytest.mark.parametrize("k", [200, 1000], ids=["entrywise", "blocks"])
 def test_both_search_paths_are_exact(scale, sparse_path, k):
-    # Peaked rows go through the short candidate list (found entry by entry on short rows, via
+    # Peaked rows go through the short candidate lists (found entry by entry on short rows, via
     # block maxima from 512 entries), flat rows through the full-row fallback.
     x = torch.randn(30, k, dtype=torch.float64) * scale
-    row_max = x.amax(1)
-    _, flat, _, sizes = sparsemax_module._support(x, row_max)
-    assert (flat is not None) == sparse_path
+    _, found = sparsemax_module._solve(x, row_maxima(x, sparsemax_module._SPREAD))
+    assert (found is not None) == sparse_path
     torch.testing.assert_close(
         sparsemax(x), rowwise(sparsemax_sort_reference, x), rtol=0, atol=1e-12
     )
-    torch.testing.assert_close(sizes, (sparsemax(x) > 0).sum(1).double())
+    _, size = sparsemax_threshold(x)
+    torch.testing.assert_close(size.squeeze(1), (sparsemax(x) > 0).sum(1))
 
 
 def test_threshold_and_support_size():
@@ -129,30 +129,63 @@ def test_bad_dim_raises():
     assert sparsemax_threshold(torch.randn(0, 4))[0].shape == (0, 1)
 
 
-@pytest.mark.parametrize("k", [5000, 4099], ids=["divisible", "prime"])
-@pytest.mark.parametrize("flat_row", [False, True], ids=["blocked", "blocked-fallback"])
-def test_long_rows_are_exact_through_the_blocked_candidate_search(flat_row, k):
-    # Long rows go through block maxima (blocks of 32: K mod 32 tail columns); flat rows make
-    # too many blocks qualify and the search falls back to full rows (dense). sparsemax itself
-    # blocks 5000 by 25 (no tail) and the prime 4099 by 32 (3 tail columns).
-    g = torch.Generator().manual_seed(0)
+def _peaked_rows(k, seed=0):
+    """Float64 rows (8, k) for the candidate search: peaked, -inf entries, winners in the tail
+    columns, a row with 180 entries near its maximum, all in the support (a wide list)."""
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(8, k, generator=g, dtype=torch.float64) * 3
     x[2, ::3] = float("-inf")
     x[3, k - 5 :] += 20.0  # the winners sit in the tail columns
-    if flat_row:  # two flat rows of eight: a quarter of all entries are candidates
-        x[1] *= 1e-3
-        x[5] *= 1e-3
-    row_max = x.amax(1)
-    blocked = support_module._blocked_candidates(x, row_max, 1.0, 32, None)
-    assert (blocked is None) == flat_row
+    x[6, :180] = 20.0 + 1e-3 * torch.randn(180, generator=g, dtype=torch.float64)
+    return x
+
+
+def _sparsemax_grad(x, v):
+    p = sparsemax(x.detach())
+    s = (p > 0).double()
+    return s * (v - (s * v).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("k", [400, 1000, 1024, 4099], ids=["short", "tail", "divisor", "prime"])
+@pytest.mark.parametrize("wide", [False, True], ids=["sorted", "michelot"])
+def test_candidate_lists_sorted_or_iterated_are_exact_with_exact_gradients(k, wide):
+    # Candidate lists up to _SORTED_UP_TO long are sorted, longer ones go through Michelot's
+    # iteration from the screening bound; long rows are screened by block maxima (1000 leaves
+    # tail columns, 1024 is a multiple of the block count, 4099 is prime).
+    x = _peaked_rows(k)
+    if not wide:
+        x[6] = x[0]
+    _, found = sparsemax_module._solve(x, row_maxima(x, sparsemax_module._SPREAD))
+    assert found is not None
+    assert (found.values.shape[1] > sparsemax_module._SORTED_UP_TO) == wide
     torch.testing.assert_close(
         sparsemax(x), rowwise(sparsemax_sort_reference, x), rtol=0, atol=1e-12
     )
-    assert (sparsemax_module._support(x, row_max)[1] is None) == flat_row
+    v = torch.randn(8, k, dtype=torch.float64)
     x.requires_grad_()
-    v = torch.randn(8, k, generator=g, dtype=torch.float64)
-    (grad,) = torch.autograd.grad((sparsemax(x) * v).sum(), x)
-    p = sparsemax(x.detach())
-    s = (p > 0).double()
-    expected = s * (v - (s * v).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
-    torch.testing.assert_close(grad, expected)
+    (grad,) = torch.autograd.grad(sparsemax(x), x, v)
+    torch.testing.assert_close(grad, _sparsemax_grad(x, v))
+    _, jv = torch.func.jvp(sparsemax, (x.detach(),), (v,))
+    torch.testing.assert_close(jv, _sparsemax_grad(x, v))
+
+
+@pytest.mark.parametrize("k", [1000, 4099])
+def test_long_flat_rows_fall_back_to_the_dense_path(k):
+    x = _peaked_rows(k)
+    x[1] *= 1e-4  # a flat row: its candidate list is the whole row
+    _, found = sparsemax_module._solve(x, row_maxima(x, sparsemax_module._SPREAD))
+    assert found is None
+    torch.testing.assert_close(
+        sparsemax(x), rowwise(sparsemax_sort_reference, x), rtol=0, atol=1e-12
+    )
+    x.requires_grad_()
+    v = torch.randn(8, k, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(sparsemax(x), x, v)
+    torch.testing.assert_close(grad, _sparsemax_grad(x, v))
+
+
+@pytest.mark.parametrize("k", [600, 1000])
+def test_gradcheck_through_the_blocked_search(k):
+    x = _peaked_rows(k)[[0, 3, 6]].requires_grad_()
+    assert gradcheck(sparsemax, (x,), fast_mode=True)
+    assert gradgradcheck(sparsemax, (x,), fast_mode=True)

@@ -26,11 +26,14 @@ from torch import Tensor
 from latentgrad._dtypes import working_dtype
 from latentgrad._validation import check_tensor
 from latentgrad.mappings._rowwise import check_scores, map_rows
-from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, scatter, take
+from latentgrad.mappings._support import Maxima, as_rows, candidates, scatter_rows
 
 _MAX_NEWTON_STEPS = 64
 _UNCHECKED_STEPS = 2  # the support is rarely settled before this many Newton steps
 _TIGHTEN_STEPS = 4  # Newton steps on the block maxima before the candidates are listed
+_SORTED_UP_TO = 128  # candidate lists up to this long are sorted; longer ones iterate
+_PAD = -4.0  # pads the candidate lists: below every threshold (2 tau >= -2 on x - max x)
+_SPREAD = 4.0  # block layout for supports of a few dozen entries (``_support.block_layout``)
 
 
 def _quadratic_root(t: Tensor, size: Tensor, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,25 +44,28 @@ def _quadratic_root(t: Tensor, size: Tensor, s1: Tensor, s2: Tensor) -> tuple[Te
     return t + mean - disc.clamp_min(0.0).sqrt(), disc >= 0
 
 
-def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _solve(x: Tensor, maxima: Maxima) -> tuple[Tensor, Tensor, Tensor | None]:
     """Threshold of 1.5-entmax on the rows of the (N, K) matrix ``x`` (no autograd).
 
     With ``z = (x - max x) / 2``, ``p = [z - tau]_+^2`` and ``tau >= -1`` (``p_max <= 1``), so
     only entries within 2 of the row maximum are candidates, fewer after ``_tighten``. The
-    threshold comes from sorting the candidates, laid out as a padded matrix (full rows, when
-    most entries are candidates, go through ``_newton`` instead). Returns
-    ``tau`` (N,) and the support as ``flat`` indices into ``x.view(-1)`` with their ``rows``, or
-    ``None, None`` when most entries are candidates (the dense path is then cheaper).
+    threshold comes from sorting the candidates (``_newton`` on long candidate lists, or on
+    full rows when most entries are candidates). Returns ``tau`` (N,), ``[z - tau]_+ = sqrt(p)``
+    at the candidates (N, m) with their ``columns`` (N, m), or on full rows (N, K) with
+    ``columns`` ``None`` (the dense path).
     """
-    found = candidates(x, row_max, 2.0, _tighten)
+    found = candidates(x, maxima, 2.0, _PAD, _tighten)
     if found is None:
-        start = x.new_full((x.shape[0],), -1.0)
-        return _newton((x - row_max.unsqueeze(1)).mul_(0.5), start), None, None
-    flat, rows, shifted = found
-    z = shifted.mul_(0.5)
-    tau = _sorted_threshold(padded(z, rows, x.shape[0], -2.0)[0])  # padding -2 < -1 <= tau
-    support = torch.gt(z, take(tau, rows)).nonzero().squeeze(1)
-    return tau, take(flat, support), take(rows, support)
+        z = (x - maxima.rows.unsqueeze(1)).mul_(0.5)
+        tau = _newton(z, z.new_full((z.shape[0],), -1.0))
+        columns = None
+    else:
+        z, columns = found.values.mul_(0.5), found.columns
+        if z.shape[1] <= _SORTED_UP_TO:
+            tau = _sorted_threshold(z)
+        else:
+            tau = _newton(z, found.bound.squeeze(1).mul(0.5))
+    return tau, z.sub_(tau.unsqueeze(1)).clamp_min_(0.0), columns
 
 
 def _sorted_threshold(z: Tensor) -> Tensor:
@@ -113,56 +119,60 @@ def _newton(z: Tensor, t: Tensor) -> Tensor:
     return root.squeeze(1)
 
 
-def _entmax15_vjp(v: Tensor, y: Tensor, flat: Tensor | None, rows: Tensor | None) -> Tensor:
+def _entmax15_vjp(v: Tensor, y: Tensor, gap: Tensor, columns: Tensor | None) -> Tensor:
     """J v with J = diag(g) - g g^T / sum(g), g = sqrt(y), per row (J symmetric: VJP = JVP).
 
-    Sparse form (on the support ``flat``/``rows``) or dense form (``flat is None``). ``g`` is
-    written so that its own derivative is finite (zero off the support): the backward is
-    differentiable again.
+    ``gap`` is ``sqrt(y)`` on full rows (``columns`` None) or at the candidates' ``columns``
+    (N, m). When the backward is itself differentiated (grad mode on), ``g`` is taken from the
+    output ``y`` instead, written so that its own derivative is finite (zero off the support).
     """
-    if flat is None:
-        support = y > 0
-        g = torch.where(support, torch.where(support, y, 1.0).sqrt(), 0.0)
-        gv = g * v
-        return gv - g * (gv.sum(dim=1, keepdim=True) / g.sum(dim=1, keepdim=True))
-    n = y.shape[0]
-    y_c = take(y, flat)
-    on = y_c > 0
-    g = torch.where(on, torch.where(on, y_c, 1.0).sqrt(), 0.0)
-    gv = g * take(v, flat)
-    coef = row_sum(gv, rows, n) / row_sum(g, rows, n)
-    return scatter(gv - g * take(coef, rows), flat, v.shape)
+    if torch.is_grad_enabled():
+        y_c = y if columns is None else y.gather(1, columns)
+        on = gap > 0
+        g = torch.where(on, torch.where(on, y_c, 1.0).sqrt(), 0.0)
+    else:
+        g = gap
+    gv = (v if columns is None else v.gather(1, columns)) * g
+    coef = gv.sum(dim=1, keepdim=True).div_(g.sum(dim=1, keepdim=True))
+    jv = torch.addcmul(gv, g, coef, value=-1.0)
+    return jv if columns is None else scatter_rows(jv, columns, v.shape[1])
 
 
 class _Entmax15(torch.autograd.Function):
-    """(N, K) rows -> 1.5-entmax rows, given the threshold and support found by ``_support``."""
+    """(N, K) rows -> 1.5-entmax rows ``gap^2``, given ``gap = [z - tau]_+`` from ``_solve`` on
+    full rows (``columns`` None) or at the candidates' ``columns``."""
 
     @staticmethod
-    def forward(x, row_max, tau, flat, rows):
-        if flat is None:
-            z = (x - row_max.unsqueeze(1)) / 2
-            return (z - tau.unsqueeze(1)).clamp_min(0.0).square()
-        z = (take(x, flat) - take(row_max, rows)).mul_(0.5)
-        return scatter(z.sub_(take(tau, rows)).square_(), flat, x.shape)
+    def forward(x, gap, columns):
+        y = gap.square()
+        return y if columns is None else scatter_rows(y, columns, x.shape[1])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, _, flat, rows = inputs
-        ctx.save_for_backward(output, flat, rows)
-        ctx.save_for_forward(output, flat, rows)
+        _, gap, columns = inputs
+        ctx.dense = columns is None
+        saved = (output, gap) if columns is None else (output, gap, columns)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return _entmax15_vjp(grad_output, *ctx.saved_tensors), None, None, None, None
+        return _entmax15_vjp(grad_output, *_saved(ctx)), None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
-        return _entmax15_vjp(x_tangent, *ctx.saved_tensors)
+        return _entmax15_vjp(x_tangent, *_saved(ctx))
 
 
-def _entmax15_rows(x: Tensor, row_max: Tensor) -> Tensor:
-    """The mapping on the (N, K) rows ``x`` with row maxima ``row_max`` (N,); see ``map_rows``."""
-    return _Entmax15.apply(x, row_max, *_support(x.detach(), row_max))
+def _saved(ctx) -> tuple:
+    """``(y, gap, columns)`` as ``_entmax15_vjp`` takes them."""
+    return (*ctx.saved_tensors, None) if ctx.dense else ctx.saved_tensors
+
+
+def _entmax15_rows(x: Tensor, maxima: Maxima) -> Tensor:
+    """The mapping on the (N, K) rows ``x`` with their ``maxima``; see ``map_rows``."""
+    _, gap, columns = _solve(x.detach(), maxima)
+    return _Entmax15.apply(x, gap, columns)
 
 
 def entmax15(x: Tensor, dim: int = -1) -> Tensor:
@@ -180,7 +190,7 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
         TypeError: ``x`` is not a floating tensor.
         ValueError: ``x`` has a NaN, a ``+inf``, or a row that is entirely ``-inf``.
     """
-    return map_rows(x, dim, _entmax15_rows)
+    return map_rows(x, dim, _entmax15_rows, _SPREAD)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,16 +205,13 @@ def _entmax_bisect_forward(x: Tensor, alpha: Tensor, row_max: Tensor) -> Tensor:
     runs on the entries above that bound (a short list for peaked rows), laid out as a padded
     matrix; rows of alpha = 1, or flat rows, take the dense path.
     """
-    n, k = x.shape
+    k = x.shape[1]
     eps = alpha - 1.0
     reach = torch.where(eps > 0, 1.0 / torch.where(eps > 0, eps, 1.0), float("inf")).squeeze(1)
-    found = candidates(x, row_max, reach)
+    found = candidates(x, Maxima(row_max, None), reach, float("-inf"))
     if found is None:
         return _entmax_bisect_rows(x - row_max.unsqueeze(1), eps, k)
-    flat, rows, shifted = found
-    y, position = padded(shifted, rows, n, float("-inf"))
-    p = _entmax_bisect_rows(y, eps, k)
-    return scatter(p[rows, position], flat, x.shape)
+    return scatter_rows(_entmax_bisect_rows(found.values, eps, k), found.columns, k)
 
 
 def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
@@ -352,4 +359,4 @@ def entmax_bisect(x: Tensor, alpha: Tensor | float = 1.5, dim: int = -1) -> Tens
     else:
         raise TypeError(f"alpha must be a float or a floating tensor, got {type(alpha).__name__}")
     alpha_rows = as_rows(alpha_t.expand(row_shape), dim)
-    return map_rows(x, dim, lambda rows, row_max: _EntmaxBisect.apply(rows, alpha_rows, row_max))
+    return map_rows(x, dim, lambda rows, maxima: _EntmaxBisect.apply(rows, alpha_rows, maxima.rows))

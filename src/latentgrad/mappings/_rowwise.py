@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_min_dim, check_tensor, checked_row_max
-from latentgrad.mappings._support import as_rows, from_rows
+from latentgrad._validation import check_min_dim, check_row_max, check_tensor
+from latentgrad.mappings._support import Maxima, as_rows, from_rows, row_maxima
 
 
 def normalize_dim(x: Tensor, dim: int, name: str = "dim") -> int:
@@ -29,18 +29,20 @@ def check_scores(x: object, dim: int, name: str = "x") -> tuple[Tensor, int]:
     """Validate the type and shape of scores for a simplex mapping; return ``(x, dim >= 0)``.
 
     Requires a floating tensor with at least one dimension. The values (no NaN, no ``+inf``, a
-    non ``-inf`` entry in every row) are checked by ``latentgrad._validation.checked_row_max``.
+    non ``-inf`` entry in every row) are checked by ``checked_maxima``.
     """
     x = check_tensor(x, name)
     check_min_dim(x, name, 1)
     return x, normalize_dim(x, dim)
 
 
-def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
+             spread: float | None = None) -> Tensor:
     """Apply a row-wise mapping along ``dim`` of the scores ``x``: validate them, run
-    ``rows_fn(rows, row_max)`` on the (N, K) rows in the working dtype (``rows`` carries autograd,
-    ``row_max`` (N,) is their checked maximum, detached) and return the (N, K) result in ``x``'s
-    shape and dtype. An empty ``x`` maps to an empty copy.
+    ``rows_fn(rows, maxima)`` on the (N, K) rows in the working dtype (``rows`` carries autograd,
+    ``maxima`` are their checked row maxima, detached, with block maxima for ``spread``, see
+    ``_support.row_maxima``) and return the (N, K) result in ``x``'s shape and dtype. An empty
+    ``x`` maps to an empty copy.
     """
     x, dim = check_scores(x, dim)
     if x.numel() == 0:
@@ -49,11 +51,19 @@ def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Tensor], Tensor]) -
     xw = x if x.dtype == dtype else x.to(dtype)
     plain = xw.dim() == 2 and dim == 1 and xw.is_contiguous()  # already (N, K) rows: no views
     rows_x = xw if plain else as_rows(xw, dim)
-    row_max = checked_row_max(rows_x.detach(), "x", dim=1, shown_dim=dim)
-    y = rows_fn(rows_x, row_max)
+    maxima = checked_maxima(rows_x.detach(), dim, spread)
+    y = rows_fn(rows_x, maxima)
     if not plain:
         y = from_rows(y, xw, dim)
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def checked_maxima(rows: Tensor, dim: int, spread: float | None = None) -> Maxima:
+    """``row_maxima`` of the (N, K) scores ``rows`` (``x`` along ``dim``), validated: no NaN, no
+    ``+inf``, a non ``-inf`` entry in every row (one sync)."""
+    maxima = row_maxima(rows, spread)
+    check_row_max(maxima.rows, "x", dim)
+    return maxima
 
 
 def check_scalar_or_tensor_positive(value: object, name: str) -> None:

@@ -3,13 +3,14 @@
     sparsemax(x) = argmin_{p in simplex} ||p - x||^2,   p_i = [x_i - tau]_+,   sum_i p_i = 1.
 
 The full rows are never sorted. Since p_i <= 1, tau >= max(x) - 1, so only entries with
-x_i > max(x) - 1 can be in the support; on long rows a lower bound on tau from the block maxima
-(a subset of each row, see ``_support.candidates``) narrows that list further. The short list of
-candidates is sorted for the exact threshold (``_sorted_threshold``). When most entries are
-candidates, Michelot's algorithm runs on full rows instead: Newton's method on the convex,
-decreasing, piecewise linear f(t) = sum_i [x_i - t]_+ - 1 from the lower bound t_0 = max(x) - 1,
-t <- (sum_{x_i > t} x_i - 1) / #{x_i > t}, exact as soon as a step drops no entry. Everything
-runs on the shifted x - max(x), so the result is exact at any magnitude.
+x_i > max(x) - 1 can be in the support; on long rows Michelot steps on the block maxima (a
+subset of each row, see ``_support.candidates``) raise that lower bound, and only the few
+entries above it are listed. The short lists are sorted for the exact threshold
+(``_sorted_threshold``); long lists, or full rows when most entries are candidates, go through
+Michelot's algorithm: Newton's method on the convex, decreasing, piecewise linear
+f(t) = sum_i [x_i - t]_+ - 1 from a lower bound, t <- t + f(t) / #{x_i > t}, exact as soon as a
+step drops no entry. Everything runs on the shifted x - max(x), so the result is exact at any
+magnitude.
 """
 
 from __future__ import annotations
@@ -18,121 +19,126 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import checked_row_max
-from latentgrad.mappings._rowwise import check_scores, map_rows
-from latentgrad.mappings._support import as_rows, candidates, padded, row_sum, scatter, take
+from latentgrad.mappings._rowwise import check_scores, checked_maxima, map_rows
+from latentgrad.mappings._support import Candidates, Maxima, as_rows, candidates, scatter_rows
+
+_TIGHTEN_STEPS = 2  # Michelot steps on the block maxima before the candidates are listed
+_SORTED_UP_TO = 128  # candidate lists up to this long are sorted; longer ones iterate
+_PAD = -2.0  # pads the candidate lists: below every threshold (tau >= -1 on the shifted scale)
+_SPREAD = 2.0  # block layout for supports of a few entries (see ``_support.block_layout``)
 
 
-def _support(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
-    """Threshold of sparsemax on the rows of the (N, K) matrix ``x`` (no autograd).
-
-    Returns ``tau`` (N,) relative to ``row_max``; the support as ``flat`` indices into
-    ``x.view(-1)`` with their ``rows``, both ``None`` when most entries are candidates (then the
-    dense path is cheaper); and the support ``sizes`` (N,) as floats.
-    """
-    return _solve(x, row_max)[:4]
-
-
-def _solve(x: Tensor, row_max: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor,
-                                                 Tensor | None]:
-    """``_support`` and the output values on the support (``None`` on the dense path)."""
-    found = candidates(x, row_max, 1.0, _tighten)
+def _solve(x: Tensor, maxima: Maxima) -> tuple[Tensor, Candidates | None]:
+    """Threshold ``tau`` (N,) of sparsemax on the rows of the (N, K) matrix ``x`` relative to
+    their maxima (no autograd), and the candidates that hold the support (``None`` when most
+    entries are candidates: the dense path is then cheaper)."""
+    found = candidates(x, maxima, 1.0, _PAD, _tighten)
     if found is None:
-        tau, sizes = _michelot(x - row_max.unsqueeze(1))
-        return tau, None, None, sizes, None
-    flat, rows, z = found
-    tau = _sorted_threshold(padded(z, rows, x.shape[0], -2.0)[0])  # -2 < -1 <= tau
-    values = z - take(tau, rows)
-    support = torch.gt(values, 0.0).nonzero().squeeze(1)
-    rows = take(rows, support)
-    sizes = torch.bincount(rows, minlength=x.shape[0]).to(x.dtype)
-    return tau, take(flat, support), rows, sizes, take(values, support)
+        z = x - maxima.rows.unsqueeze(1)
+        return _michelot(z, z.new_full((z.shape[0], 1), -1.0)), None
+    if found.values.shape[1] <= _SORTED_UP_TO:
+        return _sorted_threshold(found.values), found
+    return _michelot(found.values, found.bound), found
 
 
 def _sorted_threshold(z: Tensor) -> Tensor:
     """Threshold (N,) of the short rows ``z`` (N, m) by sorting (Martins & Astudillo 2016,
     Alg. 1): with ``s`` sorted decreasingly and ``c`` its cumulative sums, ``tau = (c_k - 1) / k``
     at the largest k with ``1 + k s_k > c_k``, which is also the largest of all the
-    ``(c_k - 1) / k`` (they rise up to that k and fall after it; Condat 2016). A fixed handful of
-    ops (no iteration): the short candidate lists are cheap to sort."""
+    ``(c_k - 1) / k`` (they rise up to that k and fall after it, entries below tau included;
+    Condat 2016). A fixed handful of ops (no iteration): the short candidate lists are cheap to
+    sort."""
     c = z.sort(dim=1, descending=True).values.cumsum_(dim=1)
     k = torch.arange(1, z.shape[1] + 1, dtype=z.dtype, device=z.device)
     return c.sub_(1.0).div_(k).amax(dim=1)
 
 
 def _tighten(z: Tensor, bound: float) -> Tensor:
-    """A higher lower bound (N,) on the threshold, from a subset ``z`` (N, W) of each shifted row
-    that holds its maximum 0: one Michelot step from ``bound = -1 <= tau_S`` stays below the
+    """A higher lower bound (N, 1) on the threshold, from a subset ``z`` (N, W) of each shifted
+    row that holds its maximum 0: Michelot steps from ``bound = -1 <= tau_S`` stay below the
     subset's threshold ``tau_S``, hence below the row's; lowered by a rounding allowance."""
-    gap = (z - bound).relu_()
-    t = (gap.sum(dim=1) - 1.0).div_(gap.sign_().sum(dim=1)).add_(bound)
+    t = z.new_full((z.shape[0], 1), bound)
+    for _ in range(_TIGHTEN_STEPS):
+        gap = (z - t).relu_()
+        t = torch.addcdiv(t, gap.sum(dim=1, keepdim=True).sub_(1.0),
+                          gap.sign_().sum(dim=1, keepdim=True))
     allowance = 16 * torch.finfo(z.dtype).eps
     return t.mul_(1.0 + allowance).sub_(allowance)  # t - allowance * (1 - t)
 
 
-def _michelot(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Michelot's iteration on the rows of ``z = x - max x`` (N, m): ``tau`` and ``sizes`` (N,).
+def _michelot(z: Tensor, tau: Tensor) -> Tensor:
+    """Michelot's iteration on the rows of ``z = x - max x`` (N, m) from lower bounds ``tau``
+    (N, 1) on the threshold (``-1`` will do): the threshold (N,).
 
-    With ``d = [z - t]_+``: ``t <- t + (sum d - 1) / #{d > 0}`` from ``t = -1``; exact once the
-    count repeats (the support shrinks at every other step, so at most m + 1 steps).
+    With ``d = [z - t]_+``: ``t <- t + (sum d - 1) / #{d > 0}``; exact once the count repeats
+    (the support shrinks at every other step, so at most m + 1 steps).
     """
-    tau = z.new_full((z.shape[0], 1), -1.0)
     sizes = None
     for _ in range(z.shape[1] + 1):
         gap = (z - tau).relu_()
-        excess = gap.sum(dim=1, keepdim=True) - 1.0
+        excess = gap.sum(dim=1, keepdim=True).sub_(1.0)
         new_sizes = gap.sign_().sum(dim=1, keepdim=True)
         if sizes is not None and torch.equal(new_sizes, sizes):
             break
         sizes = new_sizes
         tau = tau + excess / sizes
-    return tau.squeeze(1), sizes.squeeze(1)
+    return tau.squeeze(1)
 
 
-def _sparsemax_vjp(v: Tensor, y: Tensor, flat: Tensor | None, rows: Tensor | None,
-                   sizes: Tensor) -> Tensor:
+def _sparsemax_vjp(v: Tensor, y: Tensor, columns: Tensor | None) -> Tensor:
     """J v with J = diag(s) - s s^T / |S|, s = 1[y > 0], per row (J symmetric: VJP = JVP).
 
-    Sparse form (on the support ``flat``/``rows``) or dense form (``flat is None``).
+    ``y`` is the output (N, K) (dense form, ``columns is None``) or its values (N, m) at the
+    candidates' ``columns`` (sparse form).
     """
-    if flat is None:
-        support = y.sign()  # float 0/1: cheaper than a bool mask on CPU
-        mean = (v * support).sum(dim=1, keepdim=True) / sizes.unsqueeze(1)
-        return (v - mean) * support
-    v_s = take(v, flat)
-    mean = row_sum(v_s, rows, sizes.shape[0]) / sizes
-    return scatter(v_s - take(mean, rows), flat, v.shape)
+    s = y.sign()  # float 0/1: cheaper than a bool mask on CPU
+    vs = v * s if columns is None else v.gather(1, columns).mul_(s)
+    mean = vs.sum(dim=1, keepdim=True).div_(s.sum(dim=1, keepdim=True))
+    jv = torch.addcmul(vs, s, mean, value=-1.0)  # s * (v - mean)
+    return jv if columns is None else scatter_rows(jv, columns, v.shape[1])
 
 
 class _Sparsemax(torch.autograd.Function):
-    """(N, K) rows -> sparsemax rows, given the threshold and support found by ``_solve``."""
+    """(N, K) rows -> sparsemax rows: dense (``columns is None``: from ``x``, its row maxima and
+    the threshold) or scattered from the output ``values`` (N, m) at the candidates' ``columns``
+    (then computed by ``_sparsemax_rows``)."""
 
     @staticmethod
-    def forward(x, row_max, tau, flat, rows, sizes, values):
-        if flat is None:
+    def forward(x, row_max, tau, values, columns):
+        if columns is None:
             return (x - row_max.unsqueeze(1)).sub_(tau.unsqueeze(1)).clamp_min_(0.0)
-        return scatter(values, flat, x.shape)
+        return scatter_rows(values, columns, x.shape[1])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, _, flat, rows, sizes, _ = inputs
-        y = output if flat is None else None
-        ctx.save_for_backward(y, flat, rows, sizes)
-        ctx.save_for_forward(y, flat, rows, sizes)
+        _, _, _, values, columns = inputs
+        saved = (output,) if columns is None else (values, columns)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
 
     @staticmethod
     def backward(ctx, grad_output):
-        dx = _sparsemax_vjp(grad_output, *ctx.saved_tensors)
-        return dx, None, None, None, None, None, None
+        return _sparsemax_vjp(grad_output, *_saved(ctx)), None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
-        return _sparsemax_vjp(x_tangent, *ctx.saved_tensors)
+        return _sparsemax_vjp(x_tangent, *_saved(ctx))
 
 
-def _sparsemax_rows(x: Tensor, row_max: Tensor) -> Tensor:
-    """The mapping on the (N, K) rows ``x`` with row maxima ``row_max`` (N,); see ``map_rows``."""
-    return _Sparsemax.apply(x, row_max, *_solve(x.detach(), row_max))
+def _saved(ctx) -> tuple[Tensor, Tensor | None]:
+    """``(y, columns)`` as ``_sparsemax_vjp`` takes them (``columns`` None: the dense form)."""
+    saved = ctx.saved_tensors
+    return (saved[0], None) if len(saved) == 1 else saved
+
+
+def _sparsemax_rows(x: Tensor, maxima: Maxima) -> Tensor:
+    """The mapping on the (N, K) rows ``x`` with their ``maxima``; see ``map_rows``."""
+    tau, found = _solve(x.detach(), maxima)
+    row_max = maxima.rows
+    if found is None:
+        return _Sparsemax.apply(x, row_max, tau, None, None)
+    values = found.values.sub_(tau.unsqueeze(1)).clamp_min_(0.0)
+    return _Sparsemax.apply(x, row_max, tau, values, found.columns)
 
 
 def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
@@ -150,15 +156,13 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
         TypeError: ``x`` is not a floating tensor.
         ValueError: ``x`` has a NaN, a ``+inf``, or a row that is entirely ``-inf``.
     """
-    return map_rows(x, dim, _sparsemax_rows)
+    return map_rows(x, dim, _sparsemax_rows, _SPREAD)
 
 
-def _sorted_rows(x: Tensor, row_max: Tensor) -> Tensor:
+def _sorted_rows(x: Tensor, maxima: Maxima) -> Tensor:
     """The mapping on the (N, K) rows by sorting whole rows (see ``sparsemax_by_sorting``)."""
-    z = x.detach() - row_max.unsqueeze(1)
-    tau = _sorted_threshold(z)
-    sizes = torch.gt(z, tau.unsqueeze(1)).sum(dim=1).to(z.dtype)
-    return _Sparsemax.apply(x, row_max, tau, None, None, sizes, None)
+    tau = _sorted_threshold(x.detach() - maxima.rows.unsqueeze(1))
+    return _Sparsemax.apply(x, maxima.rows, tau, None, None)
 
 
 def sparsemax_by_sorting(x: Tensor, dim: int = -1) -> Tensor:
@@ -181,8 +185,11 @@ def sparsemax_threshold(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
         raise ValueError(f"x must have at least one entry along dim={dim}, got {tuple(x.shape)}")
     xw = x.detach().to(working_dtype(x.dtype))
     rows_x = as_rows(xw, dim)
-    row_max = checked_row_max(rows_x, "x", dim=1, shown_dim=dim)
-    tau, _, _, sizes = _support(rows_x, row_max)
+    maxima = checked_maxima(rows_x, dim, _SPREAD)
+    row_max = maxima.rows
+    tau, found = _solve(rows_x, maxima)
+    shifted = rows_x - row_max.unsqueeze(1) if found is None else found.values
+    sizes = torch.gt(shifted, tau.unsqueeze(1)).sum(dim=1)
     shape = (*xw.movedim(dim, -1).shape[:-1], 1)
     tau = (row_max + tau).view(shape).movedim(-1, dim).to(x.dtype)
-    return tau, sizes.long().view(shape).movedim(-1, dim)
+    return tau, sizes.view(shape).movedim(-1, dim)

@@ -1,15 +1,18 @@
-"""Sparse row bookkeeping shared by sparsemax and entmax15.
+"""Candidate lists shared by the threshold mappings (sparsemax, 1.5-entmax, alpha-entmax).
 
 A threshold mapping only ever puts mass on entries within a fixed margin of the row maximum
-(sparsemax: ``x_i > max x - 1``; 1.5-entmax: ``x_i > max x - 2``), so the threshold search runs on
-a flat list of those candidates (``flat`` indices into the (N, K) matrix, their ``rows``) instead
-of on full rows: after one blocked pass over the input, the work is proportional to the number of
-candidates.
+(sparsemax: ``x_i > max x - 1``; 1.5-entmax: ``x_i > max x - 2``), so its threshold search runs on
+those candidates instead of on full rows. ``candidates`` finds them with a fixed handful of
+tensor ops (no loop over rows; on long rows one full pass, the block maxima, which also give the
+row maxima) and lays them out as a padded matrix (N, m), m the most candidates of any row:
+per-row reductions then vectorise, and the output is scattered from it (``scatter_rows``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,133 +39,163 @@ def lower_bound(row_max: Tensor, margin: Tensor | float) -> Tensor:
     return torch.nextafter(row_max - margin, row_max.new_tensor(float("-inf")))
 
 
-def candidates(x: Tensor, row_max: Tensor, margin: Tensor | float,
-               tighten: Tighten | None = None) -> Candidates | None:
-    """Entries of the (N, K) matrix ``x`` with ``x - row_max > -margin`` (``margin`` a float or
-    (N,) tensor >= 0: minus a lower bound on the mapping's threshold on that shifted scale), or
-    a few more (short rows are compared unshifted against ``lower_bound``; the threshold
-    searches sort such extras out).
+class Maxima(NamedTuple):
+    """Row maxima ``rows`` (N,) of an (N, K) matrix and, for rows long enough to be screened by
+    blocks, the (unshifted) block maxima ``blocks`` (N, W) (see ``block_layout``), else None."""
 
-    On long rows the entries are screened through block maxima (see ``_blocked_candidates``);
-    ``tighten(z, -margin)``, if given, returns a higher bound (N,) from the shifted block maxima
-    ``z = block_max - row_max`` (N, W), any subset of a row: a threshold of that subset is a
-    lower bound on the row's. Without it, only rows of ``_UNTIGHTENED_BLOCKED_FROM`` entries or
-    more are screened by blocks (a loose margin makes most blocks qualify on shorter rows).
+    rows: Tensor
+    blocks: Tensor | None
 
-    Returns ``flat`` (M,) indices into ``x.view(-1)`` grouped by row (rows ascending), their
-    ``rows`` (M,) and ``shifted = x_flat - row_max[rows]`` (M,); ``-inf`` entries never
-    qualify. Returns ``None`` when a quarter or more of the entries qualify: then full-row
-    (dense) computations are cheaper than flat lists.
-    """
-    n, k = x.shape
-    block = _block_size(n, k) if tighten is not None or k >= _UNTIGHTENED_BLOCKED_FROM else 1
-    if block > 1:
-        return _blocked_candidates(x, row_max, margin, block, tighten)
-    lower = lower_bound(row_max, margin)
-    flat = torch.gt(x, lower.unsqueeze(1)).view(-1).nonzero().squeeze(1)
-    if 4 * flat.numel() >= n * k:
-        return None
-    rows = torch.div(flat, k, rounding_mode="floor")
-    return flat, rows, take(x, flat) - take(row_max, rows)
+
+class Candidates(NamedTuple):
+    """Each row's candidates, padded to the longest row: ``values`` (N, m) the shifted scores
+    ``x - max x`` followed by the padding ``fill``; ``columns`` (N, m) int64 their columns in
+    ``x``, 0 under the padding; ``bound`` (N, 1) a lower bound on the threshold (shifted scale)
+    that every candidate above it is listed for."""
+
+    values: Tensor
+    columns: Tensor
+    bound: Tensor
 
 
 Tighten = Callable[[Tensor, "Tensor | float"], Tensor]
-Candidates = tuple[Tensor, Tensor, Tensor]
+Found = tuple[Tensor, Tensor, Tensor]  # rows, columns, shifted values (M,) of the candidates
 
-_UNTIGHTENED_BLOCKED_FROM = 4096
-_MIN_BLOCK = 4  # below this, one comparison over all entries is cheaper than block maxima
-_MAX_BLOCK = 32
-_MIN_WIDTH = 128  # blocks per row: strided maxima vectorise over this contiguous width
-_GRAIN = 32768  # torch's intra-op grain (at::internal::GRAIN_SIZE): smaller ops run serially
-_MAX_SERIAL_BLOCK = 64
+BLOCKED_FROM = 512  # row length from which candidates are screened through block maxima
+_UNTIGHTENED_BLOCKED_FROM = 4096  # the same without a ``tighten`` (a loose margin: many blocks)
+_LANES = 32  # blocks per row come in multiples of this: their maxima reduce in vector lanes
 
 
-def _block_size(n: int, k: int) -> int:
-    """Entries per block for ``n`` rows of length ``k`` (1: no blocking): the largest that keeps
-    ``_MIN_WIDTH`` blocks per row, or more where the (n, K / B) block maxima would otherwise
-    exceed torch's parallel grain (the screening's dozen small ops on them then run on one
-    thread: no thread hand-off each, which is what costs on a busy machine); a divisor of ``k``
-    near that size if there is one (no tail columns to handle)."""
-    block = min(_MAX_BLOCK, k // _MIN_WIDTH)
-    if block < _MIN_BLOCK:
-        return 1
-    block = max(block, min(-(-n * k // _GRAIN), _MAX_SERIAL_BLOCK, k // _MIN_WIDTH))
-    near = [b for b in range(block // 2, 2 * block) if k % b == 0]
-    return min(near, key=lambda b: abs(b - block)) if near else block
+def block_layout(k: int, spread: float) -> tuple[int, int]:
+    """``(width, depth)`` of the blocks of a row of ``k`` entries: ``width`` blocks (a multiple
+    of ``_LANES``, a divisor of ``k`` if one is near) of ``depth = k // width`` strided entries,
+    block j holding the columns ``j, j + width, ..., j + (depth - 1) width`` and, for
+    ``j < k - depth * width``, the tail column ``j + depth * width``.
+
+    Screening costs about ``width`` per row and expanding the blocks above the bound about
+    ``hits * k / width``, so ``width ~ sqrt(hits * k)``: ``spread ~ sqrt(hits)`` grows with the
+    support size that a mapping expects.
+    """
+    aim = spread * math.sqrt(k)
+    options = range(_LANES, max(_LANES, k // 2) + 1, _LANES)
+    near = [w for w in options if k % w == 0 and aim / 2 <= w <= 2 * aim]
+    width = min(near or options, key=lambda w: abs(w - aim))
+    return width, k // width
 
 
-def _blocked_candidates(x: Tensor, row_max: Tensor, margin: Tensor | float, block: int,
-                        tighten: Tighten | None) -> Candidates | None:
-    """``candidates`` screened by blocks: ``flat``, ``rows``, ``shifted``, or ``None`` if too many.
+def row_maxima(x: Tensor, spread: float | None) -> Maxima:
+    """``Maxima`` of the (N, K) matrix ``x``: through the block maxima (``block_layout`` with
+    ``spread``) if ``spread`` is given and the rows are long enough to be screened by blocks (one
+    strided reduction that vectorises over the blocks, then a short one), else directly. Both
+    propagate NaN."""
+    k = x.shape[1]
+    if spread is None or k < BLOCKED_FROM:
+        return Maxima(x.amax(dim=1), None)
+    width, depth = block_layout(k, spread)
+    body = depth * width
+    blocks = x[:, :body].view(x.shape[0], depth, width).amax(dim=1)
+    if body < k:  # the tail columns fold into the first blocks
+        head = blocks[:, : k - body]
+        torch.maximum(head, x[:, body:], out=head)
+    return Maxima(blocks.amax(dim=1), blocks)
 
-    A comparison and a ``nonzero`` over all N K entries cost more than a softmax, so this goes
-    through blocks: block j of a row holds the columns ``j, j + W, j + 2 W, ...`` (W = K // B;
-    a strided split whose maxima reduce over a middle dimension, which vectorises); only blocks
-    whose maximum passes are expanded (an (H, B) gather), and the ``K mod B`` tail columns
-    always are. Comparisons run on the shifted scale ``x - row_max`` (the one the threshold
-    searches use; rounding is monotone, so a block whose shifted maximum fails holds no
-    candidate).
+
+def candidates(x: Tensor, maxima: Maxima, margin: Tensor | float, fill: float,
+               tighten: Tighten | None = None) -> Candidates | None:
+    """The entries of the (N, K) matrix ``x`` with ``x - max x > -margin``, or a few more.
+
+    ``margin`` (a float, or an (N,) tensor > 0) is minus a lower bound on the mapping's threshold
+    on the shifted scale ``x - max x``; ``fill`` pads ``Candidates.values`` and must lie below
+    every such bound. Extra candidates (a short row is compared unshifted with ``lower_bound``;
+    a block holds entries besides its maximum) lie below the exact threshold, which the
+    threshold searches find from the values alone.
+
+    Rows with block maxima in ``maxima`` (or of ``_UNTIGHTENED_BLOCKED_FROM`` entries or more)
+    are screened through them (``_blocked``): ``tighten(z, -margin)``, if given, returns a
+    higher bound (N, 1) from the shifted block maxima ``z`` (N, W), a subset of each row that
+    holds its maximum 0 (a threshold of a subset is a lower bound on the row's). Returns ``None``
+    when the lists would be half as large as ``x`` or more: full-row (dense) computations are
+    then cheaper.
     """
     n, k = x.shape
-    n_blocks = k // block
-    width = block * n_blocks
-    shifted_max = x.as_strided((n, block, n_blocks), (k, n_blocks, 1)).amax(dim=1)
-    shifted_max -= row_max.unsqueeze(1)
-    bound = -margin if tighten is None else tighten(shifted_max, -margin)
-    row_bound = bound.unsqueeze(1) if isinstance(bound, Tensor) else bound
-    hit_rows, hit_blocks = torch.gt(shifted_max, row_bound).nonzero(as_tuple=True)
-    if 4 * hit_rows.numel() * block >= n * k:  # as in ``candidates``: dense is cheaper
+    blocks = maxima.blocks
+    if blocks is None and k >= _UNTIGHTENED_BLOCKED_FROM:
+        blocks = row_maxima(x, 1.0).blocks
+    if blocks is None:
+        bound, found = -margin, _entrywise(x, maxima.rows, margin)
+    else:
+        bound, found = _blocked(x, maxima.rows, blocks, margin, tighten)
+    if found is None:
         return None
-    steps = torch.arange(0, width, n_blocks, device=x.device)
-    flat = (hit_rows * k + hit_blocks).unsqueeze(1) + steps  # (H, B)
-    found = _within(x, flat, hit_rows, row_max, bound)
-    if width < k:  # the tail columns, one more (shorter) block per row; regrouped by row
-        all_rows = torch.arange(n, device=x.device)
-        tail = (all_rows * k).unsqueeze(1) + torch.arange(width, k, device=x.device)
-        tail_found = _within(x, tail, all_rows, row_max, bound)
-        order = torch.argsort(torch.cat([found[1], tail_found[1]]), stable=True)
-        found = tuple(torch.cat(pair)[order] for pair in zip(found, tail_found))
-    return found
+    bound = bound.view(n, 1) if isinstance(bound, Tensor) else x.new_full((n, 1), bound)
+    return _padded(*found, bound, n, k, fill)
 
 
-def _within(x: Tensor, flat: Tensor, rows: Tensor, row_max: Tensor,
-            bound: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
-    """The entries of the (H, B) index matrix ``flat`` into ``x`` (row ``rows[h]``) with
-    ``x - row_max > bound``, in order: ``flat``, ``rows``, ``shifted`` (M,)."""
-    width = flat.shape[1]
-    flat = flat.view(-1)
-    shifted = x.view(-1).index_select(0, flat).view(-1, width)
-    shifted -= row_max.index_select(0, rows).unsqueeze(1)
+def _entrywise(x: Tensor, row_max: Tensor, margin: Tensor | float) -> Found | None:
+    """``rows``, ``columns``, ``shifted`` (M,) of the candidates, found by comparing every entry
+    with ``lower_bound``; ``None`` if half of them or more qualify."""
+    n, k = x.shape
+    flat = torch.gt(x, lower_bound(row_max, margin).unsqueeze(1)).view(-1).nonzero().squeeze(1)
+    if 2 * flat.numel() >= n * k:
+        return None
+    rows = torch.div(flat, k, rounding_mode="floor")
+    shifted = x.view(-1).index_select(0, flat).sub_(row_max.index_select(0, rows))
+    return rows, flat.sub_(rows * k), shifted
+
+
+def _blocked(x: Tensor, row_max: Tensor, blocks: Tensor, margin: Tensor | float,
+             tighten: Tighten | None) -> tuple[Tensor | float, Found | None]:
+    """The bound and ``_entrywise`` screened by the ``blocks`` (N, W) maxima: a block whose
+    (shifted) maximum is at or below the bound holds no candidate, so only the blocks above it
+    are expanded to their entries. Comparisons run on the shifted scale, where rounding is
+    monotone."""
+    n, k = x.shape
+    width = blocks.shape[1]
+    depth = k // width
+    body = depth * width
+    shifted_max = blocks - row_max.unsqueeze(1)
+    bound = tighten(shifted_max, -margin) if tighten is not None else -margin
     if isinstance(bound, Tensor):
-        bound = bound.index_select(0, rows).unsqueeze(1)
-    keep = torch.gt(shifted, bound).view(-1).nonzero().squeeze(1)
-    rows = rows.index_select(0, torch.div(keep, width, rounding_mode="floor"))
-    return flat.index_select(0, keep), rows, shifted.view(-1).index_select(0, keep)
+        bound = bound.view(n, 1)
+    row_bound = bound
+    hits = torch.gt(shifted_max, bound).view(-1).nonzero().squeeze(1)
+    per_block = depth + (body < k)
+    if 2 * hits.numel() * per_block >= n * k:
+        return bound, None
+    hit_rows = torch.div(hits, width, rounding_mode="floor")
+    first = hits.sub_(hit_rows * width)  # each hit block's first column
+    values = x[:, :body].view(n, depth, width)[hit_rows, :, first]  # (H, depth)
+    if body < k:  # the tail column, where the block has one (else -inf)
+        tail = x.view(-1).index_select(0, (first + body).clamp_max_(k - 1).add_(hit_rows * k))
+        tail.masked_fill_(first >= k - body, float("-inf"))
+        values = torch.cat([values, tail.unsqueeze(1)], dim=1)
+    values -= row_max.index_select(0, hit_rows).unsqueeze(1)
+    if isinstance(bound, Tensor):
+        bound = bound.index_select(0, hit_rows)
+    keep = torch.gt(values, bound).view(-1).nonzero().squeeze(1)
+    hit = torch.div(keep, per_block, rounding_mode="floor")
+    shifted = values.view(-1).index_select(0, keep)
+    columns = first.index_select(0, hit).add_(keep.sub_(hit * per_block).mul_(width))
+    found = hit_rows.index_select(0, hit), columns, shifted
+    return row_bound, found
 
 
-def take(values: Tensor, index: Tensor) -> Tensor:
-    """``values.view(-1)[index]`` for a 1-D ``index`` (``index_select``: several times faster
-    than advanced indexing on CPU)."""
-    return (values if values.dim() == 1 else values.reshape(-1)).index_select(0, index)
+def _padded(rows: Tensor, columns: Tensor, values: Tensor, bound: Tensor, n_rows: int, k: int,
+            fill: float) -> Candidates | None:
+    """Lay the flat lists (M,), grouped by row (rows ascending, every row present), out as
+    ``Candidates`` (n_rows, m), m the longest row; ``None`` if that is half of ``k`` or more."""
+    position = torch.arange(rows.numel(), device=rows.device) - torch.searchsorted(rows, rows)
+    width = int(position.max()) + 1
+    if 2 * width >= k:
+        return None
+    slots = position.add_(rows * width)
+    padded_values = values.new_full((n_rows * width,), fill).index_copy_(0, slots, values)
+    padded_columns = columns.new_zeros(n_rows * width).index_copy_(0, slots, columns)
+    return Candidates(padded_values.view(n_rows, width), padded_columns.view(n_rows, width),
+                      bound)
 
 
-def padded(values: Tensor, rows: Tensor, n_rows: int, fill: float) -> tuple[Tensor, Tensor]:
-    """Lay a flat list grouped by row out as an (n_rows, m) matrix, m the longest row, padding
-    with ``fill``: per-row reductions then vectorise. Also returns each entry's column (M,)."""
-    counts = torch.bincount(rows, minlength=n_rows)
-    width = int(counts.max()) if rows.numel() else 0
-    starts = counts.cumsum(0) - counts
-    position = torch.arange(rows.numel(), device=rows.device) - take(starts, rows)
-    out = values.new_full((n_rows, width), fill)
-    out[rows, position] = values
-    return out, position
-
-
-def row_sum(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
-    """Per-row sums of a flat (M,) list: (n_rows,)."""
-    return values.new_zeros(n_rows).index_add(0, rows, values)
-
-
-def scatter(values: Tensor, flat: Tensor, shape: torch.Size) -> Tensor:
-    """Zeros of ``shape`` with ``values`` at the flat positions ``flat`` (differentiable)."""
-    return values.new_zeros(shape.numel()).index_put_((flat,), values).view(shape)
+def scatter_rows(values: Tensor, columns: Tensor, k: int) -> Tensor:
+    """(N, K) zeros with ``values`` (N, m) added at ``columns`` (N, m) of each row: the padding
+    (column 0) must carry zeros (differentiable)."""
+    return values.new_zeros(values.shape[0], k).scatter_add_(1, columns, values)
