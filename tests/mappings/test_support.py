@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latentgrad.mappings import sparsemax
 from latentgrad.mappings._support import (
     BLOCKED_FROM,
     Maxima,
     block_layout,
     candidates,
+    one_thread,
     row_maxima,
     scatter_rows,
 )
@@ -113,3 +115,20 @@ def test_scatter_rows_adds_the_padding_zeros():
     assert torch.equal(y, torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.0, 1.0, 0.0, 0.0]]))
     (grad,) = torch.autograd.grad(y, values, torch.arange(8.0).view(2, 4))
     assert torch.equal(grad, torch.tensor([[2.0, 0.0, 0.0], [5.0, 4.0, 4.0]]))
+
+
+def test_one_thread_restores_the_thread_count_also_on_errors():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread():
+            raise RuntimeError
+        assert torch.get_num_threads() == 2
+        x = torch.randn(64, 2000, dtype=torch.float64, requires_grad=True) * 3
+        sparsemax(x).backward(torch.randn(64, 2000, dtype=torch.float64))  # the mappings use it
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -26,7 +26,7 @@ from torch import Tensor
 from latentgrad._dtypes import working_dtype
 from latentgrad._validation import check_tensor
 from latentgrad.mappings._rowwise import check_scores, map_rows
-from latentgrad.mappings._support import Maxima, as_rows, candidates, scatter_rows
+from latentgrad.mappings._support import Maxima, as_rows, candidates, one_thread, scatter_rows
 
 _MAX_NEWTON_STEPS = 64
 _UNCHECKED_STEPS = 2  # the support is rarely settled before this many Newton steps
@@ -58,14 +58,14 @@ def _solve(x: Tensor, maxima: Maxima) -> tuple[Tensor, Tensor, Tensor | None]:
     if found is None:
         z = (x - maxima.rows.unsqueeze(1)).mul_(0.5)
         tau = _newton(z, z.new_full((z.shape[0],), -1.0))
-        columns = None
-    else:
-        z, columns = found.values.mul_(0.5), found.columns
+        return tau, z.sub_(tau.unsqueeze(1)).clamp_min_(0.0), None
+    with one_thread():
+        z = found.values.mul_(0.5)
         if z.shape[1] <= _SORTED_UP_TO:
             tau = _sorted_threshold(z)
         else:
             tau = _newton(z, found.bound.squeeze(1).mul(0.5))
-    return tau, z.sub_(tau.unsqueeze(1)).clamp_min_(0.0), columns
+        return tau, z.sub_(tau.unsqueeze(1)).clamp_min_(0.0), found.columns
 
 
 def _sorted_threshold(z: Tensor) -> Tensor:
@@ -126,16 +126,24 @@ def _entmax15_vjp(v: Tensor, y: Tensor, gap: Tensor, columns: Tensor | None) -> 
     (N, m). When the backward is itself differentiated (grad mode on), ``g`` is taken from the
     output ``y`` instead, written so that its own derivative is finite (zero off the support).
     """
+    if columns is None:
+        return _entmax15_jv(v, y, gap)
+    with one_thread():
+        jv = _entmax15_jv(v.gather(1, columns), y.gather(1, columns), gap)
+    return scatter_rows(jv, columns, v.shape[1])
+
+
+def _entmax15_jv(v: Tensor, y: Tensor, gap: Tensor) -> Tensor:
+    """``g v - g <g, v> / sum(g)`` per row, ``g = sqrt(y)``: ``gap`` itself, or under grad mode
+    ``sqrt(y)`` with a finite derivative (zero off the support, where ``gap`` is 0)."""
     if torch.is_grad_enabled():
-        y_c = y if columns is None else y.gather(1, columns)
         on = gap > 0
-        g = torch.where(on, torch.where(on, y_c, 1.0).sqrt(), 0.0)
+        g = torch.where(on, torch.where(on, y, 1.0).sqrt(), 0.0)
     else:
         g = gap
-    gv = (v if columns is None else v.gather(1, columns)) * g
+    gv = v * g
     coef = gv.sum(dim=1, keepdim=True).div_(g.sum(dim=1, keepdim=True))
-    jv = torch.addcmul(gv, g, coef, value=-1.0)
-    return jv if columns is None else scatter_rows(jv, columns, v.shape[1])
+    return torch.addcmul(gv, g, coef, value=-1.0)
 
 
 class _Entmax15(torch.autograd.Function):

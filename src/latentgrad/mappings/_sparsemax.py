@@ -20,7 +20,14 @@ from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
 from latentgrad.mappings._rowwise import check_scores, checked_maxima, map_rows
-from latentgrad.mappings._support import Candidates, Maxima, as_rows, candidates, scatter_rows
+from latentgrad.mappings._support import (
+    Candidates,
+    Maxima,
+    as_rows,
+    candidates,
+    one_thread,
+    scatter_rows,
+)
 
 _TIGHTEN_STEPS = 2  # Michelot steps on the block maxima before the candidates are listed
 _SORTED_UP_TO = 128  # candidate lists up to this long are sorted; longer ones iterate
@@ -36,9 +43,10 @@ def _solve(x: Tensor, maxima: Maxima) -> tuple[Tensor, Candidates | None]:
     if found is None:
         z = x - maxima.rows.unsqueeze(1)
         return _michelot(z, z.new_full((z.shape[0], 1), -1.0)), None
-    if found.values.shape[1] <= _SORTED_UP_TO:
-        return _sorted_threshold(found.values), found
-    return _michelot(found.values, found.bound), found
+    with one_thread():
+        if found.values.shape[1] <= _SORTED_UP_TO:
+            return _sorted_threshold(found.values), found
+        return _michelot(found.values, found.bound), found
 
 
 def _sorted_threshold(z: Tensor) -> Tensor:
@@ -91,11 +99,19 @@ def _sparsemax_vjp(v: Tensor, y: Tensor, columns: Tensor | None) -> Tensor:
     ``y`` is the output (N, K) (dense form, ``columns is None``) or its values (N, m) at the
     candidates' ``columns`` (sparse form).
     """
+    if columns is None:
+        return _centred_on_support(v, y)
+    with one_thread():
+        jv = _centred_on_support(v.gather(1, columns), y)
+    return scatter_rows(jv, columns, v.shape[1])
+
+
+def _centred_on_support(v: Tensor, y: Tensor) -> Tensor:
+    """``s * (v - <s, v> / |S|)`` per row, ``s = 1[y > 0]``, for ``v`` and ``y`` of one shape."""
     s = y.sign()  # float 0/1: cheaper than a bool mask on CPU
-    vs = v * s if columns is None else v.gather(1, columns).mul_(s)
+    vs = v * s
     mean = vs.sum(dim=1, keepdim=True).div_(s.sum(dim=1, keepdim=True))
-    jv = torch.addcmul(vs, s, mean, value=-1.0)  # s * (v - mean)
-    return jv if columns is None else scatter_rows(jv, columns, v.shape[1])
+    return torch.addcmul(vs, s, mean, value=-1.0)
 
 
 class _Sparsemax(torch.autograd.Function):
@@ -137,7 +153,8 @@ def _sparsemax_rows(x: Tensor, maxima: Maxima) -> Tensor:
     row_max = maxima.rows
     if found is None:
         return _Sparsemax.apply(x, row_max, tau, None, None)
-    values = found.values.sub_(tau.unsqueeze(1)).clamp_min_(0.0)
+    with one_thread():
+        values = found.values.sub_(tau.unsqueeze(1)).clamp_min_(0.0)
     return _Sparsemax.apply(x, row_max, tau, values, found.columns)
 
 

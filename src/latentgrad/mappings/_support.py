@@ -11,7 +11,8 @@ per-row reductions then vectorise, and the output is scattered from it (``scatte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -37,6 +38,23 @@ def lower_bound(row_max: Tensor, margin: Tensor | float) -> Tensor:
     threshold search, which runs on the shifted ``x - row_max``.
     """
     return torch.nextafter(row_max - margin, row_max.new_tensor(float("-inf")))
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed ops on the calling thread only (torch's intra-op thread count, local to
+    the calling thread with the OpenMP backend, is restored after). The candidate lists are small:
+    an op on them costs less than handing half of it to another thread, which a busy machine
+    schedules late; the full passes (maxima, output) stay parallel."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Maxima(NamedTuple):
@@ -124,11 +142,13 @@ def candidates(x: Tensor, maxima: Maxima, margin: Tensor | float, fill: float,
     if blocks is None:
         bound, found = -margin, _entrywise(x, maxima.rows, margin)
     else:
-        bound, found = _blocked(x, maxima.rows, blocks, margin, tighten)
+        with one_thread():
+            bound, found = _blocked(x, maxima.rows, blocks, margin, tighten)
     if found is None:
         return None
     bound = bound.view(n, 1) if isinstance(bound, Tensor) else x.new_full((n, 1), bound)
-    return _padded(*found, bound, n, k, fill)
+    with one_thread():
+        return _padded(*found, bound, n, k, fill)
 
 
 def _entrywise(x: Tensor, row_max: Tensor, margin: Tensor | float) -> Found | None:
