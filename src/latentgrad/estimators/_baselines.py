@@ -42,16 +42,22 @@ class RunningBaseline(nn.Module):
     def get(self, like: Tensor) -> Tensor:
         """The current baseline as a 0-dim tensor with ``like``'s dtype and device (no gradient;
         ``update`` replaces the buffer, so the value returned never changes)."""
-        return self.value.to(device=like.device, dtype=like.dtype)
+        value = self.value
+        if value.dtype == like.dtype and value.device == like.device:
+            return value
+        return value.to(device=like.device, dtype=like.dtype)
 
-    @torch.no_grad()
     def update(self, batch_mean: Tensor) -> None:
         """Fold in one step's batch-mean loss (a 0-dim tensor) into new buffers, on the loss's
-        device (an estimator left on the CPU follows CUDA losses); no host sync."""
-        x = batch_mean.detach().to(self.value.dtype)
-        value, count = self.value.to(x.device), self.count.to(x.device) + 1
+        device (an estimator left on the CPU follows CUDA losses); no host sync, no graph."""
+        x = batch_mean.detach() if batch_mean.requires_grad else batch_mean
+        buffers = self._buffers  # (read and replaced directly: nn.Module's attribute hooks cost
+        value, count = buffers["value"], buffers["count"]  # more than the update itself)
+        if value.device != x.device:
+            value, count = value.to(x.device), count.to(x.device)
+        x, count = x if x.dtype == value.dtype else x.to(value.dtype), count + 1
         if self.kind == "moving_average":
             value = value + (x - value) / count
         else:
-            value = torch.where(count == 1, x, self.decay * value + (1.0 - self.decay) * x)
-        self.value, self.count = value, count
+            value = torch.where(count == 1, x, value.lerp(x, 1.0 - self.decay))
+        buffers["value"], buffers["count"] = value, count

@@ -68,7 +68,9 @@ class CategoricalLatent:
 
     def sample(self, scores: Tensor, n: int) -> Tensor:
         """``n`` joint draws per example (no gradient): ``(B, n, *latent)`` int64."""
-        return draw_indices(scores, (n,)).movedim(0, 1)  # scores checked by ``check``
+        if n == 1:  # the same draws as below, without the sample dim's reshuffle
+            return draw_indices(scores).unsqueeze(1)  # scores checked by ``check``
+        return draw_indices(scores, (n,)).movedim(0, 1)
 
     def mode(self, scores: Tensor) -> Tensor:
         """The most probable value of each example: ``(B, 1, *latent)`` int64."""
@@ -76,7 +78,10 @@ class CategoricalLatent:
 
     def log_prob(self, scores: Tensor, values: Tensor) -> Tensor:
         """``log p`` of ``(B, n, *latent)`` indices, summed over the variables: ``(B, n)``."""
-        return sum_over(self.structure(scores).log_prob_indices(scores.unsqueeze(1), values), 2)
+        logp = torch.log_softmax(scores, dim=-1)  # (B, *latent, K); gathered at (B, *latent, n)
+        if values.dim() == 2:
+            return logp.gather(-1, values)
+        return sum_over(logp.gather(-1, values.movedim(1, -1)).movedim(-1, 1), 2)
 
     def entropy(self, scores: Tensor) -> Tensor:
         """Exact entropy of each example, summed over its variables: ``(B,)``."""

@@ -16,11 +16,14 @@ from ._baselines import RUNNING_KINDS, RunningBaseline
 from ._checks import check_structure
 from ._families import CategoricalLatent, StructureLatent
 from .base import (
+    Deferred,
     Estimator,
     EstimatorOutput,
     LossFn,
+    add_term,
     batch_mean,
     call_loss_fn,
+    detached,
     fixed_support_output,
 )
 from .marginalization import softmax_expectation
@@ -61,9 +64,20 @@ def leave_one_out_over_batch(values: Tensor) -> Tensor:
     return (values.sum() - values) / (b - 1)
 
 
+def first_columns(x: Tensor, s: int) -> Tensor:
+    """``x[:, :s]`` (``x`` itself when it has ``s`` columns)."""
+    return x if x.shape[1] == s else x[:, :s]
+
+
+def sample_mean(x: Tensor) -> Tensor:
+    """``(B, S)`` -> ``(B,)``: the mean over the S samples of each example (for one sample, the
+    column itself: the same value and gradient without a reduction)."""
+    return x.squeeze(1) if x.shape[1] == 1 else x.mean(1)
+
+
 def score_term(advantage: Tensor, logp: Tensor) -> Tensor:
     """``sg(advantage) * (log p - sg(log p))``: value 0, gradient ``advantage * grad log p``."""
-    return advantage.detach() * (logp - logp.detach())
+    return detached(advantage) * (logp - logp.detach())
 
 
 class Evaluated(NamedTuple):
@@ -128,25 +142,27 @@ class Sampler(Estimator):
         ev = self._evaluate(self._family.mode(scores), scores, loss_fn)
         entropy = self._entropy(scores)
         losses = ev.losses[:, 0]
-        loss = batch_mean(losses - self.entropy_coeff * entropy)
+        loss = batch_mean(add_term(losses, -self.entropy_coeff, entropy))
         out = fixed_support_output(loss, losses, entropy, 1)
-        return out.evaluated(ev.z, ev.rows, torch.ones_like(losses))
+        return out.evaluated(ev.z, ev.rows, sample_weights(ev.losses, 1))
 
     def _evaluate(self, values: Tensor, scores: Tensor, loss_fn: LossFn) -> Evaluated:
         """Latent values ``(B, n, ...)`` -> losses (B, n) from one ``loss_fn`` call, with the
         latents ``z`` (B·n, ...) and ``rows`` (B·n,) it was called on."""
         b, n = values.shape[:2]
-        rows = torch.arange(b, device=values.device).repeat_interleave(n)
+        rows = torch.arange(b, device=values.device)
+        if n > 1:
+            rows = rows.unsqueeze(1).expand(b, n).flatten()
         z = self._family.latent_values(values.flatten(0, 1), scores)
         return Evaluated(call_loss_fn(loss_fn, z, rows).view(b, n), z, rows)
 
-    def _entropy(self, scores: Tensor) -> Tensor:
-        """Exact entropy ``(B,)``; built without a graph when there is no entropy bonus (the
-        structured entropy differentiates through the marginals, a double backward)."""
+    def _entropy(self, scores: Tensor) -> Tensor | Deferred:
+        """Exact entropy ``(B,)``; without an entropy bonus only reported: ``Deferred``, computed
+        without a graph when read (the structured entropy differentiates through the
+        marginals, a double backward)."""
         if self.entropy_coeff:
             return self._family.entropy(scores)
-        with torch.no_grad():
-            return self._family.entropy(scores.detach())
+        return Deferred(self._family.entropy, scores.detach())
 
     def _running_value(self, like: Tensor) -> Tensor:
         if self.running is None:
@@ -155,9 +171,9 @@ class Sampler(Estimator):
 
     def _sample_beta(self, losses: Tensor, s: int) -> Tensor:
         """Baseline ``(B, S)`` (or broadcastable) from the detached losses ``(B, S [+ 1])``."""
-        ell = losses[:, :s]
         if self.baseline == "self_critic":
             return losses[:, s:]
+        ell = first_columns(losses, s)
         if self.baseline == "leave_one_out":
             return (ell.sum(1, keepdim=True) - ell) / (s - 1)
         if self.baseline == "batch_loo":
@@ -178,12 +194,13 @@ class Sampler(Estimator):
         ``ev.losses`` ``(B, S [+ 1])``: the first S columns pair with ``log_q`` ``(B, S)``, an
         extra column is the self-critic's sample; ``beta`` from ``_sample_beta``.
         """
-        losses = ev.losses
-        ell = losses[:, :s]
-        beta = self._sample_beta(losses.detach(), s)
+        losses, detached = ev.losses, ev.losses.detach()
+        beta = self._sample_beta(detached, s)
         entropy = self._entropy(scores)
-        per_example = (score_term(ell - beta, log_q) + ell).mean(1) - self.entropy_coeff * entropy
-        expected = ell.detach().mean(1)
+        ell, ell_detached = first_columns(losses, s), first_columns(detached, s)
+        per_example = sample_mean(score_term(ell_detached - beta, log_q) + ell)
+        per_example = add_term(per_example, -self.entropy_coeff, entropy)
+        expected = sample_mean(ell_detached)
         weights = sample_weights(losses, s)
         return self._finish(batch_mean(per_example), expected, entropy, beta, ev, weights)
 
@@ -191,25 +208,34 @@ class Sampler(Estimator):
         self,
         loss: Tensor,
         expected: Tensor,
-        entropy: Tensor,
+        entropy: Tensor | Deferred,
         baseline: Tensor,
         ev: Evaluated,
-        weights: Tensor,
+        weights: Tensor | Deferred,
         logs: dict[str, float | Tensor] | None = None,
+        means: dict[str, Tensor] | None = None,
     ) -> EstimatorOutput:
         """Update the running baseline with the batch-mean ``expected`` loss ``(B,)`` (training
         only) and package the output: ``ev.losses.shape[1]`` evaluations per example, combined
-        into ``expected`` with ``weights`` ``(B, n)``; logs ``baseline`` (mean), ``entropy``
-        (mean), ``support_size`` and the extra ``logs``."""
+        into ``expected`` with ``weights`` ``(B, n)`` (or ``Deferred`` ones, flat); logs
+        ``entropy`` (mean), ``support_size``, the extra ``logs``, ``baseline`` and the extra
+        ``means`` (means, computed when read)."""
         self._update_running(expected)
-        all_logs = {"baseline": batch_mean(baseline.detach()), **(logs or {})}
-        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], all_logs)
-        return out.evaluated(ev.z, ev.rows, weights.flatten())
+        all_means = {"baseline": baseline, **(means or {})}
+        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], logs, all_means)
+        if not isinstance(weights, Deferred):
+            weights = weights.flatten()
+        return out.evaluated(ev.z, ev.rows, weights)
 
 
-def sample_weights(losses: Tensor, s: int) -> Tensor:
-    """Weights ``(B, n)`` of a Monte Carlo mean over the first ``s`` of the ``n`` columns of
-    ``losses``."""
-    weights = torch.zeros_like(losses.detach())
+def sample_weights(losses: Tensor, s: int) -> Deferred:
+    """``Deferred`` weights ``(B·n,)`` of a Monte Carlo mean over the first ``s`` of the ``n``
+    columns of ``losses`` ``(B, n)``."""
+    b, n = losses.shape
+    return Deferred(_sample_weights, b, n, s, losses.dtype, losses.device)
+
+
+def _sample_weights(b: int, n: int, s: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    weights = torch.zeros(b, n, dtype=dtype, device=device)
     weights[:, :s] = 1.0 / s
-    return weights
+    return weights.flatten()

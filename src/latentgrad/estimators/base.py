@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,48 @@ from torch import Tensor, nn
 from .._validation import validation_enabled
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Deferred:
+    """A reported value computed on its first read: ``fn(*args)`` without gradients, once.
+
+    What an estimator only reports -- the exact entropy when it is not in the loss, the logs,
+    the support sizes and weights -- is returned this way, so a training step that never reads it
+    never computes it. ``args`` are the call's tensors (detached) and other ``Deferred`` values
+    (resolved first). Reading after one of the tensors was modified in place (scores that are a
+    parameter, by an optimizer step) raises: the value would no longer be the call's.
+    """
+
+    __slots__ = ("args", "fn", "value", "versions")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn, self.args, self.value = fn, args, None
+        self.versions = None if torch.compiler.is_compiling() else _versions(args)
+
+    def __call__(self) -> Any:
+        if self.value is None:
+            if self.versions is not None and _versions(self.args) != self.versions:
+                raise RuntimeError(
+                    "a tensor of the estimator call was modified in place (e.g. scores that are "
+                    "a parameter, by an optimizer step) before this output field was read; read "
+                    "it before modifying the tensor"
+                )
+            with torch.no_grad():
+                self.value = self.fn(*[resolve(a) for a in self.args])
+        return self.value
+
+
+def _versions(args: tuple[Any, ...]) -> list[int]:
+    return [a._version for a in args if isinstance(a, Tensor) and not a.is_inference()]
+
+
+def resolve(value: Any) -> Any:
+    """``value``, computed first if it is ``Deferred``."""
+    return value() if isinstance(value, Deferred) else value
+
+
+#: the ``EstimatorOutput`` fields an estimator may hand over as ``Deferred``
+DEFERRABLE = ("support_size", "entropy", "logs", "weights")
 
 
 @dataclass
@@ -35,6 +78,10 @@ class EstimatorOutput:
     weights: (N,) how the N losses were combined: ``expected_loss[b] = sum_{rows_n = b}
         weights_n * loss_n`` (probabilities for marginalization, 1/S for S samples, 0 for a
         baseline's extra sample).
+
+    ``support_size``, ``entropy``, ``logs`` and ``weights`` may be given as ``Deferred``: they
+    are then computed on their first read (with the values of the call), and a step that reads
+    only ``loss`` does not pay for them.
     """
 
     loss: Tensor
@@ -44,11 +91,38 @@ class EstimatorOutput:
     logs: dict[str, float | Tensor] = field(default_factory=dict)
     latents: Tensor | None = None
     rows: Tensor | None = None
-    weights: Tensor | None = None
+    # (no class attribute, which would shadow a Deferred value from ``__getattr__``)
+    weights: Tensor | None = field(default_factory=lambda: None)
 
-    def evaluated(self, latents: Tensor, rows: Tensor, weights: Tensor) -> EstimatorOutput:
+    def __post_init__(self) -> None:
+        self._deferred: dict[str, Deferred] = {}
+        for name in DEFERRABLE:
+            self._store(name, getattr(self, name))
+
+    def _store(self, name: str, value: Any) -> None:
+        if isinstance(value, Deferred):
+            self._deferred[name] = value
+            if name in self.__dict__:
+                delattr(self, name)
+        else:
+            self._deferred.pop(name, None)
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        """A ``Deferred`` field, computed at its first read (then stored as a plain value)."""
+        deferred = self.__dict__.get("_deferred", {}).pop(name, None)
+        if deferred is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = deferred()
+        setattr(self, name, value)
+        return value
+
+    def evaluated(
+        self, latents: Tensor, rows: Tensor, weights: Tensor | Deferred
+    ) -> EstimatorOutput:
         """Record what was evaluated (stored detached); returns ``self``."""
-        self.latents, self.rows, self.weights = latents.detach(), rows, weights.detach()
+        self.latents, self.rows = detached(latents), rows
+        self._store("weights", weights if isinstance(weights, Deferred) else detached(weights))
         return self
 
 
@@ -79,6 +153,12 @@ def call_loss_fn(
     return out
 
 
+def detached(x: Tensor) -> Tensor:
+    """``x.detach()``, or ``x`` itself when it has no gradient (one tensor object fewer per
+    step)."""
+    return x.detach() if x.requires_grad else x
+
+
 def batch_mean(x: Tensor) -> Tensor:
     """The mean of ``x`` over its entries (the examples of a batch, or their samples). An empty
     batch has no loss: its mean is 0, a sum over no examples that keeps ``x``'s graph (so
@@ -96,20 +176,38 @@ def add_term(x: Tensor, coeff: float, term: Tensor | None) -> Tensor:
 def fixed_support_output(
     loss: Tensor,
     expected: Tensor,
-    entropy: Tensor,
+    entropy: Tensor | Deferred,
     n_eval: int,
     logs: dict[str, float | Tensor] | None = None,
+    means: dict[str, Tensor] | None = None,
 ) -> EstimatorOutput:
     """The output of an estimator that evaluates every example ``n_eval`` times: ``expected``
-    and ``entropy`` ``(B,)`` (stored detached), ``support_size`` ``n_eval`` for each example;
-    logs ``entropy`` (mean, 0 over an empty batch), ``support_size`` and the given ``logs``."""
-    support = torch.full((expected.shape[0],), n_eval, dtype=torch.long, device=expected.device)
-    all_logs: dict[str, float | Tensor] = {
-        "entropy": batch_mean(entropy.detach()),
-        "support_size": float(n_eval),
-        **(logs or {}),
+    and ``entropy`` ``(B,)`` (stored detached; ``entropy`` may be ``Deferred``), ``support_size``
+    ``n_eval`` for each example; logs ``entropy`` (mean, 0 over an empty batch),
+    ``support_size``, the given ``logs`` and the means of the tensors ``means`` (0 over an empty
+    batch). Support sizes and logs are computed when first read."""
+    entropy = entropy if isinstance(entropy, Deferred) else detached(entropy)
+    support = Deferred(filled, (expected.shape[0],), n_eval, torch.long, expected.device)
+    all_logs = Deferred(_fixed_support_logs, entropy, float(n_eval), logs or {}, means or {})
+    return EstimatorOutput(loss, detached(expected), support, entropy, all_logs)
+
+
+def _fixed_support_logs(
+    entropy: Tensor, n_eval: float, logs: dict[str, float | Tensor], means: dict[str, Tensor]
+) -> dict[str, float | Tensor]:
+    return {
+        "entropy": batch_mean(entropy),
+        "support_size": n_eval,
+        **logs,
+        **{name: batch_mean(detached(value)) for name, value in means.items()},
     }
-    return EstimatorOutput(loss, expected.detach(), support, entropy.detach(), all_logs)
+
+
+def filled(
+    shape: tuple[int, ...], value: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``torch.full(shape, value)`` (a ``Deferred`` support size or weight vector)."""
+    return torch.full(shape, value, dtype=dtype, device=device)
 
 
 def sum_latent(x: Tensor, batch_dims: int = 1) -> Tensor:

@@ -48,7 +48,15 @@ from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical, categorical_entropy
 from ._checks import check_min_batched
 from ._one_sample import one_sample_output
-from .base import EVAL_MODES, Estimator, EstimatorOutput, LossFn, check_latent_shape, sum_latent
+from .base import (
+    EVAL_MODES,
+    Deferred,
+    Estimator,
+    EstimatorOutput,
+    LossFn,
+    check_latent_shape,
+    sum_latent,
+)
 from .marginalization import softmax_expectation
 from .schedules import TemperatureSchedule, as_schedule
 
@@ -173,16 +181,17 @@ class GumbelSoftmax(Estimator):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)``."""
         perturbed = scores + draw_noise(scores.shape, scores, "gumbel")
-        x = torch.log_softmax(perturbed / tau, dim=-1)
-        y = x.exp()
         hard = one_hot_argmax(perturbed)
         kl = None
         if self.kl == "relaxed":
+            x = torch.log_softmax(perturbed / tau, dim=-1)
+            y = x.exp()
             log_p = exp_concrete_log_prob(x, scores, tau)
             entropy = -(log_p - x.sum(dim=-1))
             if self.prior is not None:  # the Jacobian Σ x_k cancels in the ratio
                 kl = log_p - exp_concrete_log_prob(x, torch.zeros_like(x), self.prior_temperature)
         else:
+            y = torch.softmax(perturbed / tau, dim=-1)
             entropy = _exact_entropy(categorical_entropy, scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
@@ -191,7 +200,7 @@ class GumbelSoftmax(Estimator):
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *latent, K) -> surrogate from one relaxed sample per example."""
         scores = self._check(scores)
-        tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
+        tau = self.temperature.like(scores)
         sample = self._bits if self.bits else self._categorical
         y, hard, entropy, kl = sample(scores, tau)
         reading = self.reading()
@@ -206,13 +215,17 @@ class GumbelSoftmax(Estimator):
 
 
 def _exact_entropy(entropy: Callable[[Tensor], Tensor], scores: Tensor,
-                   with_grad: bool) -> Tensor:
-    """The exact ``entropy(scores)``, built without a graph unless ``with_grad`` (a reported value
-    costs no backward)."""
+                   with_grad: bool) -> Tensor | Deferred:
+    """The exact ``entropy(scores)`` ``(B, *latent)``; unless ``with_grad`` (it enters the loss),
+    a value only reported: ``Deferred``, summed over the latent variables ``(B,)``, computed
+    when read."""
     if with_grad:
         return entropy(scores)
-    with torch.no_grad():
-        return entropy(scores.detach())
+    return Deferred(_summed, entropy, scores.detach())
+
+
+def _summed(entropy: Callable[[Tensor], Tensor], scores: Tensor) -> Tensor:
+    return sum_latent(entropy(scores))
 
 
 VARIANTS = ("I", "SB", "planar")
@@ -360,7 +373,7 @@ class IGREstimator(Estimator):
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *latent, 2, K−1) -> surrogate from one ψ sample per example."""
         scores = self._check(scores)
-        tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
+        tau = self.temperature.like(scores)
         loc, log_scale = scores.unbind(dim=-2)
         dist = self._distribution(loc, log_scale, tau)
         kl = None
@@ -378,8 +391,8 @@ class IGREstimator(Estimator):
             z = one_hot_argmax(psi) + (psi - psi.detach())
         else:
             z = psi
-        out = one_sample_output(self, loss_fn, z, tau, -log_q, kl, self.kl_coeff)
+        logs: dict[str, float | Tensor] = {}
         if self.variant == "SB":
             kept = (psi > 0).sum(dim=-1).detach()  # sticks kept + 1 (no sticks in an empty batch)
-            out.logs["truncation"] = kept.max() - 1 if kept.numel() else kept.new_zeros(())
-        return out
+            logs["truncation"] = kept.max() - 1 if kept.numel() else kept.new_zeros(())
+        return one_sample_output(self, loss_fn, z, tau, -log_q, kl, self.kl_coeff, logs)

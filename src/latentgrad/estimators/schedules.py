@@ -65,6 +65,11 @@ class TemperatureSchedule(nn.Module):
     def forward(self) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def like(self, x: Tensor) -> Tensor:
+        """The current temperature as a 0-dim tensor in ``x``'s dtype and on its device (as
+        ``schedule()``, a call that counts as a use)."""
+        return self().to(device=x.device, dtype=x.dtype)
+
     def advance(self) -> None:
         """Move the state one optimisation step on (no-op for schedules without state)."""
 
@@ -99,9 +104,22 @@ class Constant(TemperatureSchedule):
     def __init__(self, tau: float) -> None:
         super().__init__()
         self.tau = _check_positive_float(tau, "tau")
+        self._like: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def forward(self) -> Tensor:
         return torch.tensor(self.tau, dtype=torch.float64)
+
+    def like(self, x: Tensor) -> Tensor:
+        """``tau`` in ``x``'s dtype and device, built once per dtype and device (the same
+        rounding as ``schedule().to(x)``; one built in inference mode is not kept, as it could
+        not be saved for a later backward)."""
+        key = (x.device, x.dtype)
+        tau = self._like.get(key)
+        if tau is None:
+            tau = torch.tensor(self.tau, dtype=x.dtype, device=x.device)
+            if not torch.is_inference_mode_enabled():
+                self._like[key] = tau
+        return tau
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}"

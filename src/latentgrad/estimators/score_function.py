@@ -36,10 +36,11 @@ from ._sampler import (
     Sampler,
     implements,
     leave_one_out_over_batch,
+    sample_mean,
     sample_weights,
     score_term,
 )
-from .base import EstimatorOutput, LossFn, batch_mean
+from .base import EstimatorOutput, LossFn, add_term, batch_mean
 
 __all__ = ["NVIL", "ScoreBaselineNet", "ScoreFunction", "SumAndSample"]
 
@@ -207,13 +208,13 @@ class NVIL(Sampler):
         logp = self._family.log_prob(scores, values)
         entropy = self._entropy(scores)
         sq_err = (target - learned.unsqueeze(1)) ** 2
-        per_example = (score_term(signal, logp) + ell + self.regression_coeff * sq_err).mean(1)
-        loss = batch_mean(per_example - self.entropy_coeff * entropy)
+        per_example = sample_mean(score_term(signal, logp) + ell + self.regression_coeff * sq_err)
+        loss = batch_mean(add_term(per_example, -self.entropy_coeff, entropy))
         if self.signal_scale is not None and self.training and raw_signal.numel():
             self.signal_scale.update((raw_signal**2).mean())
-        logs: dict[str, float | Tensor] = {"baseline_mse": batch_mean(sq_err.detach())}
         return self._finish(
-            loss, ell.detach().mean(1), entropy, centre + learned, ev, sample_weights(ell, s), logs
+            loss, sample_mean(ell.detach()), entropy, centre + learned, ev, sample_weights(ell, s),
+            means={"baseline_mse": sq_err},
         )
 
 
@@ -326,7 +327,6 @@ class SumAndSample(Sampler):
         in_c = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, top, True)
         idx = [top]
         sampled = k < n_cat
-        categorical = self._family.structure(scores)
         if sampled:
             rest = scores.detach().masked_fill(in_c, float("-inf"))
             idx.append(draw_categorical(rest, None).unsqueeze(1))  # all -inf: weight 0
@@ -355,8 +355,8 @@ class SumAndSample(Sampler):
         if sampled:
             sampled_term = score_term(ell_s - beta[:, 0], logp_s) + ell_s
             per_example = per_example + rest_mass * sampled_term
-        entropy = categorical.entropy(scores)
-        loss = batch_mean(per_example - self.entropy_coeff * entropy)
+        entropy = self._entropy(scores)
+        loss = batch_mean(add_term(per_example, -self.entropy_coeff, entropy))
         return self._finish(loss, expected, entropy, beta, ev, weights)
 
     def _forward_joint(
@@ -401,11 +401,9 @@ class SumAndSample(Sampler):
             sampled_term = score_term(ell_s - beta[:, 0], logp[:, k]) + ell_s
             per_example = per_example + weight * sampled_term
         entropy = self._entropy(scores)
-        loss = batch_mean(per_example - self.entropy_coeff * entropy)
-        logs: dict[str, float | Tensor] = {}
-        if sampled:
-            logs["rejection_miss_rate"] = batch_mean((~found).to(scores.dtype))
-        return self._finish(loss, expected, entropy, beta, ev, weights, logs)
+        loss = batch_mean(add_term(per_example, -self.entropy_coeff, entropy))
+        means = {"rejection_miss_rate": (~found).to(scores.dtype)} if sampled else {}
+        return self._finish(loss, expected, entropy, beta, ev, weights, means=means)
 
     def _beta(self, losses: Tensor, expected: Tensor) -> Tensor:
         """z-independent baseline ``(B, 1)`` shared by the summed and the sampled terms."""

@@ -102,7 +102,7 @@ class SSTEstimator(Estimator):
         structure, scores = self._structure_for(scores)
         if validation_enabled():
             structure.check_scores(scores, "scores")  # errors name the caller's argument
-        tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
+        tau = self.temperature.like(scores)
         dist = StochasticSoftmax(
             structure, scores, tau, self.noise, self.regularizer, self.straight_through,
             validate_args=False,

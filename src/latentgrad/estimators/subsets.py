@@ -105,7 +105,7 @@ class L2XEstimator(_RelaxedSubset):
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         scores = self._check(scores)
-        tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
+        tau = self.temperature.like(scores)
         gumbels = draw_noise(torch.Size((self.k, *scores.shape)), scores, "gumbel")
         return self._output(l2x_relax(scores, gumbels, tau), loss_fn, tau)
 
@@ -129,7 +129,7 @@ class SoftSubEstimator(_RelaxedSubset):
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         scores = self._check(scores)
-        tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
+        tau = self.temperature.like(scores)
         gumbel = draw_noise(scores.shape, scores, "gumbel")
         return self._output(softsub_relax(scores, gumbel, self.k, tau, self.eps), loss_fn, tau)
 
@@ -200,7 +200,7 @@ class CorrelatedSSTEstimator(_RelaxedSubset):
                 f"scores must have last dimension 2 + rank = {2 + self.rank}, got "
                 f"{scores.shape[-1]}"
             )
-        tau = self.temperature().to(device=scores.device, dtype=scores.dtype)
+        tau = self.temperature.like(scores)
         utilities = self.tempered_utilities(scores, tau)
         relaxed = KSubset(scores.shape[1], self.k).marginals(utilities).to(scores.dtype)
         return self._output(relaxed, loss_fn, tau)

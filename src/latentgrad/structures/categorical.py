@@ -108,6 +108,7 @@ def draw_indices(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """``Categorical.sample_indices`` without the check, for callers that validated ``scores``."""
-    with torch.no_grad():
-        work = scores.detach().to(working_dtype(scores.dtype))
-        return categorical(work.expand(*sample_shape, *work.shape), generator)
+    work = scores.detach().to(working_dtype(scores.dtype))  # detached: no graph
+    if sample_shape:
+        work = work.expand(*sample_shape, *work.shape)
+    return categorical(work, generator)
