@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._noise import gumbel, uniform
+from .._noise import gumbel_perturbed, uniform
 
 
 def categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     """One draw per row from ``softmax(logits)`` by Gumbel-max: ``(..., K)`` -> ``(...)`` long.
 
     ``-inf`` logits are never drawn (each row needs one finite entry)."""
-    return (logits + gumbel(logits.shape, logits, generator)).argmax(-1)
+    return gumbel_perturbed(logits, generator).argmax(-1)
 
 
 def count_prefix_table(scores: Tensor, max_count: int) -> Tensor:
