@@ -12,8 +12,9 @@ weights and inputs, interleaved step by step so machine noise hits both alike:
 
 Printed, with the library's validation on and off (targets 1.15x and 1.05x): the fastest of
 the N interleaved steps of each and their ratio (min-of-N: the least disturbed run of each, the
-figure to compare on a busy machine), and the median over the N steps of the per-step ratio
-library / hand-written.
+figure to compare on a busy machine), the median over the N steps of the per-step ratio
+library / hand-written, and the ratio of the least process CPU times (which leaves out the time
+a crowded machine keeps the step waiting).
 
     python benchmarks/bench_overhead.py [--device cuda] [--repeats 200] [--k 20]
 
@@ -121,17 +122,19 @@ def hand_score_function(decay: float = 0.99):
     return step
 
 
-def compare(lib, hand, model, x, repeats: int, device) -> tuple[list[float], list[float]]:
-    """Seconds of ``repeats`` ``lib`` and ``hand`` steps, interleaved (the first of each pair
-    alternates), after 5 warm-up steps each."""
-    times: tuple[list[float], list[float]] = ([], [])
+def compare(lib, hand, model, x, repeats: int, device) -> dict[str, tuple[list[float], ...]]:
+    """Wall and process CPU seconds of ``repeats`` ``lib`` and ``hand`` steps (``"wall"``,
+    ``"cpu"``: a pair of lists each), interleaved (the first of each pair alternates), after 5
+    warm-up steps each."""
+    times: dict[str, tuple[list[float], ...]] = {"wall": ([], []), "cpu": ([], [])}
     for i in range(repeats + 5):
         for j in (0, 1) if i % 2 else (1, 0):
             fn = (lib, hand)[j]
             model.zero_grad(set_to_none=True)
-            _, seconds, _ = time_call(lambda fn=fn: fn(model, x), device)
+            _, wall, cpu = time_call(lambda fn=fn: fn(model, x), device)
             if i >= 5:
-                times[j].append(seconds)
+                times["wall"][j].append(wall)
+                times["cpu"][j].append(cpu)
     return times
 
 
@@ -154,17 +157,19 @@ def main() -> None:
     print(f"device={device} K={args.k} batch={args.batch} hidden={args.hidden} "
           f"threads={args.threads} repeats={args.repeats}")
     print(f"{'step':<27} {'validation':>10} {'library ms':>10} {'hand ms':>8} {'min ratio':>9} "
-          f"{'median step ratio':>17}")
+          f"{'median step ratio':>17} {'cpu min ratio':>13}")
     for name, (make_est, make_hand) in cases.items():
         for validate in (True, False):
             with lg.validate_args(validate):
-                t_lib, t_hand = compare(
+                times = compare(
                     library(make_est().to(device)), make_hand(), model, x, args.repeats, device
                 )
+            t_lib, t_hand = times["wall"]
+            c_lib, c_hand = times["cpu"]
             step_ratio = statistics.median(a / b for a, b in zip(t_lib, t_hand, strict=True))
             print(f"{name:<27} {'on' if validate else 'off':>10} {1e3 * min(t_lib):>10.3f} "
                   f"{1e3 * min(t_hand):>8.3f} {min(t_lib) / min(t_hand):>9.3f} "
-                  f"{step_ratio:>17.3f}")
+                  f"{step_ratio:>17.3f} {min(c_lib) / min(c_hand):>13.3f}")
 
 
 if __name__ == "__main__":
