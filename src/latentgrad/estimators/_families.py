@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._one_hot import one_hot
-from .._validation import check_tensor
+from .._validation import check_rows_valid, check_tensor
 from ..structures.base import Structure
 from ..structures.categorical import Categorical, categorical_entropy, draw_indices
 
@@ -64,7 +64,8 @@ class CategoricalLatent:
     def check(self, scores: object, name: str = "scores") -> Tensor:
         """Shape ``(B, *latent, K)``, and (with validation on) rows with a finite maximum."""
         x = check_latent_scores(scores, name, 1)
-        return self.structure(x).check_scores(x, name)
+        check_rows_valid(x, name)  # (``Categorical(K).check_scores`` without rebuilding it)
+        return x
 
     def sample(self, scores: Tensor, n: int) -> Tensor:
         """``n`` joint draws per example (no gradient): ``(B, n, *latent)`` int64."""

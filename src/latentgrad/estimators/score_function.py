@@ -34,6 +34,7 @@ from ._families import CategoricalLatent
 from ._sampler import (
     BASELINES,
     Sampler,
+    first_columns,
     implements,
     leave_one_out_over_batch,
     sample_mean,
@@ -98,7 +99,8 @@ class ScoreFunction(Sampler):
         extra = 1 if self.baseline == "self_critic" else 0
         values = self._family.sample(scores, s + extra)
         ev = self._evaluate(values, scores, loss_fn)
-        return self._reinforce(scores, ev, self._family.log_prob(scores, values[:, :s]), s)
+        log_q = self._family.log_prob(scores, first_columns(values, s))
+        return self._reinforce(scores, ev, log_q, s)
 
 
 class ScoreBaselineNet(nn.Module):
