@@ -19,15 +19,16 @@ from latentgrad.mappings._support import (
 
 @pytest.mark.parametrize("k", [512, 1000, 1024, 4099, 32000])
 @pytest.mark.parametrize("spread", [2.0, 4.0])
-def test_block_layout_covers_the_row_with_lane_multiples(k, spread):
+def test_block_layout_covers_the_row_in_lane_multiples_or_divisors(k, spread):
     width, depth = block_layout(k, spread)
-    assert width % 32 == 0 and depth >= 1
+    assert depth >= 1 and (width % 32 == 0 or (k % width == 0 and width % 8 == 0))
     assert 0 <= k - width * depth < width  # the tail fits in one more entry per block
 
 
 def test_block_layout_prefers_a_divisor_near_the_aim():
     assert block_layout(32000, 2.0) == (320, 100)  # aim 2 sqrt(32000) = 358: divisor 320
-    assert block_layout(1000, 2.0) == (64, 15)  # no multiple of 32 divides 1000: 40 tail columns
+    assert block_layout(1000, 4.0) == (200, 5)  # a remainder of 8 lanes at 5 depths: no tail
+    assert block_layout(1000, 2.0) == (64, 15)  # 40 would leave 8 lanes at 25 depths: a tail
 
 
 @pytest.mark.parametrize("k", [BLOCKED_FROM - 1, 1000, 1024, 4099])

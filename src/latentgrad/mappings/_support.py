@@ -85,19 +85,22 @@ _LANES = 32  # blocks per row come in multiples of this: their maxima reduce in 
 
 
 def block_layout(k: int, spread: float) -> tuple[int, int]:
-    """``(width, depth)`` of the blocks of a row of ``k`` entries: ``width`` blocks (a multiple
-    of ``_LANES``, a divisor of ``k`` if one is near) of ``depth = k // width`` strided entries,
-    block j holding the columns ``j, j + width, ..., j + (depth - 1) width`` and, for
-    ``j < k - depth * width``, the tail column ``j + depth * width``.
+    """``(width, depth)`` of the blocks of a row of ``k`` entries: ``width`` blocks of
+    ``depth = k // width`` strided entries, block j holding the columns
+    ``j, j + width, ..., j + (depth - 1) width`` and, for ``j < k - depth * width``, the tail
+    column ``j + depth * width``.
 
     Screening costs about ``width`` per row and expanding the blocks above the bound about
     ``hits * k / width``, so ``width ~ sqrt(hits * k)``: ``spread ~ sqrt(hits)`` grows with the
-    support size that a mapping expects.
+    support size that a mapping expects. The strided maxima vectorise over ``_LANES`` blocks at a
+    time, and a remainder of ``width mod _LANES`` costs extra at every depth: ``width`` is a
+    multiple of ``_LANES``, or a divisor of ``k`` (no tail to expand) with a small remainder.
     """
     aim = spread * math.sqrt(k)
-    options = range(_LANES, max(_LANES, k // 2) + 1, _LANES)
-    near = [w for w in options if k % w == 0 and aim / 2 <= w <= 2 * aim]
-    width = min(near or options, key=lambda w: abs(w - aim))
+    divisors = [w for w in range(8, k // 2 + 1, 8) if k % w == 0 and aim / 2 <= w <= 2 * aim
+                and (w % _LANES) * (k // w) <= k // 16]
+    options = divisors or range(_LANES, max(_LANES, k // 2) + 1, _LANES)
+    width = min(options, key=lambda w: abs(w - aim))
     return width, k // width
 
 
