@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -84,6 +85,7 @@ _UNTIGHTENED_BLOCKED_FROM = 4096  # the same without a ``tighten`` (a loose marg
 _LANES = 32  # blocks per row come in multiples of this: their maxima reduce in vector lanes
 
 
+@lru_cache(maxsize=256)
 def block_layout(k: int, spread: float) -> tuple[int, int]:
     """``(width, depth)`` of the blocks of a row of ``k`` entries: ``width`` blocks of
     ``depth = k // width`` strided entries, block j holding the columns
