@@ -8,6 +8,7 @@ import torch
 from latentgrad.mappings import sparsemax
 from latentgrad.mappings._support import (
     BLOCKED_FROM,
+    LISTED_FROM,
     Maxima,
     block_layout,
     candidates,
@@ -101,8 +102,15 @@ def test_candidates_give_up_when_the_lists_would_be_half_the_rows(k):
     assert candidates(x, row_maxima(x, 2.0), 1.0, -2.0) is None
 
 
+def test_short_rows_are_not_listed():
+    x = torch.full((3, LISTED_FROM), -5.0)
+    x[:, 0] = 0.0  # one candidate per row
+    assert candidates(x, row_maxima(x, 2.0), 1.0, -2.0) is not None
+    assert candidates(x[:, 1:], row_maxima(x[:, 1:], 2.0), 1.0, -2.0) is None
+
+
 def test_candidates_take_a_per_row_margin():
-    x = torch.full((2, 12), -5.0)
+    x = torch.full((2, LISTED_FROM), -5.0)
     x[:, :3] = torch.tensor([0.0, -0.5, -1.5])
     found = candidates(x, Maxima(x.amax(1), None), torch.tensor([1.0, 2.0]), float("-inf"))
     assert [sorted(r) for r in _listed(found)] == [[0, 1], [0, 1, 2]]

@@ -80,6 +80,7 @@ class Candidates(NamedTuple):
 Tighten = Callable[[Tensor, "Tensor | float"], Tensor]
 Found = tuple[Tensor, Tensor, Tensor]  # rows, columns, shifted values (M,) of the candidates
 
+LISTED_FROM = 64  # row length from which candidates are listed (shorter rows: dense)
 BLOCKED_FROM = 512  # row length from which candidates are screened through block maxima
 _UNTIGHTENED_BLOCKED_FROM = 4096  # the same without a ``tighten`` (a loose margin: many blocks)
 _LANES = 32  # blocks per row come in multiples of this: their maxima reduce in vector lanes
@@ -137,10 +138,12 @@ def candidates(x: Tensor, maxima: Maxima, margin: Tensor | float, fill: float,
     are screened through them (``_blocked``): ``tighten(z, -margin)``, if given, returns a
     higher bound (N, 1) from the shifted block maxima ``z`` (N, W), a subset of each row that
     holds its maximum 0 (a threshold of a subset is a lower bound on the row's). Returns ``None``
-    when the lists would be half as large as ``x`` or more: full-row (dense) computations are
-    then cheaper.
+    for rows shorter than ``LISTED_FROM`` or when the lists would be half as large as ``x`` or
+    more: full-row (dense) computations are then cheaper.
     """
     n, k = x.shape
+    if k < LISTED_FROM:
+        return None
     blocks = maxima.blocks
     if blocks is None and k >= _UNTIGHTENED_BLOCKED_FROM:
         blocks = row_maxima(x, 1.0).blocks
