@@ -186,17 +186,16 @@ def _blocked(x: Tensor, row_max: Tensor, blocks: Tensor, margin: Tensor | float,
     if isinstance(bound, Tensor):
         bound = bound.view(n, 1)
     row_bound = bound
-    hits = torch.gt(shifted_max, bound).view(-1).nonzero().squeeze(1)
+    hits = torch.gt(shifted_max, bound).nonzero()
     per_block = depth + (body < k)
-    if 2 * hits.numel() * per_block >= n * k:
+    if 2 * hits.shape[0] * per_block >= n * k:
         return bound, None
-    hit_rows = torch.div(hits, width, rounding_mode="floor")
-    first = hits.sub_(hit_rows * width)  # each hit block's first column
+    hit_rows, first = hits[:, 0], hits[:, 1]  # each hit block's row and first column
     values = x[:, :body].view(n, depth, width)[hit_rows, :, first]  # (H, depth)
-    if body < k:  # the tail column, where the block has one (else -inf)
-        tail = x.view(-1).index_select(0, (first + body).clamp_max_(k - 1).add_(hit_rows * k))
-        tail.masked_fill_(first >= k - body, float("-inf"))
-        values = torch.cat([values, tail.unsqueeze(1)], dim=1)
+    if body < k:  # the tail column, where the block has one (-inf where it has none)
+        tail = x.new_full((n, width), float("-inf"))
+        tail[:, : k - body] = x[:, body:]
+        values = torch.cat([values, tail[hit_rows, first].unsqueeze(1)], dim=1)
     values -= row_max.index_select(0, hit_rows).unsqueeze(1)
     if isinstance(bound, Tensor):
         bound = bound.index_select(0, hit_rows)
