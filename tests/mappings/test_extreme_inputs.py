@@ -3,6 +3,8 @@ mapping of the same input within the dtype's rounding; every row keeps at least 
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from _mapping_refs import entmax_root_reference, rowwise, sparsemax_sort_reference
@@ -10,6 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from latentgrad.mappings import entmax15, entmax_bisect, sparsemax, sparsemax_threshold
+from latentgrad.mappings._support import row_maxima
+
+sparsemax_module = importlib.import_module("latentgrad.mappings._sparsemax")
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 MAPPINGS = {
@@ -90,3 +95,28 @@ def test_backward_is_finite_at_huge_scores(name):
     assert torch.isfinite(grad).all()
     # J 1 = 0: moving every score alike changes nothing
     torch.testing.assert_close(grad.sum(-1), torch.zeros(4), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("k", [100, 1000], ids=["listed", "blocks"])
+def test_long_rows_of_any_magnitude_through_the_candidate_lists(name, dtype, k):
+    # Rows long enough for the candidate lists (and, from 512, the block screening): clustered
+    # a few units or ulps around huge centres, peaked rows at huge offsets, and a row spread over
+    # the whole range.
+    fn, reference, args = MAPPINGS[name]
+    big = torch.finfo(dtype).max
+    g = torch.Generator().manual_seed(k)
+    offsets = torch.randint(-12, 13, (k,), generator=g).double()
+    rows = [1e20 + offsets, -1e30 + 0.25 * offsets, float(big) * (1 - 1e-6 * offsets)]
+    rows += [c + 3 * torch.randn(k, generator=g, dtype=torch.float64) for c in (1e6, -3e7)]
+    rows.append((torch.rand(k, generator=g, dtype=torch.float64) * 2 - 1) * float(big))
+    for row in rows:  # one at a time: a flat row sends its whole batch to the dense path
+        x = row.clamp(-float(big), float(big)).to(dtype).unsqueeze(0)
+        p = fn(x)
+        assert (p >= 0).all() and (p > 0).sum() >= 1
+        expected = rowwise(reference, x.double(), *args)
+        torch.testing.assert_close(p.double(), expected, rtol=0, atol=_tolerance(dtype, k))
+    peaked = torch.stack(rows[3:]).to(dtype)  # these went through the candidate lists
+    _, found = sparsemax_module._solve(peaked, row_maxima(peaked, sparsemax_module._SPREAD))
+    assert found is not None

@@ -43,10 +43,11 @@ def lower_bound(row_max: Tensor, margin: Tensor | float) -> Tensor:
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the enclosed ops on the calling thread only (torch's intra-op thread count, local to
-    the calling thread with the OpenMP backend, is restored after). The candidate lists are small:
-    an op on them costs less than handing half of it to another thread, which a busy machine
-    schedules late; the full passes (maxima, output) stay parallel."""
+    """Run the enclosed ops on the calling thread only; torch's intra-op thread count is restored
+    after (with the OpenMP backend the count is per calling thread, though a thread that starts
+    using torch meanwhile inherits it). The candidate lists are small: an op on them costs less
+    than handing half of it to another thread, which a busy machine schedules late; the full
+    passes (maxima, output) stay parallel."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield
