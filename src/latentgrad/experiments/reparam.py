@@ -74,6 +74,6 @@ class Reparameterized(Estimator):
             entropy = q.base_dist.entropy().sum(-1)
         else:
             kl, entropy = kl_divergence(q, prior), q.entropy()
-        loss = batch_mean(losses.mean(1) + self.kl_coeff * kl - self.entropy_coeff * entropy)
-        logs = {"kl": batch_mean(kl.detach())}
-        return fixed_support_output(loss, losses.mean(1), entropy, s, logs)
+        expected = losses.mean(1)
+        loss = batch_mean(expected + self.kl_coeff * kl - self.entropy_coeff * entropy)
+        return fixed_support_output(loss, expected, entropy, s, means={"kl": kl})
