@@ -5,10 +5,13 @@
                                         [--functions sparsemax,entmax15]
 
 For each shape (rows x K) and each torch thread count it times ``y = f(x); y.backward(v)`` for
-torch.softmax, latentgrad's sparsemax / entmax15 / entmax_bisect(alpha=1.5) and, when the
-``entmax`` package is installed, entmax.sparsemax / entmax.entmax15, and prints the fastest
-(min-of-N) times with the ratios to softmax and to the entmax package, and the same ratios of the
-process CPU times (which exclude time spent descheduled). ``--load`` repeats every measurement
+torch.softmax, latentgrad's sparsemax / entmax15 (the plain path, and ``fused.sparsemax`` /
+``fused.entmax15``: the same functions through their fused kernels, ``use_fused_kernels``) /
+entmax_bisect(alpha=1.5) and, when the ``entmax`` package is installed, entmax.sparsemax /
+entmax.entmax15, and prints the fastest (min-of-N) times with the ratios to softmax and to the
+entmax package, and the same ratios of the process CPU times (which exclude time spent
+descheduled). The fused kernels are compiled before the timing starts; the compile times are
+printed. ``--load`` repeats every measurement
 while a second process keeps one core busy (a spinning loop), so all the ratios (quiet and loaded,
 each thread count) come out of the same run. The functions are timed round-robin (one call of
 each per round), so that load from other processes hits all of them alike; the minimum over the
@@ -18,21 +21,44 @@ rounds is the least disturbed call.
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import torch
 from _timing import benchmark_parser, start, time_call
 
-from latentgrad.mappings import entmax15, entmax_bisect, sparsemax
+from latentgrad.mappings import (
+    entmax15,
+    entmax_bisect,
+    fused_kernels_active,
+    sparsemax,
+    use_fused_kernels,
+)
 
 SHAPES = ((1024, 16), (256, 1000), (64, 32000))
 GPU_SHAPES = ((256, 32000),)  # the GPU target: sparsemax within 1.5x of softmax there
 
 
+def _path(fn: callable, fused: bool) -> callable:
+    """``fn`` with the fused kernels switched on or off for the call (the backward follows the
+    forward's path)."""
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        previous = use_fused_kernels(fused)
+        try:
+            return fn(x)
+        finally:
+            use_fused_kernels(previous)
+
+    return call
+
+
 def _candidates() -> dict[str, callable]:
     fns = {
         "softmax": lambda x: torch.softmax(x, dim=-1),
-        "sparsemax": sparsemax,
-        "entmax15": entmax15,
+        "sparsemax": _path(sparsemax, False),
+        "entmax15": _path(entmax15, False),
+        "fused.sparsemax": _path(sparsemax, True),
+        "fused.entmax15": _path(entmax15, True),
         "entmax_bisect": lambda x: entmax_bisect(x, 1.5),
     }
     try:
@@ -54,6 +80,24 @@ def _time_round_robin(fns, x, v, repeats: int) -> dict[str, tuple[float, float]]
         for name, fn in fns.items():
             times[name].append(time_call(lambda fn=fn: fn(x).backward(v), x.device)[1:])
     return {name: (min(w for w, _ in t), min(c for _, c in t)) for name, t in times.items()}
+
+
+def _compile(fns, inputs, threads: int) -> None:
+    """Run the fused functions once per input (the first call compiles, for ``threads``
+    threads: inductor parallelises its kernels for the thread count of the compilation); print
+    how long that took and whether the fused kernels are active (a failed compilation falls
+    back)."""
+    torch.set_num_threads(threads)
+    for name, fn in fns.items():
+        if name.startswith("fused."):
+            start_wall = time.perf_counter()
+            for x, v in inputs.values():
+                fn(x).backward(v)
+            previous = use_fused_kernels(True)
+            active = fused_kernels_active()
+            use_fused_kernels(previous)
+            print(f"{name}: first calls (compilation) {time.perf_counter() - start_wall:.1f}s, "
+                  f"fused kernels active: {active}")
 
 
 def _spin() -> None:  # the load: one busy core
@@ -78,8 +122,9 @@ def _describe(times: dict[str, tuple[float, float]]) -> str:
         if name == "softmax" or name.startswith("pkg."):
             continue
         part = f"{name} {t / base:.2f}x (cpu {cpu / base_cpu:.2f}x)"
-        if f"pkg.{name}" in times:
-            part += f" pkg/ours {times[f'pkg.{name}'][0] / t:.1f}"
+        package = f"pkg.{name.removeprefix('fused.')}"
+        if package in times:
+            part += f" pkg/ours {times[package][0] / t:.1f}"
         parts.append(part)
     return f"softmax {1e3 * base:.3f}ms; " + "; ".join(parts)
 
@@ -116,6 +161,7 @@ def main() -> None:
         inputs[f"{rows}x{k}"] = (x, torch.randn(rows, k, generator=gen).to(device))
     print(f"device={device} thread_counts={thread_counts} repeats={args.repeats} "
           f"torch={torch.__version__}")
+    _compile(fns, inputs, max(thread_counts))
     print("forward+backward, x ~ N(0, 1) float32: softmax min-of-N wall time, and each mapping's "
           "min wall time as a ratio to softmax's (cpu: the ratio of min process CPU times; "
           "pkg/ours: how many times faster than the entmax package, wall)")

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
 from latentgrad._validation import check_min_dim, check_row_max, check_tensor
+from latentgrad.mappings._fused import FusedMapping
 from latentgrad.mappings._support import Maxima, as_rows, from_rows, row_maxima
 
 
@@ -37,12 +38,13 @@ def check_scores(x: object, dim: int, name: str = "x") -> tuple[Tensor, int]:
 
 
 def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
-             spread: float | None = None) -> Tensor:
+             spread: float | None = None, fused: FusedMapping | None = None) -> Tensor:
     """Apply a row-wise mapping along ``dim`` of the scores ``x``: validate them, run
     ``rows_fn(rows, maxima)`` on the (N, K) rows in the working dtype (``rows`` carries autograd,
     ``maxima`` are their checked row maxima, detached, with block maxima for ``spread``, see
     ``_support.row_maxima``) and return the (N, K) result in ``x``'s shape and dtype. An empty
-    ``x`` maps to an empty copy.
+    ``x`` maps to an empty copy. ``fused``, where it applies to the rows and its kernels are
+    available, replaces ``rows_fn`` (it validates the rows itself).
     """
     x, dim = check_scores(x, dim)
     if x.numel() == 0:
@@ -51,8 +53,9 @@ def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
     xw = x if x.dtype == dtype else x.to(dtype)
     plain = xw.dim() == 2 and dim == 1 and xw.is_contiguous()  # already (N, K) rows: no views
     rows_x = xw if plain else as_rows(xw, dim)
-    maxima = checked_maxima(rows_x.detach(), dim, spread)
-    y = rows_fn(rows_x, maxima)
+    y = fused(rows_x, dim) if fused is not None and fused.applies(rows_x) else None
+    if y is None:
+        y = rows_fn(rows_x, checked_maxima(rows_x.detach(), dim, spread))
     if not plain:
         y = from_rows(y, xw, dim)
     return y if y.dtype == x.dtype else y.to(x.dtype)
