@@ -1,65 +1,64 @@
-"""retain_freed_memory: a large block freed by one training step is reused by the next without
-the kernel zeroing its pages again."""
+"""use_huge_pages: a ``latentgrad`` process backs its large tensors with transparent huge pages."""
 
 from __future__ import annotations
 
 import json
-import platform
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from latentgrad.experiments import allocator
+from latentgrad.experiments.allocator import HUGE_PAGES_VARIABLE, use_huge_pages
 
-MIB = 2**20
-BLOCK = 64 * MIB  # above glibc's largest mmap threshold (32 MiB): always mmap-served by default
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-# page faults of re-allocating (and filling) a block of BLOCK bytes just freed, before and after
-# retain_freed_memory, in a fresh process (the test process may have called it already)
-_PROBE = f"""
-import json, resource, torch
-from latentgrad.experiments.allocator import retain_freed_memory
-
-def faults_of_reallocation():
-    x = torch.ones({BLOCK // 4})
-    del x
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    y = torch.ones({BLOCK // 4})
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    del y
-    return faults
-
-default = faults_of_reallocation()
-applied = retain_freed_memory()
-print(json.dumps({{"default": default, "applied": applied, "retained": faults_of_reallocation()}}))
+# runs the CLI (a tiny training run), then reports whether a fresh 64 MiB tensor lies in memory
+# the kernel may back with huge pages (its mapping's THPeligible flag in /proc/self/smaps)
+_PROBE = """
+import json, sys
+from latentgrad.experiments.cli import main
+assert main(["run", "signal_game", "--estimator", "sparsemax", "--out", sys.argv[1],
+             "--no-progress-bar", "profile=tiny"]) == 0
+import torch
+x = torch.ones(16 * 2**20)
+address, eligible, lines = x.data_ptr(), None, open("/proc/self/smaps").read().splitlines()
+for i, line in enumerate(lines):
+    bounds = line.split()[0].split("-")
+    if len(bounds) == 2 and all(c in "0123456789abcdef" for c in "".join(bounds)):
+        if int(bounds[0], 16) <= address < int(bounds[1], 16):
+            eligible = next(int(m.split()[1]) for m in lines[i + 1:] if m.startswith("THPeligible"))
+            break
+print(json.dumps({"eligible": eligible}))
 """
 
-glibc_only = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-    reason="the setting applies to glibc's malloc only",
+
+def _thp_mode() -> str | None:
+    if not THP_MODE.exists():
+        return None
+    text = THP_MODE.read_text()
+    return text[text.index("[") + 1 : text.index("]")]
+
+
+@pytest.mark.skipif(
+    _thp_mode() != "madvise",
+    reason="huge pages are granted on request only when the kernel's THP mode is 'madvise'",
 )
-
-
-@glibc_only
-def test_a_freed_large_block_is_reused_without_page_faults() -> None:
+def test_the_cli_backs_large_tensors_with_huge_pages(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE}
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120
-    )
+        [sys.executable, "-c", _PROBE, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.splitlines()[-1])
-    assert got["applied"] is True
-    pages = BLOCK // 4096
-    if got["default"] < pages // 2:
-        pytest.skip(f"this system's malloc already reuses freed blocks ({got['default']} faults)")
-    # with the setting, the block comes back from the heap already mapped: no fault per page
-    assert got["retained"] < pages // 8, got
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"eligible": 1}
 
 
-def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_call(*args: object) -> None:
-        raise AssertionError("the C library was loaded")
-
-    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))
-    monkeypatch.setattr(allocator.ctypes, "CDLL", no_call)
-    assert allocator.retain_freed_memory() is False
+def test_a_setting_in_the_environment_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(HUGE_PAGES_VARIABLE, "0")
+    use_huge_pages()
+    assert os.environ[HUGE_PAGES_VARIABLE] == "0"
+    monkeypatch.delenv(HUGE_PAGES_VARIABLE)
+    use_huge_pages()
+    assert os.environ[HUGE_PAGES_VARIABLE] == "1"

@@ -23,6 +23,7 @@ import sys
 from typing import NoReturn
 
 from latentgrad import __version__
+from latentgrad.experiments.allocator import use_huge_pages
 from latentgrad.experiments.config import ConfigError, parse_overrides
 from latentgrad.experiments.data.files import DataError
 
@@ -140,6 +141,7 @@ def _list() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_huge_pages()  # first, before Lightning's import fixes PyTorch's setting
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args, rest = p.parse_known_args(argv)

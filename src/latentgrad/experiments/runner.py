@@ -20,7 +20,6 @@ from typing import Any
 
 import yaml
 
-from latentgrad.experiments.allocator import retain_freed_memory
 from latentgrad.experiments.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -231,9 +230,6 @@ def run(
     L.seed_everything(seed, workers=True, verbose=False)
     model, data = module.build_run(config, str(run_dir))  # loads the data: fails before any record
     make_resumable(data, seed)
-    # from here on, the steps' large activations reuse the heap's pages instead of fresh mmaps (the
-    # data's one-off temporaries above were given back to the system as usual)
-    retain_freed_memory()
     trainer = _trainer(
         tc,
         {

@@ -38,22 +38,22 @@ Evaluation protocol (the same for every method), on validation and test games:
 
 Compute at the protocol's scale (4096-d features; one thread of a 2-vCPU AMD EPYC virtual
 machine with the other processes paused; ``latentgrad run signal_game profile=faithful
-trainer.max_steps=300``): 9.2 training steps per second for sparsemax (0.109 s per step; 4.8
-before the runner kept freed memory in the process, when half of each step was the kernel zeroing
-the pages of the 32 MiB scalar-network activations again), 4.1 for NVIL (3.0 before: its baseline
-MLP 4096 → 512 → 512 → 512 → 1 runs on all 16 candidates of each game). Nearly all of it is the
-model's own work — the sender's scalar network (64 × 256 × 512 sigmoids and their backward) and
-the receiver's projection of the 64 × 16 candidates' 4096-d features; gathering a batch's
-features is ~4%, Lightning's loop ~3%. Sparsemax marginalization starts with nearly full support
-(about 255 of the 256 messages per game, since the sender's scores are divided by τ_s = 10); the
-discrete estimators hand the receiver symbol indices, which it looks up in its per-game table, so
-those 255 receiver calls cost almost nothing and a sparsemax step costs the same in every phase
-of training as an SFE step. Validation (1,024 games after every 100 steps) adds about 0.7 s per
-100 steps (7%). One run of 50,000 steps: about 1.7 CPU-hours (NVIL 3.6); the protocol's 9
-methods × 10 seeds: about 170 CPU-hours. Profile ``faithful`` keeps everything but runs 20,000 of
-the 50,000 steps (200 of the 500 epochs): about 0.65 CPU-hours per run (NVIL 1.45), 6.7 CPU-hours
-for one seed of the 9 methods. The Gumbel temperature schedule, r = 1e-5 per 1,000 steps,
-reaches τ = 0.82 there instead of 0.61.
+trainer.max_steps=200``): 7.3 training steps per second for sparsemax (0.137 s per step; 4.8
+before the CLI asked for transparent huge pages, when a third of each step was the kernel
+faulting in and zeroing 4 KiB pages of the 32 MiB scalar-network activations again), 3.4 for NVIL
+(2.8 before: its baseline MLP 4096 → 512 → 512 → 512 → 1 runs on all 16 candidates of each game).
+Nearly all of it is the model's own work — the sender's scalar network (64 × 256 × 512 sigmoids
+and their backward) and the receiver's projection of the 64 × 16 candidates' 4096-d features;
+gathering a batch's features is ~4%, Lightning's loop ~3%. Sparsemax marginalization starts with
+nearly full support (about 255 of the 256 messages per game, since the sender's scores are
+divided by τ_s = 10); the discrete estimators hand the receiver symbol indices, which it looks up
+in its per-game table, so those 255 receiver calls cost almost nothing and a sparsemax step costs
+the same in every phase of training as an SFE step. Validation (1,024 games after every 100
+steps) adds about 1 s per 100 steps (7%). One run of 50,000 steps: about 2.0 CPU-hours (NVIL
+4.3); the protocol's 9 methods × 10 seeds: about 200 CPU-hours. Profile ``faithful`` keeps
+everything but runs 20,000 of the 50,000 steps (200 of the 500 epochs): about 0.8 CPU-hours per
+run (NVIL 1.7), 8.3 CPU-hours for one seed of the 9 methods. The Gumbel temperature schedule,
+r = 1e-5 per 1,000 steps, reaches τ = 0.82 there instead of 0.61.
 """
 
 from __future__ import annotations
