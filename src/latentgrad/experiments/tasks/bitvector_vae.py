@@ -38,15 +38,20 @@ Binary Concrete from q in the Lebesgue measure. ``decoder_calls``: the estimator
 in the logs (``train/decoder_calls_median``, ``_q25``, ``_q75``); mixed runs also log
 ``exact_bits``, the fraction of sampled coordinates exactly 0 or 1.
 
-Compute at the protocol's scale (D = 32, CPU time of one thread on a shared 2-core development
-machine, so on the slow side): one decoder call scores 784 × 256 pixel logits, and that is the
-model's own cost. An SFE step (one decoder call per image) takes 0.28 s, 240 s per epoch of 860
-steps (the sparse methods make up to ~10–30 calls per image early in training, fewer later);
-validation with 16 samples on the 5,000 validation images 104 s, i.e. 40% on top of every epoch;
-the test NLL with 1,024 samples on the 10,000 test images about 3.1 hours (10.3 million decoder
-calls). A run of the published protocol (100 epochs, validation after each) is about 13
-CPU-hours with SFE. Profile ``faithful`` trains 50 of the 100 epochs and validates after every
-10th: about 6.6 CPU-hours with SFE, half of it the test NLL.
+Compute at the protocol's scale (D = 32, SFE; one thread of a 2-vCPU AMD EPYC virtual machine
+with the other processes paused; ``latentgrad run bitvector_vae --estimator sfe profile=faithful
+trainer.max_steps=200 trainer.limit_eval_batches=1 importance.test_samples=256``): one decoder call
+scores 784 × 256 pixel logits, and that is the model's own cost. Training runs at 9.3 steps per
+second (3.7 before the shared pixel layer's weight gradient was computed as ``(hᵀ g)ᵀ``, see
+``_PixelLogits``, and before the CLI asked for transparent huge pages: the 51 MB logits and their
+gradients were faulted in page by page at every step), i.e. 93 s per epoch of 860 steps (the
+sparse methods make up to ~10–30 calls per image early in training, fewer later); an evaluation
+decoder call costs 0.65 ms (1.2 before), so validation with 16 samples on the 5,000 validation
+images takes about 52 s and the test NLL with 1,024 samples on the 10,000 test images about 1.9
+hours (10.3 million decoder calls). A run of the published protocol (100 epochs, validation after
+each) is about 6 CPU-hours with SFE (13 before). Profile ``faithful`` trains 50 of the 100 epochs
+and validates after every 10th: about 3.2 CPU-hours with SFE (6.6 before), more than half of it
+the test NLL.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from latentgrad.estimators.base import LossFn
 from latentgrad.experiments.config import build, require
@@ -87,6 +93,36 @@ FAMILIES = {
 # log of the prior's normaliser per bit: KL(q || prior) = D * this - H(q)
 LOG_PRIOR_SIZE = {"discrete": math.log(2), "sparse": math.log(2), "mixed": math.log(3),
                   "continuous": 0.0}
+
+
+class _PixelLogits(torch.autograd.Function):
+    """``F.linear(h, weight, bias)`` for ``h`` ``(N, r)`` with many rows and few columns (the
+    shared pixel layer: N = 784 × decodes, r = 5). Same forward; in the backward the weight
+    gradient ``Σ_n g_n h_nᵀ`` ``(out, r)`` is computed as ``(hᵀ g)ᵀ``, the same sum in another
+    order, where autograd's ``gᵀ h`` hits a slow CPU GEMM for r = 5 (132 vs 10 ms at N = 50,176,
+    256 outputs). The input and bias gradients are autograd's ``g W`` and ``Σ_n g_n``."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        return F.linear(h, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, weight = ctx.saved_tensors
+        needs_h, needs_weight, needs_bias = ctx.needs_input_grad
+        return (
+            grad @ weight if needs_h else None,
+            (h.T @ grad).T if needs_weight else None,
+            grad.sum(0) if needs_bias else None,
+        )
+
+
+def pixel_logits(h: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(h)`` for decoder features ``h`` ``(N, r)`` -> logits ``(N, out)``, with the
+    fast weight gradient of ``_PixelLogits``."""
+    return _PixelLogits.apply(h, layer.weight, layer.bias)
 
 
 @dataclass
@@ -152,7 +188,7 @@ class BitVectorVAE(SampledEvaluation):
     def distortion(self, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(x|z)``: bytes ``x`` ``(N, 784)`` long, latents ``z`` ``(N, D)`` -> ``(N,)``."""
         n = z.shape[0]
-        logits = self.pixel(self.decoder(z).view(n * self.input_dim, self.out_rank))
+        logits = pixel_logits(self.decoder(z).view(n * self.input_dim, self.out_rank), self.pixel)
         return F.cross_entropy(logits, x.reshape(-1), reduction="none").view(n, -1).sum(-1)
 
     def loss_fn(self, x: Tensor) -> LossFn:
