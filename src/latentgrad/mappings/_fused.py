@@ -42,7 +42,7 @@ FUSED_MIN_K = 128  # row lengths where the fused kernels pay (measured: bench_ma
 FUSED_MAX_K = 4096
 _BLOCKS = 64  # blocks per row whose maxima give a first bound (a few passes over N x 64)
 _BLOCK_STEPS = 4  # iterations on the block maxima
-_STEPS = 3  # Michelot steps on full rows per kernel call: most peaked rows are exact after them
+_STEPS = 4  # Michelot steps on full rows per kernel call: most peaked rows are exact after them
 _NEWTON_STEPS = 3  # the same for 1.5-entmax's Newton steps (then the root on the support)
 _RESTARTS = 4  # kernel calls for the rows not yet exact, before the plain path takes them
 
@@ -65,8 +65,9 @@ def use_fused_kernels(enabled: bool = True) -> bool:
     that ``torch.compile`` generates (inductor's C++/OpenMP backend; a C++ compiler must be
     installed): forward+backward 1.5-3x faster than the plain path there (see
     ``benchmarks/README.md``), the same mapping up to rounding. The first call of each mapping
-    and dtype compiles (5-15 s; inductor caches the code on disk, so later processes take a
-    second or two), for the number of threads torch uses then. Longer and shorter rows, other
+    and dtype compiles, for the number of threads torch uses then: 5-20 s (measured on 2 CPU
+    cores); inductor caches the code on disk, after which a process pays about 4 s once to load
+    ``torch.compile`` and 0.5 s per mapping and dtype. Longer and shorter rows, other
     devices, ``torch.func`` transforms and code being compiled take the plain path, as does every
     input once a compilation has failed (then ``fused_kernels_active()`` is False).
     """
