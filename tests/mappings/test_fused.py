@@ -23,10 +23,24 @@ MAPPINGS = {
 pytestmark = pytest.mark.parametrize("name", list(MAPPINGS))
 
 
+@pytest.fixture(scope="module")
+def compiles() -> bool:
+    """Whether ``torch.compile`` works on this machine (inductor needs a C++ compiler): the
+    tests of the fused path itself skip where it does not, the fallback tests run anyway."""
+    saved = dict(fused._state)
+    fused._state.update(enabled=True, failed=False)
+    try:
+        sparsemax(torch.randn(2, 150, dtype=torch.float64))
+        return not fused._state["failed"]
+    finally:
+        fused._state.update(saved)
+
+
 @pytest.fixture(autouse=True)
-def fused_on(monkeypatch):
-    """The fused path switched on (restored after the test); the compilation is expected to
-    work here (it needs a C++ compiler) unless a test simulates a failure."""
+def fused_on(monkeypatch, request, compiles):
+    """The fused path switched on (restored after the test)."""
+    if not compiles and "fallback" not in request.node.name:
+        pytest.skip("torch.compile does not work here (no C++ compiler?): the plain path answers")
     monkeypatch.setitem(fused._state, "enabled", True)
     monkeypatch.setitem(fused._state, "failed", False)
 
@@ -163,7 +177,7 @@ def test_bad_scores_are_rejected(name):
 
 
 @pytest.mark.parametrize("stage", ["compile", "call"])
-def test_failed_compilation_falls_back_once(name, stage, monkeypatch):
+def test_failed_compilation_fallback_is_the_plain_path(name, stage, monkeypatch):
     # no C++ compiler (say): torch.compile, or the first call of its result, raises; the plain
     # path answers, the fused path stays off for the process, and nothing is compiled again
     fn, mapping, reference = MAPPINGS[name]
