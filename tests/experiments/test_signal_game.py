@@ -27,6 +27,7 @@ from latentgrad.experiments.data.signal_game import (
     sample_games,
     synthetic_concepts,
 )
+from latentgrad.experiments.estimators import ESTIMATORS as ESTIMATOR_SPECS
 from latentgrad.experiments.tasks import signal_game as task
 
 TINY_VOCAB = 24  # model.vocab_size of the tiny profile
@@ -242,7 +243,7 @@ def test_sender_is_the_reference_architecture() -> None:
 
 def test_receiver_embeds_one_hot_messages_like_an_embedding_lookup() -> None:
     torch.manual_seed(0)
-    receiver = task.Receiver(feature_dim=5, vocab_size=7, embedding_dim=3).double()
+    receiver = task.Receiver(5, 7, 3, symbol_embedding=True).double()  # F, V, E
     cands = torch.rand(2, 4, 5, dtype=torch.float64)
     tables = receiver.game_tables(cands)
     symbols = torch.tensor([3, 6, 0])
@@ -260,7 +261,7 @@ def test_receiver_embeds_one_hot_messages_like_an_embedding_lookup() -> None:
 
 def test_receiver_sparse_and_dense_message_paths_agree() -> None:
     torch.manual_seed(1)
-    receiver = task.Receiver(feature_dim=5, vocab_size=7, embedding_dim=3).double()
+    receiver = task.Receiver(5, 7, 3, symbol_embedding=True).double()  # F, V, E
     tables = receiver.game_tables(torch.rand(3, 4, 5, dtype=torch.float64))
     z = torch.rand(6, 7, dtype=torch.float64) * (torch.rand(6, 7) < 0.4)
     z[0] = 0.0  # an all-zero message scores every candidate 0
@@ -277,7 +278,7 @@ def test_receiver_sparse_and_dense_message_paths_agree() -> None:
 
 def test_receiver_on_symbol_indices_equals_one_hot_messages_with_gradients() -> None:
     torch.manual_seed(2)
-    receiver = task.Receiver(feature_dim=5, vocab_size=7, embedding_dim=3).double()
+    receiver = task.Receiver(5, 7, 3, symbol_embedding=True).double()  # F, V, E
     tables = receiver.game_tables(torch.rand(3, 4, 5, dtype=torch.float64))
     symbols = torch.tensor([6, 0, 3, 3, 1])
     rows = torch.tensor([2, 0, 1, 0, 2])
@@ -292,6 +293,33 @@ def test_receiver_on_symbol_indices_equals_one_hot_messages_with_gradients() -> 
         receiver.message.weight,
     )
     torch.testing.assert_close(g_index, g_dense)
+
+
+@pytest.mark.parametrize("symbols", [True, False])
+def test_message_embedding_starts_as_the_references(symbols: bool) -> None:
+    """Symbol messages: ``Embedding(V, E)``'s N(0, 1) entries; message vectors: ``Linear``'s
+    U(±1/√V). The two scales differ by a factor ~28 at V = 256, which decides whether the
+    4096-d game leaves chance level early."""
+    torch.manual_seed(0)
+    vocab = 256
+    w = task.Receiver(4, vocab, 256, symbol_embedding=symbols).message.weight.detach()
+    if symbols:  # 65,536 N(0, 1) draws: sample mean and std within 0.02 of 0 and 1
+        assert abs(float(w.std()) - 1.0) < 0.02 and abs(float(w.mean())) < 0.02
+    else:
+        assert float(w.abs().max()) <= vocab**-0.5
+        expected = (3 * vocab) ** -0.5  # std of U(-b, b) is b / sqrt(3)
+        assert abs(float(w.std()) - expected) < 0.05 * expected
+
+
+@pytest.mark.parametrize(
+    "estimator", ["softmax", "sparsemax", "sfe", "sfe_01", "nvil", "gumbel", "gaussian_sparsemax"]
+)
+def test_symbol_message_estimators_get_the_embedding_initialisation(estimator: str) -> None:
+    model, _ = tiny_model(estimator)
+    symbols = ESTIMATOR_SPECS[estimator].indices
+    assert symbols == (estimator not in ("gumbel", "gaussian_sparsemax"))
+    w = model.receiver.message.weight.detach()
+    assert (float(w.abs().max()) > TINY_VOCAB**-0.5) == symbols
 
 
 @pytest.mark.parametrize("estimator", ["sparsemax", "sfe", "nvil", "gumbel"])

@@ -10,7 +10,10 @@ V = 256 symbols; the receiver sees the G = 16 items of the game in a random orde
 - Receiver: ``Linear(F→E, no bias)`` per candidate; the message ``z`` ``(V,)`` (a one-hot row for
   discrete estimators, a relaxed or sparse point of the simplex otherwise) is embedded by
   ``Linear(V→E, no bias)`` — on one-hot rows this is exactly the reference's ``Embedding(V, E)``
-  lookup, so one module serves every estimator; candidate scores are dot products, then
+  lookup, so one module serves every estimator. It also starts as the reference's does: with
+  ``N(0, 1)`` entries (``Embedding``'s initialisation) for the estimators whose messages are
+  symbols (marginalization, score function, NVIL, Sum&Sample), with ``Linear``'s
+  ``U(±1/√V)`` for relaxed and mixed messages. Candidate scores are dot products, then
   log-softmax over the G candidates.
 - ``loss_fn(z, rows)``: receiver NLL of the target of game ``rows[n]`` given message ``z[n]``,
   one batched receiver call per estimator call. With ``model.loss = zero_one`` (SFE 0/1, SFE+)
@@ -276,10 +279,14 @@ class Receiver(nn.Module):
     three give the same scores on one-hot messages.
     """
 
-    def __init__(self, feature_dim: int, vocab_size: int, embedding_dim: int) -> None:
+    def __init__(
+        self, feature_dim: int, vocab_size: int, embedding_dim: int, symbol_embedding: bool
+    ) -> None:
         super().__init__()
         self.candidates = nn.Linear(feature_dim, embedding_dim, bias=False)
         self.message = nn.Linear(vocab_size, embedding_dim, bias=False)
+        if symbol_embedding:  # initialised as the reference's Embedding(V, E): N(0, 1) entries
+            nn.init.normal_(self.message.weight)
 
     def game_tables(self, candidates: Tensor) -> Tensor:
         """Candidates ``(B, G, F)`` -> ``T`` ``(B, G, V)``: the score of candidate ``j`` for symbol
@@ -336,7 +343,7 @@ class SignalGame(LatentTask):
         self.sender = Sender(
             feature_dim, m.hidden_dim, m.scalar_net_width, m.vocab_size, m.sender_temperature
         )
-        self.receiver = Receiver(feature_dim, m.vocab_size, m.embedding_dim)
+        self.receiver = Receiver(feature_dim, m.vocab_size, m.embedding_dim, self.spec.indices)
         # discrete messages reach the receiver as symbol indices (no one-hot rows of V entries)
         indices = {"one_hot": False} if self.spec.indices else {}
         self.estimator = self.make_estimator(m.vocab_size, feature_dim, **indices)
