@@ -1,4 +1,5 @@
-"""use_huge_pages: a ``latentgrad`` process backs its large tensors with transparent huge pages."""
+"""use_huge_pages: a ``latentgrad run`` with ``trainer.huge_pages`` backs its large tensors with
+transparent huge pages, one without it does not."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ _PROBE = """
 import json, sys
 from latentgrad.experiments.cli import main
 assert main(["run", "signal_game", "--estimator", "sparsemax", "--out", sys.argv[1],
-             "--no-progress-bar", "profile=tiny"]) == 0
+             "--no-progress-bar", "profile=tiny", "trainer.huge_pages=" + sys.argv[2]]) == 0
 import torch
 x = torch.ones(16 * 2**20)
 address, eligible, lines = x.data_ptr(), None, open("/proc/self/smaps").read().splitlines()
@@ -45,14 +46,17 @@ def _thp_mode() -> str | None:
     _thp_mode() != "madvise",
     reason="huge pages are granted on request only when the kernel's THP mode is 'madvise'",
 )
-def test_the_cli_backs_large_tensors_with_huge_pages(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("setting", "eligible"), [("true", 1), ("false", 0)])
+def test_a_run_backs_large_tensors_with_huge_pages_when_its_config_asks(
+    setting: str, eligible: int, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_VARIABLE}
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(tmp_path)],
+        [sys.executable, "-c", _PROBE, str(tmp_path), setting],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"eligible": 1}
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"eligible": eligible}
 
 
 def test_a_setting_in_the_environment_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.estimators.base import EstimatorOutput
 from latentgrad.experiments.config import ConfigError, build, to_dict
-from latentgrad.experiments.tasks.base import LatentTask, TaskConfig
+from latentgrad.experiments.tasks.base import LatentTask, TaskConfig, adam
 
 K = 5
 
@@ -128,3 +128,29 @@ def test_logging_step_holds_exactly_on_the_steps_the_logger_writes(tmp_path: Pat
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == model.gated_steps == [2, 5, 8, 11]  # of 0-13
     assert all(row["gated"] == row["always"] != "" for row in rows)
+
+
+def test_adam_takes_the_multi_tensor_update_with_the_same_steps() -> None:
+    """``adam`` is ``torch.optim.Adam`` with ``foreach=True``: over a few steps with two parameter
+    groups and weight decay, the parameters follow the per-tensor update."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3)]
+    grads = [[torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in start]
+             for _ in range(5)]
+
+    def train(make: object) -> list[torch.Tensor]:
+        params = [p.clone().requires_grad_() for p in start]
+        groups = [{"params": params[:2], "lr": 0.1, "weight_decay": 0.01},
+                  {"params": params[2:], "lr": 0.05}]
+        opt = make(groups, betas=(0.8, 0.9))
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        return params
+
+    fast = train(adam)
+    assert all(group["foreach"] for group in adam(fast, lr=0.1).param_groups)
+    for got, want in zip(fast, train(lambda g, **k: torch.optim.Adam(g, foreach=False, **k)),
+                         strict=True):
+        torch.testing.assert_close(got, want)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from latentgrad import __version__
 from latentgrad.experiments.allocator import use_huge_pages
-from latentgrad.experiments.config import ConfigError, parse_overrides
+from latentgrad.experiments.config import ConfigError, merged_config, parse_overrides
 from latentgrad.experiments.data.files import DataError
 
 
@@ -140,8 +140,17 @@ def _list() -> int:
     return 0
 
 
+def _wants_huge_pages(args: argparse.Namespace, overrides: dict[str, Any]) -> bool:
+    """``trainer.huge_pages`` of the run, read from its config layers before anything imports
+    Lightning; a config the runner will refuse reads as False (the runner then reports it)."""
+    try:
+        merged = merged_config(args.task, args.estimator, args.seed, overrides, args.config)
+    except ConfigError:
+        return False
+    return (merged.get("trainer") or {}).get("huge_pages") is True
+
+
 def main(argv: list[str] | None = None) -> int:
-    use_huge_pages()  # first, before Lightning's import fixes PyTorch's setting
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args, rest = p.parse_known_args(argv)
@@ -159,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _list()
         if args.command == "run":
+            overrides = parse_overrides([*args.overrides, *_trainer_flags(args)])
+            if _wants_huge_pages(args, overrides):
+                use_huge_pages()  # before Lightning's import fixes PyTorch's setting
             from latentgrad.experiments.runner import run
 
-            overrides = parse_overrides([*args.overrides, *_trainer_flags(args)])
             result = run(
                 args.task,
                 args.estimator,

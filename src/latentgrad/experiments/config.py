@@ -255,6 +255,18 @@ def resolve(
     config_file: str | Path | None = None,
 ) -> T:
     """Resolve the full config of one run (see the module docstring for the layer order)."""
+    return build(schema, merged_config(task, estimator, seed, overrides, config_file))
+
+
+def merged_config(
+    task: str,
+    estimator: str,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """The layers of one run's config merged into a plain dict, not yet checked against the
+    task's schema (``resolve`` does that); needs the task's YAML only, not its module."""
     spec = task_yaml(task)
     estimators = spec.get("estimators") or {}
     if estimator not in task_estimators(task):
@@ -286,4 +298,4 @@ def resolve(
                 f"{key}: set it with the command line (run TASK --estimator/--seed/profile=)"
             )
     merged.update(task=task, estimator=estimator, seed=seed, profile=profile or "full")
-    return build(schema, merged)
+    return merged

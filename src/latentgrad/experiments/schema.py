@@ -16,6 +16,8 @@ class TrainerConfig:
     never the trained weights or the test metrics.
     ``num_threads``: CPU threads of torch in this process (null: torch's default). Small models
     on a shared CPU run several times faster with 1 thread than with contended threads.
+    ``huge_pages``: the ``latentgrad`` command backs tensors of 2 MiB or more with transparent
+    huge pages (``experiments.allocator``); pays where a step allocates tens of MB afresh.
     """
 
     max_epochs: int = 1
@@ -34,6 +36,7 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     progress_bar: bool = True
     num_threads: int | None = None
+    huge_pages: bool = False
 
     def validate(self) -> None:
         require(self.max_epochs >= 1, "max_epochs", f"must be >= 1, got {self.max_epochs}")

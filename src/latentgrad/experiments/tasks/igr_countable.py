@@ -39,7 +39,7 @@ from latentgrad.experiments.pmf_fit import (
     pmf_divergence,
     total_variation,
 )
-from latentgrad.experiments.tasks.base import TaskConfig
+from latentgrad.experiments.tasks.base import TaskConfig, adam
 
 TARGETS = ("poisson", "negative_binomial")
 
@@ -173,7 +173,7 @@ class CountableFit(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.cfg.optim
-        return torch.optim.Adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        return adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 def build_run(config: dict, run_dir: str | None) -> tuple[CountableFit, StepData]:

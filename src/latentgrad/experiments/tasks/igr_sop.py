@@ -38,7 +38,7 @@ from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.batched import batched_loader
 from latentgrad.experiments.data.idx import load_idx_dataset
 from latentgrad.experiments.data.subsets import SubsetConfig
-from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
+from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig, adam
 
 ESTIMATORS = ("gumbel", "igr_i", "igr_planar")
 SCALES = ("fixed", "learned")
@@ -209,7 +209,7 @@ class SOP(LatentTask):
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
-        opt = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        opt = adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda t: max(1.0 / (1.0 + o.decay * t), o.lr_min / o.lr)
         )

@@ -70,6 +70,7 @@ from latentgrad.experiments.tasks.base import (
     OptimConfig,
     SampledEvaluation,
     TaskConfig,
+    adam,
     evaluation,
 )
 from latentgrad.experiments.tasks.likelihood import ImportanceConfig, importance_log_likelihood
@@ -301,7 +302,7 @@ class MixedVAE(SampledEvaluation):
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
         gen, inf = self.parameter_groups()
-        opt = torch.optim.Adam([
+        opt = adam([
             {"params": gen, "lr": o.lr, "weight_decay": o.weight_decay},
             {"params": inf, "lr": o.lr_inference, "weight_decay": o.weight_decay_inference},
         ])

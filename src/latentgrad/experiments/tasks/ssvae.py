@@ -48,7 +48,7 @@ from latentgrad.experiments.data.digits import load_digits
 from latentgrad.experiments.data.idx import IDX_DATASETS, load_idx_dataset
 from latentgrad.experiments.estimators import mlp
 from latentgrad.experiments.losses import sparsemax_loss
-from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
+from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig, adam
 
 # train-split sizes of the datasets (digits has no separate test split: it is carved out first)
 TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "digits": 1797}
@@ -436,7 +436,7 @@ class SSVAE(LatentTask):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         warm = self.cfg.optim.warmstart_epochs > 0
-        return torch.optim.Adam(
+        return adam(
             self.parameters(),
             lr=self.cfg.optim.warmstart_lr if warm else self.cfg.optim.lr,
             weight_decay=0.0 if warm else self.cfg.optim.weight_decay,

@@ -52,7 +52,7 @@ from latentgrad.experiments.data.voting import (
     split_and_standardise,
     synthetic_voting,
 )
-from latentgrad.experiments.tasks.base import OptimConfig, TaskConfig
+from latentgrad.experiments.tasks.base import OptimConfig, TaskConfig, adam
 
 LIKELIHOODS = ("mixed_dirichlet", "dirichlet")
 SOURCES = ("synthetic", "election")
@@ -325,7 +325,7 @@ class VotingRegression(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optim = self.cfg.optim
-        return torch.optim.Adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        return adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 def build_run(config: dict, run_dir: str | None) -> tuple[VotingRegression, VotingDataModule]:
