@@ -5,13 +5,13 @@
 # GPU, torch and each command's exit status and time, goes to
 # results/gpu/gpu_check_<UTC time>.txt; commit that file (results/gpu/).
 #
-#     benchmarks/gpu_check.sh            # PYTHON=... to pick the interpreter
+#     benchmarks/gpu_check.sh            # PYTHON=... to pick the interpreter (default python3)
 #
 # Each step has its own time limit (timeout), so a slow or hung step cannot eat the budget of
 # the others; the limits add up to 465 s.
 set -u
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}  # python3 holds torch on the device machines
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p results/gpu
 out="results/gpu/gpu_check_$(date -u +%Y%m%dT%H%M%SZ).txt"

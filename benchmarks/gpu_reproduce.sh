@@ -18,7 +18,7 @@
 # checkpoint in RUNS, and finished cells are never rerun.
 set -u
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python3 || command -v python)}  # python3 holds torch on the device machines
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PROFILE=${PROFILE:-faithful}
 LIMIT=${LIMIT:-480}
