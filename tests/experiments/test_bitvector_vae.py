@@ -39,8 +39,10 @@ def images(n: int = 3, seed: int = 1) -> torch.Tensor:
                          dtype=torch.uint8)
 
 
-def test_distortion_is_the_summed_pixel_cross_entropy() -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_distortion_is_the_summed_pixel_cross_entropy(fused: bool) -> None:
     model = small_model("sfe", 3)
+    model.cfg.model.fused_likelihood = fused  # both paths of the pixel likelihood
     x = images().long()
     z = torch.bernoulli(torch.full((3, 3), 0.5, dtype=torch.float64))
     got = model.distortion(x, z)
@@ -217,36 +219,3 @@ def test_paper_profile_is_the_defaults_and_faithful_only_shortens_and_validates_
     changed = {"max_epochs": 50, "check_val_every_n_epoch": 10}
     assert faithful["trainer"] == {**paper["trainer"], **changed}
     assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}
-
-
-def test_pixel_logits_is_the_shared_linear_layer_with_its_gradients() -> None:
-    """Values and gradients of pixel_logits equal nn.Linear's (float64, autograd's own backward
-    as the reference; gradcheck checks the custom backward against finite differences)."""
-    gen = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(5, 7).double()
-    h = torch.randn(40, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    grad = torch.randn(40, 7, dtype=torch.float64, generator=gen)
-    got = task.pixel_logits(h, layer)
-    want = layer(h)
-    torch.testing.assert_close(got, want)
-    params = (h, layer.weight, layer.bias)
-    got_grads = torch.autograd.grad(got, params, grad)
-    want_grads = torch.autograd.grad(want, params, grad)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w)
-    assert torch.autograd.gradcheck(
-        lambda h, w, b: task._PixelLogits.apply(h, w, b),
-        (h[:6].detach().requires_grad_(), layer.weight.detach().clone().requires_grad_(),
-         layer.bias.detach().clone().requires_grad_()),
-    )
-
-
-def test_pixel_logits_gives_only_the_gradients_asked_for() -> None:
-    layer = torch.nn.Linear(5, 7).double().requires_grad_(False)
-    h = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    (grad_h,) = torch.autograd.grad(task.pixel_logits(h, layer).sum(), h)
-    torch.testing.assert_close(grad_h, layer.weight.sum(0).expand(4, 5))
-    layer.requires_grad_(True)
-    task.pixel_logits(h.detach(), layer).sum().backward()
-    torch.testing.assert_close(layer.bias.grad, torch.full((7,), 4.0, dtype=torch.float64))
-    torch.testing.assert_close(layer.weight.grad, h.detach().sum(0).expand(7, 5))

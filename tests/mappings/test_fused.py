@@ -14,6 +14,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from latentgrad.mappings import entmax15, fused_kernels_active, sparsemax, use_fused_kernels
 
 fused = importlib.import_module("latentgrad.mappings._fused")
+compile_state = importlib.import_module("latentgrad._compile")._state
 MAPPINGS = {
     "sparsemax": (sparsemax, importlib.import_module("latentgrad.mappings._sparsemax")._FUSED,
                   lambda x: rowwise(sparsemax_sort_reference, x)),
@@ -27,13 +28,15 @@ pytestmark = pytest.mark.parametrize("name", list(MAPPINGS))
 def compiles() -> bool:
     """Whether ``torch.compile`` works on this machine (inductor needs a C++ compiler): the
     tests of the fused path itself skip where it does not, the fallback tests run anyway."""
-    saved = dict(fused._state)
-    fused._state.update(enabled=True, failed=False)
+    saved, saved_failed = dict(fused._state), dict(compile_state)
+    fused._state.update(enabled=True)
+    compile_state.update(failed=False)
     try:
         sparsemax(torch.randn(2, 150, dtype=torch.float64))
-        return not fused._state["failed"]
+        return not compile_state["failed"]
     finally:
         fused._state.update(saved)
+        compile_state.update(saved_failed)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +45,7 @@ def fused_on(monkeypatch, request, compiles):
     if not compiles and "fallback" not in request.node.name:
         pytest.skip("torch.compile does not work here (no C++ compiler?): the plain path answers")
     monkeypatch.setitem(fused._state, "enabled", True)
-    monkeypatch.setitem(fused._state, "failed", False)
+    monkeypatch.setitem(compile_state, "failed", False)
 
 
 def _run(fn, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, bool]:

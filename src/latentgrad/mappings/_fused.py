@@ -20,8 +20,8 @@ subset's threshold is below the row's), so that peaked rows need two or three fu
 
 Compiled with dynamic shapes, once per process, kernel and dtype (plus once more when row lengths
 both divisible and not divisible by 64 occur); inductor caches the generated code on disk. A
-failed compilation (no C++ compiler, say) switches the fused path off for the process, and the
-plain path answers.
+failed compilation (no C++ compiler, say; of these kernels or any other ``latentgrad._compile``
+kernel) switches the fused path off for the process, and the plain path answers.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
 
+from latentgrad._compile import Compiled, compilation_failed, transforms_active
 from latentgrad._validation import check_row_max
 from latentgrad.mappings._support import Maxima, row_maxima
 
@@ -52,7 +52,7 @@ def _enabled_by_environment() -> bool:
     return os.environ.get(ENV_VAR, "").strip() == "1"
 
 
-_state = {"enabled": _enabled_by_environment(), "failed": False}
+_state = {"enabled": _enabled_by_environment()}
 
 
 def use_fused_kernels(enabled: bool = True) -> bool:
@@ -80,7 +80,7 @@ def use_fused_kernels(enabled: bool = True) -> bool:
 
 def fused_kernels_active() -> bool:
     """Whether ``use_fused_kernels`` is on and no compilation has failed in this process."""
-    return _state["enabled"] and not _state["failed"]
+    return _state["enabled"] and not compilation_failed()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,38 +183,9 @@ def entmax15_vjp_kernel(w: Tensor, v: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Compilation, once per process, with the plain path as the fallback
+# The kernels compiled once per process (``latentgrad._compile``), with the plain path as the
+# fallback
 # ---------------------------------------------------------------------------------------------
-
-
-class _Compiled:
-    """``fn`` compiled on first use (dynamic shapes); ``None`` from ``__call__`` once any
-    compilation in this process has failed (which switches the fused path off)."""
-
-    def __init__(self, fn: Callable[..., object]) -> None:
-        self.fn = fn
-        self.compiled = None
-
-    def __call__(self, *args: Tensor) -> object:
-        if _state["failed"]:
-            return None
-        validate = Distribution._validate_args
-        try:
-            if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
-            return self.compiled(*args)
-        except Exception:  # no compiler, an unsupported platform: the plain path takes over
-            _state["failed"] = True
-            return None
-        finally:  # torch.compile's first use turns torch.distributions' validation off: undo
-            Distribution.set_default_validate_args(validate)
-
-
-def _transformed() -> bool:
-    """Whether a ``torch.func`` transform (vmap, jvp, grad, ...) is active: the plain path,
-    which supports them, runs then."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return active is not None and active()
 
 
 class FusedMapping:
@@ -228,8 +199,8 @@ class FusedMapping:
                  weights: Callable[[Tensor], Tensor],
                  eager_vjp: Callable[[Tensor, Tensor], Tensor],
                  plain: Callable[[Tensor, Maxima], Tensor], spread: float) -> None:
-        self.kernel = _Compiled(kernel)
-        self.vjp_kernel = _Compiled(vjp_kernel)
+        self.kernel = Compiled(kernel)
+        self.vjp_kernel = Compiled(vjp_kernel)
         self.weights = weights
         self.eager_vjp = eager_vjp
         self.plain = plain
@@ -241,7 +212,7 @@ class FusedMapping:
         return (fused_kernels_active() and rows.device.type == "cpu" and n >= 2
                 and FUSED_MIN_K <= k <= FUSED_MAX_K
                 and rows.dtype in (torch.float32, torch.float64)
-                and not torch.compiler.is_compiling() and not _transformed())
+                and not torch.compiler.is_compiling() and not transforms_active())
 
     def __call__(self, rows: Tensor, dim: int) -> Tensor | None:
         """The mapping of the (N, K) ``rows`` (autograd through ``rows``), or ``None`` if the

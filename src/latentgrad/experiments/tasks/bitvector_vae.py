@@ -62,7 +62,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from latentgrad.estimators.base import LossFn
 from latentgrad.experiments.config import build, require
@@ -74,6 +73,7 @@ from latentgrad.experiments.tasks.likelihood import (
     importance_log_likelihood,
     support_log_likelihood,
 )
+from latentgrad.experiments.tasks.pixel_likelihood import pixel_nll
 from latentgrad.structures.bitvector import BitVector
 
 PIXEL_VALUES = 256
@@ -95,42 +95,13 @@ LOG_PRIOR_SIZE = {"discrete": math.log(2), "sparse": math.log(2), "mixed": math.
                   "continuous": 0.0}
 
 
-class _PixelLogits(torch.autograd.Function):
-    """``F.linear(h, weight, bias)`` for ``h`` ``(N, r)`` with many rows and few columns (the
-    shared pixel layer: N = 784 × decodes, r = 5). Same forward; in the backward the weight
-    gradient ``Σ_n g_n h_nᵀ`` ``(out, r)`` is computed as ``(hᵀ g)ᵀ``, the same sum in another
-    order, where autograd's ``gᵀ h`` hits a slow CPU GEMM for r = 5 (132 vs 10 ms at N = 50,176,
-    256 outputs). The input and bias gradients are autograd's ``g W`` and ``Σ_n g_n``."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(h, weight)
-        return F.linear(h, weight, bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        h, weight = ctx.saved_tensors
-        needs_h, needs_weight, needs_bias = ctx.needs_input_grad
-        return (
-            grad @ weight if needs_h else None,
-            (h.T @ grad).T if needs_weight else None,
-            grad.sum(0) if needs_bias else None,
-        )
-
-
-def pixel_logits(h: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(h)`` for decoder features ``h`` ``(N, r)`` -> logits ``(N, out)``, with the
-    fast weight gradient of ``_PixelLogits``."""
-    return _PixelLogits.apply(h, layer.weight, layer.bias)
-
-
 @dataclass
 class ModelConfig:
     latent_bits: int = 32
     hidden: int = 128
     out_rank: int = 5
     sparsemap_shift: bool = True
+    fused_likelihood: bool = True
 
     def validate(self) -> None:
         for key in ("latent_bits", "hidden", "out_rank"):
@@ -187,9 +158,8 @@ class BitVectorVAE(SampledEvaluation):
 
     def distortion(self, x: Tensor, z: Tensor) -> Tensor:
         """``−log p(x|z)``: bytes ``x`` ``(N, 784)`` long, latents ``z`` ``(N, D)`` -> ``(N,)``."""
-        n = z.shape[0]
-        logits = pixel_logits(self.decoder(z).view(n * self.input_dim, self.out_rank), self.pixel)
-        return F.cross_entropy(logits, x.reshape(-1), reduction="none").view(n, -1).sum(-1)
+        features = self.decoder(z).view(z.shape[0], self.input_dim, self.out_rank)
+        return pixel_nll(features, x, self.pixel, fused=self.cfg.model.fused_likelihood)
 
     def loss_fn(self, x: Tensor) -> LossFn:
         """The estimator's ``loss_fn(z, rows)``: the distortion of image ``rows[n]`` at ``z[n]``."""
