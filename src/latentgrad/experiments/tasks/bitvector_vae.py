@@ -38,20 +38,25 @@ Binary Concrete from q in the Lebesgue measure. ``decoder_calls``: the estimator
 in the logs (``train/decoder_calls_median``, ``_q25``, ``_q75``); mixed runs also log
 ``exact_bits``, the fraction of sampled coordinates exactly 0 or 1.
 
+The pixel likelihood (``ℓ`` from the decoder features) runs through ``pixel_likelihood``: with
+``model.fused_likelihood`` (on by default, off in the ``tiny`` test profile) through CPU kernels
+that ``torch.compile`` generates and that never store the 784 × 256 logits of a decoder call,
+otherwise (and on other devices, or where compilation fails) through ``F.cross_entropy`` on the
+stored logits; the same values up to rounding, so a run with either differs only in the last bits.
+
 Compute at the protocol's scale (D = 32, SFE; one thread of a 2-vCPU AMD EPYC virtual machine
 with the other processes paused; ``latentgrad run bitvector_vae --estimator sfe profile=faithful
-trainer.max_steps=200 trainer.limit_eval_batches=1 importance.test_samples=256``): one decoder call
-scores 784 × 256 pixel logits, and that is the model's own cost. Training runs at 9.3 steps per
-second (3.7 before the shared pixel layer's weight gradient was computed as ``(hᵀ g)ᵀ``, see
-``_PixelLogits``, and before the CLI asked for transparent huge pages: the 51 MB logits and their
-gradients were faulted in page by page at every step), i.e. 93 s per epoch of 860 steps (the
-sparse methods make up to ~10–30 calls per image early in training, fewer later); an evaluation
-decoder call costs 0.65 ms (1.2 before), so validation with 16 samples on the 5,000 validation
-images takes about 52 s and the test NLL with 1,024 samples on the 10,000 test images about 1.9
-hours (10.3 million decoder calls). A run of the published protocol (100 epochs, validation after
-each) is about 6 CPU-hours with SFE (13 before). Profile ``faithful`` trains 50 of the 100 epochs
-and validates after every 10th: about 3.2 CPU-hours with SFE (6.6 before), more than half of it
-the test NLL.
+trainer.max_steps=300 trainer.limit_eval_batches=1 importance.test_samples=256``): one decoder
+call scores 784 × 256 pixel logits, and that is the model's own cost. Training runs at about 18
+steps per second (9.3 with the plain likelihood; 3.7 before the shared pixel layer's weight
+gradient was computed as ``(hᵀ g)ᵀ`` and before the CLI asked for transparent huge pages), i.e.
+48 s per epoch of 860 steps (the sparse methods make up to ~10–30 calls per image early in
+training, fewer later); an evaluation decoder call costs 0.21 ms (0.65 plain, 1.2 before), so
+validation with 16 samples on the 5,000 validation images takes about 17 s and the test NLL with
+1,024 samples on the 10,000 test images about 36 minutes (10.3 million decoder calls). A run of
+the published protocol (100 epochs, validation after each) is about 2.4 CPU-hours with SFE (6
+plain, 13 before). Profile ``faithful`` trains 50 of the 100 epochs and validates after every
+10th: about 1.3 CPU-hours with SFE (3.2 plain, 6.6 before), nearly half of it the test NLL.
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ class ModelConfig:
     hidden: int = 128
     out_rank: int = 5
     sparsemap_shift: bool = True
-    fused_likelihood: bool = True
+    fused_likelihood: bool = True  # the pixel likelihood's fused path (module docstring)
 
     def validate(self) -> None:
         for key in ("latent_bits", "hidden", "out_rank"):
