@@ -133,7 +133,8 @@ def _fused_nll(h: Tensor, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor | N
     """Per row NLL ``(M,)`` by ``nll_kernel`` (differentiable), or ``None`` if the kernel is
     unavailable."""
     h_rows, x_rows = _rows_dynamic(h.detach(), x)
-    found = _NLL(h_rows, weight.detach().T.contiguous(), bias.detach(), x_rows)
+    with torch.no_grad():  # one compilation for training and evaluation (grad mode is guarded)
+        found = _NLL(h_rows, weight.detach().T.contiguous(), bias.detach(), x_rows)
     if found is None:
         return None
     nll, lse = found
@@ -167,7 +168,8 @@ def _vjp(h: Tensor, weight: Tensor, bias: Tensor, x: Tensor, lse: Tensor,
     """``(∂h, ∂W, ∂b)`` of the per-row NLL with ``grad`` ``(M,)``: ``nll_vjp_kernel``, or the
     plain path's autograd should that kernel be unavailable."""
     h_rows, x_rows, lse_rows, grad_rows = _rows_dynamic(h, x, lse, grad.contiguous())
-    found = _NLL_VJP(h_rows, weight.T.contiguous(), bias, x_rows, lse_rows, grad_rows)
+    with torch.no_grad():
+        found = _NLL_VJP(h_rows, weight.T.contiguous(), bias, x_rows, lse_rows, grad_rows)
     if found is not None:
         grad_h, grad_wt, grad_b = found
         return grad_h, grad_wt.T, grad_b
