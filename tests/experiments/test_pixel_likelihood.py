@@ -188,6 +188,10 @@ def test_bad_input_is_rejected_with_the_argument_named(fused: bool) -> None:
         pl.pixel_nll(h, torch.where(x == x.max(), 256, x), layer, fused)
     with pytest.raises(ValueError, match="x must hold values in"):
         pl.pixel_nll(h, torch.where(x == x.max(), -1, x), layer, fused)
+    with pytest.raises(ValueError, match=r"x must hold values in \[0, 256\), got values from -3"):
+        pl.pixel_nll(h, torch.full((2, 4), -3, dtype=torch.int8), layer, fused)
+    torch.testing.assert_close(pl.pixel_nll(h, x.to(torch.uint8), layer, fused),
+                               pl.pixel_nll(h, x, layer, fused))  # bytes as they are stored
     with pytest.raises(TypeError, match="x must be an integer tensor"):
         pl.pixel_nll(h, x.double(), layer, fused)
     with pytest.raises(ValueError, match=r"x must have shape \(N, P\) = \(2, 4\)"):

@@ -76,7 +76,7 @@ def pixel_logits(h: Tensor, layer: nn.Linear) -> Tensor:
 
 
 def _logits(h: Tensor, wt: Tensor, b: Tensor) -> Tensor:
-    """``h W ᵀ + b`` ``(M, V)`` as r broadcast multiply-adds: a pointwise chain that inductor
+    """``h Wᵀ + b`` ``(M, V)`` as r broadcast multiply-adds: a pointwise chain that inductor
     recomputes inside each reduction reading it (with ``_INDUCTOR``), never a stored matrix."""
     out = b
     for k in range(wt.shape[0]):
@@ -208,8 +208,8 @@ def _check(h: Tensor, x: Tensor, layer: nn.Linear) -> None:
     if x.shape != h.shape[:2]:
         raise ValueError(f"x must have shape (N, P) = {tuple(h.shape[:2])} like h, got "
                          f"{tuple(x.shape)}")
-    if validation_enabled() and x.numel() > 0:
-        low, high = (v.item() for v in torch.aminmax(x))
-        if low < 0 or high >= layer.out_features:
-            raise ValueError(f"x must hold values in [0, {layer.out_features}), got values from "
-                             f"{low} to {high}")
+    if validation_enabled():
+        values = x.long()
+        if bool(((values < 0) | (values >= layer.out_features)).any()):
+            raise ValueError(f"x must hold values in [0, {layer.out_features}), got values "
+                             f"from {int(values.min())} to {int(values.max())}")
