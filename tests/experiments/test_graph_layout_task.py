@@ -90,9 +90,69 @@ def test_decoder_rollout_feeds_true_frames_every_prediction_steps(data_env: Path
     for t in range(3):
         cur = dec.step(cur, types)
         torch.testing.assert_close(rollout[:, :, t], cur)
-    two = dec(x, types, 2)  # true frames 0 and 2 start the rollouts
+    two = dec(x, types, 2)  # true frames 0 and 2 start the rollouts, the second one cut at T-1
+    assert two.shape == (3, TINY_N, 3, 2)
     torch.testing.assert_close(two[:, :, 2], dec.step(x[:, :, 2], types))
     torch.testing.assert_close(two[:, :, 1], dec.step(dec.step(x[:, :, 0], types), types))
+
+
+@pytest.mark.parametrize("estimator", ["tree_sst", "edges_st", "tree_sparsemap"])
+def test_validation_computes_the_same_metrics_without_the_map_readings(
+    estimator: str, data_env: Path
+) -> None:
+    model, data = tiny_model(estimator)
+    model.eval()
+    batch = tuple(t[:8] for t in data.sets["valid"].tensors)
+    torch.manual_seed(1)
+    full = model.evaluate(batch)
+    torch.manual_seed(1)
+    part = model.evaluate(batch, modes=False)
+    assert set(part) == {k for k in full if not k.endswith("_mode")}
+    for key, value in part.items():
+        torch.testing.assert_close(value, full[key])
+
+
+def per_edge(graph: task.Graph, h: Tensor, *extra: Tensor) -> Tensor:
+    """The concatenation ``cat[h_sender, h_receiver, *extra]`` of every directed edge."""
+    return torch.cat([h[:, graph.send], h[:, graph.recv], *extra], dim=-1)
+
+
+@pytest.mark.parametrize("with_extra", [False, True])
+def test_edge_linear_is_the_linear_map_of_the_concatenated_edge_features(with_extra: bool) -> None:
+    torch.manual_seed(0)
+    graph, n, f = task.Graph(4), 4, 3
+    h = torch.randn(2, n, f, dtype=torch.float64)
+    extra = (torch.randn(2, n * (n - 1), 5, dtype=torch.float64),) if with_extra else ()
+    linear = torch.nn.Linear(2 * f + 5 * with_extra, 6, dtype=torch.float64)
+    torch.testing.assert_close(
+        graph.edge_linear(linear, h, *extra), linear(per_edge(graph, h, *extra))
+    )
+
+
+def test_encoder_on_edges_equals_the_mlps_on_concatenated_edge_features() -> None:
+    """NRI's encoder as written in Kipf et al. (2018): each edge MLP reads the concatenation."""
+    torch.manual_seed(0)
+    graph = task.Graph(5)
+    enc = task.NRIEncoder(graph, 8, 7, 1).double()
+    x = torch.randn(3, 5, 4, 2, dtype=torch.float64)
+    for train in (True, False):
+        enc.train(train)
+        e = enc.mlp2(per_edge(graph, enc.mlp1(x.flatten(2))))
+        h = enc.mlp3(graph.to_nodes(e, mean=True))
+        want = enc.head(enc.mlp4(per_edge(graph, h, e)))
+        torch.testing.assert_close(enc(x), want)
+
+
+def test_decoder_messages_read_the_concatenated_positions_of_sender_and_receiver() -> None:
+    torch.manual_seed(0)
+    graph = task.Graph(4)
+    dec = task.NRIDecoder(graph, 6).double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64)
+    types = torch.rand(2, 12, 2, dtype=torch.float64)
+    pre = per_edge(graph, x)
+    msg = sum(net(pre) * types[..., k : k + 1] for k, net in enumerate(dec.messages))
+    want = x + dec.out(torch.cat([x, graph.to_nodes(msg, mean=False)], dim=-1))
+    torch.testing.assert_close(dec.step(x, types), want)
 
 
 def test_gibbs_kl_to_the_uniform_prior_matches_enumeration() -> None:
