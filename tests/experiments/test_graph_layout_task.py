@@ -112,6 +112,23 @@ def test_validation_computes_the_same_metrics_without_the_map_readings(
         torch.testing.assert_close(value, full[key])
 
 
+def test_nll_of_several_structures_per_example_is_decoded_in_blocks_of_the_batch(
+    data_env: Path,
+) -> None:
+    model, data = tiny_model("tree_sfe_multi")
+    model.double()
+    x = data.sets["train"].tensors[0][:4].double()
+    tree = SpanningTree(TINY_N)
+    scores = torch.randn(4, TINY_N, TINY_N, dtype=torch.float64)
+    rows = torch.arange(4).repeat(3)[:-1]  # 11 rows: 2 full blocks of 4 and one of 3
+    z = tree.sample(scores + scores.mT)[rows]
+    xs = x[rows]
+    pred = model.decoder(xs, model.edge_weights(z), 2)  # all rows in one pass
+    variance = model.cfg.model.variance
+    want = (pred - xs[:, :, 1:]).square().flatten(1).sum(-1) / (2 * variance * TINY_N)
+    torch.testing.assert_close(model.nll_fn(x, 2)(z, rows), want)
+
+
 def per_edge(graph: task.Graph, h: Tensor, *extra: Tensor) -> Tensor:
     """The concatenation ``cat[h_sender, h_receiver, *extra]`` of every directed edge."""
     return torch.cat([h[:, graph.send], h[:, graph.recv], *extra], dim=-1)

@@ -404,14 +404,24 @@ class GraphLayout(LatentTask):
     # ---- loss
 
     def nll_fn(self, x: Tensor, prediction_steps: int) -> LossFn:
-        """``loss_fn(z, rows)``: Gaussian NLL per vertex of the trajectories ``x[rows]``."""
+        """``loss_fn(z, rows)``: Gaussian NLL per vertex of the trajectories ``x[rows]``. Several
+        structures per example (score-function samples, SparseMAP's support) are decoded in
+        blocks of ``len(x)`` rows: one decoder pass over all of them would allocate every
+        activation that many times larger, past the size at which the allocator maps, faults in
+        and zeroes fresh pages on every call (the decoder treats rows independently)."""
         var = self.cfg.model.variance
 
-        def loss_fn(z: Tensor, rows: Tensor) -> Tensor:
+        def nll(z: Tensor, rows: Tensor) -> Tensor:
             xs = x[rows]
             pred = self.decoder(xs, self.edge_weights(z), prediction_steps)
             err = (pred - xs[:, :, 1:]).square().flatten(1).sum(-1)
             return err / (2 * var * self.n)
+
+        def loss_fn(z: Tensor, rows: Tensor) -> Tensor:
+            size = x.shape[0]
+            if rows.shape[0] <= size:
+                return nll(z, rows)
+            return torch.cat([nll(*block) for block in zip(z.split(size), rows.split(size))])
 
         return loss_fn
 
