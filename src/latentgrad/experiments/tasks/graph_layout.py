@@ -38,10 +38,11 @@ paper) or the final ones (``last``); ``metrics.json`` records ``best_step`` and
 Protocols (``configs/graph_layout.yaml``): ``paper`` (T = 10) and ``paper_t20`` are the
 published protocol, seed 42: 50,000 iterations of batch 128 at width 256, Adam 3e-4, τ = 5 (the
 paper then tuned lr and τ per structure by random search; box and trial count are unpublished).
-One training step of ``tree_sst`` at width 256 takes about 17 s on one thread of the shared
-2-core development CPU (about 240 CPU-hours per run) and a validation batch of 128 about 14 s,
-so the protocol needs a GPU. ``faithful`` and ``faithful_t20`` change only the length of the main
-phase: 5,000 of the 50,000 iterations (about 24 CPU-hours per run), one seed.
+One training step of ``tree_sst`` at width 256 takes 2.0-2.3 s on one quiet thread of the
+2-core development CPU (about 30-35 CPU-hours per ``paper`` run, validation included) and a
+validation batch of 128 0.7-0.8 s; the decoder's message MLPs are four fifths of the arithmetic.
+``faithful`` and ``faithful_t20`` change only the length of the main phase: 5,000 of the 50,000
+iterations (about 3-3.5 CPU-hours per run of a one-sample estimator), one seed.
 
 What to expect from one run: the decoder cannot learn the dynamics without the graph (given a
 random tree per example its one-step NLL stays at that of predicting no motion), and the encoder
