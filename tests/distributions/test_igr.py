@@ -600,3 +600,14 @@ def test_igr_sb_log_prob_is_finite_on_its_own_draws_at_any_temperature(dtype, ta
     torch.manual_seed(0)
     x = dist.rsample((8,))
     assert torch.isfinite(dist.log_prob(x)).all()
+
+
+def test_log_scale_is_checked_only_when_validating():
+    """A non-finite ``log_scale`` is refused with validation on and not read with it off (the
+    estimator passes ξ it has already checked)."""
+    loc, scale = torch.zeros(2, 3), torch.ones(2, 3)
+    bad = torch.full((2, 3), float("nan"))
+    with pytest.raises(ValueError, match="log_scale"):
+        IGR(loc, scale, 1.0, log_scale=bad, validate_args=True)
+    dist = IGR(loc, scale, 1.0, log_scale=torch.zeros(2, 3), validate_args=False)
+    assert not dist._validate_args

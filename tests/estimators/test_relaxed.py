@@ -399,3 +399,31 @@ def test_igr_closed_form_kl_uses_the_log_scale_where_its_exp_underflows(dtype, v
     want = 0.5 * ((2 * x).exp() + (m - m0).square() - 1 - 2 * x).sum(-1).mean()
     eps = torch.finfo(dtype).eps
     assert abs(float(out.logs["kl"]) - float(want)) <= 4 * eps * float(want)
+
+
+@pytest.mark.parametrize("variant", ["I", "SB", "planar"])
+def test_igr_estimator_does_not_validate_its_checked_scores_twice(variant, monkeypatch):
+    """The estimator checks its scores once (``_check``); the posterior and prior it builds from
+    them skip the distributions' argument checks, and the step is the same draw either way."""
+    from latentgrad.distributions import _params
+
+    kw = {"prior": (0.3, 1.5), "kl": "sampled"} if variant == "SB" else {"prior": "uniform",
+                                                                            "kl": "sampled"}
+    if variant == "planar":
+        kw["num_categories"] = 4
+    torch.manual_seed(0)
+    est = IGREstimator(variant, temperature=0.5, eps=0.05, **kw)
+    scores = torch.randn(5, 2, 2, 3, dtype=D, requires_grad=True)
+    checked: list[str] = []
+    real = _params._Independent.check
+    monkeypatch.setattr(_params._Independent, "check",
+                        lambda self, v: checked.append("param") or real(self, v))
+    torch.manual_seed(1)
+    out = est(scores, Recorder())
+    assert checked == []
+    monkeypatch.undo()
+    torch.manual_seed(1)
+    ref = est(scores, Recorder())  # same seed: the same draw, loss and gradient
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="NaN"):
+        est(torch.full((5, 2, 2, 3), float("nan"), dtype=D), Recorder())

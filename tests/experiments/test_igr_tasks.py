@@ -132,3 +132,20 @@ def test_paper_and_faithful_profiles_are_the_protocol_defaults(task: str) -> Non
         assert paper_seeds == ["5328", "5945", "8965", "49", "9337"]
         faithful_seeds = sweep_grid(task, "faithful", None, None)[1].split(",")
         assert faithful_seeds == paper_seeds[: len(faithful_seeds)]
+
+
+def test_igr_discrete_posterior_in_chunks_is_the_pmf_of_the_whole_batch(monkeypatch) -> None:
+    """``discrete_posterior`` evaluates IGR-I's zero-temperature pmf a few examples at a time; the
+    result is that of one call on the whole batch (rowwise, in float64), and a proper pmf."""
+    from latentgrad.distributions import IGR
+    from latentgrad.experiments.tasks import igr_vae
+
+    model = tiny_vae("igr_i", 1)
+    x = torch.bernoulli(torch.full((7, 6), 0.5), generator=torch.Generator().manual_seed(6))
+    scores = model.scores(x).detach()
+    monkeypatch.setattr(igr_vae, "PMF_CHUNK", 3)  # chunks of 3, 3 and 1 examples
+    q = model.discrete_posterior(scores)
+    tau = float(model.estimator.temperature())
+    whole = IGR(scores[..., 0, :].double(), scores[..., 1, :].double().exp(), tau)
+    torch.testing.assert_close(q, whole.zero_temperature_pmf(igr_vae.PMF_NODES).float())
+    torch.testing.assert_close(q.sum(-1), torch.ones(7, 2))

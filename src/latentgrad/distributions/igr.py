@@ -50,6 +50,7 @@ from ._params import (
     finite_positive,
     finite_positive_vector,
     finite_vector,
+    validating,
 )
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -214,7 +215,8 @@ class _IGRBase(CheckedDistribution):
         self._log_scale = None
         if log_scale is not None:
             check_tensor(log_scale, "log_scale")
-            check_finite(log_scale, "log_scale")
+            if validating(validate_args):
+                check_finite(log_scale, "log_scale")
             try:
                 fits = torch.broadcast_shapes(log_scale.shape, self.scale.shape) == self.scale.shape
             except RuntimeError:
@@ -371,7 +373,8 @@ class IGR(_IGRBase):
         delta: δ > 0, mass parameter of category K (softmax++).
         log_scale: optionally ``log σ``, shaped and typed like the broadcast ``scale``; the
             log-densities and KLs then use it instead of ``scale.log()``, exact where
-            ``σ = exp(log_scale)`` under- or overflows the dtype and was clamped (all variants).
+            ``σ = exp(log_scale)`` under- or overflows the dtype and was clamped (all variants);
+            checked finite when the distribution validates its arguments.
 
     ``event_shape = (K,)``. ``kl_divergence(IGR, IGR)`` is the exact Gaussian KL (same τ and δ
     required). ``zero_temperature_pmf`` gives the categorical distribution that samples approach
