@@ -187,6 +187,28 @@ def test_k64_runs_and_frequent_faces_match_their_probabilities():
     assert edge > 0.2 and abs(freq - edge) < 4 * math.sqrt(edge * (1 - edge) / n)
 
 
+def test_log_integrand_terms_are_g_and_its_derivatives_and_the_partial_calls_agree():
+    """g1, g2 match central differences of g in float64, and the Newton loops' partial calls
+    (no g, no g2) return the same g1 / g2 / g as the full call."""
+    gen = torch.Generator().manual_seed(3)
+    loc = torch.randn(4, 1, 6, generator=gen, dtype=D)
+    scale = torch.rand(4, 1, 6, generator=gen, dtype=D) + 0.3
+    outside = torch.rand(4, 1, 6, generator=gen) < 0.6
+    m, v = torch.randn(4, 1, generator=gen, dtype=D), torch.rand(4, 1, generator=gen, dtype=D) + 0.5
+    tau = torch.randn(4, 3, generator=gen, dtype=D)
+    args = (m, v, loc, scale, outside)
+    g, g1, g2 = gaussian_sparsemax._log_integrand_terms(tau, *args)
+    h = 1e-5
+    plus, minus = (gaussian_sparsemax._log_integrand_terms(tau + d, *args) for d in (h, -h))
+    torch.testing.assert_close(g1, (plus[0] - minus[0]) / (2 * h), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g2, (plus[1] - minus[1]) / (2 * h), rtol=1e-6, atol=1e-6)
+    none_g, g1_a, g2_a = gaussian_sparsemax._log_integrand_terms(tau, *args, value=False)
+    g_b, g1_b, none_g2 = gaussian_sparsemax._log_integrand_terms(tau, *args, curvature=False)
+    assert none_g is None and none_g2 is None
+    for got, want in ((g1_a, g1), (g2_a, g2), (g_b, g), (g1_b, g1)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_log_prob_gradients_match_finite_differences():
     mu = torch.tensor([[0.3, -0.4, 0.1, 0.2], [0.5, 0.0, -1.0, 0.3]], dtype=D, requires_grad=True)
     sigma = torch.tensor([0.7, 1.2, 0.4, 0.9], dtype=D, requires_grad=True)

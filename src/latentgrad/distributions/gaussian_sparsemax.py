@@ -77,20 +77,25 @@ _FACE_PIECES = 4  # sub-intervals of (0, 1) per free coordinate in the face rule
 _FACE_NODES = 16  # Gauss–Legendre nodes per sub-interval
 
 
-def _log_integrand_and_derivatives(tau: Tensor, m: Tensor, v: Tensor, loc: Tensor,
-                                   scale: Tensor, outside: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """g(τ) = −(τ − m)²/(2v) + Σ_N log Φ((τ − μ_j)/σ_j) and its first two derivatives.
+def _log_integrand_terms(tau: Tensor, m: Tensor, v: Tensor, loc: Tensor, scale: Tensor,
+                         outside: Tensor, value: bool = True, curvature: bool = True,
+                         ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """g(τ) = −(τ − m)²/(2v) + Σ_N log Φ((τ − μ_j)/σ_j) and its first two derivatives g1, g2.
 
-    tau: (*, p); m, v: (*, 1); loc, scale, outside: (*, 1, K). Returns three (*, p) tensors.
+    tau: (*, p); m, v: (*, 1); loc, scale, outside: (*, 1, K). Returns three (*, p) tensors; g
+    is None unless ``value``, g2 None unless ``curvature`` (the Newton loops need only two of the
+    three, and each costs a pass of special functions over (*, p, K)).
     """
     u = (tau.unsqueeze(-1) - loc) / scale
-    log_cdf = log_ndtr(u)
+    g = g2 = None
+    if value:
+        g = -0.5 * (tau - m) ** 2 / v + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
     # λ = φ/Φ = √(2/π) / erfcx(−u/√2), with no exp(−u²/2) / Φ(u) of two underflowing terms
     ratio = torch.where(outside, _SQRT_2_OVER_PI / torch.special.erfcx(-u * _SQRT_HALF), 0.0)
-    g = -0.5 * (tau - m) ** 2 / v + torch.where(outside, log_cdf, 0.0).sum(-1)
     g1 = -(tau - m) / v + (ratio / scale).sum(-1)
-    loss = torch.where(outside, _truncation_variance_loss(u, ratio), 0.0)
-    g2 = -1 / v - (loss / scale**2).sum(-1)
+    if curvature:
+        loss = torch.where(outside, _truncation_variance_loss(u, ratio), 0.0)
+        g2 = -1 / v - (loss / scale**2).sum(-1)
     return g, g1, g2
 
 
@@ -133,12 +138,12 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
         args = (m.detach(), v.detach(), loc.detach(), scale.detach(), outside)
         mode = args[0]
         for _ in range(_NEWTON_STEPS):
-            _, g1, g2 = _log_integrand_and_derivatives(mode, *args)
+            _, g1, g2 = _log_integrand_terms(mode, *args, value=False)
             step = g1 / g2
             mode = torch.where(torch.isfinite(step), mode - step, mode)
             if early and not bool((step.abs() > _TOL * torch.sqrt(-1 / g2)).any()):
                 break
-        top, _, g2 = _log_integrand_and_derivatives(mode, *args)
+        top, _, g2 = _log_integrand_terms(mode, *args)
         sign = torch.arange(2, dtype=m.dtype, device=m.device) * 2 - 1  # (-1, 1)
         # g ≤ top − (τ − τ̂)²/(2v) (the Gaussian factor makes g 1/v-strongly concave), so the drop
         # points lie within `reach` of the mode: the iterates are kept there, which also holds
@@ -146,7 +151,7 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
         reach = torch.sqrt(2 * _DROP * args[1])
         ends = mode + torch.minimum(torch.sqrt(-1 / g2), reach) * sign
         for _ in range(_NEWTON_STEPS):
-            g, g1, _ = _log_integrand_and_derivatives(ends, *args)
+            g, g1, _ = _log_integrand_terms(ends, *args, curvature=False)
             moved = ends - (g - top + _DROP) / g1
             offset = (moved - mode) * sign  # > 0 on the correct side of the mode
             offset = torch.where(torch.isfinite(offset) & (offset > 0), offset, reach)
