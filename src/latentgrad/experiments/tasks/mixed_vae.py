@@ -39,14 +39,15 @@ Mixed Dirichlet: exact face part ``rate_face`` plus the within-face part ``rate_
 sparsemax(μ), or the most probable value), ``neg_elbo`` = rate + distortion, ``nll_bpd`` = nll /
 (784 ln 2).
 
-Compute at the protocol's scale (K = 10, Mixed Dirichlet, CPU time of one thread on a shared
-2-core development machine, so on the slow side): 45 ms per training step, 25 s per epoch of
-550 steps; validation (100 importance samples on the 5,000 validation images, 500,000 decoder
-calls) 13.5 s, i.e. 55% on top of every epoch; the test NLL (1,000 samples on the 10,000 test
-images) about 4.5 minutes. A run of the published protocol (500 epochs, validation after each) is
-about 5.4 CPU-hours, the 6 models × 5 seeds about 160. Profile ``faithful`` keeps all 500 epochs
-and validates after every 10th (validation selects nothing here, so only the curves change):
-about 3.7 CPU-hours per run, and fewer seeds.
+Compute at the protocol's scale (K = 10, one CPU thread of the shared 2-core development machine,
+other runs paused; docs/guide/tasks/mixed_vae.md has the table): a training step takes 15–17 ms
+for ``gaussian``, ``dirichlet`` and ``st_gumbel``, 29 ms for ``mixed_dirichlet`` (its self-critic
+baseline decodes a second sample) and ``gaussian_sparsemax`` (its exact ``log_prob``), 64 ms for
+``softmax`` (K decoder calls), plus 3–5 ms of Lightning and loader; the bare networks are 55–75%
+of a step (softmax: all). The test NLL (1,000 samples on the 10,000 test images) takes about 4.5
+minutes (``gaussian_sparsemax``: about 12, its density), validation 13.5 s a pass (35 s). Profile
+``faithful`` keeps all 500 epochs and validates after every 10th (validation selects nothing
+here, so only the curves change): 1.5–5.2 CPU-hours per run, about 16 for one seed of the six.
 """
 
 from __future__ import annotations
