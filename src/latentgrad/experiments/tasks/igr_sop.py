@@ -17,8 +17,9 @@ Loss: ``−log p(x_low | z)`` at one relaxed sample per example (S = 1). Adam wi
 Test: ``nll`` = ``−log (1/S) Σ_s p(x_low | h_s)`` with S = ``model.eval_samples`` hard samples
 (h = the argmax one-hot of each layer's draw, propagated to the next layer), in nats per image.
 
-Cost (one CPU thread, CPU time through the runner): 13–15.5 ms per training step of batch 100
-(IGR-I 13, IGR-Planar 15.5, Gumbel 15.5), so a run of 93,700 steps takes 0.35–0.42 CPU-hours,
+Cost (one CPU thread, CPU time through the runner): 12–17 ms per training step of batch 100
+(IGR-I 12, IGR-Planar 15.5–17, Gumbel 15.5 or less), so a run of 93,700 steps takes 0.33–0.47
+CPU-hours,
 testing on 10,000 images with 100 hard samples each about 1.2 minutes more.
 """
 

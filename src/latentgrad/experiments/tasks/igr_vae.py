@@ -41,10 +41,10 @@ Test metrics (nats per image; hard samples are the one-hot ``argmax ψ`` of S =
 - ``vertex_distance``: mean Euclidean distance of a relaxed posterior draw to its nearest vertex;
   ``categories`` (IGR-SB): categories kept by the truncation.
 
-Cost (one CPU thread, CPU time through the runner): 18–21 ms per training step of batch 100
-(IGR-I 18, IGR-Planar and Gumbel 20.5; IGR-SB 33 ms, its K_max = 50 makes the encoder's head and
-the decoder's input 5x wider), so a 300-epoch run of 180,000 steps takes 0.95–1.1 CPU-hours
-(IGR-SB 1.7), testing on 10,000 images with 100 samples each 1–3.5 minutes more.
+Cost (one CPU thread, CPU time through the runner): 16–18 ms per training step of batch 100
+(IGR-I 16, Gumbel 17, IGR-Planar 18; IGR-SB 30 ms, its K_max = 50 makes the encoder's head and
+the decoder's input 5x wider), so a 300-epoch run of 180,000 steps takes 0.85–0.95 CPU-hours
+(IGR-SB 1.55), testing on 10,000 images with 100 samples each 1–3.5 minutes more.
 """
 
 from __future__ import annotations
