@@ -202,14 +202,19 @@ def test_bad_input_is_rejected_with_the_argument_named(fused: bool) -> None:
         pl.pixel_nll(x, x, layer, fused)
 
 
+def _pixel_logits(h: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    """The plain path's logits ``layer(h)`` through ``_PixelLogits`` (its custom backward)."""
+    return pl._PixelLogits.apply(h, layer.weight, layer.bias)
+
+
 def test_pixel_logits_is_the_shared_linear_layer_with_its_gradients() -> None:
-    """Values and gradients of pixel_logits equal nn.Linear's (float64, autograd's own backward
+    """Values and gradients of _PixelLogits equal nn.Linear's (float64, autograd's own backward
     as the reference; gradcheck checks the custom backward against finite differences)."""
     gen = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(5, 7).double()
     h = torch.randn(40, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     grad = torch.randn(40, 7, dtype=torch.float64, generator=gen)
-    got = pl.pixel_logits(h, layer)
+    got = _pixel_logits(h, layer)
     want = layer(h)
     torch.testing.assert_close(got, want)
     params = (h, layer.weight, layer.bias)
@@ -227,9 +232,9 @@ def test_pixel_logits_is_the_shared_linear_layer_with_its_gradients() -> None:
 def test_pixel_logits_gives_only_the_gradients_asked_for() -> None:
     layer = torch.nn.Linear(5, 7).double().requires_grad_(False)
     h = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    (grad_h,) = torch.autograd.grad(pl.pixel_logits(h, layer).sum(), h)
+    (grad_h,) = torch.autograd.grad(_pixel_logits(h, layer).sum(), h)
     torch.testing.assert_close(grad_h, layer.weight.sum(0).expand(4, 5))
     layer.requires_grad_(True)
-    pl.pixel_logits(h.detach(), layer).sum().backward()
+    _pixel_logits(h.detach(), layer).sum().backward()
     torch.testing.assert_close(layer.bias.grad, torch.full((7,), 4.0, dtype=torch.float64))
     torch.testing.assert_close(layer.weight.grad, h.detach().sum(0).expand(7, 5))

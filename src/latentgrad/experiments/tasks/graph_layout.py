@@ -192,7 +192,7 @@ class NRIMLP(nn.Module):
 
     def after_first(self, a: Tensor) -> Tensor:
         """The layers after the first linear one, given its output ``a`` ``(..., hidden)``."""
-        h = self.net[3](self.net[2](self.net[1](a)))
+        h = self.net[1:](a)
         return self.norm(h.reshape(-1, h.shape[-1])).reshape(h.shape)
 
 

@@ -64,12 +64,6 @@ class _PixelLogits(torch.autograd.Function):
         )
 
 
-def pixel_logits(h: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(h)`` for decoder features ``h`` ``(N, r)`` -> logits ``(N, out)``, with the
-    fast weight gradient of ``_PixelLogits``."""
-    return _PixelLogits.apply(h, layer.weight, layer.bias)
-
-
 # ---------------------------------------------------------------------------------------------
 # The fused kernels: rows h (M, r), the layer as wt = Wᵀ (r, V) and b (V,), targets x (M,)
 # ---------------------------------------------------------------------------------------------
