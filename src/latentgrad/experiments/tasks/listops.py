@@ -23,11 +23,12 @@ tokens; an arborescence has as many arcs as the gold tree, so both are equal for
 Protocols (``configs/listops.yaml``): the paper's code and sizes were never published; profile
 ``paper`` is the documented setup of a later paper reusing it (90,000/10,000/10,000 expressions,
 width 128, 10 epochs of batch 100, Adam 1e-3, seeds 0-4). Measured on one quiet thread of the
-2-vCPU development CPU: 0.4 s per training step of ``tree_sst`` (0.7 s for the tree estimators
-that sample exactly, 1.1 s for NVIL), about a minute per validation pass over 10,000
-expressions, so one run is 1.2–3 CPU-hours and the protocol's 35 runs (7 estimators, 5 seeds)
-about 60. Profile ``faithful`` changes only the length: 2 of the 10 epochs (0.25–0.7 CPU-hours
-per run), with one seed (``--seeds 0``) instead of five.
+2-vCPU development CPU: 0.4 s per training step of ``tree_sst`` and of ``tree_nvil`` (its exact
+Gibbs sampler about 0.08 s of it), 0.6–0.7 s for ``tree_st`` and ``tree_sfe_*`` (the
+Chu–Liu/Edmonds argmax of the perturbed scores about 0.27 s of it), about a minute per
+validation pass over 10,000 expressions, so one run is 1.2–2 CPU-hours and the protocol's 35
+runs (7 estimators, 5 seeds) about 55. Profile ``faithful`` changes only the length: 2 of the 10
+epochs (0.25–0.4 CPU-hours per run), with one seed (``--seeds 0``) instead of five.
 """
 
 from __future__ import annotations
