@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from torch import Tensor
 from torch.distributions import kl_divergence
 
 from latentgrad.distributions.faces import MaxEntropyFaces, NonEmptyFaces
@@ -262,3 +263,56 @@ def test_maxent_handles_any_bit_precision(bits):
         torch.testing.assert_close(prior.log_prob(faces).exp(), expected)
     else:  # N huge: all mass on the full face
         assert prior.size_log_pmf().exp()[-1] == 1.0
+
+
+def _gibbs_terms(d: NonEmptyFaces, faces: Tensor) -> list[Tensor]:
+    prior = MaxEntropyFaces(d.num_categories, form="maxent-reference", dtype=d.scores.dtype)
+    other = NonEmptyFaces(torch.zeros_like(d.scores))
+    return [d.log_prob(faces), d.entropy(), kl_divergence(d, prior), kl_divergence(d, other),
+            d.size_log_pmf(), d.marginals(), d.log_prob_nonempty()]
+
+
+def test_gibbs_shared_terms_are_computed_once_and_equal_a_fresh_instance(monkeypatch):
+    torch.manual_seed(0)
+    scores = torch.randn(3, 5, dtype=torch.float64)
+    faces = NonEmptyFaces(scores).sample((4,))
+    calls = []
+    logits = NonEmptyFaces._logits
+    monkeypatch.setattr(NonEmptyFaces, "_logits", lambda self: calls.append(self) or logits(self))
+    d = NonEmptyFaces(scores)
+    d.sample((2,))
+    first = _gibbs_terms(d, faces)
+    again = _gibbs_terms(d, faces)
+    assert sum(c is d for c in calls) == 2  # the bits' log-probabilities and the entropy, once
+    monkeypatch.undo()
+    for cached, repeated, fresh in zip(first, again, _gibbs_terms(NonEmptyFaces(scores), faces)):
+        assert torch.equal(cached, repeated)
+        torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
+
+
+def test_gibbs_cache_keeps_the_graph_even_when_first_used_without_grad():
+    torch.manual_seed(1)
+    scores = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    faces = NonEmptyFaces(scores.detach()).sample((3,))
+    d = NonEmptyFaces(scores)
+    with torch.no_grad():
+        d.sample()  # fills the cache inside no_grad
+        d.entropy()
+    total = sum(t.sum() for t in _gibbs_terms(d, faces))
+    (grad,) = torch.autograd.grad(total, scores)
+    # reference: every term from its own instance, nothing shared
+    terms = [_gibbs_terms(NonEmptyFaces(scores), faces)[i].sum() for i in range(7)]
+    (expected,) = torch.autograd.grad(sum(terms), scores)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gibbs_expand_after_use_is_consistent_with_the_cache():
+    torch.manual_seed(2)
+    scores = torch.randn(1, 5, dtype=torch.float64)
+    d = NonEmptyFaces(scores)
+    entropy, faces = d.entropy(), d.sample((2,))
+    wide = d.expand((3,))
+    torch.testing.assert_close(wide.entropy(), entropy.expand(3), rtol=0, atol=0)
+    torch.testing.assert_close(wide.log_prob(faces.expand(2, 3, 5)),
+                               d.log_prob(faces).expand(2, 3), rtol=0, atol=0)
+    assert wide._log_pi()[0].shape == (3, 5)

@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 from torch.distributions import constraints, register_kl
+from torch.distributions.utils import lazy_property
 from torch.nn import functional as F
 from torch.nn.functional import logsigmoid
 
@@ -79,6 +80,14 @@ class NonEmptyFaces(CheckedDistribution):
 
     Event shape (K,); values are 0/1 vectors (float, or bool/int). Sampling has no pathwise
     gradient.
+
+    The parameters of a distribution are fixed, so ``log π``, ``log(1 − π)``, the first-bit terms,
+    log(1 − P_∅) and the entropy are computed once per instance, on first use (a training step
+    asks for them about ten times: sampling, ``log_prob``, entropy, KL), always with autograd on:
+    the cached tensors keep their graph to ``scores``, which is shared by every result that uses
+    them, as with torch's lazily computed ``probs``/``logits``. Hence a second ``backward``
+    through results of the same instance needs ``retain_graph=True`` on the first (or a new
+    instance); ``expand`` returns an instance that computes its own.
     """
 
     arg_constraints: ClassVar[dict] = {"scores": finite_vector}
@@ -110,19 +119,25 @@ class NonEmptyFaces(CheckedDistribution):
         return 2 * self.scores.clamp(-big, big)
 
     def _log_pi(self) -> tuple[Tensor, Tensor]:
-        """log π_k and log(1 − π_k), each (*batch, K)."""
+        """log π_k and log(1 − π_k), each (*batch, K) (cached, ``_log_bits``)."""
+        return self._log_bits
+
+    @lazy_property
+    def _log_bits(self) -> tuple[Tensor, Tensor]:
         u = self._logits()
         return logsigmoid(u), logsigmoid(-u)
 
+    @lazy_property
     def _log_none_before(self) -> Tensor:
         """``Σ_{j<k} log(1 − π_j)`` (*batch, K): the log-probability that no bit before k is on."""
         _, log_off = self._log_pi()
         return torch.cat([torch.zeros_like(log_off[..., :1]), log_off[..., :-1]], -1).cumsum(-1)
 
+    @lazy_property
     def _log_first(self) -> Tensor:
         """log P(first active bit = k) for the unconditioned bits, (*batch, K):
         ``log π_k + Σ_{j<k} log(1 − π_j)``."""
-        return self._log_pi()[0] + self._log_none_before()
+        return self._log_pi()[0] + self._log_none_before
 
     def log_prob_empty(self) -> Tensor:
         """log P_∅ (*batch,): probability that the unconditioned independent bits are all off."""
@@ -130,20 +145,21 @@ class NonEmptyFaces(CheckedDistribution):
 
     def log_prob_nonempty(self) -> Tensor:
         """log(1 − P_∅) (*batch,) = logsumexp_k log P(first active bit = k) (no cancellation)."""
-        return torch.logsumexp(self._log_first(), -1)
+        return torch.logsumexp(self._log_first, -1)
 
+    @lazy_property
     def _log_nonempty_parts(self) -> tuple[Tensor, Tensor]:
         """``(M, rest)`` (*batch,) with ``log(1 − P_∅) = M + rest``: M the largest ``log_first``
         and ``rest = log Σ_k exp(log_first_k − M)`` in [0, log K]. When every score is very
         negative M ≈ 2 max s is large and rest is not: callers subtract M from similar terms."""
-        log_first = self._log_first()
+        log_first = self._log_first
         top = log_first.amax(-1, keepdim=True)
         return top.squeeze(-1), (log_first - top).exp().sum(-1).log()
 
     def _minus_log_nonempty(self, x: Tensor) -> Tensor:
         """``x − log(1 − P_∅)`` for log-probabilities ``x`` (*batch, n) of the unconditioned bits,
         as ``(x − M) − rest``: only the gap of the two large terms is rounded."""
-        top, rest = self._log_nonempty_parts()
+        top, rest = self._log_nonempty_parts
         return (x - top.unsqueeze(-1)) - rest.unsqueeze(-1)
 
     def log_partition(self) -> Tensor:
@@ -183,8 +199,12 @@ class NonEmptyFaces(CheckedDistribution):
     def entropy(self) -> Tensor:
         """H(P_F) (*batch,), exact in O(K): with k* the first active bit,
         H = H(k*) + Σ_k P(k* = k) Σ_{j>k} h(π_j) (bits after k* are independent); ≥ 0 (rounding
-        clamped), exactly 0 at K = 1 (one face)."""
-        log_q = self._minus_log_nonempty(self._log_first())
+        clamped), exactly 0 at K = 1 (one face). Cached (class docstring)."""
+        return self._entropy
+
+    @lazy_property
+    def _entropy(self) -> Tensor:
+        log_q = self._minus_log_nonempty(self._log_first)
         log_q = log_q.clamp_min(torch.finfo(log_q.dtype).min)  # q log q = 0 where q = 0
         q = log_q.exp()
         a = self._logits().abs()
@@ -201,7 +221,7 @@ class NonEmptyFaces(CheckedDistribution):
     def _extra_size(self) -> Tensor:
         """E|f| − 1 (*batch,) = Σ_k m_k (1 − Π_{j<k} (1 − π_j)): non-negative terms, accurate when
         the faces are almost surely vertices (Σ_k m_k − 1 would round to 0 ± eps)."""
-        return (self.marginals() * -torch.expm1(self._log_none_before())).sum(-1)
+        return (self.marginals() * -torch.expm1(self._log_none_before)).sum(-1)
 
     def size_log_pmf(self) -> Tensor:
         """log P(|f| = n) for n = 1..K, shape (*batch, K) (entry n − 1 is size n).
@@ -226,7 +246,7 @@ class NonEmptyFaces(CheckedDistribution):
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             log_on, _ = self._log_pi()
-            log_first = self._log_first()
+            log_first = self._log_first
             first = (log_first.expand(shape) + gumbel(shape, log_on)).argmax(-1, keepdim=True)
             idx = torch.arange(shape[-1], device=log_on.device)
             later = torch.rand(shape, dtype=log_on.dtype, device=log_on.device) < log_on.exp()
@@ -242,7 +262,7 @@ def _gibbs_cross_entropy(marginals: Tensor, extra_size: Tensor, q: NonEmptyFaces
     terms, leaving ``−M (E|f| − 1)``: no two large terms cancel when every t_k is very negative
     (``extra_size`` must then be accurate in absolute terms, not as Σ m_k − 1)."""
     log_on, log_off = q._log_pi()
-    top, rest = q._log_nonempty_parts()
+    top, rest = q._log_nonempty_parts
     bits = -(marginals * (log_on - top.unsqueeze(-1)) + (1 - marginals) * log_off).sum(-1)
     return bits - top * extra_size + rest
 
@@ -358,7 +378,7 @@ def _kl_gibbs_gibbs(p: NonEmptyFaces, q: NonEmptyFaces) -> Tensor:
     (on_p, off_p), (on_q, off_q) = p._log_pi(), q._log_pi()
     m = p.marginals()
     bits = (m * (on_p - on_q) + (1 - m) * (off_p - off_q)).sum(-1)
-    (top_p, rest_p), (top_q, rest_q) = p._log_nonempty_parts(), q._log_nonempty_parts()
+    (top_p, rest_p), (top_q, rest_q) = p._log_nonempty_parts, q._log_nonempty_parts
     kl = bits - (top_p - top_q) - (rest_p - rest_q)
     return _nonnegative(kl, one_point=p.num_categories == 1)
 
