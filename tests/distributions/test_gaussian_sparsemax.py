@@ -407,3 +407,30 @@ def test_log_prob_is_float32_accurate_at_large_locations(newton_loops):
         got, want = dist.log_prob(x).double(), dist64.log_prob(x.double())
         eps = torch.finfo(torch.float32).eps
         assert ((got - want).abs() <= 16 * eps * (1 + want.abs())).all()
+
+
+def test_newton_stops_when_a_float32_step_rounds_away(monkeypatch):
+    """A float32 row (from a trained MNIST encoder) whose mode step, 1.02x the tolerance, is below
+    half an ulp of the mode: the iterate cannot move, so the loop stops instead of repeating the
+    step to its cap, with the density of the fixed-step loop and of float64."""
+    loc = torch.tensor([5.94935560, -6.26496553, 10.8056641, -1.94994044, 7.84676981, -4.43515873,
+                        -6.48718405, -4.59887600, -5.00494671, -6.57005596])
+    scale = torch.tensor([13.7473774, 0.0512450151, 16.4926109, 0.236047670, 10.7292299,
+                          0.119609311, 0.0694433600, 0.0233423766, 1.51521015, 0.0399491973])
+    y = torch.tensor([0.666290045, 0, 0, 0.333709955, 0, 0, 0, 0, 0, 0])
+    calls = []
+    terms = gaussian_sparsemax._log_integrand_terms
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("value", True))
+        return terms(*args, **kwargs)
+
+    monkeypatch.setattr(gaussian_sparsemax, "_log_integrand_terms", counted)
+    got = GaussianSparsemax(loc, scale).log_prob(y)
+    assert calls.count(False) < gaussian_sparsemax._NEWTON_STEPS // 2  # mode steps
+    monkeypatch.setattr(gaussian_sparsemax, "_stops_early", lambda x: False)
+    all_steps = GaussianSparsemax(loc, scale).log_prob(y)
+    want = GaussianSparsemax(loc.double(), scale.double()).log_prob(y.double())
+    eps = torch.finfo(torch.float32).eps
+    assert abs(got.item() - all_steps.item()) <= 8 * eps * (1 + abs(all_steps.item()))
+    assert abs(got.item() - want.item()) <= 64 * eps * (1 + abs(want.item()))

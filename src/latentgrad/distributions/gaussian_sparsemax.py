@@ -37,8 +37,9 @@ Sampling and the density keep fixed shapes, so a training step needs no host-dev
 synchronisation (validation off): ``rsample`` finds the sparsemax threshold by sorting whole rows,
 the quadrature runs on every row (rows it does not need take the closed forms by ``where``), and
 the Newton loops stop at convergence only on the CPU, where reading a tensor costs no
-synchronisation; on accelerators and under ``torch.compile`` they run their fixed number of
-steps.
+synchronisation (converged: every row within tolerance or with an iterate that no longer moves,
+which in float32 saves a quarter of the MNIST VAE's steps from running to the cap); on
+accelerators and under ``torch.compile`` they run their fixed number of steps.
 """
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
         for _ in range(_NEWTON_STEPS):
             _, g1, g2 = _log_integrand_terms(mode, *args, value=False)
             step = g1 / g2
-            mode = torch.where(torch.isfinite(step), mode - step, mode)
-            if early and not bool((step.abs() > _TOL * torch.sqrt(-1 / g2)).any()):
+            mode, previous = torch.where(torch.isfinite(step), mode - step, mode), mode
+            # a row above the tolerance whose step is below half an ulp of τ̂ (float32) stays
+            # where it is and would repeat that step to the cap: only rows that move count
+            if early and not bool(((step.abs() > _TOL * torch.sqrt(-1 / g2))
+                                   & (mode != previous)).any()):
                 break
         top, _, g2 = _log_integrand_terms(mode, *args)
         sign = torch.arange(2, dtype=m.dtype, device=m.device) * 2 - 1  # (-1, 1)
@@ -152,11 +156,13 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
         ends = mode + torch.minimum(torch.sqrt(-1 / g2), reach) * sign
         for _ in range(_NEWTON_STEPS):
             g, g1, _ = _log_integrand_terms(ends, *args, curvature=False)
-            moved = ends - (g - top + _DROP) / g1
+            gap = g - top + _DROP
+            moved = ends - gap / g1
             offset = (moved - mode) * sign  # > 0 on the correct side of the mode
             offset = torch.where(torch.isfinite(offset) & (offset > 0), offset, reach)
-            ends = mode + offset.clamp(max=reach) * sign
-            if early and not bool(((g - top + _DROP).abs() > 1).any()):  # within a nat
+            ends, previous = mode + offset.clamp(max=reach) * sign, ends
+            # within a nat, or (as above) an iterate that no longer moves
+            if early and not bool(((gap.abs() > 1) & (ends != previous)).any()):
                 break
     x, w = gauss_legendre(n_nodes, m)
     left, right = ends[..., :1], ends[..., 1:]
