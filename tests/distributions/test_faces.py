@@ -315,4 +315,4 @@ def test_gibbs_expand_after_use_is_consistent_with_the_cache():
     torch.testing.assert_close(wide.entropy(), entropy.expand(3), rtol=0, atol=0)
     torch.testing.assert_close(wide.log_prob(faces.expand(2, 3, 5)),
                                d.log_prob(faces).expand(2, 3), rtol=0, atol=0)
-    assert wide._log_pi()[0].shape == (3, 5)
+    assert wide._log_pi[0].shape == (3, 5)

@@ -118,30 +118,27 @@ class NonEmptyFaces(CheckedDistribution):
         big = torch.finfo(self.scores.dtype).max / 4
         return 2 * self.scores.clamp(-big, big)
 
-    def _log_pi(self) -> tuple[Tensor, Tensor]:
-        """log π_k and log(1 − π_k), each (*batch, K) (cached, ``_log_bits``)."""
-        return self._log_bits
-
     @lazy_property
-    def _log_bits(self) -> tuple[Tensor, Tensor]:
+    def _log_pi(self) -> tuple[Tensor, Tensor]:
+        """log π_k and log(1 − π_k), each (*batch, K)."""
         u = self._logits()
         return logsigmoid(u), logsigmoid(-u)
 
     @lazy_property
     def _log_none_before(self) -> Tensor:
         """``Σ_{j<k} log(1 − π_j)`` (*batch, K): the log-probability that no bit before k is on."""
-        _, log_off = self._log_pi()
+        _, log_off = self._log_pi
         return torch.cat([torch.zeros_like(log_off[..., :1]), log_off[..., :-1]], -1).cumsum(-1)
 
     @lazy_property
     def _log_first(self) -> Tensor:
         """log P(first active bit = k) for the unconditioned bits, (*batch, K):
         ``log π_k + Σ_{j<k} log(1 − π_j)``."""
-        return self._log_pi()[0] + self._log_none_before
+        return self._log_pi[0] + self._log_none_before
 
     def log_prob_empty(self) -> Tensor:
         """log P_∅ (*batch,): probability that the unconditioned independent bits are all off."""
-        return self._log_pi()[1].sum(-1)
+        return self._log_pi[1].sum(-1)
 
     def log_prob_nonempty(self) -> Tensor:
         """log(1 − P_∅) (*batch,) = logsumexp_k log P(first active bit = k) (no cancellation)."""
@@ -169,7 +166,7 @@ class NonEmptyFaces(CheckedDistribution):
 
     def log_marginals(self) -> Tensor:
         """log P(f_k = 1) (*batch, K) = log π_k − log(1 − P_∅)."""
-        return self._minus_log_nonempty(self._log_pi()[0])
+        return self._minus_log_nonempty(self._log_pi[0])
 
     def marginals(self) -> Tensor:
         """P(f_k = 1) (*batch, K)."""
@@ -192,7 +189,7 @@ class NonEmptyFaces(CheckedDistribution):
         """log P(f) = Σ_k log P(bit k = f_k) − log(1 − P_∅): (*sample, *batch, K) -> (*sample,
         *batch)."""
         on = checked_value(self, value) == 1
-        log_on, log_off = self._log_pi()
+        log_on, log_off = self._log_pi
         log_bits = torch.where(on, log_on, log_off).sum(-1, keepdim=True)
         return self._minus_log_nonempty(log_bits).squeeze(-1)
 
@@ -229,7 +226,7 @@ class NonEmptyFaces(CheckedDistribution):
         Poisson-binomial DP over the independent bits in log space, O(K²), then conditioned on
         f ≠ 0 (divided by 1 − P_∅).
         """
-        log_on, log_off = self._log_pi()
+        log_on, log_off = self._log_pi
         dp = torch.cat([log_off[..., :1], log_on[..., :1]], -1)
         for k in range(1, self.num_categories):
             on, off = log_on[..., k : k + 1], log_off[..., k : k + 1]
@@ -245,7 +242,7 @@ class NonEmptyFaces(CheckedDistribution):
         """
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
-            log_on, _ = self._log_pi()
+            log_on, _ = self._log_pi
             log_first = self._log_first
             first = (log_first.expand(shape) + gumbel(shape, log_on)).argmax(-1, keepdim=True)
             idx = torch.arange(shape[-1], device=log_on.device)
@@ -261,7 +258,7 @@ def _gibbs_cross_entropy(marginals: Tensor, extra_size: Tensor, q: NonEmptyFaces
     ``log(1 − Q_∅) = M + log Σ_k exp(log_first_k − M)``, M is folded into the ``log σ(2t_k)``
     terms, leaving ``−M (E|f| − 1)``: no two large terms cancel when every t_k is very negative
     (``extra_size`` must then be accurate in absolute terms, not as Σ m_k − 1)."""
-    log_on, log_off = q._log_pi()
+    log_on, log_off = q._log_pi
     top, rest = q._log_nonempty_parts
     bits = -(marginals * (log_on - top.unsqueeze(-1)) + (1 - marginals) * log_off).sum(-1)
     return bits - top * extra_size + rest
@@ -375,7 +372,7 @@ def _kl_gibbs_gibbs(p: NonEmptyFaces, q: NonEmptyFaces) -> Tensor:
     where the scores coincide and without cancellation of large terms at any finite scores."""
     _check_same_k(p.num_categories, q.num_categories)
     q = NonEmptyFaces(q.scores.to(p.scores), validate_args=False)
-    (on_p, off_p), (on_q, off_q) = p._log_pi(), q._log_pi()
+    (on_p, off_p), (on_q, off_q) = p._log_pi, q._log_pi
     m = p.marginals()
     bits = (m * (on_p - on_q) + (1 - m) * (off_p - off_q)).sum(-1)
     (top_p, rest_p), (top_q, rest_q) = p._log_nonempty_parts, q._log_nonempty_parts

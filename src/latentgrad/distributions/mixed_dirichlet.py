@@ -109,7 +109,7 @@ def _expect(probs: Tensor, values: Tensor) -> Tensor:
 def _enumerated_face_log_probs(faces_dist: Distribution, table: Tensor) -> Tensor:
     """log P_F(f) for every row of ``table`` (F, K), shape (*batch, F)."""
     if isinstance(faces_dist, NonEmptyFaces):  # Σ_k log P(bit k = f_k) − log(1 − P_∅)
-        log_on, log_off = faces_dist._log_pi()
+        log_on, log_off = faces_dist._log_pi
         table = table.to(log_on)
         return (log_on @ table.T + log_off @ (1 - table).T
                 - faces_dist.log_prob_nonempty().unsqueeze(-1))

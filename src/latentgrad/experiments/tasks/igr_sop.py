@@ -19,8 +19,7 @@ Test: ``nll`` = ``−log (1/S) Σ_s p(x_low | h_s)`` with S = ``model.eval_sampl
 
 Cost (one CPU thread, CPU time through the runner): 12–17 ms per training step of batch 100
 (IGR-I 12, IGR-Planar 15.5–17, Gumbel 15.5 or less), so a run of 93,700 steps takes 0.33–0.47
-CPU-hours,
-testing on 10,000 images with 100 hard samples each about 1.2 minutes more.
+CPU-hours, testing on 10,000 images with 100 hard samples each about 1.2 minutes more.
 """
 
 from __future__ import annotations
