@@ -21,14 +21,15 @@ from latentgrad.experiments.tasks import mixed_vae as task
 PIXELS = 6
 
 
-def small_model(estimator: str, k: int = 2, seed: int = 0) -> task.MixedVAE:
+def small_model(estimator: str, k: int = 2, seed: int = 0,
+                dropout_gen: float = 0.0) -> task.MixedVAE:
     """A float64 model on 6-pixel images whose decoder depends strongly on z."""
     cfg = resolve(task.Config, "mixed_vae", estimator, 0,
-                  {"profile": "tiny", "model": {"latent_dim": k}})
+                  {"profile": "tiny", "model": {"latent_dim": k, "dropout_gen": dropout_gen}})
     torch.manual_seed(seed)
     model = task.MixedVAE(to_dict(cfg), PIXELS).double().eval()
     with torch.no_grad():
-        model.decoder[0].weight.mul_(4.0)
+        next(m for m in model.decoder if isinstance(m, torch.nn.Linear)).weight.mul_(4.0)
     model.cfg.importance.max_decodes = 40000
     return model
 
@@ -133,6 +134,37 @@ def test_gaussian_sparsemax_training_loss_adds_the_prior_cross_entropy() -> None
     got = model.loss_fn(x)(y, rows)
     want = model.distortion(x, y) - model.prior(x).log_prob(y)
     torch.testing.assert_close(got, want)
+
+
+def _softmax_step(model: task.MixedVAE, x: torch.Tensor, one_hot: bool) -> list[torch.Tensor]:
+    """The softmax marginalization surrogate's gradients, the estimator handing the loss
+    category indices (the model's) or one-hot rows (decoded per image)."""
+    from latentgrad.estimators.marginalization import SoftmaxMarginalization
+
+    if one_hot:
+        model.estimator = SoftmaxMarginalization(model.estimator.entropy_coeff)
+    model.zero_grad()
+    torch.manual_seed(3)
+    model.estimate(model.scores(x), model.loss_fn(x)).loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_softmax_marginalization_decodes_the_one_hot_latents_once_per_batch(
+    dropout: float,
+) -> None:
+    model = small_model("softmax", k=4, dropout_gen=dropout).train()
+    x = binary_images(5)
+    assert model.shared_decodes() == (dropout == 0)
+    shared = _softmax_step(model, x, one_hot=False)
+    per_image = _softmax_step(model, x, one_hot=True)
+    for got, want in zip(shared, per_image, strict=True):
+        torch.testing.assert_close(got, want)
+    eye = torch.eye(4, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        want = model.distortion(x.repeat_interleave(4, 0), eye.repeat(5, 1)).view(5, 4)
+        torch.testing.assert_close(model.category_distortion(x), want)
 
 
 def test_two_parameter_groups_and_per_group_clipping() -> None:
