@@ -97,10 +97,11 @@ def _rounding_tolerances(h: torch.Tensor, layer: torch.nn.Linear,
     eps = torch.finfo(torch.float64).eps
     with torch.no_grad():
         logits = h @ layer.weight.T + layer.bias
-    magnitude = float(logits.abs().max()) + 1.0
+        weight = layer.weight.detach()  # the fused kernel shifts the logits by their bound
+        bound = layer.bias.max() + (h.abs() * weight.abs().max(0).values).sum(-1)
+    magnitude = max(float(logits.abs().max()), float(bound.abs().max())) + 1.0
     n, pixels = h.shape[:2]
     terms = max(VALUES, n * pixels)
-    weight = layer.weight.detach()
     size = float(g.abs().max()) * max(float(h.abs().max()), float(weight.abs().max()), 1.0)
     return 16 * eps * pixels * magnitude, 16 * eps * terms * size * magnitude
 
@@ -114,6 +115,37 @@ def test_fused_path_gives_the_plain_values_and_gradients() -> None:
     value_tol, grad_tol = _rounding_tolerances(h, layer, g)
     torch.testing.assert_close(fused[0], plain[0], rtol=0, atol=value_tol)
     torch.testing.assert_close(fused[0], _brute_force(h, x, layer), rtol=0, atol=value_tol)
+    for got, want in zip(fused[1:], plain[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=grad_tol)
+
+
+@pytest.mark.usefixtures("fused_works")
+@pytest.mark.parametrize("loose", [0, 1, 3])
+def test_fused_path_shifts_by_the_bound_and_by_the_maximum_where_the_bound_is_loose(
+    loose: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # features of size 1000 in `loose` of 8 pixels put the bound of their logits more than 800
+    # nats above the maximum, where every shifted exponential underflows in float64 (below
+    # exp(-745)): those pixels are redone with the maximum (a single one twice: the kernels take
+    # two rows or more); elsewhere the bound is within 100 nats
+    redone = []
+    max_kernel = pl._NLL_MAX
+    monkeypatch.setattr(pl, "_NLL_MAX",
+                        lambda h, *args: redone.append(h.shape[0]) or max_kernel(h, *args))
+    layer, h, x = _problem(n=1, pixels=8)
+    h[:, :loose] *= 1000
+    with torch.no_grad():
+        logits = h @ layer.weight.T + layer.bias
+        bound = layer.bias.max() + torch.maximum(h * layer.weight.max(0).values,
+                                                 h * layer.weight.min(0).values).sum(-1)
+    gap = (bound - logits.amax(-1))[0]
+    assert float(gap[loose:].max()) < 100 and (loose == 0 or float(gap[:loose].min()) > 800)
+    g = torch.randn(1, dtype=torch.float64)
+    fused = _values_and_grads(h, x, layer, True, g)
+    assert redone == {0: [], 1: [2], 3: [3]}[loose]
+    value_tol, grad_tol = _rounding_tolerances(h, layer, g)
+    torch.testing.assert_close(fused[0], _brute_force(h, x, layer), rtol=0, atol=value_tol)
+    plain = _values_and_grads(h, x, layer, False, g)
     for got, want in zip(fused[1:], plain[1:], strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=grad_tol)
 

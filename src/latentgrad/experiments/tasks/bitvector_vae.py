@@ -51,12 +51,13 @@ call scores 784 × 256 pixel logits, and that is the model's own cost. Training 
 steps per second (9.3 with the plain likelihood; 3.7 before the shared pixel layer's weight
 gradient was computed as ``(hᵀ g)ᵀ`` and before the CLI asked for transparent huge pages), i.e.
 48 s per epoch of 860 steps (the sparse methods make up to ~10–30 calls per image early in
-training, fewer later); an evaluation decoder call costs 0.21 ms (0.65 plain, 1.2 before), so
-validation with 16 samples on the 5,000 validation images takes about 17 s and the test NLL with
-1,024 samples on the 10,000 test images about 36 minutes (10.3 million decoder calls). A run of
-the published protocol (100 epochs, validation after each) is about 2.4 CPU-hours with SFE (6
-plain, 13 before). Profile ``faithful`` trains 50 of the 100 epochs and validates after every
-10th: about 1.3 CPU-hours with SFE (3.2 plain, 6.6 before), nearly half of it the test NLL.
+training, fewer later); an evaluation decoder call costs 0.19–0.20 ms (0.21 before its
+logsumexp took one pass, 0.65 plain, 1.2 before that), so validation with 16 samples on the
+5,000 validation images takes about 16 s and the test NLL with 1,024 samples on the 10,000 test
+images about 31 minutes (10.3 million decoder calls). A run of the published protocol (100
+epochs, validation after each) is about 2.3 CPU-hours with SFE (6 plain, 13 before). Profile
+``faithful`` trains 50 of the 100 epochs and validates after every 10th: about 1.2 CPU-hours
+with SFE (3.2 plain, 6.6 before), over a third of it the test NLL.
 """
 
 from __future__ import annotations

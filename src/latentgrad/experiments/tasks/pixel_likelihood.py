@@ -10,8 +10,12 @@ turns each pixel's r decoder features into V logits, and
   P = 784, V = 256: 0.8 MB per image, moved several times, for a few hundred thousand
   exponentials);
 - fused (CPU, float32/float64): kernels that ``torch.compile`` generates (inductor's C++
-  backend) compute each pixel's V logits in registers, r multiply-adds each, inside the two
-  passes of its logsumexp (maximum, then sum of exponentials), and never store them. The
+  backend) compute each pixel's V logits in registers, r multiply-adds each, inside one pass
+  that sums their exponentials, and never store them. The logits are shifted by an upper bound
+  of their maximum computed from the r features alone, ``max_j b_j + Σ_k max(h_k max_j W_jk,
+  h_k min_j W_jk)``, instead of the maximum itself (a pass of its own); the pixels where the
+  bound lies so far above the maximum that their exponentials near underflow (about 65 nats in
+  float32) are redone with the maximum (two passes). The
   backward forms ``g softmax`` in one pass (its only ``(N·P, V)`` store) and reads it for the
   gradients ``∂h = G W``, ``∂W = Gᵀ h``, ``∂b = Σ_rows G`` of ``G = g (softmax − onehot(x))``;
   the one-hot part is gathered and index-added, M rows of r.
@@ -78,8 +82,19 @@ def _logits(h: Tensor, wt: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def nll_kernel(h: Tensor, wt: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per row ``−log softmax(W h + b)[x]`` ``(M,)`` and its logsumexp ``(M,)``."""
+def nll_kernel(h: Tensor, wt: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row ``−log softmax(W h + b)[x]`` ``(M,)``, its logsumexp ``(M,)`` and the sum
+    ``Σ_j exp(l_j − c)`` ``(M,)`` of its logits ``l`` shifted by their upper bound ``c``
+    (module docstring): one pass over the logits."""
+    bound = b.max() + torch.maximum(h * wt.max(1).values, h * wt.min(1).values).sum(-1)
+    total = (_logits(h, wt, b) - bound.unsqueeze(-1)).exp().sum(-1)
+    lse = bound + total.log()
+    return lse - (h * wt.T[x]).sum(-1) - b[x], lse, total
+
+
+def nll_max_kernel(h: Tensor, wt: Tensor, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``nll_kernel``'s first two outputs with the logits shifted by their maximum (two passes:
+    the maximum, then the sum of exponentials)."""
     lse = torch.logsumexp(_logits(h, wt, b), -1)
     return lse - (h * wt.T[x]).sum(-1) - b[x], lse
 
@@ -100,6 +115,7 @@ def nll_vjp_kernel(h: Tensor, wt: Tensor, b: Tensor, x: Tensor, lse: Tensor,
 
 
 _NLL = Compiled(nll_kernel, dynamic=False, options=_INDUCTOR)
+_NLL_MAX = Compiled(nll_max_kernel, dynamic=False, options=_INDUCTOR)
 _NLL_VJP = Compiled(nll_vjp_kernel, dynamic=False, options=_INDUCTOR)
 
 
@@ -123,12 +139,33 @@ def _fused_applies(h: Tensor, weight: Tensor) -> bool:
             and not torch.compiler.is_compiling() and not transforms_active())
 
 
+def _redo_loose_rows(nll: Tensor, lse: Tensor, total: Tensor, h: Tensor, wt: Tensor, b: Tensor,
+                     x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``nll_kernel``'s ``(nll, lse)`` with the rows whose shifted sum ``total`` is below
+    ``V · tiny / eps`` (or not finite) redone by ``nll_max_kernel``: there the bound lies so far
+    above the row's maximum that terms within rounding of the largest could be subnormal.
+    ``None`` if that kernel is unavailable."""
+    finfo = torch.finfo(total.dtype)
+    loose = (~(total >= wt.shape[1] * finfo.tiny / finfo.eps)).nonzero().squeeze(1)
+    if loose.numel() == 0:
+        return nll, lse
+    if loose.numel() == 1:  # the kernels take two rows or more (a dynamic dimension)
+        loose = loose.repeat(2)
+    redone = _NLL_MAX(_rows_dynamic(h[loose])[0], wt, b, _rows_dynamic(x[loose])[0])
+    if redone is None:
+        return None
+    return nll.index_put((loose,), redone[0]), lse.index_put((loose,), redone[1])
+
+
 def _fused_nll(h: Tensor, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor | None:
     """Per row NLL ``(M,)`` by ``nll_kernel`` (differentiable), or ``None`` if the kernel is
     unavailable."""
     h_rows, x_rows = _rows_dynamic(h.detach(), x)
+    wt, b = weight.detach().T.contiguous(), bias.detach()
     with torch.no_grad():  # one compilation for training and evaluation (grad mode is guarded)
-        found = _NLL(h_rows, weight.detach().T.contiguous(), bias.detach(), x_rows)
+        found = _NLL(h_rows, wt, b, x_rows)
+        if found is not None:
+            found = _redo_loose_rows(*found, h_rows, wt, b, x_rows)
     if found is None:
         return None
     nll, lse = found
