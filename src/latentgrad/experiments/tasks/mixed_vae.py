@@ -47,10 +47,10 @@ per distribution: 27.5 vs 30.4 ms back to back) and 28–29 ms for ``gaussian_sp
 exact ``log_prob``), 15–16 ms for ``softmax`` (its K one-hot latents decoded once per batch;
 64 ms when each image decoded them), plus 3–5 ms of Lightning and loader; the bare networks are
 55–75% of a step. The test NLL (1,000 samples on
-the 10,000 test images) takes about 4.5 minutes (``gaussian_sparsemax``: 12–15, its density: log Φ
-at 97 quadrature nodes × K per sample), validation 13.5 s a pass (35 s). Profile ``faithful``
-keeps all 500 epochs and validates after every 10th (validation selects nothing here, so only the
-curves change): 1.5–3.1 CPU-hours per run, about 11.5 for one seed of the six.
+the 10,000 test images) takes about 4.5 minutes (``gaussian_sparsemax``: 10–12, its density:
+log Φ at 97 quadrature nodes × K per sample), validation 13.5 s a pass (about 28 s). Profile
+``faithful`` keeps all 500 epochs and validates after every 10th (validation selects nothing
+here, so only the curves change): 1.5–2.75 CPU-hours per run, about 11 for one seed of the six.
 """
 
 from __future__ import annotations
