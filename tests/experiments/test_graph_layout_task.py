@@ -172,6 +172,41 @@ def test_decoder_messages_read_the_concatenated_positions_of_sender_and_receiver
     torch.testing.assert_close(dec.step(x, types), want)
 
 
+@pytest.mark.parametrize("hard", [True, False])
+def test_nonzero_messages_equal_the_dense_ones_with_their_parameter_gradients(hard: bool) -> None:
+    # hard types (a spanning tree's indicators) or soft ones with a quarter exactly zero
+    torch.manual_seed(0)
+    n = 5
+    graph = task.Graph(n)
+    dec = task.NRIDecoder(graph, 6).double()
+    x = torch.randn(3, n, 2, dtype=torch.float64)
+    on = torch.rand(3, n * (n - 1), dtype=torch.float64)
+    on = (on < 0.3).double() if hard else on.masked_fill(on < 0.25, 0.0)
+    types = torch.stack([1 - on, on], -1)
+    results = []
+    for messages in (dec.dense_messages, dec.nonzero_messages):
+        dec.zero_grad()
+        agg = messages(x, types)
+        agg.square().sum().backward()
+        results.append((agg.detach(), *(p.grad.clone() for p in dec.messages.parameters())))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_decoder_steps_take_the_dense_messages_where_the_types_need_a_gradient() -> None:
+    torch.manual_seed(0)
+    graph = task.Graph(4)
+    dec = task.NRIDecoder(graph, 6).double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64)
+    types = torch.rand(2, 12, 2, dtype=torch.float64)
+    types = types.masked_fill(types < 0.3, 0.0).requires_grad_()
+    (grad,) = torch.autograd.grad(dec.step(x, types).sum(), types)
+    # every weight, zeros included (a straight-through gradient), through its type's message
+    assert bool((types == 0).any()) and grad.abs().min() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(dec.step(x, types), dec.step(x, types.detach()))
+
+
 def test_gibbs_kl_to_the_uniform_prior_matches_enumeration() -> None:
     tree = SpanningTree(4)
     theta = torch.randn(2, 4, 4, dtype=torch.float64)

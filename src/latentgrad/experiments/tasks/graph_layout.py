@@ -265,11 +265,41 @@ class NRIDecoder(nn.Module):
         )
 
     def step(self, x: Tensor, types: Tensor) -> Tensor:
-        """Positions ``(B, n, 2)`` -> predicted next positions ``(B, n, 2)``."""
+        """Positions ``(B, n, 2)`` -> predicted next positions ``(B, n, 2)``: the messages of
+        ``dense_messages``, or of ``nonzero_messages`` where ``types`` needs no gradient (on
+        the CPU: the row selection reads a tensor)."""
+        if types.requires_grad or types.device.type != "cpu":
+            agg = self.dense_messages(x, types)
+        else:
+            agg = self.nonzero_messages(x, types)
+        return x + self.out(torch.cat([x, agg], dim=-1))
+
+    def dense_messages(self, x: Tensor, types: Tensor) -> Tensor:
+        """Each edge type's message on every edge, weighted by ``types`` ``(B, E, 2)`` and summed
+        per receiver: ``(B, n, hidden)``."""
         no_edge, edge = (net[1:](self.graph.edge_linear(net[0], x)) for net in self.messages)
         msg = torch.addcmul(no_edge * types[..., :1], edge, types[..., 1:])
-        agg = self.graph.to_nodes(msg, mean=False)
-        return x + self.out(torch.cat([x, agg], dim=-1))
+        return self.graph.to_nodes(msg, mean=False)
+
+    def nonzero_messages(self, x: Tensor, types: Tensor) -> Tensor:
+        """``dense_messages`` with each type's MLP run only on the edges where its weight is
+        nonzero (a zero weight adds an exact zero): hard types (evaluation's samples,
+        score-function samples) halve the arithmetic or better. The first layer maps each
+        vertex's position once, as ``Graph.edge_linear``, and gathers the selected edges."""
+        b, n, d = x.shape
+        g = self.graph
+        edges = g.send.shape[0]
+        base = torch.arange(b, device=x.device).repeat_interleave(edges) * n
+        send, recv = base + g.send.repeat(b), base + g.recv.repeat(b)
+        flat = x.reshape(b * n, d)
+        agg = x.new_zeros(b * n, self.messages[0][2].out_features)
+        for net, weight in zip(self.messages, types.reshape(b * edges, 2).unbind(-1), strict=True):
+            rows = weight.nonzero().squeeze(1)
+            first = net[0]
+            h = (F.linear(flat, first.weight[:, :d]).index_select(0, send[rows])
+                 + F.linear(flat, first.weight[:, d:], first.bias).index_select(0, recv[rows]))
+            agg = agg.index_add(0, recv[rows], net[1:](h) * weight[rows].unsqueeze(-1))
+        return agg.view(b, n, -1)
 
     def forward(self, x: Tensor, types: Tensor, prediction_steps: int) -> Tensor:
         """Predictions of frames ``1..T-1`` ``(B, n, T-1, 2)``: rollouts of ``prediction_steps``
