@@ -151,6 +151,30 @@ def test_fused_path_shifts_by_the_bound_and_by_the_maximum_where_the_bound_is_lo
 
 
 @pytest.mark.usefixtures("fused_works")
+@pytest.mark.parametrize("live", [0, 1, 2, 3])
+def test_fused_backward_computes_only_the_rows_of_nonzero_gradient(
+    live: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a self-critic baseline's decodes are read detached: their rows get a zero gradient, add
+    # nothing to ∂W and ∂b and have ∂h = 0; the VJP kernel runs on the others when there are two
+    # or more (3 images of 4 pixels: `live` images with a nonzero gradient)
+    rows_seen = []
+    vjp_kernel = pl._NLL_VJP
+    monkeypatch.setattr(pl, "_NLL_VJP",
+                        lambda h, *args: rows_seen.append(h.shape[0]) or vjp_kernel(h, *args))
+    layer, h, x = _problem(n=3, pixels=4)
+    g = torch.randn(3, dtype=torch.float64).masked_fill(torch.arange(3) >= live, 0.0)
+    fused = _values_and_grads(h, x, layer, True, g)
+    plain = _values_and_grads(h, x, layer, False, g)
+    assert rows_seen == [4 * live if 0 < live < 3 else 12]
+    value_tol, grad_tol = _rounding_tolerances(h, layer, g)
+    torch.testing.assert_close(fused[0], plain[0], rtol=0, atol=value_tol)
+    for got, want in zip(fused[1:], plain[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=grad_tol)
+    assert bool((fused[1][live:] == 0).all())
+
+
+@pytest.mark.usefixtures("fused_works")
 def test_fused_backward_passes_gradcheck() -> None:
     layer, h, x = _problem(n=2, pixels=3, scale=1.0)
     rows = h.reshape(-1, RANK).requires_grad_()

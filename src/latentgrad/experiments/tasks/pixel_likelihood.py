@@ -197,7 +197,13 @@ class _FusedPixelNLL(torch.autograd.Function):
 def _vjp(h: Tensor, weight: Tensor, bias: Tensor, x: Tensor, lse: Tensor,
          grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(∂h, ∂W, ∂b)`` of the per-row NLL with ``grad`` ``(M,)``: ``nll_vjp_kernel``, or the
-    plain path's autograd should that kernel be unavailable."""
+    plain path's autograd should that kernel be unavailable. Rows of zero ``grad`` (the decodes
+    of a self-critic baseline, read detached) add nothing to any of the three: with two or more
+    other rows, only those are computed (``∂h`` is 0 on the rest)."""
+    live = grad.nonzero().squeeze(1)
+    if 2 <= live.shape[0] < grad.shape[0]:
+        grad_h, grad_w, grad_b = _vjp(h[live], weight, bias, x[live], lse[live], grad[live])
+        return h.new_zeros(h.shape).index_copy(0, live, grad_h), grad_w, grad_b
     h_rows, x_rows, lse_rows, grad_rows = _rows_dynamic(h, x, lse, grad.contiguous())
     with torch.no_grad():
         found = _NLL_VJP(h_rows, weight.T.contiguous(), bias, x_rows, lse_rows, grad_rows)
