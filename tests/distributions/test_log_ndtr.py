@@ -5,16 +5,15 @@ compilation fails, and Gaussian-sparsemax's log-density through it against the p
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch.autograd import gradcheck
 
+import _compile_probe
 from latentgrad.distributions import _log_ndtr as ln
 from latentgrad.distributions.gaussian_sparsemax import GaussianSparsemax
 
-compile_state = importlib.import_module("latentgrad._compile")._state
+compile_state = _compile_probe.compile_state
 
 
 def _grid(dtype: torch.dtype) -> torch.Tensor:
@@ -36,20 +35,12 @@ def _assert_rounding_close(got: torch.Tensor, u: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def compiles() -> bool:
-    saved = dict(compile_state)
-    compile_state["failed"] = False
-    try:
-        ln.log_ndtr(torch.zeros(ln.FUSED_MIN_SIZE))
-        return not compile_state["failed"]
-    finally:
-        compile_state.update(saved)
+    return _compile_probe.compiles(lambda: ln.log_ndtr(torch.zeros(ln.FUSED_MIN_SIZE)))
 
 
 @pytest.fixture
 def fused_works(compiles: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not compiles:
-        pytest.skip("torch.compile does not work here (no C++ compiler?): torch's log_ndtr answers")
-    monkeypatch.setitem(compile_state, "failed", False)
+    _compile_probe.require_compilation(compiles, monkeypatch, "torch's log_ndtr")
 
 
 def _took_fused(y: torch.Tensor) -> bool:

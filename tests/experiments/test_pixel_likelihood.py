@@ -6,38 +6,41 @@ per test process."""
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch.autograd import gradcheck
 
+import _compile_probe
 from latentgrad.experiments.tasks import pixel_likelihood as pl
 
-compile_state = importlib.import_module("latentgrad._compile")._state
+compile_state = _compile_probe.compile_state
 VALUES, RANK = 256, 5
 
 
 @pytest.fixture(scope="module")
 def compiles() -> bool:
-    """Whether ``torch.compile`` works here (inductor needs a C++ compiler): the tests of the
-    fused path itself skip where it does not; the fallback tests run anyway."""
-    saved = dict(compile_state)
-    compile_state["failed"] = False
-    try:
+    """Whether ``torch.compile`` works here: the tests of the fused path itself skip where it
+    does not; the fallback tests run anyway."""
+
+    def probe() -> None:
         layer = torch.nn.Linear(RANK, VALUES).double()
         h = torch.randn(1, 4, RANK, dtype=torch.float64, requires_grad=True)
         pl.pixel_nll(h, torch.zeros(1, 4, dtype=torch.long), layer).sum().backward()
-        return not compile_state["failed"]
-    finally:
-        compile_state.update(saved)
+
+    return _compile_probe.compiles(probe)
 
 
 @pytest.fixture
 def fused_works(compiles: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not compiles:
-        pytest.skip("torch.compile does not work here (no C++ compiler?): the plain path answers")
-    monkeypatch.setitem(compile_state, "failed", False)
+    _compile_probe.require_compilation(compiles, monkeypatch, "the plain path")
+
+
+def _record_rows(monkeypatch: pytest.MonkeyPatch, kernel: str) -> list[int]:
+    """Wrap the compiled kernel ``pl.<kernel>``: the returned list gets the rows of each call."""
+    rows: list[int] = []
+    wrapped = getattr(pl, kernel)
+    monkeypatch.setattr(pl, kernel, lambda h, *args: rows.append(h.shape[0]) or wrapped(h, *args))
+    return rows
 
 
 def _problem(n: int = 3, pixels: int = 40, seed: int = 0, scale: float = 3.0):
@@ -128,10 +131,7 @@ def test_fused_path_shifts_by_the_bound_and_by_the_maximum_where_the_bound_is_lo
     # nats above the maximum, where every shifted exponential underflows in float64 (below
     # exp(-745)): those pixels are redone with the maximum (a single one twice: the kernels take
     # two rows or more); elsewhere the bound is within 100 nats
-    redone = []
-    max_kernel = pl._NLL_MAX
-    monkeypatch.setattr(pl, "_NLL_MAX",
-                        lambda h, *args: redone.append(h.shape[0]) or max_kernel(h, *args))
+    redone = _record_rows(monkeypatch, "_NLL_MAX")
     layer, h, x = _problem(n=1, pixels=8)
     h[:, :loose] *= 1000
     with torch.no_grad():
@@ -158,10 +158,7 @@ def test_fused_backward_computes_only_the_rows_of_nonzero_gradient(
     # a self-critic baseline's decodes are read detached: their rows get a zero gradient, add
     # nothing to ∂W and ∂b and have ∂h = 0; the VJP kernel runs on the others when there are two
     # or more (3 images of 4 pixels: `live` images with a nonzero gradient)
-    rows_seen = []
-    vjp_kernel = pl._NLL_VJP
-    monkeypatch.setattr(pl, "_NLL_VJP",
-                        lambda h, *args: rows_seen.append(h.shape[0]) or vjp_kernel(h, *args))
+    rows_seen = _record_rows(monkeypatch, "_NLL_VJP")
     layer, h, x = _problem(n=3, pixels=4)
     g = torch.randn(3, dtype=torch.float64).masked_fill(torch.arange(3) >= live, 0.0)
     fused = _values_and_grads(h, x, layer, True, g)
