@@ -1,9 +1,10 @@
 """Where an IGR-I run's posterior carries its information (the numbers in ../README.md).
 
 Usage: LATENTGRAD_DATA=DIR python probe_posterior.py RUN_DIR [N_TEST_IMAGES]
-RUN_DIR is a finished igr_i or gumbel_concrete run (config.yaml, checkpoints/last.ckpt). For
-Gumbel-Softmax it prints the quantiles of each posterior's largest class probability. For IGR-I,
-over the first N test images: the quantiles of σ and |μ| of the 20 × 9 Gaussian coordinates, the
+RUN_DIR is a finished igr_i, igr_planar or gumbel_concrete run (config.yaml,
+checkpoints/last.ckpt). For Gumbel-Softmax it prints the quantiles of each posterior's largest
+class probability. For IGR-I (IGR-Planar: its base Gaussian, before the flows), over the first N
+test images: the quantiles of σ and |μ| of the 20 × 9 Gaussian coordinates, the
 closed-form KL to the prior N(μ₀, 1) (μ₀ = −Φ⁻¹(K^(−1/(K−1)))), how many coordinates per image
 have a small σ, and how many (variable, coordinate) pairs are ever active (σ < 0.5).
 """
