@@ -12,6 +12,7 @@ import sys
 
 import torch
 import yaml
+from torch.distributions import Normal, kl_divergence
 
 from latentgrad.distributions.igr import uniform_prior_loc
 from latentgrad.experiments.tasks.igr_vae import build_run
@@ -20,7 +21,7 @@ run_dir = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 config = yaml.safe_load(open(f"{run_dir}/config.yaml"))
 model, data = build_run(config, None)
-state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
 model.load_state_dict(state["state_dict"])
 model.eval()
 
@@ -40,7 +41,7 @@ with torch.no_grad():
     loc, log_scale = model.scores(data.test.tensors[0][:n]).unbind(-2)  # (N, V, K - 1) each
 sigma = log_scale.exp()
 mu0 = uniform_prior_loc(loc.shape[-1] + 1, 1.0).to(loc)
-kl = -log_scale + (sigma**2 + (loc - mu0) ** 2) / 2 - 0.5  # per coordinate, σ₀ = 1
+kl = kl_divergence(Normal(loc, sigma), Normal(mu0, 1.0))  # per coordinate, σ₀ = 1
 print("sigma quantiles (10/50/90%)", quantiles(sigma))
 print("|mu| quantiles (10/50/90%)", quantiles(loc.abs()))
 print("prior mu0", round(mu0.flatten()[0].item(), 4))

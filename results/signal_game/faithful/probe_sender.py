@@ -15,7 +15,7 @@ from latentgrad.experiments.tasks.signal_game import build_run
 run_dir = sys.argv[1]
 config = yaml.safe_load(open(f"{run_dir}/config.yaml"))
 model, data = build_run(config, None)
-state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
 model.load_state_dict(state["state_dict"])
 model.train()
 model.log_train = lambda *args, **kwargs: None  # no Lightning trainer attached
