@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 
+import torch
 from torch import Tensor
 
 from .._validation import check_finite, check_tensor, check_trailing_shape
@@ -34,6 +35,18 @@ class TreeStructure(Structure):
         return scores
 
     @abc.abstractmethod
+    def _counted(self) -> Tensor:
+        """``(n, n)`` bool: the score entries a structure can use (the others are ignored)."""
+
+    def _common_shift(self, scores: Tensor) -> Tensor | None:
+        """Every structure uses the same number of counted entries: their maximum per row
+        (detached), ``(*batch, 1, 1)``."""
+        if not scores.numel():
+            return None
+        ignored = ~self._counted().to(scores.device)
+        return scores.detach().masked_fill(ignored, float("-inf")).amax((-2, -1), keepdim=True)
+
+    @abc.abstractmethod
     def _log_partition(self, flat: Tensor) -> Tensor:
         """``log Z`` of validated ``(B, n, n)`` scores: ``(B,)`` in the input dtype."""
 
@@ -46,6 +59,7 @@ class TreeStructure(Structure):
         """``log sum_z exp(score(θ, z))``, ``(*batch,)``; differentiable twice."""
         self.check_scores(scores)
         flat, batch = flatten_batch(scores, 2)
+        self._check_float64_range(flat)
         return self._log_partition(flat).reshape(batch)
 
     def marginals(self, scores: Tensor) -> Tensor:
@@ -53,7 +67,14 @@ class TreeStructure(Structure):
         requires grad (SST backpropagates through them)."""
         self.check_scores(scores)
         flat, _ = flatten_batch(scores, 2)
+        self._check_float64_range(flat)
         return self._marginals(flat).reshape(scores.shape)
+
+    def _check_float64_range(self, flat: Tensor) -> None:
+        """The matrix-tree computations run in float64, far beyond any float32 score: only
+        float64 scores can leave ``check_range``'s range."""
+        if flat.dtype == torch.float64:
+            self.check_range(flat)
 
     def _check_enumerable(self) -> None:
         if self.n > MAX_ENUMERATE_NODES:

@@ -56,6 +56,7 @@ class Arborescence(TreeStructure):
         self.n = check_int(n, "n", 2)
         self.root = None if root is None else check_int(root, "root", 0, self.n - 1)
         self.score_shape = (self.n, self.n)
+        self.summed_scores = self.n  # n - 1 arcs (n - 1 arcs and the root's child)
 
     def __repr__(self) -> str:
         return f"Arborescence(n={self.n}, root={self.root})"
@@ -64,6 +65,15 @@ class Arborescence(TreeStructure):
     def num_structures(self) -> int:
         """``n^(n-2)`` rooted arborescences, ``n^(n-1)`` single-root trees."""
         return self.n ** (self.n - 2 if self.root is not None else self.n - 1)
+
+    def _counted(self) -> Tensor:
+        """Rooted: the arcs i -> j, i != j, j != root; single-root: every entry (the diagonal
+        marks the root's child)."""
+        if self.root is None:
+            return torch.ones(self.n, self.n, dtype=torch.bool)
+        counted = ~torch.eye(self.n, dtype=torch.bool)
+        counted[:, self.root] = False
+        return counted
 
     def argmax(self, scores: Tensor) -> Tensor:
         """Maximum arborescence (batched Chu–Liu/Edmonds), ``(*batch, n, n)`` 0/1, input dtype.

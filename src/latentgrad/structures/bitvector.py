@@ -34,6 +34,7 @@ class BitVector(Structure):
         self.d = check_int(d, "d", 1)
         self.budget = None if budget is None else check_int(budget, "budget", 0, self.d)
         self.score_shape = (self.d,)
+        self.summed_scores = self.budget if self._budgeted else None  # the count DP's sums
 
     def __repr__(self) -> str:
         return f"BitVector(d={self.d}, budget={self.budget})"
@@ -48,6 +49,21 @@ class BitVector(Structure):
         super().check_scores(scores, name)
         check_no_pos_inf(scores, name)
         return scores
+
+    @property
+    def _budgeted(self) -> bool:
+        return self.budget is not None and self.budget < self.d
+
+    def entropy(self, scores: Tensor) -> Tensor:
+        """Unbudgeted: the sum of the independent bits' entropies, each
+        ``h(t) = softplus(-|t|) + |t| sigmoid(-|t|)`` (no large terms cancel; 0 at ``t = -inf``),
+        in float64 (as every entropy); budgeted: ``Structure.entropy``. ``(*batch,)``."""
+        if self._budgeted:
+            return super().entropy(scores)
+        self.check_scores(scores)
+        size = scores.to(torch.float64).abs()
+        tail = torch.where(torch.isinf(size), 0.0, size * torch.sigmoid(-size))
+        return (torch.nn.functional.softplus(-size) + tail).sum(-1).to(scores.dtype)
 
     def argmax(self, scores: Tensor) -> Tensor:
         """``1[t_i > 0]``; with a budget, only the ``budget`` largest positive bits (first index on
@@ -95,6 +111,7 @@ class BitVector(Structure):
         work = scores.to(working_dtype(scores.dtype))
         if self.budget is None or self.budget == self.d:
             return torch.nn.functional.softplus(work).sum(-1).to(scores.dtype)
+        self.check_range(work)
         # log e_c(t) = log e_c(t − m) + c m with m the row maximum (detached): the DP sums shifted
         # scores, so a large common offset does not round the count weights
         top = work.detach().amax(-1, keepdim=True) if work.numel() else work.new_zeros(())
@@ -108,6 +125,7 @@ class BitVector(Structure):
         self.check_scores(scores)
         if self.budget is None or self.budget == self.d:
             return torch.sigmoid(scores)
+        self.check_range(scores.to(working_dtype(scores.dtype)))
         return super().marginals(scores.to(working_dtype(scores.dtype))).to(scores.dtype)
 
     def _sample(

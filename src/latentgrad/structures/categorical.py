@@ -99,7 +99,8 @@ class Categorical(Structure):
 def categorical_entropy(scores: Tensor) -> Tensor:
     """``Categorical.entropy`` without the check, for callers that validated ``scores``."""
     logp = torch.log_softmax(scores, dim=-1)
-    return -(logp.exp() * torch.where(scores > float("-inf"), logp, 0.0)).sum(-1)
+    # p log p = 0 where p = 0: excluded categories and those whose log p overflowed to -inf
+    return -(logp.exp() * torch.where(logp > float("-inf"), logp, 0.0)).sum(-1)
 
 
 def draw_indices(

@@ -32,6 +32,7 @@ class KSubset(Structure):
         self.n = check_int(n, "n", 1)
         self.k = check_int(k, "k", 0, self.n)
         self.score_shape = (self.n,)
+        self.summed_scores = self.k
 
     def __repr__(self) -> str:
         return f"KSubset(n={self.n}, k={self.k})"
@@ -72,11 +73,17 @@ class KSubset(Structure):
         values = self.score(flat.unsqueeze(1), z.to(flat.dtype)).to(scores.dtype)
         return z.reshape(*batch, k, self.n), values.reshape(*batch, k)
 
+    def _common_shift(self, scores: Tensor) -> Tensor:
+        """Every k-subset has k ones: the row maximum (detached; 0 for a row of ``-inf``)."""
+        top = scores.detach().amax(-1, keepdim=True) if scores.numel() else scores.new_zeros(())
+        return torch.where(torch.isfinite(top), top, 0.0)
+
     def log_partition(self, scores: Tensor) -> Tensor:
         """``log e_k(θ) = log sum_{|S|=k} exp(sum_{i in S} θ_i)``: ``(*batch,)``, computed in at
         least float32 and returned in the scores' dtype."""
         self.check_scores(scores)
         work = scores.to(working_dtype(scores.dtype))
+        self.check_range(work)
         # log e_k(θ) = log e_k(θ − c) + k c: the DP sums shifted scores (no rounding at the scale
         # of a large common offset); c is the row maximum, detached (the gradient is unchanged)
         top = work.detach().amax(-1, keepdim=True) if work.numel() else work.new_zeros(())

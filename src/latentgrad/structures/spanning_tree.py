@@ -30,6 +30,7 @@ class SpanningTree(TreeStructure):
     def __init__(self, n: int) -> None:
         self.n = check_int(n, "n", 2)
         self.score_shape = (self.n, self.n)
+        self.summed_scores = self.n - 1  # edges
 
     def __repr__(self) -> str:
         return f"SpanningTree(n={self.n})"
@@ -38,6 +39,10 @@ class SpanningTree(TreeStructure):
     def num_structures(self) -> int:
         """Cayley's formula, ``n^(n-2)``."""
         return self.n ** (self.n - 2)
+
+    def _counted(self) -> Tensor:
+        """The off-diagonal entries (both triangles: each edge is scored once from either)."""
+        return ~torch.eye(self.n, dtype=torch.bool)
 
     @property
     def edges(self) -> Tensor:

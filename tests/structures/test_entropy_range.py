@@ -1,0 +1,139 @@
+"""Gibbs entropies stay right at any score scale: huge scores, huge common offsets and the
+largest finite float32 scores give the brute-force entropy, never NaN; float64 scores beyond the
+range that the sums need give a clear error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from latentgrad.structures import Arborescence, BitVector, Categorical, KSubset, SpanningTree
+
+STRUCTURES = [
+    BitVector(5),
+    BitVector(5, budget=2),
+    KSubset(5, 2),
+    Categorical(5),
+    SpanningTree(4),
+    Arborescence(4),
+    Arborescence(4, root=0),
+]
+FIXED_SIZE = [s for s in STRUCTURES if not isinstance(s, (BitVector, Categorical))]
+F64_EPS = torch.finfo(torch.float64).eps
+
+
+def _scores(structure, scale, generator, batch=16):
+    x = torch.randn(batch, *structure.score_shape, generator=generator, dtype=torch.float64)
+    if isinstance(structure, SpanningTree):
+        x = (x + x.mT) / 2
+    return x * scale
+
+
+def _brute_entropy(structure, scores):
+    """Entropy by enumeration, float64: ``scores`` (B, *shape) -> (B,)."""
+    z = structure.enumerate().to(torch.float64)
+    shape = structure.score_shape
+    values = structure.score(scores.reshape(-1, 1, *shape), z)  # (B, N)
+    logp = values.log_softmax(-1)
+    return -(logp.exp() * torch.where(logp > float("-inf"), logp, 0.0)).sum(-1)
+
+
+def _tolerance(structure, scores):
+    """float64 rounding of the two terms log Z and <θ, μ> (each about |θ| × the ones used),
+    with a factor 1,000 of room."""
+    ones = math.prod(structure.score_shape)
+    return 1e3 * F64_EPS * ones * (1.0 + scores.abs().amax().item())
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+@pytest.mark.parametrize("scale", [1e2, 1e4, 1e8])
+def test_float32_entropy_matches_enumeration_at_large_scales(structure, scale):
+    """The old float32 difference log Z - <θ, μ> was off by 0.3-2 nats at scale 1e4."""
+    gen = torch.Generator().manual_seed(int(math.log10(scale)))
+    scores = _scores(structure, scale, gen).float()
+    want = _brute_entropy(structure, scores.double())
+    got = structure.entropy(scores)
+    assert got.dtype == torch.float32
+    f32_rounding = 4 * torch.finfo(torch.float32).eps * (1.0 + want.abs())
+    torch.testing.assert_close(
+        got.double(), want, rtol=0, atol=_tolerance(structure, scores) + f32_rounding.max().item()
+    )
+
+
+@pytest.mark.parametrize("structure", FIXED_SIZE, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_huge_common_offset_leaves_the_entropy_unchanged(structure, dtype):
+    """Every structure uses as many entries: adding 1e30 to all of them changes no probability."""
+    gen = torch.Generator().manual_seed(1)
+    noise = _scores(structure, 1.0, gen).to(dtype)
+    offset = torch.tensor(1e30, dtype=dtype)
+    want = _brute_entropy(structure, noise.double())
+    got = structure.entropy(noise + offset)
+    # the offset rounds the noise to the offset's float32/float64 grid: compare with the brute
+    # force on the rounded scores
+    want = _brute_entropy(structure, (noise + offset).double() - offset.double())
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 if dtype == torch.float32
+                               else 1e-9)
+
+
+def _extreme_scores(structure):
+    """Scores of ±finfo(float32).max, the first row all ties."""
+    gen = torch.Generator().manual_seed(2)
+    signs = _scores(structure, 1.0, gen).sign()
+    signs[0] = 1.0
+    return (signs * torch.finfo(torch.float32).max).float().requires_grad_()
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+def test_the_largest_finite_float32_scores_give_a_finite_entropy_in_its_range(structure):
+    """Beyond a common offset, float64 resolves the entropy of scores ~1e38 only to ~1e23 nats,
+    so at this scale the promise is the range [0, log N] and finite gradients, not the value."""
+    scores = _extreme_scores(structure)
+    got = structure.entropy(scores)
+    count = getattr(structure, "num_structures", None) or structure.score_shape[-1]
+    assert torch.isfinite(got).all()
+    assert (got >= 0).all() and (got.double() <= math.log(count) + 1e-6).all()
+    got.sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("structure", [Categorical(5), BitVector(5)], ids=repr)
+def test_closed_form_entropies_are_exact_at_the_largest_float32_scores(structure):
+    scores = _extreme_scores(structure)
+    want = _brute_entropy(structure, scores.detach().double())
+    torch.testing.assert_close(structure.entropy(scores).double(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("structure", [s for s in STRUCTURES if s.summed_scores is not None],
+                         ids=repr)
+def test_float64_scores_beyond_the_summable_range_are_refused_by_name(structure):
+    scores = torch.full((2, *structure.score_shape), torch.finfo(torch.float64).max / 2,
+                        dtype=torch.float64)
+    for method in ("log_partition", "marginals", "entropy"):
+        with pytest.raises(ValueError, match=r"scores of .* must have magnitude below"):
+            getattr(structure, method)(scores)
+
+
+def test_categorical_entropy_of_extreme_logits_has_no_nan_in_value_or_gradient():
+    big = torch.finfo(torch.float32).max
+    logits = torch.tensor([[big, -big, 0.0], [big, big, -big]], requires_grad=True)
+    h = Categorical(3).entropy(logits)
+    torch.testing.assert_close(h, torch.tensor([0.0, math.log(2)]))
+    h.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
+def test_entropy_gradient_matches_finite_differences(structure):
+    """The shifted float64 entropy and the bits' closed form keep autograd's gradient exact."""
+    gen = torch.Generator().manual_seed(3)
+    scores = (_scores(structure, 2.0, gen, batch=2) + 50.0).requires_grad_()
+    if isinstance(structure, SpanningTree):  # perturb edges: one entry alone breaks symmetry
+        i, j = structure.edges.T
+        edges = scores.detach()[:, i, j].requires_grad_()
+        assert torch.autograd.gradcheck(lambda e: structure.entropy(structure.from_edges(e)),
+                                        (edges,))
+        return
+    assert torch.autograd.gradcheck(structure.entropy, (scores,))
