@@ -137,3 +137,14 @@ def test_entropy_gradient_matches_finite_differences(structure):
                                         (edges,))
         return
     assert torch.autograd.gradcheck(structure.entropy, (scores,))
+
+
+@pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4)], ids=repr)
+def test_sparsemap_refuses_float64_tree_scores_beyond_the_summable_range(structure):
+    """The active set sums <θ, z> in float64; it used to fail with a misleading message."""
+    from latentgrad import sparsemap
+
+    scores = torch.full((1, *structure.score_shape), torch.finfo(torch.float64).max / 2,
+                        dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"scores of .* must have magnitude below"):
+        sparsemap(scores, structure)

@@ -154,6 +154,7 @@ def sparsemap(
     warm = _check_init(init, structure, batch, theta)
     if bounds is not None and solver != "active_set":
         return _threshold_sparsemap(theta, bounds, scores.dtype, batch)
+    structure.check_range(theta)  # the structures' scores <θ, z> must not overflow float64
 
     with torch.no_grad():
         sol = solve_active_set(theta.detach(), structure, max_iter, float(tol), warm)
