@@ -286,3 +286,15 @@ def test_hard_concrete_entropy_and_kl_at_high_temperature_match_quadrature(log_a
     eps = torch.finfo(torch.float32).eps
     for got, want in ((p32.entropy(), p.entropy()), (kl_divergence(p32, q32), kl_divergence(p, q))):
         assert abs(got.item() - want.item()) <= 64 * eps * (1 + abs(want.item()) + abs(log_alpha))
+
+
+def test_hard_concrete_at_the_largest_finite_log_alpha_is_a_point_mass_without_nan():
+    """log α = ±finfo.max puts all mass on 1 / 0: entropy 0 and finite gradients (the interior
+    quadrature's 0 weight times log sech(∞) = -∞ used to give NaN)."""
+    big = torch.finfo(torch.float32).max
+    log_alpha = torch.tensor([big, -big], requires_grad=True)
+    dist = HardConcrete(log_alpha, 0.5)
+    entropy = dist.entropy()
+    torch.testing.assert_close(entropy, torch.zeros(2))
+    entropy.sum().backward()
+    assert torch.isfinite(log_alpha.grad).all()

@@ -352,6 +352,8 @@ class HardConcrete(_MixedUnitInterval):
         noise, weights = self._interior_nodes()
         x = (self.log_alpha + noise) / self.temperature
         log_sech = -x.abs() - 2 * torch.log1p(torch.exp(-x.abs()))  # logσ(x) + logσ(−x)
+        # finite where x overflowed (|log α| near finfo.max): its node weight is 0 there
+        log_sech = log_sech.clamp_min(torch.finfo(log_sech.dtype).min)
         return (antiderivative(l0) - antiderivative(l1)
                 + (math.log(hi - lo) - self.temperature.log()) * self._interior_mass()
                 + (weights * log_sech).sum(0))
