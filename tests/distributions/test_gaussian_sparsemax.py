@@ -434,3 +434,29 @@ def test_newton_stops_when_a_float32_step_rounds_away(monkeypatch):
     eps = torch.finfo(torch.float32).eps
     assert abs(got.item() - all_steps.item()) <= 8 * eps * (1 + abs(all_steps.item()))
     assert abs(got.item() - want.item()) <= 64 * eps * (1 + abs(want.item()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("edge", ["loc", "small scale", "large scale"])
+def test_parameters_at_the_edges_of_their_range_give_finite_densities(dtype, edge):
+    """|μ| = finfo.max / 8 and σ = 16 / sqrt(finfo.max) or sqrt(finfo.max) / 16: no NaN or inf in
+    samples, log_prob or entropy (σ = 1e20 or 1e-20 in float32 used to give NaN)."""
+    gen = torch.Generator().manual_seed(0)
+    root = math.sqrt(torch.finfo(dtype).max)
+    loc = torch.randn(32, 4, generator=gen, dtype=dtype)
+    scale = torch.ones_like(loc)
+    if edge == "loc":
+        loc = loc.sign() * torch.finfo(dtype).max / 8
+    else:
+        scale = scale * (16 / root if edge == "small scale" else root / 16)
+    dist = GaussianSparsemax(loc, scale)
+    y = dist.rsample((2,))
+    for value in (y, dist.log_prob(y), dist.entropy()):
+        assert torch.isfinite(value).all()
+
+
+@pytest.mark.parametrize(("loc", "scale", "name"), [
+    (3e38, 1.0, "loc"), (0.0, 1e20, "scale"), (0.0, 1e-20, "scale")])
+def test_parameters_beyond_the_computable_range_are_refused_by_name(loc, scale, name):
+    with pytest.raises(ValueError, match=f"parameter {name} "):
+        GaussianSparsemax(torch.full((2, 3), loc), torch.full((2, 3), scale), validate_args=True)

@@ -33,6 +33,35 @@ class _FinitePositive(constraints.Constraint):
         return torch.isfinite(value) & (value > 0)
 
 
+def _computed_max(value: Tensor) -> float:
+    """The largest finite value of the dtype ``value`` is computed in (half precision: float32)."""
+    return torch.finfo(torch.promote_types(value.dtype, torch.float32)).max
+
+
+class _Moderate(constraints.Constraint):
+    """Finite reals of magnitude at most ``finfo.max / 8`` of the dtype they are computed in:
+    differences and short sums of them stay finite."""
+
+    def check(self, value: Tensor) -> Tensor:
+        return torch.isfinite(value) & (value.abs() <= _computed_max(value) / 8)
+
+    def __repr__(self) -> str:
+        return "Moderate(|x| <= finfo.max / 8)"
+
+
+class _ModerateScale(constraints.Constraint):
+    """Finite scales in ``[16 / sqrt(finfo.max), sqrt(finfo.max) / 16]`` of the dtype they are
+    computed in: their squares and inverse squares (variances, precisions) and sums of those stay
+    finite (float32: about 8.7e-19 to 1.2e18)."""
+
+    def check(self, value: Tensor) -> Tensor:
+        root = math.sqrt(_computed_max(value))
+        return torch.isfinite(value) & (value >= 16 / root) & (value <= root / 16)
+
+    def __repr__(self) -> str:
+        return "ModerateScale(16 / sqrt(finfo.max) <= x <= sqrt(finfo.max) / 16)"
+
+
 class _Independent(constraints.Constraint):
     """``base`` holding at every entry of the last ``reinterpreted`` (>= 1) dims (empty batches
     too)."""
@@ -81,6 +110,8 @@ finite = _Finite()
 finite_positive = _FinitePositive()
 finite_vector = independent(finite, 1)
 finite_positive_vector = independent(finite_positive, 1)
+moderate_vector = independent(_Moderate(), 1)
+moderate_scale_vector = independent(_ModerateScale(), 1)
 
 
 def validating(validate_args: bool | None) -> bool:

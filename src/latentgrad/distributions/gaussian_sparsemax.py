@@ -63,8 +63,8 @@ from ._params import (
     CheckedDistribution,
     broadcast_params,
     checked_value,
-    finite_positive_vector,
-    finite_vector,
+    moderate_scale_vector,
+    moderate_vector,
     simplex,
 )
 
@@ -242,6 +242,9 @@ class GaussianSparsemax(CheckedDistribution):
     Args:
         loc: μ, (*batch, K).
         scale: σ > 0, broadcastable to ``loc`` (a float, (K,), or (*batch, K)).
+        With ``validate_args``, |μ| must be at most ``finfo.max / 8`` and σ within
+        ``[16 / sqrt(finfo.max), sqrt(finfo.max) / 16]`` of the dtype (float32: about 8.7e-19
+        to 1.2e18), where the density's variances and precisions stay finite.
         n_nodes: Gauss–Legendre nodes on each side of the mode in the 1-D reduction (default 48).
         mc_samples: default number of samples of the Monte Carlo ``entropy`` and KL (default 64).
 
@@ -253,8 +256,8 @@ class GaussianSparsemax(CheckedDistribution):
     """
 
     arg_constraints: ClassVar[dict] = {
-        "loc": finite_vector,
-        "scale": finite_positive_vector,
+        "loc": moderate_vector,  # |μ| <= finfo.max / 8: shifted locations stay finite
+        "scale": moderate_scale_vector,  # σ², σ⁻² and their sums stay finite
     }
     support = simplex
     has_rsample = True
