@@ -427,3 +427,23 @@ def test_igr_estimator_does_not_validate_its_checked_scores_twice(variant, monke
     torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
     with pytest.raises(ValueError, match="NaN"):
         est(torch.full((5, 2, 2, 3), float("nan"), dtype=D), Recorder())
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+@pytest.mark.parametrize("kl", ["categorical", "relaxed"])
+def test_gumbel_softmax_at_the_largest_finite_scores_at_low_temperature(straight_through, kl):
+    """(θ + g)/τ overflowed for τ < 1 at θ near finfo.max, and the loss_fn received NaN
+    latents; the relaxation is now taken on the row shifted by its maximum."""
+    big = torch.finfo(torch.float32).max
+    scores = torch.tensor([[big, -big, 0.0], [-big, 1.0, big]], requires_grad=True)
+    seen = []
+
+    def loss_fn(z, rows):
+        seen.append(z.detach())
+        return (z * torch.tensor([1.0, 2.0, 3.0])).sum(-1)
+
+    est = GumbelSoftmax(temperature=0.25, straight_through=straight_through, kl=kl)
+    out = est(scores, loss_fn)
+    out.loss.backward()
+    torch.testing.assert_close(seen[0], torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert torch.isfinite(out.loss) and torch.isfinite(scores.grad).all()

@@ -182,16 +182,19 @@ class GumbelSoftmax(Estimator):
         """Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)``."""
         perturbed = scores + draw_noise(scores.shape, scores, "gumbel")
         hard = one_hot_argmax(perturbed)
+        # softmax((θ + g)/τ) of the row shifted by its (detached) maximum: the same values and
+        # gradient, and no overflow of (θ + g)/τ for τ < 1 at scores near finfo.max
+        shifted = perturbed - perturbed.detach().amax(dim=-1, keepdim=True)
         kl = None
         if self.kl == "relaxed":
-            x = torch.log_softmax(perturbed / tau, dim=-1)
+            x = torch.log_softmax(shifted / tau, dim=-1)
             y = x.exp()
             log_p = exp_concrete_log_prob(x, scores, tau)
             entropy = -(log_p - x.sum(dim=-1))
             if self.prior is not None:  # the Jacobian Σ x_k cancels in the ratio
                 kl = log_p - exp_concrete_log_prob(x, torch.zeros_like(x), self.prior_temperature)
         else:
-            y = torch.softmax(perturbed / tau, dim=-1)
+            y = torch.softmax(shifted / tau, dim=-1)
             entropy = _exact_entropy(categorical_entropy, scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
