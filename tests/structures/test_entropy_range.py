@@ -148,3 +148,17 @@ def test_sparsemap_refuses_float64_tree_scores_beyond_the_summable_range(structu
                         dtype=torch.float64)
     with pytest.raises(ValueError, match=r"scores of .* must have magnitude below"):
         sparsemap(scores, structure)
+
+
+@pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4), Arborescence(4, 0)],
+                         ids=repr)
+def test_tree_log_prob_of_the_largest_float32_scores_is_finite_with_finite_gradient(structure):
+    """log p(z) = <θ, z> - log Z runs in float64 like the matrix-tree log Z: the float32 score
+    sums used to overflow (inf - inf) and the score-function estimators got NaN."""
+    scores = _extreme_scores(structure)
+    z = structure.argmax(scores.detach())
+    log_p = structure.log_prob(scores, z)
+    assert log_p.dtype == torch.float32
+    assert torch.isfinite(log_p).all() and (log_p <= 0).all()
+    log_p.sum().backward()
+    assert torch.isfinite(scores.grad).all()

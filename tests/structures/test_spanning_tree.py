@@ -323,3 +323,16 @@ def test_thirty_nodes_at_score_scale_100_in_float32_match_the_float64_eliminatio
     sym = ((leaf + leaf.mT) / 2).masked_fill(torch.eye(n, dtype=torch.bool), 0)
     (grad,) = torch.autograd.grad(log_count_rooted_at_zero(sym).sum(), leaf)
     torch.testing.assert_close(mu.double(), grad + grad.mT, rtol=0, atol=1e-3)
+
+
+def test_argmax_of_the_largest_float32_scores_is_a_maximum_tree():
+    """(θ + θᵀ)/2 overflowed to ±inf near finfo.max and Prim's steps tied everywhere (a star of
+    score -3 max was returned where a path of score +max exists); it is now θ/2 + θᵀ/2."""
+    big = torch.finfo(torch.float32).max
+    signs = torch.tensor([[1.0, -1, -1, -1], [-1, -1, 1, -1], [-1, 1, 1, 1], [-1, -1, 1, 1]])
+    tree = SpanningTree(4)
+    scores = (signs * big).unsqueeze(0)
+    z = tree.argmax(scores)
+    every = tree.enumerate()
+    best = tree.score(scores.double(), every.double()).max()
+    assert tree.score(scores.double(), z.double()).item() == best.item() == big

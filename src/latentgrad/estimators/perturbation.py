@@ -14,7 +14,7 @@ from .._validation import check_choice, check_positive_int
 from ..distributions.sst import NOISES, structured_noise, utility_mask
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
-from ..structures.spanning_tree import SpanningTree
+from ..structures.spanning_tree import SpanningTree, symmetrized
 from ._checks import check_leave_one_out, check_structure
 from ._families import CategoricalLatent, StructureLatent
 from ._sampler import BASELINES, Sampler, implements
@@ -96,7 +96,7 @@ class PerturbationScoreFunction(Sampler):
         extra = 1 if self.baseline == "self_critic" else 0
         theta = scores
         if isinstance(structure, SpanningTree):
-            theta = (scores + scores.mT) / 2
+            theta = symmetrized(scores)
         drawn = utility_mask(structure, theta) & (theta > float("-inf"))
         shape = (theta.shape[0], s + extra, *theta.shape[1:])
         noise = structured_noise(structure, torch.Size(shape), theta, self.noise)

@@ -70,6 +70,11 @@ class TreeStructure(Structure):
         self._check_float64_range(flat)
         return self._marginals(flat).reshape(scores.shape)
 
+    def log_prob_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """float64, the dtype of the matrix-tree log Z: the score sums of float32 scores near
+        finfo.max do not overflow there."""
+        return torch.float64
+
     def _check_float64_range(self, flat: Tensor) -> None:
         """The matrix-tree computations run in float64, far beyond any float32 score: only
         float64 scores can leave ``check_range``'s range."""

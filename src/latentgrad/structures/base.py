@@ -144,11 +144,15 @@ class Structure(abc.ABC):
 
         ``scores`` ``(*batch, *score_shape)`` and structures ``z`` broadcast against each other
         (e.g. scores ``(B, 1, ...)`` with ``z`` ``(B, S, ...)``); returns the broadcast batch
-        shape, differentiable in ``scores``; computed in at least float32, returned in the scores'
-        dtype.
+        shape, differentiable in ``scores``; computed in ``log_prob_dtype``, returned in the
+        scores' dtype.
         """
-        work = check_tensor(scores, "scores").to(working_dtype(scores.dtype))
+        work = check_tensor(scores, "scores").to(self.log_prob_dtype(scores.dtype))
         return (self.score(work, z.to(work.dtype)) - self.log_partition(work)).to(scores.dtype)
+
+    def log_prob_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype ``log_prob`` computes in: at least float32 (``working_dtype``)."""
+        return working_dtype(dtype)
 
     def entropy(self, scores: Tensor) -> Tensor:
         """Gibbs entropy ``H(p) = log Z - <scores, μ>``, ``μ = marginals(scores)``: ``(*batch,)``.

@@ -19,6 +19,12 @@ from ._tree_structure import TreeStructure
 from .tree_sampling import sample_spanning_tree
 
 
+def symmetrized(scores: Tensor) -> Tensor:
+    """``(θ + θᵀ)/2`` computed as ``θ/2 + θᵀ/2``: the same value (halving is exact), without
+    overflow for scores near finfo.max."""
+    return scores / 2 + scores.mT / 2
+
+
 class SpanningTree(TreeStructure):
     """Spanning trees of K_n as symmetric adjacency matrices.
 
@@ -94,7 +100,7 @@ class SpanningTree(TreeStructure):
         along any (even asymmetric) perturbation of the scores.
         """
         upper = torch.ones(self.n, self.n, dtype=torch.bool, device=scores.device).triu(1)
-        sym = (scores + scores.mT) / 2
+        sym = symmetrized(scores)
         return (sym * z).masked_fill(~upper, 0).sum(dim=(-2, -1))
 
     def argmax(self, scores: Tensor) -> Tensor:
@@ -105,7 +111,7 @@ class SpanningTree(TreeStructure):
         """
         self.check_scores(scores)
         flat, _ = flatten_batch(scores, 2)
-        sym = (flat + flat.mT) / 2
+        sym = symmetrized(flat)
         nodes = torch.arange(self.n, device=flat.device)
         rows = torch.arange(flat.shape[0], device=flat.device)
         in_tree = (nodes == 0).expand(flat.shape[0], self.n).clone()

@@ -227,7 +227,7 @@ def sample_spanning_tree(
     with torch.no_grad():
         flat = _flat_draws(scores, sample_shape)
         root = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
-        z = _indicator(_sample_heads((flat + flat.mT) / 2, root, generator), scores.dtype)
+        z = _indicator(_sample_heads(flat / 2 + flat.mT / 2, root, generator), scores.dtype)
         z[:, 0, 0] = 0
         z = z + z.mT
     return z.reshape(*sample_shape, *scores.shape[:-2], n, n)
