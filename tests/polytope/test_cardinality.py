@@ -216,3 +216,18 @@ def test_only_the_exact_classes_take_the_threshold_path():
     assert cardinality_bounds(Categorical(3)) == (1, 1)
     assert cardinality_bounds(Tweaked(4)) is None
     assert cardinality_bounds(SpanningTree(4)) is None
+
+
+@pytest.mark.parametrize("structure", [Categorical(5), KSubset(5, 2), BitVector(5, budget=2)],
+                         ids=repr)
+@pytest.mark.parametrize("exponent", [10, 16, 30, 300])
+def test_threshold_path_is_exact_for_tied_scores_at_any_scale(structure, exponent):
+    """Scores ±10^e tie in groups; the projection is that of ±10^3 (the same tie pattern, where
+    float64 is exact). The search used to run on θ itself: from 1e10 Σμ drifted by 4e-6 and
+    from 1e16 (where θ − 1 == θ) the marginals left the polytope (Σμ = 2 for a categorical)."""
+    gen = torch.Generator().manual_seed(exponent)
+    signs = torch.randn(128, 5, generator=gen, dtype=torch.float64).sign()
+    want = sparsemap(signs * 1e3, structure)
+    got = sparsemap(signs * 10.0**exponent, structure)
+    torch.testing.assert_close(got.marginals, want.marginals, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.weights.sum(-1), torch.ones(128, dtype=torch.float64))

@@ -70,6 +70,7 @@ def project(theta: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     """μ = argmin_{μ ∈ P} ‖μ − θ‖² for ``theta`` ``(B, n)``, differentiable; also returns the
     row's active cardinality ``(B,)`` (K where Σμ = K is enforced, else NaN).
 
+    Runs on θ − θ_(K) clamped to [−2, 2] (see below), exact at any scale of θ.
     τ is searched without autograd and then recomputed on the piece it found,
     τ = (Σ_F θ + |O| − K) / |F|, which is exact there and carries the gradient
     ∂τ/∂θᵢ = 1[i ∈ F] / |F|."""
@@ -79,7 +80,19 @@ def project(theta: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         below, above = clipped < lo, clipped > hi
         fixed = below | above if lo < hi else torch.ones_like(below)
         target = torch.where(below, float(lo), float(hi))
-        tau0 = _threshold(theta, target) if lo > 0 or hi < n else torch.zeros_like(clipped)
+        # where Σμ = K is enforced, τ lies in [θ_(K) − 1, θ_(K)) (θ_(K) the K-th largest score):
+        # coordinates more than 2 away from θ_(K) are 0 or 1 whatever τ, so the search runs on
+        # θ − θ_(K) clamped to [−2, 2], exact at any scale (θ and θ − 1 are equal in float64
+        # from |θ| ~ 1e16 on, and the sums of the formula below round at the scale of |θ|)
+        constrained = lo > 0 or hi < n
+        anchor = torch.zeros_like(clipped)
+        if constrained:
+            largest = theta.topk(min(max(hi, 1), n), dim=1).values  # θ_(1) ≥ … ≥ θ_(hi)
+            rank = (target.long() - 1).clamp(0, largest.shape[1] - 1).unsqueeze(1)
+            anchor = torch.where(fixed, largest.gather(1, rank)[:, 0], 0.0)
+    theta = (theta - anchor.unsqueeze(1)).clamp(-2.0, 2.0)
+    with torch.no_grad():
+        tau0 = _threshold(theta, target) if constrained else torch.zeros_like(clipped)
         tau0 = torch.where(fixed, tau0, 0.0)
         shifted = theta - tau0.unsqueeze(1)
         inside = (shifted > 0) & (shifted < 1)
