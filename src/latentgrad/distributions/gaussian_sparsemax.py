@@ -242,9 +242,9 @@ class GaussianSparsemax(CheckedDistribution):
     Args:
         loc: μ, (*batch, K).
         scale: σ > 0, broadcastable to ``loc`` (a float, (K,), or (*batch, K)).
-        With ``validate_args``, |μ| must be at most ``finfo.max / 8`` and σ within
-        ``[16 / sqrt(finfo.max), sqrt(finfo.max) / 16]`` of the dtype (float32: about 8.7e-19
-        to 1.2e18), where the density's variances and precisions stay finite.
+            With ``validate_args``, the magnitude of μ must be at most ``finfo.max / 8`` and σ
+            between ``16 / sqrt(finfo.max)`` and ``sqrt(finfo.max) / 16`` of the dtype
+            (float32: about 8.7e-19 to 1.2e18), where its variances and precisions stay finite.
         n_nodes: Gauss–Legendre nodes on each side of the mode in the 1-D reduction (default 48).
         mc_samples: default number of samples of the Monte Carlo ``entropy`` and KL (default 64).
 
