@@ -80,6 +80,7 @@ from latentgrad.experiments.tasks.structured import (
     undirected,
 )
 from latentgrad.structures import Categorical, KSubset, SpanningTree
+from latentgrad.structures.spanning_tree import symmetrized
 
 
 @dataclass
@@ -399,7 +400,7 @@ class GraphLayout(LatentTask):
         b, n = x.shape[0], self.n
         full = logits.new_zeros(b, n, n)
         full[:, self.graph.recv, self.graph.send] = logits[..., 0]
-        sym = (full + full.mT) / 2
+        sym = symmetrized(full)
         if self.latent == "tree":
             return sym
         i, j = torch.triu_indices(n, n, offset=1, device=x.device)
