@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from .._dtypes import working_dtype
 from .._validation import check_sample_shape
 
 
@@ -34,8 +35,8 @@ class _FinitePositive(constraints.Constraint):
 
 
 def _computed_max(value: Tensor) -> float:
-    """The largest finite value of the dtype ``value`` is computed in (half precision: float32)."""
-    return torch.finfo(torch.promote_types(value.dtype, torch.float32)).max
+    """The largest finite value of the dtype ``value`` is computed in (``working_dtype``)."""
+    return torch.finfo(working_dtype(value.dtype)).max
 
 
 class _Moderate(constraints.Constraint):

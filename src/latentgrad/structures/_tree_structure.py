@@ -21,6 +21,12 @@ from .base import Structure
 MAX_ENUMERATE_NODES = 7
 
 
+def symmetrized(scores: Tensor) -> Tensor:
+    """``(θ + θᵀ)/2`` computed as ``θ/2 + θᵀ/2``: the same value (halving is exact), without
+    overflow for scores near finfo.max."""
+    return scores / 2 + scores.mT / 2
+
+
 class TreeStructure(Structure):
     """Base of the spanning-tree structures over n nodes; subclasses set ``n`` and implement
     ``_log_partition``, ``_marginals``, ``argmax``, ``sample`` and ``enumerate``."""

@@ -73,7 +73,7 @@ class BitVector(Structure):
         bit above ``v`` and the first ``B - #{t > v}`` bits equal to ``v``."""
         self.check_scores(scores)
         z = scores > 0
-        if self.budget is not None and self.budget < self.d:
+        if self._budgeted:
             if self.budget == 0:
                 return torch.zeros_like(scores)
             kth = torch.topk(scores, self.budget, dim=-1, sorted=False).values.amin(-1, True)
@@ -96,7 +96,7 @@ class BitVector(Structure):
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
         flat = flat.to(torch.float64)
-        if self.budget is None or self.budget == self.d:
+        if not self._budgeted:
             z = kbest_bitvector_flips(flat, k)
         else:
             z = kbest_budgeted_bitvectors(flat, self.budget, k)
@@ -109,7 +109,7 @@ class BitVector(Structure):
         at least float32 and returned in the scores' dtype."""
         self.check_scores(scores)
         work = scores.to(working_dtype(scores.dtype))
-        if self.budget is None or self.budget == self.d:
+        if not self._budgeted:
             return torch.nn.functional.softplus(work).sum(-1).to(scores.dtype)
         self.check_range(work)
         # log e_c(t) = log e_c(t − m) + c m with m the row maximum (detached): the DP sums shifted
@@ -123,9 +123,8 @@ class BitVector(Structure):
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1)``, ``(*batch, d)``: ``sigmoid(t)``, or ``grad log Z`` with a budget."""
         self.check_scores(scores)
-        if self.budget is None or self.budget == self.d:
+        if not self._budgeted:
             return torch.sigmoid(scores)
-        self.check_range(scores.to(working_dtype(scores.dtype)))
         return super().marginals(scores.to(working_dtype(scores.dtype))).to(scores.dtype)
 
     def _sample(
@@ -137,7 +136,7 @@ class BitVector(Structure):
         ``P(z_i = 1) = sigmoid(t_i)``). With a budget: the count ``c ~ e_c(t) / Z`` over
         ``c = 0..budget``, then backward sampling through the prefix count DP given ``c``.
         """
-        if self.budget is None or self.budget == self.d:
+        if not self._budgeted:
             shape = (*sample_shape, *scores.shape)
             u = uniform(shape, scores, generator)
             return (scores.expand(shape) + u.log() - torch.log1p(-u) > 0).to(scores.dtype)

@@ -67,8 +67,7 @@ class KSubset(Structure):
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
         flat = flat.to(torch.float64)
-        top = flat.detach().amax(-1, keepdim=True) if flat.numel() else flat.new_zeros(())
-        shifted = flat.detach() - torch.where(torch.isfinite(top), top, 0.0)
+        shifted = flat.detach() - self._common_shift(flat)
         z = kbest_subsets(shifted, self.k, k, exact=True).to(scores.dtype)
         values = self.score(flat.unsqueeze(1), z.to(flat.dtype)).to(scores.dtype)
         return z.reshape(*batch, k, self.n), values.reshape(*batch, k)
@@ -86,8 +85,7 @@ class KSubset(Structure):
         self.check_range(work)
         # log e_k(θ) = log e_k(θ − c) + k c: the DP sums shifted scores (no rounding at the scale
         # of a large common offset); c is the row maximum, detached (the gradient is unchanged)
-        top = work.detach().amax(-1, keepdim=True) if work.numel() else work.new_zeros(())
-        top = torch.where(torch.isfinite(top), top, 0.0)
+        top = self._common_shift(work)
         log_z = log_elementary_symmetric(work - top, self.k)[..., -1] + self.k * top.squeeze(-1)
         return log_z.to(scores.dtype)
 

@@ -15,14 +15,8 @@ from .._validation import check_tensor
 from ._enumeration import check_int, flatten_batch
 from ._tree_counts import log_count_undirected, marginals_undirected
 from ._tree_enumeration import rooted_parent_arrays
-from ._tree_structure import TreeStructure
+from ._tree_structure import TreeStructure, symmetrized
 from .tree_sampling import sample_spanning_tree
-
-
-def symmetrized(scores: Tensor) -> Tensor:
-    """``(θ + θᵀ)/2`` computed as ``θ/2 + θᵀ/2``: the same value (halving is exact), without
-    overflow for scores near finfo.max."""
-    return scores / 2 + scores.mT / 2
 
 
 class SpanningTree(TreeStructure):

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ._matrix_tree import log_count_every_root
 from ._sampling import categorical
+from ._tree_structure import symmetrized
 
 if TYPE_CHECKING:
     from .arborescence import Arborescence
@@ -227,7 +228,7 @@ def sample_spanning_tree(
     with torch.no_grad():
         flat = _flat_draws(scores, sample_shape)
         root = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
-        z = _indicator(_sample_heads(flat / 2 + flat.mT / 2, root, generator), scores.dtype)
+        z = _indicator(_sample_heads(symmetrized(flat), root, generator), scores.dtype)
         z[:, 0, 0] = 0
         z = z + z.mT
     return z.reshape(*sample_shape, *scores.shape[:-2], n, n)
