@@ -362,6 +362,45 @@ def test_large_scores_do_not_overflow(solver):
     torch.testing.assert_close(res.marginals, structure.argmax(theta))
 
 
+@pytest.mark.parametrize("structure", [BitVector(16, budget=8), KSubset(16, 5)], ids=repr)
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e8, 1e12])
+def test_active_set_resolves_tied_huge_scores_like_the_threshold_search(structure, scale):
+    """Tied scores ±scale·{0, 1, 2} (exact in float64): the projection splits each tie evenly,
+    whatever the scale. The active set must find it and certify it; a stopping test relative to
+    |<θ, z>| would accept a single vertex (gaps of order 1 < 1e-9·|<θ, z>|) and call it exact."""
+    g = torch.Generator().manual_seed(23)
+    theta = scale * torch.randint(-2, 3, (64, 16), generator=g).to(F64)
+    ref = sparsemap(theta, structure, solver="threshold").marginals
+    res = sparsemap(theta, structure, solver="active_set")
+    assert res.exact.all()
+    torch.testing.assert_close(res.marginals, ref, atol=64 * torch.finfo(F64).eps, rtol=0)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e8, 1e10])
+def test_tree_marginals_are_shift_invariant_to_the_resolution_of_the_scores(offset):
+    """Every spanning tree has n − 1 edges, so θ + c has the projection of θ. With
+    θ = (θ₀ + c) − c formed exactly, the solver working at |θ| ≈ c must agree with the one at
+    |θ₀| ≈ 1 to some ulps of c on every row it certifies (and certify nearly all of them)."""
+    g = torch.Generator().manual_seed(24)
+    theta = torch.randn(32, 8, 8, generator=g, dtype=F64)
+    big = (theta + theta.mT) / 2 + offset
+    ref = sparsemap(big - offset, SpanningTree(8))
+    res = sparsemap(big, SpanningTree(8))
+    assert ref.exact.all() and res.exact.double().mean() > 0.9
+    err = (res.marginals - ref.marginals).abs().flatten(1).amax(1)
+    assert (err[res.exact] <= 64 * torch.finfo(F64).eps * offset).all()
+
+
+def test_scores_beyond_the_resolution_of_float64_are_never_certified():
+    """At |θ| = 2⁴⁴ an ulp is 2⁻⁸: θ − μ no longer resolves the marginals, so no row is exact
+    (the solver still returns a distribution over structures)."""
+    g = torch.Generator().manual_seed(25)
+    theta = 2.0**44 * torch.randint(-2, 3, (16, 16), generator=g).to(F64)
+    res = sparsemap(theta, BitVector(16, budget=8), solver="active_set")
+    assert not res.exact.any()
+    torch.testing.assert_close(res.weights.sum(-1), torch.ones(16, dtype=F64))
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [

@@ -6,9 +6,9 @@ it is ``min_{p ∈ Δ(A)} ½ pᵀGp − sᵀp`` with G_{zz'} = <z, z'>, s_z = <�
 active-set method of Nocedal & Wright (2006, §16.5) as in Martins et al. (2015, AD³):
 start from A = {MAP(θ)}; solve the equality-constrained KKT system on A; if its solution is
 infeasible, step back to the boundary and drop a vertex; otherwise ask the MAP oracle for
-z⁺ = MAP(θ − μ) (θ − μ rounded to a grid of a few hundred ulps so that ties are broken by the
-oracle, not by rounding noise) and stop when the Frank-Wolfe gap <θ − μ, z⁺ − μ> ≤ tol (μ is
-then optimal), else add z⁺ to A.
+z⁺ = MAP(θ − μ) (θ − μ rounded to a grid of 256 ulps of 1 plus four of max |θ|, so that ties
+are broken by the oracle, not by rounding noise) and stop when the Frank-Wolfe gap <θ − μ, z⁺ − μ> is below
+tol plus what that rounding can hide (μ is then optimal), else add z⁺ to A.
 
 All rows iterate in lockstep with done-masks; active sets are padded to a capacity that follows
 the largest one in steps of ``_STEP`` (per-step work is O(C·D + C²) per row, memory-bound, so
@@ -39,6 +39,7 @@ _STEP = 4
 _REFRESH = 32
 _TIE_GRID = 256
 _DRIFT = 1e-9
+_RESOLVED = 2.0**43
 
 
 class ActiveSetSolution(NamedTuple):
@@ -83,6 +84,21 @@ def _snap(resid: Tensor, grid: Tensor) -> Tensor:
     return (resid / g).round_().mul_(g)
 
 
+def _gap_closed(
+    wr: Tensor, z_new: Tensor, mu: Tensor, w: Tensor, grid: Tensor, tol: float
+) -> Tensor:
+    """The optimality test ``(R,)``: Frank-Wolfe gap <θ − μ, z⁺ − μ> ≤ tol + ρ, with ``wr``
+    (R, D) = w ⊙ (θ − μ), z⁺ ``z_new`` and μ ``mu`` (R, D), ``grid`` (R,).
+
+    The gap bounds the objective's suboptimality, in the units of θ, whose scale the ½‖μ‖²
+    term fixes: the tolerance is absolute, not relative to |θ| (on tied scores of 1e8 a
+    relative test accepts gaps of order 1, i.e. a vertex instead of the projection).
+    ρ = grid·Σ_i w_i |z⁺_i − μ_i| is what the rounding of θ − μ and its snapping to ``grid`` can
+    hide: below tol for |θ| ≲ 1e5, the resolution of the answer beyond."""
+    diff = z_new - mu
+    return _dot(wr, diff) <= tol + grid * (diff.abs() @ w)
+
+
 def _matvec(mat: Tensor, x: Tensor) -> Tensor:
     """``mat @ x`` for ``mat`` (R, m, n) and ``x`` (R, n), computed as xᵀ matᵀ: the same sums,
     by a batched kernel that streams ``mat`` much faster on CPU than the column form."""
@@ -107,7 +123,7 @@ def _pad(x: Tensor, dim: int, size: int, value: float = 0.0) -> Tensor:
     return torch.cat([x, x.new_full(shape, value)], dim=dim)
 
 
-_ROW_FIELDS = ("theta", "grid", "rows", "z", "p", "mask", "s", "sq_norms", "gram", "minv")
+_ROW_FIELDS = ("theta", "grid", "rows", "ref", "z", "p", "mask", "s", "sq_norms", "gram", "minv")
 _FLAG_FIELDS = ("done", "n_iter", "just_added")
 
 
@@ -115,7 +131,11 @@ class _State:
     """Per-row solver state, padded to a common capacity C (private to :func:`solve_active_set`).
 
     theta (R, D) flattened scores, grid (R,) tie-snapping grid, rows (R,) indices into the
-    caller's batch; z (R, C, D) flattened structures, p (R, C), mask (R, C), s (R, C) = <θ, z>,
+    caller's batch; ref (R, D) a reference structure (the MAP); z (R, C, D) flattened
+    structures, p (R, C), mask (R, C), s (R, C) = <θ, z − ref> (the scores shifted by the
+    same constant within a row, which leaves the KKT solution unchanged: the bordered solve
+    then works with score differences, not with |<θ, z>|, which at |θ| ~ 1e8 would leave
+    its weights only ~1e-7 accurate and 1ᵀp̂ ≠ 1 by as much),
     gram (R, C, C) and its diagonal sq_norms (R, C), minv (R, C+1, C+1) the inverse of the
     bordered KKT matrix; done (R,) bool, n_iter (R,) long, just_added (R,) the slot
     added by the previous iteration (-1 if none).
@@ -128,7 +148,9 @@ class _State:
         self._stores = (self.z, self.gram, self.minv)
 
     @classmethod
-    def build(cls, theta: Tensor, w: Tensor, grid: Tensor, z: Tensor, p: Tensor, cap: int):
+    def build(
+        cls, theta: Tensor, w: Tensor, grid: Tensor, ref: Tensor, z: Tensor, p: Tensor, cap: int
+    ):
         p = _pad(p, 1, cap)
         mask = p > 0
         z = _pad(z, 1, cap) * mask.unsqueeze(-1)
@@ -139,10 +161,11 @@ class _State:
             theta=theta,
             grid=grid,
             rows=rows,
+            ref=ref,
             z=z,
             p=torch.where(mask, p, 0.0),
             mask=mask,
-            s=_matvec(z, w * theta),
+            s=torch.where(mask, _matvec(z - ref.unsqueeze(1), w * theta), 0.0),
             sq_norms=torch.diagonal(gram, dim1=1, dim2=2).clone(),
             gram=gram,
             minv=minv,
@@ -201,16 +224,16 @@ def _initial_state(
     affinely dependent (singular KKT matrix) restart from MAP."""
     ones = torch.ones_like(theta[:, :1])
     if init is None:
-        return _State.build(theta, w, grid, z_map.unsqueeze(1), ones, cap)
+        return _State.build(theta, w, grid, z_map, z_map.unsqueeze(1), ones, cap)
     z, p = init
     cap = max(cap, z.shape[1])
-    state = _State.build(theta, w, grid, z, p / p.sum(1, keepdim=True), cap)
+    state = _State.build(theta, w, grid, z_map, z, p / p.sum(1, keepdim=True), cap)
     mat = bordered_matrix(state.gram, state.mask)
     bad = (state.info != 0) | (torch.linalg.matrix_rank(mat, hermitian=True) < mat.shape[-1])
     if bool(bad.any()):
         z = torch.where(bad.view(-1, 1, 1), _pad(z_map.unsqueeze(1), 1, z.shape[1]), z)
         p = torch.where(bad.unsqueeze(1), _pad(ones, 1, p.shape[1]), p)
-        state = _State.build(theta, w, grid, z, p / p.sum(1, keepdim=True), cap)
+        state = _State.build(theta, w, grid, z_map, z, p / p.sum(1, keepdim=True), cap)
     return state
 
 
@@ -236,7 +259,7 @@ def solve_active_set(
     theta = theta.flatten(1)
     max_cap = theta.shape[1] + 1
     eps = torch.finfo(theta.dtype).eps
-    grid = _TIE_GRID * eps * (1.0 + theta.abs().amax(1))
+    grid = eps * (_TIE_GRID + 4 * theta.abs().amax(1))
     warm = None if init is None else (init[0].flatten(2), init[1])
     state = _initial_state(theta, w, grid, z_map, warm, min(_STEP, max_cap))
     min_sq_dist = 0.5 * w[w > 0].min()
@@ -291,8 +314,7 @@ def _iterate(
     resid = st.theta - mu
     z_new = structure.argmax(_snap(resid, st.grid).view(-1, *shape)).flatten(1)
     wr = w * resid
-    best, here = _dot(wr, z_new), _dot(wr, mu)
-    optimal = (best - here) <= tol * (1.0 + torch.maximum(best.abs(), here.abs()))
+    optimal = _gap_closed(wr, z_new, mu, w, st.grid, tol)
     converged = live & feasible & optimal
     wants_add = live & feasible & ~optimal
 
@@ -333,7 +355,8 @@ def _iterate(
     st.p = torch.where(removing.unsqueeze(1), p_back, st.p)
     st.p = torch.where((live & feasible).unsqueeze(1), p_hat, st.p)
     st.mask = (st.mask & ~leave_hot) | add_hot
-    st.s = torch.where(add_hot, _dot(wz, st.theta).unsqueeze(1), torch.where(st.mask, st.s, 0.0))
+    s_new = _dot(w * (z_new - st.ref), st.theta).unsqueeze(1)
+    st.s = torch.where(add_hot, s_new, torch.where(st.mask, st.s, 0.0))
     st.just_added = torch.where(adding, slot, torch.where(live, -1, st.just_added))
     # A z⁺ that is active or on the affine hull of A scores exactly ν = <θ − μ, μ> at the KKT
     # point of A (an affine function equal to ν on A): its gap is zero up to rounding.
@@ -364,18 +387,21 @@ def _certify(
 ) -> Tensor:
     """A-posteriori optimality certificate of the returned weights (one more oracle call):
     the Frank-Wolfe gap passes the tolerance test, or the weights are the KKT point of their
-    active set and MAP(θ − μ) is one of its structures (then the gap is zero up to rounding)."""
+    active set and MAP(θ − μ) is one of its structures (then the gap is zero up to rounding).
+    The oracle sees θ − μ unsnapped, so the slack is two ulps of |θ| per coordinate (the
+    rounding of θ − μ), not the tie grid. The marginals are resolved to about ten ulps of
+    max |θ|; rows with max |θ| ≥ 2⁴³ (an ulp ≥ 2⁻⁹, ten of them a few hundredths of a marginal)
+    are never certified."""
     mu = (weights.unsqueeze(1) @ state.z).squeeze(1)
     resid = state.theta - mu
-    z_new = structure.argmax(_snap(resid, state.grid).view(-1, *structure.score_shape))
-    z_new = z_new.flatten(1)
-    wr = w * resid
-    best, here = _dot(wr, z_new), _dot(wr, mu)
-    optimal = (best - here) <= tol * (1.0 + torch.maximum(best.abs(), here.abs()))
+    z_new = structure.argmax(resid.view(-1, *structure.score_shape)).flatten(1)
+    ulps = 2 * torch.finfo(resid.dtype).eps * (1.0 + state.theta.abs().amax(1))
+    optimal = _gap_closed(w * resid, z_new, mu, w, ulps, tol)
     g_row = _matvec(state.z, w * z_new)
     sq_dist = state.sq_norms + (z_new @ w).unsqueeze(1) - 2 * g_row
     active = (state.mask & (sq_dist < min_sq_dist)).any(1)
-    return optimal | (kkt & active)
+    resolved = state.theta.abs().amax(1) < _RESOLVED
+    return (optimal | (kkt & active)) & resolved
 
 
 class _Chunk(NamedTuple):

@@ -110,10 +110,13 @@ def sparsemap(
             ``Σ_i w_i θ_i z_i`` (every latentgrad structure; ``SpanningTree`` counts each edge
             once), and ``Σ_i w_i a_i b_i`` is the inner product of the projection.
         max_iter: cap on active-set iterations (each adds or drops one structure).
-        tol: relative tolerance of the optimality test
-            <θ − μ, z⁺ − μ> ≤ tol·(1 + max(|<θ − μ, z⁺>|, |<θ − μ, μ>|)), z⁺ = MAP(θ − μ).
-            The gap bounds ½‖μ − μ*‖². Much below the default (≲ 1e-10 on 128 bits) the
-            solver chases rounding noise and builds ill-conditioned active sets.
+        tol: tolerance of the optimality test <θ − μ, z⁺ − μ> ≤ tol + ρ, z⁺ = MAP(θ − μ), in
+            the units of θ (absolute: the ½‖μ‖² term fixes the scale). The gap bounds
+            ½‖μ − μ*‖². ρ is what rounding of θ − μ can hide, a few ulps of max |θ| per
+            coordinate: negligible below |θ| ≈ 1e5; beyond, the marginals are resolved to about
+            ten ulps of max |θ| (3e-8 at 1e8), and rows with max |θ| ≥ 2⁴³ ≈ 8.8e12 are never
+            certified ``exact``. Much below the default (≲ 1e-10 on 128 bits) the solver chases
+            rounding noise and builds ill-conditioned active sets.
         init: warm start, a previous result (or a pair ``(support, weights)`` with the shapes of
             :class:`SparseMAPResult`); its positive-weight structures start the active set.
             Rows whose set is affinely dependent start from MAP(θ) instead.
