@@ -298,3 +298,23 @@ def test_hard_concrete_at_the_largest_finite_log_alpha_is_a_point_mass_without_n
     torch.testing.assert_close(entropy, torch.zeros(2))
     entropy.sum().backward()
     assert torch.isfinite(log_alpha.grad).all()
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-30, 1e-38])
+def test_gaussian_sparsemax_kl_at_scales_whose_square_underflows_float32(scale):
+    """σ² underflows float32 below ~1e-19: the KL must not divide by it (0/0 was NaN). It is 0
+    at equality and, where float32 can hold it, the float64 value; beyond, +inf, not NaN."""
+    loc_p = torch.tensor([0.3, -0.2, 1.5, 0.5])
+    loc_q = torch.tensor([0.3, -0.1, 1.5, 0.5 + 1e-3])
+    sigma = torch.full((4,), scale)
+
+    def kl(dtype, a, b):
+        p = BinaryGaussianSparsemax(a.to(dtype), sigma.to(dtype))
+        return kl_divergence(p, BinaryGaussianSparsemax(b.to(dtype), sigma.to(dtype)))
+
+    assert torch.equal(kl(torch.float32, loc_p, loc_p), torch.zeros(4))
+    got, want = kl(torch.float32, loc_p, loc_q), kl(torch.float64, loc_p, loc_q)
+    assert not got.isnan().any()
+    fits = want < torch.finfo(torch.float32).max
+    torch.testing.assert_close(got[fits].double(), want[fits], rtol=1e-5, atol=1e-6)
+    assert (got[~fits] == math.inf).all()

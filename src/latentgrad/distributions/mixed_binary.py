@@ -426,11 +426,11 @@ def _kl_bgs_bgs(p: BinaryGaussianSparsemax, q: BinaryGaussianSparsemax) -> Tenso
     p, q = p._working(), q._working()
     masses = _mass_kl(p, q)
     z0, z1, z2 = p._truncated_moments()
-    d = p.loc - q.loc
+    ratio, shift = p.scale / q.scale, (p.loc - q.loc) / q.scale  # not / σ_q², which underflows
     # a moment that is 0 (no interior mass) zeroes its term even where its factor overflows
     interior = (_times(q.scale.log() - p.scale.log(), z0)
-                + 0.5 * _times((p.scale / q.scale)**2 - 1, z2)
-                + (_times(p.scale * d, z1) + 0.5 * _times(d * d, z0)) / q.scale**2)
+                + 0.5 * _times(ratio**2 - 1, z2)
+                + _times(ratio * shift, z1) + 0.5 * _times(shift * shift, z0))
     return (masses + interior).clamp_min(0).to(dtype)
 
 

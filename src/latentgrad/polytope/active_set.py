@@ -7,8 +7,9 @@ active-set method of Nocedal & Wright (2006, §16.5) as in Martins et al. (2015,
 start from A = {MAP(θ)}; solve the equality-constrained KKT system on A; if its solution is
 infeasible, step back to the boundary and drop a vertex; otherwise ask the MAP oracle for
 z⁺ = MAP(θ − μ) (θ − μ rounded to a grid of 256 ulps of 1 plus four of max |θ|, so that ties
-are broken by the oracle, not by rounding noise) and stop when the Frank-Wolfe gap <θ − μ, z⁺ − μ> is below
-tol plus what that rounding can hide (μ is then optimal), else add z⁺ to A.
+are broken by the oracle, not by rounding noise) and stop when the Frank-Wolfe gap
+<θ − μ, z⁺ − μ> is below tol plus what that rounding can hide (μ is then optimal), else add z⁺
+to A.
 
 All rows iterate in lockstep with done-masks; active sets are padded to a capacity that follows
 the largest one in steps of ``_STEP`` (per-step work is O(C·D + C²) per row, memory-bound, so
