@@ -114,7 +114,7 @@ def sparsemap(
             the units of θ (absolute: the ½‖μ‖² term fixes the scale). The gap bounds
             ½‖μ − μ*‖². ρ is what rounding of θ − μ can hide, a few ulps of max |θ| per
             coordinate: negligible below |θ| ≈ 1e5; beyond, the marginals are resolved to about
-            ten ulps of max |θ| (3e-8 at 1e8), and rows with max |θ| ≥ 2⁴³ ≈ 8.8e12 are never
+            ten ulps of max |θ| (2e-7 at 1e8), and rows with max |θ| ≥ 2⁴³ ≈ 8.8e12 are never
             certified ``exact``. Much below the default (≲ 1e-10 on 128 bits) the solver chases
             rounding noise and builds ill-conditioned active sets.
         init: warm start, a previous result (or a pair ``(support, weights)`` with the shapes of
