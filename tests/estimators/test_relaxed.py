@@ -380,6 +380,22 @@ def test_igr_estimator_is_finite_at_low_temperature_in_float32(variant):
     assert torch.isfinite(scores.grad).all()
 
 
+@pytest.mark.parametrize("dtype, xi", [(torch.float32, 100.0), (torch.float64, 1e4)])
+@pytest.mark.parametrize("variant", ["I", "SB", "planar"])
+def test_igr_log_scale_beyond_the_dtype_gives_zero_not_nan_gradients(dtype, xi, variant):
+    """exp(ξ) overflows the dtype: σ saturates, and a saturated σ has gradient 0 (the clamp
+    used to act after exp, whose backward then took 0 · exp(ξ) = 0 · inf = NaN)."""
+    torch.manual_seed(0)
+    est = IGREstimator(variant, 0.5, num_categories=5, eps=0.1)
+    scores = torch.zeros(3, 2, 4, dtype=dtype)
+    scores[:, 1] = xi
+    scores.requires_grad_(True)
+    out = est(scores, lambda z, rows: z.square().sum(-1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and not scores.grad.isnan().any()
+    assert (scores.grad[:, 1] == 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("variant", ["I", "SB"])
 def test_igr_closed_form_kl_uses_the_log_scale_where_its_exp_underflows(dtype, variant):

@@ -350,12 +350,13 @@ class IGREstimator(Estimator):
         return x
 
     def _distribution(self, loc: Tensor, log_scale: Tensor, tau: Tensor):
-        """The variant's distribution at ``σ = exp(ξ)``, kept in [tiny, max] for the draws (no 0
-        or inf), with ``log σ = ξ`` exactly in its log-densities and KLs. Built without argument
+        """The variant's distribution at ``σ = exp(ξ)``, kept in [tiny, max / e] for the draws (no
+        0 or inf), with ``log σ = ξ`` exactly in its log-densities and KLs. Built without argument
         validation: ``_check`` has checked the scores (μ, ξ finite), σ is finite and positive by
         the clamp, and τ comes from a schedule (the checks cost ~10 % of an IGR-SB step)."""
         info = torch.finfo(log_scale.dtype)
-        scale = log_scale.exp().clamp(info.tiny, info.max)
+        # clamped before exp, so that a saturated σ has gradient 0, not 0 · exp(ξ) = 0 · inf
+        scale = log_scale.clamp(math.log(info.tiny), math.log(info.max) - 1.0).exp()
         kw = {"log_scale": log_scale, "validate_args": False}
         if self.variant == "I":
             return IGR(loc, scale, tau, self.delta, **kw)
