@@ -172,6 +172,13 @@ def test_bad_configuration_raises(factory, match):
         factory()
 
 
+def test_top_k_marginalization_needs_a_k_best_oracle_when_built():
+    """Trees have no exact k-best oracle: the estimator says so when it is built, not at its
+    first call in the middle of a training loop."""
+    with pytest.raises(TypeError, match=r"SpanningTree\(n=4\) has no exact k-best oracle"):
+        TopKSparsemaxMarginalization(SpanningTree(4), 2)
+
+
 def test_sum_and_sample_rejects_k_above_the_number_of_categories():
     with pytest.raises(ValueError, match="exceeds the number of categories"):
         SumAndSample(k=K + 1)(_scores(2), CountingLoss(2))

@@ -22,7 +22,7 @@ from .._validation import check_choice, check_no_pos_inf, check_positive_int
 from ..mappings import entmax15, sparsemax
 from ..polytope.result import SparseMAPResult
 from ..polytope.sparsemap import sparsemap
-from ..polytope.topk_sparsemax import topk_sparsemax
+from ..polytope.topk_sparsemax import check_topk_oracle, topk_sparsemax
 from ..structures.base import Structure
 from ._checks import check_batched
 from ._families import CategoricalLatent, check_latent_scores, masked_entropy
@@ -271,7 +271,7 @@ class TopKSparsemaxMarginalization(_StructuredMarginalization):
 
     def __init__(self, structure: Structure, k: int, entropy_coeff: float = 0.0) -> None:
         k = check_positive_int(k, "k")
-        super().__init__(structure, entropy_coeff)
+        super().__init__(check_topk_oracle(structure), entropy_coeff)
         self.k = k
 
     def solve(self, scores: Tensor) -> SparseMAPResult:

@@ -21,6 +21,16 @@ from ..structures.base import Structure
 from .result import SparseMAPResult
 
 
+def check_topk_oracle(structure: object) -> Structure:
+    """``structure`` if it is a :class:`~latentgrad.structures.base.Structure` with an exact
+    k-best oracle (``topk``), else a ``TypeError`` naming it."""
+    if not isinstance(structure, Structure):
+        raise TypeError(f"structure must be a latentgrad Structure, got {type(structure).__name__}")
+    if type(structure).topk is Structure.topk:
+        raise TypeError(f"structure {structure!r} has no exact k-best oracle (topk)")
+    return structure
+
+
 def topk_sparsemax(scores: Tensor, structure: Structure, k: int) -> SparseMAPResult:
     """Sparsemax over the ``k`` highest-scoring structures.
 
@@ -35,10 +45,7 @@ def topk_sparsemax(scores: Tensor, structure: Structure, k: int) -> SparseMAPRes
         (``S = max support_size <= k``), ``weights`` = sparsemax of their scores (differentiable),
         ``marginals`` = Σ_j p_j z_j, ``n_iter`` = 0 and ``exact = support_size < k``.
     """
-    if not isinstance(structure, Structure):
-        raise TypeError(f"structure must be a latentgrad Structure, got {type(structure).__name__}")
-    if type(structure).topk is Structure.topk:
-        raise TypeError(f"structure {structure!r} has no exact k-best oracle (topk)")
+    check_topk_oracle(structure)
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 1:
