@@ -256,6 +256,30 @@ def test_scores_on_a_coarse_grid_with_many_ties_are_solved_exactly(
     assert torch.isfinite(grad).all()
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from(["ksubset", "spanning_tree", "dependency_tree"]),
+    values=st.lists(st.integers(-4, 4), min_size=16, max_size=16),
+    offset=st.sampled_from([1e4, 1e8, 1e10]),
+)
+def test_tied_scores_far_from_zero_are_solved_to_the_resolution_of_the_offset(
+    name, values, offset
+):
+    """Every structure of these has the same size, so θ + c has the projection of θ; ties on a
+    grid of halves (exact in float64 at |θ| ≤ 1e10) must be split as brute force splits them,
+    to some ulps of c, on every row the solver certifies."""
+    structure = STRUCTURES[name]
+    size = math.prod(structure.score_shape)
+    theta = torch.tensor(values[:size], dtype=F64).view(structure.score_shape) / 2
+    if isinstance(structure, SpanningTree):
+        theta = (theta + theta.mT) / 2
+    res = sparsemap((theta + offset).unsqueeze(0), structure, solver="active_set")
+    expected = project_bruteforce(theta, structure)
+    assert res.exact.all()
+    atol = 64 * torch.finfo(F64).eps * offset
+    torch.testing.assert_close(res.marginals[0], expected, atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize(
     "name, solver",
     [
