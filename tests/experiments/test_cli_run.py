@@ -122,6 +122,9 @@ def test_resume_continues_from_the_last_checkpoint(data_env: Path, tmp_path: Pat
     steps = [int(r["step"]) for r in csv_rows(d) if r.get("train/loss") or r.get("warmstart/loss")]
     assert max(steps) >= 7 and len(list((d / "csv").glob("version_*"))) == 2
     assert len((d / "command.txt").read_text().splitlines()) == 2
+    info = json.loads((d / "run.json").read_text())
+    assert len(info["attempts"]) == 2 and "finished" in info
+    assert info["started"] == info["attempts"][0]["started"] <= info["attempts"][1]["started"]
     with pytest.raises(Exception, match="differs"):
         from latentgrad.experiments.runner import run
 

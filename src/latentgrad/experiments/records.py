@@ -57,24 +57,48 @@ def package_versions() -> dict[str, str | None]:
 
 
 def write_run_records(run_dir: Path, config: dict[str, Any], argv: list[str] | None) -> None:
-    """Write ``config.yaml``, ``command.txt`` and ``run.json`` (seed, commit, versions, host)."""
+    """Write ``config.yaml``, ``command.txt`` and ``run.json`` (seed, commit, versions, host).
+
+    Each start of the run (the first and every resume) is appended to ``run.json``'s
+    ``attempts`` (time, host, platform, commit); ``started`` stays the first start's time.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(yaml.safe_dump(config, sort_keys=False), run_dir / "config.yaml")
     command = shlex.join(["latentgrad", *argv]) if argv is not None else shlex.join(sys.argv)
     previous = (run_dir / "command.txt").read_text() if (run_dir / "command.txt").exists() else ""
     atomic_write_text(previous + command + "\n", run_dir / "command.txt")  # one line per attempt
+    attempt = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "git": git_commit(),
+    }
+    attempts = [*_previous_attempts(run_dir / "run.json"), attempt]
     info = {
         "task": config["task"],
         "estimator": config["estimator"],
         "seed": config["seed"],
         "profile": config["profile"],
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "git": git_commit(),
+        **attempts[0],
         "versions": package_versions(),
+        "attempts": attempts,
     }
     atomic_write_text(json.dumps(info, indent=2) + "\n", run_dir / "run.json")
+
+
+def _previous_attempts(path: Path) -> list[dict[str, Any]]:
+    """The attempts recorded in an existing ``run.json`` (one written before ``attempts``
+    existed counts as a single attempt); none if the file is missing or unreadable."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(info, dict):
+        return []
+    if isinstance(info.get("attempts"), list):
+        return info["attempts"]
+    keys = ("started", "host", "platform", "git")
+    return [{k: info[k] for k in keys if k in info}] if "started" in info else []
 
 
 def record_finish(run_dir: Path) -> None:
