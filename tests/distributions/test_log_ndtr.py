@@ -1,13 +1,15 @@
 """log Φ for the densities (``distributions/_log_ndtr.py``): the kernel's three identities against
-``torch.special.log_ndtr`` in float64 across every regime and boundary, the compiled float32
-path's values and gradients, gradcheck of its backward, which inputs take it, the fallback when
+``torch.special.log_ndtr`` in float64 across every regime and boundary, gradients φ/Φ against
+50-digit arithmetic (mpmath) from u = 8 down to u = −1e15 on both paths, the compiled float32
+path's values, gradcheck of both backwards, which inputs take which path, the fallback when
 compilation fails, and Gaussian-sparsemax's log-density through it against the plain one."""
 
 from __future__ import annotations
 
+import mpmath
 import pytest
 import torch
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
 import _compile_probe
 from latentgrad.distributions import _log_ndtr as ln
@@ -55,24 +57,52 @@ def test_kernel_is_log_ndtr_up_to_rounding_in_every_regime(dtype: torch.dtype) -
     torch.testing.assert_close(ln.log_ndtr_kernel(extremes), torch.special.log_ndtr(extremes))
 
 
+def _inverse_mills_truth(u: torch.Tensor) -> torch.Tensor:
+    """φ(u)/Φ(u) in 50-digit arithmetic, rounded to float64."""
+    with mpmath.workdps(50):
+        ratios = [mpmath.npdf(x) / mpmath.ncdf(x) for x in u.double().tolist()]
+    return torch.tensor([float(r) for r in ratios], dtype=torch.float64)
+
+
+# from the upper tail through every regime into the far lower tail, where torch's own gradient
+# exp(−u²/2 − log Φ(u))/√(2π) cancels two terms of size u²/2 (float32: 5% off at u = −1000)
+TAIL_POINTS = [8.0, 3.0, 0.0, -0.5, -1.0, -3.0, -10.5, -11.5, -35.5, -36.5, -100.0, -1e3, -1e5,
+               -1e8, -1e15]
+
+
+def _gradient_tolerance(u: torch.Tensor) -> torch.Tensor:
+    """Relative error allowed on φ/Φ: above −c the direct form's eps·u²/2 (the rounding of log Φ
+    is exponentiated), a few eps below it (−u / S(u) rounds a handful of times)."""
+    eps = torch.finfo(u.dtype).eps
+    c = -ln._tail_threshold(u.dtype)
+    return 8 * eps * (1 + 0.5 * u.double().clamp(min=-c).square())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_is_the_inverse_mills_ratio_down_to_the_far_lower_tail(dtype: torch.dtype) -> None:
+    u = torch.tensor(TAIL_POINTS, dtype=dtype, requires_grad=True)
+    (got,) = torch.autograd.grad(ln.log_ndtr(u).sum(), u)
+    want = _inverse_mills_truth(u.detach())
+    err = (got.double() - want).abs() / want
+    assert bool((err <= _gradient_tolerance(u.detach())).all()), err
+
+
 @pytest.mark.usefixtures("fused_works")
-def test_large_float32_inputs_take_the_compiled_kernel_with_torchs_values_and_gradients() -> None:
+def test_large_float32_inputs_take_the_compiled_kernel_with_exact_values_and_gradients() -> None:
     u = _grid(torch.float32)
     assert u.numel() >= ln.FUSED_MIN_SIZE
     x = u.clone().requires_grad_()
     y = ln.log_ndtr(x)
     assert _took_fused(y)
     _assert_rounding_close(y.detach(), u)
-    # gradients φ/Φ = exp(−u²/2 − log Φ(u))/√(2π): a rounding of log Φ of relative size eps
-    # moves them by eps·|log Φ| relative; compared where that is meaningful in float32
-    v = torch.linspace(-40, 8, 2 * ln.FUSED_MIN_SIZE).requires_grad_()
+    points = torch.tensor(TAIL_POINTS)
+    v = points.repeat(ln.FUSED_MIN_SIZE // len(TAIL_POINTS) + 1).requires_grad_()
     y = ln.log_ndtr(v)
     assert _took_fused(y)
-    g = torch.rand(v.shape, generator=torch.Generator().manual_seed(0))
-    (got,) = torch.autograd.grad(y, v, g)
-    (want,) = torch.autograd.grad(torch.special.log_ndtr(v), v, g)
-    rtol = 16 * torch.finfo(torch.float32).eps * (1 + float(y.detach().abs().max()))
-    torch.testing.assert_close(got, want, rtol=rtol, atol=0)
+    (got,) = torch.autograd.grad(y.sum(), v)
+    want = _inverse_mills_truth(points).repeat(v.numel() // len(TAIL_POINTS))
+    err = (got.double() - want).abs() / want
+    assert bool((err <= _gradient_tolerance(v.detach())).all()), float(err.max())
     with torch.no_grad():
         assert ln.log_ndtr(x).grad_fn is None
 
@@ -82,15 +112,28 @@ def test_backward_passes_gradcheck() -> None:
     assert gradcheck(lambda x: ln._LogNdtr.apply(x, ln.log_ndtr_kernel(x.detach())), (u,))
 
 
+def test_plain_path_passes_gradcheck_and_gradgradcheck() -> None:
+    u = torch.cat([torch.linspace(-60, 6, 45, dtype=torch.float64),
+                   torch.tensor([-1e3], dtype=torch.float64)]).requires_grad_()
+    assert gradcheck(ln.log_ndtr, (u,))
+    assert gradgradcheck(ln.log_ndtr, (u,))
+
+
+def test_plain_path_works_under_torch_func() -> None:
+    u = torch.tensor([-1e3, -20.0, 0.0, 3.0], dtype=torch.float64)
+    grads = torch.func.vmap(torch.func.grad(ln.log_ndtr))(u)
+    torch.testing.assert_close(grads, _inverse_mills_truth(u), rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize(("dtype", "size"), [(torch.float64, 1 << 15), (torch.float32, 100)])
-def test_small_or_float64_inputs_take_torchs_log_ndtr(dtype: torch.dtype, size: int) -> None:
-    u = torch.linspace(-30, 5, size, dtype=dtype, requires_grad=True)
+def test_small_or_float64_inputs_take_torchs_log_ndtr_values(dtype: torch.dtype, size: int) -> None:
+    u = torch.linspace(-60, 5, size, dtype=dtype, requires_grad=True)
     y = ln.log_ndtr(u)
     assert not _took_fused(y)
     assert torch.equal(y, torch.special.log_ndtr(u))
 
 
-def test_failed_compilation_falls_back_to_torchs_log_ndtr(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_compilation_falls_back_to_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no compiler")
 
@@ -98,7 +141,7 @@ def test_failed_compilation_falls_back_to_torchs_log_ndtr(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch, "compile", failing)
     monkeypatch.setattr(ln._KERNEL, "compiled", None)
     u = torch.linspace(-30, 5, ln.FUSED_MIN_SIZE)
-    assert torch.equal(ln.log_ndtr(u), torch.special.log_ndtr(u))
+    assert torch.equal(ln.log_ndtr(u), ln._log_ndtr_plain(u))
     assert compile_state["failed"]
 
 

@@ -1,20 +1,29 @@
-"""``log Φ(u)``, the log of the standard normal CDF, for the densities' many evaluations.
+"""``log Φ(u)``, the log of the standard normal CDF, with a gradient that stays exact in the tail.
 
-``torch.special.log_ndtr`` evaluates ``log(erfcx(−u/√2)/2) − u²/2`` below ``u = −1`` with a
-scalar ``erfcx`` (about 30 ns per element on one CPU thread). On the CPU, float32 tensors of at
-least ``FUSED_MIN_SIZE`` elements go instead through one kernel that ``torch.compile`` generates
-(inductor's vectorised C++), about 4 times faster, from the same identities:
+The compiled kernel (below) computes the value from three identities:
 
     log Φ(u) = log1p(−erfc(u/√2)/2)                               u ≥ −1 (torch's formula),
              = log(erfc(−u/√2)/2)                                 −c ≤ u < −1,
-             = −u²/2 − log(−u) − ½ log 2π + log Σ_k (−1)^k (2k−1)!! u^(−2k)    u < −c,
+             = −u²/2 − log(−u) − ½ log 2π + log S(u)              u < −c,
+      S(u) = Σ_k (−1)^k (2k−1)!! u^(−2k)   (the asymptotic, Mills ratio, series; 9 terms),
 
 the middle line being torch's ``erfcx`` form unscaled, while ``erfc(−u/√2)`` stays above
-tiny/eps (c = 11 in float32, 36 in float64), and the last one the asymptotic (Mills ratio)
-series, 9 terms, whose error at ``u = −c`` is below 1e-11 relative. The gradient is torch's,
-``φ(u)/Φ(u) = exp(−u²/2 − log Φ(u))/√(2π)``. Other devices and dtypes, smaller tensors,
-``torch.func`` transforms, code being compiled, and every call once a compilation has failed
-(``latentgrad._compile``) take ``torch.special.log_ndtr``.
+tiny/eps (c = 11 in float32, 36 in float64); the series' error at ``u = −c`` is below 1e-11
+relative. The gradient is the inverse Mills ratio ``λ(u) = φ(u)/Φ(u)``. ``torch.special.log_ndtr``
+takes it as ``exp(−u²/2 − log Φ(u))/√(2π)``, which cancels two terms of size u²/2: its relative
+error grows like eps·u²/2 (float32: 5% at u = −1000, 0.4 instead of 10⁵ at u = −10⁵; float64:
+inf at u = −10¹⁰). Neither path here uses it where it cancels.
+
+Two paths give the same values up to rounding:
+- ``log_ndtr`` in general: torch's ``log_ndtr`` for the value and ``λ(u) = √(2/π)/erfcx(−u/√2)``
+  for the gradient (no cancellation at any u; differentiable again, and under ``torch.func``
+  transforms);
+- CPU float32 tensors of at least ``FUSED_MIN_SIZE`` elements: one kernel that
+  ``torch.compile`` generates for the three identities (inductor's vectorised C++; torch's
+  scalar ``erfcx`` costs about 30 ns per element on one CPU thread, this about a quarter of
+  that), and one for λ in the backward: the exp form above −c (error below eps·c²/2 there) and
+  ``λ(u) = −u / S(u)`` below. Code being compiled, ``torch.func`` transforms, and every call once
+  a compilation has failed (``latentgrad._compile``) take the general path.
 """
 
 from __future__ import annotations
@@ -32,6 +41,29 @@ FUSED_MIN_SIZE = 16384  # elements from which the compiled kernel is used (its c
 _TAIL = {torch.float32: -11.0, torch.float64: -36.0}  # c: erfc(-c/√2) > tiny / eps
 _SERIES_TERMS = 8
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _tail_threshold(dtype: torch.dtype) -> float:
+    """−c: below it the asymptotic series (float16/bfloat16 use float32's, they run in it)."""
+    return _TAIL.get(dtype, _TAIL[torch.float32])
+
+
+def _mills_series(u: Tensor) -> Tensor:
+    """S(u) = Σ_{k=0}^{8} (−1)^k (2k−1)!! u^(−2k), so that Φ(u) ≈ φ(u) S(u) / (−u) for u ≪ 0."""
+    inv = 1 / (u * u)
+    term, series = torch.ones_like(u), torch.ones_like(u)
+    for k in range(1, _SERIES_TERMS + 1):
+        term = term * (-(2 * k - 1) * inv)
+        series = series + term
+    return series
+
+
+def _log_ndtr_tail(u: Tensor) -> Tensor:
+    """log Φ(u) = −u²/2 − log(−u) − ½ log 2π + log S(u), for u < −c."""
+    return -0.5 * u * u - torch.log(-u) - _LOG_SQRT_2PI + torch.log(_mills_series(u))
 
 
 def log_ndtr_kernel(u: Tensor) -> Tensor:
@@ -40,20 +72,23 @@ def log_ndtr_kernel(u: Tensor) -> Tensor:
     low = u < -1
     e = torch.special.erfc(torch.where(low, -t, t))
     body = torch.where(low, torch.log(0.5 * e), torch.log1p(-0.5 * e))
-    inv = 1 / (u * u)
-    term, series = torch.ones_like(u), torch.ones_like(u)
-    for k in range(1, _SERIES_TERMS + 1):
-        term = term * (-(2 * k - 1) * inv)
-        series = series + term
-    tail = -0.5 * u * u - torch.log(-u) - _LOG_SQRT_2PI + torch.log(series)
-    return torch.where(u < _TAIL[u.dtype], tail, body)
+    return torch.where(u < _tail_threshold(u.dtype), _log_ndtr_tail(u), body)
+
+
+def inverse_mills_kernel(u: Tensor, value: Tensor) -> Tensor:
+    """λ(u) = φ(u)/Φ(u) from ``value`` = log Φ(u): ``exp(−u²/2 − value)/√(2π)`` above −c,
+    ``−u / S(u)`` below (module docstring)."""
+    tail = u < _tail_threshold(u.dtype)
+    direct = torch.exp(-(value + 0.5 * u * u)) * _INV_SQRT_2PI
+    return torch.where(tail, -u / _mills_series(u), direct)
 
 
 _KERNEL = Compiled(log_ndtr_kernel)
+_GRAD_KERNEL = Compiled(inverse_mills_kernel)
 
 
 class _LogNdtr(torch.autograd.Function):
-    """``u`` -> the ``value`` ``log Φ(u)`` computed from it, with torch's gradient."""
+    """``u`` -> the ``value`` ``log Φ(u)`` computed from it; gradient ``λ(u)`` (compiled)."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, u: Tensor, value: Tensor) -> Tensor:
@@ -64,7 +99,35 @@ class _LogNdtr(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         u, value = ctx.saved_tensors
-        return grad * torch.exp(-(value + 0.5 * u * u)) / math.sqrt(2 * math.pi), None
+        ratio = _GRAD_KERNEL(u, value)
+        if ratio is None:
+            ratio = inverse_mills_kernel(u, value)
+        return grad * ratio, None
+
+
+def inverse_mills(u: Tensor) -> Tensor:
+    """λ(u) = φ(u)/Φ(u) = √(2/π) / erfcx(−u/√2): no cancellation at any u, differentiable."""
+    return _SQRT_2_OVER_PI / torch.special.erfcx(-u * _SQRT_HALF)
+
+
+class _PlainLogNdtr(torch.autograd.Function):
+    """torch's ``log_ndtr`` with the gradient ``λ(u)`` from ``inverse_mills`` (differentiable
+    again, and under ``torch.func`` transforms)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(u: Tensor) -> Tensor:
+        return torch.special.log_ndtr(u)
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+        (u,) = ctx.saved_tensors
+        return grad * inverse_mills(u)
 
 
 def _fused_applies(u: Tensor) -> bool:
@@ -72,17 +135,22 @@ def _fused_applies(u: Tensor) -> bool:
             and not torch.compiler.is_compiling() and not transforms_active())
 
 
+def _log_ndtr_plain(u: Tensor) -> Tensor:
+    """torch's ``log_ndtr`` (its value), with the exact gradient λ(u)."""
+    return _PlainLogNdtr.apply(u)
+
+
 def log_ndtr(u: Tensor) -> Tensor:
-    """``log Φ(u)`` elementwise, differentiable: ``torch.special.log_ndtr`` up to rounding
-    (module docstring)."""
+    """``log Φ(u)`` elementwise, differentiable, with an exact gradient φ(u)/Φ(u) at any u
+    (``torch.special.log_ndtr``'s loses it below u ≈ −100 in float32; module docstring)."""
     if not _fused_applies(u):
-        return torch.special.log_ndtr(u)
+        return _log_ndtr_plain(u)
     flat = u.detach().reshape(-1)
     torch._dynamo.mark_dynamic(flat, 0)  # one compilation for every size
     with torch.no_grad():
         value = _KERNEL(flat)
     if value is None:
-        return torch.special.log_ndtr(u)
+        return _log_ndtr_plain(u)
     value = value.view(u.shape)
     if torch.is_grad_enabled() and u.requires_grad:
         return _LogNdtr.apply(u, value)

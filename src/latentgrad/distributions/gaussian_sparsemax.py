@@ -17,7 +17,8 @@ finds the mode τ̂ and the two points where g is 40 nats below it; Gauss–Lege
 sides of τ̂ (``n_nodes`` each) integrate exp g in log space. The nodes only choose where to
 evaluate an integral whose value does not depend on them, so they are detached. log Φ comes
 from ``_log_ndtr.log_ndtr`` (a compiled kernel for large CPU float32 calls, torch's
-``log_ndtr`` otherwise; the same values up to rounding). Cost O(K·nodes) per point at any K (no
+``log_ndtr`` otherwise; the same values up to rounding; both with an exact gradient φ/Φ in
+the lower tail, where torch's own loses it). Cost O(K·nodes) per point at any K (no
 K² or K·S tensors, unlike the reference's 1000-point trapezoid).
 
 Why not Gauss–Hermite (e.g. with ≥ 64 nodes, the obvious choice for a Gaussian weight): plain or
@@ -58,7 +59,7 @@ from latentgrad.mappings._sparsemax import sparsemax_by_sorting
 from .._dtypes import working_dtype
 from .._validation import check_min_dim, check_positive_int, check_tensor
 from ._gauss_quadrature import gauss_legendre
-from ._log_ndtr import log_ndtr
+from ._log_ndtr import inverse_mills, log_ndtr
 from ._params import (
     CheckedDistribution,
     broadcast_params,
@@ -71,8 +72,6 @@ from ._params import (
 __all__ = ["GaussianSparsemax"]
 
 _LOG_2PI = math.log(2 * math.pi)
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-_SQRT_HALF = math.sqrt(0.5)
 _NEWTON_STEPS = 30
 _TOL = 1e-6  # Newton stops when steps are below this fraction of the Laplace width
 _DROP = 40.0  # nats below the mode at which the integration bracket ends
@@ -94,7 +93,7 @@ def _log_integrand_terms(tau: Tensor, m: Tensor, v: Tensor, loc: Tensor, scale: 
     if value:
         g = -0.5 * (tau - m) ** 2 / v + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
     # λ = φ/Φ = √(2/π) / erfcx(−u/√2), with no exp(−u²/2) / Φ(u) of two underflowing terms
-    ratio = torch.where(outside, _SQRT_2_OVER_PI / torch.special.erfcx(-u * _SQRT_HALF), 0.0)
+    ratio = torch.where(outside, inverse_mills(u), 0.0)
     g1 = -(tau - m) / v + (ratio / scale).sum(-1)
     if curvature:
         loss = torch.where(outside, _truncation_variance_loss(u, ratio), 0.0)
@@ -174,11 +173,13 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
     nodes = torch.cat([nodes, mode], -1)  # the last one serves the Laplace fallback below
     u = (nodes.unsqueeze(-1) - loc) / scale
     g = -0.5 * (nodes - m) ** 2 / v + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
-    log_integral = torch.logsumexp(log_w + g[..., :-1], -1, keepdim=True)
     # a bracket narrower than the rounding of τ near the mode (σ ≪ ulp(μ)): the integrand is a
-    # Gaussian at that scale, and Laplace's method gives its integral
-    laplace = g[..., -1:] + 0.5 * (_LOG_2PI - (-g2).log())
+    # Gaussian at that scale, and Laplace's method gives its integral; such rows' nodes carry
+    # weight log 0 and are kept out of the logsumexp (whose backward would be NaN)
     resolved = (half_left > 0) & (half_right > 0)
+    terms = torch.where(resolved, log_w + g[..., :-1], 0.0)
+    log_integral = torch.logsumexp(terms, -1, keepdim=True)
+    laplace = g[..., -1:] + 0.5 * (_LOG_2PI - (-g2).log())
     log_integral = torch.where(resolved, log_integral, laplace)
     return (log_integral - 0.5 * (_LOG_2PI + v.log())).squeeze(-1)
 
@@ -313,13 +314,18 @@ class GaussianSparsemax(CheckedDistribution):
         shift = loc.detach().masked_fill(outside, float("-inf")).amax(-1, keepdim=True)
         loc = loc - torch.where(torch.isfinite(shift), shift, 0.0)
         size = inside.sum(-1).to(loc.dtype)
-        prec = torch.where(inside, scale.pow(-2), 0.0)
-        v = 1 / prec.sum(-1)
+        # precisions σ_i⁻² relative to the support's largest, r_i = (σ_min/σ_i)² ∈ (0, 1]: then
+        # v = 1/Σ σ_i⁻² = σ_min²/Σ r_i has no gradient −v² to overflow (σ near sqrt(finfo.max))
+        ref = torch.where(inside, scale, float("inf")).amin(-1, keepdim=True).detach()
+        rel = torch.where(inside, (ref / scale) ** 2, 0.0)
+        total = rel.sum(-1)
+        ref = ref.squeeze(-1)
+        v = ref**2 / total
         a = loc - value
-        m = v * (prec * a).sum(-1)
-        spread = torch.where(inside, prec * (a - m.unsqueeze(-1)) ** 2, 0.0).sum(-1)
+        m = (rel * a).sum(-1) / total
+        spread = torch.where(inside, rel * (a - m.unsqueeze(-1)) ** 2, 0.0).sum(-1) / ref**2
         log_c = (-(size - 1) / 2 * _LOG_2PI - torch.where(inside, scale.log(), 0.0).sum(-1)
-                 + 0.5 * v.log() - 0.5 * spread)
+                 + ref.log() - 0.5 * total.log() - 0.5 * spread)
         n_out = outside.sum(-1)
         single = log_ndtr((m.unsqueeze(-1) - loc) / torch.sqrt(v.unsqueeze(-1) + scale**2))
         single = torch.where(outside, single, 0.0).sum(-1)

@@ -43,6 +43,7 @@ from ..mappings import (
     stick_breaking_logits_log_abs_det_jacobian,
 )
 from ._gauss_quadrature import gauss_legendre
+from ._log_ndtr import log_ndtr
 from ._params import (
     CheckedDistribution,
     broadcast_params,
@@ -421,13 +422,13 @@ class IGR(_IGRBase):
         t = (left.unsqueeze(-1) + width.unsqueeze(-1) * (nodes + 1) / 2).flatten(-2)
         log_w = (weights.log() + (width / 2).log().unsqueeze(-1)).flatten(-2)  # (*b, K-1, P·n)
         std = (t.unsqueeze(-1) - mu[..., None, None, :]) / sig[..., None, None, :]  # (*b,k,n,j)
-        log_cdf = torch.special.log_ndtr(std)
+        log_cdf = log_ndtr(std)
         eye = torch.eye(k1, dtype=torch.bool, device=mu.device).unsqueeze(-2)  # (k, 1, j)
         others = log_cdf.masked_fill(eye, 0.0).sum(dim=-1)  # (*b, K-1, P·n)
         own = (t - mu.unsqueeze(-1)) / sig.unsqueeze(-1)
         log_pdf = -0.5 * own.pow(2) - sig.log().unsqueeze(-1) - _HALF_LOG_2PI
         log_p = torch.logsumexp(log_w + log_pdf + others, dim=-1)
-        log_last = torch.special.log_ndtr(-mu / sig).sum(dim=-1, keepdim=True)
+        log_last = log_ndtr(-mu / sig).sum(dim=-1, keepdim=True)
         return torch.cat([log_p, log_last], dim=-1).exp()
 
     @classmethod

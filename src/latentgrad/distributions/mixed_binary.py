@@ -31,6 +31,7 @@ from .._dtypes import working_dtype
 from .._noise import logistic
 from .._validation import check_tensor
 from ._gauss_quadrature import gauss_legendre
+from ._log_ndtr import log_ndtr
 from ._params import (
     CheckedDistribution,
     broadcast_params,
@@ -66,8 +67,9 @@ def _ndtr(x: Tensor) -> Tensor:
 
 
 def _log_ndtr(x: Tensor) -> Tensor:
-    """log Φ(x), evaluated in at least float32 (torch has no half-precision kernel)."""
-    return torch.special.log_ndtr(x.to(working_dtype(x.dtype))).to(x.dtype)
+    """log Φ(x), evaluated in at least float32 (torch has no half-precision kernel), with an
+    exact gradient in the lower tail (``_log_ndtr``)."""
+    return log_ndtr(x.to(working_dtype(x.dtype))).to(x.dtype)
 
 
 def _ndtr_diff(a: Tensor, b: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from ..structures.base import Structure
 from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical
 from ..structures.spanning_tree import SpanningTree
+from ._log_ndtr import log_ndtr
 
 NOISES = ("gumbel", "gaussian")
 REGULARIZERS = ("entropy", "euclidean")
@@ -195,8 +196,8 @@ class StochasticArgmax(_Perturbed):
                 log_on = torch.where(small, series, direct)
                 log_off = -x
             else:
-                log_on = torch.special.log_ndtr(self.logits)
-                log_off = torch.special.log_ndtr(-self.logits)
+                log_on = log_ndtr(self.logits)
+                log_off = log_ndtr(-self.logits)
             on = value.bool()
             return torch.where(on, log_on, log_off).sum(-1)
         raise NotImplementedError(
