@@ -170,3 +170,14 @@ def test_gaussian_sparsemax_log_prob_through_the_kernel_equals_the_plain_one(
     for got, want in zip(fused, plain, strict=True):
         tol = 32 * eps * (1 + float(want.abs().max()))
         torch.testing.assert_close(got, want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("size", [4, ln.FUSED_MIN_SIZE])
+def test_an_entry_masked_out_at_minus_infinity_gets_a_zero_gradient(size: int) -> None:
+    """λ(−inf) = inf; a caller that drops that entry with ``torch.where`` sends it a zero
+    gradient, which stays 0 (0 · inf would be NaN), on both paths."""
+    u = torch.linspace(-3, 3, size).index_fill(0, torch.tensor([0]), -torch.inf)
+    u.requires_grad_()
+    kept = torch.isfinite(u)
+    (grad,) = torch.autograd.grad(torch.where(kept, ln.log_ndtr(u), 0.0).sum(), u)
+    assert grad[0] == 0 and torch.isfinite(grad).all()

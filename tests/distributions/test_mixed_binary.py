@@ -331,3 +331,24 @@ def test_narrow_gaussian_sparsemax_point_masses_have_exact_gradients(dtype):
     with mpmath.workdps(50):
         want = float(-mpmath.npdf(-3000) / mpmath.ncdf(-3000) / mpmath.mpf("1e-3"))
     assert got.item() == pytest.approx(want, rel=32 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_gaussian_sparsemax_entropy_and_prior_kl_have_finite_gradients_at_huge_locations(
+    dtype, scale
+):
+    """|μ| up to finfo.max / 8: the masses are 0 or 1 (log P = −inf for one of them) and μ/σ may
+    overflow; entropy and KL to the uniform mixed prior are 0 and log 3 with zero gradient
+    (P log P at P = 0 and the truncated moments at infinite bounds used to give 0 · inf = NaN)."""
+    top = torch.finfo(dtype).max / 8
+    loc = torch.tensor([top, -top, 1e20, -1e20, 3.0], dtype=dtype, requires_grad=True)
+    dist = BinaryGaussianSparsemax(loc, torch.tensor(scale, dtype=dtype))
+    prior = MixedUniform(dtype=dtype).expand(loc.shape)
+    entropy, kl = dist.entropy(), kl_divergence(dist, prior)
+    huge = slice(0, 4)
+    assert torch.equal(entropy[huge], torch.zeros(4, dtype=dtype))
+    torch.testing.assert_close(kl[huge], torch.full((4,), math.log(3), dtype=dtype))
+    for value in (entropy, kl):
+        (grad,) = torch.autograd.grad(value.sum(), loc)
+        assert torch.isfinite(grad).all() and torch.equal(grad[huge], torch.zeros(4, dtype=dtype))

@@ -195,6 +195,23 @@ def test_rsample_is_pathwise_in_the_concentration():
     assert torch.isfinite(scores.grad).all()
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rsample_at_concentrations_near_the_largest_float_is_their_proportions(dtype):
+    """α up to finfo.max / 4: Gamma(α)/α = 1 within 1/√α, so the draw on a face is α_f/Σ_f α,
+    with the pathwise gradient of that ratio (torch's Gamma gradient is NaN from α ≈ 3.5e75 in
+    float64, and the sum of K such draws overflowed)."""
+    big = torch.finfo(dtype).max / 4
+    alpha = torch.tensor([[big, big / 2, big, 1e40 if dtype == D else 1e34]], dtype=dtype)
+    alpha = alpha.requires_grad_()
+    faces = torch.ones(1, 4, dtype=dtype)
+    y = MixedDirichlet(torch.zeros(1, 4, dtype=dtype), alpha).rsample_on_faces(faces)
+    want = (alpha.double() / alpha.double().sum()).to(dtype)
+    torch.testing.assert_close(y.detach(), want.expand_as(y))
+    (grad,) = torch.autograd.grad(y[..., 1].sum(), alpha)
+    assert torch.isfinite(grad).all() and grad[0, 1] > 0 > grad[0, 0]
+
+
 def test_entropy_gradient_matches_finite_differences():
     def f(scores, alpha):
         p = MixedDirichlet(scores, alpha)

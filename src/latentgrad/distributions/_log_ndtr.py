@@ -83,6 +83,12 @@ def inverse_mills_kernel(u: Tensor, value: Tensor) -> Tensor:
     return torch.where(tail, -u / _mills_series(u), direct)
 
 
+def _times_ratio(grad: Tensor, ratio: Tensor) -> Tensor:
+    """``grad · λ``, 0 where ``grad`` is 0: λ(−inf) = inf, and a caller that masks such an entry
+    out (``torch.where``) sends it a zero gradient, which must stay 0, not 0 · inf = NaN."""
+    return torch.where(grad == 0, 0.0, grad * ratio)
+
+
 _KERNEL = Compiled(log_ndtr_kernel)
 _GRAD_KERNEL = Compiled(inverse_mills_kernel)
 
@@ -102,7 +108,7 @@ class _LogNdtr(torch.autograd.Function):
         ratio = _GRAD_KERNEL(u, value)
         if ratio is None:
             ratio = inverse_mills_kernel(u, value)
-        return grad * ratio, None
+        return _times_ratio(grad, ratio), None
 
 
 def inverse_mills(u: Tensor) -> Tensor:
@@ -127,7 +133,7 @@ class _PlainLogNdtr(torch.autograd.Function):
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
-        return grad * inverse_mills(u)
+        return _times_ratio(grad, inverse_mills(u))
 
 
 def _fused_applies(u: Tensor) -> bool:

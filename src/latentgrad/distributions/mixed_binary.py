@@ -52,13 +52,18 @@ def _as_tensor(x: Tensor | float, name: str) -> Tensor | float:
 
 
 def _xlogx_from_log(log_p: Tensor) -> Tensor:
-    """p log p from log p (0 at p = 0)."""
-    return torch.where(log_p > -math.inf, log_p.exp() * log_p, torch.zeros_like(log_p))
+    """p log p from log p (0 at p = 0, with a zero gradient there: the branch not taken sees a
+    finite input, so its backward cannot be 0 · NaN)."""
+    positive = log_p > -math.inf
+    safe = torch.where(positive, log_p, 0.0)
+    return torch.where(positive, safe.exp() * safe, 0.0)
 
 
 def _times(x: Tensor, moment: Tensor) -> Tensor:
-    """``x · moment``, 0 where the moment is 0 (``inf · 0`` would be NaN)."""
-    return torch.where(moment == 0, 0.0, x * moment)
+    """``x · moment``, 0 where the moment is 0 (``inf · 0`` would be NaN), also in the backward
+    (the product sees x = 0 there, so its gradient to the moment is not inf · 0)."""
+    zero = moment == 0
+    return torch.where(zero, 0.0, torch.where(zero, 0.0, x) * moment)
 
 
 def _ndtr(x: Tensor) -> Tensor:
@@ -185,7 +190,9 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
     def _truncated_moments(self) -> tuple[Tensor, Tensor, Tensor]:
         """∫_a^b u^m φ(u) du for m = 0, 1, 2."""
         a, b = self._bounds()
-        pa, pb = (torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi) for t in (a, b))
+        # φ(t) underflows to 0 beyond |t| = 40 in every dtype: clamped there, an infinite bound
+        # (μ/σ overflowing) gives φ = 0 with a zero gradient instead of a NaN one
+        pa, pb = (torch.exp(-0.5 * t.clamp(-40, 40) ** 2) / math.sqrt(2 * math.pi) for t in (a, b))
         z0 = _ndtr_diff(a, b)
         return z0, pa - pb, z0 - (_times(b, pb) - _times(a, pa))
 

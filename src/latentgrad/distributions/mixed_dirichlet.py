@@ -41,6 +41,7 @@ from .faces import MaxEntropyFaces, NonEmptyFaces
 __all__ = ["MAX_ENUMERATION_K", "MixedDirichlet"]
 
 MAX_ENUMERATION_K = 16
+_CERTAIN_GAMMA = 1e33  # α from which a Gamma(α) draw equals α within float64 rounding
 _HALF_LOG_2PI_PLUS_HALF = 0.5 * math.log(2 * math.pi) + 0.5
 
 
@@ -185,13 +186,20 @@ class MixedDirichlet(CheckedDistribution):
         """y ~ Dir(α_f) on given faces (*sample, *batch, K): Gamma draws normalised on the face.
 
         Pathwise in α; exact zeros off the face and exactly e_k on a vertex {k}. Half-precision
-        α is drawn in float32 (no half-precision Gamma sampler) and the draw cast back.
+        α is drawn in float32 (no half-precision Gamma sampler) and the draw cast back. From
+        α = 1e33 on, Gamma(α)/α = 1 within 1/√α, below float64's rounding: the draw is α itself
+        (torch's Gamma gradient is NaN above α ≈ 3.5e75 in float64).
         """
         alpha = self.concentration.to(working_dtype(self.concentration.dtype))
         faces = faces.to(alpha)
         shape = torch.broadcast_shapes(faces.shape, alpha.shape)
-        gamma = Gamma(alpha.expand(shape), torch.ones((), dtype=alpha.dtype, device=alpha.device))
-        g = gamma.rsample() * faces  # Gamma.rsample clamps at the dtype's tiny: no false zeros
+        certain = alpha >= _CERTAIN_GAMMA
+        gamma = Gamma(torch.where(certain, 1.0, alpha).expand(shape),
+                      torch.ones((), dtype=alpha.dtype, device=alpha.device))
+        # Gamma.rsample clamps at the dtype's tiny: no false zeros
+        g = torch.where(certain, alpha, gamma.rsample()) * faces
+        # divided by the largest draw first: a sum of K draws near finfo.max would overflow
+        g = g / g.detach().amax(-1, keepdim=True)
         return (g / g.sum(-1, keepdim=True)).to(self.concentration.dtype)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
