@@ -76,6 +76,31 @@ def _log_gamma_part(alpha: Tensor) -> Tensor:
     return torch.where(alpha < big, direct, g - torch.digamma(large))
 
 
+def _log_beta_ratio(alpha: Tensor, face: Tensor) -> Tensor:
+    """log Γ(α_0) − Σ_{k∈f} log Γ(α_k), α_0 = Σ_{k∈f} α_k; alpha, face (*, K) -> (*).
+
+    Directly where α_0 < 1. Elsewhere log Γ(α) = h(α) + αψ(α) − α (``_log_gamma_part``) for the
+    coordinates with α_k ≥ 1 and for α_0, so that their α log α terms, which overflow near
+    finfo.max / (K log α) and gave inf − inf, appear only as α_k (ψ(α_0) − ψ(α_k)) ≥ 0; the
+    α_k < 1 keep log Γ (h's gradient 1 − αψ'(α) overflows at tiny α in float32). Each branch
+    sees only inputs clamped to its own range, so the one not taken has a finite gradient.
+    """
+    a0 = (alpha * face).sum(-1)
+    large = (alpha >= 1) & (face > 0)
+    small = (alpha < 1) & (face > 0)
+    alpha_large, alpha_small = alpha.clamp(min=1), alpha.clamp(max=1)
+    a0_large = a0.clamp(min=1)
+    psi0 = torch.digamma(a0_large).unsqueeze(-1)
+    split = (_log_gamma_part(a0_large)
+             - torch.where(large, _log_gamma_part(alpha_large), 0.0).sum(-1)
+             - torch.where(small, torch.lgamma(alpha_small), 0.0).sum(-1)
+             + torch.where(large, alpha_large * (psi0 - torch.digamma(alpha_large)), 0.0).sum(-1)
+             + torch.where(small, alpha_small * (psi0 - 1), 0.0).sum(-1))
+    direct = (torch.lgamma(a0.clamp(max=1))
+              - torch.where(face > 0, torch.lgamma(alpha_small), 0.0).sum(-1))
+    return torch.where(a0 < 1, direct, split)
+
+
 def _dirichlet_entropy(alpha: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
     """H(Dir(α_f)) = log B(α_f) + (α_0 − n)ψ(α_0) − Σ_{k∈f} (α_k − 1)ψ(α_k)
     = Σ_{k∈f} [h(α_k) + ψ(α_k)] − h(α_0) − nψ(α_0) with ``h`` of ``_log_gamma_part`` (its ``α``
@@ -215,7 +240,7 @@ class MixedDirichlet(CheckedDistribution):
         face = (value > 0).to(work)
         alpha = self.concentration.to(work)
         log_y = torch.where(value > 0, value, torch.ones_like(value)).to(work).log()
-        log_dir = (torch.lgamma((alpha * face).sum(-1)) - (torch.lgamma(alpha) * face).sum(-1)
+        log_dir = (_log_beta_ratio(alpha, face)
                    + ((alpha - 1) * log_y * face).sum(-1))
         log_face = self.faces.log_prob(face.to(value.dtype))
         return (log_face.to(work) + log_dir).to(dtype)
