@@ -11,9 +11,9 @@ When most entries are candidates, Newton's method runs on full rows instead, wit
 step the exact root of the quadratic on the current support, accepted once that support is
 self-consistent (then it is the unique root).
 
-``entmax_bisect`` handles any alpha >= 1 by safeguarded Newton/bisection on a threshold written in
-logit units, ``p_i = exp(log1p((alpha - 1)(x_i - max x - nu)) / (alpha - 1))``, which is stable as
-alpha -> 1 and equals softmax at alpha = 1.
+``entmax_bisect`` handles any alpha >= 1 by safeguarded Newton/bisection on ``t = p_max^(alpha-1)``,
+``p_i = (t + (alpha - 1)(x_i - max x))_+^{1/(alpha - 1)}`` (softmax rows, alpha = 1, on their
+log-normaliser): t is held to relative precision however small it is at large alpha.
 """
 
 from __future__ import annotations
@@ -240,12 +240,14 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
     """alpha-entmax of the rows of ``y = x - max x`` (N, m) (``-inf`` allowed), eps = alpha - 1
     (N, 1), rows of true length ``k``.
 
-    In logit units, ``log p_i = log1p(eps (y_i - nu)) / eps`` (read as ``y_i - nu`` at eps = 0;
-    ``p_i = 0`` where ``1 + eps (y_i - nu) <= 0``), and ``sum p = 1`` fixes nu in
-    ``[0, (1 - k^{-eps}) / eps]`` (``[0, log k]`` at eps = 0): ``p_max <= 1`` gives the lower end,
-    ``p_max >= 1/k`` the upper one. Safeguarded Newton (``dp_i/dnu = -p_i^{2 - alpha}``, convex
-    and monotone from the left for alpha <= 2) with a bisection bracket, to machine precision;
-    then ``p`` is renormalised.
+    For eps > 0, ``p_i = (t + eps y_i)_+^{1/eps}`` with ``t = p_max^eps ∈ [k^{-eps}, 1]``
+    (``p_max <= 1`` gives the upper end, ``p_max >= 1/k`` the lower one); for eps = 0 (softmax
+    rows), ``p_i = exp(y_i - t)`` with ``t ∈ [0, log k]``. ``sum p = 1`` is solved for t by
+    safeguarded Newton with a bisection bracket, to machine precision; then ``p`` is renormalised.
+    The unknown is t itself, not the threshold ``nu = (1 - t) / eps``: at large alpha t is a small
+    number (k^{-eps} = 2.5e-8 at alpha = 10, k = 7) that floats hold to their relative precision,
+    while ``1 + eps (y - nu)`` formed from nu rounds at eps_machine absolute and cannot resolve
+    it (float32 rows of nearly equal scores then had p = 0 everywhere, and 0/0).
     """
     finite = y > float("-inf")
     y_finite = torch.where(finite, y, 0.0)
@@ -253,36 +255,42 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
     all_positive = bool(positive.all())
     safe_eps = torch.where(positive, eps, 1.0)
     log_k = math.log(k)
-    lo = torch.zeros_like(eps)
-    hi = torch.where(positive, -torch.expm1(-safe_eps * log_k) / safe_eps, log_k)
+    # p increases with t on eps > 0 rows and decreases with it on softmax rows
+    lo = torch.where(positive, torch.exp(-safe_eps * log_k), 0.0)
+    hi = torch.where(positive, 1.0, log_k)
 
-    def log_p_at(nu: Tensor) -> tuple[Tensor, Tensor]:
-        u = y_finite - nu
-        arg = safe_eps * u
-        inside = finite & (arg > -1.0) if all_positive else finite & (~positive | (arg > -1.0))
-        log_p = torch.log1p(arg.clamp_min(-1.0)) / safe_eps
+    def log_p_at(t: Tensor) -> tuple[Tensor, Tensor]:
+        base = t + safe_eps * y_finite
+        inside = finite & (base > 0) if all_positive else finite & (~positive | (base > 0))
+        log_base = torch.where(base > 0, base, 1.0).log()
+        log_p = log_base / safe_eps
         if not all_positive:
-            log_p = torch.where(positive, log_p, u)
-        return torch.where(inside, log_p, float("-inf")), inside
+            log_p = torch.where(positive, log_p, y_finite - t)
+        return torch.where(inside, log_p, float("-inf")), torch.where(inside, log_base, 0.0)
 
-    nu = lo
+    t = torch.where(positive, 1.0, 0.0)  # p_max = 1: Newton's start (the root is below for
+    # alpha <= 2, where the sum is convex in t; the bracket guards alpha > 2)
     tol = 8 * torch.finfo(y.dtype).eps
     for _ in range(3 * torch.finfo(y.dtype).bits):
-        log_p, inside = log_p_at(nu)
-        excess = log_p.exp().sum(dim=1, keepdim=True) - 1.0
+        log_p, log_base = log_p_at(t)
+        p = log_p.exp()
+        excess = p.sum(dim=1, keepdim=True) - 1.0
         done = excess.abs() <= tol
         if bool(done.all()):
             break
-        slope = torch.where(inside, ((1.0 - eps) * log_p).exp(), 0.0).sum(dim=1, keepdim=True)
-        lo = torch.where(excess > 0, nu, lo)
-        hi = torch.where(excess > 0, hi, nu)
-        step = nu + excess / slope
-        new_nu = torch.where((step >= lo) & (step <= hi), step, (lo + hi) / 2)
-        new_nu = torch.where(done, nu, new_nu)  # converged rows stay put
-        if torch.equal(new_nu, nu):
+        # d sum p / dt: sum p_i / (eps t_i) on eps > 0 rows, -sum p_i on softmax rows
+        slope = torch.where(positive, (p * (-log_base).exp()).sum(dim=1, keepdim=True) / safe_eps,
+                            -p.sum(dim=1, keepdim=True))
+        rising = positive == (excess > 0)  # the root lies below t
+        lo = torch.where(rising, lo, t)
+        hi = torch.where(rising, t, hi)
+        step = t - excess / slope
+        new_t = torch.where((step >= lo) & (step <= hi), step, (lo + hi) / 2)
+        new_t = torch.where(done, t, new_t)  # converged rows stay put
+        if torch.equal(new_t, t):
             break
-        nu = new_nu
-    p = log_p_at(nu)[0].exp()
+        t = new_t
+    p = log_p_at(t)[0].exp()
     return p / p.sum(dim=1, keepdim=True)
 
 
