@@ -46,6 +46,32 @@ def test_entmax_bisect_matches_root_finding_reference(alpha, k):
     torch.testing.assert_close(entmax_bisect(x, alpha), expected, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("alpha", [1 + 1e-7, 1 + 1e-5, 1.001, 1.1, 1.5, 3.0])
+def test_entmax_bisect_in_float32_is_float64_within_float32_rounding(alpha):
+    """Near alpha = 1 the threshold is solved in logit units: t = p_max^(alpha-1) would round at
+    eps absolute, an error eps/(alpha - 1) in log p (6e-2 at alpha = 1 + 1e-7)."""
+    x = 3 * torch.randn(40, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = entmax_bisect(x.float(), alpha).double()
+    torch.testing.assert_close(got, entmax_bisect(x, alpha), rtol=0, atol=32 * 1.2e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [4.0, 10.0, 12.0])
+def test_entmax_bisect_at_large_alpha_on_nearly_flat_rows_is_near_uniform(dtype, alpha):
+    """8 scores within 1e-15 of each other: p_max^(alpha-1) = 8^-(alpha-1) (1e-10 at alpha = 12)
+    dwarfs (alpha - 1)·1e-15, so p is uniform to 1e-4 relative. Solved for the threshold nu,
+    float32 could not resolve t below its rounding near 1 (6e-8): p was 0 everywhere, then NaN."""
+    g = torch.Generator().manual_seed(1)
+    for noise in (1e-30, 1e-15):
+        x = (noise * torch.randn(8, 8, generator=g, dtype=torch.float64)).to(dtype)
+        x.requires_grad_()
+        p = entmax_bisect(x, alpha)
+        torch.testing.assert_close(p.double(), torch.full((8, 8), 1 / 8, dtype=torch.float64),
+                                   rtol=1e-4, atol=0)
+        (grad,) = torch.autograd.grad(p[:, 0].sum(), x)
+        assert torch.isfinite(grad).all()
+
+
 def test_entmax_matches_entmax_package():
     x = torch.randn(30, 40, dtype=torch.float64) * 2
     torch.testing.assert_close(entmax15(x), entmax.entmax15(x, dim=-1), rtol=0, atol=1e-12)

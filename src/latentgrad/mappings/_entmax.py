@@ -11,9 +11,10 @@ When most entries are candidates, Newton's method runs on full rows instead, wit
 step the exact root of the quadratic on the current support, accepted once that support is
 self-consistent (then it is the unique root).
 
-``entmax_bisect`` handles any alpha >= 1 by safeguarded Newton/bisection on ``t = p_max^(alpha-1)``,
-``p_i = (t + (alpha - 1)(x_i - max x))_+^{1/(alpha - 1)}`` (softmax rows, alpha = 1, on their
-log-normaliser): t is held to relative precision however small it is at large alpha.
+``entmax_bisect`` handles any alpha >= 1 by safeguarded Newton/bisection, on
+``p_i = (t + (alpha - 1)(x_i - max x))_+^{1/(alpha - 1)}``: near alpha = 1 on the threshold
+``nu = (1 - t)/(alpha - 1)`` in logit units (stable as alpha -> 1, softmax at alpha = 1), beyond
+on ``t = p_max^(alpha - 1)`` itself, which floats hold to relative precision however small it is.
 """
 
 from __future__ import annotations
@@ -240,57 +241,61 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
     """alpha-entmax of the rows of ``y = x - max x`` (N, m) (``-inf`` allowed), eps = alpha - 1
     (N, 1), rows of true length ``k``.
 
-    For eps > 0, ``p_i = (t + eps y_i)_+^{1/eps}`` with ``t = p_max^eps ∈ [k^{-eps}, 1]``
-    (``p_max <= 1`` gives the upper end, ``p_max >= 1/k`` the lower one); for eps = 0 (softmax
-    rows), ``p_i = exp(y_i - t)`` with ``t ∈ [0, log k]``. ``sum p = 1`` is solved for t by
-    safeguarded Newton with a bisection bracket, to machine precision; then ``p`` is renormalised.
-    The unknown is t itself, not the threshold ``nu = (1 - t) / eps``: at large alpha t is a small
-    number (k^{-eps} = 2.5e-8 at alpha = 10, k = 7) that floats hold to their relative precision,
-    while ``1 + eps (y - nu)`` formed from nu rounds at eps_machine absolute and cannot resolve
-    it (float32 rows of nearly equal scores then had p = 0 everywhere, and 0/0).
+    ``p_i = (t + eps y_i)_+^{1/eps}`` with ``t = p_max^eps ∈ [k^{-eps}, 1]`` (``p_max <= 1``
+    gives the upper end, ``p_max >= 1/k`` the lower one), and ``sum p = 1`` fixes t. Each row
+    solves for the unknown that floats hold precisely at its alpha:
+    - near alpha = 1 (``k^{-eps} > 1/2``, so t > 1/2), the threshold ``nu = (1 - t)/eps`` in
+      logit units, ``log p_i = log1p(eps (y_i - nu)) / eps`` (``y_i - nu`` at eps = 0, softmax);
+      t itself would round at eps_machine absolute, an error eps_machine/eps in log p;
+    - beyond, t itself: at large alpha it is small (k^{-eps} = 2.5e-8 at alpha = 10, k = 7) and
+      ``1 + eps (y_i - nu)`` formed from nu could not resolve it (float32 rows of nearly equal
+      scores had p = 0 everywhere, then 0/0); t rounds relatively, an error below
+      eps_machine/(eps t) <= 2 eps_machine log(k)/log(2) in log p.
+    Safeguarded Newton with a bisection bracket, to machine precision; then ``p`` is renormalised.
     """
     finite = y > float("-inf")
     y_finite = torch.where(finite, y, 0.0)
-    positive = eps > 0
-    all_positive = bool(positive.all())
-    safe_eps = torch.where(positive, eps, 1.0)
     log_k = math.log(k)
-    # p increases with t on eps > 0 rows and decreases with it on softmax rows
-    lo = torch.where(positive, torch.exp(-safe_eps * log_k), 0.0)
-    hi = torch.where(positive, 1.0, log_k)
+    by_t = eps * log_k >= math.log(2)  # rows solved for t; the others for nu
+    positive = eps > 0
+    safe_eps = torch.where(positive, eps, 1.0)
+    # p rises with t and falls with nu; bracket [lo, hi] and start p_max = 1 (t = 1, nu = 0):
+    # the root lies below for alpha <= 2, where the sum is convex in t; the bracket guards above
+    lo = torch.where(by_t, torch.exp(-safe_eps * log_k), 0.0)
+    hi = torch.where(by_t, 1.0,
+                     torch.where(positive, -torch.expm1(-safe_eps * log_k) / safe_eps, log_k))
+    w = torch.where(by_t, 1.0, 0.0)
 
-    def log_p_at(t: Tensor) -> tuple[Tensor, Tensor]:
-        base = t + safe_eps * y_finite
-        inside = finite & (base > 0) if all_positive else finite & (~positive | (base > 0))
-        log_base = torch.where(base > 0, base, 1.0).log()
-        log_p = log_base / safe_eps
-        if not all_positive:
-            log_p = torch.where(positive, log_p, y_finite - t)
-        return torch.where(inside, log_p, float("-inf")), torch.where(inside, log_base, 0.0)
+    def log_p_at(w: Tensor) -> tuple[Tensor, Tensor]:
+        """log p (-inf off the support) and d(sum p)/dw per row."""
+        base = torch.where(by_t, w, 1.0 - safe_eps * w) + safe_eps * y_finite  # p^eps
+        inside = finite & ((base > 0) | ~positive)
+        log_base = torch.where(by_t, torch.where(base > 0, base, 1.0).log(),
+                               torch.log1p((safe_eps * (y_finite - w)).clamp_min(-1.0)))
+        log_p = torch.where(positive, log_base / safe_eps, y_finite - w)
+        log_p = torch.where(inside, log_p, float("-inf"))
+        # dp_i/dt = p_i / (eps p_i^eps); dp_i/dnu = -p_i^(1 - eps) (= -p_i at eps = 0)
+        rate = torch.where(by_t, log_p - log_base - safe_eps.log(), (1.0 - eps) * log_p)
+        rate = torch.where(inside, rate.exp(), 0.0).sum(dim=1, keepdim=True)
+        return log_p, torch.where(by_t, rate, -rate)
 
-    t = torch.where(positive, 1.0, 0.0)  # p_max = 1: Newton's start (the root is below for
-    # alpha <= 2, where the sum is convex in t; the bracket guards alpha > 2)
     tol = 8 * torch.finfo(y.dtype).eps
     for _ in range(3 * torch.finfo(y.dtype).bits):
-        log_p, log_base = log_p_at(t)
-        p = log_p.exp()
-        excess = p.sum(dim=1, keepdim=True) - 1.0
+        log_p, slope = log_p_at(w)
+        excess = log_p.exp().sum(dim=1, keepdim=True) - 1.0
         done = excess.abs() <= tol
         if bool(done.all()):
             break
-        # d sum p / dt: sum p_i / (eps t_i) on eps > 0 rows, -sum p_i on softmax rows
-        slope = torch.where(positive, (p * (-log_base).exp()).sum(dim=1, keepdim=True) / safe_eps,
-                            -p.sum(dim=1, keepdim=True))
-        rising = positive == (excess > 0)  # the root lies below t
-        lo = torch.where(rising, lo, t)
-        hi = torch.where(rising, t, hi)
-        step = t - excess / slope
-        new_t = torch.where((step >= lo) & (step <= hi), step, (lo + hi) / 2)
-        new_t = torch.where(done, t, new_t)  # converged rows stay put
-        if torch.equal(new_t, t):
+        below = by_t == (excess > 0)  # the root lies below w
+        lo = torch.where(below, lo, w)
+        hi = torch.where(below, w, hi)
+        step = w - excess / slope
+        new_w = torch.where((step >= lo) & (step <= hi), step, (lo + hi) / 2)
+        new_w = torch.where(done, w, new_w)  # converged rows stay put
+        if torch.equal(new_w, w):
             break
-        t = new_t
-    p = log_p_at(t)[0].exp()
+        w = new_w
+    p = log_p_at(w)[0].exp()
     return p / p.sum(dim=1, keepdim=True)
 
 
