@@ -266,23 +266,29 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
                      torch.where(positive, -torch.expm1(-safe_eps * log_k) / safe_eps, log_k))
     w = torch.where(by_t, 1.0, 0.0)
 
-    def log_p_at(w: Tensor) -> tuple[Tensor, Tensor]:
-        """log p (-inf off the support) and d(sum p)/dw per row."""
-        base = torch.where(by_t, w, 1.0 - safe_eps * w) + safe_eps * y_finite  # p^eps
+    all_t, any_t = bool(by_t.all()), bool(by_t.any())  # one path's logarithm where possible
+    scaled_y = safe_eps * y_finite
+    tiny = torch.finfo(y.dtype).tiny
+
+    def p_at(w: Tensor) -> tuple[Tensor, Tensor]:
+        """p (0 off the support) and d(sum p)/dw per row."""
+        base_nu = None if all_t else 1.0 + (scaled_y - safe_eps * w)  # p^eps from nu
+        base = w + scaled_y if all_t else torch.where(by_t, w + scaled_y, base_nu)
         inside = finite & ((base > 0) | ~positive)
-        log_base = torch.where(by_t, torch.where(base > 0, base, 1.0).log(),
-                               torch.log1p((safe_eps * (y_finite - w)).clamp_min(-1.0)))
-        log_p = torch.where(positive, log_base / safe_eps, y_finite - w)
-        log_p = torch.where(inside, log_p, float("-inf"))
-        # dp_i/dt = p_i / (eps p_i^eps); dp_i/dnu = -p_i^(1 - eps) (= -p_i at eps = 0)
-        rate = torch.where(by_t, log_p - log_base - safe_eps.log(), (1.0 - eps) * log_p)
-        rate = torch.where(inside, rate.exp(), 0.0).sum(dim=1, keepdim=True)
-        return log_p, torch.where(by_t, rate, -rate)
+        log_t = base.clamp_min(tiny).log() if any_t else None
+        log_nu = None if all_t else torch.log1p((scaled_y - safe_eps * w).clamp_min(-1.0))
+        log_base = log_t if all_t else log_nu if not any_t else torch.where(by_t, log_t, log_nu)
+        log_p = log_base / safe_eps if all_t else torch.where(positive, log_base / safe_eps,
+                                                              y_finite - w)
+        p = torch.where(inside, log_p, float("-inf")).exp()
+        # dp_i/dt = p_i / (eps p_i^eps); dp_i/dnu = -p_i / p_i^eps (= -p_i at eps = 0)
+        rate = (p / torch.where(positive, base, 1.0).clamp_min(tiny)).sum(dim=1, keepdim=True)
+        return p, torch.where(by_t, rate / safe_eps, -rate)
 
     tol = 8 * torch.finfo(y.dtype).eps
     for _ in range(3 * torch.finfo(y.dtype).bits):
-        log_p, slope = log_p_at(w)
-        excess = log_p.exp().sum(dim=1, keepdim=True) - 1.0
+        p, slope = p_at(w)
+        excess = p.sum(dim=1, keepdim=True) - 1.0
         done = excess.abs() <= tol
         if bool(done.all()):
             break
@@ -295,7 +301,7 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
         if torch.equal(new_w, w):
             break
         w = new_w
-    p = log_p_at(w)[0].exp()
+    p = p_at(w)[0]
     return p / p.sum(dim=1, keepdim=True)
 
 
