@@ -181,3 +181,16 @@ def test_an_entry_masked_out_at_minus_infinity_gets_a_zero_gradient(size: int) -
     kept = torch.isfinite(u)
     (grad,) = torch.autograd.grad(torch.where(kept, ln.log_ndtr(u), 0.0).sum(), u)
     assert grad[0] == 0 and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_evaluated_in_float32_and_returned_as_given(dtype: torch.dtype) -> None:
+    """torch has no half-precision log_ndtr kernel ("not implemented for 'Half'")."""
+    u = torch.tensor([-50.0, -3.0, 0.0, 2.0], dtype=dtype, requires_grad=True)
+    y = ln.log_ndtr(u)
+    (grad,) = torch.autograd.grad(y.sum(), u)
+    assert y.dtype == grad.dtype == dtype
+    want = ln.log_ndtr(u.detach().float())
+    torch.testing.assert_close(y.float(), want.to(dtype).float(), rtol=0, atol=0)
+    torch.testing.assert_close(grad.float(), _inverse_mills_truth(u.detach()).float(),
+                               rtol=torch.finfo(dtype).eps, atol=0)

@@ -259,6 +259,20 @@ def test_bitvector_stochastic_argmax_log_prob_matches_noise_cdf(noise):
     assert (freq - p_on).abs().max() < 4 * math.sqrt(0.25 / 20000)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gaussian_bitvector_log_prob_in_half_precision_is_the_float32_one(dtype):
+    """log Φ has no half-precision torch kernel; the log-probability and its gradient come back
+    in the logits' dtype, from the float32 computation."""
+    logits = torch.tensor([[-3.0, -0.5, 0.0, 1.0, 2.5]], dtype=dtype, requires_grad=True)
+    z = torch.tensor([[0.0, 1.0, 0.0, 1.0, 1.0]], dtype=dtype)
+    value = StochasticArgmax(BitVector(5), logits, noise="gaussian").log_prob(z)
+    (grad,) = torch.autograd.grad(value.sum(), logits)
+    assert value.dtype == grad.dtype == dtype
+    want = StochasticArgmax(BitVector(5), logits.detach().float(), noise="gaussian").log_prob(
+        z.float())
+    torch.testing.assert_close(value.float(), want, rtol=4 * torch.finfo(dtype).eps, atol=0)
+
 def test_ksubset_gumbel_argmax_is_sampling_without_replacement_not_gibbs():
     """SMT on k-subsets with Gumbel noise = Gumbel-top-k, by enumeration of
     the draw orders."""

@@ -148,7 +148,11 @@ def _log_ndtr_plain(u: Tensor) -> Tensor:
 
 def log_ndtr(u: Tensor) -> Tensor:
     """``log Φ(u)`` elementwise, differentiable, with an exact gradient φ(u)/Φ(u) at any u
-    (``torch.special.log_ndtr``'s loses it below u ≈ −100 in float32; module docstring)."""
+    (``torch.special.log_ndtr``'s loses it below u ≈ −100 in float32; module docstring).
+    Half-precision ``u`` is evaluated in float32 (torch has no half-precision kernel) and the
+    result cast back."""
+    if u.dtype in (torch.float16, torch.bfloat16):
+        return log_ndtr(u.float()).to(u.dtype)
     if not _fused_applies(u):
         return _log_ndtr_plain(u)
     flat = u.detach().reshape(-1)

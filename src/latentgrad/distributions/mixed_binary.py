@@ -71,12 +71,6 @@ def _ndtr(x: Tensor) -> Tensor:
     return torch.special.ndtr(x.to(working_dtype(x.dtype))).to(x.dtype)
 
 
-def _log_ndtr(x: Tensor) -> Tensor:
-    """log Φ(x), evaluated in at least float32 (torch has no half-precision kernel), with an
-    exact gradient in the lower tail (``_log_ndtr``)."""
-    return log_ndtr(x.to(working_dtype(x.dtype))).to(x.dtype)
-
-
 def _ndtr_diff(a: Tensor, b: Tensor) -> Tensor:
     """Φ(b) − Φ(a) for a ≤ b without cancellation in the upper tail."""
     upper = a > 0
@@ -169,10 +163,10 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         return -self.loc / self.scale, (1 - self.loc) / self.scale
 
     def log_prob_zero(self) -> Tensor:
-        return _log_ndtr(-self.loc / self.scale)
+        return log_ndtr(-self.loc / self.scale)
 
     def log_prob_one(self) -> Tensor:
-        return _log_ndtr((self.loc - 1) / self.scale)
+        return log_ndtr((self.loc - 1) / self.scale)
 
     def interior_log_prob(self, value: Tensor) -> Tensor:
         u = (value - self.loc) / self.scale
