@@ -74,7 +74,7 @@ def _gradient_tolerance(u: torch.Tensor) -> torch.Tensor:
     """Relative error allowed on φ/Φ: above −c the direct form's eps·u²/2 (the rounding of log Φ
     is exponentiated), a few eps below it (−u / S(u) rounds a handful of times)."""
     eps = torch.finfo(u.dtype).eps
-    c = -ln._tail_threshold(u.dtype)
+    c = -ln._TAIL[u.dtype]
     return 8 * eps * (1 + 0.5 * u.double().clamp(min=-c).square())
 
 

@@ -46,11 +46,6 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 
 
-def _tail_threshold(dtype: torch.dtype) -> float:
-    """−c: below it the asymptotic series (float16/bfloat16 use float32's, they run in it)."""
-    return _TAIL.get(dtype, _TAIL[torch.float32])
-
-
 def _mills_series(u: Tensor) -> Tensor:
     """S(u) = Σ_{k=0}^{8} (−1)^k (2k−1)!! u^(−2k), so that Φ(u) ≈ φ(u) S(u) / (−u) for u ≪ 0."""
     inv = 1 / (u * u)
@@ -72,13 +67,13 @@ def log_ndtr_kernel(u: Tensor) -> Tensor:
     low = u < -1
     e = torch.special.erfc(torch.where(low, -t, t))
     body = torch.where(low, torch.log(0.5 * e), torch.log1p(-0.5 * e))
-    return torch.where(u < _tail_threshold(u.dtype), _log_ndtr_tail(u), body)
+    return torch.where(u < _TAIL[u.dtype], _log_ndtr_tail(u), body)
 
 
 def inverse_mills_kernel(u: Tensor, value: Tensor) -> Tensor:
     """λ(u) = φ(u)/Φ(u) from ``value`` = log Φ(u): ``exp(−u²/2 − value)/√(2π)`` above −c,
     ``−u / S(u)`` below (module docstring)."""
-    tail = u < _tail_threshold(u.dtype)
+    tail = u < _TAIL[u.dtype]
     direct = torch.exp(-(value + 0.5 * u * u)) * _INV_SQRT_2PI
     return torch.where(tail, -u / _mills_series(u), direct)
 

@@ -86,8 +86,8 @@ def _log_beta_ratio(alpha: Tensor, face: Tensor) -> Tensor:
     sees only inputs clamped to its own range, so the one not taken has a finite gradient.
     """
     a0 = (alpha * face).sum(-1)
-    large = (alpha >= 1) & (face > 0)
-    small = (alpha < 1) & (face > 0)
+    member = face > 0
+    large, small = member & (alpha >= 1), member & (alpha < 1)
     alpha_large, alpha_small = alpha.clamp(min=1), alpha.clamp(max=1)
     a0_large = a0.clamp(min=1)
     psi0 = torch.digamma(a0_large).unsqueeze(-1)
@@ -97,7 +97,7 @@ def _log_beta_ratio(alpha: Tensor, face: Tensor) -> Tensor:
              + torch.where(large, alpha_large * (psi0 - torch.digamma(alpha_large)), 0.0).sum(-1)
              + torch.where(small, alpha_small * (psi0 - 1), 0.0).sum(-1))
     direct = (torch.lgamma(a0.clamp(max=1))
-              - torch.where(face > 0, torch.lgamma(alpha_small), 0.0).sum(-1))
+              - torch.where(member, torch.lgamma(alpha_small), 0.0).sum(-1))
     return torch.where(a0 < 1, direct, split)
 
 

@@ -272,11 +272,11 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
 
     def p_at(w: Tensor) -> tuple[Tensor, Tensor]:
         """p (0 off the support) and d(sum p)/dw per row."""
-        base_nu = None if all_t else 1.0 + (scaled_y - safe_eps * w)  # p^eps from nu
-        base = w + scaled_y if all_t else torch.where(by_t, w + scaled_y, base_nu)
+        arg = None if all_t else scaled_y - safe_eps * w  # eps (y - nu): p^eps = 1 + arg
+        base = w + scaled_y if all_t else torch.where(by_t, w + scaled_y, 1.0 + arg)  # p^eps
         inside = finite & ((base > 0) | ~positive)
         log_t = base.clamp_min(tiny).log() if any_t else None
-        log_nu = None if all_t else torch.log1p((scaled_y - safe_eps * w).clamp_min(-1.0))
+        log_nu = None if all_t else torch.log1p(arg.clamp_min(-1.0))
         log_base = log_t if all_t else log_nu if not any_t else torch.where(by_t, log_t, log_nu)
         log_p = log_base / safe_eps if all_t else torch.where(positive, log_base / safe_eps,
                                                               y_finite - w)
