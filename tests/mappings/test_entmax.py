@@ -131,6 +131,29 @@ def test_entmax_bisect_gradcheck_in_x_and_alpha(alpha):
     assert gradcheck(lambda t, s: entmax_bisect(t, s, dim=1), (x, a), fast_mode=True)
 
 
+@pytest.mark.parametrize("alpha", [30.0, 50.0, 100.0])
+def test_entmax_bisect_gradient_beyond_float32_range_is_inf_not_nan(alpha):
+    """On a flat row of 8, p = 1/8 and dp/dx = g (I - 11^T/8) with g = 8^(alpha-2): 2e25 at
+    alpha = 30 (float32 holds it), 2e43 and 8e88 at 50 and 100 (it does not). float32 must give
+    the float64 values where they fit and the overflow's ±inf where they do not, never NaN
+    (inf - inf in sum-then-subtract forms)."""
+    x = torch.zeros(5, 8, dtype=torch.float64)
+    v = torch.randn(5, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    v[0] = 1.0  # v_i = <h, v>: the exact gradient is 0 there, not inf * 0
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        xd = x.to(dtype).requires_grad_()
+        (grads[dtype],) = torch.autograd.grad((entmax_bisect(xd, alpha) * v.to(dtype)).sum(), xd)
+    reference, got = grads[torch.float64], grads[torch.float32].double()
+    assert not got.isnan().any()
+    assert (got[0] == 0).all() and (reference[0] == 0).all()
+    fits = reference.abs() < torch.finfo(torch.float32).max / 2
+    torch.testing.assert_close(got[fits], reference[fits], rtol=1e-5, atol=0)
+    beyond = ~fits
+    assert torch.equal(got[beyond], reference[beyond].sign() * float("inf"))
+    assert beyond.any() == (alpha > 30)
+
+
 def test_entmax_bisect_alpha_gradient_at_one_is_the_one_sided_limit():
     x = torch.randn(4, 7, dtype=torch.float64)
     v = torch.randn(4, 7, dtype=torch.float64)

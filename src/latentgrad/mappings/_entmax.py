@@ -309,21 +309,27 @@ def _entmax_bisect_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Ten
     """VJPs in x (N, K) and alpha (N, 1) at the output rows ``y`` (N, K).
 
     With ``g = p^{2 - alpha}`` on the support and ``h = g / sum(g)``:
-    ``dp/dx = diag(g) - g h^T``;
+    ``dp/dx = diag(g) - g h^T``, so ``dx = g (v - <h, v>)``;
     ``dp/dalpha = (p - h) / (alpha - 1)^2 - (p log p - h <p, log p>) / (alpha - 1)``, whose
     limit at alpha = 1 is ``-(p / 2) (log^2 p - <p, log^2 p>)``; it is used for
     ``alpha - 1 < eps_machine^{1/3}``, where the exact form cancels catastrophically.
+
+    ``h`` is normalised from ``log g`` (shifted by its row maximum), so it stays finite where
+    ``g`` itself overflows (alpha > 2 and small ``p``: ``3^98`` at alpha = 100 on a flat row of 3);
+    such entries of ``dx`` are then ``±inf``, the rounding of a value beyond the dtype's range,
+    and exactly 0 where ``v_i = <h, v>`` (not ``inf - inf`` or ``inf * 0``).
     """
     dim = 1
     eps = alpha - 1.0
     support = y > 0
     log_y = torch.where(support, y, 1.0).log()
-    g = torch.where(support, ((1.0 - eps) * log_y).exp(), 0.0)
-    g_sum = g.sum(dim=dim, keepdim=True)
-    gv = g * grad
-    dx = gv - g * (gv.sum(dim=dim, keepdim=True) / g_sum)
+    log_g = torch.where(support, (1.0 - eps) * log_y, float("-inf"))
+    g = log_g.exp()
+    h = (log_g - log_g.amax(dim=dim, keepdim=True)).exp()
+    h = h / h.sum(dim=dim, keepdim=True)
+    centred = grad - (h * grad).sum(dim=dim, keepdim=True)
+    dx = torch.where(centred == 0, 0.0, g * centred)
 
-    h = g / g_sum
     p_log_p = torch.where(support, y * log_y, 0.0)
     neg_entropy = p_log_p.sum(dim=dim, keepdim=True)
     small = eps < torch.finfo(y.dtype).eps ** (1.0 / 3.0)
