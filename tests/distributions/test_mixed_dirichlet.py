@@ -355,3 +355,32 @@ def test_dirichlet_entropy_and_kl_are_accurate_at_any_concentration(dtype, magni
     for got, want in ((h, want_h), (kl, want_kl)):
         assert got.dtype == dtype
         assert abs(float(got) - want) <= 16 * eps * (abs(want) + terms), (float(got), want)
+
+
+@pytest.mark.parametrize("tiny", [1e-20, 1e-30])
+def test_float32_entropy_and_kl_gradients_at_tiny_concentrations_are_float64_rounded(tiny):
+    """Below α ≈ 1e-19 the gradients hold ψ'(α) ≈ 1/α², beyond float32: a coordinate's own term
+    and its face's α_0 term met as inf − inf, and a vertex's masked entropy passed 0 · inf back
+    through the face sums, so every coordinate of the row was NaN (even α = 2's, whose gradient
+    is -0.8). float32 now gives the float64 gradients rounded to float32: the same values where
+    they fit, ±inf where they do not; enumerated (entropy, KL) and sampled-face forms alike."""
+    scores = torch.tensor([[0.1, -0.3, 0.2], [0.5, 0.0, -1.0]], dtype=D)
+    alpha = torch.tensor([[tiny, 1.0, 2.0], [tiny, tiny, 0.5]], dtype=D)
+    beta = torch.tensor([[0.3, 1.0, 2.0], [1.0, 0.2, 0.5]], dtype=D)
+    faces = torch.tensor(all_faces(3), dtype=D)[:, None, :].expand(-1, 2, -1)
+
+    def gradients(dtype):
+        a = alpha.to(dtype).requires_grad_()
+        p = MixedDirichlet(scores.to(dtype), a)
+        q = MixedDirichlet(scores.to(dtype), beta.to(dtype))
+        f = faces.to(dtype)
+        values = (p.entropy(), kl_divergence(p, q), p.dirichlet_entropy(f), p.dirichlet_kl(q, f))
+        return [torch.autograd.grad(v.sum(), a)[0] for v in values]
+
+    big = torch.finfo(torch.float32).max
+    for got, want in zip(gradients(torch.float32), gradients(D)):
+        assert not got.isnan().any()
+        fits, beyond = want.abs() < big, want.abs() > 1.01 * big  # (none in between here)
+        assert (fits | beyond).all() and beyond.any()
+        torch.testing.assert_close(got.double()[fits], want[fits], rtol=1e-5, atol=1e-6)
+        assert torch.equal(got[beyond], want[beyond].sign().float() * float("inf"))

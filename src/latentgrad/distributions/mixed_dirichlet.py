@@ -101,15 +101,29 @@ def _log_beta_ratio(alpha: Tensor, face: Tensor) -> Tensor:
     return torch.where(a0 < 1, direct, split)
 
 
+def _widened(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """float32 tensors in float64, others as they are.
+
+    The Dirichlet terms' gradients at α below ~1e-19 are differences of terms like
+    ψ'(α) ≈ 1/α² (a coordinate's own term and its face's α_0 term) that overflow float32 and
+    would meet as inf − inf; in float64 they do not (down to α ~ 1e-154, far below float32's
+    range), and the gradient cast back is its float32 rounding (±inf only beyond the range).
+    """
+    return tuple(t.double() if t.dtype == torch.float32 else t for t in tensors)
+
+
 def _dirichlet_entropy(alpha: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
     """H(Dir(α_f)) = log B(α_f) + (α_0 − n)ψ(α_0) − Σ_{k∈f} (α_k − 1)ψ(α_k)
     = Σ_{k∈f} [h(α_k) + ψ(α_k)] − h(α_0) − nψ(α_0) with ``h`` of ``_log_gamma_part`` (its ``α``
-    terms cancel: Σ α_k = α_0), stable at any α; 0 on vertices."""
+    terms cancel: Σ α_k = α_0), stable at any α; 0 on vertices. float32 computes in float64
+    (``_widened``)."""
+    dtype = alpha.dtype
+    alpha, faces = _widened(alpha, faces)
     a0 = _over_faces(alpha, faces, enumerated)
     n = faces.sum(-1)
     h = (_over_faces(_log_gamma_part(alpha) + torch.digamma(alpha), faces, enumerated)
          - _log_gamma_part(a0) - n * torch.digamma(a0))
-    return torch.where(n > 1, h, torch.zeros_like(h))  # a vertex is one point: exactly 0
+    return torch.where(n > 1, h, torch.zeros_like(h)).to(dtype)  # a vertex: exactly 0
 
 
 def _dirichlet_kl(alpha: Tensor, beta: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
@@ -117,13 +131,16 @@ def _dirichlet_kl(alpha: Tensor, beta: Tensor, faces: Tensor, enumerated: bool =
     + (α_k − β_k)ψ(α_k)] − ψ(α_0) Σ_f (α_k − β_k)
     = Σ_f [log Γ(β_k) − h(α_k) − β_k ψ(α_k)] + h(α_0) − log Γ(β_0) + β_0 ψ(α_0) with ``h`` of
     ``_log_gamma_part`` (stable at any α); ≥ 0 (rounding clamped), exactly 0 on vertices and
-    where α_f = β_f."""
+    where α_f = β_f. float32 computes in float64 (``_widened``)."""
+    dtype = alpha.dtype
+    alpha, beta, faces = _widened(alpha, beta, faces)
     a0, b0 = _over_faces(alpha, faces, enumerated), _over_faces(beta, faces, enumerated)
     per_coord = torch.lgamma(beta) - _log_gamma_part(alpha) - beta * torch.digamma(alpha)
     kl = (_over_faces(per_coord, faces, enumerated) + _log_gamma_part(a0) - torch.lgamma(b0)
           + b0 * torch.digamma(a0))
     differ = _over_faces((alpha != beta).to(alpha.dtype), faces, enumerated) > 0
-    return torch.where((faces.sum(-1) > 1) & differ, kl.clamp_min(0), torch.zeros_like(kl))
+    kl = torch.where((faces.sum(-1) > 1) & differ, kl.clamp_min(0), torch.zeros_like(kl))
+    return kl.to(dtype)
 
 
 def _expect(probs: Tensor, values: Tensor) -> Tensor:
