@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,26 @@ def _check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
             f"--resume: the resolved config differs from {saved_path} in {', '.join(differ)}; "
             "resume with the same settings (only trainer.* may change) or use another --out"
         )
+
+
+def _flushing_denormals() -> bool:
+    """Whether CPU arithmetic currently flushes subnormal floats to 0 (torch has no getter)."""
+    import torch
+
+    return float(torch.tensor(1e-39, dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextmanager
+def flushed_denormals(enabled: bool) -> Iterator[None]:
+    """``torch.set_flush_denormal(enabled)`` inside the block, the previous setting after it."""
+    import torch
+
+    before = _flushing_denormals()
+    torch.set_flush_denormal(enabled)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def _is_global_zero() -> bool:
@@ -211,57 +233,60 @@ def run(
                 raise ConfigError(str(err)) from None
 
     import lightning as L
+    import torch
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from latentgrad.experiments.resumable import EpochSafeCheckpoint, StepSeeds, make_resumable
 
     tc = cfg.trainer
-    checkpoint = EpochSafeCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        save_last=True,  # last.ckpt: what --resume loads
-        save_top_k=1,  # with no monitor: keeps the latest epoch/step checkpoint beside it
-        every_n_train_steps=tc.checkpoint_every_n_steps or None,
-        save_on_train_epoch_end=True,
-    )
-    if tc.num_threads is not None:
-        import torch
-
-        torch.set_num_threads(tc.num_threads)
-    L.seed_everything(seed, workers=True, verbose=False)
-    model, data = module.build_run(config, str(run_dir))  # loads the data: fails before any record
-    make_resumable(data, seed)
-    trainer = _trainer(
-        tc,
-        {
-            "default_root_dir": run_dir,
-            "logger": [CSVLogger(run_dir, name="csv"), TensorBoardLogger(run_dir, name="tb")],
-            "callbacks": [StepSeeds(seed), checkpoint],
-            "plugins": [AtomicCheckpointIO()],
-        },
-    )
-    if _is_global_zero():
-        for folder in (run_dir, run_dir / "checkpoints"):
-            remove_temp_files(folder)  # left by a write that was killed
-        if ckpt is not None:
-            ckpt = prepare_resume(run_dir / "checkpoints", ckpt)
-        write_run_records(run_dir, config, argv)
-    with warnings.catch_warnings():
-        # resuming in place: the checkpoint folder holds this run's own checkpoints by design
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
-        trainer.fit(model, datamodule=data, ckpt_path=ckpt)
-    tested = trainer.test(model, datamodule=data, verbose=False)
-    metrics = {k: float(v) for k, v in tested[0].items()} if tested else {}
-    metrics.update(model.summary())
-    result = {
-        "task": task,
-        "estimator": estimator,
-        "seed": seed,
-        "profile": cfg.profile,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "metrics": metrics,
-    }
-    if trainer.is_global_zero:  # metrics.json: same bytes for a resumed and an uninterrupted run
-        atomic_write_text(json.dumps(result, indent=2) + "\n", metrics_path)
-        record_finish(run_dir)
-    return result
+    # the main thread's setting (threads started later inherit it), restored afterwards
+    with flushed_denormals(tc.flush_denormal):
+        checkpoint = EpochSafeCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            save_last=True,  # last.ckpt: what --resume loads
+            save_top_k=1,  # with no monitor: keeps the latest epoch/step checkpoint beside it
+            every_n_train_steps=tc.checkpoint_every_n_steps or None,
+            save_on_train_epoch_end=True,
+        )
+        if tc.num_threads is not None:
+            torch.set_num_threads(tc.num_threads)
+        L.seed_everything(seed, workers=True, verbose=False)
+        # loads the data: fails before any record
+        model, data = module.build_run(config, str(run_dir))
+        make_resumable(data, seed)
+        trainer = _trainer(
+            tc,
+            {
+                "default_root_dir": run_dir,
+                "logger": [CSVLogger(run_dir, name="csv"), TensorBoardLogger(run_dir, name="tb")],
+                "callbacks": [StepSeeds(seed), checkpoint],
+                "plugins": [AtomicCheckpointIO()],
+            },
+        )
+        if _is_global_zero():
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_temp_files(folder)  # left by a write that was killed
+            if ckpt is not None:
+                ckpt = prepare_resume(run_dir / "checkpoints", ckpt)
+            write_run_records(run_dir, config, argv)
+        with warnings.catch_warnings():
+            # resuming in place: the checkpoint folder holds this run's own checkpoints by design
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            trainer.fit(model, datamodule=data, ckpt_path=ckpt)
+        tested = trainer.test(model, datamodule=data, verbose=False)
+        metrics = {k: float(v) for k, v in tested[0].items()} if tested else {}
+        metrics.update(model.summary())
+        result = {
+            "task": task,
+            "estimator": estimator,
+            "seed": seed,
+            "profile": cfg.profile,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "metrics": metrics,
+        }
+        # metrics.json: the same bytes for a resumed and an uninterrupted run
+        if trainer.is_global_zero:
+            atomic_write_text(json.dumps(result, indent=2) + "\n", metrics_path)
+            record_finish(run_dir)
+        return result
