@@ -33,6 +33,17 @@ def _subnormal_survives() -> bool:
     return float(torch.tensor(1e-39, dtype=torch.float32) * 1.0) != 0.0
 
 
+def _flush_supported() -> bool:
+    """torch.set_flush_denormal works on x86 with SSE3 only (it returns False elsewhere)."""
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+    return supported
+
+
+needs_flush = pytest.mark.skipif(not _flush_supported(), reason="no flush-to-zero on this CPU")
+
+
+@needs_flush
 def test_flushed_denormals_sets_and_restores_the_cpu_setting() -> None:
     assert _subnormal_survives()  # torch's default
     with flushed_denormals(True):
@@ -43,6 +54,7 @@ def test_flushed_denormals_sets_and_restores_the_cpu_setting() -> None:
     assert _subnormal_survives()
 
 
+@needs_flush
 @pytest.mark.parametrize("flush", [True, False])
 def test_a_run_trains_with_the_configured_denormal_setting(
     flush: bool, data_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
