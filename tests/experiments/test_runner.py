@@ -28,7 +28,6 @@ def test_lightning_tips_are_silenced_but_device_info_and_warnings_stay(
     assert not any("Tip:" in m for m in messages)
 
 
-
 def _subnormal_survives() -> bool:
     return float(torch.tensor(1e-39, dtype=torch.float32) * 1.0) != 0.0
 
