@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latentgrad.experiments.cli import main
-from latentgrad.experiments.config import ConfigError, sweep_grid, task_estimators
+from latentgrad.experiments.config import ConfigError, sweep_grid, task_estimators, task_yaml
 from latentgrad.experiments.sweep import parse_seeds, sweep
+from latentgrad.experiments.tasks.registry import TASKS
 
 TINY = ["profile=tiny", "trainer.max_epochs=2"]
 
@@ -139,6 +140,38 @@ def test_a_profile_names_the_seeds_its_sweep_runs() -> None:
     assert sweep_grid("ssvae", "faithful", "sfe,softmax", "1") == (["sfe", "softmax"], "1")
     with pytest.raises(ConfigError, match=r"--seeds: required.*'tiny'"):
         sweep_grid("ssvae", "tiny", None, None)
+
+
+#: The published seeds of every packaged task's protocol (the papers' and releases' own).
+PAPER_SEEDS = {
+    "ssvae": "43-52",
+    "signal_game": "322-331",
+    "bitvector_vae": "42",
+    "bitvector_vae_d128": "42",
+    "mixed_vae": "10-14",
+    "voting_regression": "0",
+    "igr_vae": "5328,5945,8965,49,9337",
+    "igr_sop": "5328,5945,8965,49,9337",
+    "igr_countable": "0",
+    "graph_layout": "42",
+    "l2x": "0-4",
+    "listops": "0-4",
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_sweeps_the_papers_seeds_under_paper_and_their_first_under_faithful(
+    task: str,
+) -> None:
+    """``latentgrad sweep TASK profile=paper`` (every ``paper*`` profile, and no profile) is the
+    published table, seeds included; a ``faithful*`` profile runs the first of those seeds."""
+    profiles = task_yaml(task)["profiles"]
+    paper = parse_seeds(PAPER_SEEDS[task])
+    for profile in [None, *(p for p in profiles if p.startswith("paper"))]:
+        assert parse_seeds(sweep_grid(task, profile, None, None)[1]) == paper
+    for profile in (p for p in profiles if p.startswith("faithful")):
+        seeds = parse_seeds(sweep_grid(task, profile, None, None)[1])
+        assert seeds and seeds == paper[: len(seeds)]
 
 
 def test_sweep_cli_without_seeds_for_a_profile_that_names_none_exits_2(
