@@ -1,9 +1,10 @@
-"""The runner drops Lightning's promotional tips and keeps its other messages and warnings; it
-trains with the configured handling of subnormal floats."""
+"""The runner drops Lightning's promotional tips and its deprecation noise and keeps its other
+messages and warnings; it trains with the configured handling of subnormal floats."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,12 @@ def test_a_run_trains_with_the_configured_denormal_setting(
                                                    "trainer": {"flush_denormal": False}}
     run("ssvae", "sfe", 0, overrides, out=tmp_path)
     assert seen == [flush] and _subnormal_survives()
+
+
+def test_a_run_does_not_pass_on_lightnings_own_deprecation_warnings(tmp_path: Path) -> None:
+    """Lightning calls a torch API deprecated after its release (``isinstance(treespec,
+    LeafSpec)``) on every fit and test: noise in every run's log that no user can act on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("signal_game", "sfe", 0, {"profile": "tiny"}, out=tmp_path)
+    assert not [w for w in caught if "treespec" in str(w.message)]

@@ -272,8 +272,10 @@ def run(
         with warnings.catch_warnings():
             # resuming in place: the checkpoint folder holds this run's own checkpoints by design
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            # Lightning's own use of a torch API deprecated after its release; nothing to act on
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
             trainer.fit(model, datamodule=data, ckpt_path=ckpt)
-        tested = trainer.test(model, datamodule=data, verbose=False)
+            tested = trainer.test(model, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in tested[0].items()} if tested else {}
         metrics.update(model.summary())
         result = {
