@@ -1,10 +1,11 @@
-"""The ``latentgrad`` command: ``run``, ``sweep``, ``report``, ``demo`` and ``list``.
+"""The ``latentgrad`` command: ``run``, ``sweep``, ``report``, ``export``, ``demo`` and ``list``.
 
     latentgrad run TASK --estimator NAME [--seed S] [--config FILE.yaml] [--out DIR] [--resume]
         [--devices N] [--num-nodes N] [--accelerator A] [--strategy S] [key=value ...]
     latentgrad sweep TASK --estimators a,b,c --seeds 1-10 [--workers N] [--ray auto|ADDRESS]
         [key=value ...]
     latentgrad report RUNS_DIR
+    latentgrad export OUT/TASK --out RESULTS_DIR [--in-progress]
     latentgrad demo [--out DIR] [--mnist PATH]
     latentgrad list
     latentgrad --version
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from latentgrad import __version__
@@ -113,6 +115,20 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and plots from a runs directory")
     rep.add_argument("runs_dir")
     rep.add_argument("--out", help="where to write report files (default: RUNS_DIR)")
+
+    e = sub.add_parser(
+        "export",
+        help="copy a sweep's records (no checkpoints) into a results folder, then report there",
+    )
+    e.add_argument("sweep_dir", help="the sweep's task folder, OUT/TASK")
+    e.add_argument("--out", required=True, help="results folder (runs/ and in_progress/ inside)")
+    e.add_argument(
+        "--in-progress",
+        dest="in_progress",
+        action="store_true",
+        help="also copy unfinished cells with their last checkpoint to OUT/in_progress "
+        "(resumable)",
+    )
 
     d = sub.add_parser(
         "demo", help="semi-supervised VAE on the bundled digits with three estimators"
@@ -208,6 +224,17 @@ def main(argv: list[str] | None = None) -> int:
             paths = report(args.runs_dir, args.out)
             print(paths["markdown"].read_text())
             print("written:", ", ".join(str(p) for p in paths.values()))
+            return 0
+        if args.command == "export":
+            from latentgrad.experiments.export import export
+            from latentgrad.experiments.report import report
+
+            copied = export(args.sweep_dir, args.out, args.in_progress)
+            for kind, cells in copied.items():
+                print(f"{kind}: {', '.join(cells) or '-'}")
+            if copied["finished"]:
+                paths = report(Path(args.out) / "runs", args.out)
+                print("written:", ", ".join(str(p) for p in paths.values()))
             return 0
         from latentgrad.experiments.demo import demo
 

@@ -272,6 +272,9 @@ def run(
         with warnings.catch_warnings():
             # resuming in place: the checkpoint folder holds this run's own checkpoints by design
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            # a run folder moved (a committed snapshot resumed elsewhere): with no monitor the
+            # checkpoint callback tracks only the latest file, which prepare_resume has settled
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
             # Lightning's own use of a torch API deprecated after its release; nothing to act on
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
             trainer.fit(model, datamodule=data, ckpt_path=ckpt)
