@@ -126,8 +126,8 @@ def parser() -> argparse.ArgumentParser:
         "--in-progress",
         dest="in_progress",
         action="store_true",
-        help="also copy unfinished cells with their last checkpoint to OUT/in_progress "
-        "(resumable)",
+        help="also copy each unfinished cell with its last checkpoint into the results folder's "
+        "in_progress/ (resumable)",
     )
 
     d = sub.add_parser(
