@@ -5,6 +5,7 @@
 POINT ``step``: right after the N-th optimizer step (before that step's checkpoint); ``save``:
 right after the N-th file of the checkpoints folder is in place; ``write``: during the N-th write
 into the checkpoints folder, before its temp file is moved into place (it stays as an orphan).
+``run_args`` gives the arguments of the small run these tests kill.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+
+def run_args(task: str, estimator: str, out: Path) -> list[str]:
+    """CLI arguments of a ``tiny`` run of three epochs checkpointed after every optimizer step,
+    one thread: what the kill-and-resume tests run (with ``--resume`` after a kill)."""
+    return ["run", task, "--estimator", estimator, "--out", str(out), "profile=tiny",
+            "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1",
+            "trainer.num_threads=1"]  # fmt: skip
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _kill import run_args
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.export import export
@@ -97,9 +98,7 @@ def test_a_folder_without_cells_is_refused_with_what_to_pass(tmp_path: Path, cap
 
 
 def _args(out: Path) -> list[str]:
-    return ["run", "signal_game", "--estimator", "nvil", "--out", str(out), "profile=tiny",
-            "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1",
-            "trainer.num_threads=1"]  # fmt: skip
+    return run_args("signal_game", "nvil", out)
 
 
 def test_an_exported_snapshot_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _kill import run_args
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.experiments.cli import main
@@ -87,12 +88,6 @@ def test_derived_seeds_are_stable_and_distinct() -> None:
 # ------------------------------------------------------------------ runs killed with SIGKILL
 
 
-def _args(task: str, estimator: str, out: Path) -> list[str]:
-    return ["run", task, "--estimator", estimator, "--out", str(out), "profile=tiny",
-            "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1",
-            "trainer.num_threads=1"]  # fmt: skip
-
-
 def _kill_points(task: str, estimator: str, steps: int) -> list[tuple[str, int]]:
     """Three kills in a row (each in the run resumed from the previous one), all reachable in a
     run of ``steps >= 3`` optimizer steps checkpointed every step (the last of an epoch: at its
@@ -121,16 +116,16 @@ def _state(run_dir: Path) -> dict:
 
 
 def _check_kills_then_resume(task: str, estimator: str, tmp_path: Path) -> None:
-    assert main(_args(task, estimator, tmp_path / "reference")) == 0
+    assert main(run_args(task, estimator, tmp_path / "reference")) == 0
     ref = tmp_path / "reference" / task / estimator / "seed0"
     steps = json.loads((ref / "metrics.json").read_text())["global_step"]
     out = tmp_path / "killed"
     for point, n in _kill_points(task, estimator, steps):
         cmd = [sys.executable, str(HERE / "_kill.py"), point, str(n),
-               *_args(task, estimator, out), "--resume"]  # fmt: skip
+               *run_args(task, estimator, out), "--resume"]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == -signal.SIGKILL, (point, n, proc.stderr[-2000:])
-    assert main([*_args(task, estimator, out), "--resume"]) == 0
+    assert main([*run_args(task, estimator, out), "--resume"]) == 0
     got = out / task / estimator / "seed0"
     assert (got / "metrics.json").read_bytes() == (ref / "metrics.json").read_bytes()
     assert json.loads((got / "metrics.json").read_text())["global_step"] == steps
