@@ -39,3 +39,37 @@ def test_set_default_validate_args_sets_the_global_default():
     assert lg.validation_enabled()
     with pytest.raises(TypeError, match="bool"):
         lg.set_default_validate_args(0)
+
+
+def _no_host_reads(monkeypatch):
+    """Make every Python-level read of a tensor's value raise (on a GPU each is a sync)."""
+
+    def read(*_args, **_kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    for method in ("__bool__", "item", "tolist", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, method, read)
+
+
+@pytest.mark.parametrize(
+    "structure",
+    [
+        lg.structures.Categorical(5),
+        lg.structures.BitVector(5),
+        lg.structures.BitVector(5, 2),
+        lg.structures.KSubset(5, 2),
+        lg.structures.SpanningTree(5),
+        lg.structures.Arborescence(5),
+        lg.structures.Arborescence(5, 1),
+    ],
+    ids=repr,
+)
+def test_with_checks_off_no_structure_reads_score_values_to_validate_them(structure, monkeypatch):
+    """Value checks are what the switch turns off: shape and dtype checks stay, nothing waits for
+    a value (KSubset's count of finite entries and SpanningTree's symmetry check did)."""
+    scores = torch.randn(3, *structure.score_shape)
+    with pytest.raises(ValueError):  # a shape check: on regardless
+        structure.check_scores(scores[..., :1])
+    with lg.validate_args(False):
+        _no_host_reads(monkeypatch)
+        assert structure.check_scores(scores) is scores

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import latentgrad as lg
 from latentgrad.structures._matrix_tree import log_count_rooted_at_zero
 from latentgrad.structures.spanning_tree import SpanningTree
 
@@ -192,6 +193,29 @@ def test_marginals_pass_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradgradcheck(
         lambda e: tree.log_partition(symmetric_from_edges(e, n)), (edge_scores,)
     )
+
+
+def test_with_checks_off_asymmetric_scores_act_as_their_symmetric_part():
+    """Unvalidated scores are read as ``(θ + θᵀ)/2`` on both paths (the dense factorisation and
+    the exact elimination of the rows it rejects), and differentiated as such entry by entry."""
+    n = 4
+    tree = SpanningTree(n)
+    g = torch.Generator().manual_seed(11)
+    bridge = torch.full((n, n), -100.0, dtype=F64)  # rejected by the dense path (test below)
+    for (a, b), value in {(0, 1): 100.0, (2, 3): 100.0, (1, 2): 0.0}.items():
+        bridge[a, b] = bridge[b, a] = value
+    symmetric = torch.stack([random_symmetric(n, n, scale=3.0, seed=12), bridge])
+    skew = torch.randn(2, n, n, generator=g, dtype=F64)
+    scores = symmetric + (skew - skew.mT)
+    expected = brute_force(symmetric, n)[1]
+    with lg.validate_args(False):
+        torch.testing.assert_close(tree.marginals(scores), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(tree.marginals(scores.float()), expected.float())
+        leaf = scores.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(tree.marginals, (leaf,))
+        assert torch.autograd.gradgradcheck(tree.marginals, (leaf,))
+    with pytest.raises(ValueError, match="symmetric"):
+        tree.marginals(scores)
 
 
 def test_weak_bridge_between_strong_pairs_is_exact():

@@ -62,7 +62,7 @@ class _LogdetInverse(torch.autograd.Function):
                 factor = torch.where(ok[:, None, None], factor, eye)
             logdet = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             inverse = torch.cholesky_inverse(factor)
-            row_sums = torch.linalg.vector_norm(inverse, 1, dim=-1).amax(-1)
+            row_sums = inverse.abs().sum(-1).amax(-1)
             norms = row_sums * row_sums  # ||M||_1 = ||M||_inf
         else:
             lu, pivots, info = torch.linalg.lu_factor_ex(a)
@@ -75,8 +75,8 @@ class _LogdetInverse(torch.autograd.Function):
                 pivots = torch.where(ok[:, None], pivots, identity)
             logdet = lu.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
             inverse = torch.linalg.lu_solve(lu, pivots, eye.expand_as(a))
-            rows = torch.linalg.vector_norm(inverse, 1, dim=-1).amax(-1)
-            norms = rows * torch.linalg.vector_norm(inverse, 1, dim=-2).amax(-1)
+            magnitudes = inverse.abs()
+            norms = magnitudes.sum(-1).amax(-1) * magnitudes.sum(-2).amax(-1)
         scale = a.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1)
         bound = k * torch.finfo(a.dtype).eps * scale * norms
         ok = ok & torch.isfinite(logdet) & (bound <= TOLERANCE)
@@ -125,32 +125,58 @@ def _masked(logw: Tensor) -> tuple[Tensor, Tensor]:
     return lw, lw.detach().amax(-2)
 
 
+def _sum_with_transpose(a: Tensor) -> Tensor:
+    """``a + aᵀ`` ``(B, n, n)`` in float64, into one fresh buffer (a transposed, casting copy
+    and an in-place add) where casting first and adding would allocate two: at batch size each
+    fresh buffer is page-faulted in, which costs as much as the arithmetic."""
+    out = torch.empty(a.shape, dtype=torch.float64, device=a.device)
+    return out.copy_(a.mT).add_(a)
+
+
+def symmetric_float64(scores: Tensor, diagonal: float = 0.0) -> Tensor:
+    """``(θ + θᵀ)/2`` of ``(B, n, n)`` scores in float64 with ``diagonal`` on the diagonal
+    (differentiable; the diagonal gets zero gradient)."""
+    work = scores.to(torch.float64)
+    symmetric = (work + work.mT).mul_(0.5)
+    symmetric.diagonal(dim1=-2, dim2=-1).fill_(diagonal)
+    return symmetric
+
+
 def _grounded(diagonal: Tensor, weights: Tensor) -> Tensor:
     """``diag(diagonal) - weights`` without row and column 0: ``(B, n-1, n-1)``."""
     minor = -weights[:, 1:, 1:]
     return minor.diagonal_scatter(diagonal[:, 1:], dim1=-2, dim2=-1)
 
 
-def _undirected(logw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Shifts ``m``, ``P``, ``W̃``, the ground node ``r`` one-hot ``(B, n)`` and the normalised
-    Laplacian ``(B, n, n)`` (diagonal ``sum_j P_ij``) with row and column r replaced by those of
-    the identity (same determinant and, off ``(r, r)``, the same inverse as the minor ``Ã``).
+def _clear_cross(x: Tensor, node: Tensor) -> Tensor:
+    """Zero row and column ``node[b]`` of every ``x[b]`` of ``(B, n, n)`` ``x``, in place:
+    ``B n`` writes where a ``(B, n, n)`` mask would be built and read."""
+    batch = torch.arange(x.shape[0], device=x.device)
+    x[batch, node] = 0.0
+    x[batch, :, node] = 0.0
+    return x
+
+
+def _undirected(lw: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``P``, ``W̃``, the ground node ``r`` one-hot ``(B, n)`` and the normalised Laplacian
+    ``(B, n, n)`` (diagonal ``sum_j P_ij``) with row and column r replaced by those of the
+    identity (same determinant and, off ``(r, r)``, the same inverse as the minor ``Ã``), from
+    ``_masked``'s ``(lw, m)``; ``lw`` is overwritten (it becomes ``W̃``).
 
     The ground is the node of largest degree: it keeps ``Ã`` far better conditioned than a fixed
     node when the degrees are uneven (strong scores), so more rows pass the trust test.
     """
-    lw, m = _masked(logw)
     prob = (lw - m[:, :, None]).exp_()
     half = m / 2
-    w_tilde = (lw - half[:, :, None]).sub_(half[:, None, :]).exp_()
+    w_tilde = lw.sub_(half[:, :, None]).sub_(half[:, None, :]).exp_()
     degree = prob.sum(-1)
-    ground = torch.nn.functional.one_hot((m + degree.detach().log()).argmax(-1), m.shape[-1])
-    ground = ground.bool()
+    node = (m + degree.detach().log()).argmax(-1)
+    ground = torch.nn.functional.one_hot(node, m.shape[-1]).bool()
     grounded = w_tilde.neg()  # in place from here on: no new (B, n, n) buffers
     grounded.diagonal(dim1=-2, dim2=-1).copy_(degree)
-    grounded.masked_fill_(ground[:, :, None] | ground[:, None, :], 0.0)
+    _clear_cross(grounded, node)
     grounded.diagonal(dim1=-2, dim2=-1).masked_fill_(ground, 1.0)
-    return m, prob, w_tilde, ground, grounded
+    return prob, w_tilde, ground, grounded
 
 
 def dense_log_count_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,16 +187,17 @@ def dense_log_count_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
     ``D_m = diag(exp(m))``: ``Ã_ij = -exp(θ_ij - (m_i + m_j)/2)``;
     ``log Z = sum_{i != r} m_i + log det Ã`` (Cholesky).
     """
-    m, _, _, ground, normalised = _undirected(logw)
+    lw, m = _masked(logw)
+    _, _, ground, normalised = _undirected(lw, m)
     return _trusted_log_det(m.masked_fill(ground, 0), normalised, symmetric=True)
 
 
-def _undirected_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """Edge marginals of symmetric ``logw`` in differentiable operations (any order), the trust
+def _undirected_marginals_of(lw: Tensor, m: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """Edge marginals (float64) from ``_masked``'s ``(lw, m)`` of symmetric scores, the trust
     flags, and ``(P, W̃, M, r)``: ``M`` the inverse of the grounded matrix (the minor's inverse
     padded, with ``M_rr = 1``, which no marginal reads: ``W̃_rr = 0``) and the ground one-hot
-    ``r`` of the trusted rows."""
-    _, prob, w_tilde, ground, normalised = _undirected(logw)
+    ``r`` of the trusted rows. Differentiable operations (any order)."""
+    prob, w_tilde, ground, normalised = _undirected(lw, m)
     _, inverse, ok = _LogdetInverse.apply(normalised, True)
     ground = ground & ok[:, None]
     diagonal = inverse.diagonal(dim1=-2, dim2=-1) - ground.to(inverse.dtype)  # M_rr = 0
@@ -179,58 +206,73 @@ def _undirected_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, tuple[Ten
     return marginals, ok, (prob, w_tilde, inverse, ground)
 
 
+def _undirected_marginals_graph(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Edge marginals of ``(θ + θᵀ)/2`` (in ``scores``' dtype) and the trust flags, in
+    differentiable operations (any order)."""
+    marginals, ok, _ = _undirected_marginals_of(*_masked(symmetric_float64(scores)))
+    return marginals.to(scores.dtype), ok
+
+
 class _UndirectedMarginals(torch.autograd.Function):
-    """``(μ, ok, P, W̃, M)`` of symmetric float64 ``logw`` ``(B, n, n)`` (only μ carries a
-    gradient), with a closed-form backward.
+    """``(μ, ok, P, W̃, M, r)`` of ``(B, n, n)`` scores θ (any float dtype; the computation runs
+    on ``(θ + θᵀ)/2`` in float64, μ is returned in θ's dtype, only μ carries a gradient), with
+    a closed-form backward.
 
     With ``H = G + Gᵀ`` (G the cotangent of μ), μ = P∘(diag(M) 1ᵀ) + (…)ᵀ − 2 W̃∘M gives
     ∂L/∂M = X = diag(Σ_j H_ij P_ij) − H∘W̃ and, through M = Ã⁻¹, ∂L/∂Ã = Y = −M X M. As
-    Ã_ii = Σ_j P_ij and Ã_ij = −W̃_ij, the cotangent of logw is
-    Γ_ij = P_ij (H_ij M_ii + Y_ii) − W̃_ij (H_ij M_ij + Y_ij), returned symmetrised (only
-    symmetric perturbations exist): two batched products and a few elementwise passes, where
-    autograd walks the whole chain. A double backward (``create_graph``) differentiates the
-    graph of :func:`_undirected_marginals_graph` instead.
+    Ã_ii = Σ_j P_ij and Ã_ij = −W̃_ij, the cotangent of the symmetrised scores is
+    Γ_ij = P_ij (H_ij M_ii + Y_ii) − W̃_ij (H_ij M_ij + Y_ij), and that of θ is (Γ + Γᵀ)/2
+    with a zero diagonal: two batched products and a few elementwise passes, where autograd
+    walks the whole chain. A double backward (``create_graph``) differentiates
+    :func:`_undirected_marginals_graph` instead.
     """
 
     @staticmethod
-    def forward(logw: Tensor) -> tuple[Tensor, ...]:
-        marginals, ok, saved = _undirected_marginals_graph(logw)
-        return marginals, ok, *saved
+    def forward(scores: Tensor) -> tuple[Tensor, ...]:
+        lw = _sum_with_transpose(scores).mul_(0.5)  # symmetric_float64(scores, -inf): _masked
+        lw.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+        marginals, ok, saved = _undirected_marginals_of(lw, lw.amax(-2))
+        return marginals.to(scores.dtype), ok, *saved
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        (logw,) = inputs
+        (scores,) = inputs
         _, ok, prob, w_tilde, inverse, ground = output
         ctx.mark_non_differentiable(ok, prob, w_tilde, inverse, ground)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logw, prob, w_tilde, inverse, ground)
+        ctx.save_for_backward(scores, prob, w_tilde, inverse, ground)
 
     @staticmethod
     def backward(ctx, grad: Tensor | None, *_):
         if grad is None:
             return None
-        logw, prob, w_tilde, inverse, ground = ctx.saved_tensors
+        scores, prob, w_tilde, inverse, ground = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the graph itself
-            marginals = _undirected_marginals_graph(logw)[0]
-            return torch.autograd.grad(marginals, logw, grad, create_graph=True)[0]
+            marginals = _undirected_marginals_graph(scores)[0]
+            return torch.autograd.grad(marginals, scores, grad, create_graph=True)[0]
         # in place wherever a buffer is free: fresh (B, n, n) buffers cost more than the math
-        sym = grad + grad.mT
+        sym = _sum_with_transpose(grad)
         x = (sym * w_tilde).neg_()  # W̃_ii = 0: the diagonal is only the degree term
         x.diagonal(dim1=-2, dim2=-1).add_(torch.linalg.vecdot(sym, prob))
         # M (with M_rr = 1) around X without row and column r equals M0 X M0 (M0: M_rr = 0)
-        x.masked_fill_(ground[:, :, None] | ground[:, None, :], 0.0)
-        y = torch.bmm(torch.bmm(inverse, x), inverse).neg_()
+        # (untrusted rows have no ground and M = 0: clearing their node 0 changes nothing)
+        _clear_cross(x, ground.to(torch.uint8).argmax(-1))
+        left = torch.bmm(inverse, x)
+        y = torch.bmm(left, inverse, out=x).neg_()
         diagonal = inverse.diagonal(dim1=-2, dim2=-1) - ground.to(inverse.dtype)
-        gamma = torch.addcmul(y.diagonal(dim1=-2, dim2=-1)[:, :, None], sym, diagonal[:, :, None])
-        gamma.mul_(prob)
-        out = (gamma + gamma.mT).mul_(0.5)
-        return out.sub_(sym.mul_(inverse).add_(y).mul_(w_tilde))
+        y_diagonal = y.diagonal(dim1=-2, dim2=-1)[:, :, None]
+        gamma = torch.addcmul(y_diagonal, sym, diagonal[:, :, None], out=left).mul_(prob)
+        gamma.sub_(sym.mul_(inverse).add_(y).mul_(w_tilde))
+        out = y.copy_(gamma.mT).add_(gamma).mul_(0.5)  # (Γ + Γᵀ)/2 in y's buffer
+        out.diagonal(dim1=-2, dim2=-1).zero_()
+        return out.to(scores.dtype)
 
 
-def dense_marginals_undirected(logw: Tensor) -> tuple[Tensor, Tensor]:
-    """Edge marginals ``(B, n, n)`` (symmetric, zero diagonal) of symmetric ``logw`` and the
-    trust flags ``(B,)``; untrusted rows are zero. Differentiable to any order."""
-    marginals, ok, *_ = _UndirectedMarginals.apply(logw)
+def dense_marginals_undirected(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Edge marginals ``(B, n, n)`` (symmetric, zero diagonal, in ``scores``' dtype) of the
+    symmetrised scores ``(θ + θᵀ)/2`` (diagonal ignored) and the trust flags ``(B,)``;
+    untrusted rows are zero. Differentiable to any order."""
+    marginals, ok, *_ = _UndirectedMarginals.apply(scores)
     return marginals, ok
 
 

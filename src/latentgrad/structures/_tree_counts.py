@@ -21,6 +21,7 @@ from ._dense_matrix_tree import (
     dense_marginals_rooted_at_zero,
     dense_marginals_single_root,
     dense_marginals_undirected,
+    symmetric_float64,
 )
 from ._matrix_tree import log_count_every_root, log_count_rooted_at_zero
 
@@ -54,14 +55,16 @@ def log_count_undirected(logw: Tensor) -> Tensor:
     return with_fallback(dense_log_count_undirected, log_count_rooted_at_zero, logw)
 
 
-def marginals_undirected(logw: Tensor) -> Tensor:
-    """Edge marginals of symmetric ``logw``: ``(B, n, n)`` symmetric, zero diagonal."""
+def marginals_undirected(scores: Tensor) -> Tensor:
+    """Edge marginals of the symmetrised scores ``(θ + θᵀ)/2`` (any float dtype; computed in
+    float64): ``(B, n, n)`` symmetric, zero diagonal, in ``scores``' dtype."""
 
-    def eliminated(lw: Tensor) -> Tensor:
+    def eliminated(raw: Tensor) -> Tensor:
+        lw = symmetric_float64(raw)
         (grad,) = _gradients(log_count_rooted_at_zero, lw)  # arcs oriented away from node 0
-        return grad + grad.mT
+        return (grad + grad.mT).to(raw.dtype)
 
-    return with_fallback(dense_marginals_undirected, eliminated, logw)
+    return with_fallback(dense_marginals_undirected, eliminated, scores)
 
 
 def log_count_rooted(logw: Tensor) -> Tensor:

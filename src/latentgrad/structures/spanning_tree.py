@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_tensor
+from .._validation import check_tensor, validation_enabled
+from ._dense_matrix_tree import symmetric_float64
 from ._enumeration import check_int, flatten_batch
 from ._tree_counts import log_count_undirected, marginals_undirected
 from ._tree_enumeration import rooted_parent_arrays
@@ -71,14 +72,17 @@ class SpanningTree(TreeStructure):
         return matrix[..., i, j]
 
     def check_scores(self, scores: Tensor, name: str = "scores") -> Tensor:
-        """Float ``(*batch, n, n)``, finite, symmetric within ``sqrt(eps)`` relative tolerance."""
+        """Float ``(*batch, n, n)``, finite, symmetric within ``sqrt(eps)`` relative tolerance
+        (value checks: off with validation, when asymmetric scores are symmetrised)."""
         super().check_scores(scores, name)
+        if not (validation_enabled() and scores.numel()):
+            return scores
         tol = torch.finfo(scores.dtype).eps ** 0.5
         values = scores.detach()
         size = values.abs()
         # |s - sᵀ| - tol max(|s|, |sᵀ|) > tol, computed in place
         excess = (values - values.mT).abs_().sub_(torch.maximum(size, size.mT), alpha=tol)
-        if scores.numel() and bool((excess > tol).any()):
+        if bool((excess > tol).any()):
             gap = (values - values.mT).abs()
             raise ValueError(
                 f"{name} must be symmetric (undirected edge scores), but max |s - s^T| = "
@@ -129,20 +133,14 @@ class SpanningTree(TreeStructure):
         log-domain elimination (``_matrix_tree``) for the other rows; stable for any finite
         scores and differentiable twice. Its gradient w.r.t. the full matrix is ``marginals / 2``.
         """
-        return log_count_undirected(self._symmetric(flat)).to(flat.dtype)
-
-    def _symmetric(self, flat: Tensor) -> Tensor:
-        """``(θ + θᵀ)/2`` in float64 with a zero diagonal."""
-        work = flat.to(torch.float64)
-        eye = torch.eye(self.n, dtype=torch.bool, device=flat.device)
-        return (work + work.mT).mul_(0.5).masked_fill_(eye, 0)
+        return log_count_undirected(symmetric_float64(flat)).to(flat.dtype)
 
     def _marginals(self, flat: Tensor) -> Tensor:
         """Edge marginals ``P({i, j} in tree)`` as a symmetric ``(B, n, n)`` matrix, zero
         diagonal, ``sum_{i<j} μ_ij = n - 1`` (= ``g + gᵀ``, ``g = grad log Z``): closed form
         from the inverse of the normalised Laplacian minor where trusted, autograd of the
         elimination elsewhere; differentiable (for the SST relaxation)."""
-        return marginals_undirected(self._symmetric(flat)).to(flat.dtype)
+        return marginals_undirected(flat)
 
     def _sample(
         self, scores: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator | None
