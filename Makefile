@@ -33,8 +33,10 @@ package-check: $(STAMP)
 	$(PKG_DIR)/venv/bin/pip install -q $(PKG_DIR)/dist/*.whl
 	cd $(PKG_DIR) && venv/bin/python ../../tests/package_smoke.py dist
 
+# The CUDA tests are skipped without a GPU; their CPU dry run keeps their own code working.
 test: lint docs package-check
 	$(BIN)/python -m pytest -n 2 $(TEST_ARGS)
+	LATENTGRAD_TEST_DEVICE=cpu $(BIN)/python -m pytest -q tests/cuda
 
 demo: $(STAMP)
 	$(BIN)/latentgrad demo
