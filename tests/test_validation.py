@@ -73,3 +73,50 @@ def test_with_checks_off_no_structure_reads_score_values_to_validate_them(struct
     with lg.validate_args(False):
         _no_host_reads(monkeypatch)
         assert structure.check_scores(scores) is scores
+
+
+def _hot_paths():
+    """Forward+backward calls that must not wait for a value on the device (the CPU-visible
+    half of ``tests/cuda/test_cuda_sync.py``: Python-level reads; kernels that sync, such as
+    ``nonzero``, only a GPU run can catch). Not listed: paths whose work depends on the data
+    (sparse supports, IGR-SB's adaptive truncation, entmax_bisect's iteration count)."""
+    from latentgrad import distributions as D
+    from latentgrad.estimators import GumbelSoftmax, ScoreFunction, SoftmaxMarginalization
+
+    def loss(z, rows):
+        return (z.flatten(1) ** 2).sum(-1)
+
+    s = lg.structures
+    return {
+        "softmax_pp (tensor tau)": lambda x: lg.mappings.softmax_pp(x, torch.tensor(0.5)),
+        "stick_breaking_logits": lg.mappings.stick_breaking_logits,
+        "Categorical marginals": s.Categorical(6).marginals,
+        "BitVector marginals": s.BitVector(6).marginals,
+        "BitVector(6, 2) log_partition": s.BitVector(6, 2).log_partition,
+        "KSubset marginals": s.KSubset(6, 2).marginals,
+        "KSubset argmax": s.KSubset(6, 2).argmax,
+        "stick_breaking": lambda x: lg.mappings.stick_breaking(torch.sigmoid(x)),
+        "IGR rsample": lambda x: D.IGR(x[:, 1:], 1.0, 0.5).rsample((2,)),
+        "exp_concrete_log_prob": lambda x: D.exp_concrete_log_prob(
+            torch.log_softmax(x.detach(), -1), x, torch.tensor(0.5)
+        ),
+        "binary_concrete_log_prob": lambda x: D.binary_concrete_log_prob(
+            torch.sigmoid(x.detach()), x, torch.tensor(0.5)
+        ),
+        "GaussianSparsemax rsample": lambda x: D.GaussianSparsemax(x, 1.0).rsample((2,)),
+        "GumbelSoftmax": lambda x: GumbelSoftmax(0.5)(x, loss).loss,
+        "ScoreFunction": lambda x: ScoreFunction(n_samples=2)(x, loss).loss,
+        "SoftmaxMarginalization": lambda x: SoftmaxMarginalization()(x, loss).loss,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_hot_paths()))
+def test_with_checks_off_the_hot_paths_read_no_tensor_value_on_the_host(name, monkeypatch):
+    fn = _hot_paths()[name]
+    x = torch.randn(4, 6).requires_grad_(True)
+    fn(x)  # first call with checks on: lazy set-up
+    with lg.validate_args(False):
+        _no_host_reads(monkeypatch)
+        out = fn(x)
+        if out.requires_grad:
+            out.sum().backward()

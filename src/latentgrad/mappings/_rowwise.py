@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_min_dim, check_row_max, check_tensor
+from latentgrad._validation import check_min_dim, check_row_max, check_tensor, validation_enabled
 from latentgrad.mappings._fused import FusedMapping
 from latentgrad.mappings._support import Maxima, as_rows, from_rows, row_maxima
 
@@ -70,10 +70,13 @@ def checked_maxima(rows: Tensor, dim: int, spread: float | None = None) -> Maxim
 
 
 def check_scalar_or_tensor_positive(value: object, name: str) -> None:
-    """``value`` is a positive Python number or a floating tensor of positive finite entries."""
+    """``value`` is a positive Python number or a floating tensor of positive finite entries
+    (a tensor's values are checked with validation on: one sync)."""
     if isinstance(value, Tensor):
         check_tensor(value, name)
-        if value.numel() and not bool(((value > 0) & torch.isfinite(value)).all()):
+        if validation_enabled() and value.numel() and not bool(
+            ((value > 0) & torch.isfinite(value)).all()
+        ):
             raise ValueError(f"{name} must be strictly positive and finite")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if not (value > 0 and value != float("inf")):
