@@ -294,11 +294,58 @@ def dense_log_count_rooted_at_zero(logw: Tensor) -> tuple[Tensor, Tensor]:
     return _trusted_log_det(m[:, 1:], normalised, symmetric=False)
 
 
-def dense_marginals_rooted_at_zero(logw: Tensor) -> tuple[Tensor, Tensor]:
-    """Arc marginals ``(B, n, n)`` of arborescences rooted at 0 and the trust flags ``(B,)``."""
+def _rooted_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(μ, ok, Q, N)`` of arborescences rooted at 0 in differentiable operations (any order):
+    ``μ_ij = Q_ij (N_jj - N_ji)``, ``N`` the inverse of ``Ã`` padded by zeros at node 0."""
     _, q, normalised = _rooted(logw)
     inverse, ok = _padded_inverse(normalised, symmetric=False)
-    return q * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse.mT), ok
+    return q * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse.mT), ok, q, inverse
+
+
+class _RootedMarginals(torch.autograd.Function):
+    """``(μ, ok, Q, N)`` of float64 arc scores ``logw`` ``(B, n, n)`` (only μ carries a
+    gradient), with a closed-form backward.
+
+    For the cotangent G of μ: ∂L/∂N = X = diag(Σ_i G_ij Q_ij) − (G∘Q)ᵀ, through N = Ã⁻¹ (padded)
+    ∂L/∂Ã = Y = −Nᵀ X Nᵀ (zero in row and column 0), and as Ã_jj = Σ_i Q_ij, Ã_ij = −Q_ij,
+    ∂L/∂Q_ij = G_ij (N_jj − N_ji) + Y_jj − Y_ij; the cotangent of logw is Q ∘ ∂L/∂Q (the shifts
+    cancel from μ, so they carry none). A double backward differentiates
+    :func:`_rooted_marginals_graph`.
+    """
+
+    @staticmethod
+    def forward(logw: Tensor) -> tuple[Tensor, ...]:
+        return _rooted_marginals_graph(logw)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ok, q, inverse = output
+        ctx.mark_non_differentiable(ok, q, inverse)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inputs[0], q, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, *_):
+        if grad is None:
+            return None
+        logw, q, inverse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            marginals = _rooted_marginals_graph(logw)[0]
+            return torch.autograd.grad(marginals, logw, grad, create_graph=True)[0]
+        weighted = grad * q
+        x = weighted.mT.neg()
+        x.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2))
+        inverse_t = inverse.mT
+        y = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x).neg_()
+        dq = grad * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse_t)
+        dq.add_(y.diagonal(dim1=-2, dim2=-1)[:, None, :]).sub_(y)
+        return dq.mul_(q)
+
+
+def dense_marginals_rooted_at_zero(logw: Tensor) -> tuple[Tensor, Tensor]:
+    """Arc marginals ``(B, n, n)`` of arborescences rooted at 0 and the trust flags ``(B,)``."""
+    marginals, ok, *_ = _RootedMarginals.apply(logw)
+    return marginals, ok
 
 
 def _single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -323,12 +370,71 @@ def dense_log_count_single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tens
     return _trusted_log_det(m, normalised, symmetric=False)
 
 
-def dense_marginals_single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Marginals ``(B, n, n)`` of single-root trees (``P(i -> j)`` off the diagonal,
-    ``P(j is the root's child)`` on it) and the trust flags ``(B,)``."""
+def _single_root_marginals_graph(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, ...]:
+    """``(μ, ok, Q, r, M)`` of single-root trees in differentiable operations (any order):
+    ``μ_ij = Q_ij (N_jj - N_ji)`` off the diagonal (``N``: ``M`` with column 0 zeroed),
+    ``μ_jj = r_j M_j0``, ``r = exp(ρ - m)`` the root row of Koo's matrix, ``M`` its inverse."""
     _, q, root_row, normalised = _single_root(logw, root_scores)
     _, inverse, ok = _LogdetInverse.apply(normalised, False)
     root_column = inverse[:, :, 0]
-    inverse = torch.nn.functional.pad(inverse[:, :, 1:], (1, 0))
-    arcs = q * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse.mT)
-    return arcs + torch.diag_embed(root_row * root_column), ok
+    arc_part = torch.nn.functional.pad(inverse[:, :, 1:], (1, 0))
+    arcs = q * (arc_part.diagonal(dim1=-2, dim2=-1)[:, None, :] - arc_part.mT)
+    return arcs + torch.diag_embed(root_row * root_column), ok, q, root_row, inverse
+
+
+class _SingleRootMarginals(torch.autograd.Function):
+    """``(μ, ok, Q, r, M)`` of float64 ``logw`` ``(B, n, n)`` and root scores ``ρ`` ``(B, n)``
+    (only μ carries a gradient), with a closed-form backward.
+
+    For the cotangent G of μ: ∂L/∂M = X, the arcs' diag(Σ_i G_ij Q_ij) − (G∘Q)ᵀ with its
+    column 0 replaced by ``G_jj r_j`` (the root marginals read column 0; the arcs do not);
+    ∂L/∂A = Y = −Mᵀ X Mᵀ for Koo's matrix A (row 0 is r, rows j ≥ 1 the Laplacian's), so
+    ∂L/∂Q_ij = G_ij (N_jj − N_ji) + Y_jj [j ≥ 1] − Y_ij [i ≥ 1] and ∂L/∂r_j = G_jj M_j0 + Y_0j;
+    the cotangents of logw and ρ are Q ∘ ∂L/∂Q and r ∘ ∂L/∂r. A double backward differentiates
+    :func:`_single_root_marginals_graph`.
+    """
+
+    @staticmethod
+    def forward(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, ...]:
+        return _single_root_marginals_graph(logw, root_scores)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ok, q, root_row, inverse = output
+        ctx.mark_non_differentiable(ok, q, root_row, inverse)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*inputs, q, root_row, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, *_):
+        if grad is None:
+            return None, None
+        logw, root_scores, q, root_row, inverse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            marginals = _single_root_marginals_graph(logw, root_scores)[0]
+            return torch.autograd.grad(marginals, (logw, root_scores), grad, create_graph=True,
+                                       allow_unused=True)
+        root_grad = grad.diagonal(dim1=-2, dim2=-1)
+        root_column = inverse[:, :, 0]
+        weighted = grad * q
+        x = weighted.mT.neg()
+        x.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2))
+        x[:, :, 0] = root_grad * root_row
+        inverse_t = inverse.mT
+        y = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x).neg_()
+        d_root = (root_grad * root_column).add_(y[:, 0]).mul_(root_row)
+        arc_part = inverse_t.clone()
+        arc_part[:, 0] = 0.0  # Nᵀ: M with column 0 zeroed, transposed
+        dq = grad * (arc_part.diagonal(dim1=-2, dim2=-1)[:, None, :] - arc_part)
+        y_diagonal = y.diagonal(dim1=-2, dim2=-1).clone()
+        y_diagonal[:, 0] = 0.0
+        y[:, 0] = 0.0
+        dq.add_(y_diagonal[:, None, :]).sub_(y)
+        return dq.mul_(q), d_root
+
+
+def dense_marginals_single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Marginals ``(B, n, n)`` of single-root trees (``P(i -> j)`` off the diagonal,
+    ``P(j is the root's child)`` on it) and the trust flags ``(B,)``."""
+    marginals, ok, *_ = _SingleRootMarginals.apply(logw, root_scores)
+    return marginals, ok
