@@ -5,7 +5,8 @@ SparseMAP on bit vectors against lp-sparsemap.
 
 Cases: ``sparsemap`` on BitVector(32) and BitVector(128, budget=64) (the threshold solver, and the
 active set for comparison), ``topk_sparsemax`` (k = 10) on the same structures, ``sparsemap`` on
-SpanningTree(10) and the Gibbs marginals of SpanningTree(10) and SpanningTree(30) (matrix-tree).
+SpanningTree(10) and the Gibbs marginals of SpanningTree(10), SpanningTree(30) and the single-root
+Arborescence(30) (matrix-tree).
 Scores are N(0, 1) float32 rows; the backward pass is that of ``<v, marginals> + <u, weights>``
 for N(0, 1) v (drawn once per shape, so its cost is not timed) and u (drawn per call: the support
 size varies). Every cost is the median of ``--repeats`` calls; at batch 1 it is averaged over
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from latentgrad.polytope.sparsemap import sparsemap
 from latentgrad.polytope.topk_sparsemax import topk_sparsemax
+from latentgrad.structures.arborescence import Arborescence
 from latentgrad.structures.base import Structure
 from latentgrad.structures.bitvector import BitVector
 from latentgrad.structures.spanning_tree import SpanningTree
@@ -194,6 +196,7 @@ def main() -> None:
         ("sparsemap SpanningTree(10)", SpanningTree(10), _sparsemap_step(SpanningTree(10))),
         ("marginals SpanningTree(10)", SpanningTree(10), _marginals_step(SpanningTree(10))),
         ("marginals SpanningTree(30)", SpanningTree(30), _marginals_step(SpanningTree(30))),
+        ("marginals Arborescence(30)", Arborescence(30), _marginals_step(Arborescence(30))),
     ]
     print(
         f"device={device} threads={args.threads} repeats={args.repeats} torch={torch.__version__}"
