@@ -107,8 +107,7 @@ class Arborescence(TreeStructure):
         if self.root is None:
             log_z = log_count_single_root(self._arcs(work), work.diagonal(dim1=-2, dim2=-1))
         else:
-            order = self._root_first(work.device)
-            log_z = log_count_rooted(self._arcs(work[:, order][:, :, order]))
+            log_z = log_count_rooted(self._arcs(self._rooted_first(work)))
         return log_z.to(flat.dtype)
 
     def _marginals(self, flat: Tensor) -> Tensor:
@@ -117,15 +116,16 @@ class Arborescence(TreeStructure):
         if self.root is None:
             mu = marginals_single_root(self._arcs(work), work.diagonal(dim1=-2, dim2=-1))
         else:
-            order = self._root_first(work.device)
-            rolled = marginals_rooted(self._arcs(work[:, order][:, :, order]))
-            back = order.argsort()
-            mu = rolled[:, back][:, :, back]
+            mu = self._rooted_first(marginals_rooted(self._arcs(self._rooted_first(work))), -1)
         return mu.to(flat.dtype)
 
-    def _root_first(self, device: torch.device) -> Tensor:
-        """Node order that puts the root first (the matrix-tree code grounds node 0)."""
-        return torch.arange(self.n, device=device).roll(-(self.root or 0))
+    def _rooted_first(self, matrices: Tensor, direction: int = 1) -> Tensor:
+        """``(B, n, n)`` with nodes reordered so that the root comes first (the matrix-tree code
+        grounds node 0), or back with ``direction=-1``; as it is when the root is node 0."""
+        if not self.root:
+            return matrices
+        order = torch.arange(self.n, device=matrices.device).roll(-direction * self.root)
+        return matrices[:, order][:, :, order]
 
     def _arcs(self, work: Tensor) -> Tensor:
         """Arc log weights: ``work`` with a zero diagonal."""
