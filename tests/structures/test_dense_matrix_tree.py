@@ -307,7 +307,8 @@ def test_closed_form_backward_of_undirected_marginals_equals_autograd_of_their_g
 @pytest.mark.parametrize("single_root", [False, True], ids=["rooted at 0", "single root"])
 def test_closed_form_backward_of_arborescence_marginals_equals_autograd_of_their_graph(single_root):
     """The hand-written VJPs against autograd through the same formulas, for trusted rows and a
-    row the fast path rejects (its VJP must be zero, like autograd's), and gradcheck."""
+    row the fast path rejects (its VJP must be zero, like autograd's); gradcheck, and
+    gradgradcheck of the double backward."""
     n = 6
     g = torch.Generator().manual_seed(41)
     logw = torch.cat([torch.randn(3, n, n, generator=g, dtype=F64) * 3,
@@ -333,3 +334,4 @@ def test_closed_form_backward_of_arborescence_marginals_equals_autograd_of_their
         assert (closed[-1] == 0).all()
     trusted = [x[:3].clone().requires_grad_(True) for x in inputs]
     assert torch.autograd.gradcheck(lambda *x: fast(*x)[0], trusted)
+    assert torch.autograd.gradgradcheck(lambda *x: fast(*x)[0], trusted)  # the graph's VJP

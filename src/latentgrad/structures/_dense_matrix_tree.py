@@ -34,6 +34,8 @@ carries no gradient and the marginals, and their derivatives, follow from ``Ã``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -133,13 +135,31 @@ def _sum_with_transpose(a: Tensor) -> Tensor:
     return out.copy_(a.mT).add_(a)
 
 
-def symmetric_float64(scores: Tensor, diagonal: float = 0.0) -> Tensor:
-    """``(θ + θᵀ)/2`` of ``(B, n, n)`` scores in float64 with ``diagonal`` on the diagonal
-    (differentiable; the diagonal gets zero gradient)."""
+def symmetric_float64(scores: Tensor) -> Tensor:
+    """``(θ + θᵀ)/2`` of ``(B, n, n)`` scores in float64 with a zero diagonal (differentiable;
+    the diagonal gets zero gradient)."""
     work = scores.to(torch.float64)
     symmetric = (work + work.mT).mul_(0.5)
-    symmetric.diagonal(dim1=-2, dim2=-1).fill_(diagonal)
+    symmetric.diagonal(dim1=-2, dim2=-1).zero_()
     return symmetric
+
+
+def _graph_vjp(
+    graph: Callable[..., tuple[Tensor, ...]], inputs: tuple[Tensor, ...], grad: Tensor
+) -> tuple[Tensor | None, ...]:
+    """The VJP of ``graph(*inputs)[0]`` by autograd, differentiable again (``create_graph``):
+    the double backward of the closed-form marginal functions below."""
+    marginals = graph(*inputs)[0]
+    return torch.autograd.grad(marginals, inputs, grad, create_graph=True, allow_unused=True)
+
+
+def _arc_cotangent(grad: Tensor, q: Tensor) -> Tensor:
+    """``∂L/∂N = diag(Σ_i G_ij Q_ij) − (G∘Q)ᵀ`` for arc marginals ``μ_ij = Q_ij (N_jj − N_ji)``
+    and their cotangent ``G``: a fresh ``(B, n, n)`` buffer."""
+    weighted = grad * q
+    x = weighted.mT.neg()
+    x.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2))
+    return x
 
 
 def _grounded(diagonal: Tensor, weights: Tensor) -> Tensor:
@@ -229,8 +249,8 @@ class _UndirectedMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(scores: Tensor) -> tuple[Tensor, ...]:
-        lw = _sum_with_transpose(scores).mul_(0.5)  # symmetric_float64(scores, -inf): _masked
-        lw.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+        lw = _sum_with_transpose(scores).mul_(0.5)  # symmetric_float64's values, masked as by
+        lw.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # _masked, without its extra buffer
         marginals, ok, saved = _undirected_marginals_of(lw, lw.amax(-2))
         return marginals.to(scores.dtype), ok, *saved
 
@@ -248,8 +268,7 @@ class _UndirectedMarginals(torch.autograd.Function):
             return None
         scores, prob, w_tilde, inverse, ground = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the graph itself
-            marginals = _undirected_marginals_graph(scores)[0]
-            return torch.autograd.grad(marginals, scores, grad, create_graph=True)[0]
+            return _graph_vjp(_undirected_marginals_graph, (scores,), grad)[0]
         # in place wherever a buffer is free: fresh (B, n, n) buffers cost more than the math
         sym = _sum_with_transpose(grad)
         x = (sym * w_tilde).neg_()  # W̃_ii = 0: the diagonal is only the degree term
@@ -330,11 +349,8 @@ class _RootedMarginals(torch.autograd.Function):
             return None
         logw, q, inverse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            marginals = _rooted_marginals_graph(logw)[0]
-            return torch.autograd.grad(marginals, logw, grad, create_graph=True)[0]
-        weighted = grad * q
-        x = weighted.mT.neg()
-        x.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2))
+            return _graph_vjp(_rooted_marginals_graph, (logw,), grad)[0]
+        x = _arc_cotangent(grad, q)
         inverse_t = inverse.mT
         y = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x).neg_()
         dq = grad * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse_t)
@@ -411,14 +427,10 @@ class _SingleRootMarginals(torch.autograd.Function):
             return None, None
         logw, root_scores, q, root_row, inverse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            marginals = _single_root_marginals_graph(logw, root_scores)[0]
-            return torch.autograd.grad(marginals, (logw, root_scores), grad, create_graph=True,
-                                       allow_unused=True)
+            return _graph_vjp(_single_root_marginals_graph, (logw, root_scores), grad)
         root_grad = grad.diagonal(dim1=-2, dim2=-1)
         root_column = inverse[:, :, 0]
-        weighted = grad * q
-        x = weighted.mT.neg()
-        x.diagonal(dim1=-2, dim2=-1).add_(weighted.sum(-2))
+        x = _arc_cotangent(grad, q)
         x[:, :, 0] = root_grad * root_row
         inverse_t = inverse.mT
         y = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x).neg_()
