@@ -334,4 +334,7 @@ def test_closed_form_backward_of_arborescence_marginals_equals_autograd_of_their
         assert (closed[-1] == 0).all()
     trusted = [x[:3].clone().requires_grad_(True) for x in inputs]
     assert torch.autograd.gradcheck(lambda *x: fast(*x)[0], trusted)
-    assert torch.autograd.gradgradcheck(lambda *x: fast(*x)[0], trusted)  # the graph's VJP
+    # the double backward (the graph's VJP) at unit scale: at scale 3 the finite differences of
+    # gradgradcheck's default eps = 1e-6 are off by ~1e-5 (eps = 1e-5 passes there too)
+    unit = [(x / 3).detach().requires_grad_(True) for x in trusted]
+    assert torch.autograd.gradgradcheck(lambda *x: fast(*x)[0], unit)
