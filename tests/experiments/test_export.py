@@ -28,9 +28,9 @@ def _files(folder: Path) -> set[str]:
 
 def _cell(root: Path, name: str, finished: bool, checkpoint: bool) -> Path:
     """A sweep cell as the runner leaves it: records, TensorBoard logs, checkpoints (with an
-    orphan temp file of a killed write)."""
+    orphan temp file of a killed write), the lock file of a run still training (or killed)."""
     cell = root / name
-    for rel in RECORDS | {"tb/version_0/events.out", "checkpoints/.last.ckpt.x1.tmp"}:
+    for rel in RECORDS | {"tb/version_0/events.out", "checkpoints/.last.ckpt.x1.tmp", ".lock"}:
         (cell / rel).parent.mkdir(parents=True, exist_ok=True)
         (cell / rel).write_text(f"{name}/{rel}")
     if checkpoint:

@@ -56,6 +56,21 @@ def test_sweep_two_local_workers_reports_failures_then_rerun_skips_finished(
     assert "0 finished, 1 skipped" in capsys.readouterr().out
 
 
+def test_a_cell_another_process_is_running_is_left_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latentgrad.experiments.runlock import hold_run_dir
+
+    with hold_run_dir(tmp_path / "ssvae" / "softmax" / "seed1"):  # as a second sweep would
+        code = sweep("ssvae", ["softmax"], [1], TINY, out=str(tmp_path))
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "skipped softmax/seed1: another process is running it | done 0, running 0, " in out
+    assert "0 finished, 0 skipped (already done), 1 left to the other process" in out
+    assert "0 failed" in out and "FAILED" not in out
+    assert not (tmp_path / "ssvae" / "softmax" / "seed1" / "config.yaml").exists()
+
+
 def test_sweep_with_one_invalid_cell_starts_none(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="2 of 4 cells are invalid, none was started: no_such"):
         sweep("ssvae", ["softmax", "no_such"], [1, 2], TINY, out=str(tmp_path))
@@ -102,6 +117,7 @@ def test_sweep_cli_rejects_bad_seeds_and_overrides(capsys: pytest.CaptureFixture
 def test_progress_lines_count_cells_and_estimate_the_time_left() -> None:
     import io
 
+    from latentgrad.experiments.runlock import BUSY_EXIT_CODE
     from latentgrad.experiments.sweep import Progress
 
     now = [0.0]
@@ -128,6 +144,13 @@ def test_progress_lines_count_cells_and_estimate_the_time_left() -> None:
     assert lines[4] == (
         "[sweep ssvae 2/5] FAILED b/seed1 (exit 1) after 1m40s | done 1, running 1, failed 1, "
         "waiting 2 | time left ~2m40s"
+    )
+    progress.start("d/seed1")
+    now[0] = 101.0
+    progress.end("d/seed1", BUSY_EXIT_CODE)  # ended at once: not a duration to average
+    assert out.getvalue().splitlines()[-1] == (
+        "[sweep ssvae 3/5] skipped d/seed1: another process is running it | done 1, running 1, "
+        "failed 1, busy 1, waiting 1 | time left ~1m20s"
     )
 
 

@@ -14,7 +14,8 @@
 estimators; installed ones register through entry points (``experiments.plugins``).
 
 A user's mistake (unknown task or estimator, bad value, malformed YAML, bad data file, unusable
-checkpoint) exits with status 2 and one line on stderr, before anything is written.
+checkpoint) exits with status 2 and one line on stderr, before anything is written. A run whose
+directory another process is training in exits with status 75 (try again later).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from latentgrad import __version__
 from latentgrad.experiments.allocator import use_huge_pages
 from latentgrad.experiments.config import ConfigError, merged_config, parse_overrides
 from latentgrad.experiments.data.files import DataError
+from latentgrad.experiments.runlock import BUSY_EXIT_CODE, RunDirBusy
 
 
 class _Parser(argparse.ArgumentParser):
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
         message = " ".join(str(err).split())  # one line
         print(f"latentgrad {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return BUSY_EXIT_CODE if isinstance(err, RunDirBusy) else 2
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ import shutil
 from pathlib import Path
 
 from latentgrad.experiments.checkpoint import LAST, TEMP_SUFFIX
+from latentgrad.experiments.runlock import LOCK_FILE
 
-#: Folders of a cell that are not records: large, and rebuilt by a resumed run.
-_NOT_RECORDS = ("checkpoints", "tb")
+#: What a cell holds besides its records: large folders a resumed run rebuilds, the lock of a
+#: run still training.
+_NOT_RECORDS = ("checkpoints", "tb", LOCK_FILE)
 
 
 def sweep_cells(sweep_dir: Path) -> list[Path]:

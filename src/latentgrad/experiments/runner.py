@@ -3,7 +3,8 @@
 Run directory: ``<out>/<task>/<estimator>/seed<seed>/`` holding ``config.yaml`` (resolved),
 ``command.txt``, ``run.json`` (seed, git commit, package versions), ``checkpoints/last.ckpt``
 (atomic, ``weights_only``-loadable), ``csv/version_*/metrics.csv`` and ``tb/`` logs (one version
-per attempt: a resumed run adds one) and, once finished, ``metrics.json``.
+per attempt: a resumed run adds one) and, once finished, ``metrics.json``; ``.lock`` while a
+process trains in it (a second process on the same directory is refused: ``runlock``).
 
 Every user mistake (config, task, seed, trainer flags, data files, checkpoints) raises a
 ``ConfigError``/``DataError``/``FileNotFoundError`` before anything is written.
@@ -16,7 +17,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from latentgrad.experiments.checkpoint import (
 from latentgrad.experiments.config import ConfigError, deep_merge, load_yaml, resolve, to_dict
 from latentgrad.experiments.plugins import load_entry_points
 from latentgrad.experiments.records import record_finish, write_run_records
+from latentgrad.experiments.runlock import hold_run_dir
 from latentgrad.experiments.tasks.registry import get_task
 
 METRICS_FILE = "metrics.json"
@@ -204,12 +206,29 @@ def run(
 ) -> dict[str, Any]:
     """Train and test one (task, estimator, seed); returns the content of ``metrics.json``.
 
-    Raises ``ConfigError`` before any training when the config is invalid, and ``FileExistsError``
-    when the run directory already holds a run and ``resume`` is False.
+    Raises ``ConfigError`` before any training when the config is invalid, ``FileExistsError``
+    when the run directory already holds a run and ``resume`` is False, and ``RunDirBusy`` when
+    another process is training in it (``latentgrad.experiments.runlock``).
     """
     module, cfg = check_run(task, estimator, seed, overrides, config_file)
-    config = to_dict(cfg)
     run_dir = run_dir_for(out, task, estimator, seed)
+    # DDP worker processes re-run this command while rank 0 holds the directory
+    with hold_run_dir(run_dir) if _is_global_zero() else nullcontext():
+        return _train_and_test(module, cfg, (task, estimator, seed), run_dir, resume, argv)
+
+
+def _train_and_test(
+    module: Any,
+    cfg: Any,
+    cell: tuple[str, str, int],
+    run_dir: Path,
+    resume: bool,
+    argv: list[str] | None,
+) -> dict[str, Any]:
+    """``run``'s work for ``cell`` = (task, estimator, seed) in ``run_dir``, held by this
+    process."""
+    task, estimator, seed = cell
+    config = to_dict(cfg)
     metrics_path = run_dir / METRICS_FILE
     ckpt: Path | None = None
     # DDP worker processes re-run this command after rank 0 has written the records: skip the check

@@ -3,7 +3,9 @@
 Every cell's config is validated before any cell starts: one invalid cell refuses the whole grid
 with a ``ConfigError`` naming it. Each grid cell is then one ``latentgrad run ... --resume``
 subprocess (isolated: a crash fails that cell only) writing its output to ``<run_dir>/sweep.log``.
-Cells whose ``metrics.json`` exists are skipped, unfinished ones resume from their last checkpoint.
+Cells whose ``metrics.json`` exists are skipped, unfinished ones resume from their last checkpoint;
+a cell that another process is training (another sweep over the same ``--out``) is left to it and
+counted as busy, neither done nor failed.
 While it runs, one line per cell that starts or ends gives the counts done / running / failed /
 waiting and an estimate of the time left; a summary is printed at the end; the return code is 1
 when any cell failed.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from latentgrad.experiments.config import ConfigError, parse_overrides
+from latentgrad.experiments.runlock import BUSY_EXIT_CODE
 from latentgrad.experiments.runner import METRICS_FILE, check_run, run_dir_for
 
 
@@ -63,7 +66,9 @@ class Cell:
 class Progress:
     """Per-cell progress of a sweep, one line per event on ``out``: the cell that started or
     ended, the counts done / running / failed / waiting, and the time left, estimated as the mean
-    duration of the ended cells times the cells not ended, over the parallel workers."""
+    duration of the cells that ran to their end times the cells not ended, over the parallel
+    workers. A cell that found its run directory busy (exit code ``BUSY_EXIT_CODE``) ends as
+    busy: counted with the ended cells, not with the done or failed ones, and not timed."""
 
     def __init__(
         self,
@@ -76,7 +81,7 @@ class Progress:
         self.task, self.total, self.workers = task, total, workers
         self.out = out or sys.stdout
         self.clock = clock
-        self.done = self.failed = 0
+        self.done = self.failed = self.busy = 0
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -89,6 +94,10 @@ class Progress:
     def end(self, name: str, code: int) -> None:
         with self.lock:
             seconds = self.clock() - self.started.pop(name)
+            if code == BUSY_EXIT_CODE:
+                self.busy += 1
+                self._print(f"skipped {name}: another process is running it")
+                return
             self.durations.append(seconds)
             if code == 0:
                 self.done += 1
@@ -97,8 +106,12 @@ class Progress:
                 self.failed += 1
                 self._print(f"FAILED {name} (exit {code}) after {_duration(seconds)}")
 
+    @property
+    def ended(self) -> int:
+        return self.done + self.failed + self.busy
+
     def eta(self) -> str:
-        left = self.total - self.done - self.failed
+        left = self.total - self.ended
         if left == 0:
             return "0s"
         if not self.durations:
@@ -108,10 +121,11 @@ class Progress:
 
     def _print(self, event: str) -> None:
         running = len(self.started)
-        waiting = self.total - self.done - self.failed - running
+        waiting = self.total - self.ended - running
+        busy = f", busy {self.busy}" if self.busy else ""
         print(
-            f"[sweep {self.task} {self.done + self.failed}/{self.total}] {event} | done "
-            f"{self.done}, running {running}, failed {self.failed}, waiting {waiting} | "
+            f"[sweep {self.task} {self.ended}/{self.total}] {event} | done "
+            f"{self.done}, running {running}, failed {self.failed}{busy}, waiting {waiting} | "
             f"time left ~{self.eta()}",
             file=self.out,
             flush=True,
@@ -174,7 +188,8 @@ def sweep(
     config_file: str | None = None,
     plugins: list[str] | None = None,
 ) -> int:
-    """Run the grid; returns 0 when every cell finished (now or before), else 1.
+    """Run the grid; returns 0 when every cell finished (now or before), else 1 (a cell failed,
+    or another process was still running one).
 
     ``overrides``: ``key=value`` strings passed to every cell, ``config_file`` its ``--config``,
     ``plugins`` the ``--plugin`` modules its runs import.
@@ -211,13 +226,15 @@ def sweep(
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             codes = list(pool.map(execute, cells))
-    failed = [(c, code) for c, code in zip(cells, codes) if code != 0]
-    print(f"sweep {task}: {len(cells) - len(failed)} finished, "
+    failed = [(c, code) for c, code in zip(cells, codes) if code not in (0, BUSY_EXIT_CODE)]
+    busy = [c for c, code in zip(cells, codes) if code == BUSY_EXIT_CODE]
+    print(f"sweep {task}: {codes.count(0)} finished, "
           f"{len(skipped)} skipped (already done), "
-          f"{len(failed)} failed")  # fmt: skip
+          + (f"{len(busy)} left to the other process running them, " if busy else "")
+          + f"{len(failed)} failed")  # fmt: skip
     for c, code in failed:
         print(f"  FAILED {c.estimator}/seed{c.seed} (exit {code}); log: {c.log}")
-    return 1 if failed else 0
+    return 1 if failed or busy else 0
 
 
 def _run_ray(cells: list[Cell], address: str, task: str) -> list[int]:
