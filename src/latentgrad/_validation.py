@@ -4,14 +4,15 @@ Each value check costs at most one host-device sync (a single reduction, then on
 Value checks (NaN, infinities, positivity) obey a global switch modeled on
 ``torch.distributions.Distribution.set_default_validate_args``: ``set_default_validate_args(False)``
 or ``with validate_args(False):`` turns them off, so that no check forces a host-device
-synchronisation and ``torch.compile`` sees no data-dependent branch. Type, shape and dimension
-checks read only metadata and always run.
+synchronisation and ``torch.compile`` sees no data-dependent branch (``violated`` is that switch
+and the one reduction, for every value check). Type, shape and dimension checks read only
+metadata and always run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -83,22 +84,33 @@ def check_trailing_shape(x: Tensor, name: str, shape: tuple[int, ...]) -> None:
         )
 
 
+def violated(x: Tensor, condition: Callable[[Tensor], Tensor]) -> bool:
+    """Whether a value check fails: checks on, ``x`` not empty, and ``condition(x)`` (a bool
+    tensor, any shape) false somewhere. One sync; with checks off ``condition`` is not even
+    evaluated. Every value check of the package goes through here::
+
+        if violated(y, lambda y: (y > 0) & (y < 1)):
+            raise ValueError("y must lie in the open interval (0, 1)")
+    """
+    return _VALIDATE and x.numel() > 0 and not bool(condition(x).all())
+
+
 def check_no_nan(x: Tensor, name: str) -> None:
     """Raise if any entry is NaN (one sync)."""
-    if _VALIDATE and x.numel() and bool(torch.isnan(x).any()):
+    if violated(x, lambda x: ~torch.isnan(x)):
         raise ValueError(f"{name} contains NaN")
 
 
 def check_finite(x: Tensor, name: str) -> None:
     """Raise if any entry is NaN or +-inf (one sync)."""
-    if _VALIDATE and x.numel() and not bool(torch.isfinite(x).all()):
+    if violated(x, torch.isfinite):
         kind = "NaN" if bool(torch.isnan(x).any()) else "an infinite value"
         raise ValueError(f"{name} contains {kind}; expected finite values")
 
 
 def check_no_pos_inf(x: Tensor, name: str) -> None:
     """Raise if any entry is ``+inf`` (``-inf`` marks an excluded item and is allowed; one sync)."""
-    if _VALIDATE and x.numel() and bool((x == float("inf")).any()):
+    if violated(x, lambda x: x != float("inf")):
         raise ValueError(f"{name} contains +inf; expected finite values or -inf")
 
 
@@ -149,7 +161,7 @@ def check_positive_int(value: object, name: str) -> int:
 
 def check_positive(x: Tensor, name: str) -> None:
     """Raise unless every entry is ``> 0`` (one sync)."""
-    if _VALIDATE and x.numel() and not bool((x > 0).all()):
+    if violated(x, lambda x: x > 0):
         raise ValueError(f"{name} must be strictly positive")
 
 

@@ -29,7 +29,7 @@ from .._validation import (
     check_positive_int,
     check_rows_valid,
     check_tensor,
-    validation_enabled,
+    violated,
 )
 
 
@@ -48,9 +48,7 @@ def _temperature(temperature: float | Tensor, like: Tensor, batch: torch.Size) -
         got = type(temperature).__name__
         raise TypeError(f"temperature must be a float or a tensor, got {got}")
     tau = torch.as_tensor(temperature, dtype=like.dtype, device=like.device)
-    if validation_enabled() and tau.numel() and not bool(
-        (tau > 0).all() & torch.isfinite(tau).all()
-    ):
+    if violated(tau, lambda t: (t > 0) & torch.isfinite(t)):
         raise ValueError("temperature must be finite and strictly positive")
     return tau
 
@@ -92,7 +90,7 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
     tol = _support_tol(x)
     x, logits, tau = x.to(work), logits.to(work), tau.to(work)
     lse = torch.logsumexp(x, dim=-1)
-    if validation_enabled() and x.numel() and not bool((lse.abs() <= tol).all() & (x <= 0).all()):
+    if violated(x, lambda x: (lse.abs() <= tol).all() & (x <= 0).all()):
         raise ValueError(
             "x must be log-probabilities: x <= 0 with logsumexp(x) = 0 along the last dim"
         )
@@ -111,9 +109,7 @@ def concrete_log_prob(y: Tensor, logits: Tensor, temperature: float | Tensor) ->
     """Log-density of Concrete ``y = softmax((logits + g) / tau)`` on the simplex:
     ``exp_concrete_log_prob(log y) − Σ_k log y_k``. Shapes as in ``exp_concrete_log_prob``."""
     _check_pair(y, logits, "y")
-    if validation_enabled() and y.numel() and not bool(
-        (y > 0).all() & ((y.sum(-1) - 1).abs() <= _support_tol(y)).all()
-    ):
+    if violated(y, lambda y: (y > 0).all() & ((y.sum(-1) - 1).abs() <= _support_tol(y)).all()):
         raise ValueError("y must lie in the open simplex: y > 0 summing to 1 along the last dim")
     log_y = torch.log(y.to(working_dtype(y.dtype)))
     log_y = log_y - torch.logsumexp(log_y, dim=-1, keepdim=True)  # exact renormalisation
@@ -140,7 +136,7 @@ def binary_concrete_log_prob(y: Tensor, logits: Tensor, temperature: float | Ten
     ``log p(v) − log y − log(1 − y)`` at ``v = logit(y)``. Prefer the logit form when ``v`` is at
     hand: ``y`` rounds to 0 or 1 long before ``v`` overflows."""
     _check_pair(y, logits, "y")
-    if validation_enabled() and y.numel() and not bool(((y > 0) & (y < 1)).all()):
+    if violated(y, lambda y: (y > 0) & (y < 1)):
         raise ValueError("y must lie in the open interval (0, 1)")
     v = torch.logit(y)
     return binary_concrete_logit_log_prob(v, logits, temperature) - torch.log(y) - torch.log1p(-y)

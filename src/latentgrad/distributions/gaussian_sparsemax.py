@@ -57,7 +57,7 @@ from torch.distributions import register_kl
 from latentgrad.mappings._sparsemax import sparsemax_by_sorting
 
 from .._dtypes import working_dtype
-from .._validation import check_min_dim, check_positive_int, check_tensor, validation_enabled
+from .._validation import check_min_dim, check_positive_int, check_tensor, violated
 from ._gauss_quadrature import gauss_legendre
 from ._log_ndtr import inverse_mills, log_ndtr
 from ._params import (
@@ -373,12 +373,10 @@ class GaussianSparsemax(CheckedDistribution):
                              f"got shape {tuple(face.shape)}")
         check_positive_int(n_samples, "n_samples")
         if face.dtype != torch.bool:
-            if face.is_complex() or (
-                validation_enabled() and not bool(((face == 0) | (face == 1)).all())
-            ):
+            if face.is_complex() or violated(face, lambda f: (f == 0) | (f == 1)):
                 raise ValueError("face must be a bool tensor or contain only 0 and 1")
             face = face == 1
-        if validation_enabled() and face.numel() and not bool(face.any(-1).all()):
+        if violated(face, lambda f: f.any(-1)):
             raise ValueError("face must be non-empty: every face needs at least one 1")
         try:
             shape = torch.broadcast_shapes(face.shape, self.loc.shape)

@@ -33,7 +33,13 @@ from torch.distributions import Distribution, constraints, register_kl
 
 from .._dtypes import working_dtype
 from .._one_hot import one_hot
-from .._validation import check_finite, check_positive_int, check_tensor, validation_enabled
+from .._validation import (
+    check_finite,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    violated,
+)
 from ..mappings import (
     log_softmax_pp,
     softmax_pp_inverse,
@@ -103,8 +109,7 @@ def uniform_prior_loc(num_categories: int, scale: float | Tensor = 1.0) -> Tenso
         raise ValueError(f"num_categories must be an int >= 2, got {k!r}")
     dtype = scale.dtype if isinstance(scale, Tensor) else torch.float64
     scale_t = torch.as_tensor(scale, dtype=dtype)
-    if validation_enabled() and scale_t.numel() and not bool((scale_t > 0).all()):
-        raise ValueError("scale must be strictly positive")
+    check_positive(scale_t, "scale")
     quantile = torch.special.ndtri(torch.tensor(k ** (-1.0 / (k - 1)), dtype=torch.float64))
     return -scale_t * quantile.to(scale_t)
 
@@ -532,7 +537,7 @@ class IGRStickBreaking(_IGRBase):
         value = checked_value(self, value)
         counts = (value > 0).sum(dim=-1)
         m = int(counts.max().item()) if counts.numel() else 2
-        if validation_enabled() and counts.numel() and not bool((counts == m).all()):
+        if violated(counts, lambda c: c == m):
             raise ValueError(
                 "value mixes truncation levels (different numbers of positive entries); "
                 "evaluate values from different rsample calls separately"
@@ -546,9 +551,7 @@ class IGRStickBreaking(_IGRBase):
         # the image point at distance tol from the boundary; beyond it, refused.
         eps = torch.finfo(value.dtype).eps
         tol = (4 * m * eps * (1 + self.temperature.abs())).unsqueeze(-1)
-        if validation_enabled() and sticks.numel() and not bool(
-            (sticks > -tol).all() & (remainder > -tol).all()
-        ):
+        if violated(sticks, lambda s: (s > -tol).all() & (remainder > -tol).all()):
             raise ValueError(
                 "value is outside the image of the IGR-SB map: its sticks "
                 "tau (log psi_k - log psi_last + log delta) must be positive and sum to < 1"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validation import validation_enabled
+from .._validation import violated
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -148,7 +148,7 @@ def call_loss_fn(
             "but loss_fn returned losses without a graph (detached, computed under no_grad or "
             "not from z); compute them from z with gradients enabled"
         )
-    if validation_enabled() and out.numel() and not bool(torch.isfinite(out).all()):
+    if violated(out, torch.isfinite):
         raise ValueError("loss_fn returned NaN or infinite losses")
     return out
 

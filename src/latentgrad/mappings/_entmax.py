@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_tensor, validation_enabled
+from latentgrad._validation import check_tensor, violated
 from latentgrad.mappings._fused import FusedMapping, entmax15_kernel, entmax15_vjp_kernel
 from latentgrad.mappings._rowwise import check_scores, map_rows
 from latentgrad.mappings._support import Maxima, as_rows, candidates, one_thread, scatter_rows
@@ -396,9 +396,7 @@ def entmax_bisect(x: Tensor, alpha: Tensor | float = 1.5, dim: int = -1) -> Tens
                 f"alpha must broadcast to one value per row, i.e. to shape {tuple(row_shape)} "
                 f"for x of shape {tuple(x.shape)} and dim={dim}; got shape {tuple(alpha.shape)}"
             )
-        if validation_enabled() and alpha.numel() and not bool(
-            ((alpha >= 1) & torch.isfinite(alpha)).all()
-        ):
+        if violated(alpha, lambda a: (a >= 1) & torch.isfinite(a)):
             raise ValueError("alpha must be finite and >= 1 everywhere (got a NaN, inf or < 1)")
         alpha_t = alpha.to(device=x.device, dtype=dtype)
     elif isinstance(alpha, (int, float)) and not isinstance(alpha, bool):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_min_dim, check_row_max, check_tensor, validation_enabled
+from latentgrad._validation import check_min_dim, check_row_max, check_tensor, violated
 from latentgrad.mappings._fused import FusedMapping
 from latentgrad.mappings._support import Maxima, as_rows, from_rows, row_maxima
 
@@ -74,9 +74,7 @@ def check_scalar_or_tensor_positive(value: object, name: str) -> None:
     (a tensor's values are checked with validation on: one sync)."""
     if isinstance(value, Tensor):
         check_tensor(value, name)
-        if validation_enabled() and value.numel() and not bool(
-            ((value > 0) & torch.isfinite(value)).all()
-        ):
+        if violated(value, lambda v: (v > 0) & torch.isfinite(v)):
             raise ValueError(f"{name} must be strictly positive and finite")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if not (value > 0 and value != float("inf")):

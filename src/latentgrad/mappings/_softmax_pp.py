@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_finite, check_min_dim, check_tensor, validation_enabled
+from latentgrad._validation import check_finite, check_min_dim, check_tensor, violated
 from latentgrad.mappings._rowwise import check_scalar_or_tensor_positive, normalize_dim
 
 
@@ -147,11 +147,10 @@ def _check_psi(psi: object, dim: int, log_input: bool) -> tuple[Tensor, int]:
     if psi.shape[dim] < 1:
         raise ValueError(f"psi must have an entry along dim={dim}, got shape {tuple(psi.shape)}")
     work = psi.to(working_dtype(psi.dtype))
-    checked = validation_enabled() and work.numel()  # value checks: one sync each
     if log_input:
-        if checked and not bool((work <= 0).all() & (work > float("-inf")).all()):
+        if violated(work, lambda w: (w <= 0) & (w > float("-inf"))):
             raise ValueError("psi (log-probabilities of the open simplex) must be finite and <= 0")
         return work, dim
-    if checked and not bool(((work > 0) & (work <= 1)).all()):
+    if violated(work, lambda w: (w > 0) & (w <= 1)):
         raise ValueError("psi must lie in the open simplex: entries in (0, 1], no NaN")
     return work.log(), dim

@@ -18,7 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_finite, check_min_dim, check_tensor, validation_enabled
+from latentgrad._validation import (
+    check_finite,
+    check_min_dim,
+    check_tensor,
+    violated,
+)
 from latentgrad.mappings._rowwise import normalize_dim
 
 
@@ -36,17 +41,15 @@ def _excl_cumsum(v: Tensor) -> Tensor:
 
 
 def _check_eta(eta: Tensor) -> None:
-    if validation_enabled() and eta.numel() and not bool(((eta >= 0) & (eta <= 1)).all()):
+    if violated(eta, lambda e: (e >= 0) & (e <= 1)):
         raise ValueError("eta must lie in [0, 1] (stick fractions), with no NaN")
 
 
 def _check_pi(pi: Tensor, log_input: bool) -> None:
-    if not validation_enabled():
-        return
     if log_input:
-        if pi.numel() and not bool(((pi <= 0) & (pi > float("-inf"))).all()):
+        if violated(pi, lambda p: (p <= 0) & (p > float("-inf"))):
             raise ValueError("pi (log-probabilities of the open simplex) must be finite and <= 0")
-    elif pi.numel() and not bool(((pi > 0) & (pi <= 1)).all()):
+    elif violated(pi, lambda p: (p > 0) & (p <= 1)):
         raise ValueError("pi must lie in the open simplex: entries in (0, 1], no NaN")
 
 

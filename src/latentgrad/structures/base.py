@@ -20,7 +20,7 @@ from .._validation import (
     check_sample_shape,
     check_tensor,
     check_trailing_shape,
-    validation_enabled,
+    violated,
 )
 
 
@@ -65,14 +65,17 @@ class Structure(abc.ABC):
         overflows and the marginals, its gradient, are NaN). A value check (one sync), off with
         validation."""
         terms = self.summed_scores
-        if terms is None or not (validation_enabled() and work.numel()):
+        if terms is None:
             return
         limit = torch.finfo(work.dtype).max / (terms + 2)
-        largest = work.detach().masked_fill(work == float("-inf"), 0.0).abs().amax()
-        if bool(largest > limit):
+
+        def magnitude(w: Tensor) -> Tensor:
+            return w.detach().masked_fill(w == float("-inf"), 0.0).abs()
+
+        if violated(work, lambda w: magnitude(w) <= limit):
             raise ValueError(
                 f"{name} of {self!r} must have magnitude below {limit:.3g} (finfo.max / "
-                f"{terms + 2} in {work.dtype}); got {largest.item():.3g}"
+                f"{terms + 2} in {work.dtype}); got {magnitude(work).amax().item():.3g}"
             )
 
     def batch_shape(self, scores: Tensor) -> torch.Size:
@@ -174,7 +177,7 @@ class Structure(abc.ABC):
         entropy = self.log_partition(work) - self.score(work, self.marginals(work))
         count = getattr(self, "num_structures", None)
         entropy = entropy.clamp(0.0, None if count is None else math.log(count))
-        if validation_enabled() and entropy.numel() and not bool(torch.isfinite(entropy).all()):
+        if violated(entropy, torch.isfinite):
             raise ValueError(
                 "scores are too large for the entropy (the log-partition overflows float64: "
                 f"|scores| up to {scores.detach().abs().amax().item():.3g}); rescale them"

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._dtypes import working_dtype
-from .._validation import check_no_pos_inf, validation_enabled
+from .._validation import check_no_pos_inf, violated
 from ._enumeration import check_enumerable, check_int, flatten_batch
 from ._esp import log_elementary_symmetric
 from ._kbest import kbest_subsets
@@ -44,9 +44,7 @@ class KSubset(Structure):
     def check_scores(self, scores: Tensor, name: str = "scores") -> Tensor:
         super().check_scores(scores, name)
         check_no_pos_inf(scores, name)
-        if not (validation_enabled() and scores.numel()):
-            return scores
-        if bool(((scores > float("-inf")).sum(-1) < self.k).any()):
+        if violated(scores, lambda s: (s > float("-inf")).sum(-1) >= self.k):
             raise ValueError(f"{name} has a row with fewer than k={self.k} entries above -inf")
         return scores
 

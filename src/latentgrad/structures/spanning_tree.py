@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_tensor, validation_enabled
+from .._validation import check_tensor, violated
 from ._dense_matrix_tree import symmetric_float64
 from ._enumeration import check_int, flatten_batch
 from ._tree_counts import log_count_undirected, marginals_undirected
@@ -75,15 +75,16 @@ class SpanningTree(TreeStructure):
         """Float ``(*batch, n, n)``, finite, symmetric within ``sqrt(eps)`` relative tolerance
         (value checks: off with validation, when asymmetric scores are symmetrised)."""
         super().check_scores(scores, name)
-        if not (validation_enabled() and scores.numel()):
-            return scores
         tol = torch.finfo(scores.dtype).eps ** 0.5
-        values = scores.detach()
-        size = values.abs()
-        # |s - sᵀ| - tol max(|s|, |sᵀ|) > tol, computed in place
-        excess = (values - values.mT).abs_().sub_(torch.maximum(size, size.mT), alpha=tol)
-        if bool((excess > tol).any()):
-            gap = (values - values.mT).abs()
+
+        def symmetric(s: Tensor) -> Tensor:  # |s - sᵀ| - tol max(|s|, |sᵀ|) <= tol, in place
+            values = s.detach()
+            size = values.abs()
+            excess = (values - values.mT).abs_().sub_(torch.maximum(size, size.mT), alpha=tol)
+            return excess <= tol
+
+        if violated(scores, symmetric):
+            gap = (scores.detach() - scores.detach().mT).abs()
             raise ValueError(
                 f"{name} must be symmetric (undirected edge scores), but max |s - s^T| = "
                 f"{gap.max().item():.3g}; symmetrise with (s + s.mT) / 2"

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from latentgrad._compile import Compiled, transforms_active
-from latentgrad._validation import validation_enabled
+from latentgrad._validation import violated
 
 # inductor materialises a pointwise result read by several reductions once it counts more than a
 # few loads or ops in it: r multiply-adds are cheaper to redo in each pass than to write to memory
@@ -246,8 +246,6 @@ def _check(h: Tensor, x: Tensor, layer: nn.Linear) -> None:
     if x.shape != h.shape[:2]:
         raise ValueError(f"x must have shape (N, P) = {tuple(h.shape[:2])} like h, got "
                          f"{tuple(x.shape)}")
-    if validation_enabled():
-        values = x.long()
-        if bool(((values < 0) | (values >= layer.out_features)).any()):
-            raise ValueError(f"x must hold values in [0, {layer.out_features}), got values "
-                             f"from {int(values.min())} to {int(values.max())}")
+    if violated(x, lambda v: (v.long() >= 0) & (v.long() < layer.out_features)):
+        raise ValueError(f"x must hold values in [0, {layer.out_features}), got values "
+                         f"from {int(x.long().min())} to {int(x.long().max())}")
