@@ -5,12 +5,14 @@ gradients of its ``loss`` w.r.t. the scores. When the latent space is small the 
 
     J(theta) = (1/B) sum_b [ sum_z p_b(z) l_b(z) - c H(p_b) ]
 
-is computed by enumerating every value (categorical: the K one-hots; otherwise
-``structure.enumerate()``), so the bias of the estimator can be read off. ``p`` is the estimator's
-distribution over the enumerated values: ``estimator.enumeration_probs(s)`` of the value scores
-``s_b(z) = <theta_b, z>`` when the estimator defines it (sparsemax, top-k sparsemax; ``None``
-when no unique target exists, as for SparseMAP), else the Gibbs distribution ``softmax(s)``
-(the softmax / Bernoulli family that the sampling and relaxed estimators target).
+is computed by enumerating every value (categorical: the K one-hots, or the K^L joint values of
+L independent latents for scores ``(B, L, K)``; otherwise ``structure.enumerate()``), so the bias
+of the estimator can be read off. ``p`` is the estimator's distribution over the enumerated
+values: ``estimator.enumeration_probs(s)`` of the value scores ``s_b(z) =
+structure.score(theta_b, z)`` (of each latent's scores for categorical ones) when the estimator
+defines it (sparsemax, top-k sparsemax; ``None`` when no unique target exists, as for SparseMAP),
+else the Gibbs distribution ``softmax(s)`` (the softmax / Bernoulli family that the sampling and
+relaxed estimators target).
 
 Example (a K = 4 toy; a full comparison table is in ``benchmarks/compare_estimators.py``)::
 
@@ -113,27 +115,60 @@ def gradient_stats(
     )
 
 
+#: The most joint values ``exact_gradient`` enumerates for several categorical latents.
+MAX_JOINT = 2**16
+
+
+def _joint_categorical(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-latent probabilities ``(B, *latent, K)`` of independent categorical latents -> every
+    joint value as one-hots ``(N, *latent, K)``, ``N = K^L``, and its probability ``(B, N)``."""
+    latent, k = probs.shape[1:-1], probs.shape[-1]
+    count = k ** latent.numel()
+    if count > MAX_JOINT:
+        raise ValueError(
+            f"exact: scores of shape {tuple(probs.shape)} have {count} joint values "
+            f"({k}^{latent.numel()}); exact=True enumerates at most {MAX_JOINT}: pass exact=False"
+        )
+    codes = torch.arange(count, device=probs.device)
+    powers = k ** torch.arange(latent.numel() - 1, -1, -1, device=probs.device)
+    idx = (codes.unsqueeze(-1) // powers) % k  # (N, L), the last latent fastest
+    flat = probs.reshape(probs.shape[0], -1, k)  # (B, L, K)
+    picked = flat[:, torch.arange(latent.numel(), device=probs.device), idx]  # (B, N, L)
+    space = torch.nn.functional.one_hot(idx, k).to(probs.dtype).reshape(count, *latent, k)
+    return space, picked.prod(-1)
+
+
 def enumerate_space(scores: Tensor, structure: Structure | None) -> Tensor:
-    """Every latent value ``(N, *score_shape)`` in the scores' dtype/device (one-hots if None)."""
+    """Every latent value ``(N, *score_shape)`` in the scores' dtype/device (one-hots, or stacks
+    of one-hots for several latents per example, if None)."""
     if structure is None:
-        return torch.eye(scores.shape[-1], device=scores.device, dtype=scores.dtype)
+        return _joint_categorical(scores.detach().softmax(-1))[0]
     return structure.enumerate().to(device=scores.device, dtype=scores.dtype)
 
 
 def exact_gradient(
     estimator: Estimator, scores: Tensor, loss_fn: LossFn, structure: Structure | None
 ) -> Tensor | None:
-    """Gradient of ``J(theta)`` (module docstring) by enumeration, or None without a target."""
-    space = enumerate_space(scores, structure)
-    b, n = scores.shape[0], space.shape[0]
+    """Gradient of ``J(theta)`` (module docstring) by enumeration, or None without a target.
+
+    Categorical (``structure`` None): the latents along the middle dims of ``(B, *latent, K)`` are
+    independent, so a joint value's probability is the product of the per-latent ones. A
+    structure: every value's score ``structure.score(theta_b, z)`` (trees count each undirected
+    edge once), then the estimator's target over them."""
     x = scores.detach().clone().requires_grad_(True)
-    dims = tuple(range(2, x.dim() + 1))
-    value_scores = torch.where(space > 0, x.unsqueeze(1), torch.zeros_like(x).unsqueeze(1))
-    value_scores = value_scores.sum(dims)
     probs_fn = getattr(estimator, "enumeration_probs", None)
-    probs = value_scores.softmax(-1) if probs_fn is None else probs_fn(value_scores)
-    if probs is None:
-        return None
+    if structure is None:
+        per_latent = x.softmax(-1) if probs_fn is None else probs_fn(x)
+        if per_latent is None:
+            return None
+        space, probs = _joint_categorical(per_latent)
+    else:
+        space = enumerate_space(scores, structure)
+        value_scores = structure.score(x.unsqueeze(1), space)  # (B, N)
+        probs = value_scores.softmax(-1) if probs_fn is None else probs_fn(value_scores)
+        if probs is None:
+            return None
+    b, n = scores.shape[0], space.shape[0]
     rows = torch.arange(b, device=scores.device).repeat_interleave(n)
     z = space.repeat(b, *([1] * (space.dim() - 1)))
     with torch.no_grad():

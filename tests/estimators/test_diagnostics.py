@@ -13,6 +13,8 @@ import latentgrad.diagnostics
 from latentgrad.diagnostics import exact_gradient, gradient_stats
 from latentgrad.estimators.marginalization import SoftmaxMarginalization, SparsemaxMarginalization
 from latentgrad.estimators.score_function import ScoreFunction
+from latentgrad.mappings import sparsemax
+from latentgrad.structures import Arborescence, SpanningTree
 from latentgrad.structures.bitvector import BitVector
 
 B, K = 3, 4
@@ -59,6 +61,57 @@ def test_bitvector_exact_gradient_enumerates_the_structure():
     probs = (sig(x).unsqueeze(1) * space + sig(-x).unsqueeze(1) * (1 - space)).sum(-1).exp()
     (ref,) = torch.autograd.grad(exact_objective(probs, loss_table(loss_fn, space, 2).detach()), x)
     torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(3)], ids=repr)
+def test_tree_exact_gradient_is_that_of_the_structures_own_distribution(structure):
+    """p(z) = exp(structure.log_prob(theta, z)): a spanning tree's score counts each undirected
+    edge once (summing theta over z's nonzero entries would count it twice)."""
+    n = structure.n
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(2, n, n, generator=g, dtype=torch.float64)
+    if isinstance(structure, SpanningTree):
+        scores = (scores + scores.mT) / 2
+    loss_fn = QuadraticLoss(2, (n, n), seed=5)
+    got = exact_gradient(ScoreFunction(structure=structure), scores, loss_fn, structure)
+    space = structure.enumerate().to(torch.float64)
+    x = scores.clone().requires_grad_(True)
+    probs = structure.log_prob(x.unsqueeze(1), space).exp()  # (2, N)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, dtype=torch.float64))
+    (ref,) = torch.autograd.grad(exact_objective(probs, loss_table(loss_fn, space, 2).detach()), x)
+    torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("normalizer", ["gibbs", "sparsemax"])
+def test_several_categorical_latents_enumerate_their_joint_values(normalizer):
+    """Scores (B, L, K): L independent latents, K^L joint values of product probability."""
+    b, latents, k = 2, 3, 3
+    g = torch.Generator().manual_seed(6)
+    scores = 2 * torch.randn(b, latents, k, generator=g, dtype=torch.float64)
+    est = ScoreFunction() if normalizer == "gibbs" else SparsemaxMarginalization("sparsemax")
+    loss_fn = QuadraticLoss(b, (latents, k), seed=7)
+    got = exact_gradient(est, scores, loss_fn, None)
+    codes = list(itertools.product(range(k), repeat=latents))
+    space = torch.nn.functional.one_hot(torch.tensor(codes), k).to(torch.float64)
+    x = scores.clone().requires_grad_(True)
+    per_latent = x.softmax(-1) if normalizer == "gibbs" else sparsemax(x, dim=-1)
+    probs = torch.stack(
+        [torch.stack([per_latent[:, i, c] for i, c in enumerate(code)]).prod(0) for code in codes],
+        dim=-1,
+    )
+    (ref,) = torch.autograd.grad(exact_objective(probs, loss_table(loss_fn, space, b).detach()), x)
+    torch.testing.assert_close(got, ref)
+    stats = gradient_stats(est, scores, loss_fn, n_draws=2)
+    torch.testing.assert_close(stats.exact, ref)
+
+
+def test_too_many_joint_values_ask_for_exact_false():
+    scores = torch.zeros(1, 20, 4)
+    loss_fn = lambda z, rows: z.flatten(1).sum(-1)  # noqa: E731
+    expected = r"exact: scores of shape \(1, 20, 4\) have 1099511627776 joint values \(4\^20\)"
+    with pytest.raises(ValueError, match=expected):
+        gradient_stats(ScoreFunction(), scores, loss_fn, n_draws=2)
+    assert gradient_stats(ScoreFunction(), scores, loss_fn, n_draws=2, exact=False).exact is None
 
 
 def test_score_function_bias_is_within_monte_carlo_error_and_baselines_cut_variance():
