@@ -463,3 +463,38 @@ def test_gumbel_softmax_at_the_largest_finite_scores_at_low_temperature(straight
     out.loss.backward()
     torch.testing.assert_close(seen[0], torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
     assert torch.isfinite(out.loss) and torch.isfinite(scores.grad).all()
+
+
+def test_relaxed_entropy_and_kl_have_the_concrete_log_densitys_value_and_gradient():
+    """The entropy and KL terms come from closed forms in the noise; they are the Concrete
+    log-densities at the sample, as functions of the scores through the sample too."""
+    scores = torch.randn(6, 4, dtype=D, requires_grad=True)
+    tau, tau0 = torch.tensor(0.6, dtype=D), torch.tensor(0.4, dtype=D)
+    est = GumbelSoftmax(0.6, kl="relaxed", prior="uniform", prior_temperature=0.4,
+                        entropy_coeff=0.3)  # fmt: skip
+    out, rec = run(est, scores)
+    y = rec.calls[0][0]
+    log_q = RelaxedOneHotCategorical(tau, logits=scores).log_prob(y)
+    log_prior = RelaxedOneHotCategorical(tau0, logits=torch.zeros_like(scores)).log_prob(y)
+    value = (y * torch.arange(4, dtype=D)).sum(-1)  # the Recorder's loss, with its graph
+    ref = (value + (log_q - log_prior) + 0.3 * log_q).mean()
+    torch.testing.assert_close(out.loss, ref)
+    (got,) = torch.autograd.grad(out.loss, scores, retain_graph=True)
+    (want,) = torch.autograd.grad(ref, scores)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    ("scale", "tau"), [(torch.finfo(torch.float32).max, 0.5), (3.0, 1e-37)], ids=["huge", "cold"]
+)
+def test_relaxed_entropy_and_kl_never_give_nan_for_finite_float32_input(scale, tau):
+    """Score gaps over τ beyond float32 made entries of log y round to -inf, and the Concrete
+    density inf - inf; the terms are now taken in float64 from the noise. Their values may lie
+    beyond float32 (then ±inf, the correctly rounded result), the gradients stay finite."""
+    scores = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.5, -1.0, 1.0, 0.0]]) * scale
+    scores.requires_grad_(True)
+    est = GumbelSoftmax(tau, kl="relaxed", prior="uniform", entropy_coeff=0.1)
+    out, _ = run(est, scores)
+    out.loss.backward()
+    assert not torch.isnan(out.entropy).any() and not torch.isnan(out.loss)
+    assert torch.isfinite(scores.grad).all()

@@ -32,7 +32,7 @@ from .._validation import (
     check_positive_int,
     check_rows_valid,
 )
-from ..distributions.concrete import binary_concrete_logit_log_prob, exp_concrete_log_prob
+from ..distributions.concrete import binary_concrete_logit_log_prob
 from ..distributions.igr import (
     IGR,
     IGRPlanar,
@@ -59,6 +59,38 @@ from .base import (
 )
 from .marginalization import softmax_expectation
 from .schedules import TemperatureSchedule, as_schedule
+
+
+def _concrete_terms(
+    scores: Tensor, noise: Tensor, tau: Tensor, prior: str | None, prior_tau: float
+) -> tuple[Tensor, Tensor | None]:
+    """One-sample entropy ``-log p(x) + Σ_k x_k`` of the Concrete draw ``y = exp(x)``,
+    ``x = log_softmax((θ + g)/τ)``, and its KL estimate ``log p(x) - log prior(x)`` against the
+    Concrete prior of uniform logits at ``prior_tau`` (None without a prior): ``(*batch,)``.
+
+    Closed forms in the noise and ``u = θ + g - max`` instead of ``exp_concrete_log_prob(x, θ)``:
+    there ``θ_k - τ x_k = -g_k + c`` with ``c`` common to the row, so ``log p(x) = log Γ(K) +
+    (K-1) log τ - Σ g - K lse(-g)`` (a function of the noise alone: its total derivative in θ is
+    0, as through x), and for the prior ``-τ₀ x = -(τ₀/τ) u + c'``. From x itself, an entry that
+    rounds to -inf (huge score gaps, tiny τ) gives inf - inf. Computed in float64 (for float32
+    scores up to finfo.max and τ down to its smallest normal), returned in the scores' dtype.
+    """
+    k = scores.shape[-1]
+    work = torch.promote_types(scores.dtype, torch.float64)
+    g, tau64 = noise.to(work), tau.to(work)
+    tau_e = tau64.unsqueeze(-1) if tau64.dim() else tau64
+    u = scores.to(work) + g
+    u = u - u.detach().amax(dim=-1, keepdim=True)
+    x = torch.log_softmax(u / tau_e, dim=-1)
+    log_p = math.lgamma(k) + (k - 1) * tau64.log() - g.sum(-1) - k * torch.logsumexp(-g, dim=-1)
+    entropy = (x.sum(dim=-1) - log_p).to(scores.dtype)
+    if prior is None:
+        return entropy, None
+    v = -(prior_tau / tau_e) * u  # -τ₀ x up to a constant per row
+    log_prior = (
+        math.lgamma(k) + (k - 1) * math.log(prior_tau) + v.sum(-1) - k * torch.logsumexp(v, -1)
+    )
+    return entropy, (log_p - log_prior).to(scores.dtype)
 
 
 class GumbelSoftmax(Estimator):
@@ -180,21 +212,17 @@ class GumbelSoftmax(Estimator):
         self, scores: Tensor, tau: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)``."""
-        perturbed = scores + draw_noise(scores.shape, scores, "gumbel")
+        noise = draw_noise(scores.shape, scores, "gumbel")
+        perturbed = scores + noise
         hard = one_hot_argmax(perturbed)
         # softmax((θ + g)/τ) of the row shifted by its (detached) maximum: the same values and
         # gradient, and no overflow of (θ + g)/τ for τ < 1 at scores near finfo.max
         shifted = perturbed - perturbed.detach().amax(dim=-1, keepdim=True)
+        y = torch.softmax(shifted / tau, dim=-1)
         kl = None
         if self.kl == "relaxed":
-            x = torch.log_softmax(shifted / tau, dim=-1)
-            y = x.exp()
-            log_p = exp_concrete_log_prob(x, scores, tau)
-            entropy = -(log_p - x.sum(dim=-1))
-            if self.prior is not None:  # the Jacobian Σ x_k cancels in the ratio
-                kl = log_p - exp_concrete_log_prob(x, torch.zeros_like(x), self.prior_temperature)
+            entropy, kl = _concrete_terms(scores, noise, tau, self.prior, self.prior_temperature)
         else:
-            y = torch.softmax(shifted / tau, dim=-1)
             entropy = _exact_entropy(categorical_entropy, scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
