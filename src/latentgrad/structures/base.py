@@ -28,8 +28,15 @@ def autograd_gradient(log_partition: Callable[[Tensor], Tensor], scores: Tensor)
     """``grad_scores sum(log_partition(scores))`` by autograd, shaped like ``scores``.
 
     Built with ``create_graph`` when ``scores`` requires grad, so the result is itself
-    differentiable (Hessian-vector products); otherwise a detached leaf is differentiated.
+    differentiable (Hessian-vector products); otherwise a detached leaf is differentiated. Under
+    ``torch.inference_mode`` (or for inference tensors) autograd needs a normal copy, made with
+    inference mode lifted.
     """
+    if torch.is_inference_mode_enabled() or scores.is_inference():
+        with torch.inference_mode(False), torch.enable_grad():
+            x = scores.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(log_partition(x).sum(), x)
+        return grad
     with torch.enable_grad():
         x = scores if scores.requires_grad else scores.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(
