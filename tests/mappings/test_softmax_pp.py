@@ -118,6 +118,20 @@ def test_any_dim(dim):
     )
 
 
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_tensor_parameters_broadcast_with_the_batch_shape_at_any_dim(dim):
+    """tau and delta of lower rank align on the right with the batch shape (the input's shape
+    without dim), as a batch of rows would."""
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    tau = torch.rand(x.movedim(dim, -1).shape[-2], dtype=torch.float64) + 0.5
+    delta = torch.rand(x.movedim(dim, -1).shape[-2], dtype=torch.float64) + 0.5
+    out = softmax_pp(x, tau, delta, dim=dim)
+    moved = x.movedim(dim, -1)
+    expected = softmax_pp(moved, tau, delta).movedim(-1, dim)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(softmax_pp_inverse(out, tau, delta, dim=dim), x)
+
+
 def test_single_category_empty_batch_and_low_precision():
     torch.testing.assert_close(softmax_pp(torch.zeros(2, 0)), torch.ones(2, 1))
     assert softmax_pp(torch.zeros(0, 3)).shape == (0, 4)

@@ -37,14 +37,16 @@ def _check_x(x: object, dim: int, name: str) -> tuple[Tensor, int]:
 
 
 def _param(value: Tensor | float, dim: int, like: Tensor, name: str) -> Tensor | float:
-    """A tensor ``tau``/``delta`` gets a size-1 axis at ``dim`` unless it already has ``like.dim()``
-    dimensions (then it must broadcast with size 1 along ``dim``); a ``ValueError`` naming it when
-    it does not broadcast with ``like``."""
+    """A tensor ``tau``/``delta`` broadcasts with the batch shape (``like``'s shape without
+    ``dim``, aligned on the right) and gets a size-1 axis at ``dim``, unless it already has
+    ``like.dim()`` dimensions (then it must broadcast with size 1 along ``dim``); a
+    ``ValueError`` naming it when it does not broadcast."""
     if isinstance(value, Tensor):
         shape = tuple(value.shape)
         value = value.to(like.dtype)
         if value.dim() and value.dim() < like.dim():
-            value = value.unsqueeze(dim - like.dim())
+            batch_rank = like.dim() - 1
+            value = value.reshape((1,) * (batch_rank - value.dim()) + shape).unsqueeze(dim)
         try:
             torch.broadcast_shapes(value.shape, like.shape)
         except RuntimeError:
