@@ -137,6 +137,26 @@ def broadcast_params(**params: Tensor | float) -> tuple[Tensor, ...]:
         raise ValueError(f"parameters do not broadcast: {shapes}") from None
 
 
+def check_kl_shapes(
+    p: Distribution, q: Distribution, events: tuple[object, object] | None = None
+) -> None:
+    """``kl_divergence(p, q)`` needs the same event shape (the same K; ``events`` overrides what
+    is compared) and batch shapes that broadcast: a ``ValueError`` naming both otherwise."""
+    name = f"kl_divergence({type(p).__name__}, {type(q).__name__})"
+    ev_p, ev_q = events or (p.event_shape, q.event_shape)
+    if tuple(ev_p) != tuple(ev_q):
+        raise ValueError(
+            f"{name} needs the same K (event shape), got {tuple(ev_p)} and {tuple(ev_q)}"
+        )
+    try:
+        torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not "
+            "broadcast"
+        ) from None
+
+
 class CheckedDistribution(Distribution):
     """A ``Distribution`` whose ``sample_shape`` arguments are validated (non-negative ints) before
     any tensor is built."""

@@ -29,7 +29,7 @@ from torch.nn.functional import logsigmoid
 from .._noise import gumbel
 from .._one_hot import one_hot
 from .._validation import check_min_dim, check_tensor
-from ._params import CheckedDistribution, checked_value, finite_vector
+from ._params import CheckedDistribution, check_kl_shapes, checked_value, finite_vector
 
 __all__ = ["MaxEntropyFaces", "NonEmptyFaces", "nonempty_face"]
 
@@ -370,7 +370,7 @@ def _kl_gibbs_gibbs(p: NonEmptyFaces, q: NonEmptyFaces) -> Tensor:
     − log(1 − π'_k))] − (log(1 − P_∅) − log(1 − Q_∅)) (m: marginals of p), with the last
     difference taken as (M_p − M_q) + (rest_p − rest_q) (``_log_nonempty_parts``): exactly 0
     where the scores coincide and without cancellation of large terms at any finite scores."""
-    _check_same_k(p.num_categories, q.num_categories)
+    check_kl_shapes(p, q)
     q = NonEmptyFaces(q.scores.to(p.scores), validate_args=False)
     (on_p, off_p), (on_q, off_q) = p._log_pi, q._log_pi
     m = p.marginals()
@@ -383,7 +383,7 @@ def _kl_gibbs_gibbs(p: NonEmptyFaces, q: NonEmptyFaces) -> Tensor:
 @register_kl(NonEmptyFaces, MaxEntropyFaces)
 def _kl_gibbs_maxent(p: NonEmptyFaces, q: MaxEntropyFaces) -> Tensor:
     """KL = −H(P) − Σ_n P(n)[log Q(n) − log C(K, n)] (size pmf of P by the DP)."""
-    _check_same_k(p.num_categories, q.k)
+    check_kl_shapes(p, q)
     p_size = p.size_log_pmf().exp()
     kl = -p.entropy() - (p_size * q._log_face_given_size(p.scores)).sum(-1)
     return _nonnegative(kl, one_point=p.num_categories == 1)
@@ -392,7 +392,7 @@ def _kl_gibbs_maxent(p: NonEmptyFaces, q: MaxEntropyFaces) -> Tensor:
 @register_kl(MaxEntropyFaces, NonEmptyFaces)
 def _kl_maxent_gibbs(p: MaxEntropyFaces, q: NonEmptyFaces) -> Tensor:
     """KL = −E_P[log Q(f)] − H(P), the cross-entropy from P's marginals E_P[f_k] = E_P|f| / K."""
-    _check_same_k(p.k, q.num_categories)
+    check_kl_shapes(p, q)
     size_pmf = p.size_log_pmf(q.scores).exp()
     n = torch.arange(p.k, dtype=size_pmf.dtype, device=size_pmf.device)  # |f| − 1
     extra = (size_pmf * n).sum(-1)
@@ -403,7 +403,7 @@ def _kl_maxent_gibbs(p: MaxEntropyFaces, q: NonEmptyFaces) -> Tensor:
 @register_kl(MaxEntropyFaces, MaxEntropyFaces)
 def _kl_maxent_maxent(p: MaxEntropyFaces, q: MaxEntropyFaces) -> Tensor:
     """Both uniform within a size: KL of the size pmfs."""
-    _check_same_k(p.k, q.k)
+    check_kl_shapes(p, q)
     log_p = p.size_log_pmf()
     log_q = q.size_log_pmf(log_p)
     return _nonnegative((log_p.exp() * (log_p - log_q)).sum(-1), one_point=p.k == 1)
@@ -415,6 +415,3 @@ def _nonnegative(value: Tensor, one_point: bool) -> Tensor:
     return value.clamp(0, 0) if one_point else value.clamp_min(0)
 
 
-def _check_same_k(k_p: int, k_q: int) -> None:
-    if k_p != k_q:
-        raise ValueError(f"KL between face distributions needs the same K, got {k_p} and {k_q}")

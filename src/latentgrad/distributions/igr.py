@@ -53,6 +53,7 @@ from ._log_ndtr import log_ndtr
 from ._params import (
     CheckedDistribution,
     broadcast_params,
+    check_kl_shapes,
     checked_value,
     finite_positive,
     finite_positive_vector,
@@ -456,6 +457,7 @@ class IGR(_IGRBase):
 
 @register_kl(IGR, IGR)
 def _kl_igr_igr(p: IGR, q: IGR) -> Tensor:
+    check_kl_shapes(p, q)
     _check_same_map(p, q)
     return _gaussian_kl(p.loc, p.log_scale, q.loc, q.log_scale)
 
@@ -570,6 +572,7 @@ class IGRStickBreaking(_IGRBase):
 
 @register_kl(IGRStickBreaking, IGRStickBreaking)
 def _kl_igr_sb(p: IGRStickBreaking, q: IGRStickBreaking) -> Tensor:
+    check_kl_shapes(p, q, (p.loc.shape[-1:], q.loc.shape[-1:]))  # the noise's K - 1
     _check_same_map(p, q)
     return _gaussian_kl(p.loc, p.log_scale, q.loc, q.log_scale)
 

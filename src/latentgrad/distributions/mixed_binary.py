@@ -35,6 +35,7 @@ from ._log_ndtr import log_ndtr
 from ._params import (
     CheckedDistribution,
     broadcast_params,
+    check_kl_shapes,
     checked_value,
     finite,
     finite_positive,
@@ -425,6 +426,7 @@ def _kl_bgs_bgs(p: BinaryGaussianSparsemax, q: BinaryGaussianSparsemax) -> Tenso
     """Masses Σ P log(P/Q) plus ∫_0^1 N_p log(N_p/N_q) in closed form (truncated moments of p),
     written so that each term is exactly 0 where the parameters coincide; ≥ 0 (rounding clamped).
     Computed in at least float32."""
+    check_kl_shapes(p, q)
     dtype = p.loc.dtype
     p, q = p._working(), q._working()
     masses = _mass_kl(p, q)
@@ -441,6 +443,7 @@ def _kl_bgs_bgs(p: BinaryGaussianSparsemax, q: BinaryGaussianSparsemax) -> Tenso
 def _kl_hc_hc(p: HardConcrete, q: HardConcrete) -> Tensor:
     """Masses Σ P log(P/Q) plus ∫_0^1 p log p − ∫_0^1 p log q, the latter by Gauss–Legendre in
     p's logistic variable; ≥ 0 (rounding clamped), exactly 0 where the parameters coincide."""
+    check_kl_shapes(p, q)
     noise, weights = p._interior_nodes()
     if p.stretch == q.stretch:  # q's density at p's logit x = (log α + L)/β itself
         at = q._interior_log_prob_at_logit((p.log_alpha + noise) / p.temperature)
@@ -456,6 +459,7 @@ def _kl_hc_hc(p: HardConcrete, q: HardConcrete) -> Tensor:
 @register_kl(_MixedUnitInterval, MixedUniform)
 def _kl_mixed_uniform(p: _MixedUnitInterval, q: MixedUniform) -> Tensor:
     """KL(p ‖ ⅓δ_0 + ⅓δ_1 + ⅓U) = log 3 − H⊕(p)."""
+    check_kl_shapes(p, q)
     return (math.log(3) - p.entropy()).clamp_min(0)
 
 

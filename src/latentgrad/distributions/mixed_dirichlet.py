@@ -31,6 +31,7 @@ from .._dtypes import working_dtype
 from .._validation import check_finite, check_min_dim, check_tensor
 from ._params import (
     CheckedDistribution,
+    check_kl_shapes,
     checked_value,
     finite_positive_vector,
     simplex,
@@ -272,7 +273,7 @@ class MixedDirichlet(CheckedDistribution):
     def dirichlet_kl(self, other: MixedDirichlet, faces: Tensor) -> Tensor:
         """KL(Dir(α_f) ‖ Dir(β_f)) at faces (*sample, *batch, K) -> (*sample, *batch),
         computed in at least float32."""
-        _check_same_k(self, other)
+        check_kl_shapes(self, other)
         dtype = self.concentration.dtype
         alpha = self.concentration.to(working_dtype(dtype))
         kl = _dirichlet_kl(alpha, other.concentration.to(alpha), faces.to(alpha))
@@ -330,16 +331,12 @@ class MixedDirichlet(CheckedDistribution):
         return face_kl + self.dirichlet_kl(other, faces).mean(0)
 
 
-def _check_same_k(p: MixedDirichlet, q: MixedDirichlet) -> None:
-    if p.num_categories != q.num_categories:
-        raise ValueError(f"KL between MixedDirichlet needs the same K, got {p.num_categories} "
-                         f"and {q.num_categories}")
 
 
 @register_kl(MixedDirichlet, MixedDirichlet)
 def _kl_mixed_dirichlet(p: MixedDirichlet, q: MixedDirichlet) -> Tensor:
     """Exact KL⊕ = KL(P_F ‖ Q_F) + Σ_f P_F(f) KL(Dir(α_f) ‖ Dir(β_f)), enumerated (K <= 16)."""
-    _check_same_k(p, q)
+    check_kl_shapes(p, q)
     p._check_enumerable("KL", "p.kl_sampled(q, faces)")
     table, probs = p._enumerated()
     kl_dir = _dirichlet_kl(p.concentration.to(table), q.concentration.to(table), table,
