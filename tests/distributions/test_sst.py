@@ -458,3 +458,35 @@ def test_spanning_tree_relaxation_passes_gradcheck():
         return StochasticSoftmax(tree, sym, 0.8).relax(sym + noise)
 
     assert torch.autograd.gradcheck(relaxed, (theta,))
+
+
+def test_stochastic_argmax_log_prob_takes_structures_only():
+    """A non-one-hot value got the log-probability of its argmax index (summing to 1.6 over all
+    0/1 vectors); now it is refused, as is a value whose batch shape does not broadcast."""
+    d = StochasticArgmax(Categorical(3), torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(d.log_prob(torch.tensor([0.0, 0.0, 1.0])), torch.tensor(2.0) -
+                               torch.tensor([0.0, 1.0, 2.0]).logsumexp(-1))  # fmt: skip
+    for value in ([1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match=r"value must hold structures of Categorical\(k=3\)"):
+            d.log_prob(torch.tensor(value))
+    assert not d.support.check(torch.tensor([1.0, 1.0, 0.0]))
+    batched = StochasticArgmax(Categorical(3), torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"value of shape \(3, 3\) does not broadcast"):
+        batched.log_prob(torch.eye(3))
+
+
+def test_the_instances_validate_args_decides_over_the_global_switch():
+    from latentgrad import validate_args
+
+    nan_logits = torch.tensor([float("nan"), 0.0, 1.0])
+    off_simplex = torch.tensor([0.5, 0.5, 0.5])
+    with validate_args(False):
+        with pytest.raises(ValueError, match="NaN"):
+            StochasticArgmax(Categorical(3), nan_logits, validate_args=True)
+        with pytest.raises(ValueError, match="NaN"):
+            StochasticSoftmax(Categorical(3), nan_logits, 0.5, validate_args=True)
+        checked = StochasticSoftmax(Categorical(3), torch.zeros(3), 0.5, validate_args=True)
+        with pytest.raises(ValueError, match="simplex"):
+            checked.log_prob(off_simplex)
+    unchecked = StochasticSoftmax(Categorical(3), torch.zeros(3), 0.5, validate_args=False)
+    assert unchecked.log_prob(off_simplex).shape == ()

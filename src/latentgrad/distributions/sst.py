@@ -28,6 +28,7 @@ from torch.distributions import Distribution, constraints
 
 from .._dtypes import working_dtype
 from .._validation import check_choice, check_tensor, check_trailing_shape
+from .._validation import validate_args as validating
 from ..mappings import sparsemax
 from ..polytope.sparsemap import sparsemap
 from ..structures.arborescence import Arborescence
@@ -92,6 +93,23 @@ def utility_kl(
     return kl.sum(dim=tuple(range(-structure.event_dim, 0)))
 
 
+class _Structures(constraints.Constraint):
+    """The support of ``StochasticArgmax``: the structures of ``structure`` (``contains``)."""
+
+    is_discrete = True
+
+    def __init__(self, structure: Structure) -> None:
+        self.structure = structure
+        self.event_dim = structure.event_dim
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        return self.structure.contains(value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__[1:]}({self.structure!r})"
+
+
 class _Perturbed(Distribution):
     """Shared part of SMT and SST: the structure, the logits and the perturbation ``U = θ + N``."""
 
@@ -113,7 +131,8 @@ class _Perturbed(Distribution):
         batch_shape = logits.shape[: logits.dim() - event_dim]
         super().__init__(batch_shape, torch.Size(structure.score_shape), validate_args)
         if self._validate_args:
-            structure.check_scores(logits, "logits")
+            with validating(True):  # the instance's setting, not the global one
+                structure.check_scores(logits, "logits")
 
     @property
     def arg_constraints(self) -> dict[str, constraints.Constraint]:
@@ -164,7 +183,7 @@ class StochasticArgmax(_Perturbed):
 
     @property
     def support(self) -> constraints.Constraint:
-        return constraints.independent(constraints.boolean, self.structure.event_dim)
+        return _Structures(self.structure)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(StochasticArgmax, _instance)
@@ -180,11 +199,20 @@ class StochasticArgmax(_Perturbed):
         """``log P(X = value)``, ``(*sample_shape, *batch_shape)``; closed form cases only."""
         check_tensor(value, "value")
         check_trailing_shape(value, "value", self.structure.score_shape)
-        if self._validate_args and not bool(self.support.check(value).all()):
-            raise ValueError("value must be a 0/1 structure indicator tensor")
+        try:
+            torch.broadcast_shapes(value.shape, self.logits.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"value of shape {tuple(value.shape)} does not broadcast with the batch and event "
+                f"shape {tuple(self.logits.shape)}"
+            ) from None
+        if self._validate_args:
+            with validating(True):
+                self.structure.check_structures(value, "value")
         s = self.structure
         if isinstance(s, Categorical) and self.noise == "gumbel":
-            logp = self.logits.log_softmax(-1).expand(value.shape)
+            logp = self.logits.log_softmax(-1).expand(torch.broadcast_shapes(value.shape,
+                                                                             self.logits.shape))
             return logp.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
         if isinstance(s, BitVector) and s.budget in (None, s.d):
             if self.noise == "gumbel":  # P(G > -θ) = 1 - exp(-e^θ), P(G <= -θ) = exp(-e^θ)
@@ -322,4 +350,5 @@ class StochasticSoftmax(_Perturbed):
             )
         from .concrete import concrete_log_prob
 
-        return concrete_log_prob(value, self.logits, self.temperature)
+        with validating(bool(self._validate_args)):  # the instance's setting decides
+            return concrete_log_prob(value, self.logits, self.temperature)

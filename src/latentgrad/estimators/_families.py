@@ -123,7 +123,7 @@ class StructureLatent:
 
     def log_prob(self, scores: Tensor, values: Tensor) -> Tensor:
         """``(B, n, *latent, *score_shape)`` structures -> ``(B, n)`` ``<θ, z> - log Z(θ)``."""
-        return sum_over(self.structure.log_prob(scores.unsqueeze(1), values), 2)
+        return sum_over(self.structure.log_prob_of_structures(scores.unsqueeze(1), values), 2)
 
     def entropy(self, scores: Tensor) -> Tensor:
         """Exact ``log Z - <θ, μ>`` summed over the variables, differentiable: ``(B,)``."""

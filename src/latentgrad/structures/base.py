@@ -149,15 +149,52 @@ class Structure(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no exact Gibbs sampler")
 
+    def contains(self, z: Tensor) -> Tensor:
+        """Whether each ``z`` ``(*batch, *score_shape)`` is one of the structures: ``(*batch,)``
+        bool. A 0/1 ``z`` is one iff it is the MAP of the scores ``2z - 1``: there ``z`` scores
+        ``|z|`` and every other structure at most ``|z| - 1`` (it misses one of z's ones or has
+        one outside z), so the MAP oracle decides membership for every structure."""
+        dims = tuple(range(-self.event_dim, 0))
+        binary = ((z == 0) | (z == 1)).all(dim=dims)
+        theta = 2 * torch.where(binary.view(*binary.shape, *[1] * self.event_dim), z, 0).double()
+        return binary & (self.argmax(theta - 1) == z).all(dim=dims)
+
+    def check_structures(self, z: Tensor, name: str = "z") -> Tensor:
+        """Require ``z`` ``(*batch, *score_shape)`` to hold structures (``contains``; a value
+        check, one sync, off with validation); return it."""
+        if not isinstance(z, Tensor) or z.is_complex():
+            raise TypeError(f"{name} must be a real torch.Tensor of 0/1 structure indicators")
+        check_trailing_shape(z, name, self.score_shape)
+        if violated(z, self.contains):
+            raise ValueError(
+                f"{name} must hold structures of {self!r} (0/1 indicator tensors of its "
+                "structures); got a value that is not one"
+            )
+        return z
+
     def log_prob(self, scores: Tensor, z: Tensor) -> Tensor:
         """``log p(z) = <scores, z> - log Z(scores)`` under the Gibbs distribution.
 
         ``scores`` ``(*batch, *score_shape)`` and structures ``z`` broadcast against each other
         (e.g. scores ``(B, 1, ...)`` with ``z`` ``(B, S, ...)``); returns the broadcast batch
         shape, differentiable in ``scores``; computed in ``log_prob_dtype``, returned in the
-        scores' dtype.
+        scores' dtype. ``z`` must hold structures (``check_structures``).
         """
-        work = check_tensor(scores, "scores").to(self.log_prob_dtype(scores.dtype))
+        check_tensor(scores, "scores")
+        self.check_structures(z, "z")
+        try:
+            torch.broadcast_shapes(scores.shape, z.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"scores of shape {tuple(scores.shape)} and z of shape {tuple(z.shape)} do not "
+                "broadcast"
+            ) from None
+        return self.log_prob_of_structures(scores, z)
+
+    def log_prob_of_structures(self, scores: Tensor, z: Tensor) -> Tensor:
+        """``log_prob`` without checking ``z``: for values known to be structures (samples of
+        this structure, enumerations)."""
+        work = scores.to(self.log_prob_dtype(scores.dtype))
         return (self.score(work, z.to(work.dtype)) - self.log_partition(work)).to(scores.dtype)
 
     def log_prob_dtype(self, dtype: torch.dtype) -> torch.dtype:

@@ -91,6 +91,10 @@ class SpanningTree(TreeStructure):
             )
         return scores
 
+    def contains(self, z: Tensor) -> Tensor:
+        """``Structure.contains`` for symmetric ``z`` (an asymmetric one is no spanning tree)."""
+        return (z == z.mT).all(dim=(-2, -1)) & super().contains(symmetrized(z))
+
     def score(self, scores: Tensor, z: Tensor) -> Tensor:
         """``sum_{i<j} θ_ij z_ij``: each undirected edge counted once. Broadcasts; ``(*batch,)``.
 
