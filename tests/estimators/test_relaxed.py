@@ -498,3 +498,19 @@ def test_relaxed_entropy_and_kl_never_give_nan_for_finite_float32_input(scale, t
     out.loss.backward()
     assert not torch.isnan(out.entropy).any() and not torch.isnan(out.loss)
     assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("variant", ["I", "SB", "planar"])
+def test_igr_estimator_hands_the_loss_latents_in_the_scores_dtype(variant):
+    """Half precision is computed in float32 and returned as given; the planar flows' float32
+    parameters promoted its latents to float32."""
+    kwargs = {"num_categories": 4, "latent_shape": (2,)} if variant == "planar" else {}
+    est = IGREstimator(variant, 0.5, **kwargs)
+    seen = []
+
+    def loss_fn(z, rows):
+        seen.append(z.dtype)
+        return z.float().square().flatten(1).sum(-1)
+
+    est(torch.randn(3, 2, 2, 3).half(), loss_fn)
+    assert seen == [torch.float16]

@@ -162,3 +162,14 @@ def test_tree_log_prob_of_the_largest_float32_scores_is_finite_with_finite_gradi
     assert torch.isfinite(log_p).all() and (log_p <= 0).all()
     log_p.sum().backward()
     assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("structure", [SpanningTree(3), Arborescence(3)], ids=repr)
+def test_tree_entropy_names_an_infinite_score_as_log_partition_does(structure):
+    """Trees need finite scores; the entropy's common shift turned -inf into NaN before the check
+    and the error said "contains NaN"."""
+    scores = torch.zeros(3, 3)
+    scores[0, 1] = scores[1, 0] = float("-inf")
+    for method in (structure.log_partition, structure.entropy):
+        with pytest.raises(ValueError, match="scores contains an infinite value"):
+            method(scores)

@@ -427,6 +427,7 @@ class IGREstimator(Estimator):
             z = one_hot_argmax(psi) + (psi - psi.detach())
         else:
             z = psi
+        z = z.to(scores.dtype)  # the planar flows' float32 parameters promote half precision
         logs: dict[str, float | Tensor] = {}
         if self.variant == "SB":
             kept = (psi > 0).sum(dim=-1).detach()  # sticks kept + 1 (no sticks in an empty batch)

@@ -212,7 +212,7 @@ class Structure(abc.ABC):
         scores shifted by ``_common_shift`` where the structure has one (a common offset, however
         large, then costs nothing), and clamped to that range. Returned in the scores' dtype.
         """
-        check_tensor(scores, "scores")
+        self.check_scores(scores, "scores")  # before the shift, which turns -inf into NaN
         work = scores.to(torch.float64)
         self.check_range(work)
         shift = self._common_shift(work)
