@@ -106,6 +106,14 @@ def test_no_intact_checkpoint_names_every_file(tmp_path: Path) -> None:
         ck.resume_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("payload", [5, torch.zeros(3), "text"], ids=["int", "tensor", "str"])
+def test_a_checkpoint_that_is_not_a_mapping_is_unusable_not_a_crash(payload, tmp_path):
+    torch.save(payload, tmp_path / "last.ckpt")
+    kind = type(payload).__name__
+    with pytest.raises(ck.CheckpointError, match=f"not a training checkpoint \\(a {kind}, not"):
+        ck.resume_checkpoint(tmp_path)
+
+
 def _sg(tmp_path: Path, *extra: str) -> list[str]:
     return ["run", "signal_game", "--estimator", "sfe", "--out", str(tmp_path), "profile=tiny",
             *extra]  # fmt: skip

@@ -37,6 +37,14 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         ([*RUN, "--seed", "two"], "--seed: expected a non-negative integer"),
         ([*RUN, "optim.lr=inf"], "optim.lr: must be a finite number"),
         ([*RUN, "optim.lr=.nan"], "optim.lr: must be a finite number"),
+        ([*RUN, "optim.lr=1" + "0" * 400], "optim.lr: must be a finite number"),
+        ([*RUN, "profile=[tiny]"], "profile: unknown profile ['tiny']"),
+        (["sweep", "ssvae", "--seeds", "1", "profile=[tiny]"], "profile: expected a profile name"),
+        (
+            ["run", "signal_game", "--estimator", "sfe", "profile=tiny",
+             "estimator_args.baseline=bogus"],
+            "the model cannot be built from this config: baseline must be one of",
+        ),
         ([*RUN, "estimator_args.entropy_coeff=-.inf"], "estimator_args.entropy_coeff: must be a"),
         ([*RUN, "model.encoder_hidden=[4,"], "malformed YAML"),
         ([*RUN, "--accelerator", "bogus"], "invalid accelerator name"),
@@ -127,3 +135,16 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"latentgrad {latentgrad.__version__}"
+
+
+def test_out_under_a_file_and_a_damaged_metrics_file_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    line = _one_line_error(capsys, [*RUN, "profile=tiny", "--out", str(tmp_path / "afile" / "sub")])
+    assert "--out: cannot create the run directory" in line
+    cell = tmp_path / "runs" / "sfe" / "seed1"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text('{"task": "signal_game", "estim')
+    line = _one_line_error(capsys, ["report", str(tmp_path / "runs")])
+    assert f"{cell / 'metrics.json'} is not a valid metrics.json" in line

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from _kill import run_args
 
 from latentgrad.experiments.cli import main
@@ -124,6 +125,12 @@ def test_an_exported_snapshot_resumes_to_the_uninterrupted_result(tmp_path: Path
     got = resumed / "signal_game/nvil/seed0/metrics.json"
     assert got.read_bytes() == reference.read_bytes()
     assert json.loads(got.read_text())["global_step"] > 3
+    # the moved folder's last.ckpt itself was kept up to date (Lightning ignored the checkpoint
+    # state saved under the old folder and wrote last-v1.ckpt beside a stale last.ckpt)
+    ckpts = resumed / "signal_game/nvil/seed0/checkpoints"
+    assert "last-v1.ckpt" not in {p.name for p in ckpts.iterdir()}
+    final = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]
+    assert final == json.loads(got.read_text())["global_step"]
 
     assert main(["export", str(resumed / "signal_game"), "--out", str(results)]) == 0
     assert (results / "runs/nvil/seed0/metrics.json").read_bytes() == reference.read_bytes()

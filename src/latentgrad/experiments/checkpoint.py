@@ -110,9 +110,11 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     except Exception as err:  # any unreadable file: torch raises many types for bad bytes
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, reason
+    if not isinstance(ckpt, dict):
+        return None, f"not a training checkpoint (a {type(ckpt).__name__}, not a mapping)"
     missing = [k for k in ("state_dict", "loops", "global_step") if k not in ckpt]
-    if not isinstance(ckpt, dict) or missing:
-        return None, f"not a training checkpoint (no {', '.join(missing) or 'mapping'})"
+    if missing:
+        return None, f"not a training checkpoint (no {', '.join(missing)})"
     return ckpt, ""
 
 
@@ -152,20 +154,24 @@ def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def prepare_resume(folder: str | os.PathLike[str], chosen: Path) -> Path:
-    """Make ``folder/last.ckpt`` a copy of ``chosen`` (atomically, when they differ) and delete
-    every other checkpoint but the periodic one its ModelCheckpoint state manages (unreadable
-    files, or ones from steps the resumed run redoes); returns the ``last.ckpt`` path to resume
-    from. Resuming from ``last.ckpt`` lets Lightning replace the periodic file as usual: it never
-    deletes the file a run resumed from."""
+    """Make ``folder/last.ckpt`` a copy of ``chosen`` whose ModelCheckpoint state points into
+    ``folder`` (written atomically, when anything differs) and delete every other checkpoint but
+    the periodic one that state manages (unreadable files, or ones from steps the resumed run
+    redoes); returns the ``last.ckpt`` path to resume from. Resuming from ``last.ckpt`` lets
+    Lightning replace the periodic file as usual: it never deletes the file a run resumed from.
+    The state is re-anchored because Lightning ignores a ModelCheckpoint state saved under
+    another folder (a run folder copied elsewhere, e.g. an exported snapshot): it would then keep
+    the stale ``last.ckpt``, write ``last-v1.ckpt`` beside it and never delete the old periodic
+    file."""
     folder = Path(folder)
     last = folder / LAST
-    if chosen != last:
-        ckpt, _ = _read(chosen)
-        assert ckpt is not None, f"{chosen} was checked intact"
-        for callback in (ckpt.get("callbacks") or {}).values():
-            if isinstance(callback, dict) and "last_model_path" in callback:
-                # else ModelCheckpoint would keep this copy and write last-v1.ckpt beside it
-                callback["last_model_path"] = os.path.realpath(last)
+    ckpt, _ = _read(chosen)
+    assert ckpt is not None, f"{chosen} was checked intact"
+    moved = False
+    for callback in (ckpt.get("callbacks") or {}).values():
+        if isinstance(callback, dict) and "last_model_path" in callback:
+            moved |= _anchor(callback, folder, last)
+    if chosen != last or moved:
         atomic_torch_save(ckpt, last)
     state, _ = _read(last)
     keep = {LAST, *_periodic_checkpoints(state or {})}
@@ -173,6 +179,25 @@ def prepare_resume(folder: str | os.PathLike[str], chosen: Path) -> Path:
         if file.name not in keep:
             file.unlink(missing_ok=True)
     return last
+
+
+def _anchor(state: dict[str, Any], folder: Path, last: Path) -> bool:
+    """Point a ModelCheckpoint ``state`` at ``folder`` (its files by name, ``last_model_path`` at
+    ``last``); whether anything changed."""
+    before = repr(state)
+    home = os.path.realpath(folder)
+
+    def here(path: str) -> str:
+        return os.path.join(home, Path(path).name) if path else path
+
+    state["dirpath"] = home
+    for key in ("best_model_path", "kth_best_model_path"):
+        if isinstance(state.get(key), str):
+            state[key] = here(state[key])
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {here(k): v for k, v in state["best_k_models"].items()}
+    state["last_model_path"] = os.path.realpath(last)
+    return repr(state) != before
 
 
 def _periodic_checkpoints(ckpt: dict[str, Any]) -> set[str]:

@@ -84,13 +84,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int or tp is float:
         numbers = int if tp is int else int | float  # an int is a valid float, not vice versa
         number = None
-        if isinstance(value, numbers) and not isinstance(value, bool):
-            number = tp(value)
-        elif isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, numbers) and not isinstance(value, bool):
                 number = tp(value)
-            except ValueError:
-                pass
+            elif isinstance(value, str):
+                number = tp(value)
+        except ValueError:
+            pass
+        except OverflowError:  # an int beyond float's range
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}") from None
         if number is not None:
             if not math.isfinite(number):
                 raise ConfigError(f"{key}: must be a finite number, got {value!r}")
@@ -226,6 +228,8 @@ def sweep_grid(
 ) -> tuple[list[str], str]:
     """The (estimators, seeds) of ``latentgrad sweep``: the command line's where given, else the
     YAML's ``sweeps[profile]`` entry; estimators default to every estimator of the task."""
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(f"profile: expected a profile name, got {profile!r}")
     entry = (task_yaml(task).get("sweeps") or {}).get(profile or "full") or {}
     seeds = seeds if seeds is not None else entry.get("seeds")
     if seeds is None:
@@ -282,7 +286,7 @@ def merged_config(
     profile = user.pop("profile", None)
     profiles = spec.get("profiles") or {}
     if profile is not None:
-        if profile not in profiles:
+        if not isinstance(profile, str) or profile not in profiles:
             raise ConfigError(
                 f"profile: unknown profile {profile!r} for task {task!r}; "
                 f"choose from {list(profiles)}"

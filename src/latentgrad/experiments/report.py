@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from latentgrad.experiments.config import ConfigError
 from latentgrad.experiments.tasks.registry import get_task
 
 
@@ -31,7 +32,12 @@ def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Every finished run (``metrics.json``) under ``runs_dir``, with its directory."""
     runs = []
     for path in sorted(runs_dir.rglob("metrics.json")):
-        result = json.loads(path.read_text())
+        try:
+            result = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not a valid metrics.json ({err})") from None
+        if not isinstance(result, dict):
+            raise ConfigError(f"{path} is not a valid metrics.json (not a mapping)")
         result["run_dir"] = path.parent
         runs.append(result)
     return runs

@@ -38,7 +38,10 @@ class RunDirBusy(ConfigError):
 def _created_folders(folder: Path) -> list[Path]:
     """``folder`` and its missing parents, innermost first, that ``mkdir`` is about to create."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:  # a file where a folder should be
+        raise ConfigError(f"--out: cannot create the run directory {folder}: {err}") from None
     return missing
 
 

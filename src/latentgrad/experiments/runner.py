@@ -32,6 +32,7 @@ from latentgrad.experiments.checkpoint import (
     resume_checkpoint,
 )
 from latentgrad.experiments.config import ConfigError, deep_merge, load_yaml, resolve, to_dict
+from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.plugins import load_entry_points
 from latentgrad.experiments.records import record_finish, write_run_records
 from latentgrad.experiments.runlock import hold_run_dir
@@ -271,7 +272,12 @@ def _train_and_test(
             torch.set_num_threads(tc.num_threads)
         L.seed_everything(seed, workers=True, verbose=False)
         # loads the data: fails before any record
-        model, data = module.build_run(config, str(run_dir))
+        try:
+            model, data = module.build_run(config, str(run_dir))
+        except (ConfigError, DataError):
+            raise
+        except ValueError as err:  # a value the config check let through, refused by the model
+            raise ConfigError(f"the model cannot be built from this config: {err}") from None
         make_resumable(data, seed)
         trainer = _trainer(
             tc,
