@@ -71,6 +71,22 @@ def test_a_cell_another_process_is_running_is_left_to_it(
     assert not (tmp_path / "ssvae" / "softmax" / "seed1" / "config.yaml").exists()
 
 
+def test_a_finished_cell_is_skipped_only_with_the_config_it_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished cell of another config refuses the grid, as --resume would; a longer run
+    (trainer.* changed) continues the cell instead of skipping it."""
+    grid = ("signal_game", ["sfe"], [1])
+    assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=1"], out=str(tmp_path)) == 0
+    metrics = tmp_path / "signal_game" / "sfe" / "seed1" / "metrics.json"
+    first = json.loads(metrics.read_text())["global_step"]
+    with pytest.raises(ConfigError, match="none was started: sfe/seed1: .* differs .* in optim"):
+        sweep(*grid, ["profile=tiny", "trainer.max_epochs=1", "optim.lr=0.5"], out=str(tmp_path))
+    assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=2"], out=str(tmp_path)) == 0
+    assert "1 finished, 0 skipped" in capsys.readouterr().out
+    assert json.loads(metrics.read_text())["global_step"] > first
+
+
 def test_sweep_with_one_invalid_cell_starts_none(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="2 of 4 cells are invalid, none was started: no_such"):
         sweep("ssvae", ["softmax", "no_such"], [1, 2], TINY, out=str(tmp_path))

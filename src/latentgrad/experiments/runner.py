@@ -47,8 +47,9 @@ def run_dir_for(out: str | os.PathLike[str], task: str, estimator: str, seed: in
     return Path(out) / task / estimator / f"seed{seed}"
 
 
-def _check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
-    """On resume, all but the trainer section (run length, devices) must match the saved run."""
+def check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
+    """On resume (and in a sweep over existing cells), all but the trainer section (run length,
+    devices) must match the saved run: a ConfigError naming the differing sections."""
     saved = yaml.safe_load(saved_path.read_text())
     differ = sorted(
         key
@@ -239,7 +240,7 @@ def _train_and_test(
                 f"run directory {run_dir} already holds a run; "
                 "pass --resume to continue it or choose another --out"
             )
-        _check_same_config(run_dir / "config.yaml", config)
+        check_same_config(run_dir / "config.yaml", config)
         saved_trainer = yaml.safe_load((run_dir / "config.yaml").read_text()).get("trainer")
         if metrics_path.exists() and saved_trainer == config["trainer"]:
             return json.loads(metrics_path.read_text())  # finished with these settings

@@ -22,11 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from latentgrad.experiments.config import ConfigError, parse_overrides
+import yaml
+
+from latentgrad.experiments.config import ConfigError, parse_overrides, to_dict
 from latentgrad.experiments.runlock import BUSY_EXIT_CODE
-from latentgrad.experiments.runner import METRICS_FILE, check_run, run_dir_for
+from latentgrad.experiments.runner import METRICS_FILE, check_run, check_same_config, run_dir_for
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -160,14 +162,21 @@ def _check_cells(
     seeds: list[int],
     overrides: list[str],
     config_file: str | None,
-) -> None:
-    """Resolve every cell's config; a ConfigError naming the invalid cells if any is."""
+    out: str,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Resolve every cell's config -> {(estimator, seed): config}; a ConfigError naming the
+    invalid cells if any is, or whose run directory holds a run of another config (all but
+    ``trainer.*`` must match, as for ``latentgrad run --resume``)."""
     parsed = parse_overrides(overrides)
-    errors = []
+    errors, configs = [], {}
     for estimator in estimators:
         for seed in seeds:
             try:
-                check_run(task, estimator, seed, parsed, config_file)
+                _, cfg = check_run(task, estimator, seed, parsed, config_file)
+                configs[estimator, seed] = to_dict(cfg)
+                saved = run_dir_for(out, task, estimator, seed) / "config.yaml"
+                if saved.exists():
+                    check_same_config(saved, configs[estimator, seed])
             except ConfigError as err:
                 errors.append(f"{estimator}/seed{seed}: {err}")
     if errors:
@@ -175,6 +184,7 @@ def _check_cells(
             f"{len(errors)} of {len(estimators) * len(seeds)} cells are invalid, none was "
             f"started: {'; '.join(errors)}"
         )
+    return configs
 
 
 def sweep(
@@ -196,14 +206,15 @@ def sweep(
     """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    _check_cells(task, estimators, seeds, overrides, config_file)
+    configs = _check_cells(task, estimators, seeds, overrides, config_file, out)
     extra_args = [*(["--config", config_file] if config_file else []), *overrides]
     cells, skipped = [], []
     for estimator in estimators:
         for seed in seeds:
             run_dir = run_dir_for(out, task, estimator, seed)
-            if (run_dir / METRICS_FILE).exists():
-                skipped.append(f"{estimator}/seed{seed}")
+            finished = (run_dir / METRICS_FILE).exists()
+            if finished and _same_trainer(run_dir, configs[estimator, seed]):
+                skipped.append(f"{estimator}/seed{seed}")  # else the run continues (longer)
                 continue
             command = [
                 sys.executable, "-m", "latentgrad.experiments.cli",
@@ -235,6 +246,12 @@ def sweep(
     for c, code in failed:
         print(f"  FAILED {c.estimator}/seed{c.seed} (exit {code}); log: {c.log}")
     return 1 if failed or busy else 0
+
+
+def _same_trainer(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether the finished run in ``run_dir`` ran with ``config``'s trainer settings."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return saved.get("trainer") == config.get("trainer")
 
 
 def _run_ray(cells: list[Cell], address: str, task: str) -> list[int]:
