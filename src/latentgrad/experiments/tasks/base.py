@@ -184,6 +184,18 @@ class LatentTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_calls = []
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        calls = torch.cat(self._epoch_calls) if self._epoch_calls else torch.zeros(0)
+        checkpoint["epoch_decoder_calls"] = calls
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the calls of the checkpoint's epoch so far: Lightning resumes inside that
+        epoch without calling ``on_train_epoch_start``; after a checkpoint from an epoch's end a
+        new epoch starts and clears them."""
+        saved = checkpoint.get("epoch_decoder_calls")
+        if saved is not None:
+            self._epoch_calls = [saved.to(torch.float64)]
+
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_call_quantiles().items():
             self.log(f"train/decoder_calls_{name}", value)

@@ -443,10 +443,12 @@ class SSVAE(LatentTask):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self._best_state is not None:
             checkpoint["warmstart_best_state"] = self._best_state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self._best_state = checkpoint.get("warmstart_best_state")
 
     def summary(self) -> dict[str, float]:
