@@ -80,7 +80,7 @@ def test_a_finished_cell_is_skipped_only_with_the_config_it_ran(
     assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=1"], out=str(tmp_path)) == 0
     metrics = tmp_path / "signal_game" / "sfe" / "seed1" / "metrics.json"
     first = json.loads(metrics.read_text())["global_step"]
-    with pytest.raises(ConfigError, match="none was started: sfe/seed1: .* differs .* in optim"):
+    with pytest.raises(ConfigError, match=r"none was started: sfe/seed1: .* differs .* in optim"):
         sweep(*grid, ["profile=tiny", "trainer.max_epochs=1", "optim.lr=0.5"], out=str(tmp_path))
     assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=2"], out=str(tmp_path)) == 0
     assert "1 finished, 0 skipped" in capsys.readouterr().out
