@@ -80,7 +80,10 @@ class EpochSafeCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose every-``n``-steps save falls on an epoch's last batch is taken at
     the end of that epoch instead, after its validation: Lightning cannot resume exactly from a
     checkpoint taken between an epoch's last batch and its validation (it skips that validation
-    and starts the next epoch from the old epoch's data position)."""
+    and starts the next epoch from the old epoch's data position). Conversely, a run that
+    ``trainer.max_steps`` stops inside an epoch is saved at that last batch, as a step
+    checkpoint: saved at the cut epoch's end, the epoch would count as finished, and a resume
+    with more steps would skip the rest of its batches."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -95,6 +98,11 @@ class EpochSafeCheckpoint(ModelCheckpoint):
             )
             return
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        stopped = 0 < trainer.max_steps <= trainer.global_step
+        if stopped and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
