@@ -40,16 +40,16 @@ def test_parse_seeds_is_the_ordered_union_of_the_ranges(ranges: list[tuple[int, 
 def test_sweep_two_local_workers_reports_failures_then_rerun_skips_finished(
     data_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # a cell that is valid but fails when it runs: its run directory holds another config
+    # a cell that is valid but fails when it runs: its only checkpoint is unreadable
     clash = tmp_path / "ssvae" / "sfe" / "seed1"
-    clash.mkdir(parents=True)
-    (clash / "config.yaml").write_text("task: ssvae\nestimator: sfe\nseed: 1\noptim: {lr: 9}\n")
+    (clash / "checkpoints").mkdir(parents=True)
+    (clash / "checkpoints" / "last.ckpt").write_bytes(b"")
     code = sweep("ssvae", ["softmax", "sfe"], [1], TINY, out=str(tmp_path), workers=2)
     out = capsys.readouterr().out
     assert code == 1, out
     assert "1 finished, 0 skipped (already done), 1 failed" in out
     assert "FAILED sfe/seed1" in out
-    assert "differs from" in (clash / "sweep.log").read_text()
+    assert "no intact checkpoint" in (clash / "sweep.log").read_text()
     result = json.loads((tmp_path / "ssvae" / "softmax" / "seed1" / "metrics.json").read_text())
     assert result["estimator"] == "softmax" and result["seed"] == 1
     assert sweep("ssvae", ["softmax"], [1], TINY, out=str(tmp_path), workers=2) == 0

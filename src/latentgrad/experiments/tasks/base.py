@@ -194,7 +194,7 @@ class LatentTask(L.LightningModule):
         new epoch starts and clears them."""
         saved = checkpoint.get("epoch_decoder_calls")
         if saved is not None:
-            self._epoch_calls = [saved.to(torch.float64)]
+            self._epoch_calls = [saved.to(torch.float64)] if saved.numel() else []
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_call_quantiles().items():
