@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -141,3 +142,24 @@ def test_resume_cleans_temp_files_and_survives_a_corrupted_last_checkpoint(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "no intact checkpoint" in err and "last.ckpt" in err
+
+
+def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A last.ckpt copied in from a run of another config failed inside load_state_dict with a
+    traceback, after the run had recorded a new attempt."""
+    other, mine = tmp_path / "other", tmp_path / "mine"
+    assert main(_sg(other, "model.hidden_dim=16")) == 0
+    assert main(_sg(mine)) == 0
+    cell = mine / "signal_game" / "sfe" / "seed0"
+    for file in (cell / "checkpoints").iterdir():
+        file.unlink()
+    shutil.copy(other / "signal_game/sfe/seed0/checkpoints/last.ckpt", cell / "checkpoints")
+    records = (cell / "run.json").read_bytes()
+    capsys.readouterr()
+    assert main(_sg(mine, "trainer.max_epochs=3", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "written by a run of another config" in err
+    assert "differs in model" in err
+    assert (cell / "run.json").read_bytes() == records

@@ -118,6 +118,15 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     return ckpt, ""
 
 
+def checkpoint_config(path: Path) -> dict[str, Any] | None:
+    """The resolved run config a checkpoint was written with (its ``hyper_parameters``), or
+    None when it holds none."""
+    ckpt, _ = _read(path)
+    hparams = (ckpt or {}).get("hyper_parameters")
+    config = hparams.get("config") if isinstance(hparams, dict) else None
+    return config if isinstance(config, dict) else None
+
+
 def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """The checkpoint in ``folder`` to resume from: the intact ``*.ckpt`` with the largest global
     step (``last.ckpt`` on ties), with a warning naming both files when ``last.ckpt`` is missing or

@@ -27,6 +27,7 @@ from latentgrad.experiments.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
     atomic_write_text,
+    checkpoint_config,
     prepare_resume,
     remove_temp_files,
     resume_checkpoint,
@@ -47,15 +48,19 @@ def run_dir_for(out: str | os.PathLike[str], task: str, estimator: str, seed: in
     return Path(out) / task / estimator / f"seed{seed}"
 
 
-def check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
-    """On resume (and in a sweep over existing cells), all but the trainer section (run length,
-    devices) must match the saved run: a ConfigError naming the differing sections."""
-    saved = yaml.safe_load(saved_path.read_text())
-    differ = sorted(
+def _differing(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The config sections, the trainer's aside, in which ``saved`` and ``config`` differ."""
+    return sorted(
         key
         for key in set(saved) | set(config)
         if key != "trainer" and saved.get(key) != config.get(key)
     )
+
+
+def check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
+    """On resume (and in a sweep over existing cells), all but the trainer section (run length,
+    devices) must match the saved run: a ConfigError naming the differing sections."""
+    differ = _differing(yaml.safe_load(saved_path.read_text()), config)
     if differ:
         raise ConfigError(
             f"--resume: the resolved config differs from {saved_path} in {', '.join(differ)}; "
@@ -252,6 +257,13 @@ def _train_and_test(
                 ckpt = resume_checkpoint(run_dir / "checkpoints")
             except CheckpointError as err:
                 raise ConfigError(str(err)) from None
+        written_by = None if ckpt is None else checkpoint_config(ckpt)
+        differ = [] if written_by is None else _differing(written_by, config)
+        if differ:  # a checkpoint copied in from another run: it would not even load
+            raise ConfigError(
+                f"--resume: {ckpt} was written by a run of another config (it differs in "
+                f"{', '.join(differ)}); resume it with that config or remove it"
+            )
 
     import lightning as L
     import torch
