@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from latentgrad.structures import Arborescence, BitVector, Categorical, KSubset, SpanningTree
+
+#: One small instance of every kind of structure (each enumerates in a few hundred values).
+EVERY_KIND = [
+    Categorical(3),
+    BitVector(3),
+    BitVector(3, budget=1),
+    KSubset(4, 2),
+    SpanningTree(3),
+    Arborescence(3),
+    Arborescence(3, root=1),
+]
+
 
 def brute(structure, scores):
     """All structures ``(N, d)`` and their scores ``(*batch, N)`` (``-inf`` never times 0)."""
