@@ -200,7 +200,7 @@ class StochasticArgmax(_Perturbed):
         check_tensor(value, "value")
         check_trailing_shape(value, "value", self.structure.score_shape)
         try:
-            torch.broadcast_shapes(value.shape, self.logits.shape)
+            shape = torch.broadcast_shapes(value.shape, self.logits.shape)
         except RuntimeError:
             raise ValueError(
                 f"value of shape {tuple(value.shape)} does not broadcast with the batch and event "
@@ -211,8 +211,7 @@ class StochasticArgmax(_Perturbed):
                 self.structure.check_structures(value, "value")
         s = self.structure
         if isinstance(s, Categorical) and self.noise == "gumbel":
-            logp = self.logits.log_softmax(-1).expand(torch.broadcast_shapes(value.shape,
-                                                                             self.logits.shape))
+            logp = self.logits.log_softmax(-1).expand(shape)
             return logp.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
         if isinstance(s, BitVector) and s.budget in (None, s.d):
             if self.noise == "gumbel":  # P(G > -θ) = 1 - exp(-e^θ), P(G <= -θ) = exp(-e^θ)
