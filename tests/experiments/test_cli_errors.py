@@ -128,6 +128,31 @@ def test_damaged_data_files_exit_2_naming_the_file(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["ssvae", "--estimator", "sum_and_sample", "estimator_args.k_ss=11"],
+         "estimator_args.k_ss (11) exceeds the 10 values of the latent"),
+        (["bitvector_vae", "--estimator", "topk_sparsemax", "model.latent_bits=3",
+          "estimator_args.topk=9"],
+         "estimator_args.topk (9) exceeds the 8 values of the latent"),
+    ],
+)
+def test_a_k_above_the_latent_values_is_refused_before_training(
+    argv: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The k best values of a latent must exist: the data-derived size is known once the model is
+    built, which happens before the first step, not during it."""
+    _fake_mnist(tmp_path / "data" / "mnist")
+    monkeypatch.setenv("LATENTGRAD_DATA", str(tmp_path / "data"))
+    line = _one_line_error(
+        capsys, ["run", *argv, "profile=tiny", "--out", str(tmp_path / "runs")]
+    )
+    assert line.endswith(expected)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
     import latentgrad
 

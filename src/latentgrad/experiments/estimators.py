@@ -110,6 +110,17 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _at_most_latent_values(name: str, k: int, num_classes: int,
+                           structure: Structure | None) -> int:
+    """``k`` (``estimator_args.<name>``), checked against the number of values of the latent: the
+    ``num_classes`` categories, or the structures of ``structure``; ValueError beyond it (the
+    runner reports it before training)."""
+    total = num_classes if structure is None else getattr(structure, "num_structures", None)
+    if total is not None and k > total:
+        raise ValueError(f"estimator_args.{name} ({k}) exceeds the {total} values of the latent")
+    return k
+
+
 def _nvil(cfg: EstimatorConfig, num_classes: int, features_dim: int,
           structure: Structure | None = None, one_hot: bool = True) -> Estimator:
     from latentgrad.estimators.score_function import NVIL
@@ -128,7 +139,7 @@ def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int,
     from latentgrad.estimators.score_function import SumAndSample
 
     return SumAndSample(
-        k=cfg.k_ss,
+        k=_at_most_latent_values("k_ss", cfg.k_ss, num_classes, structure),
         baseline=cfg.baseline,
         entropy_coeff=cfg.entropy_coeff,
         structure=structure,
@@ -364,9 +375,9 @@ def _topk_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int,
                     structure: Structure | None = None) -> Estimator:
     from latentgrad.estimators.marginalization import TopKSparsemaxMarginalization
 
-    return TopKSparsemaxMarginalization(
-        _bits_only(structure, "topk_sparsemax"), k=cfg.topk, entropy_coeff=cfg.entropy_coeff
-    )
+    structure = _bits_only(structure, "topk_sparsemax")
+    k = _at_most_latent_values("topk", cfg.topk, num_classes, structure)
+    return TopKSparsemaxMarginalization(structure, k=k, entropy_coeff=cfg.entropy_coeff)
 
 
 def _bit_sparsemap(budgeted: bool) -> Callable[..., Estimator]:
