@@ -484,20 +484,53 @@ def test_relaxed_entropy_and_kl_have_the_concrete_log_densitys_value_and_gradien
     torch.testing.assert_close(got, want)
 
 
+def test_relaxed_bit_entropy_and_kl_have_the_binary_concrete_log_densitys_value_and_gradient():
+    """The same for Binary Concrete bits: closed forms in the logistic noise, equal in value and
+    gradient to the log-densities of the relaxed bits at the sample."""
+    scores = torch.randn(6, 4, dtype=D, requires_grad=True)
+    tau, tau0 = torch.tensor(0.6, dtype=D), torch.tensor(0.4, dtype=D)
+    est = GumbelSoftmax(0.6, kl="relaxed", prior="uniform", prior_temperature=0.4,
+                        entropy_coeff=0.3, structure=BitVector(4))  # fmt: skip
+    out, rec = run(est, scores)
+    y = rec.calls[0][0]
+    log_q = RelaxedBernoulli(tau, logits=scores).log_prob(y).sum(-1)
+    log_prior = RelaxedBernoulli(tau0, logits=torch.zeros_like(scores)).log_prob(y).sum(-1)
+    value = (y * torch.arange(4, dtype=D)).sum(-1)
+    ref = (value + (log_q - log_prior) + 0.3 * log_q).mean()
+    torch.testing.assert_close(out.loss, ref)
+    (got,) = torch.autograd.grad(out.loss, scores, retain_graph=True)
+    (want,) = torch.autograd.grad(ref, scores)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("structure", [None, BitVector(4)], ids=["categorical", "bits"])
 @pytest.mark.parametrize(
     ("scale", "tau"), [(torch.finfo(torch.float32).max, 0.5), (3.0, 1e-37)], ids=["huge", "cold"]
 )
-def test_relaxed_entropy_and_kl_never_give_nan_for_finite_float32_input(scale, tau):
+def test_relaxed_entropy_and_kl_never_give_nan_for_finite_float32_input(scale, tau, structure):
     """Score gaps over τ beyond float32 made entries of log y round to -inf, and the Concrete
-    density inf - inf; the terms are now taken in float64 from the noise. Their values may lie
-    beyond float32 (then ±inf, the correctly rounded result), the gradients stay finite."""
+    density inf - inf (bits: v = (θ + L)/τ overflowed, the same); the terms are now taken in
+    float64 from the noise. Their values may lie beyond float32 (then ±inf, the correctly rounded
+    result), the gradients stay finite."""
     scores = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.5, -1.0, 1.0, 0.0]]) * scale
     scores.requires_grad_(True)
-    est = GumbelSoftmax(tau, kl="relaxed", prior="uniform", entropy_coeff=0.1)
+    est = GumbelSoftmax(tau, kl="relaxed", prior="uniform", entropy_coeff=0.1,
+                        structure=structure)  # fmt: skip
     out, _ = run(est, scores)
     out.loss.backward()
     assert not torch.isnan(out.entropy).any() and not torch.isnan(out.loss)
     assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("structure", [None, BitVector(3)], ids=["categorical", "bits"])
+def test_relaxed_terms_beyond_float64_are_refused_by_name(structure):
+    """float64 scores whose gaps over τ overflow float64 have no representable relaxed density:
+    a ValueError naming the scores, not a NaN loss."""
+    big = torch.finfo(D).max
+    scores = torch.tensor([[big, -big, 0.0]], dtype=D, requires_grad=True)
+    est = GumbelSoftmax(0.5, kl="relaxed", prior="uniform", structure=structure)
+    with pytest.raises(ValueError, match=r"scores: kl='relaxed' needs .* rescale the scores"):
+        est(scores, Recorder())
 
 
 @pytest.mark.parametrize("variant", ["I", "SB", "planar"])

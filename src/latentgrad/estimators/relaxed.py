@@ -31,8 +31,8 @@ from .._validation import (
     check_no_pos_inf,
     check_positive_int,
     check_rows_valid,
+    violated,
 )
-from ..distributions.concrete import binary_concrete_logit_log_prob
 from ..distributions.igr import (
     IGR,
     IGRPlanar,
@@ -73,7 +73,8 @@ def _concrete_terms(
     (K-1) log τ - Σ g - K lse(-g)`` (a function of the noise alone: its total derivative in θ is
     0, as through x), and for the prior ``-τ₀ x = -(τ₀/τ) u + c'``. From x itself, an entry that
     rounds to -inf (huge score gaps, tiny τ) gives inf - inf. Computed in float64 (for float32
-    scores up to finfo.max and τ down to its smallest normal), returned in the scores' dtype.
+    scores up to finfo.max and τ down to its smallest normal), returned in the scores' dtype;
+    ValueError (with validation on) where float64 scores' gaps over τ overflow float64.
     """
     k = scores.shape[-1]
     work = torch.promote_types(scores.dtype, torch.float64)
@@ -81,6 +82,15 @@ def _concrete_terms(
     tau_e = tau64.unsqueeze(-1) if tau64.dim() else tau64
     u = scores.to(work) + g
     u = u - u.detach().amax(dim=-1, keepdim=True)
+    scaled = u / tau_e
+    if prior is not None:
+        scaled = torch.cat([scaled, (prior_tau / tau_e) * u], dim=-1)
+    if violated(scaled, torch.isfinite):  # float64 scores only: float32 ones always fit
+        raise ValueError(
+            "scores: kl='relaxed' needs the score gaps of a row divided by the temperature "
+            f"within {work}'s range; got scores up to {scores.detach().abs().amax().item():.3g} at "
+            f"temperature {tau64.detach().min().item():.3g}; rescale the scores"
+        )
     x = torch.log_softmax(u / tau_e, dim=-1)
     log_p = math.lgamma(k) + (k - 1) * tau64.log() - g.sum(-1) - k * torch.logsumexp(-g, dim=-1)
     entropy = (x.sum(dim=-1) - log_p).to(scores.dtype)
@@ -91,6 +101,39 @@ def _concrete_terms(
         math.lgamma(k) + (k - 1) * math.log(prior_tau) + v.sum(-1) - k * torch.logsumexp(v, -1)
     )
     return entropy, (log_p - log_prior).to(scores.dtype)
+
+
+def _binary_concrete_terms(
+    scores: Tensor, noise: Tensor, tau: Tensor, prior: str | None, prior_tau: float
+) -> tuple[Tensor, Tensor | None]:
+    """One-sample entropy ``-Σ log p(y)`` of the Binary Concrete bits ``y = σ(v)``,
+    ``v = (θ + L)/τ``, and the KL estimate ``Σ log p(v) - log prior(v)`` against Binary Concrete
+    bits of logit 0 at ``prior_tau`` (None without a prior): ``(*batch,)``.
+
+    With ``t = θ - τ v``, ``log p(v) = log τ + t - 2 softplus(t) = log τ + log σ(t) + log σ(-t)``
+    and ``log p(y) = log p(v) - log σ(v) - log σ(-v)``; ``t = -L`` exactly (a function of the
+    noise alone, total derivative 0 in θ, as through the sample). From ``v`` itself, a ``v``
+    beyond the dtype's range (scores near finfo.max, tiny τ) gave inf - inf. In float64 (float32
+    scores at any magnitude and τ down to its smallest normal), returned in the scores' dtype;
+    ValueError (with validation on) where float64 scores over τ overflow float64.
+    """
+    work = torch.promote_types(scores.dtype, torch.float64)
+    tau64 = tau.to(work)  # 0-dim
+    v = (scores.to(work) + noise.to(work)) / tau64
+    if violated(v, torch.isfinite):  # float64 scores only: float32 ones always fit
+        raise ValueError(
+            "scores: kl='relaxed' needs the scores divided by the temperature within "
+            f"{work}'s range; got scores up to {scores.detach().abs().amax().item():.3g} at "
+            f"temperature {tau64.detach().min().item():.3g}; rescale the scores"
+        )
+    t = -noise.to(work)
+    log_p = tau64.log() + F.logsigmoid(t) + F.logsigmoid(-t)
+    entropy = -(log_p - F.logsigmoid(v) - F.logsigmoid(-v)).sum(dim=-1).to(scores.dtype)
+    if prior is None:
+        return entropy, None
+    t0 = -prior_tau * v  # the prior's θ - τ₀ v, θ = 0
+    log_prior = math.log(prior_tau) + F.logsigmoid(t0) + F.logsigmoid(-t0)
+    return entropy, (log_p - log_prior).sum(dim=-1).to(scores.dtype)
 
 
 class GumbelSoftmax(Estimator):
@@ -189,17 +232,15 @@ class GumbelSoftmax(Estimator):
 
     def _bits(self, scores: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Binary Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)``."""
-        perturbed = scores + logistic(scores.shape, scores)
-        v = perturbed / tau
-        y = torch.sigmoid(v)
+        noise = logistic(scores.shape, scores)
+        perturbed = scores + noise
+        y = torch.sigmoid(perturbed / tau)
         hard = (perturbed > 0).to(scores.dtype)
         kl = None
         if self.kl == "relaxed":
-            log_p = binary_concrete_logit_log_prob(v, scores, tau)
-            entropy = -(log_p - F.logsigmoid(v) - F.logsigmoid(-v)).sum(dim=-1)
-            if self.prior is not None:  # the Jacobian of y = σ(v) cancels in the ratio
-                tau0 = self.prior_temperature
-                kl = (log_p - binary_concrete_logit_log_prob(v, torch.zeros_like(v), tau0)).sum(-1)
+            entropy, kl = _binary_concrete_terms(
+                scores, noise, tau, self.prior, self.prior_temperature
+            )
         else:
             entropy = _exact_entropy(
                 BitVector(scores.shape[-1]).entropy, scores, self.needs_entropy_grad
