@@ -95,6 +95,15 @@ def violated(x: Tensor, condition: Callable[[Tensor], Tensor]) -> bool:
     return _VALIDATE and x.numel() > 0 and not bool(condition(x).all())
 
 
+def broadcast_shapes(*shapes: tuple[int, ...], error: str) -> torch.Size:
+    """``torch.broadcast_shapes(*shapes)``, or ``ValueError(error)`` where they do not broadcast
+    (torch raises a bare ``RuntimeError``); ``error`` names the arguments and their shapes."""
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        raise ValueError(error) from None
+
+
 def check_no_nan(x: Tensor, name: str) -> None:
     """Raise if any entry is NaN (one sync)."""
     if violated(x, lambda x: ~torch.isnan(x)):

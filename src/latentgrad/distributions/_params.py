@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from .._dtypes import working_dtype
-from .._validation import check_sample_shape
+from .._validation import broadcast_shapes, check_sample_shape
 
 
 class _Finite(constraints.Constraint):
@@ -148,13 +148,10 @@ def check_kl_shapes(
         raise ValueError(
             f"{name} needs the same K (event shape), got {tuple(ev_p)} and {tuple(ev_q)}"
         )
-    try:
-        torch.broadcast_shapes(p.batch_shape, q.batch_shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{name}: the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not "
-            "broadcast"
-        ) from None
+    broadcast_shapes(p.batch_shape, q.batch_shape, error=(
+        f"{name}: the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not "
+        "broadcast"
+    ))
 
 
 class CheckedDistribution(Distribution):
@@ -181,13 +178,10 @@ def checked_value(dist: Distribution, value: object, name: str = "value") -> Ten
         raise ValueError(
             f"{name} must end with the event shape {tuple(event)}, got shape {tuple(value.shape)}"
         )
-    try:
-        shape = torch.broadcast_shapes(value.shape, dist.batch_shape + event)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast with the batch shape "
-            f"{tuple(dist.batch_shape)} (event shape {tuple(event)})"
-        ) from None
+    shape = broadcast_shapes(value.shape, dist.batch_shape + event, error=(
+        f"{name} of shape {tuple(value.shape)} does not broadcast with the batch shape "
+        f"{tuple(dist.batch_shape)} (event shape {tuple(event)})"
+    ))
     if dist._validate_args:
         dist._validate_sample(value)
     return value.expand(shape)

@@ -24,6 +24,7 @@ from torch.distributions.utils import _sum_rightmost
 
 from .._dtypes import working_dtype
 from .._validation import (
+    broadcast_shapes,
     check_no_nan,
     check_no_pos_inf,
     check_positive_int,
@@ -37,13 +38,10 @@ def _temperature(temperature: float | Tensor, like: Tensor, batch: torch.Size) -
     """The temperature as a tensor in ``like``'s dtype: finite, > 0, broadcastable to ``batch``."""
     if isinstance(temperature, Tensor):
         check_tensor(temperature, "temperature")
-        try:
-            torch.broadcast_shapes(temperature.shape, batch)
-        except RuntimeError:
-            raise ValueError(
-                f"temperature of shape {tuple(temperature.shape)} does not broadcast with the "
-                f"batch shape {tuple(batch)}"
-            ) from None
+        broadcast_shapes(temperature.shape, batch, error=(
+            f"temperature of shape {tuple(temperature.shape)} does not broadcast with the "
+            f"batch shape {tuple(batch)}"
+        ))
     elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         got = type(temperature).__name__
         raise TypeError(f"temperature must be a float or a tensor, got {got}")
@@ -59,13 +57,10 @@ def _check_pair(value: Tensor, logits: Tensor, value_name: str) -> None:
     check_no_nan(value, value_name)
     check_no_pos_inf(logits, "logits")
     check_no_nan(logits, "logits")
-    try:
-        torch.broadcast_shapes(value.shape, logits.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{value_name} of shape {tuple(value.shape)} does not broadcast with logits of shape "
-            f"{tuple(logits.shape)}"
-        ) from None
+    broadcast_shapes(value.shape, logits.shape, error=(
+        f"{value_name} of shape {tuple(value.shape)} does not broadcast with logits of shape "
+        f"{tuple(logits.shape)}"
+    ))
 
 
 def _support_tol(x: Tensor) -> float:

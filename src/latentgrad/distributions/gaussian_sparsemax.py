@@ -57,7 +57,13 @@ from torch.distributions import register_kl
 from latentgrad.mappings._sparsemax import sparsemax_by_sorting
 
 from .._dtypes import working_dtype
-from .._validation import check_min_dim, check_positive_int, check_tensor, violated
+from .._validation import (
+    broadcast_shapes,
+    check_min_dim,
+    check_positive_int,
+    check_tensor,
+    violated,
+)
 from ._gauss_quadrature import gauss_legendre
 from ._log_ndtr import inverse_mills, log_ndtr
 from ._params import (
@@ -378,11 +384,10 @@ class GaussianSparsemax(CheckedDistribution):
             face = face == 1
         if violated(face, lambda f: f.any(-1)):
             raise ValueError("face must be non-empty: every face needs at least one 1")
-        try:
-            shape = torch.broadcast_shapes(face.shape, self.loc.shape)
-        except RuntimeError as err:
-            raise ValueError(f"face of shape {tuple(face.shape)} does not broadcast to the batch "
-                             f"shape {tuple(self.batch_shape)} (event ({k},))") from err
+        shape = broadcast_shapes(face.shape, self.loc.shape, error=(
+            f"face of shape {tuple(face.shape)} does not broadcast to the batch "
+            f"shape {tuple(self.batch_shape)} (event ({k},))"
+        ))
         face = face.to(self.loc.device).expand(shape).reshape(-1, k)
         loc, scale = self.loc.expand(shape).reshape(-1, k), self.scale.expand(shape).reshape(-1, k)
         size = face.sum(-1)

@@ -34,6 +34,7 @@ from torch.distributions import Distribution, constraints, register_kl
 from .._dtypes import working_dtype
 from .._one_hot import one_hot
 from .._validation import (
+    broadcast_shapes,
     check_finite,
     check_positive,
     check_positive_int,
@@ -208,13 +209,10 @@ class _IGRBase(CheckedDistribution):
         if not (0 < delta < math.inf):
             raise ValueError(f"delta must be a finite positive float, got {delta}")
         self.delta = float(delta)
-        try:
-            batch_shape = torch.broadcast_shapes(self.loc.shape[:-1], tau.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"temperature of shape {tuple(tau.shape)} does not broadcast with the batch shape "
-                f"{tuple(self.loc.shape[:-1])} of loc/scale"
-            ) from None
+        batch_shape = broadcast_shapes(self.loc.shape[:-1], tau.shape, error=(
+            f"temperature of shape {tuple(tau.shape)} does not broadcast with the batch shape "
+            f"{tuple(self.loc.shape[:-1])} of loc/scale"
+        ))
         k1 = self.loc.shape[-1]
         self.loc = self.loc.expand((*batch_shape, k1))
         self.scale = self.scale.expand((*batch_shape, k1))

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Gamma, kl_divergence, register_kl
 
 from .._dtypes import working_dtype
-from .._validation import check_finite, check_min_dim, check_tensor
+from .._validation import broadcast_shapes, check_finite, check_min_dim, check_tensor
 from ._params import (
     CheckedDistribution,
     check_kl_shapes,
@@ -203,11 +203,10 @@ class MixedDirichlet(CheckedDistribution):
         if concentration.shape[-1] != k:
             raise ValueError(f"concentration must have trailing size K = {k} (the faces' event "
                              f"size), got shape {tuple(concentration.shape)}")
-        try:
-            batch_shape = torch.broadcast_shapes(faces.batch_shape, concentration.shape[:-1])
-        except RuntimeError as err:
-            raise ValueError(f"faces batch shape {tuple(faces.batch_shape)} and concentration "
-                             f"shape {tuple(concentration.shape)} do not broadcast") from err
+        batch_shape = broadcast_shapes(faces.batch_shape, concentration.shape[:-1], error=(
+            f"faces batch shape {tuple(faces.batch_shape)} and concentration "
+            f"shape {tuple(concentration.shape)} do not broadcast"
+        ))
         self.faces = faces if faces.batch_shape == batch_shape else faces.expand(batch_shape)
         self.concentration = concentration.expand((*batch_shape, k))
         super().__init__(batch_shape, torch.Size([k]), validate_args=validate_args)

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from .._dtypes import working_dtype
-from .._validation import check_choice, check_tensor, check_trailing_shape
+from .._validation import broadcast_shapes, check_choice, check_tensor, check_trailing_shape
 from .._validation import validate_args as validating
 from ..mappings import sparsemax
 from ..polytope.sparsemap import sparsemap
@@ -199,13 +199,10 @@ class StochasticArgmax(_Perturbed):
         """``log P(X = value)``, ``(*sample_shape, *batch_shape)``; closed form cases only."""
         check_tensor(value, "value")
         check_trailing_shape(value, "value", self.structure.score_shape)
-        try:
-            shape = torch.broadcast_shapes(value.shape, self.logits.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"value of shape {tuple(value.shape)} does not broadcast with the batch and event "
-                f"shape {tuple(self.logits.shape)}"
-            ) from None
+        shape = broadcast_shapes(value.shape, self.logits.shape, error=(
+            f"value of shape {tuple(value.shape)} does not broadcast with the batch and event "
+            f"shape {tuple(self.logits.shape)}"
+        ))
         if self._validate_args:
             with validating(True):
                 self.structure.check_structures(value, "value")

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
-from latentgrad._validation import check_finite, check_min_dim, check_tensor, violated
+from latentgrad._validation import (
+    broadcast_shapes,
+    check_finite,
+    check_min_dim,
+    check_tensor,
+    violated,
+)
 from latentgrad.mappings._rowwise import check_scalar_or_tensor_positive, normalize_dim
 
 
@@ -47,14 +53,11 @@ def _param(value: Tensor | float, dim: int, like: Tensor, name: str) -> Tensor |
         if value.dim() and value.dim() < like.dim():
             batch_rank = like.dim() - 1
             value = value.reshape((1,) * (batch_rank - value.dim()) + shape).unsqueeze(dim)
-        try:
-            torch.broadcast_shapes(value.shape, like.shape)
-        except RuntimeError:
-            batch = tuple(like.shape[:dim] + like.shape[dim + 1 :])
-            raise ValueError(
-                f"{name} of shape {shape} does not broadcast with the batch shape {batch} "
-                f"(the input's shape {tuple(like.shape)} without dim={dim})"
-            ) from None
+        batch = tuple(like.shape[:dim] + like.shape[dim + 1 :])
+        broadcast_shapes(value.shape, like.shape, error=(
+            f"{name} of shape {shape} does not broadcast with the batch shape {batch} "
+            f"(the input's shape {tuple(like.shape)} without dim={dim})"
+        ))
     return value
 
 

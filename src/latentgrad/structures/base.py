@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .._dtypes import working_dtype
 from .._validation import (
+    broadcast_shapes,
     check_no_nan,
     check_sample_shape,
     check_tensor,
@@ -182,13 +183,10 @@ class Structure(abc.ABC):
         """
         check_tensor(scores, "scores")
         self.check_structures(z, "z")
-        try:
-            torch.broadcast_shapes(scores.shape, z.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"scores of shape {tuple(scores.shape)} and z of shape {tuple(z.shape)} do not "
-                "broadcast"
-            ) from None
+        broadcast_shapes(scores.shape, z.shape, error=(
+            f"scores of shape {tuple(scores.shape)} and z of shape {tuple(z.shape)} do not "
+            "broadcast"
+        ))
         return self.log_prob_of_structures(scores, z)
 
     def log_prob_of_structures(self, scores: Tensor, z: Tensor) -> Tensor:
