@@ -187,16 +187,19 @@ def _blocked(x: Tensor, row_max: Tensor, blocks: Tensor, margin: Tensor | float,
     if isinstance(bound, Tensor):
         bound = bound.view(n, 1)
     row_bound = bound
-    hits = torch.gt(shifted_max, bound).nonzero()
+    hits = torch.gt(shifted_max, bound).view(-1).nonzero().squeeze(1)  # flat: row * width + j
     per_block = depth + (body < k)
-    if 2 * hits.shape[0] * per_block >= n * k:
+    if 2 * hits.numel() * per_block >= n * k:
         return bound, None
-    hit_rows, first = hits[:, 0], hits[:, 1]  # each hit block's row and first column
-    values = x[:, :body].view(n, depth, width)[hit_rows, :, first]  # (H, depth)
-    if body < k:  # the tail column, where the block has one (-inf where it has none)
-        tail = x.new_full((n, width), float("-inf"))
-        tail[:, : k - body] = x[:, body:]
-        values = torch.cat([values, tail[hit_rows, first].unsqueeze(1)], dim=1)
+    hit_rows = torch.div(hits, width, rounding_mode="floor")
+    first = hits - hit_rows * width  # each hit block's first column
+    # block j of row r holds x[r, j + d * width], d < per_block (the tail column d = depth only
+    # for j < k - body): flat offsets into x, the missing tail read as -inf
+    offsets = torch.arange(0, per_block * width, width, device=x.device)
+    offsets = (hit_rows * k + first).unsqueeze(1) + offsets
+    values = x.reshape(-1).take(offsets.view(-1).clamp_(max=n * k - 1)).view(-1, per_block)
+    if body < k:
+        values[:, depth].masked_fill_(first >= k - body, float("-inf"))
     values -= row_max.index_select(0, hit_rows).unsqueeze(1)
     if isinstance(bound, Tensor):
         bound = bound.index_select(0, hit_rows)
@@ -212,7 +215,10 @@ def _padded(rows: Tensor, columns: Tensor, values: Tensor, bound: Tensor, n_rows
             fill: float) -> Candidates | None:
     """Lay the flat lists (M,), grouped by row (rows ascending, every row present), out as
     ``Candidates`` (n_rows, m), m the longest row; ``None`` if that is half of ``k`` or more."""
-    position = torch.arange(rows.numel(), device=rows.device) - torch.searchsorted(rows, rows)
+    counts = torch.zeros(n_rows, dtype=rows.dtype, device=rows.device).index_add_(
+        0, rows, torch.ones_like(rows))
+    starts = counts.cumsum(0).sub_(counts)  # each row's first index in the flat lists
+    position = torch.arange(rows.numel(), device=rows.device) - starts.index_select(0, rows)
     width = int(position.max()) + 1
     if 2 * width >= k:
         return None
