@@ -84,3 +84,17 @@ def test_a_run_does_not_pass_on_lightnings_own_deprecation_warnings(tmp_path: Pa
         warnings.simplefilter("always")
         run("signal_game", "sfe", 0, {"profile": "tiny"}, out=tmp_path)
     assert not [w for w in caught if "treespec" in str(w.message)]
+
+
+def test_a_task_extends_what_a_registry_estimator_reads() -> None:
+    """mixed_vae's Gaussian-sparsemax latent takes the Mixed Dirichlet prior, whose face form is
+    ``estimator_args.face_prior``: accepted there, refused where the same estimator has no
+    such prior (the signaling game)."""
+    from latentgrad.experiments.config import ConfigError
+
+    _, cfg = check_run("mixed_vae", "gaussian_sparsemax", 0,
+                       {"profile": "tiny", "estimator_args": {"face_prior": "maxent"}})
+    assert cfg.estimator_args.face_prior == "maxent"
+    with pytest.raises(ConfigError, match="face_prior: does not apply to estimator"):
+        check_run("signal_game", "gaussian_sparsemax", 0,
+                  {"profile": "tiny", "estimator_args": {"face_prior": "maxent"}})

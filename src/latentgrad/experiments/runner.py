@@ -95,11 +95,13 @@ def _is_global_zero() -> bool:
 
 
 def _check_estimator_args(
-    estimator: str, overrides: dict[str, Any], config_file: str | os.PathLike[str] | None
+    module: Any, estimator: str, overrides: dict[str, Any],
+    config_file: str | os.PathLike[str] | None,
 ) -> None:
-    """Refuse ``estimator_args`` keys the user set that ``estimator`` does not read. Tasks whose
-    ``estimator`` names a model rather than a registry entry (their ``Config`` has checked it)
-    are left alone."""
+    """Refuse ``estimator_args`` keys the user set that ``estimator`` does not read: its
+    registry entry's ``args``, plus those the task ``module`` reads itself for it
+    (``ESTIMATOR_ARGS``, a dict estimator -> keys, optional). Tasks whose ``estimator`` names a
+    model rather than a registry entry (their ``Config`` has checked it) are left alone."""
     from latentgrad.experiments.estimators import ESTIMATORS
 
     if estimator not in ESTIMATORS:
@@ -109,6 +111,7 @@ def _check_estimator_args(
     given = user.get("estimator_args")
     if used is None or not isinstance(given, dict):
         return
+    used = (*used, *getattr(module, "ESTIMATOR_ARGS", {}).get(estimator, ()))
     ignored = sorted(set(given) - set(used))
     if ignored:
         raise ConfigError(
@@ -155,7 +158,7 @@ def check_run(
         raise ConfigError(str(err)) from None
     overrides = overrides or {}
     cfg = resolve(module.Config, task, estimator, seed, overrides, config_file)
-    _check_estimator_args(estimator, overrides, config_file)
+    _check_estimator_args(module, estimator, overrides, config_file)
     info = logging.getLogger(_LIGHTNING_INFO)
     level = info.level
     info.setLevel(logging.WARNING)  # the real Trainer prints the device summary, this one not

@@ -17,8 +17,9 @@ for the latent's parameters. ``ℓ(z) = −log p(x|z)`` (the distortion). Latent
   face; q Gibbs faces (scores clamped to ±10) × Dirichlet; faces by score function with a
   self-critic baseline, exact face KL, Dirichlet KL at the sampled face;
 - ``gaussian_sparsemax``: q = sparsemax(μ + σε) (μ clamped to ±100, σ softplus clamped to
-  ``[1e-3, 1e3]``), the Mixed Dirichlet prior; pathwise, with ``−log p(y)`` added to the loss and
-  the exact ``−log q(y)`` as entropy, i.e. a one-sample KL;
+  ``[1e-3, 1e3]``), the Mixed Dirichlet prior (faces: ``estimator_args.face_prior``); pathwise,
+  with ``−log p(y)`` added to the loss and the exact ``−log q(y)`` as entropy, i.e. a one-sample
+  KL;
 - ``softmax``: a one-hot latent with K values, uniform prior, exact marginalization;
 - ``st_gumbel``: the same one-hot latent by straight-through Gumbel (logits clamped to ±10).
 
@@ -83,6 +84,7 @@ from latentgrad.mappings import sparsemax
 ESTIMATORS = ("gaussian", "dirichlet", "mixed_dirichlet", "gaussian_sparsemax", "softmax",
               "st_gumbel")
 ONE_HOT = ("softmax", "st_gumbel")
+ESTIMATOR_ARGS = {"gaussian_sparsemax": ("face_prior",)}  # its prior: the Mixed Dirichlet's
 HEADS = {"gaussian": 2, "dirichlet": 1, "mixed_dirichlet": 2, "gaussian_sparsemax": 2,
          "softmax": 1, "st_gumbel": 1}  # parameters per latent coordinate
 CONCENTRATION = (1e-3, 1e3)
