@@ -14,7 +14,9 @@ A new task ``foo`` is
    Lightning hooks call the helpers below;
 4. ``build_run(config, run_dir) -> (module, datamodule)``, ``REPORT_METRICS`` (metric ->
    (label, higher is better)) and ``CURVE_METRICS`` for the report, and a line in
-   ``tasks.registry.TASKS`` and ``configs/foo.yaml``.
+   ``tasks.registry.TASKS`` and ``configs/foo.yaml``; optionally ``ESTIMATOR_ARGS`` (estimator
+   name -> the ``estimator_args`` keys the task itself reads for it, beyond the registry
+   entry's ``args``; other keys the user sets are refused before the run).
 
 ``LatentTask`` provides:
 
