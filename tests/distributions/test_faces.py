@@ -84,6 +84,17 @@ def test_gibbs_kl_matches_enumeration_and_is_nonnegative(s, t):
     assert kl_divergence(NonEmptyFaces(p), NonEmptyFaces(p)).abs() < 1e-12
 
 
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+def test_gibbs_cross_entropy_matches_enumeration(k):
+    """``cross_entropy(t) = -Σ_f P(f) log Q(f)`` over the 2^K - 1 faces, batched, at scores of
+    several scales (Q from scores ``t``)."""
+    gen = torch.Generator().manual_seed(k)
+    s = torch.randn(3, k, generator=gen, dtype=D) * torch.tensor([[0.5], [2.0], [6.0]], dtype=D)
+    t = torch.randn(3, k, generator=gen, dtype=D) * 2.0
+    expected = -(brute_gibbs(s) * brute_gibbs(t).log()).sum(-1)
+    torch.testing.assert_close(NonEmptyFaces(s).cross_entropy(t), expected, atol=1e-10, rtol=1e-9)
+
+
 def test_gibbs_sample_frequencies_match_probabilities_chi_square():
     torch.manual_seed(0)
     scores = torch.tensor([0.3, -1.0, -0.4, 0.8], dtype=D)

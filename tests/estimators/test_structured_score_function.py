@@ -66,7 +66,8 @@ def _assert_unbiased(grads, exact, z=5.0):
     assert ((mean - exact).abs() <= z * stderr + 1e-9).all(), (mean, exact, stderr)
 
 
-GIBBS = [KSubset(5, 2), BitVector(4, budget=2), SpanningTree(4), Arborescence(3)]
+GIBBS = [KSubset(5, 2), BitVector(4, budget=2), SpanningTree(4), Arborescence(3),
+         Arborescence(3, root=1)]
 
 
 @pytest.mark.parametrize("structure", GIBBS, ids=repr)

@@ -131,6 +131,39 @@ def test_entmax_bisect_gradcheck_in_x_and_alpha(alpha):
     assert gradcheck(lambda t, s: entmax_bisect(t, s, dim=1), (x, a), fast_mode=True)
 
 
+@pytest.mark.parametrize("alpha", [1.3, 2.5])
+def test_entmax_bisect_gradgradcheck_in_x_and_alpha(alpha):
+    """The closed-form backward is itself differentiable (Hessian-vector products)."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    a = torch.full((3, 1), alpha, dtype=torch.float64, requires_grad=True)
+    assert gradgradcheck(lambda t, s: entmax_bisect(t, s, dim=1), (x, a))
+
+
+def test_entmax_bisect_gradcheck_in_x_where_alpha_takes_the_limit_form():
+    """alpha - 1 below eps^(1/3): the alpha-derivative takes its limit form; the x-derivative is
+    still exact (alpha below 1 is outside the domain, so only x is perturbed)."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 5, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    assert gradcheck(lambda t: entmax_bisect(t, 1.0 + 1e-7, dim=1), (x,))
+
+
+@pytest.mark.parametrize("alpha", [1.0 + 1e-7, 1.3, 2.5])
+def test_entmax_bisect_forward_mode_matches_central_differences(alpha):
+    """``torch.func.jvp`` in x and alpha against central differences of the forward map (x
+    tangent only next to alpha = 1, where alpha - h leaves the domain)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64) * 2
+    a = torch.full((3, 1), alpha, dtype=torch.float64)
+    tx = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    ta = torch.randn(3, 1, generator=g, dtype=torch.float64) * (alpha > 1.01)
+    _, jv = torch.func.jvp(lambda t, s: entmax_bisect(t, s, dim=1), (x, a), (tx, ta))
+    h = 1e-6
+    fd = (entmax_bisect(x + h * tx, a + h * ta, dim=1)
+          - entmax_bisect(x - h * tx, a - h * ta, dim=1)) / (2 * h)  # fmt: skip
+    torch.testing.assert_close(jv, fd, atol=1e-7, rtol=1e-6)
+
+
 @pytest.mark.parametrize("alpha", [30.0, 50.0, 100.0])
 def test_entmax_bisect_gradient_beyond_float32_range_is_inf_not_nan(alpha):
     """On a flat row of 8, p = 1/8 and dp/dx = g (I - 11^T/8) with g = 8^(alpha-2): 2e25 at

@@ -36,6 +36,7 @@ STRUCTURES = {
     "spanning_tree": SpanningTree(4),
     "arborescence": Arborescence(4, root=0),
     "dependency_tree": Arborescence(4),
+    "arborescence_root2": Arborescence(4, root=2),
 }
 
 
@@ -284,7 +285,8 @@ def test_tied_scores_far_from_zero_are_solved_to_the_resolution_of_the_offset(
     "name, solver",
     [
         (name, solver)
-        for name in [*CARDINALITY[:3], "vertex_set", "spanning_tree", "arborescence"]
+        for name in [*CARDINALITY[:3], "vertex_set", "spanning_tree", "arborescence",
+                     "dependency_tree", "arborescence_root2"]
         for solver in ("auto", "active_set")
         if solver == "auto" or name in CARDINALITY
     ],
@@ -310,7 +312,8 @@ def test_vjp_matches_finite_differences_of_bruteforce_projection(name, solver):
 
 @pytest.mark.parametrize(
     "name, solver",
-    [(name, "active_set") for name in [*CARDINALITY, "spanning_tree"]]
+    [(name, "active_set")
+     for name in [*CARDINALITY, "spanning_tree", "dependency_tree", "arborescence_root2"]]
     + [(name, "threshold") for name in CARDINALITY],
 )
 def test_gradcheck_weights_and_marginals(name, solver):

@@ -305,19 +305,18 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
     return p / p.sum(dim=1, keepdim=True)
 
 
-def _entmax_bisect_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """VJPs in x (N, K) and alpha (N, 1) at the output rows ``y`` (N, K).
+def _entmax_bisect_jacobian(y: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The Jacobian of alpha-entmax at the output rows ``y`` (N, K), alpha (N, 1), in parts:
+    ``(g, h, dp_dalpha)`` with ``dp/dx = diag(g) - g h^T`` (symmetric: ``h = g / sum(g)``) and
+    ``dp/dalpha`` (N, K).
 
-    With ``g = p^{2 - alpha}`` on the support and ``h = g / sum(g)``:
-    ``dp/dx = diag(g) - g h^T``, so ``dx = g (v - <h, v>)``;
+    With ``g = p^{2 - alpha}`` on the support:
     ``dp/dalpha = (p - h) / (alpha - 1)^2 - (p log p - h <p, log p>) / (alpha - 1)``, whose
     limit at alpha = 1 is ``-(p / 2) (log^2 p - <p, log^2 p>)``; it is used for
     ``alpha - 1 < eps_machine^{1/3}``, where the exact form cancels catastrophically.
 
     ``h`` is normalised from ``log g`` (shifted by its row maximum), so it stays finite where
-    ``g`` itself overflows (alpha > 2 and small ``p``: ``3^98`` at alpha = 100 on a flat row of 3);
-    such entries of ``dx`` are then ``±inf``, the rounding of a value beyond the dtype's range,
-    and exactly 0 where ``v_i = <h, v>`` (not ``inf - inf`` or ``inf * 0``).
+    ``g`` itself overflows (alpha > 2 and small ``p``: ``3^98`` at alpha = 100 on a flat row of 3).
     """
     dim = 1
     eps = alpha - 1.0
@@ -327,9 +326,6 @@ def _entmax_bisect_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Ten
     g = log_g.exp()
     h = (log_g - log_g.amax(dim=dim, keepdim=True)).exp()
     h = h / h.sum(dim=dim, keepdim=True)
-    centred = grad - (h * grad).sum(dim=dim, keepdim=True)
-    dx = torch.where(centred == 0, 0.0, g * centred)
-
     p_log_p = torch.where(support, y * log_y, 0.0)
     neg_entropy = p_log_p.sum(dim=dim, keepdim=True)
     small = eps < torch.finfo(y.dtype).eps ** (1.0 / 3.0)
@@ -337,8 +333,22 @@ def _entmax_bisect_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Ten
     exact = (y - h) / safe_eps**2 - (p_log_p - h * neg_entropy) / safe_eps
     p_log2_p = p_log_p * log_y
     limit = -0.5 * (p_log2_p - y * p_log2_p.sum(dim=dim, keepdim=True))
-    dalpha = (grad * torch.where(small, limit, exact)).sum(dim=dim, keepdim=True)
-    return dx, dalpha
+    return g, h, torch.where(small, limit, exact)
+
+
+def _times_x_jacobian(g: Tensor, h: Tensor, v: Tensor) -> Tensor:
+    """``(diag(g) - g h^T) v`` per row (= ``v^T`` times it: symmetric); where ``g`` overflowed,
+    ``±inf`` (the rounding of a value beyond the dtype's range), and exactly 0 where
+    ``v_i = <h, v>`` (not ``inf - inf`` or ``inf * 0``)."""
+    centred = v - (h * v).sum(dim=1, keepdim=True)
+    return torch.where(centred == 0, 0.0, g * centred)
+
+
+def _entmax_bisect_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """VJPs in x (N, K) and alpha (N, 1) at the output rows ``y`` (N, K) (see
+    ``_entmax_bisect_jacobian``)."""
+    g, h, dp_dalpha = _entmax_bisect_jacobian(y, alpha)
+    return _times_x_jacobian(g, h, grad), (grad * dp_dalpha).sum(dim=1, keepdim=True)
 
 
 class _EntmaxBisect(torch.autograd.Function):
@@ -352,12 +362,20 @@ class _EntmaxBisect(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         _, alpha, _ = inputs
         ctx.save_for_backward(output, alpha)
+        ctx.save_for_forward(output, alpha)
 
     @staticmethod
     def backward(ctx, grad_output):
         y, alpha = ctx.saved_tensors
         dx, dalpha = _entmax_bisect_backward(y, alpha, grad_output)
         return dx, dalpha, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, alpha_tangent, _):
+        y, alpha = ctx.saved_tensors
+        g, h, dp_dalpha = _entmax_bisect_jacobian(y, alpha)
+        out = _times_x_jacobian(g, h, x_tangent) if x_tangent is not None else torch.zeros_like(y)
+        return out if alpha_tangent is None else out + dp_dalpha * alpha_tangent
 
 
 def entmax_bisect(x: Tensor, alpha: Tensor | float = 1.5, dim: int = -1) -> Tensor:
