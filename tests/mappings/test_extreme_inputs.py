@@ -85,6 +85,29 @@ def test_the_reported_huge_rows(name, dtype):
         torch.testing.assert_close(p, expected, rtol=0, atol=_tolerance(dtype, 2))
 
 
+ALPHAS = {"sparsemax": 2.0, "entmax15": 1.5, "bisect": 1.5, "bisect-1.2": 1.2}
+
+
+@pytest.mark.parametrize("name", list(MAPPINGS))
+def test_backward_at_two_tied_huge_scores_is_the_closed_form_jacobian(name):
+    """Two entries tie at 1e30, the others lie 1e30 or more below: p = (1/2, 1/2, 0, ...) and,
+    with g = p^(2 - alpha) on the support, J v = g (v - <g, v> / sum g) = c (v0 - v1) / 2 (1, -1,
+    0, ...), c = (1/2)^(2 - alpha): not the zero gradient of a one-hot row."""
+    fn = MAPPINGS[name][0]
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.full((4, 2), 1e30), -1e30 * (1 + torch.rand(4, 5, generator=g))], 1)
+    x.requires_grad_()
+    p = fn(x)
+    torch.testing.assert_close(p[:, :2], torch.full((4, 2), 0.5), rtol=0, atol=1e-6)
+    v = torch.randn(4, 7, generator=g)
+    (grad,) = torch.autograd.grad((p * v).sum(), x)
+    c = 0.5 ** (2.0 - ALPHAS[name])
+    half_gap = c * (v[:, 0] - v[:, 1]) / 2
+    want = torch.zeros(4, 7)
+    want[:, 0], want[:, 1] = half_gap, -half_gap
+    torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(MAPPINGS))
 def test_backward_is_finite_at_huge_scores(name):
     fn = MAPPINGS[name][0]
