@@ -547,19 +547,27 @@ def test_finite_inputs_give_no_nan_and_the_float64_answer(case):
 
 # ---------------------------------------------------------------------------- integer arguments
 
-@pytest.mark.parametrize("call", [
-    lambda: sts.BitVector(K, budget=K + 1), lambda: sts.KSubset(K, K + 1),
-    lambda: sts.KSubset(K, 2).topk(torch.zeros(B, K), 7), lambda: sts.Categorical(K).topk(
-        torch.zeros(B, K), 0), lambda: lg.topk_sparsemax(torch.zeros(B, K), sts.BitVector(K), 0),
-    lambda: lg.topk_sparsemax(torch.zeros(B, K), sts.BitVector(K), True),
-    lambda: sts.Categorical(K).sample(torch.zeros(B, K), (-1,)),
-    lambda: dist.IGR(torch.zeros(B, K), 1.0, 1.0).rsample((2, -1)),
-    lambda: dist.NonEmptyFaces(torch.zeros(B, K)).sample((-3,)),
-    lambda: dist.MixedDirichlet(torch.zeros(B, K), torch.ones(B, K)).rsample((-1,)),
-    lambda: dist.GaussianSparsemax(torch.zeros(B, K)).rsample(-1),
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: sts.BitVector(K, budget=K + 1), rf"^budget must be in \[0, {K}\], got {K + 1}$"),
+    (lambda: sts.KSubset(K, K + 1), rf"^k must be in \[0, {K}\], got {K + 1}$"),
+    (lambda: sts.KSubset(K, 2).topk(torch.zeros(B, K), 7), r"^k must be in \[1, 6\], got 7$"),
+    (lambda: sts.Categorical(K).topk(torch.zeros(B, K), 0), rf"^k must be in \[1, {K}\], got 0$"),
+    (lambda: lg.topk_sparsemax(torch.zeros(B, K), sts.BitVector(K), 0), r"^k must be >= 1, got 0$"),
+    (lambda: lg.topk_sparsemax(torch.zeros(B, K), sts.BitVector(K), True),
+     r"^k must be an int, got bool$"),
+    (lambda: sts.Categorical(K).sample(torch.zeros(B, K), (-1,)),
+     r"^sample_shape must have non-negative sizes, got \(-1,\)$"),
+    (lambda: dist.IGR(torch.zeros(B, K), 1.0, 1.0).rsample((2, -1)),
+     r"^sample_shape must have non-negative sizes, got \(2, -1\)$"),
+    (lambda: dist.NonEmptyFaces(torch.zeros(B, K)).sample((-3,)),
+     r"^sample_shape must have non-negative sizes, got \(-3,\)$"),
+    (lambda: dist.MixedDirichlet(torch.zeros(B, K), torch.ones(B, K)).rsample((-1,)),
+     r"^sample_shape must have non-negative sizes, got \(-1,\)$"),
+    (lambda: dist.GaussianSparsemax(torch.zeros(B, K)).rsample(-1),
+     r"^sample_shape must be a torch.Size or a tuple of non-negative ints, got -1$"),
 ])
-def test_out_of_range_integer_arguments_are_refused(call):
-    with pytest.raises((ValueError, TypeError), match=r"budget|k|sample_shape"):
+def test_out_of_range_integer_arguments_are_refused(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
         call()
 
 
