@@ -31,13 +31,25 @@ EXPECTED = {
 }
 
 
+#: each metric's range: negative log-likelihoods of binary images and of counts are positive,
+#: total variations lie in [0, 1], a distance between points of the simplex in [0, sqrt 2]
+RANGES = {
+    "test/nll_paper": (0.0, math.inf), "test/neg_elbo": (0.0, math.inf),
+    "test/vertex_distance": (0.0, math.sqrt(2)), "test/nll": (0.0, math.inf),
+    "test/tv_discrete": (0.0, 1.0), "test/tv_relaxed": (0.0, 1.0), "test/truncation": (1, math.inf),
+    "test/mean_rmse": (0.0, math.inf), "test/mode_mae": (0.0, math.inf),
+    "test/zero_acc": (0.0, 1.0),
+}
+
+
 @pytest.mark.parametrize(("task", "estimator"), RUNS)
 def test_tiny_run_end_to_end(task: str, estimator: str, data_env: Path, tmp_path: Path) -> None:
     code = main(["run", task, "--estimator", estimator, "--out", str(tmp_path), "profile=tiny"])
     assert code == 0
     result = json.loads((tmp_path / task / estimator / "seed0" / "metrics.json").read_text())
     for key in EXPECTED[task]:
-        assert math.isfinite(result["metrics"][key]), key
+        low, high = RANGES[key]
+        assert low <= result["metrics"][key] <= high, (key, result["metrics"][key])
     if task == "igr_vae" and estimator in ("igr_i", "gumbel_concrete"):
         assert math.isfinite(result["metrics"]["test/nll_is"])
     if task == "voting_regression" and estimator == "mixed_dirichlet":
