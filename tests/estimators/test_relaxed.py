@@ -547,3 +547,52 @@ def test_igr_estimator_hands_the_loss_latents_in_the_scores_dtype(variant):
 
     est(torch.randn(3, 2, 2, 3).half(), loss_fn)
     assert seen == [torch.float16]
+
+
+@pytest.mark.parametrize("kind", ["categorical", "bits", "igr_i"])
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(kind,
+                                                                              straight_through):
+    """The latents and the gradient of a loss of them are those of the relaxation at the same
+    noise, written from the definitions (re-seeded): Concrete ``softmax((θ + g)/τ)`` with
+    ``g = -log E``, E ~ Exp(1); Binary Concrete ``σ((θ + log U - log(1 - U))/τ)``; IGR-I
+    ``softmax([(μ + σ ε)/τ, log δ])``. Straight-through: the hard argmax (bits: the sign of the
+    perturbed score) forward, the relaxation's Jacobian backward."""
+    tau = 0.7
+    gen = torch.Generator().manual_seed(3)
+    shape = {"categorical": (4, 5), "bits": (4, 5), "igr_i": (4, 2, 4)}[kind]
+    scores = torch.randn(shape, generator=gen, dtype=D).requires_grad_(True)
+    w = torch.randn(5, generator=gen, dtype=D)
+    if kind == "igr_i":
+        est = IGREstimator("I", tau, straight_through=straight_through)
+    else:
+        est = GumbelSoftmax(tau, straight_through=straight_through,
+                            structure=BitVector(5) if kind == "bits" else None)  # fmt: skip
+
+    def loss_fn(z, rows):
+        return (z @ w).sin() + z.square().sum(-1)
+
+    torch.manual_seed(5)
+    out = est(scores, loss_fn)
+    (got,) = torch.autograd.grad(out.loss, scores)
+    torch.manual_seed(5)
+    if kind == "categorical":
+        g = -torch.empty(shape, dtype=D).exponential_().log()
+        relaxed = torch.exp((scores + g) / tau)
+        relaxed = relaxed / relaxed.sum(-1, keepdim=True)
+        hard = torch.nn.functional.one_hot((scores + g).argmax(-1), 5).to(D)
+    elif kind == "bits":
+        u = torch.rand(shape, dtype=D)
+        logistic = u.log() - (-u).log1p()
+        relaxed = torch.sigmoid((scores + logistic) / tau)
+        hard = (scores + logistic > 0).to(D)
+    else:
+        loc, log_scale = scores.unbind(-2)
+        x = (loc + log_scale.exp() * torch.randn(loc.shape, dtype=D)) / tau
+        full = torch.cat([x, torch.zeros(4, 1, dtype=D)], -1)  # log δ = 0
+        relaxed = torch.exp(full) / torch.exp(full).sum(-1, keepdim=True)
+        hard = torch.nn.functional.one_hot(relaxed.argmax(-1), 5).to(D)
+    z = hard + relaxed - relaxed.detach() if straight_through else relaxed
+    torch.testing.assert_close(out.latents.detach(), z.detach())
+    (want,) = torch.autograd.grad(loss_fn(z, None).mean(), scores)
+    torch.testing.assert_close(got, want)
