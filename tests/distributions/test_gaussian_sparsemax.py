@@ -110,6 +110,53 @@ def test_k3_masses_and_densities_integrate_to_one():
     assert abs(total - 1) < 1e-7
 
 
+def _direct_sum_integral(dist: GaussianSparsemax, f) -> float:
+    """Σ over the faces of the 2-simplex of ∫ f(y) (vertices: f at the point masses, weighted by
+    their probabilities; edges and interior: Lebesgue integrals) by adaptive quadrature."""
+    vertices = torch.eye(3, dtype=D)
+    total = sum(math.exp(dist.vertex_log_prob()[i].item()) * f(*vertices[i].tolist())
+                for i in range(3))  # fmt: skip
+    for edge in ((lambda t: (t, 1 - t, 0)), (lambda t: (t, 0, 1 - t)), (lambda t: (0, t, 1 - t))):
+        total += integrate.quad(lambda t, e=edge: f(*e(t)), 0, 1, epsabs=1e-10)[0]
+    total += integrate.dblquad(lambda t, s: f(s, t, 1 - s - t) if s + t < 1 else 0.0,
+                               0, 1, 0, lambda s: 1 - s, epsabs=1e-8)[0]
+    return total
+
+
+def test_k3_entropy_and_kl_match_quadrature_within_monte_carlo_error():
+    """The Monte Carlo direct-sum entropy and KL (K = 3) against -Σ_f ∫_f p log p and
+    Σ_f ∫_f p log(p/q) by quadrature, within 5 standard errors of the per-draw values."""
+    mu = torch.tensor([0.3, -0.4, 0.1], dtype=D)
+    sigma = torch.tensor([0.7, 1.2, 0.4], dtype=D)
+    p, q = GaussianSparsemax(mu, sigma), GaussianSparsemax(mu.flip(0) + 0.2, sigma.flip(0))
+
+    def log_density(dist, y):
+        return dist.log_prob(torch.tensor(y, dtype=D)).item()
+
+    def p_log(*y):  # p(y) log p(y) on a face (vertices: the log of the mass)
+        lp = log_density(p, y)
+        return math.exp(lp) * lp if max(y) < 1 else lp
+
+    def p_log_ratio(*y):
+        lp, lq = log_density(p, y), log_density(q, y)
+        return math.exp(lp) * (lp - lq) if max(y) < 1 else lp - lq
+
+    entropy = -_direct_sum_integral(p, p_log)
+    kl = _direct_sum_integral(p, p_log_ratio)
+    n = 20000
+    torch.manual_seed(0)
+    draws = -p.log_prob(p.sample((n,)))
+    torch.manual_seed(1)
+    got_entropy = p.entropy(n_samples=n)
+    assert abs(got_entropy.item() - entropy) <= 5 * draws.std().item() / n**0.5
+    p.mc_samples = n
+    torch.manual_seed(2)
+    y = p.sample((n,))
+    ratio = p.log_prob(y) - q.log_prob(y)
+    torch.manual_seed(3)
+    assert abs(kl_divergence(p, q).item() - kl) <= 5 * ratio.std().item() / n**0.5
+
+
 @pytest.mark.parametrize("k", [3, 5, 8])
 def test_log_prob_matches_high_precision_quadrature_of_the_reduction(k):
     gen = torch.Generator().manual_seed(k)
