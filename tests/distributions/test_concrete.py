@@ -170,7 +170,9 @@ def test_relaxed_kl_of_igr_pair_matches_closed_form():
     p = IGR(torch.tensor([0.5, -0.2], dtype=D), 0.8, 0.5)
     q = IGR(torch.zeros(2, dtype=D), 1.0, 0.5)
     est = relaxed_kl(p, q, 40_000)
-    assert abs(est.item() - torch.distributions.kl_divergence(p, q).item()) < 0.02
+    y = p.rsample((40_000,))
+    se = (p.log_prob(y) - q.log_prob(y)).std() / 40_000**0.5  # of a 40,000-draw mean
+    assert abs(est.item() - torch.distributions.kl_divergence(p, q).item()) <= 5 * se.item()
 
 
 def test_relaxed_entropy_is_finite_and_differentiable_at_low_temperature_in_float32():

@@ -168,8 +168,8 @@ def test_kl_to_uniform_mixed_prior_is_log3_minus_entropy(fam, i):
     torch.testing.assert_close(kl, math.log(3) - p.entropy())
     assert kl >= 0
     y = p.sample((20000,))
-    mc = (p.log_prob(y) - prior.log_prob(y)).mean()
-    assert abs(mc - kl) < 0.05
+    ratio = p.log_prob(y) - prior.log_prob(y)
+    assert abs(ratio.mean() - kl) <= 5 * ratio.std() / 20000**0.5 + 1e-12  # (a point mass: 0)
 
 
 def test_uniform_mixed_prior_normalised_and_samples():
@@ -178,8 +178,9 @@ def test_uniform_mixed_prior_normalised_and_samples():
     assert prior.batch_shape == (2, 3)
     y = prior.sample((30000,))
     assert y.shape == (30000, 2, 3)
+    se = (2 / 9 / y.numel()) ** 0.5  # of a frequency of probability 1/3
     for mass in ((y == 0).double().mean(), (y == 1).double().mean()):
-        assert abs(mass - 1 / 3) < 0.01
+        assert abs(mass - 1 / 3) <= 5 * se
     torch.testing.assert_close(prior.log_prob(y[:2]), torch.full((2, 2, 3), -math.log(3),
                                                                 dtype=D))
     torch.testing.assert_close(prior.entropy(), torch.full((2, 3), math.log(3), dtype=D))
