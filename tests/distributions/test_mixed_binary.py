@@ -353,3 +353,24 @@ def test_gaussian_sparsemax_entropy_and_prior_kl_have_finite_gradients_at_huge_l
     for value in (entropy, kl):
         (grad,) = torch.autograd.grad(value.sum(), loc)
         assert torch.isfinite(grad).all() and torch.equal(grad[huge], torch.zeros(4, dtype=dtype))
+
+
+@pytest.mark.parametrize(("fam", "i"), ALL)
+def test_samples_follow_the_point_masses_and_the_interior_cdf(fam, i):
+    """20,000 draws: the frequencies of 0 and 1 within 5 standard errors of the point masses,
+    and the interior draws distributed as the normalised interior cdf (Kolmogorov-Smirnov)."""
+    torch.manual_seed(10 + i)
+    dist = make(fam, i)
+    n = 20000
+    y = dist.sample((n,))
+    p0, p1 = dist.prob_zero().item(), dist.prob_one().item()
+    for freq, p in (((y == 0).double().mean().item(), p0), ((y == 1).double().mean().item(), p1)):
+        assert abs(freq - p) <= 5 * (p * (1 - p) / n) ** 0.5 + 1e-12, (freq, p)
+    inner = y[(y > 0) & (y < 1)].numpy()
+    if inner.size < 100:  # (almost) all mass on the endpoints
+        return
+
+    def cdf(v):
+        return (dist.cdf(torch.as_tensor(v, dtype=D)).numpy() - p0) / (1 - p0 - p1)
+
+    assert stats.kstest(inner, cdf).pvalue > 1e-3
