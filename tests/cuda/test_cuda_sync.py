@@ -21,13 +21,14 @@ from latentgrad.estimators import (
     SoftmaxMarginalization,
 )
 from latentgrad.polytope import sparsemap, topk_sparsemax
-from latentgrad.structures import BitVector, Categorical, KSubset, SpanningTree
+from latentgrad.structures import Arborescence, BitVector, Categorical, KSubset, SpanningTree
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="synchronisation is a CUDA notion")
 
 B, K = 32, 12
 SUPPORT = "the output's support size is data-dependent (one sync to size it)"
 FALLBACK = "rows failing the dense trust test are gathered for the exact path (one sync)"
+CONTRACTIONS = "Chu-Liu/Edmonds contracts cycles until every row is acyclic (one sync per round)"
 
 
 def _x():
@@ -37,6 +38,10 @@ def _x():
 def _sym():
     x = torch.randn(B, 6, 6, device=DEVICE)
     return (x + x.mT) / 2
+
+
+def _arcs():
+    return torch.randn(B, 6, 6, device=DEVICE)
 
 
 def _loss(z, rows):
@@ -62,6 +67,9 @@ HOT_PATHS = {
     "ksubset_marginals": (KSubset(K, 3).marginals, _x, None),
     "ksubset_argmax": (KSubset(K, 3).argmax, _x, None),
     "spanning_tree_marginals": (SpanningTree(6).marginals, _sym, FALLBACK),
+    "spanning_tree_argmax": (SpanningTree(6).argmax, _sym, None),
+    "arborescence_marginals": (Arborescence(6, root=0).marginals, _arcs, FALLBACK),
+    "arborescence_argmax": (Arborescence(6).argmax, _arcs, CONTRACTIONS),
     "sparsemap_threshold": (lambda x: sparsemap(x, BitVector(K, 4)).marginals, _x, SUPPORT),
     "topk_sparsemax": (lambda x: topk_sparsemax(x, KSubset(K, 3), 4).marginals, _x, SUPPORT),
     "igr_rsample": (_rsample(lambda x: D.IGR(x[:, 1:], 1.0, 0.5)), _x, None),
