@@ -82,10 +82,12 @@ def _concrete_terms(
     tau_e = tau64.unsqueeze(-1) if tau64.dim() else tau64
     u = scores.to(work) + g
     u = u - u.detach().amax(dim=-1, keepdim=True)
-    scaled = u / tau_e
-    if prior is not None:
-        scaled = torch.cat([scaled, (prior_tau / tau_e) * u], dim=-1)
-    if violated(scaled, torch.isfinite):  # float64 scores only: float32 ones always fit
+    ratio = max(1.0, prior_tau) if prior is not None else 1.0  # the prior scales u by τ₀/τ
+
+    def representable(u: Tensor) -> Tensor:
+        return torch.isfinite(u / tau_e * ratio)
+
+    if violated(u, representable):  # float64 scores only: float32 ones always fit
         raise ValueError(
             "scores: kl='relaxed' needs the score gaps of a row divided by the temperature "
             f"within {work}'s range; got scores up to {scores.detach().abs().amax().item():.3g} at "
