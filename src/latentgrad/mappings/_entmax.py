@@ -392,8 +392,8 @@ def entmax_bisect(x: Tensor, alpha: Tensor | float = 1.5, dim: int = -1) -> Tens
         dim: the dimension to normalise.
 
     Returns:
-        ``p`` with ``x``'s shape and dtype. Backward is closed form in ``x`` and ``alpha`` (see
-        ``_entmax_bisect_backward``).
+        ``p`` with ``x``'s shape and dtype. Backward and forward mode (``torch.func.jvp``) are
+        closed form in ``x`` and ``alpha`` (see ``_entmax_bisect_jacobian``).
 
     Raises:
         TypeError: ``x`` or ``alpha`` has the wrong type.
