@@ -123,10 +123,10 @@ def check_no_pos_inf(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains +inf; expected finite values or -inf")
 
 
-def checked_row_max(x: Tensor, name: str, dim: int = -1, shown_dim: int | None = None) -> Tensor:
+def checked_row_max(x: Tensor, name: str, dim: int = -1) -> Tensor:
     """Maxima of the scores ``x`` along ``dim``, validating the rows on the way (one sync; see
     ``check_row_max``)."""
-    return check_row_max(x.amax(dim=dim), name, dim if shown_dim is None else shown_dim)
+    return check_row_max(x.amax(dim=dim), name, dim)
 
 
 def check_row_max(row_max: Tensor, name: str, dim: int) -> Tensor:

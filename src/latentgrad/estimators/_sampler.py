@@ -212,17 +212,16 @@ class Sampler(Estimator):
         baseline: Tensor,
         ev: Evaluated,
         weights: Tensor | Deferred,
-        logs: dict[str, float | Tensor] | None = None,
         means: dict[str, Tensor] | None = None,
     ) -> EstimatorOutput:
         """Update the running baseline with the batch-mean ``expected`` loss ``(B,)`` (training
         only) and package the output: ``ev.losses.shape[1]`` evaluations per example, combined
         into ``expected`` with ``weights`` ``(B, n)`` (or ``Deferred`` ones, flat); logs
-        ``entropy`` (mean), ``support_size``, the extra ``logs``, ``baseline`` and the extra
-        ``means`` (means, computed when read)."""
+        ``entropy`` (mean), ``support_size``, ``baseline`` and the extra ``means`` (means,
+        computed when read)."""
         self._update_running(expected)
         all_means = {"baseline": baseline, **(means or {})}
-        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], logs, all_means)
+        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], None, all_means)
         if not isinstance(weights, Deferred):
             weights = weights.flatten()
         return out.evaluated(ev.z, ev.rows, weights)

@@ -15,7 +15,6 @@ negative binomial), ``K_max`` only caps the truncation, which the fit chooses.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -129,21 +128,18 @@ def fit_pmf(
     lr: float,
     kind: str = "kl",
     tol: float = 1e-5,
-    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Adam on ``pmf_divergence(ψ̄, log p)`` with ``samples`` draws per step, at most ``steps``
     steps, stopping once ``|loss| < tol``; returns the losses. ``log_target`` ``(K,)`` in the
     model's categories (the float dtype of the model)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
-    for step in range(steps):
+    for _ in range(steps):
         loss = pmf_divergence(model.rsample(samples).mean(0), log_target, kind)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step, losses[-1])
         if abs(losses[-1]) < tol:
             break
     return losses

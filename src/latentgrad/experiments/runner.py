@@ -40,7 +40,6 @@ from latentgrad.experiments.runlock import hold_run_dir
 from latentgrad.experiments.tasks.registry import get_task
 
 METRICS_FILE = "metrics.json"
-LAST_CKPT = "last.ckpt"
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 
 

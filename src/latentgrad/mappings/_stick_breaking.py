@@ -35,11 +35,6 @@ def _prepare(v: object, dim: int, name: str) -> tuple[Tensor, int]:
     return v.to(working_dtype(v.dtype)).movedim(dim, -1), dim
 
 
-def _excl_cumsum(v: Tensor) -> Tensor:
-    """Exclusive cumulative sum along the last dim: ``out_k = sum_{j<k} v_j``."""
-    return F.pad(v.cumsum(-1)[..., :-1], (1, 0))
-
-
 def _check_eta(eta: Tensor) -> None:
     if violated(eta, lambda e: (e >= 0) & (e <= 1)):
         raise ValueError("eta must lie in [0, 1] (stick fractions), with no NaN")

@@ -75,7 +75,6 @@ DATASETS = ("mnist", "fashion_mnist", "omniglot")
 ARCHITECTURES = ("linear", "nonlinear")
 SB_PRIORS = ("fitted", "standard")
 IGR_VARIANTS = {"igr_i": "I", "igr_sb": "SB", "igr_planar": "planar"}
-EXACT_PMF = ("gumbel_concrete", "igr_i")  # estimators whose discrete posterior pmf is known
 PMF_NODES = 16  # Gauss-Legendre nodes per panel of IGR-I's zero-temperature pmf
 # examples per zero-temperature pmf evaluation: its (rows, K−1, nodes, K−1) float64 tensors stay
 # a few MB (4 examples of V = 20, K = 10: 13 MB), ~2x faster than one call per test batch
