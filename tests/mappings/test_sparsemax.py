@@ -7,12 +7,12 @@ import importlib
 import entmax
 import pytest
 import torch
-from _mapping_refs import hard_rows, rowwise, sparsemax_sort_reference
-from hypothesis import given
+from _mapping_refs import entmax_root_reference, hard_rows, rowwise, sparsemax_sort_reference
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
-from latentgrad.mappings import sparsemax, sparsemax_threshold
+from latentgrad.mappings import entmax15, sparsemax, sparsemax_threshold
 from latentgrad.mappings._support import row_maxima
 
 # the package re-exports the function under the module's name: fetch the module itself
@@ -63,6 +63,27 @@ def test_both_search_paths_are_exact(scale, sparse_path, k):
     )
     _, size = sparsemax_threshold(x)
     torch.testing.assert_close(size.squeeze(1), (sparsemax(x) > 0).sum(1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(512, 3000), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 99))
+def test_block_screened_candidates_are_exact_at_any_row_length(k, scale, seed):
+    """Rows long enough for the block screening, of every length (blocks with and without a
+    tail column): sparsemax and entmax15 against the sorting / root-finding references and their
+    backward against the closed-form Jacobian applied to a cotangent."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, k, generator=gen, dtype=torch.float64) * scale
+    torch.testing.assert_close(sparsemax(x), rowwise(sparsemax_sort_reference, x), rtol=0,
+                               atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(entmax15(x), rowwise(entmax_root_reference, x, 1.5), rtol=0,
+                               atol=1e-10)  # fmt: skip
+    v = torch.randn(3, k, generator=gen, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    p = sparsemax(xr)
+    (grad,) = torch.autograd.grad((p * v).sum(), xr)
+    s = (p.detach() > 0).double()
+    want = s * (v - (s * v).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
+    torch.testing.assert_close(grad, want, rtol=0, atol=1e-12)
 
 
 def test_threshold_and_support_size():
