@@ -82,18 +82,11 @@ def _concrete_terms(
     tau_e = tau64.unsqueeze(-1) if tau64.dim() else tau64
     u = scores.to(work) + g
     u = u - u.detach().amax(dim=-1, keepdim=True)
+    scaled = u / tau_e
     ratio = max(1.0, prior_tau) if prior is not None else 1.0  # the prior scales u by τ₀/τ
-
-    def representable(u: Tensor) -> Tensor:
-        return torch.isfinite(u / tau_e * ratio)
-
-    if violated(u, representable):  # float64 scores only: float32 ones always fit
-        raise ValueError(
-            "scores: kl='relaxed' needs the score gaps of a row divided by the temperature "
-            f"within {work}'s range; got scores up to {scores.detach().abs().amax().item():.3g} at "
-            f"temperature {tau64.detach().min().item():.3g}; rescale the scores"
-        )
-    x = torch.log_softmax(u / tau_e, dim=-1)
+    if violated(scaled, lambda s: torch.isfinite(s * ratio)):  # float64 scores only
+        raise _out_of_range(scores, tau64, "the score gaps of a row")
+    x = torch.log_softmax(scaled, dim=-1)
     log_p = math.lgamma(k) + (k - 1) * tau64.log() - g.sum(-1) - k * torch.logsumexp(-g, dim=-1)
     entropy = (x.sum(dim=-1) - log_p).to(scores.dtype)
     if prior is None:
@@ -103,6 +96,15 @@ def _concrete_terms(
         math.lgamma(k) + (k - 1) * math.log(prior_tau) + v.sum(-1) - k * torch.logsumexp(v, -1)
     )
     return entropy, (log_p - log_prior).to(scores.dtype)
+
+
+def _out_of_range(scores: Tensor, tau: Tensor, what: str) -> ValueError:
+    """The error for scores whose ``what`` over the temperature ``tau`` (float64) overflow."""
+    return ValueError(
+        f"scores: kl='relaxed' needs {what} divided by the temperature within {tau.dtype}'s "
+        f"range; got scores up to {scores.detach().abs().amax().item():.3g} at temperature "
+        f"{tau.detach().min().item():.3g}; rescale the scores"
+    )
 
 
 def _binary_concrete_terms(
@@ -123,11 +125,7 @@ def _binary_concrete_terms(
     tau64 = tau.to(work)  # 0-dim
     v = (scores.to(work) + noise.to(work)) / tau64
     if violated(v, torch.isfinite):  # float64 scores only: float32 ones always fit
-        raise ValueError(
-            "scores: kl='relaxed' needs the scores divided by the temperature within "
-            f"{work}'s range; got scores up to {scores.detach().abs().amax().item():.3g} at "
-            f"temperature {tau64.detach().min().item():.3g}; rescale the scores"
-        )
+        raise _out_of_range(scores, tau64, "the scores")
     t = -noise.to(work)
     log_p = tau64.log() + F.logsigmoid(t) + F.logsigmoid(-t)
     entropy = -(log_p - F.logsigmoid(v) - F.logsigmoid(-v)).sum(dim=-1).to(scores.dtype)
