@@ -221,7 +221,7 @@ class Sampler(Estimator):
         computed when read)."""
         self._update_running(expected)
         all_means = {"baseline": baseline, **(means or {})}
-        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], None, all_means)
+        out = fixed_support_output(loss, expected, entropy, ev.losses.shape[1], means=all_means)
         if not isinstance(weights, Deferred):
             weights = weights.flatten()
         return out.evaluated(ev.z, ev.rows, weights)
