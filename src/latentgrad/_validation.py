@@ -95,13 +95,14 @@ def violated(x: Tensor, condition: Callable[[Tensor], Tensor]) -> bool:
     return _VALIDATE and x.numel() > 0 and not bool(condition(x).all())
 
 
-def broadcast_shapes(*shapes: tuple[int, ...], error: str) -> torch.Size:
-    """``torch.broadcast_shapes(*shapes)``, or ``ValueError(error)`` where they do not broadcast
-    (torch raises a bare ``RuntimeError``); ``error`` names the arguments and their shapes."""
+def broadcast_shapes(*shapes: tuple[int, ...], error: Callable[[], str]) -> torch.Size:
+    """``torch.broadcast_shapes(*shapes)``, or ``ValueError(error())`` where they do not
+    broadcast (torch raises a bare ``RuntimeError``); ``error`` builds the message naming the
+    arguments and their shapes, only then (the callers include per-step ``log_prob``s)."""
     try:
         return torch.broadcast_shapes(*shapes)
     except RuntimeError:
-        raise ValueError(error) from None
+        raise ValueError(error()) from None
 
 
 def check_no_nan(x: Tensor, name: str) -> None:

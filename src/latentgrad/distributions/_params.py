@@ -148,7 +148,7 @@ def check_kl_shapes(
         raise ValueError(
             f"{name} needs the same K (event shape), got {tuple(ev_p)} and {tuple(ev_q)}"
         )
-    broadcast_shapes(p.batch_shape, q.batch_shape, error=(
+    broadcast_shapes(p.batch_shape, q.batch_shape, error=lambda: (
         f"{name}: the batch shapes {tuple(p.batch_shape)} and {tuple(q.batch_shape)} do not "
         "broadcast"
     ))
@@ -178,7 +178,7 @@ def checked_value(dist: Distribution, value: object, name: str = "value") -> Ten
         raise ValueError(
             f"{name} must end with the event shape {tuple(event)}, got shape {tuple(value.shape)}"
         )
-    shape = broadcast_shapes(value.shape, dist.batch_shape + event, error=(
+    shape = broadcast_shapes(value.shape, dist.batch_shape + event, error=lambda: (
         f"{name} of shape {tuple(value.shape)} does not broadcast with the batch shape "
         f"{tuple(dist.batch_shape)} (event shape {tuple(event)})"
     ))

@@ -38,7 +38,7 @@ def _temperature(temperature: float | Tensor, like: Tensor, batch: torch.Size) -
     """The temperature as a tensor in ``like``'s dtype: finite, > 0, broadcastable to ``batch``."""
     if isinstance(temperature, Tensor):
         check_tensor(temperature, "temperature")
-        broadcast_shapes(temperature.shape, batch, error=(
+        broadcast_shapes(temperature.shape, batch, error=lambda: (
             f"temperature of shape {tuple(temperature.shape)} does not broadcast with the "
             f"batch shape {tuple(batch)}"
         ))
@@ -57,7 +57,7 @@ def _check_pair(value: Tensor, logits: Tensor, value_name: str) -> None:
     check_no_nan(value, value_name)
     check_no_pos_inf(logits, "logits")
     check_no_nan(logits, "logits")
-    broadcast_shapes(value.shape, logits.shape, error=(
+    broadcast_shapes(value.shape, logits.shape, error=lambda: (
         f"{value_name} of shape {tuple(value.shape)} does not broadcast with logits of shape "
         f"{tuple(logits.shape)}"
     ))

@@ -384,7 +384,7 @@ class GaussianSparsemax(CheckedDistribution):
             face = face == 1
         if violated(face, lambda f: f.any(-1)):
             raise ValueError("face must be non-empty: every face needs at least one 1")
-        shape = broadcast_shapes(face.shape, self.loc.shape, error=(
+        shape = broadcast_shapes(face.shape, self.loc.shape, error=lambda: (
             f"face of shape {tuple(face.shape)} does not broadcast to the batch "
             f"shape {tuple(self.batch_shape)} (event ({k},))"
         ))

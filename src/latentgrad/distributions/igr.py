@@ -209,7 +209,7 @@ class _IGRBase(CheckedDistribution):
         if not (0 < delta < math.inf):
             raise ValueError(f"delta must be a finite positive float, got {delta}")
         self.delta = float(delta)
-        batch_shape = broadcast_shapes(self.loc.shape[:-1], tau.shape, error=(
+        batch_shape = broadcast_shapes(self.loc.shape[:-1], tau.shape, error=lambda: (
             f"temperature of shape {tuple(tau.shape)} does not broadcast with the batch shape "
             f"{tuple(self.loc.shape[:-1])} of loc/scale"
         ))

@@ -203,7 +203,7 @@ class MixedDirichlet(CheckedDistribution):
         if concentration.shape[-1] != k:
             raise ValueError(f"concentration must have trailing size K = {k} (the faces' event "
                              f"size), got shape {tuple(concentration.shape)}")
-        batch_shape = broadcast_shapes(faces.batch_shape, concentration.shape[:-1], error=(
+        batch_shape = broadcast_shapes(faces.batch_shape, concentration.shape[:-1], error=lambda: (
             f"faces batch shape {tuple(faces.batch_shape)} and concentration "
             f"shape {tuple(concentration.shape)} do not broadcast"
         ))

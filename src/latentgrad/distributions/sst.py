@@ -199,7 +199,7 @@ class StochasticArgmax(_Perturbed):
         """``log P(X = value)``, ``(*sample_shape, *batch_shape)``; closed form cases only."""
         check_tensor(value, "value")
         check_trailing_shape(value, "value", self.structure.score_shape)
-        shape = broadcast_shapes(value.shape, self.logits.shape, error=(
+        shape = broadcast_shapes(value.shape, self.logits.shape, error=lambda: (
             f"value of shape {tuple(value.shape)} does not broadcast with the batch and event "
             f"shape {tuple(self.logits.shape)}"
         ))

@@ -53,9 +53,9 @@ def _param(value: Tensor | float, dim: int, like: Tensor, name: str) -> Tensor |
         if value.dim() and value.dim() < like.dim():
             batch_rank = like.dim() - 1
             value = value.reshape((1,) * (batch_rank - value.dim()) + shape).unsqueeze(dim)
-        batch = tuple(like.shape[:dim] + like.shape[dim + 1 :])
-        broadcast_shapes(value.shape, like.shape, error=(
-            f"{name} of shape {shape} does not broadcast with the batch shape {batch} "
+        broadcast_shapes(value.shape, like.shape, error=lambda: (
+            f"{name} of shape {shape} does not broadcast with the batch shape "
+            f"{tuple(like.shape[:dim] + like.shape[dim + 1 :])} "
             f"(the input's shape {tuple(like.shape)} without dim={dim})"
         ))
     return value

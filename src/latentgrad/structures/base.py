@@ -183,7 +183,7 @@ class Structure(abc.ABC):
         """
         check_tensor(scores, "scores")
         self.check_structures(z, "z")
-        broadcast_shapes(scores.shape, z.shape, error=(
+        broadcast_shapes(scores.shape, z.shape, error=lambda: (
             f"scores of shape {tuple(scores.shape)} and z of shape {tuple(z.shape)} do not "
             "broadcast"
         ))
