@@ -29,9 +29,11 @@ def _files(folder: Path) -> set[str]:
 
 def _cell(root: Path, name: str, finished: bool, checkpoint: bool) -> Path:
     """A sweep cell as the runner leaves it: records, TensorBoard logs, checkpoints (with an
-    orphan temp file of a killed write), the lock file of a run still training (or killed)."""
+    orphan temp file of a killed write), weights a task saved beside its records (ssvae's
+    warm start), the lock file of a run still training (or killed)."""
     cell = root / name
-    for rel in RECORDS | {"tb/version_0/events.out", "checkpoints/.last.ckpt.x1.tmp", ".lock"}:
+    for rel in RECORDS | {"tb/version_0/events.out", "checkpoints/.last.ckpt.x1.tmp", ".lock",
+                          "warmstart.ckpt"}:
         (cell / rel).parent.mkdir(parents=True, exist_ok=True)
         (cell / rel).write_text(f"{name}/{rel}")
     if checkpoint:
@@ -51,7 +53,7 @@ def sweep_dir(tmp_path: Path) -> Path:
     return root
 
 
-def test_finished_cells_are_copied_without_checkpoints_or_tensorboard_logs(
+def test_finished_cells_are_copied_without_checkpoints_weights_or_tensorboard_logs(
     sweep_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"

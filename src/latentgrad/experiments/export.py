@@ -4,10 +4,12 @@ A sweep writes one folder per cell, ``OUT/<task>/<estimator>/seed<S>/``: its rec
 (``config.yaml``, ``command.txt``, ``run.json``, the CSV logs under ``csv/``, ``sweep.log``,
 ``metrics.json`` once it finished), TensorBoard logs (``tb/``) and checkpoints. ``export`` copies
 
-- every finished cell (one with ``metrics.json``) without ``checkpoints/`` and ``tb/`` to
+- every finished cell (one with ``metrics.json``) without ``checkpoints/``, ``tb/`` and the
+  weights a task saves beside its records (``*.ckpt``, e.g. ssvae's ``warmstart.ckpt``) to
   ``RESULTS/runs/<estimator>/seed<S>/``, the folder ``latentgrad report`` reads;
 - with ``in_progress``, every unfinished cell that has a ``checkpoints/last.ckpt`` (without
-  ``tb/`` and the other checkpoints) to ``RESULTS/in_progress/<estimator>/seed<S>/``: copied back
+  ``tb/``, the other checkpoints and weights) to ``RESULTS/in_progress/<estimator>/seed<S>/``:
+  the one file a resumed run needs; copied back
   into a sweep's folder, it continues where it stopped (``latentgrad sweep ... --resume``).
 
 Each copy replaces the cell's previous one as a whole (built beside it, then renamed into place),
@@ -34,14 +36,14 @@ def sweep_cells(sweep_dir: Path) -> list[Path]:
 
 
 def _records_only(cell: Path):
-    """``shutil.copytree``'s filter for ``cell``: no checkpoint or TensorBoard folder at its top,
-    no orphan temp file of an interrupted write anywhere."""
+    """``shutil.copytree``'s filter for ``cell``: no checkpoint or TensorBoard folder and no
+    weights (``*.ckpt``) at its top, no orphan temp file of an interrupted write anywhere."""
     top = str(cell)
 
     def ignored(folder: str, names: list[str]) -> set[str]:
         skip = {n for n in names if n.endswith(TEMP_SUFFIX)}
         if folder == top:
-            skip.update(n for n in names if n in _NOT_RECORDS)
+            skip.update(n for n in names if n in _NOT_RECORDS or n.endswith(".ckpt"))
         return skip
 
     return ignored
