@@ -132,3 +132,33 @@ def test_a_compiled_step_returns_an_output_whose_reported_fields_match_eager():
     torch.testing.assert_close(out.entropy, categorical_entropy(scores.detach()))
     assert out.logs["entropy"] == pytest.approx(float(out.entropy.mean()))
     assert out.support_size.tolist() == [1] * B
+
+
+def test_a_structured_sst_step_computes_the_reported_entropy_only_when_read(monkeypatch):
+    """Without an entropy bonus the SST estimator's structure entropy (a log-partition and its
+    gradient: most of an L2X step) is only reported; with one it is in the loss."""
+    from latentgrad.estimators import SSTEstimator
+    from latentgrad.structures import KSubset
+
+    calls = []
+    exact = KSubset.entropy
+
+    def counting(self, scores):
+        calls.append(1)
+        return exact(self, scores)
+
+    monkeypatch.setattr(KSubset, "entropy", counting)
+    structure = KSubset(6, 2)
+    scores = torch.randn(B, 6, dtype=torch.float64, requires_grad=True)
+
+    def loss(z, rows):
+        return (z * torch.arange(1.0, 7.0, dtype=z.dtype)).sum(-1)
+
+    out = SSTEstimator(structure, 0.5)(scores, loss)
+    out.loss.backward()
+    assert calls == []
+    torch.testing.assert_close(out.entropy, exact(structure, scores.detach()))
+    assert calls == [1]
+    bonus = SSTEstimator(structure, 0.5, entropy_coeff=0.1)(scores, loss)
+    assert calls == [1, 1]  # in the call: it is part of the loss
+    torch.testing.assert_close(bonus.entropy, out.entropy)

@@ -38,3 +38,30 @@ def test_same_batches_through_the_resumable_loader() -> None:
     reference = passes(ResumableLoader(DataLoader(DATA, batch_size=4, shuffle=True), (1, 0)))
     got = passes(ResumableLoader(batched_loader(DATA, 4, shuffle=True), (1, 0)))
     assert_same(got, reference)
+
+
+def test_a_seeded_generator_gives_the_batches_of_the_loader_shuffled_by_it() -> None:
+    """``generator=``: the per-example ``DataLoader(shuffle=True, generator=...)``'s batches,
+    whatever torch's global RNG holds."""
+    reference = passes(DataLoader(DATA, batch_size=4, shuffle=True,
+                                  generator=torch.Generator().manual_seed(3)))  # fmt: skip
+    got = passes(batched_loader(DATA, 4, True, generator=torch.Generator().manual_seed(3)))
+    assert_same(got, reference)
+
+
+def test_a_resumed_pass_replays_the_generator_of_a_batched_loader() -> None:
+    """The resumable loader finds the generator under the batch sampler and replays it: a loader
+    restored mid-run yields the batches of the uninterrupted one (as the per-example loader)."""
+    def make(batched: bool) -> ResumableLoader:
+        gen = torch.Generator().manual_seed(3)
+        inner = (batched_loader(DATA, 4, True, generator=gen) if batched
+                 else DataLoader(DATA, batch_size=4, shuffle=True, generator=gen))
+        return ResumableLoader(inner, (1, 0))
+
+    full = passes(make(True), 3)
+    assert_same(full, passes(make(False), 3))
+    resumed = make(True)
+    resumed.load_state_dict({"passes": 2, "position": 1})  # pass 1 after its first batch
+    torch.manual_seed(5)
+    tail = [list(batch) for _ in range(2) for batch in resumed]
+    assert_same(tail, full[4:])

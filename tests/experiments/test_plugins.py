@@ -75,7 +75,8 @@ class Toy(LatentTask):
     def training_step(self, batch, batch_idx):
         (x,) = batch
         out = self.estimate(self.encoder(x), self.loss_fn(x), x)
-        self.log_dict(self.record_step(out))
+        self.record_step(out)
+        self.log_dict(self.step_logs(out))
         return out.loss
 
     def validation_step(self, batch, batch_idx):

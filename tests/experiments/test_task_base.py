@@ -102,6 +102,7 @@ class Logged(Toy):
         super().__init__(config)
         self.w = torch.nn.Parameter(torch.zeros(()))
         self.gated_steps: list[int] = []
+        self.built_steps: list[int] = []
 
     def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
         value = batch[0].float().sum() + 0.0 * self.w
@@ -109,6 +110,12 @@ class Logged(Toy):
         if self.logging_step():
             self.log("gated", value)
             self.gated_steps.append(self.global_step)
+
+        def built() -> dict[str, torch.Tensor]:
+            self.built_steps.append(self.global_step)
+            return {"built": value}
+
+        self.log_train(built)
         return (self.w - 1.0) ** 2
 
     def train_dataloader(self) -> DataLoader:
@@ -117,7 +124,8 @@ class Logged(Toy):
 
 def test_logging_step_holds_exactly_on_the_steps_the_logger_writes(tmp_path: Path) -> None:
     """Out of a trainer every step logs; in one, a metric logged only when ``logging_step()``
-    holds reaches the CSV log at the same steps, with the same values, as one logged always."""
+    holds reaches the CSV log at the same steps, with the same values, as one logged always; so
+    does one built by ``log_train``'s callable, which is called on those steps only."""
     assert toy("softmax").logging_step()
     trainer = L.Trainer(max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path),
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -127,7 +135,8 @@ def test_logging_step_holds_exactly_on_the_steps_the_logger_writes(tmp_path: Pat
     with open(next(tmp_path.rglob("metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == model.gated_steps == [2, 5, 8, 11]  # of 0-13
-    assert all(row["gated"] == row["always"] != "" for row in rows)
+    assert model.built_steps == model.gated_steps
+    assert all(row["gated"] == row["built"] == row["always"] != "" for row in rows)
 
 
 def test_adam_takes_the_fused_update_with_the_same_steps() -> None:

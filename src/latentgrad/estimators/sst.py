@@ -7,7 +7,6 @@ gradient of ``X_t``) and differentiated by reparameterisation through the utilit
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._validation import check_choice, validation_enabled
@@ -17,7 +16,7 @@ from ..structures.categorical import Categorical
 from ._checks import check_batched, check_structure
 from ._families import check_latent_scores
 from ._one_sample import one_sample_output
-from .base import Estimator, EstimatorOutput, LossFn
+from .base import Deferred, Estimator, EstimatorOutput, LossFn, sum_latent
 from .schedules import TemperatureSchedule, as_schedule
 
 
@@ -84,19 +83,18 @@ class SSTEstimator(Estimator):
         scores = check_latent_scores(scores, "scores", 1)
         return Categorical(scores.shape[-1]), scores
 
-    def _entropy(self, structure: Structure, scores: Tensor) -> Tensor | None:
+    def _entropy(self, structure: Structure, scores: Tensor) -> Tensor | Deferred:
+        """The exact entropy ``(B, *latent)`` when it enters the loss; else only reported:
+        ``Deferred`` (computed if read), zeros for a structure without a tractable one."""
+        if not self.entropy_coeff:
+            return Deferred(_reported_entropy, structure, scores.detach())
         try:
-            if self.entropy_coeff:
-                return structure.entropy(scores)
-            with torch.no_grad():
-                return structure.entropy(scores.detach())
+            return structure.entropy(scores)
         except NotImplementedError:
-            if self.entropy_coeff:
-                raise ValueError(
-                    f"entropy_coeff={self.entropy_coeff} needs a tractable entropy, but "
-                    f"{structure!r} has no log_partition"
-                ) from None
-            return None
+            raise ValueError(
+                f"entropy_coeff={self.entropy_coeff} needs a tractable entropy, but "
+                f"{structure!r} has no log_partition"
+            ) from None
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         structure, scores = self._structure_for(scores)
@@ -109,3 +107,12 @@ class SSTEstimator(Estimator):
         )
         z = structure.argmax(scores.detach()) if self.reading() == "mode" else dist.rsample()
         return one_sample_output(self, loss_fn, z, tau, self._entropy(structure, scores))
+
+
+def _reported_entropy(structure: Structure, scores: Tensor) -> Tensor:
+    """``structure``'s entropy at ``scores`` summed over the latent variables ``(B,)``; zeros
+    where it has none (no log-partition)."""
+    try:
+        return sum_latent(structure.entropy(scores))
+    except NotImplementedError:
+        return scores.new_zeros(scores.shape[0])

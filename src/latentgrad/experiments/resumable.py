@@ -147,7 +147,10 @@ class ResumableLoader:
         self._position = 0  # batches yielded in the current pass
         self._skip = 0  # batches of the next pass already trained on (set by load_state_dict)
         self._sampler = _Batches()
-        samplers = [loader.sampler, getattr(loader.batch_sampler, "sampler", None)]
+        # the shuffling sampler sits under a batch sampler, given as the sampler of a
+        # ``batch_size=None`` loader (``batched_loader``) or as its batch sampler
+        samplers = [loader.sampler, getattr(loader.sampler, "sampler", None),
+                    getattr(loader.batch_sampler, "sampler", None)]
         own = {id(g): g for g in (getattr(x, "generator", None) for x in samplers) if g is not None}
         self._generators = [(g, g.get_state()) for g in own.values()]
         auto = loader.batch_sampler is not None

@@ -24,7 +24,8 @@ A new task ``foo`` is
   ``estimate(scores, loss_fn, baseline_input)``, which passes ``baseline_input`` only to
   estimators that take one (NVIL);
 - decoder-call accounting: ``record_step(out)`` adds a training step's ``support_size`` to the
-  checkpointed totals and the epoch's list, returns the step's estimator logs; at each epoch end
+  checkpointed totals and the epoch's list (``step_logs(out)``: the step's estimator logs); at
+  each epoch end
   the median and quartiles of the epoch's decoder calls per example are logged
   (``train/decoder_calls_median``, ``_q25``, ``_q75``); ``summary()`` gives the run's mean and
   the last epoch's quartiles;
@@ -32,7 +33,9 @@ A new task ``foo`` is
   schedules advance by themselves once per optimizer step that used them, so the task never steps
   them (a second step per batch would double the annealing under gradient accumulation);
 - ``logging_step()``: whether this step's on-step logs reach the loggers (log only then);
-  ``log_train(metrics)`` logs a dict of per-step training metrics only then;
+  ``log_train(metrics)`` builds the step's training metrics (a callable returning a dict) and
+  logs them only then: what is computed only to be logged (an estimator's ``Deferred`` entropy
+  and logs, a rate) is not computed on the other steps;
 - the three test-time readings (``readings``): ``mode`` (the loss at the most probable latent:
   ``mode_latent``, by default the argmax one-hot of categorical scores), and the estimator
   called in eval mode, whose ``expected_loss`` is the ``expected`` reading for exact
@@ -46,7 +49,7 @@ Importance-sampled likelihoods live in ``tasks.likelihood``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,20 +163,24 @@ class LatentTask(L.LightningModule):
 
     # ---- decoder calls
 
-    def record_step(self, out: EstimatorOutput) -> dict[str, Tensor]:
+    def record_step(self, out: EstimatorOutput) -> None:
         """Add a training step's decoder calls (``out.support_size`` (B,)) to the run's totals
-        and the epoch's list; return the step's estimator logs (``out.logs``, mean expected loss,
-        entropy, decoder calls) under ``train/``."""
+        and the epoch's list."""
         calls = out.support_size.detach().to(torch.float64)
         self.decoder_calls_sum += calls.sum()
         self.decoder_calls_count += calls.numel()
         self._epoch_calls.append(calls.cpu())
+
+    @staticmethod
+    def step_logs(out: EstimatorOutput) -> dict[str, Tensor]:
+        """A training step's estimator logs under ``train/``: ``out.logs``, the mean expected
+        loss, entropy and decoder calls (reading them computes the ``Deferred`` ones)."""
         skip = ("support_size", "entropy")
         return {
             **{f"train/{k}": v for k, v in out.logs.items() if k not in skip},
             "train/expected_loss": out.expected_loss.mean(),
             "train/entropy": out.entropy.mean(),
-            "train/decoder_calls": calls.mean().float(),
+            "train/decoder_calls": out.support_size.to(torch.float64).mean().float(),
         }
 
     def epoch_call_quantiles(self) -> dict[str, float]:
@@ -233,10 +240,11 @@ class LatentTask(L.LightningModule):
         trainer = self._trainer
         return trainer is None or trainer._logger_connector.should_update_logs
 
-    def log_train(self, metrics: dict[str, Tensor]) -> None:
-        """``self.log_dict(metrics)`` on the steps the loggers write (``logging_step``)."""
+    def log_train(self, metrics: Callable[[], dict[str, Tensor]]) -> None:
+        """``self.log_dict(metrics())`` on the steps the loggers write (``logging_step``); on the
+        other steps ``metrics`` is not called."""
         if self.logging_step():
-            self.log_dict(metrics)
+            self.log_dict(metrics())
 
     # ---- test-time readings
 

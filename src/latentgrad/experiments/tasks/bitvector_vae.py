@@ -280,14 +280,19 @@ class BitVectorVAE(SampledEvaluation):
     def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
         x, inputs = self.inputs(batch[0])
         out = self.estimate(self.scores(inputs), self.loss_fn(x), inputs)
-        rate = self.rate(out.entropy)
-        self.log_train({
-            "train/loss": out.loss.detach(),
-            "train/rate": rate.mean(),
-            "train/distortion": out.expected_loss.mean(),
-            "train/neg_elbo": (rate + out.expected_loss).mean(),
-            **self.record_step(out),
-        })
+        self.record_step(out)
+
+        def logs() -> dict[str, Tensor]:
+            rate = self.rate(out.entropy)
+            return {
+                "train/loss": out.loss.detach(),
+                "train/rate": rate.mean(),
+                "train/distortion": out.expected_loss.mean(),
+                "train/neg_elbo": (rate + out.expected_loss).mean(),
+                **self.step_logs(out),
+            }
+
+        self.log_train(logs)
         return out.loss
 
 

@@ -469,18 +469,24 @@ class GraphLayout(LatentTask):
             scores, self.nll_fn(x, self.cfg.model.prediction_steps), x.flatten(1)
         )
         loss = out.loss
+        kl = None
         if self.posterior == "perturbed":
             kl = self.kl(scores)
             loss = loss + kl.mean()
-        else:  # the estimator's entropy bonus is the KL's only varying part: log|X|/n is constant
-            kl = (log_num_structures(self.structure) - out.entropy) / self.n
-        self.log_train(
-            {
+        self.record_step(out)
+
+        def logs() -> dict[str, Tensor]:
+            # sparse posteriors: the estimator's entropy is the KL's only varying part (log|X|/n
+            # is constant), computed here only for the log
+            step_kl = kl if kl is not None else (
+                (log_num_structures(self.structure) - out.entropy) / self.n)
+            return {
                 "train/loss": loss.detach(),
-                "train/neg_elbo": (out.expected_loss + kl.detach()).mean(),
-                **self.record_step(out),
+                "train/neg_elbo": (out.expected_loss + step_kl.detach()).mean(),
+                **self.step_logs(out),
             }
-        )
+
+        self.log_train(logs)
         return loss
 
     # ---- evaluation

@@ -178,9 +178,8 @@ class SOP(LatentTask):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x_up, x_low = batch
         out = self.estimate(self.layer_scores(self.layer1, x_up), self.loss_fn(x_low))
-        logs = {"train/loss": out.loss.detach(), **self.record_step(out)}
-        if self.logging_step():
-            self.log_dict(logs)
+        self.record_step(out)
+        self.log_train(lambda: {"train/loss": out.loss.detach(), **self.step_logs(out)})
         return out.loss
 
     @torch.no_grad()

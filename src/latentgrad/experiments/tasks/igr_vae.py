@@ -278,13 +278,17 @@ class IGRVAE(LatentTask):
     def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
         (x,) = batch
         out = self.estimate(self.scores(x), self.loss_fn(x))
-        logs = {"train/loss": out.loss.detach(), **self.record_step(out)}
-        if "truncation" in out.logs:
-            logs["train/categories"] = out.logs["truncation"].float() + 1
-        if "kl" in out.logs:
-            logs["train/kl"] = out.logs["kl"]
-        if self.logging_step():
-            self.log_dict(logs)
+        self.record_step(out)
+
+        def logs() -> dict[str, Tensor]:
+            logs = {"train/loss": out.loss.detach(), **self.step_logs(out)}
+            if "truncation" in out.logs:
+                logs["train/categories"] = out.logs["truncation"].float() + 1
+            if "kl" in out.logs:
+                logs["train/kl"] = out.logs["kl"]
+            return logs
+
+        self.log_train(logs)
         return out.loss
 
     def posterior_draws(self, scores: Tensor, n: int) -> tuple[Tensor, Tensor]:

@@ -354,7 +354,8 @@ class L2X(LatentTask):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         scores, _ = self.scores(batch)
         out = self.estimate(scores, self.loss_fn(batch))
-        self.log_train({"train/loss": out.loss.detach(), **self.record_step(out)})
+        self.record_step(out)
+        self.log_train(lambda: {"train/loss": out.loss.detach(), **self.step_logs(out)})
         return out.loss
 
     @torch.no_grad()

@@ -270,7 +270,8 @@ class ListOps(LatentTask):
         emb, mask, scores = self.encode(tokens, lengths)
         baseline_input = emb.detach().sum(1) / lengths[:, None].to(emb.dtype)
         out = self.estimate(scores, self.loss_fn(emb, mask, labels, lengths), baseline_input)
-        self.log_train({"train/loss": out.loss.detach(), **self.record_step(out)})
+        self.record_step(out)
+        self.log_train(lambda: {"train/loss": out.loss.detach(), **self.step_logs(out)})
         return out.loss
 
     @torch.no_grad()

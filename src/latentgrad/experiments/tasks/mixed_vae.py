@@ -323,7 +323,8 @@ class MixedVAE(SampledEvaluation):
     def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
         x = binarize(batch[0]).to(self.decoder[-1].weight.dtype)
         out = self.estimate(self.scores(x), self.loss_fn(x), x)
-        self.log_train({"train/loss": out.loss.detach(), **self.record_step(out)})
+        self.record_step(out)
+        self.log_train(lambda: {"train/loss": out.loss.detach(), **self.step_logs(out)})
         return out.loss
 
     def parameter_groups(self) -> tuple[list[Tensor], list[Tensor]]:

@@ -421,13 +421,12 @@ class SignalGame(LatentTask):
         tables = self.receiver.game_tables(candidates)
         self._nonzeros.clear()
         out = self.estimate(scores, self.game_loss_fn(tables, label), candidates)
-        self.log_train(
-            {
-                "train/loss": out.loss.detach(),
-                **self.record_step(out),
-                "train/nonzeros": torch.stack(self._nonzeros).mean(),
-            }
-        )
+        self.record_step(out)
+        self.log_train(lambda: {
+            "train/loss": out.loss.detach(),
+            **self.step_logs(out),
+            "train/nonzeros": torch.stack(self._nonzeros).mean(),
+        })
         return out.loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:

@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.experiments.config import build, require
+from latentgrad.experiments.data.batched import batched_loader
 from latentgrad.experiments.data.digits import load_digits
 from latentgrad.experiments.data.idx import IDX_DATASETS, load_idx_dataset
 from latentgrad.experiments.estimators import mlp
@@ -246,13 +247,7 @@ class SSVAEData(L.LightningDataModule):
         self.test = TensorDataset(torch.bernoulli(xte, generator=gen), yte)
 
     def _loader(self, dataset: TensorDataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
+        return batched_loader(dataset, batch_size, shuffle, self.cfg.num_workers)
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         """Warm-start epochs: labelled batches only; then unlabelled batches each paired with a
@@ -357,14 +352,13 @@ class SSVAE(LatentTask):
         xu = torch.bernoulli(xu)
         out = self.estimate(self.classifier(xu), lambda z, rows: self.loss_u(xu[rows], z), xu)
         loss = lab + self.cfg.optim.unlabelled_weight * out.loss
-        self.log_train(
-            {
-                "train/loss": loss,
-                "train/labelled": lab,
-                "train/unlabelled": out.loss,
-                **self.record_step(out),
-            }
-        )
+        self.record_step(out)
+        self.log_train(lambda: {
+            "train/loss": loss,
+            "train/labelled": lab,
+            "train/unlabelled": out.loss,
+            **self.step_logs(out),
+        })
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
