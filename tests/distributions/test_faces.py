@@ -248,6 +248,15 @@ def test_bad_arguments_raise_clear_errors():
         MaxEntropyFaces(3).log_prob(torch.tensor([0.5, 1.0, 0.0]))
 
 
+def test_gibbs_over_zero_coordinates_is_refused_at_construction():
+    """K = 0 has no non-empty face, so no distribution: the constructor names the scores and
+    the need for a coordinate (it accepted them, and entropy/sample then failed with an
+    IndexError from inside torch), as MaxEntropyFaces(0) names k."""
+    for shape in ((0,), (2, 0)):
+        with pytest.raises(ValueError, match=r"scores must have at least one coordinate"):
+            NonEmptyFaces(torch.zeros(shape))
+
+
 def test_expand_keeps_parameters():
     dist = NonEmptyFaces(torch.randn(5)).expand((2, 3))
     assert dist.batch_shape == (2, 3) and dist.event_shape == (5,)

@@ -355,6 +355,48 @@ def test_gaussian_sparsemax_entropy_and_prior_kl_have_finite_gradients_at_huge_l
         assert torch.isfinite(grad).all() and torch.equal(grad[huge], torch.zeros(4, dtype=dtype))
 
 
+@pytest.mark.parametrize(("dtype", "size"), [(torch.float32, 1e20), (torch.float32, 1e30),
+                                           (torch.float64, 1e160)])
+def test_gaussian_sparsemax_kl_has_zero_gradient_where_a_point_mass_rounds_to_zero(dtype, size):
+    """At μ = ±size one of p's point masses rounds to 0 (log P = -inf) and the other to 1: the
+    KL to q = (μ 0, σ 1) is -log Q1 = -log Φ(-1) (all mass at 1) or -log Q0 = log 2 (at 0),
+    with zero gradient in μ and σ. The mass term's branch not taken, P (log P - log Q) at
+    log P = -inf, used to give a NaN gradient under a finite value."""
+    loc = torch.tensor([size, -size], dtype=dtype, requires_grad=True)
+    scale = torch.ones(2, dtype=dtype, requires_grad=True)
+    q = BinaryGaussianSparsemax(torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype))
+    kl = kl_divergence(BinaryGaussianSparsemax(loc, scale), q)
+    want = torch.tensor([-stats.norm.logcdf(-1.0), math.log(2)], dtype=D)
+    eps = torch.finfo(dtype).eps  # -log Q from log Φ, a few roundings
+    torch.testing.assert_close(kl.double(), want, rtol=8 * eps, atol=0)
+    kl.sum().backward()
+    assert torch.equal(loc.grad, torch.zeros(2, dtype=dtype))
+    assert torch.equal(scale.grad, torch.zeros(2, dtype=dtype))
+
+
+@pytest.mark.parametrize("temperature", [1e-20, 1e-30])
+def test_hard_concrete_rsample_at_tiny_temperatures_has_zero_gradient(temperature):
+    """At β <= 1e-20 every float32 sample is clipped to 0 or 1 (unless |log α + L| < 2.4 β),
+    where y does not depend on β or log α: both gradients are 0, as in the float64 computation
+    of clip(l + (r − l)σ((log α + L)/β), 0, 1) from the same noise L. The backward computed
+    (log α + L)/β², which overflows float32 (from β ≈ 1e-19), times 0: NaN."""
+    from latentgrad._noise import logistic
+
+    beta = torch.tensor([temperature], requires_grad=True)
+    log_alpha = torch.tensor([0.5], requires_grad=True)
+    torch.manual_seed(0)
+    y = HardConcrete(log_alpha, beta).rsample((1000,))
+    torch.manual_seed(0)
+    noise = logistic(torch.Size([1000, 1]), log_alpha).double()
+    beta64, log_alpha64 = (t.detach().double().requires_grad_() for t in (beta, log_alpha))
+    y64 = (-0.1 + 1.2 * torch.sigmoid((log_alpha64 + noise) / beta64)).clamp(0, 1)
+    assert torch.equal(y.double(), y64) and ((y == 0) | (y == 1)).all()
+    y.sum().backward()
+    y64.sum().backward()
+    assert torch.equal(beta.grad.double(), beta64.grad)
+    assert torch.equal(log_alpha.grad.double(), log_alpha64.grad)
+
+
 @pytest.mark.parametrize(("fam", "i"), ALL)
 def test_samples_follow_the_point_masses_and_the_interior_cdf(fam, i):
     """20,000 draws: the frequencies of 0 and 1 within 5 standard errors of the point masses,

@@ -273,6 +273,54 @@ def test_gaussian_bitvector_log_prob_in_half_precision_is_the_float32_one(dtype)
         z.float())
     torch.testing.assert_close(value.float(), want, rtol=4 * torch.finfo(dtype).eps, atol=0)
 
+def test_categorical_log_prob_scores_a_value_broadcast_against_the_batch():
+    """``log_prob(value)`` has shape ``(*sample, *batch)`` however much of the batch ``value``
+    spells out: one one-hot ``(K,)`` or ``(1, 1, K)`` is scored under every batch element, as
+    its expansion to the batch is. The gather took its shape from ``value`` (every row scored
+    under the first batch element) or failed inside torch."""
+    logits = torch.tensor([[[2.0, 0.0, -1.0]], [[-3.0, 5.0, 0.0]]], dtype=F64)  # batch (2, 1)
+    dist = StochasticArgmax(Categorical(3), logits)
+    value = torch.tensor([0.0, 1.0, 0.0], dtype=F64)
+    want = logits.log_softmax(-1)[..., 1]  # log softmax(θ)_1 per batch element, (2, 1)
+    for spelled in (value, value.view(1, 1, 3), value.expand(2, 1, 3)):
+        torch.testing.assert_close(dist.log_prob(spelled), want)
+    samples = value.expand(4, 1, 1, 3)  # a sample dimension in front of a broadcast batch
+    torch.testing.assert_close(dist.log_prob(samples), want.expand(4, 2, 1))
+
+
+def test_gumbel_bitvector_log_prob_gradient_is_finite_where_exp_logits_overflows():
+    """From θ ≈ 88.7, e^θ overflows float32; log P(bit on) = log(1 - exp(-e^θ)) is then 0 with
+    gradient e^θ exp(-e^θ) / (1 - exp(-e^θ)) = 0, but the backward through the branches not
+    taken gave NaN. Value and gradient equal the float64 closed form (e^θ finite there), bits
+    on at θ = 100, 300, -1, -7 and off at 0."""
+    theta = torch.tensor([100.0, 300.0, 0.0, -1.0, -7.0], requires_grad=True)
+    on = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    got = StochasticArgmax(BitVector(5), theta).log_prob(on)
+    (grad,) = torch.autograd.grad(got, theta)
+    theta64 = theta.detach().double().requires_grad_()
+    x = theta64.exp()
+    want = torch.where(on.bool(), torch.log(-torch.expm1(-x)), -x).sum()
+    (want_grad,) = torch.autograd.grad(want, theta64)
+    assert torch.isfinite(want_grad).all()
+    eps = torch.finfo(torch.float32).eps  # a few roundings per term, 5 terms
+    torch.testing.assert_close(got.double(), want, rtol=16 * eps, atol=0)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=16 * eps, atol=0)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda: StochasticArgmax(Categorical(3), torch.zeros(2, 3)).sample,
+    lambda: StochasticSoftmax(Categorical(3), torch.zeros(2, 3), 0.5).sample,
+    lambda: StochasticSoftmax(BitVector(3), torch.zeros(2, 3), 0.5).rsample,
+], ids=["argmax.sample", "softmax.sample", "softmax.rsample"])
+def test_sampling_names_a_sample_shape_that_is_not_a_sequence_of_sizes(draw):
+    """``sample(5)`` failed with "'int' object is not iterable" and ``sample((-1,))`` inside
+    torch; like every latentgrad distribution, the error now names ``sample_shape``."""
+    for bad, error in ((5, TypeError), ((2.0,), TypeError), ((-1,), ValueError)):
+        with pytest.raises(error, match="sample_shape"):
+            draw()(bad)
+    assert draw()([4]).shape == (4, 2, 3)
+
+
 def test_ksubset_gumbel_argmax_is_sampling_without_replacement_not_gibbs():
     """SMT on k-subsets with Gumbel noise = Gumbel-top-k, by enumeration of
     the draw orders."""

@@ -1,7 +1,12 @@
 """The generic ``Structure`` methods, on a structure that overrides none of them."""
 
+import math
+
+import pytest
 import torch
 
+import latentgrad
+from latentgrad.structures import Arborescence, BitVector, KSubset, SpanningTree
 from latentgrad.structures.base import Structure, autograd_gradient
 
 
@@ -67,3 +72,24 @@ def test_half_precision_log_partition_marginals_entropy_are_computed_in_float32(
                 assert got.dtype == dtype
                 torch.testing.assert_close(got, want.to(dtype), atol=0, rtol=0)
             assert (structure.marginals(half) <= 1).all()
+
+
+@pytest.mark.parametrize("structure", [BitVector(4), BitVector(4, 2), KSubset(4, 2),
+                                       SpanningTree(3), Arborescence(3)], ids=repr)
+def test_a_log_partition_beyond_the_scores_dtype_is_refused_by_name(structure):
+    """log Z is computed in float32 (float64 for trees) and returned in the scores' dtype; past
+    that dtype's finfo.max it became a silent inf (float16 scores of 5e4: log Z >= 1e5 > 65504).
+    No valid score is +inf, so an infinite log Z is an overflow: a ValueError naming the scores
+    (a value check: off with validation, then inf). A log Z that fits is the float64 brute
+    force rounded to float16."""
+    big = torch.full(structure.score_shape, 5e4, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^scores: the log-partition of .* exceeds "
+                                         r"torch\.float16's range"):
+        structure.log_partition(big)
+    with latentgrad.validate_args(False):
+        assert structure.log_partition(big).item() == math.inf
+    fits = torch.full(structure.score_shape, 1e4, dtype=torch.float16)
+    every = structure.enumerate().double()
+    want = torch.logsumexp(structure.score(fits.double(), every), -1)
+    torch.testing.assert_close(structure.log_partition(fits).double(), want,
+                               rtol=torch.finfo(torch.float16).eps, atol=0)

@@ -133,6 +133,27 @@ def test_minus_inf_bits_are_never_on():
         torch.testing.assert_close(bv.log_partition(scores.detach()), torch.logsumexp(values, -1))
 
 
+@pytest.mark.parametrize("budget", [None, 4])
+def test_entropy_has_zero_gradient_at_forced_off_bits(budget):
+    """A ``-inf`` score (bit forced off, as ``net(x) + mask.log()`` gives) adds 0 to the
+    unbudgeted entropy and gets gradient 0; the branch not taken, ``inf · sigmoid(-inf)``, had a
+    NaN backward that reached every upstream parameter. Value and gradient equal the float64
+    brute force over the bit vectors of the free bits alone (budget 4 = d: no constraint)."""
+    raw = torch.randn(2, 4, generator=torch.Generator().manual_seed(0),
+                      dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    entropy = BitVector(4, budget).entropy(raw + mask.log())
+    entropy.sum().backward()
+    free = raw.detach()[:, [0, 1, 3]].requires_grad_()
+    _, values = brute(BitVector(3), free)
+    log_p = values.log_softmax(-1)
+    want = -(log_p.exp() * log_p).sum(-1)
+    want.sum().backward()
+    torch.testing.assert_close(entropy, want)
+    assert torch.equal(raw.grad[:, 2], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(raw.grad[:, [0, 1, 3]], free.grad)
+
+
 @pytest.mark.parametrize("budget", [None, 3])
 def test_large_scores_are_stable_in_float32(budget):
     bv = BitVector(8, budget)

@@ -6,6 +6,7 @@ from _enumeration import assert_log_partition_gradient_is_marginals, brute
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import latentgrad
 from latentgrad.structures.categorical import Categorical
 
 
@@ -90,6 +91,35 @@ def test_bad_sizes_raise():
         Categorical(2.0)
     with pytest.raises(ValueError, match="k must be"):
         Categorical(3).topk(torch.zeros(3), 4)
+
+
+def test_log_prob_indices_names_bad_scores_and_bad_indices():
+    """``log_prob_indices`` checks its scores as every method does (NaN scores silently gave
+    NaN, integer ones failed inside log_softmax) and requires ``idx`` to be an integer tensor
+    (TypeError) of categories in ``[0, k)`` broadcasting with the batch (ValueError); these
+    failed inside torch.gather. The value checks follow the validation switch."""
+    cat = Categorical(3)
+    idx = torch.tensor([0, 1])
+    for scores, error, match in [
+        (torch.tensor([[0.0, float("nan"), 1.0]]), ValueError, "scores contains NaN"),
+        (torch.zeros(2, 3, dtype=torch.long), TypeError, "scores must be a floating-point"),
+        (torch.zeros(2, 4), ValueError, "scores must have trailing shape"),
+    ]:
+        with pytest.raises(error, match=match):
+            cat.log_prob_indices(scores, idx)
+    scores = torch.zeros(2, 3)
+    for bad, error, match in [
+        (torch.tensor([0.0, 1.0]), TypeError, "idx must be an integer tensor"),
+        ([0, 1], TypeError, "idx must be an integer tensor"),
+        (torch.tensor([0, 3]), ValueError, r"idx must hold category indices in \[0, 3\)"),
+        (torch.tensor([-1, 0]), ValueError, r"idx must hold category indices in \[0, 3\)"),
+        (torch.tensor([0, 1, 2]), ValueError, r"idx of shape \(3,\) does not broadcast"),
+    ]:
+        with pytest.raises(error, match=match):
+            cat.log_prob_indices(scores, bad)
+    with latentgrad.validate_args(False):
+        nan_scores = torch.full((2, 3), float("nan"))
+        assert cat.log_prob_indices(nan_scores, idx).isnan().all()
 
 
 def test_index_sampler_log_prob_and_entropy_agree_with_the_one_hot_forms():

@@ -76,7 +76,7 @@ class NonEmptyFaces(CheckedDistribution):
     precision).
 
     Args:
-        scores: (*batch, K) finite face scores ``s``.
+        scores: (*batch, K) finite face scores ``s``, K >= 1.
 
     Event shape (K,); values are 0/1 vectors (float, or bool/int). Sampling has no pathwise
     gradient.
@@ -98,6 +98,11 @@ class NonEmptyFaces(CheckedDistribution):
     def __init__(self, scores: Tensor, validate_args: bool | None = None) -> None:
         check_tensor(scores, "scores")
         check_min_dim(scores, "scores", 1)
+        if scores.shape[-1] == 0:
+            raise ValueError(
+                "scores must have at least one coordinate (K >= 1) in the last dimension: with "
+                f"K = 0 there is no non-empty face; got shape {tuple(scores.shape)}"
+            )
         self.scores = scores
         super().__init__(scores.shape[:-1], scores.shape[-1:], validate_args=validate_args)
 

@@ -298,11 +298,20 @@ class HardConcrete(_MixedUnitInterval):
         return torch.sigmoid(self.temperature * self._logit_of(value) - self.log_alpha)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        """clip(l + (r − l)σ((log α + L)/β), 0, 1) with L = log u − log(1 − u), u clamped."""
+        """clip(l + (r − l)σ((log α + L)/β), 0, 1) with L = log u − log(1 − u), u clamped.
+
+        A sample clipped to 0 or 1 does not depend on β: its gradient there is exactly 0, not the
+        0 · inf = NaN of (log α + L)/β² once that overflows (β below ~1e-19 in float32)."""
         shape = self._extended_shape(sample_shape)
         noise = logistic(shape, self.log_alpha)
         lo, hi = self.stretch
-        s = torch.sigmoid((self.log_alpha + noise) / self.temperature)
+        z = self.log_alpha + noise
+        beta = self.temperature
+        with torch.no_grad():
+            stretched = lo + (hi - lo) * torch.sigmoid(z / beta)
+            clipped = (stretched < 0) | (stretched > 1)
+        # the same β (same values); where the sample is clipped, a β with no gradient path
+        s = torch.sigmoid(z / torch.where(clipped, beta.detach(), beta))
         return (lo + (hi - lo) * s).clamp(0, 1)
 
     def _interior_nodes(self) -> tuple[Tensor, Tensor]:
@@ -464,9 +473,14 @@ def _kl_mixed_uniform(p: _MixedUnitInterval, q: MixedUniform) -> Tensor:
 
 
 def _mass_kl(p: _MixedUnitInterval, q: _MixedUnitInterval) -> Tensor:
+    """``P0 log(P0/Q0) + P1 log(P1/Q1)``: a mass that underflows to 0 (log P = -inf)
+    contributes 0, with a zero gradient (the product sees a log-ratio of 0 there, not
+    -inf - log Q, whose gradient times the mass's 0 was NaN)."""
     out = 0
     for log_p, log_q in ((p.log_prob_zero(), q.log_prob_zero()), (p.log_prob_one(),
                                                                   q.log_prob_one())):
-        mass = log_p.exp()  # a mass that underflows to 0 contributes 0 (not 0 · inf)
-        out = out + torch.where(mass > 0, mass * (log_p - log_q), torch.zeros_like(log_p))
+        mass = log_p.exp()
+        positive = mass > 0
+        ratio = torch.where(positive, log_p - log_q, 0.0)
+        out = out + torch.where(positive, mass * ratio, 0.0)
     return out

@@ -27,7 +27,13 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 
 from .._dtypes import working_dtype
-from .._validation import broadcast_shapes, check_choice, check_tensor, check_trailing_shape
+from .._validation import (
+    broadcast_shapes,
+    check_choice,
+    check_sample_shape,
+    check_tensor,
+    check_trailing_shape,
+)
 from .._validation import validate_args as validating
 from ..mappings import sparsemax
 from ..polytope.sparsemap import sparsemap
@@ -148,8 +154,9 @@ class _Perturbed(Distribution):
 
     def perturb(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Utilities ``U = θ + N``: ``(*sample_shape, *batch_shape, *score_shape)``,
-        differentiable in ``logits``."""
-        shape = self._extended_shape(torch.Size(sample_shape))
+        differentiable in ``logits``; ``sample_shape`` a sequence of non-negative ints
+        (``check_sample_shape``)."""
+        shape = self._extended_shape(check_sample_shape(sample_shape))
         return self.logits + structured_noise(self.structure, shape, self.logits, self.noise)
 
     def utility_kl(self, prior_logits: Tensor | float = 0.0) -> Tensor:
@@ -196,7 +203,10 @@ class StochasticArgmax(_Perturbed):
             return self._hard(self.perturb(sample_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log P(X = value)``, ``(*sample_shape, *batch_shape)``; closed form cases only."""
+        """``log P(X = value)``, ``(*sample_shape, *batch_shape)``; closed form cases only.
+
+        ``value`` ``(*sample_shape, *batch_shape, *score_shape)`` broadcasts against the batch
+        (a single structure is scored under every batch element)."""
         check_tensor(value, "value")
         check_trailing_shape(value, "value", self.structure.score_shape)
         shape = broadcast_shapes(value.shape, self.logits.shape, error=lambda: (
@@ -206,23 +216,30 @@ class StochasticArgmax(_Perturbed):
         if self._validate_args:
             with validating(True):
                 self.structure.check_structures(value, "value")
+        value = value.expand(shape)
         s = self.structure
         if isinstance(s, Categorical) and self.noise == "gumbel":
             logp = self.logits.log_softmax(-1).expand(shape)
             return logp.gather(-1, value.argmax(-1, keepdim=True)).squeeze(-1)
         if isinstance(s, BitVector) and s.budget in (None, s.d):
-            if self.noise == "gumbel":  # P(G > -θ) = 1 - exp(-e^θ), P(G <= -θ) = exp(-e^θ)
-                x = self.logits.exp()
-                # log(1 - e^{-x}) = θ - x/2 + x²/24 + O(x⁴) for small x = e^θ (no underflow)
-                small = self.logits < -5.0
-                series = self.logits - x / 2 + x.square() / 24
-                direct = torch.log(-torch.expm1(-torch.where(small, torch.ones_like(x), x)))
-                log_on = torch.where(small, series, direct)
-                log_off = -x
-            else:
-                log_on = log_ndtr(self.logits)
-                log_off = log_ndtr(-self.logits)
             on = value.bool()
+            theta = self.logits
+            if self.noise == "gumbel":  # P(G > -θ) = 1 - exp(-e^θ), P(G <= -θ) = exp(-e^θ)
+                # log(1 - e^{-x}), x = e^θ: θ - x/2 + x²/24 + O(x⁴) below θ = -5 (no underflow),
+                # direct above. Each branch sees θ clamped to its own range, so no e^θ overflows
+                # (from θ ≈ 88.7 in float32) into a NaN gradient; beyond θ = 7, e^{-x} underflows
+                # even in float64, and the direct value and its gradient are exactly 0 anyway.
+                low = theta.clamp(max=-5.0)
+                x_low = low.exp()
+                series = low - x_low / 2 + x_low.square() / 24
+                direct = torch.log(-torch.expm1(-theta.clamp(-5.0, 7.0).exp()))
+                log_on = torch.where(theta < -5.0, series, direct)
+                # -e^θ (-inf once it overflows), from θ only where the bit is off: elsewhere
+                # its zero gradient would meet e^θ = inf (0 · inf)
+                log_off = -torch.where(on, 0.0, theta).exp()
+            else:
+                log_on = log_ndtr(theta)
+                log_off = log_ndtr(-theta)
             return torch.where(on, log_on, log_off).sum(-1)
         raise NotImplementedError(
             f"log_prob of the stochastic argmax has no closed form for {s!r} with "

@@ -62,11 +62,12 @@ class TreeStructure(Structure):
         differentiable (a graph is built when ``flat`` requires grad)."""
 
     def log_partition(self, scores: Tensor) -> Tensor:
-        """``log sum_z exp(score(θ, z))``, ``(*batch,)``; differentiable twice."""
+        """``log sum_z exp(score(θ, z))``, ``(*batch,)``; differentiable twice. In the scores'
+        dtype: a ValueError where it exceeds that dtype's range."""
         self.check_scores(scores)
         flat, batch = flatten_batch(scores, 2)
         self._check_float64_range(flat)
-        return self._log_partition(flat).reshape(batch)
+        return self._log_z_in_dtype_of(self._log_partition(flat), scores).reshape(batch)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """Gibbs marginals ``(*batch, n, n)`` (see the subclass); differentiable when ``scores``

@@ -86,6 +86,22 @@ class Structure(abc.ABC):
                 f"{terms + 2} in {work.dtype}); got {magnitude(work).amax().item():.3g}"
             )
 
+    def _log_z_in_dtype_of(self, log_z: Tensor, scores: Tensor) -> Tensor:
+        """``log_z`` (computed in a wider dtype) returned in the scores' dtype, or a ValueError
+        naming the scores where it overflows there: no valid score is ``+inf``, so a ``+inf``
+        log Z is a value beyond ``finfo(scores.dtype).max`` (float16 scores of 5e4 in
+        ``BitVector(4, 2)``), refused rather than returned. A value check (one sync), off with
+        validation (then ``+inf`` is returned)."""
+        out = log_z.to(scores.dtype)
+        if violated(out, lambda z: z != float("inf")):
+            raise ValueError(
+                f"scores: the log-partition of {self!r} exceeds {scores.dtype}'s range "
+                f"(finfo.max = {torch.finfo(scores.dtype).max:.3g}); got scores up to "
+                f"{scores.detach().abs().amax().item():.3g}; rescale the scores or pass them in "
+                "a wider dtype"
+            )
+        return out
+
     def batch_shape(self, scores: Tensor) -> torch.Size:
         return scores.shape[: scores.dim() - self.event_dim]
 

@@ -56,13 +56,18 @@ class BitVector(Structure):
 
     def entropy(self, scores: Tensor) -> Tensor:
         """Unbudgeted: the sum of the independent bits' entropies, each
-        ``h(t) = softplus(-|t|) + |t| sigmoid(-|t|)`` (no large terms cancel; 0 at ``t = -inf``),
-        in float64 (as every entropy); budgeted: ``Structure.entropy``. ``(*batch,)``."""
+        ``h(t) = softplus(-|t|) + |t| sigmoid(-|t|)`` (no large terms cancel; 0 at ``t = -inf``,
+        with a zero gradient there), in float64 (as every entropy); budgeted:
+        ``Structure.entropy``. ``(*batch,)``."""
         if self._budgeted:
             return super().entropy(scores)
         self.check_scores(scores)
         size = scores.to(torch.float64).abs()
-        tail = torch.where(torch.isinf(size), 0.0, size * torch.sigmoid(-size))
+        # the product sees 0 at a forced-off bit (|t| = inf): its gradient there is 0, not
+        # the inf · 0 = NaN of the branch that torch.where does not take
+        forced = torch.isinf(size)
+        safe = torch.where(forced, 0.0, size)
+        tail = torch.where(forced, 0.0, safe * torch.sigmoid(-safe))
         return (torch.nn.functional.softplus(-size) + tail).sum(-1).to(scores.dtype)
 
     def argmax(self, scores: Tensor) -> Tensor:
@@ -106,11 +111,12 @@ class BitVector(Structure):
 
     def log_partition(self, scores: Tensor) -> Tensor:
         """``log sum_z exp(<t, z>)`` over the (budgeted) bit vectors: ``(*batch,)``, computed in
-        at least float32 and returned in the scores' dtype."""
+        at least float32 and returned in the scores' dtype (a ValueError where it exceeds that
+        dtype's range)."""
         self.check_scores(scores)
         work = scores.to(working_dtype(scores.dtype))
         if not self._budgeted:
-            return torch.nn.functional.softplus(work).sum(-1).to(scores.dtype)
+            return self._log_z_in_dtype_of(torch.nn.functional.softplus(work).sum(-1), scores)
         self.check_range(work)
         # log e_c(t) = log e_c(t − m) + c m with m the row maximum (detached): the DP sums shifted
         # scores, so a large common offset does not round the count weights
@@ -118,7 +124,7 @@ class BitVector(Structure):
         top = torch.where(torch.isfinite(top), top, 0.0)
         counts = torch.arange(self.budget + 1, dtype=work.dtype, device=work.device)
         log_e = log_elementary_symmetric(work - top, self.budget) + counts * top
-        return torch.logsumexp(log_e, dim=-1).to(scores.dtype)
+        return self._log_z_in_dtype_of(torch.logsumexp(log_e, dim=-1), scores)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1)``, ``(*batch, d)``: ``sigmoid(t)``, or ``grad log Z`` with a budget."""

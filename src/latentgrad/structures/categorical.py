@@ -7,10 +7,12 @@ from torch import Tensor
 
 from .._dtypes import working_dtype
 from .._one_hot import one_hot
-from .._validation import check_rows_valid, check_tensor, check_trailing_shape
+from .._validation import check_rows_valid, check_tensor, check_trailing_shape, violated
 from ._enumeration import check_enumerable, check_int
 from ._sampling import categorical
 from .base import Structure
+
+_INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class Categorical(Structure):
@@ -74,14 +76,31 @@ class Categorical(Structure):
 
     def log_prob_indices(self, scores: Tensor, idx: Tensor) -> Tensor:
         """``log p(i) = θ_i - logsumexp(θ)`` of category indices ``idx``; ``scores``
-        ``(*batch, k)`` and ``idx`` ``(*batch')`` broadcast; differentiable in the scores."""
+        ``(*batch, k)`` (validated as by ``check_scores``) and ``idx`` ``(*batch')`` broadcast;
+        differentiable in the scores. ``idx`` must be an integer tensor (``TypeError``) with
+        values in ``[0, k)`` (``ValueError``; a value check, off with validation)."""
+        self.check_scores(scores)
+        if not isinstance(idx, Tensor) or idx.dtype not in _INDEX_DTYPES:
+            got = idx.dtype if isinstance(idx, Tensor) else type(idx).__name__
+            raise TypeError(f"idx must be an integer tensor of category indices, got {got}")
+        if violated(idx, lambda i: (i >= 0) & (i < self.k)):
+            raise ValueError(
+                f"idx must hold category indices in [0, {self.k}), got values from "
+                f"{int(idx.min())} to {int(idx.max())}"
+            )
         logp = torch.log_softmax(scores, dim=-1)
         ndim = max(logp.dim() - 1, idx.dim())
         a = (1,) * (ndim - logp.dim() + 1) + tuple(logp.shape[:-1])
         b = (1,) * (ndim - idx.dim()) + tuple(idx.shape)
+        if any(m != n and 1 not in (m, n) for m, n in zip(a, b, strict=True)):
+            raise ValueError(
+                f"idx of shape {tuple(idx.shape)} does not broadcast with the batch shape "
+                f"{tuple(scores.shape[:-1])} of scores"
+            )
         shape = tuple(max(m, n) for m, n in zip(a, b, strict=True))  # broadcast (no torch._refs)
         logp = logp.reshape(*a, self.k).expand(*shape, self.k)
-        return logp.gather(-1, idx.reshape(b).expand(shape).unsqueeze(-1)).squeeze(-1)
+        index = idx.long().reshape(b).expand(shape).unsqueeze(-1)
+        return logp.gather(-1, index).squeeze(-1)
 
     def _sample(
         self, scores: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator | None

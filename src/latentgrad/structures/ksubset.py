@@ -79,7 +79,8 @@ class KSubset(Structure):
 
     def log_partition(self, scores: Tensor) -> Tensor:
         """``log e_k(θ) = log sum_{|S|=k} exp(sum_{i in S} θ_i)``: ``(*batch,)``, computed in at
-        least float32 and returned in the scores' dtype."""
+        least float32 and returned in the scores' dtype (a ValueError where it exceeds that dtype's
+        range)."""
         self.check_scores(scores)
         work = scores.to(working_dtype(scores.dtype))
         self.check_range(work)
@@ -87,7 +88,7 @@ class KSubset(Structure):
         # of a large common offset); c is the row maximum, detached (the gradient is unchanged)
         top = self._common_shift(work)
         log_z = log_elementary_symmetric(work - top, self.k)[..., -1] + self.k * top.squeeze(-1)
-        return log_z.to(scores.dtype)
+        return self._log_z_in_dtype_of(log_z, scores)
 
     def marginals(self, scores: Tensor) -> Tensor:
         """``P(z_i = 1) = grad log Z``, ``(*batch, n)``, sums to k; differentiable (its backward is
