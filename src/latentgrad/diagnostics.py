@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .estimators.base import Estimator, LossFn
 from .structures.base import Structure
+from .structures.categorical import Categorical
 
 
 @dataclass
@@ -151,18 +152,28 @@ def exact_gradient(
 ) -> Tensor | None:
     """Gradient of ``J(theta)`` (module docstring) by enumeration, or None without a target.
 
-    Categorical (``structure`` None): the latents along the middle dims of ``(B, *latent, K)`` are
-    independent, so a joint value's probability is the product of the per-latent ones. A
+    Categorical (``structure`` None or ``Categorical``): the latents along the middle dims of
+    ``(B, *latent, K)`` are independent, so a joint value's probability is the product of the
+    per-latent ones (``loss_fn`` gets indices if the estimator's ``one_hot`` is False). Another
     structure: every value's score ``structure.score(theta_b, z)`` (trees count each undirected
-    edge once), then the estimator's target over them."""
+    edge once), then the estimator's target over them; one latent per example (``scores``
+    ``(B, *event)``). None where the estimator has no target (``enumeration_probs`` None:
+    SparseMAP, mixed, IGR and relaxed-subset estimators)."""
     x = scores.detach().clone().requires_grad_(True)
     probs_fn = getattr(estimator, "enumeration_probs", None)
-    if structure is None:
+    if structure is None or isinstance(structure, Categorical):
         per_latent = x.softmax(-1) if probs_fn is None else probs_fn(x)
         if per_latent is None:
             return None
         space, probs = _joint_categorical(per_latent)
+        if not getattr(estimator, "one_hot", True):  # loss_fn takes category indices
+            space = space.argmax(-1)
     else:
+        if scores.dim() - 1 != structure.event_dim:
+            raise ValueError(
+                f"exact: scores of shape {tuple(scores.shape)} hold several {structure!r} "
+                "latents per example, whose joint values are not enumerated: pass exact=False"
+            )
         space = enumerate_space(scores, structure)
         value_scores = structure.score(x.unsqueeze(1), space)  # (B, N)
         probs = value_scores.softmax(-1) if probs_fn is None else probs_fn(value_scores)

@@ -384,3 +384,28 @@ def test_float32_entropy_and_kl_gradients_at_tiny_concentrations_are_float64_rou
         assert (fits | beyond).all() and beyond.any()
         torch.testing.assert_close(got.double()[fits], want[fits], rtol=1e-5, atol=1e-6)
         assert torch.equal(got[beyond], want[beyond].sign().float() * float("inf"))
+
+
+@pytest.mark.parametrize("divergence", ["entropy", "kl"])
+def test_float64_concentrations_below_1e_150_give_finite_gradients_and_the_terms_at_1e_150(
+    divergence,
+):
+    """float64 concentrations reach its tiny (1e-308), but ψ'(α) ≈ 1/α² overflows below ~1e-154
+    and the exact entropy and KL had NaN gradients (even through vertices, whose term is 0).
+    A concentration below 1e-150 now counts as 1e-150: same value as there, finite gradients."""
+    faces = NonEmptyFaces(torch.tensor([[0.0, 0.3, -0.2]], dtype=torch.float64))
+
+    def term(first):
+        alpha = torch.tensor([[first, 0.5, 1.0]], dtype=torch.float64, requires_grad=True)
+        q = MixedDirichlet(faces, alpha)
+        if divergence == "entropy":
+            value = q.entropy()
+        else:
+            value = kl_divergence(q, MixedDirichlet(faces, torch.ones_like(alpha)))
+        value.sum().backward()
+        return value.detach(), alpha.grad
+
+    value, grad = term(1e-300)
+    value_at_bound, _ = term(1e-150)
+    assert torch.isfinite(grad).all()
+    assert torch.equal(value, value_at_bound)

@@ -538,3 +538,21 @@ def test_the_instances_validate_args_decides_over_the_global_switch():
             checked.log_prob(off_simplex)
     unchecked = StochasticSoftmax(Categorical(3), torch.zeros(3), 0.5, validate_args=False)
     assert unchecked.log_prob(off_simplex).shape == ()
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((KSubset(4, 2), torch.zeros(2, 4), 0.0, "gaussain"), ValueError, "noise"),  # was Gumbel
+        ((KSubset(4, 2), torch.tensor([[float("nan"), 0.0, 0.0, 0.0]]), 0.0, "gumbel"),
+         ValueError, "logits"),  # was 0
+        ((KSubset(4, 2), torch.zeros(2, 5), 0.0, "gumbel"), ValueError, "logits"),  # torch's
+        ((None, torch.zeros(2, 4), 0.0, "gumbel"), TypeError, "structure"),  # AttributeError
+    ],
+)
+def test_utility_kl_refuses_bad_arguments_naming_them(args, error, match):
+    """``utility_kl`` validates its arguments: an unknown noise, NaN or mis-shaped logits and a
+    missing structure raise an error naming the argument (before: a silent Gumbel formula, a KL
+    of 0, torch's size mismatch, an AttributeError)."""
+    with pytest.raises(error, match=match):
+        utility_kl(*args)

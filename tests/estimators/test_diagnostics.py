@@ -141,3 +141,54 @@ def test_gradient_stats_docstring_example_runs():
     result = doctest.testmod(latentgrad.diagnostics, verbose=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_estimators_whose_latent_is_not_enumerated_have_no_exact_gradient():
+    """Mixed, IGR and relaxed-subset latents are not distributions over the enumerated one-hots:
+    no brute-force target, so no exact gradient and no bias (before: the bias against a softmax
+    of the scores, e.g. 12 standard errors for the unbiased Gaussian-sparsemax estimator)."""
+    from latentgrad.estimators import (
+        GaussianSparsemaxEstimator,
+        IGREstimator,
+        MixedDirichletEstimator,
+    )
+    from latentgrad.estimators.subsets import CorrelatedSSTEstimator, L2XEstimator
+
+    def loss_fn(z, rows):
+        return z.flatten(1).square().sum(-1)
+
+    cases = [(GaussianSparsemaxEstimator(), (B, K)), (IGREstimator(), (B, 2, 2, K - 1)),
+             (MixedDirichletEstimator(), (B, 2, K)), (L2XEstimator(2, 0.5), (B, K)),
+             (CorrelatedSSTEstimator(2, 0.5), (B, K, 3))]  # fmt: skip
+    for estimator, shape in cases:
+        scores = torch.randn(*shape, dtype=torch.float64)
+        stats = gradient_stats(estimator, scores, loss_fn, 3)
+        assert stats.exact is None and stats.bias is None, estimator
+
+
+def test_a_categorical_structure_and_index_latents_enumerate_as_the_plain_categorical():
+    """``structure=Categorical(K)`` with several latents ``(B, L, K)`` and ``one_hot=False``
+    (``loss_fn`` on indices) give the exact gradient of the plain one-hot categorical case."""
+    from latentgrad.structures import Categorical
+
+    scores = 1.5 * torch.randn(B, 3, K, dtype=torch.float64)
+    weights = torch.arange(1.0, K + 1, dtype=torch.float64)
+
+    def one_hot_loss(z, rows):
+        return (z * weights).sum(-1).square().sum(-1)
+
+    def index_loss(idx, rows):
+        return weights[idx].square().sum(-1)
+
+    want = exact_gradient(ScoreFunction(), scores, one_hot_loss, None)
+    structured = ScoreFunction(structure=Categorical(K))
+    torch.testing.assert_close(exact_gradient(structured, scores, one_hot_loss, Categorical(K)),
+                               want)
+    torch.testing.assert_close(exact_gradient(ScoreFunction(one_hot=False), scores, index_loss,
+                                              None), want)
+
+
+def test_several_structured_latents_ask_for_exact_false():
+    with pytest.raises(ValueError, match="exact=False"):
+        gradient_stats(ScoreFunction(structure=BitVector(3)), torch.randn(2, 2, 3),
+                       lambda z, rows: z.flatten(1).sum(-1), 2)

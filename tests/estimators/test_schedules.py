@@ -46,19 +46,20 @@ def test_exponential_decay_changes_only_every_n_steps_and_matches_formula():
     tau0=st.floats(0.1, 10.0),
     rate=st.floats(0.0, 0.1),
     every=st.integers(1, 7),
-    floor=st.floats(0.01, 5.0),
+    floor_fraction=st.floats(0.01, 1.0),
     steps=st.integers(1, 60),
 )
 def test_exponential_decay_is_piecewise_constant_non_increasing_and_bounded(
-    tau0, rate, every, floor, steps
+    tau0, rate, every, floor_fraction, steps
 ):
+    floor = floor_fraction * tau0
     sched = ExponentialDecay(tau0, rate, every=every, floor=floor)
     values = []
     for _ in range(steps):
         values.append(sched().item())
         sched.step()
     assert all(later <= earlier for earlier, later in itertools.pairwise(values))
-    assert all(floor <= v <= max(tau0, floor) for v in values)
+    assert all(floor <= v <= tau0 for v in values)
     assert all(values[i] == values[i - 1] for i in range(1, steps) if i % every)
 
 
@@ -133,12 +134,17 @@ def test_as_schedule_wraps_floats_and_passes_schedules_through():
         (lambda: Constant(float("nan")), "tau"),
         (lambda: ExponentialDecay(-1.0, 0.1), "tau0"),
         (lambda: ExponentialDecay(1.0, -0.1), "rate"),
+        (lambda: ExponentialDecay(1.0, float("inf")), "rate"),
+        (lambda: ExponentialDecay(0.1, 0.1, floor=0.5), "floor .* tau0"),
         (lambda: ExponentialDecay(1.0, 0.1, every=0), "every"),
         (lambda: ExponentialDecay(1.0, 0.1, floor=0.0), "floor"),
         (lambda: Learnable(0.0), "init"),
     ],
 )
 def test_bad_configuration_raises(factory, match):
+    """Each bad setting is refused with a ValueError naming it: a non-positive or NaN
+    temperature, a negative or infinite rate (inf gave a NaN temperature), a floor above tau0
+    (the run started at the floor)."""
     with pytest.raises(ValueError, match=match):
         factory()
 
@@ -204,3 +210,84 @@ def test_auto_step_false_leaves_stepping_to_the_caller():
     assert int(est.temperature.num_steps) == 1
     with pytest.raises(TypeError, match="auto_step"):
         ExponentialDecay(1.0, 0.5, auto_step=1)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copied_schedule_advances_once_per_optimizer_step_independently_of_the_original(how):
+    """A copy of an auto-stepped schedule (``copy.deepcopy``, or a whole-module
+    ``torch.save``/``torch.load`` round trip) is auto-stepped too: it advances once per optimizer
+    step that followed a training call of the copy, and the original, unused, stays put."""
+    import copy
+
+    est, opt = _gumbel(), _optimizer()
+    _step_with(est, opt)
+    if how == "deepcopy":
+        clone = copy.deepcopy(est)
+    else:
+        buffer = io.BytesIO()
+        torch.save(est, buffer)
+        buffer.seek(0)
+        clone = torch.load(buffer, weights_only=False)
+    assert int(clone.temperature.num_steps) == 1
+    for _ in range(3):
+        _step_with(clone, opt)
+    assert int(clone.temperature.num_steps) == 4
+    assert int(est.temperature.num_steps) == 1
+
+
+def _relaxed_estimators():
+    from latentgrad.estimators import GumbelSoftmax, SSTEstimator
+    from latentgrad.structures import BitVector, KSubset
+
+    return [
+        lambda tau: GumbelSoftmax(tau, structure=BitVector(4)),
+        lambda tau: GumbelSoftmax(tau),
+        lambda tau: SSTEstimator(KSubset(4, 2), tau),
+    ]
+
+
+@pytest.mark.parametrize("make", range(3))
+@pytest.mark.parametrize(
+    ("schedule", "dtype"),
+    [
+        (lambda: Constant(1e-46), torch.float32),  # positive as a float, 0 in float32
+        (lambda: Constant(1e5), torch.float16),  # inf in float16
+        (lambda: ExponentialDecay(1.0, 0.1, floor=1e-46), torch.float32),  # the floor is 0
+        (lambda: ExponentialDecay(1e5, 0.1, floor=1.0), torch.float16),  # tau0 is inf
+    ],
+)
+def test_a_temperature_that_is_zero_or_infinite_in_the_scores_dtype_is_refused(
+    make, schedule, dtype
+):
+    """A temperature that passes as a positive Python float but rounds to 0 or infinity in the
+    scores' dtype (NaN gradients before) is refused with a ValueError naming the temperature and
+    the dtype; the schedule's whole range is checked at its first use."""
+    est = _relaxed_estimators()[make](schedule())
+    scores = torch.randn(2, 4, dtype=dtype, requires_grad=True)
+    with pytest.raises(ValueError, match=rf"temperature .*{dtype}"):
+        est(scores, lambda z, rows: ((z - 0.3) ** 2).sum(-1))
+
+
+def test_tiny_temperatures_that_the_dtype_still_represents_are_accepted():
+    """The dtype check refuses only 0 and infinity: a subnormal float32 temperature works and
+    gives finite gradients."""
+    est = _relaxed_estimators()[0](1e-40)
+    scores = torch.randn(2, 4, requires_grad=True)
+    est(scores, lambda z, rows: ((z - 0.3) ** 2).sum(-1)).loss.backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("make", range(3))
+def test_a_learnable_temperature_that_underflows_in_the_scores_dtype_is_clamped_not_nan(make):
+    """``Learnable`` with ``free = -120`` has softplus 0 in float32 (before: NaN losses blamed on
+    loss_fn); ``like`` clamps it to float32's smallest normal number, so losses and gradients are
+    finite."""
+    sched = Learnable(1.0)
+    with torch.no_grad():
+        sched.free.fill_(-120.0)
+    scores = torch.randn(2, 4)
+    assert sched.like(scores).item() == torch.finfo(torch.float32).tiny
+    scores.requires_grad_(True)
+    out = _relaxed_estimators()[make](sched)(scores, lambda z, rows: ((z - 0.3) ** 2).sum(-1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss).all() and torch.isfinite(scores.grad).all()

@@ -342,3 +342,21 @@ def test_nvil_default_baseline_is_finite_at_any_score_magnitude(dtype):
         assert abs(float(out.logs["baseline"])) <= (1 + rounding) * bound, magnitude
         grads = torch.autograd.grad(out.loss, [scores, *est.parameters()])
         assert all(torch.isfinite(g).all() for g in grads), magnitude
+
+
+def test_nvil_default_baseline_built_in_float32_reads_float64_scores_in_its_own_dtype():
+    """The default net takes its dtype at its first call; float64 scores afterwards raised
+    torch's "mat1 and mat2 must have the same dtype". They are now cast to the net's float32
+    (the baseline is a control variate), so the surrogate is float64, its gradients are finite,
+    and the logged baseline is the net's value at the float32-cast features."""
+    torch.manual_seed(0)
+    est = NVIL()
+    est(torch.randn(3, K), lambda z, rows: z[:, 0])
+    scores = torch.randn(3, K, dtype=torch.float64, requires_grad=True)
+    out = est(scores, lambda z, rows: z[:, 0])
+    assert out.loss.dtype == torch.float64 and est.baseline_net.net[1].weight.dtype == torch.float32
+    out.loss.backward()
+    assert torch.isfinite(scores.grad).all()
+    with torch.no_grad():
+        expected = est.baseline_net.net(scores.float().asinh()).mean()
+    assert float(out.logs["baseline"]) == pytest.approx(float(expected), rel=1e-6)

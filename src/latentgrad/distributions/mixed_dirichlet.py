@@ -113,13 +113,26 @@ def _widened(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.double() if t.dtype == torch.float32 else t for t in tensors)
 
 
+_ALPHA_MIN = 1e-150
+"""The least concentration the Dirichlet terms see: they and their gradients hold in float64
+down to α ~ 1e-154 (``_widened``), and float64 concentrations go down to its tiny, 1e-308."""
+
+
+def _held(alpha: Tensor) -> Tensor:
+    """``alpha`` clamped to ``_ALPHA_MIN`` (a no-op for widened float32, which stops at 1e-45):
+    below it ψ'(α) ≈ 1/α² overflows float64 and the gradients were inf or NaN (inf − inf, also on
+    vertices, whose term is 0); a smaller α has the terms of α = 1e-150 and no gradient."""
+    return alpha.clamp_min(_ALPHA_MIN)
+
+
 def _dirichlet_entropy(alpha: Tensor, faces: Tensor, enumerated: bool = False) -> Tensor:
     """H(Dir(α_f)) = log B(α_f) + (α_0 − n)ψ(α_0) − Σ_{k∈f} (α_k − 1)ψ(α_k)
     = Σ_{k∈f} [h(α_k) + ψ(α_k)] − h(α_0) − nψ(α_0) with ``h`` of ``_log_gamma_part`` (its ``α``
     terms cancel: Σ α_k = α_0), stable at any α; 0 on vertices. float32 computes in float64
-    (``_widened``)."""
+    (``_widened``), α below 1e-150 counts as 1e-150 (``_held``)."""
     dtype = alpha.dtype
     alpha, faces = _widened(alpha, faces)
+    alpha = _held(alpha)
     a0 = _over_faces(alpha, faces, enumerated)
     n = faces.sum(-1)
     h = (_over_faces(_log_gamma_part(alpha) + torch.digamma(alpha), faces, enumerated)
@@ -132,14 +145,16 @@ def _dirichlet_kl(alpha: Tensor, beta: Tensor, faces: Tensor, enumerated: bool =
     + (α_k − β_k)ψ(α_k)] − ψ(α_0) Σ_f (α_k − β_k)
     = Σ_f [log Γ(β_k) − h(α_k) − β_k ψ(α_k)] + h(α_0) − log Γ(β_0) + β_0 ψ(α_0) with ``h`` of
     ``_log_gamma_part`` (stable at any α); ≥ 0 (rounding clamped), exactly 0 on vertices and
-    where α_f = β_f. float32 computes in float64 (``_widened``)."""
+    where α_f = β_f. float32 computes in float64 (``_widened``), α and β below 1e-150 count as
+    1e-150 (``_held``)."""
     dtype = alpha.dtype
     alpha, beta, faces = _widened(alpha, beta, faces)
+    differ = _over_faces((alpha != beta).to(alpha.dtype), faces, enumerated) > 0
+    alpha, beta = _held(alpha), _held(beta)
     a0, b0 = _over_faces(alpha, faces, enumerated), _over_faces(beta, faces, enumerated)
     per_coord = torch.lgamma(beta) - _log_gamma_part(alpha) - beta * torch.digamma(alpha)
     kl = (_over_faces(per_coord, faces, enumerated) + _log_gamma_part(a0) - torch.lgamma(b0)
           + b0 * torch.digamma(a0))
-    differ = _over_faces((alpha != beta).to(alpha.dtype), faces, enumerated) > 0
     kl = torch.where((faces.sum(-1) > 1) & differ, kl.clamp_min(0), torch.zeros_like(kl))
     return kl.to(dtype)
 

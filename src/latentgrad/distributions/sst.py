@@ -89,8 +89,14 @@ def utility_kl(
     ``utility_mask`` (each drawn utility once: one term per undirected tree edge; the SST
     reference code counted each edge twice). Entries whose logit is ``-inf`` are excluded
     items, never drawn, and count 0.
-    logits ``(*batch, *score_shape)`` -> ``(*batch,)``.
+    logits ``(*batch, *score_shape)`` -> ``(*batch,)``. ``TypeError``/``ValueError`` naming the
+    argument for a non-``Structure`` structure, a noise not in ``NOISES``, and logits of the
+    wrong shape or with NaN (the value check follows the validation switch).
     """
+    if not isinstance(structure, Structure):
+        raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")
+    check_choice(noise, "noise", NOISES)
+    structure.check_scores(logits, "logits")
     prior = torch.as_tensor(prior_logits, dtype=logits.dtype, device=logits.device)
     drawn = (logits > float("-inf")) & utility_mask(structure, logits)
     delta = torch.where(drawn, logits - prior, torch.zeros_like(logits))

@@ -109,6 +109,12 @@ class Sampler(Estimator):
         allowed = ("mode", "sample") if not isinstance(self._family, CategoricalLatent) else None
         self._set_eval_mode(eval_mode, *(() if allowed is None else (allowed,)))
 
+    @property
+    def one_hot(self) -> bool:
+        """Whether ``loss_fn`` gets one-hot latents, else category indices (categorical latents
+        built with ``one_hot=False``; structures always get their 0/1 tensors)."""
+        return not isinstance(self._family, CategoricalLatent) or self._family.one_hot
+
     def extra_repr(self) -> str:
         n = getattr(self, "n_samples", None)
         k = getattr(self, "k", None)

@@ -234,6 +234,13 @@ def check_latent_shape(latent_shape: object, min_dim: int = 1) -> tuple[int, ...
 EVAL_MODES = ("mode", "sample", "expected")
 
 
+def no_enumeration_target(self: Estimator, value_scores: Tensor) -> None:
+    """``enumeration_probs`` of the estimators whose latent is not a distribution over the
+    enumerated one-hots or structures (mixed, IGR, relaxed subsets): ``None``, so
+    ``latentgrad.diagnostics`` reports no exact gradient (no brute-force target) for them."""
+    return None
+
+
 class Estimator(nn.Module):
     """Base class: subclasses implement ``forward(scores, loss_fn) -> EstimatorOutput``.
 

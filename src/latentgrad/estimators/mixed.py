@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from .._validation import check_choice, check_finite, check_positive, check_positive_int
+from .._validation import (
+    check_choice,
+    check_finite,
+    check_positive,
+    check_positive_int,
+    violated,
+)
 from ..distributions.faces import NonEmptyFaces
 from ..distributions.gaussian_sparsemax import GaussianSparsemax
 from ..distributions.mixed_binary import BinaryGaussianSparsemax, HardConcrete
@@ -41,6 +47,7 @@ from .base import (
     call_loss_fn,
     check_latent_shape,
     fixed_support_output,
+    no_enumeration_target,
     sum_latent,
 )
 
@@ -50,6 +57,19 @@ __all__ = ["BinaryMixedEstimator", "GaussianSparsemaxEstimator", "MixedDirichlet
 def _check_input(x: object, name: str, min_dim: int) -> Tensor:
     x = check_min_batched(x, name, min_dim)
     check_finite(x, name)
+    return x
+
+
+def _check_loc(x: object, name: str) -> Tensor:
+    """Gaussian-sparsemax locations: batched, finite and of magnitude at most ``finfo.max / 8``
+    of their dtype, the distribution's range (shifted locations stay finite; beyond it the
+    entropy's gradients were NaN). One sync, with validation on (as ``check_finite`` alone)."""
+    x = check_min_batched(x, name, 2)
+    limit = torch.finfo(x.dtype).max / 8
+    if violated(x, lambda x: x.abs() <= limit):
+        check_finite(x, name)
+        raise ValueError(f"{name} must have magnitude at most finfo.max / 8 = {limit:.3g} in "
+                         f"{x.dtype}, got {x.detach().abs().max().item():.3g}; rescale it")
     return x
 
 
@@ -79,11 +99,14 @@ class GaussianSparsemaxEstimator(Estimator):
         eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the noise-free point
             ``sparsemax(μ)``) or ``"sample"``.
 
-    ``scores``: loc μ (B, *latent, K), or a tuple (loc, scale) with scale broadcastable to loc.
-    ``z``: (B·S, *latent, K) points of the simplex with exact zeros. ``entropy`` (B,): the Monte
-    Carlo direct-sum entropy −mean_s log p(y_s) at the drawn samples (exact log-density; unbiased,
-    pathwise-differentiable), summed over latent variables.
+    ``scores``: loc μ (B, *latent, K), or a tuple (loc, scale) with scale broadcastable to loc;
+    ``|μ| <= finfo.max / 8`` (the distribution's range; ``ValueError`` otherwise, with
+    validation on). ``z``: (B·S, *latent, K) points of the simplex with exact zeros. ``entropy``
+    (B,): the Monte Carlo direct-sum entropy −mean_s log p(y_s) at the drawn samples (exact
+    log-density; unbiased, pathwise-differentiable), summed over latent variables.
     """
+
+    enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
     def __init__(self, scale: float = 1.0, n_samples: int = 1, entropy_coeff: float = 0.0,
                  eval_mode: str = "mode") -> None:
@@ -97,11 +120,11 @@ class GaussianSparsemaxEstimator(Estimator):
     def forward(self, scores: Tensor | tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
         if isinstance(scores, tuple):
             loc, scale = scores
-            loc = _check_input(loc, "scores[0] (loc)", 2)
+            loc = _check_loc(loc, "scores[0] (loc)")
             scale = _check_input(scale, "scores[1] (scale)", 0)
             check_positive(scale, "scores[1] (scale)")
         else:
-            loc, scale = _check_input(scores, "scores", 2), self.scale
+            loc, scale = _check_loc(scores, "scores"), self.scale
         dist = GaussianSparsemax(loc, scale, validate_args=False)
         y = dist.rsample((self.n_samples,))
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff != 0):
@@ -136,6 +159,8 @@ class BinaryMixedEstimator(Estimator):
 
     ``scores``: (B, *bits); ``z``: (B·S, *bits) in [0, 1] with exact 0s and 1s.
     """
+
+    enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
     def __init__(self, family: str = "hard_concrete", temperature: float = 2 / 3,
                  stretch: tuple[float, float] = (-0.1, 1.1), scale: float = 1.0,
@@ -228,6 +253,8 @@ class MixedDirichletEstimator(Estimator):
     ``entropy`` (B,): H(q_F) (exact) + H(Dir(α_f)) averaged over the S sampled faces (or exact
     with ``exact_regularizer``), summed over latent variables.
     """
+
+    enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
     def __init__(self, n_samples: int = 1, baseline: str | None = "self_critic",
                  prior: MixedDirichlet | None = None, kl_coeff: float = 1.0,

@@ -55,6 +55,7 @@ from .base import (
     EstimatorOutput,
     LossFn,
     check_latent_shape,
+    no_enumeration_target,
     sum_latent,
 )
 from .marginalization import softmax_expectation
@@ -335,6 +336,8 @@ class IGREstimator(Estimator):
     Output: ``expected_loss = ℓ(z)``, ``entropy = −log q(ψ)`` at the sample (summed over latent
     variables), logs ``temperature``, ``kl`` (mean) and, for SB, ``truncation`` (sticks kept).
     """
+
+    enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
     def __init__(
         self,

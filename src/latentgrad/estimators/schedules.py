@@ -13,7 +13,12 @@ So the temperature follows the optimisation steps that used it, gradient accumul
 and is never silently frozen. A loop written for manual stepping keeps the same schedule: an
 explicit ``step()`` right after an optimizer step that already advanced the schedule is a no-op,
 and one before it takes the place of the automatic advance. ``auto_step=False`` leaves stepping
-to the caller.
+to the caller. A copy (``copy.deepcopy``, or ``torch.save`` then ``torch.load`` of the module)
+of an auto-stepped schedule is auto-stepped too, independently of the original.
+
+A temperature must be finite and positive in the scores' dtype, not only as a Python float:
+``Constant.like`` and ``ExponentialDecay.like`` raise a ``ValueError`` where it rounds to 0 or
+infinity there (``Learnable`` clamps instead; its docstring).
 """
 
 from __future__ import annotations
@@ -36,6 +41,22 @@ def _check_positive_float(value: object, name: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return value
+
+
+def _check_representable(low: float, high: float, dtype: torch.dtype) -> None:
+    """Raise unless every temperature in ``[low, high]`` is finite and positive in ``dtype``
+    (rounding is monotone, so the two ends decide). From ``finfo`` alone, no tensor: the
+    smallest subnormal and ``max`` bound the accepted values (the few just outside, which may
+    round to them, are refused too)."""
+    info = torch.finfo(dtype)
+    smallest = info.smallest_normal * info.eps  # the smallest subnormal
+    for value in (low, high):
+        if not smallest <= value <= info.max:
+            raise ValueError(
+                f"temperature {value:g} is {'0' if value < smallest else 'infinite'} in the "
+                f"scores' dtype {dtype}; expected a temperature that is positive and finite in "
+                f"{dtype} ({smallest:.3g} to {info.max:.3g}), or scores in a wider dtype"
+            )
 
 
 _AUTO_STEPPED: weakref.WeakSet[TemperatureSchedule] = weakref.WeakSet()
@@ -86,10 +107,19 @@ class TemperatureSchedule(nn.Module):
         if not isinstance(auto_step, bool):
             raise TypeError(f"auto_step must be a bool, got {type(auto_step).__name__}")
         self.auto_step = auto_step
-        if auto_step:
+        self._enrol()
+
+    def _enrol(self) -> None:
+        """Join the schedules the optimizer hook advances, where ``auto_step`` is on."""
+        if getattr(self, "auto_step", False):
             if not _HOOK:
                 _HOOK.append(register_optimizer_step_post_hook(_advance_used_schedules))
             _AUTO_STEPPED.add(self)
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a copy (``copy.deepcopy``, unpickling), auto-stepped as the original was."""
+        super().__setstate__(state)
+        self._enrol()
 
     def mark_used(self) -> None:
         """Record a training-mode call with gradients (the next optimizer step advances us)."""
@@ -112,10 +142,12 @@ class Constant(TemperatureSchedule):
     def like(self, x: Tensor) -> Tensor:
         """``tau`` in ``x``'s dtype and device, built once per dtype and device (the same
         rounding as ``schedule().to(x)``; one built in inference mode is not kept, as it could
-        not be saved for a later backward)."""
+        not be saved for a later backward). ``ValueError`` naming the dtype where ``tau`` is 0
+        or infinite in it."""
         key = (x.device, x.dtype)
         tau = self._like.get(key)
         if tau is None:
+            _check_representable(self.tau, self.tau, x.dtype)
             tau = torch.tensor(self.tau, dtype=x.dtype, device=x.device)
             if not torch.is_inference_mode_enabled():
                 self._like[key] = tau
@@ -128,14 +160,16 @@ class Constant(TemperatureSchedule):
 class ExponentialDecay(TemperatureSchedule):
     """``tau(step) = max(floor, tau0 * exp(-rate * every * floor(step / every)))``.
 
-    The temperature changes only every ``every`` steps (Jang et al. 2017 anneal this way). ``tau0``
-    is kept as configured (the reference runs ignored it and started from 1.0 with floor 0.5: pass
-    ``tau0=1.0, floor=0.5`` to reproduce them). The step counter is the buffer ``num_steps``; it
-    advances after each optimizer step that followed a training call (``auto_step=True``), or on
-    ``step()``.
+    The temperature changes only every ``every`` steps (Jang et al. 2017 anneal this way). It
+    decays from ``tau0`` down to ``floor``, so ``floor <= tau0`` and a finite ``rate`` are
+    required. ``tau0`` is kept as configured (the reference runs ignored it and started from 1.0
+    with floor 0.5: pass ``tau0=1.0, floor=0.5`` to reproduce them). The step counter is the
+    buffer ``num_steps``; it advances after each optimizer step that followed a training call
+    (``auto_step=True``), or on ``step()``.
     """
 
     num_steps: Tensor
+    _checked_dtypes: frozenset[torch.dtype] = frozenset()
 
     def __init__(
         self,
@@ -147,11 +181,20 @@ class ExponentialDecay(TemperatureSchedule):
     ) -> None:
         super().__init__()
         self.tau0 = _check_positive_float(tau0, "tau0")
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
-            raise ValueError(f"rate must be a non-negative float, got {rate!r}")
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not (math.isfinite(rate) and rate >= 0)
+        ):
+            raise ValueError(f"rate must be a finite non-negative float, got {rate!r}")
         self.every = check_positive_int(every, "every")
         self.rate = float(rate)
         self.floor = _check_positive_float(floor, "floor")
+        if self.floor > self.tau0:
+            raise ValueError(
+                f"floor ({self.floor}) must not exceed tau0 ({self.tau0}): the temperature decays "
+                "from tau0 down to floor"
+            )
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self._register_auto_step(auto_step)
 
@@ -161,6 +204,15 @@ class ExponentialDecay(TemperatureSchedule):
         tau = self.tau0 * torch.exp(-self.rate * self.every * epochs)
         return tau.clamp(min=self.floor)
 
+    def like(self, x: Tensor) -> Tensor:
+        """As the base class, after checking once per dtype (no sync) that the temperatures the
+        schedule can take, ``[floor, tau0]``, are finite and positive in ``x``'s dtype
+        (``ValueError`` naming the dtype otherwise)."""
+        if x.dtype not in self._checked_dtypes:
+            _check_representable(self.floor, self.tau0, x.dtype)
+            self._checked_dtypes = self._checked_dtypes | {x.dtype}
+        return super().like(x)
+
     def advance(self) -> None:
         self.num_steps.add_(1)
 
@@ -169,7 +221,13 @@ class ExponentialDecay(TemperatureSchedule):
 
 
 class Learnable(TemperatureSchedule):
-    """A trainable temperature ``tau = softplus(free) > 0``, initialised at ``init``."""
+    """A trainable temperature ``tau = softplus(free) > 0``, initialised at ``init``.
+
+    ``like`` clamps the temperature into the positive finite range of the scores' dtype
+    (``[finfo.tiny, finfo.max]``) rather than checking it, as a check would cost a host-device
+    sync every step: the clamp acts only where the temperature is beyond what that dtype resolves
+    (a ``free`` parameter below about -87 in float32), and there the gradient to ``free`` is 0.
+    """
 
     def __init__(self, init: float) -> None:
         super().__init__()
@@ -179,6 +237,12 @@ class Learnable(TemperatureSchedule):
 
     def forward(self) -> Tensor:
         return F.softplus(self.free)
+
+    def like(self, x: Tensor) -> Tensor:
+        """The temperature in ``x``'s dtype and on its device, clamped into that dtype's positive
+        finite range (class docstring)."""
+        finfo = torch.finfo(x.dtype)
+        return self().to(device=x.device, dtype=x.dtype).clamp(finfo.tiny, finfo.max)
 
 
 def as_schedule(

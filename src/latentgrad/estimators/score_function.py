@@ -111,7 +111,9 @@ class ScoreBaselineNet(nn.Module):
     (raw scores of 1e20 would give a float32 squared error of 1e38 and beyond). The input size is
     read at the first call (``nn.LazyLinear``), where the net also takes the input's dtype and
     device; the parameter objects stay the same, so an optimiser built before the first call
-    trains them.
+    trains them. A later input of another floating dtype is cast to the net's (the baseline is a
+    control variate: its precision does not bias the estimator; the running baselines likewise
+    cast their state to the scores' dtype).
     """
 
     def __init__(self, hidden: int = 64) -> None:
@@ -128,7 +130,7 @@ class ScoreBaselineNet(nn.Module):
         first = self.net[1]
         if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)
-        return self.net(x)
+        return self.net(x.to(self.net[-1].weight.dtype))
 
 
 class NVIL(Sampler):

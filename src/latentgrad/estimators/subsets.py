@@ -30,7 +30,7 @@ from .._validation import check_positive_int
 from ..distributions.sst import draw_noise
 from ..structures.ksubset import KSubset
 from ._one_sample import one_sample_output
-from .base import Estimator, EstimatorOutput, LossFn
+from .base import Estimator, EstimatorOutput, LossFn, no_enumeration_target
 from .schedules import TemperatureSchedule, as_schedule
 
 
@@ -58,6 +58,8 @@ def softsub_relax(scores: Tensor, gumbel: Tensor, k: int, tau: Tensor, eps: floa
 
 class _RelaxedSubset(Estimator):
     """Shared parts: k, temperature, straight-through and the one-sample surrogate."""
+
+    enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
     def __init__(
         self,
@@ -165,10 +167,11 @@ class CorrelatedSSTEstimator(_RelaxedSubset):
 
         Computed as ``Û e^m / τ``: ``m >= 0`` each row's largest
         log-magnitude of the terms of U (``log|μ_i|``, ``log σ_i + log|ε_i|``,
-        ``log|F_ij η_j|``) plus ``log(2 + rank)``, so ``|Û| <= 1`` (``Û = U`` exactly when no
-        term exceeds 1/(2 + rank)). Where ``e^m / τ`` would overflow, ``m`` is lowered to fit:
-        the row is scaled down as a whole, at magnitudes where its relaxed top-k is already
-        the hard one (its gaps exceed ~1/eps of the dtype).
+        ``log|F_ij η_j|``) plus ``log(2 + rank)`` and a rounding margin of a few ulps, so
+        ``|Û| <= 1`` (``Û = U`` exactly when no term exceeds 1/(2 + rank)). Where
+        ``e^m / τ`` would overflow, ``m`` is lowered to fit: the row is scaled down as a whole,
+        at magnitudes where its relaxed top-k is already the hard one (its gaps exceed ~1/eps
+        of the dtype).
         """
         x = scores.to(working_dtype(scores.dtype))
         info = torch.finfo(x.dtype)
@@ -185,7 +188,10 @@ class CorrelatedSSTEstimator(_RelaxedSubset):
             largest = torch.stack([
                 log_abs(mu), log_sigma + log_abs(eps),
                 (log_abs(factors) + log_abs(eta).unsqueeze(-2)).amax(-1)], -1).amax(-1)
-            m = (largest.amax(-1, keepdim=True) + log_terms).clamp_min(0)
+            top = largest.amax(-1, keepdim=True)
+            # plus a few ulps of ``top``: at log-magnitudes like 1e8 (float32) the sums and
+            # differences of logs round by units, which would let |Û| exceed 1
+            m = (top + log_terms + 8 * info.eps * top.abs()).clamp_min(0)
             fit = (math.log(info.max) - 1 - log_terms + tau.log()).clamp_max(math.log(info.max))
             m_out = torch.minimum(m, fit)
         scale = (-m).exp()
