@@ -10,6 +10,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from latentgrad.distributions.faces import MaxEntropyFaces
+from latentgrad.distributions.gaussian_sparsemax import GaussianSparsemax
 from latentgrad.distributions.mixed_binary import BinaryGaussianSparsemax, HardConcrete
 from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
 from latentgrad.estimators.mixed import (
@@ -328,3 +329,30 @@ def test_gaussian_sparsemax_estimator_refuses_locations_beyond_the_distributions
     ok = torch.tensor([[4e37, -4e37, 0.0, 0.0]])
     out = est((ok, torch.ones(1, 4)) if as_tuple else ok, lambda z, rows: ((z - 0.3) ** 2).sum(-1))
     assert torch.isfinite(out.loss).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("magnitude", [3e4, 6e4, 1e37, 1e38, 1e300])
+def test_gaussian_sparsemax_estimator_admits_the_locations_its_distribution_admits(dtype,
+                                                                                   magnitude):
+    """The estimator's range check is the distribution's: |μ| up to finfo.max / 8 of the dtype
+    the locations are computed in (float32 for half precision). It used the input's own dtype, so
+    float16 locations of 3e4 (finite, fine in float32) were refused although ``GaussianSparsemax``
+    takes them; those that are admitted give a finite loss and gradients."""
+    if magnitude > torch.finfo(dtype).max:
+        pytest.skip("not representable in this dtype")
+    loc = torch.tensor([[magnitude, -magnitude, 0.0, 0.0]], dtype=dtype, requires_grad=True)
+    try:
+        GaussianSparsemax(loc.detach(), torch.ones_like(loc), validate_args=True)
+        admitted = True
+    except ValueError:
+        admitted = False
+    est = GaussianSparsemaxEstimator(entropy_coeff=0.1)
+    loss_fn = lambda z, rows: ((z.double() - 0.3) ** 2).sum(-1)  # noqa: E731
+    if not admitted:
+        with pytest.raises(ValueError, match=r"scores.*finfo.max / 8"):
+            est(loc, loss_fn)
+        return
+    out = est(loc, loss_fn)
+    out.loss.backward()
+    assert torch.isfinite(out.loss).all() and torch.isfinite(loc.grad).all()

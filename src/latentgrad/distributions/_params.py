@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from .._dtypes import working_dtype
+from .._dtypes import moderate_limit, working_dtype
 from .._validation import broadcast_shapes, check_sample_shape
 
 
@@ -44,7 +44,7 @@ class _Moderate(constraints.Constraint):
     differences and short sums of them stay finite."""
 
     def check(self, value: Tensor) -> Tensor:
-        return torch.isfinite(value) & (value.abs() <= _computed_max(value) / 8)
+        return torch.isfinite(value) & (value.abs() <= moderate_limit(value.dtype))
 
     def __repr__(self) -> str:
         return "Moderate(|x| <= finfo.max / 8)"

@@ -216,6 +216,23 @@ def sum_latent(x: Tensor, batch_dims: int = 1) -> Tensor:
     return x.flatten(batch_dims).sum(-1) if x.dim() > batch_dims else x
 
 
+def exact_entropy(entropy: Callable[[Tensor], Tensor], scores: Tensor,
+                  in_loss: bool) -> Tensor | Deferred:
+    """The exact ``entropy(scores)`` ``(B, *latent)`` when it enters the loss (``in_loss``); else
+    a value only reported: ``Deferred``, summed over the latent variables ``(B,)``, computed when
+    read, and zeros where ``entropy`` has no tractable value (raises ``NotImplementedError``)."""
+    if in_loss:
+        return entropy(scores)
+    return Deferred(_reported_entropy, entropy, scores.detach())
+
+
+def _reported_entropy(entropy: Callable[[Tensor], Tensor], scores: Tensor) -> Tensor:
+    try:
+        return sum_latent(entropy(scores))
+    except NotImplementedError:
+        return scores.new_zeros(scores.shape[0])
+
+
 def check_latent_shape(latent_shape: object, min_dim: int = 1) -> tuple[int, ...]:
     """Require a tuple of at least ``min_dim`` positive ints (the latent shape of one example)."""
     shape = tuple(latent_shape) if isinstance(latent_shape, (tuple, list, torch.Size)) else None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
+from .._dtypes import moderate_limit, working_dtype
 from .._validation import (
     check_choice,
     check_finite,
@@ -61,15 +62,16 @@ def _check_input(x: object, name: str, min_dim: int) -> Tensor:
 
 
 def _check_loc(x: object, name: str) -> Tensor:
-    """Gaussian-sparsemax locations: batched, finite and of magnitude at most ``finfo.max / 8``
-    of their dtype, the distribution's range (shifted locations stay finite; beyond it the
+    """Gaussian-sparsemax locations: batched, finite and within the distribution's range
+    (``moderate_limit``: ``finfo.max / 8`` of the dtype they are computed in; beyond it the
     entropy's gradients were NaN). One sync, with validation on (as ``check_finite`` alone)."""
     x = check_min_batched(x, name, 2)
-    limit = torch.finfo(x.dtype).max / 8
+    limit = moderate_limit(x.dtype)
     if violated(x, lambda x: x.abs() <= limit):
         check_finite(x, name)
-        raise ValueError(f"{name} must have magnitude at most finfo.max / 8 = {limit:.3g} in "
-                         f"{x.dtype}, got {x.detach().abs().max().item():.3g}; rescale it")
+        raise ValueError(f"{name} must have magnitude at most finfo.max / 8 = {limit:.3g} of "
+                         f"the dtype it is computed in ({working_dtype(x.dtype)}), got "
+                         f"{x.detach().abs().max().item():.3g}; rescale it")
     return x
 
 

@@ -16,7 +16,6 @@ advances by itself once per optimizer step that followed a training-mode call.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +49,11 @@ from ._checks import check_min_batched
 from ._one_sample import one_sample_output
 from .base import (
     EVAL_MODES,
-    Deferred,
     Estimator,
     EstimatorOutput,
     LossFn,
     check_latent_shape,
+    exact_entropy,
     no_enumeration_target,
     sum_latent,
 )
@@ -243,7 +242,7 @@ class GumbelSoftmax(Estimator):
                 scores, noise, tau, self.prior, self.prior_temperature
             )
         else:
-            entropy = _exact_entropy(
+            entropy = exact_entropy(
                 BitVector(scores.shape[-1]).entropy, scores, self.needs_entropy_grad
             )
             if self.prior is not None:
@@ -265,7 +264,7 @@ class GumbelSoftmax(Estimator):
         if self.kl == "relaxed":
             entropy, kl = _concrete_terms(scores, noise, tau, self.prior, self.prior_temperature)
         else:
-            entropy = _exact_entropy(categorical_entropy, scores, self.needs_entropy_grad)
+            entropy = exact_entropy(categorical_entropy, scores, self.needs_entropy_grad)
             if self.prior is not None:
                 kl = math.log(scores.shape[-1]) - entropy
         return y, hard, entropy, kl
@@ -285,20 +284,6 @@ class GumbelSoftmax(Estimator):
         else:
             z = hard + (y - y.detach()) if self.straight_through else y
         return one_sample_output(self, loss_fn, z, tau, entropy, kl, self.kl_coeff)
-
-
-def _exact_entropy(entropy: Callable[[Tensor], Tensor], scores: Tensor,
-                   with_grad: bool) -> Tensor | Deferred:
-    """The exact ``entropy(scores)`` ``(B, *latent)``; unless ``with_grad`` (it enters the loss),
-    a value only reported: ``Deferred``, summed over the latent variables ``(B,)``, computed
-    when read."""
-    if with_grad:
-        return entropy(scores)
-    return Deferred(_summed, entropy, scores.detach())
-
-
-def _summed(entropy: Callable[[Tensor], Tensor], scores: Tensor) -> Tensor:
-    return sum_latent(entropy(scores))
 
 
 VARIANTS = ("I", "SB", "planar")

@@ -16,7 +16,7 @@ from ..structures.categorical import Categorical
 from ._checks import check_batched, check_structure
 from ._families import check_latent_scores
 from ._one_sample import one_sample_output
-from .base import Deferred, Estimator, EstimatorOutput, LossFn, sum_latent
+from .base import Deferred, Estimator, EstimatorOutput, LossFn, exact_entropy
 from .schedules import TemperatureSchedule, as_schedule
 
 
@@ -87,7 +87,7 @@ class SSTEstimator(Estimator):
         """The exact entropy ``(B, *latent)`` when it enters the loss; else only reported:
         ``Deferred`` (computed if read), zeros for a structure without a tractable one."""
         if not self.entropy_coeff:
-            return Deferred(_reported_entropy, structure, scores.detach())
+            return exact_entropy(structure.entropy, scores, in_loss=False)
         try:
             return structure.entropy(scores)
         except NotImplementedError:
@@ -107,12 +107,3 @@ class SSTEstimator(Estimator):
         )
         z = structure.argmax(scores.detach()) if self.reading() == "mode" else dist.rsample()
         return one_sample_output(self, loss_fn, z, tau, self._entropy(structure, scores))
-
-
-def _reported_entropy(structure: Structure, scores: Tensor) -> Tensor:
-    """``structure``'s entropy at ``scores`` summed over the latent variables ``(B,)``; zeros
-    where it has none (no log-partition)."""
-    try:
-        return sum_latent(structure.entropy(scores))
-    except NotImplementedError:
-        return scores.new_zeros(scores.shape[0])
