@@ -194,3 +194,64 @@ def test_half_precision_is_evaluated_in_float32_and_returned_as_given(dtype: tor
     torch.testing.assert_close(y.float(), want.to(dtype).float(), rtol=0, atol=0)
     torch.testing.assert_close(grad.float(), _inverse_mills_truth(u.detach()).float(),
                                rtol=torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_second_derivative_is_finite_and_exact_in_the_upper_tail(dtype: torch.dtype) -> None:
+    """(log Φ)'' = λ' = −λ (u + λ). ``inverse_mills`` took λ as √(2/π)/erfcx(−u/√2), which
+    overflows from u ≈ 13.2 (float32) / 37.7 (float64): its derivative was inf/inf = NaN there."""
+    u = torch.tensor([0.0, 2.0, 8.0, 13.0, 14.0, 20.0, 38.0, 40.0, 1e3], dtype=dtype,
+                     requires_grad=True)
+    (g,) = torch.autograd.grad(ln.log_ndtr(u).sum(), u, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), u)
+    assert bool(torch.isfinite(h).all()), h
+    lam = _inverse_mills_truth(u.detach())
+    want = -lam * (u.detach().double() + lam)
+    # λ' = −λ (u + λ) doubles λ's relative error; below tiny, subnormals round absolutely
+    allowed = 4 * _gradient_tolerance(u.detach()) * want.abs() + torch.finfo(dtype).tiny
+    assert bool(((h.double() - want).abs() <= allowed).all()), (h, want)
+
+
+def test_compiled_paths_backward_is_differentiable_again() -> None:
+    """The compiled path's backward was ``once_differentiable``: with a first-order gradient
+    that does not require grad, its result carried no graph, so d/da ∇_u log Φ(a u) silently
+    lost the λ' term (32918 instead of 60939 on 16384 float32 normals). A double backward
+    now takes the general path's differentiable λ (no compilation needed to check it)."""
+    g = torch.Generator().manual_seed(0)
+    u = (3 * torch.randn(64, generator=g, dtype=torch.float64)).requires_grad_()
+    a = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+
+    def second(fn):
+        (grad_u,) = torch.autograd.grad(fn(a * u).sum(), u, create_graph=True)
+        return torch.autograd.grad(grad_u.sum(), (u, a))
+
+    fused = second(lambda x: ln._LogNdtr.apply(x, ln.log_ndtr_kernel(x.detach())))
+    plain = second(ln.log_ndtr)
+    for got, want in zip(fused, plain):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap fallback
+def test_plain_path_supports_forward_mode() -> None:
+    """The general path is documented to work under ``torch.func`` transforms, but its Function
+    had no ``jvp``: ``torch.func.jvp``/``jacfwd``/``hessian`` of log Φ, and of every density
+    through it (``GaussianSparsemax.log_prob``), raised NotImplementedError."""
+    u = torch.tensor([-1e3, -20.0, 0.0, 3.0, 40.0], dtype=torch.float64)
+    lam = _inverse_mills_truth(u)
+    _, tangent_out = torch.func.jvp(ln.log_ndtr, (u,), (torch.ones_like(u),))
+    torch.testing.assert_close(tangent_out, lam, rtol=1e-13, atol=0)
+    # λ' = −λ (u + λ); u + λ cancels in the far lower tail, so compare from u = −20 up
+    hess = torch.func.hessian(lambda x: ln.log_ndtr(x).sum())(u[1:]).diagonal()
+    torch.testing.assert_close(hess, -lam[1:] * (u[1:] + lam[1:]), rtol=1e-12, atol=1e-300)
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    value = GaussianSparsemax(loc, 0.7).sample((3,))
+    direction = torch.randn(loc.shape, generator=g, dtype=torch.float64)
+
+    def log_prob(m: torch.Tensor) -> torch.Tensor:
+        return GaussianSparsemax(m, 0.7).log_prob(value)
+
+    _, forward = torch.func.jvp(log_prob, (loc,), (direction,))
+    reverse = torch.func.jacrev(log_prob)(loc)  # (3, 2, 2, 4)
+    torch.testing.assert_close(forward, torch.einsum("sbij,ij->sb", reverse, direction))

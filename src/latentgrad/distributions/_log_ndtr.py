@@ -32,7 +32,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from latentgrad._compile import Compiled, transforms_active
 
@@ -97,9 +97,12 @@ class _LogNdtr(torch.autograd.Function):
         return value.view_as(value)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         u, value = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward: the general path's λ, differentiable
+            # (``once_differentiable`` here gave a gradient with no graph when ``grad`` did not
+            # require grad, silently dropping the λ' terms, e.g. of d/da ∇_u log Φ(a u))
+            return _times_ratio(grad, inverse_mills(u)), None
         ratio = _GRAD_KERNEL(u, value)
         if ratio is None:
             ratio = inverse_mills_kernel(u, value)
@@ -107,8 +110,24 @@ class _LogNdtr(torch.autograd.Function):
 
 
 def inverse_mills(u: Tensor) -> Tensor:
-    """λ(u) = φ(u)/Φ(u) = √(2/π) / erfcx(−u/√2): no cancellation at any u, differentiable."""
+    """λ(u) = φ(u)/Φ(u) = √(2/π) / erfcx(−u/√2): no cancellation at any u (one special function
+    per entry). Where autograd records (``u`` requires grad in grad mode, or a ``torch.func``
+    transform is active), the form ``_differentiable_inverse_mills``, whose derivative stays
+    finite where erfcx overflows."""
+    if (torch.is_grad_enabled() and u.requires_grad) or transforms_active():
+        return _differentiable_inverse_mills(u)
     return _SQRT_2_OVER_PI / torch.special.erfcx(-u * _SQRT_HALF)
+
+
+def _differentiable_inverse_mills(u: Tensor) -> Tensor:
+    """λ(u) as √(2/π)/erfcx(−u/√2) for u ≤ 0 and φ(u)/Φ(u) itself for u > 0 (Φ ≥ ½: no
+    cancellation either). erfcx(−u/√2) overflows from u ≈ 13.2 in float32 and 37.7 in float64,
+    where its derivative made λ' = inf/inf = NaN: a NaN second derivative of log Φ."""
+    upper = u > 0
+    lower = torch.where(upper, 0.0, u)
+    positive = torch.where(upper, u, 0.0)
+    body = torch.exp(-0.5 * positive * positive) * _INV_SQRT_2PI / torch.special.ndtr(positive)
+    return torch.where(upper, body, _SQRT_2_OVER_PI / torch.special.erfcx(-lower * _SQRT_HALF))
 
 
 class _PlainLogNdtr(torch.autograd.Function):
@@ -124,11 +143,19 @@ class _PlainLogNdtr(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple[Tensor], output: Tensor) -> None:
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
         (u,) = ctx.saved_tensors
         return _times_ratio(grad, inverse_mills(u))
+
+    @staticmethod
+    def jvp(ctx: FunctionCtx, tangent: Tensor) -> Tensor:
+        """Forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``): ``λ(u)`` times the
+        tangent, as the backward."""
+        (u,) = ctx.saved_tensors
+        return _times_ratio(tangent, inverse_mills(u))
 
 
 def _fused_applies(u: Tensor) -> bool:

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._validation import check_choice, check_finite
 from ..structures.base import Structure
@@ -35,7 +34,12 @@ SOLVERS = ("auto", "active_set", "threshold")
 class _ActiveSetWeights(torch.autograd.Function):
     """``p(s)``: weights on a fixed active set as a function of its structure scores ``s``.
 
-    Forward returns the solver's weights; backward returns ``P g`` (P symmetric)."""
+    Forward returns the solver's weights; backward returns ``P g`` (P symmetric). The backward
+    is linear in ``g`` with ``P`` constant on the active set, and is computed with autograd
+    tracking ``g``: a double backward (``create_graph``) gets ``d(P g)/dg = P`` and a zero
+    second derivative in the scores (p is piecewise linear in them). (``once_differentiable``
+    silently cut that path: ``torch.autograd.grad`` never reached its error node and returned
+    zeros, e.g. for a gradient penalty through the marginals.)"""
 
     @staticmethod
     def forward(support_scores: Tensor, weights: Tensor, gram: Tensor, mask: Tensor) -> Tensor:
@@ -47,7 +51,6 @@ class _ActiveSetWeights(torch.autograd.Function):
         ctx.save_for_backward(gram, mask)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_weights: Tensor) -> tuple[Tensor | None, ...]:
         gram, mask = ctx.saved_tensors
         return bordered_solve(gram, mask, grad_weights), None, None, None
