@@ -163,3 +163,58 @@ def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(
     assert len(err.splitlines()) == 1 and "written by a run of another config" in err
     assert "differs in model" in err
     assert (cell / "run.json").read_bytes() == records
+
+
+@pytest.mark.parametrize(
+    ("shorter", "message"),
+    [
+        ("trainer.max_epochs=1", "trainer.max_epochs: .* has already trained 2 epochs"),
+        ("trainer.max_steps=3", "trainer.max_steps: .* has already trained 6 steps"),
+    ],
+)
+def test_a_resume_that_would_shorten_the_run_is_refused_before_anything_is_written(
+    shorter: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lower max_epochs than the checkpoint's failed inside Lightning with a traceback after
+    config.yaml had been rewritten; a lower max_steps silently re-tested the longer model and
+    recorded the lower value in config.yaml, so a later sweep skipped the cell as finished."""
+    import re
+
+    assert main(_sg(tmp_path, "trainer.max_epochs=2")) == 0
+    cell = tmp_path / "signal_game" / "sfe" / "seed0"
+    before = {p: p.read_bytes() for p in cell.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(_sg(tmp_path, "trainer.max_epochs=2", shorter, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert {p: p.read_bytes() for p in cell.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "content", [b"{{{ : [", b"", b"- a list\n", b"\xff\xfe"], ids=["yaml", "empty", "list", "bytes"]
+)
+def test_an_unreadable_saved_config_is_named_not_a_traceback(
+    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged config.yaml in the run folder raised yaml's ParserError, a TypeError or a
+    UnicodeDecodeError from ``run --resume`` and ``sweep`` (and ``report``, where unparsable)."""
+    cell = tmp_path / "signal_game" / "sfe" / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "config.yaml").write_bytes(content)
+    (cell / "metrics.json").write_text(
+        '{"task": "signal_game", "estimator": "sfe", "seed": 0, "profile": "tiny", "metrics": {}}'
+    )
+    commands = [
+        _sg(tmp_path, "--resume"),
+        ["sweep", "signal_game", "--estimators", "sfe", "--seeds", "0", "--out", str(tmp_path),
+         "profile=tiny"],
+    ]  # fmt: skip
+    if content in (b"{{{ : [", b"\xff\xfe"):  # the report reads a warm start from it, or 0
+        commands.append(["report", str(tmp_path), "--out", str(tmp_path / "report")])
+    for argv in commands:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{cell / 'config.yaml'} is not a readable run config" in err, err

@@ -173,3 +173,48 @@ def test_out_under_a_file_and_a_damaged_metrics_file_are_named(
     (cell / "metrics.json").write_text('{"task": "signal_game", "estim')
     line = _one_line_error(capsys, ["report", str(tmp_path / "runs")])
     assert f"{cell / 'metrics.json'} is not a valid metrics.json" in line
+
+
+@pytest.mark.parametrize(
+    "how", [["trainer=3"], ["trainer.max_epochs=1", "trainer=[1]"], ["--config", "FILE"]]
+)
+def test_a_trainer_section_that_is_not_a_mapping_is_named(
+    how: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``trainer=3`` crashed with an AttributeError in the huge-pages check of ``run``."""
+    (tmp_path / "t.yaml").write_text("trainer: 3\n")
+    how = [str(tmp_path / "t.yaml") if arg == "FILE" else arg for arg in how]
+    line = _one_line_error(capsys, [*RUN, "profile=tiny", *how, "--out", str(tmp_path / "runs")])
+    assert "trainer: expected a mapping of TrainerConfig fields" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"task": None}, "'task': expected str, got missing"),
+        ({"metrics": None}, "'metrics': expected dict, got missing"),
+        ({"seed": None}, "'seed': expected int, got missing"),
+        ({"metrics": {"test/acc": "high"}}, "metrics['test/acc']: expected a number, got 'high'"),
+        ({"task": "no_such_task"}, "task must be one of"),
+    ],
+    ids=["no task", "no metrics", "no seed", "text metric", "unknown task"],
+)
+def test_a_metrics_file_without_what_the_report_reads_is_named(
+    edit: dict, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Such a metrics.json raised a KeyError, TypeError or ValueError from ``report``."""
+    import json
+
+    result = {"task": "signal_game", "estimator": "sfe", "seed": 0, "profile": "tiny",
+              "metrics": {"test/acc": 0.5}}  # fmt: skip
+    for key, value in edit.items():
+        if value is None:
+            del result[key]
+        else:
+            result[key] = value
+    cell = tmp_path / "runs" / "sfe" / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text(json.dumps(result))
+    line = _one_line_error(capsys, ["report", str(tmp_path / "runs")])
+    assert str(cell / "metrics.json") in line and expected in line, line

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from latentgrad.experiments.data.digits import load_digits
-from latentgrad.experiments.data.files import dataset_dir, verify_checksum
+from latentgrad.experiments.data.files import DataError, dataset_dir, verify_checksum
 from latentgrad.experiments.data.idx import load_idx_dataset, read_idx
 from latentgrad.experiments.data.omniglot import load_omniglot
 
@@ -122,3 +122,38 @@ def test_digits_are_scaled_to_unit_interval() -> None:
     x, y = load_digits()
     assert x.shape == (1797, 8, 8) and y.shape == (1797,)
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+
+
+def test_read_idx_rejects_a_truncated_header(tmp_path: Path) -> None:
+    """A header announcing more dimensions than the file holds raised struct.error."""
+    (tmp_path / "hdr.idx").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(DataError, match="truncated IDX header"):
+        read_idx(tmp_path / "hdr.idx")
+
+
+@pytest.mark.parametrize(
+    ("shape", "got"), [((8,), r"\(8,\)"), ((8, 14, 56), r"\(8, 14, 56\)")], ids=["1d", "14x56"]
+)
+def test_idx_images_of_another_shape_are_refused_naming_the_file(
+    shape: tuple[int, ...], got: str, tmp_path: Path
+) -> None:
+    """Images that are not 28x28 (a labels file in their place: IndexError in the middle of the
+    run; 14x56 bytes: silently trained on scrambled images) are refused when loaded."""
+    from latentgrad.experiments.data.idx import IDX_FILES
+
+    files = {"images": torch.zeros(shape, dtype=torch.uint8),
+             "labels": torch.zeros(8, dtype=torch.uint8)}  # fmt: skip
+    for part, data in files.items():
+        header = bytes([0, 0, 0x08, data.dim()]) + struct.pack(f">{data.dim()}i", *data.shape)
+        name = IDX_FILES[("test", part)]
+        (tmp_path / name).write_bytes(gzip.compress(header + data.numpy().tobytes()))
+    with pytest.raises(DataError, match=f"images must have shape \\(N, 28, 28\\), got {got}"):
+        load_idx_dataset("mnist", "test", tmp_path)
+
+
+def test_a_listops_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    from latentgrad.experiments.data.listops import read_listops_tsv
+
+    (tmp_path / "train.tsv").write_bytes(b"\x1f\x8b\x08\x00binary")
+    with pytest.raises(DataError, match=r"train\.tsv is not a text file"):
+        read_listops_tsv(tmp_path / "train.tsv", 12)

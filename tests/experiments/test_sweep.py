@@ -218,3 +218,28 @@ def test_sweep_cli_without_seeds_for_a_profile_that_names_none_exits_2(
 ) -> None:
     assert main(["sweep", "ssvae", "profile=tiny"]) == 2
     assert "--seeds: required" in capsys.readouterr().err
+
+
+def test_parse_seeds_refuses_seeds_past_the_range_before_listing_them() -> None:
+    """A mistyped range (``5-99999999999999``) was listed in full before any check: a
+    MemoryError, or the machine's memory exhausted."""
+    with pytest.raises(ConfigError, match=r"--seeds: seeds must be in \[0, 4294967295\]"):
+        parse_seeds("5-99999999999999")
+    with pytest.raises(ConfigError, match="names more than 100000 seeds"):
+        parse_seeds("0-4294967295")
+    assert parse_seeds("4294967295") == [4294967295]
+
+
+def test_an_estimator_named_twice_is_one_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--estimators sfe,sfe`` made two cells of one run directory: with two workers the
+    progress display crashed with a KeyError (and the two runs raced for the directory)."""
+    from latentgrad.experiments import sweep as sweep_module
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(sweep_module, "_execute", lambda cmd, log, env: ran.append(cmd) or 0)
+    assert sweep("signal_game", ["sfe", "sfe"], [0], ["profile=tiny"], out=str(tmp_path),
+                 workers=2) == 0  # fmt: skip
+    assert len(ran) == 1
+    assert "sweep signal_game: 1 finished" in capsys.readouterr().out

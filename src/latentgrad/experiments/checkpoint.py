@@ -127,6 +127,20 @@ def checkpoint_config(path: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
+def checkpoint_progress(path: Path) -> tuple[int, int]:
+    """``(epochs, global_step)`` a training checkpoint has trained: the epochs it has started
+    (an epoch cut mid-way by a step checkpoint counts) and its optimizer steps."""
+    ckpt, why = _read(path)
+    if ckpt is None:
+        raise CheckpointError(f"--resume: {path} is unusable ({why})")
+    steps = int(ckpt["global_step"])
+    try:
+        epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["started"])
+    except (KeyError, TypeError, ValueError):
+        epochs = int(ckpt.get("epoch", 0))
+    return epochs, steps
+
+
 def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """The checkpoint in ``folder`` to resume from: the intact ``*.ckpt`` with the largest global
     step (``last.ckpt`` on ties), with a warning naming both files when ``last.ckpt`` is missing or

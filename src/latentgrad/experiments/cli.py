@@ -165,7 +165,8 @@ def _wants_huge_pages(args: argparse.Namespace, overrides: dict[str, Any]) -> bo
         merged = merged_config(args.task, args.estimator, args.seed, overrides, args.config)
     except ConfigError:
         return False
-    return (merged.get("trainer") or {}).get("huge_pages") is True
+    trainer = merged.get("trainer")  # not a mapping: the runner refuses it by name
+    return isinstance(trainer, dict) and trainer.get("huge_pages") is True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,29 @@ def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{path} is not a valid metrics.json ({err})") from None
         if not isinstance(result, dict):
             raise ConfigError(f"{path} is not a valid metrics.json (not a mapping)")
+        _check_result(path, result)
         result["run_dir"] = path.parent
         runs.append(result)
     return runs
+
+
+#: The entries of a ``metrics.json`` the report reads, with their types.
+_RESULT_FIELDS = {"task": str, "profile": str, "estimator": str, "seed": int, "metrics": dict}
+
+
+def _check_result(path: Path, result: dict[str, Any]) -> None:
+    """A ConfigError naming ``path`` unless ``result`` holds the fields the report reads."""
+    for key, kind in _RESULT_FIELDS.items():
+        value = result.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            got = "missing" if key not in result else f"{value!r}"
+            raise ConfigError(
+                f"{path} is not a valid metrics.json ({key!r}: expected {kind.__name__}, got {got})"
+            )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def read_curves(run_dir: Path) -> list[dict[str, float]]:
@@ -96,7 +116,11 @@ def warmstart_epochs(run_dir: Path) -> int:
     file = run_dir / "config.yaml"
     if not file.exists():
         return 0
-    stack = [yaml.safe_load(file.read_text()) or {}]
+    try:
+        stack = [yaml.safe_load(file.read_text()) or {}]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{file} is not a readable run config ({first})") from None
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
@@ -133,7 +157,13 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
     table_rows: list[dict[str, Any]] = []
     paths: dict[str, Path] = {}
     for task, profile in sorted({(t, p) for t, p, _ in groups}):
-        spec = get_task(task)
+        try:
+            spec = get_task(task)
+        except ValueError as err:  # a metrics.json of a task not registered here
+            where = next(r["run_dir"] for r in runs if r["task"] == task)
+            raise ConfigError(
+                f"{where / 'metrics.json'}: {err} (a plugin task needs --plugin MODULE)"
+            ) from None
         metrics = dict(spec.REPORT_METRICS)
         estimators = sorted(e for t, p, e in groups if (t, p) == (task, profile))
         md += [f"## {task} (profile `{profile}`)", ""]
@@ -154,6 +184,12 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
             summary[est] = {}
             for key in metrics:
                 values = [g["metrics"][key] for g in group if key in g["metrics"]]
+                for g in group:
+                    if key in g["metrics"] and not _number(g["metrics"][key]):
+                        raise ConfigError(
+                            f"{g['run_dir'] / 'metrics.json'} is not a valid metrics.json "
+                            f"(metrics[{key!r}]: expected a number, got {g['metrics'][key]!r})"
+                        )
                 if values:
                     m, se = mean_se(values)
                     summary[est][key] = (m, se)

@@ -28,6 +28,7 @@ from latentgrad.experiments.checkpoint import (
     CheckpointError,
     atomic_write_text,
     checkpoint_config,
+    checkpoint_progress,
     prepare_resume,
     remove_temp_files,
     resume_checkpoint,
@@ -56,10 +57,28 @@ def _differing(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
     )
 
 
+def saved_config(path: Path) -> dict[str, Any]:
+    """The resolved config a run recorded in ``path`` (its ``config.yaml``); a file that is not
+    a readable YAML mapping raises a ConfigError naming it."""
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{path} is not a readable run config ({first}); restore it or use another --out"
+        ) from None
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"{path} is not a readable run config (a {type(saved).__name__}, not a mapping); "
+            "restore it or use another --out"
+        )
+    return saved
+
+
 def check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
     """On resume (and in a sweep over existing cells), all but the trainer section (run length,
     devices) must match the saved run: a ConfigError naming the differing sections."""
-    differ = _differing(yaml.safe_load(saved_path.read_text()), config)
+    differ = _differing(saved_config(saved_path), config)
     if differ:
         raise ConfigError(
             f"--resume: the resolved config differs from {saved_path} in {', '.join(differ)}; "
@@ -117,6 +136,26 @@ def _check_estimator_args(
             f"estimator_args.{ignored[0]}: does not apply to estimator {estimator!r}, which reads "
             f"only {', '.join(f'estimator_args.{k}' for k in used)}"
         )
+
+
+def _check_run_length(ckpt: Path, tc: Any) -> None:
+    """A resumed run may be extended, not shortened: Lightning cannot undo the epochs or steps
+    the checkpoint ``ckpt`` has trained beyond ``trainer.max_epochs``/``trainer.max_steps`` (it
+    would refuse a lower max_epochs only after the records are rewritten, and silently keep the
+    extra steps of a lower max_steps while ``config.yaml`` records the lower value)."""
+    try:
+        epochs, steps = checkpoint_progress(ckpt)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    limits = [("max_epochs", epochs, tc.max_epochs), ("max_steps", steps, tc.max_steps)]
+    for key, done, limit in limits:
+        if limit is not None and limit >= 0 and done > limit:
+            unit = "epochs" if key == "max_epochs" else "steps"
+            raise ConfigError(
+                f"trainer.{key}: {ckpt} has already trained {done} {unit}, more than "
+                f"trainer.{key}={limit}; a resumed run can only be extended (use another --out "
+                "for a shorter run)"
+            )
 
 
 _LIGHTNING_INFO = "lightning.pytorch.utilities.rank_zero"  # the logger of rank_zero_info
@@ -248,7 +287,7 @@ def _train_and_test(
                 "pass --resume to continue it or choose another --out"
             )
         check_same_config(run_dir / "config.yaml", config)
-        saved_trainer = yaml.safe_load((run_dir / "config.yaml").read_text()).get("trainer")
+        saved_trainer = saved_config(run_dir / "config.yaml").get("trainer")
         if metrics_path.exists() and saved_trainer == config["trainer"]:
             return json.loads(metrics_path.read_text())  # finished with these settings
     if resume:  # DDP workers start after rank 0 chose and pruned: they find the same file
@@ -266,6 +305,8 @@ def _train_and_test(
                 f"--resume: {ckpt} was written by a run of another config (it differs in "
                 f"{', '.join(differ)}); resume it with that config or remove it"
             )
+        if ckpt is not None:
+            _check_run_length(ckpt, cfg.trainer)
 
     import lightning as L
     import torch

@@ -24,31 +24,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from latentgrad.experiments.config import ConfigError, parse_overrides, to_dict
 from latentgrad.experiments.runlock import BUSY_EXIT_CODE
-from latentgrad.experiments.runner import METRICS_FILE, check_run, check_same_config, run_dir_for
+from latentgrad.experiments.runner import (
+    MAX_SEED,
+    METRICS_FILE,
+    check_run,
+    check_same_config,
+    run_dir_for,
+    saved_config,
+)
+
+#: The most seeds one ``--seeds`` may name: a grid is validated cell by cell before it starts, so
+#: a mistyped range (``1-1000000000``) would otherwise exhaust memory or time before any message.
+MAX_SEEDS = 100_000
 
 
 def parse_seeds(text: str) -> list[int]:
     """``"1-10"`` -> [1..10]; ``"43,45,50-52"`` -> [43, 45, 50, 51, 52]."""
-    seeds: list[int] = []
+    ranges: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
             if "-" in part.strip()[1:]:
                 lo, hi = part.rsplit("-", 1)
                 if int(hi) < int(lo):
                     raise ValueError
-                seeds.extend(range(int(lo), int(hi) + 1))
+                ranges.append((int(lo), int(hi)))
             else:
-                seeds.append(int(part))
-        if any(s < 0 for s in seeds):
+                ranges.append((int(part), int(part)))
+        if any(lo < 0 for lo, _ in ranges):
             raise ValueError
     except ValueError:
         raise ConfigError(
             f"--seeds: expected non-negative seeds like '1-10' or '43,44,45', got {text!r}"
         ) from None
+    if any(hi > MAX_SEED for _, hi in ranges):
+        raise ConfigError(f"--seeds: seeds must be in [0, {MAX_SEED}], got {text!r}")
+    if sum(hi - lo + 1 for lo, hi in ranges) > MAX_SEEDS:
+        raise ConfigError(f"--seeds: {text!r} names more than {MAX_SEEDS} seeds")
+    seeds = (seed for lo, hi in ranges for seed in range(lo, hi + 1))
     return list(dict.fromkeys(seeds))
 
 
@@ -206,6 +220,7 @@ def sweep(
     """
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    estimators = list(dict.fromkeys(estimators))  # one cell per run directory, as for seeds
     configs = _check_cells(task, estimators, seeds, overrides, config_file, out)
     extra_args = [*(["--config", config_file] if config_file else []), *overrides]
     cells, skipped = [], []
@@ -250,8 +265,7 @@ def sweep(
 
 def _same_trainer(run_dir: Path, config: dict[str, Any]) -> bool:
     """Whether the finished run in ``run_dir`` ran with ``config``'s trainer settings."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    return saved.get("trainer") == config.get("trainer")
+    return saved_config(run_dir / "config.yaml").get("trainer") == config.get("trainer")
 
 
 def _run_ray(cells: list[Cell], address: str, task: str) -> list[int]:

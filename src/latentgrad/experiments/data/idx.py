@@ -52,7 +52,14 @@ def read_idx(file: str | os.PathLike[str]) -> Tensor:
         )
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(
+            f"{file}: truncated IDX header ({len(raw)} bytes, {header} needed for {ndim} "
+            "dimensions)"
+        )
     shape = struct.unpack(f">{ndim}i", raw[4:header])
+    if any(n < 0 for n in shape):
+        raise DataError(f"{file}: IDX header announces a negative dimension, shape {shape}")
     count = 1
     for n in shape:
         count *= n
@@ -72,6 +79,13 @@ def _load_split(directory: str, split: str, name: str) -> tuple[Tensor, Tensor]:
         verify_checksum(file)
         out.append(read_idx(file))
     images, labels = out
+    for part, tensor, shape in (("images", images, "(N, 28, 28)"), ("labels", labels, "(N,)")):
+        wanted = (28, 28) if part == "images" else ()
+        if tensor.dim() != len(wanted) + 1 or tuple(tensor.shape[1:]) != wanted:
+            raise DataError(
+                f"{directory_path / IDX_FILES[(split, part)]}: {name} {part} must have shape "
+                f"{shape}, got {tuple(tensor.shape)}; is it the right file?"
+            )
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{name} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
     return images, labels.long()

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latentgrad.experiments.data.cache import cached_arrays
+from latentgrad.experiments.data.files import DataError
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
 GENERATED_OPERATORS = OPERATORS[:3]
@@ -184,7 +185,13 @@ def read_listops_tsv(path: str | Path, max_length: int) -> dict[str, np.ndarray]
     expression longer than ``max_length`` tokens or whose stated label differs from its value
     raises ``ValueError`` naming the line."""
     expressions = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        content = Path(path).read_text()
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not a text file ({err}); expected '<label>\\t<expression>' lines"
+        ) from None
+    for lineno, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         label, sep, text = line.partition("\t")
