@@ -360,3 +360,43 @@ def test_nvil_default_baseline_built_in_float32_reads_float64_scores_in_its_own_
     with torch.no_grad():
         expected = est.baseline_net.net(scores.float().asinh()).mean()
     assert float(out.logs["baseline"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _excluded_loss(z, rows):
+    z = z.flatten(1).to(torch.float64)
+    return (z * torch.linspace(-1.0, 2.0, z.shape[1], dtype=torch.float64)).sum(-1) + rows + 1.0
+
+
+@pytest.mark.parametrize(
+    ("scores", "k", "structure"),
+    [
+        ([[0.5, -0.2, float("-inf"), float("-inf")]], 3, None),  # 2 possible categories
+        ([[0.5, -0.2, float("-inf"), float("-inf")]], 4, None),
+        ([[[0.5, float("-inf"), float("-inf")], [0.1, 0.2, float("-inf")]]], 3, None),  # joint
+        ([[0.5, -0.2, 0.3, float("-inf")]], 4, "ksubset"),  # 3 possible 2-subsets of 4
+    ],
+)
+@pytest.mark.parametrize("baseline", [None, "self_critic"])
+def test_sum_and_sample_summing_impossible_values_keeps_a_finite_exact_loss(
+    scores, k, structure, baseline
+):
+    """k above the number of values of nonzero probability: the k best include values of log p
+    = -inf; their terms are 0 (the loss was NaN: -inf - (-inf) in the score term). All the mass
+    is summed, so the loss and gradient are those of exact marginalization."""
+    from latentgrad.structures.ksubset import KSubset
+
+    torch.manual_seed(0)
+    scores = torch.tensor(scores, dtype=torch.float64, requires_grad=True)
+    st = KSubset(4, 2) if structure == "ksubset" else None
+    out = SumAndSample(k=k, baseline=baseline, structure=st)(scores, _excluded_loss)
+    (grad,) = torch.autograd.grad(out.loss, scores)
+    if st is None:
+        exact = SoftmaxMarginalization()(scores, _excluded_loss).loss
+    else:
+        space = st.enumerate().to(torch.float64)
+        logp = st.log_prob(scores.unsqueeze(1), space.unsqueeze(0))
+        exact = (logp.exp() * _excluded_loss(space, torch.zeros(len(space)))).sum()
+    (exact_grad,) = torch.autograd.grad(exact, scores)
+    assert torch.isfinite(out.loss)
+    torch.testing.assert_close(out.loss, exact)
+    torch.testing.assert_close(grad, exact_grad)

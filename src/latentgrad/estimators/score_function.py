@@ -355,7 +355,8 @@ class SumAndSample(Sampler):
             weights[:, k] = rest_mass
         beta = self._beta(losses.detach(), expected)
 
-        per_example = (p_c * (score_term(ell_c - beta, logp[:, :k]) + ell_c)).sum(1)
+        logp_c = summed_log_prob(p_c, logp[:, :k])
+        per_example = (p_c * (score_term(ell_c - beta, logp_c) + ell_c)).sum(1)
         if sampled:
             sampled_term = score_term(ell_s - beta[:, 0], logp_s) + ell_s
             per_example = per_example + rest_mass * sampled_term
@@ -400,7 +401,8 @@ class SumAndSample(Sampler):
             expected = expected + weight * ell_s.detach()
             weights[:, k] = weight
         beta = self._beta(losses.detach(), expected)
-        per_example = (p_c * (score_term(ell_c - beta, logp[:, :k]) + ell_c)).sum(1)
+        logp_c = summed_log_prob(p_c, logp[:, :k])
+        per_example = (p_c * (score_term(ell_c - beta, logp_c) + ell_c)).sum(1)
         if sampled:
             sampled_term = score_term(ell_s - beta[:, 0], logp[:, k]) + ell_s
             per_example = per_example + weight * sampled_term
@@ -416,6 +418,14 @@ class SumAndSample(Sampler):
         if self.baseline == "batch_loo":
             return leave_one_out_over_batch(expected).unsqueeze(1)
         return self._running_value(expected).expand(expected.shape[0], 1)
+
+
+def summed_log_prob(p_c: Tensor, logp_c: Tensor) -> Tensor:
+    """``log p`` of the summed values ``(B, k)``, 0 where ``p = 0``: with ``k`` above the number
+    of values of nonzero probability (``-inf`` scores) the k best include impossible ones, whose
+    ``log p = -inf`` made the score term ``-inf - (-inf) = NaN`` and the loss NaN; their weight
+    ``p = 0`` makes the term 0 in value and gradient either way."""
+    return torch.where(p_c > 0, logp_c, torch.zeros_like(logp_c))
 
 
 def joint_topk(scores: Tensor, k: int) -> Tensor:
