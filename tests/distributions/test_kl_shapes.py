@@ -59,3 +59,42 @@ def test_broadcasting_batch_shapes_still_work():
     p = D.HardConcrete(_r(2, 1), 0.5)
     q = D.HardConcrete(_r(3), 0.5)
     assert kl_divergence(p, q).shape == (2, 3)
+
+
+
+def _b(shape, *event):
+    """float64 draws of shape (*shape, *event), seeded by the shape."""
+    g = torch.Generator().manual_seed(7 + sum(shape) + len(shape))
+    return torch.randn((*shape, *event), generator=g, dtype=torch.float64)
+
+
+BROADCAST_PAIRS = {
+    "HardConcrete": (lambda b: D.HardConcrete(_b(b), 0.5 + _b(b).abs()),) * 2,
+    "GaussianSparsemax": (lambda b: D.GaussianSparsemax(_b(b, 3), 0.5 + _b(b, 3).abs()),) * 2,
+    "BinaryGaussianSparsemax-MixedUniform": (
+        lambda b: D.BinaryGaussianSparsemax(_b(b), 0.5 + _b(b).abs()),
+        lambda b: D.MixedUniform(torch.float64).expand(b),
+    ),
+    "HardConcrete-MixedUniform": (
+        lambda b: D.HardConcrete(_b(b), 0.5 + _b(b).abs()),
+        lambda b: D.MixedUniform(torch.float64).expand(b),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("pair", BROADCAST_PAIRS)
+@pytest.mark.parametrize("shapes", [((), (3,)), ((3,), (2, 1)), ((2, 1), (3,)), ((), (0,))])
+def test_kl_to_a_q_of_a_larger_batch_broadcasts_like_the_expanded_pair(pair, shapes):
+    """The KL's batch shape is broadcast(p.batch_shape, q.batch_shape) and its values are those of
+    the pair expanded to it (the quadrature nodes and Monte Carlo draws of p did not broadcast
+    against a larger q: RuntimeError/ValueError; the MixedUniform KL kept p's shape)."""
+    make_p, make_q = BROADCAST_PAIRS[pair]
+    p, q = make_p(shapes[0]), make_q(shapes[1])
+    shape = torch.broadcast_shapes(*shapes)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        kl = kl_divergence(p, q)
+        torch.manual_seed(0)
+        expected = kl_divergence(p.expand(shape), q.expand(shape))
+    assert kl.shape == shape
+    torch.testing.assert_close(kl, expected, rtol=0, atol=0)

@@ -362,6 +362,27 @@ def test_categorical_sst_log_prob_is_the_concrete_density():
     assert abs(total - 1) < 1e-6
 
 
+@pytest.mark.parametrize(
+    ("dtype", "tau"),
+    [(torch.float16, 0.5), (torch.bfloat16, 0.01), (torch.float32, 0.1), (F64, 0.01), (F64, 1e-4)],
+)
+def test_concrete_sst_draws_stay_in_the_open_simplex_where_log_prob_scores_them(dtype, tau):
+    """softmax(U / t) underflowed to exact zeros at low temperature (float32 t = 0.1: 1 draw in
+    1e4, float64 t = 0.01: 35, half precision at t = 0.5): log_prob refused the SST's own draws
+    (NaN without validation). Draws are raised to the dtype's tiny, in the open simplex."""
+    torch.manual_seed(0)
+    logits = torch.tensor([0.3, -0.2, 0.1, 2.0, -3.0], dtype=dtype, requires_grad=True)
+    dist = StochasticSoftmax(Categorical(5), logits, tau, validate_args=True)
+    y = dist.rsample((10_000,))
+    assert y.dtype == dtype
+    assert bool((y > 0).all())
+    assert bool(((y.double().sum(-1) - 1).abs() <= 5 * torch.finfo(dtype).eps).all())
+    log_p = dist.log_prob(y)
+    assert bool(torch.isfinite(log_p).all())
+    (y[..., 0].float().sum() + log_p.float().sum()).backward()
+    assert bool(torch.isfinite(logits.grad).all())
+
+
 # --- utility KL and noise -------------------------------------------------------------------
 
 

@@ -69,6 +69,7 @@ from ._log_ndtr import inverse_mills, log_ndtr
 from ._params import (
     CheckedDistribution,
     broadcast_params,
+    check_kl_shapes,
     checked_value,
     moderate_scale_vector,
     moderate_vector,
@@ -412,6 +413,12 @@ class GaussianSparsemax(CheckedDistribution):
 
 @register_kl(GaussianSparsemax, GaussianSparsemax)
 def _kl_gaussian_sparsemax(p: GaussianSparsemax, q: GaussianSparsemax) -> Tensor:
-    """Monte Carlo KL⊕ = mean(log p(y) − log q(y)), y ~ p (p.mc_samples pathwise samples)."""
+    """Monte Carlo KL⊕ = mean(log p(y) − log q(y)), y ~ p (p.mc_samples pathwise samples),
+    shape broadcast(p.batch_shape, q.batch_shape): p is drawn on that batch shape (its own
+    draws did not broadcast against a q of a larger batch)."""
+    check_kl_shapes(p, q)
+    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    if p.batch_shape != shape:
+        p = p.expand(shape)
     y = p.rsample((p.mc_samples,))
     return (p.log_prob(y) - q.log_prob(y)).mean(0)

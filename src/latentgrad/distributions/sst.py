@@ -351,18 +351,29 @@ class StochasticSoftmax(_Perturbed):
         utilities = self.perturb(sample_shape)
         relaxed = self.relax(utilities)
         if not self.straight_through:
+            if self._has_density():
+                # softmax(U / t) underflows to exact zeros at low temperature (float32 t = 0.1,
+                # float64 t = 0.01), outside the open simplex of the Concrete density: log_prob
+                # refused the draw (NaN without validation). Raised to the dtype's smallest normal
+                # number, as torch's RelaxedOneHotCategorical does (the sum moves by <= K tiny)
+                relaxed = relaxed.clamp_min(torch.finfo(relaxed.dtype).tiny)
             return relaxed
         # forward value is exactly the hard sample: relaxed - relaxed.detach() is exactly 0
         return self._hard(utilities).to(relaxed.dtype) + (relaxed - relaxed.detach())
 
-    def log_prob(self, value: Tensor) -> Tensor:
-        """Concrete log-density of ``value`` (Categorical, Gumbel noise, entropy, no ST only)."""
-        if not (
+    def _has_density(self) -> bool:
+        """Whether ``log_prob`` is closed form: the Concrete distribution (Categorical, Gumbel
+        noise, entropy regulariser, no straight-through)."""
+        return (
             isinstance(self.structure, Categorical)
             and self.noise == "gumbel"
             and self.regularizer == "entropy"
             and not self.straight_through
-        ):
+        )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Concrete log-density of ``value`` (Categorical, Gumbel noise, entropy, no ST only)."""
+        if not self._has_density():
             raise NotImplementedError(
                 "the SST density is closed form only for a Categorical with Gumbel noise and the "
                 "entropy regulariser (the Concrete distribution)"
