@@ -14,11 +14,24 @@ from torch import Tensor
 from .._noise import gumbel_perturbed, uniform
 
 
+def row_max_shift(scores: Tensor) -> Tensor:
+    """The detached row maximum ``(..., 1)`` of ``scores`` ``(..., n)`` (0 for a row without a
+    finite entry): subtracting it before adding noise or summing scores keeps the sampler's
+    arithmetic at the scale of the score differences, not of a large common offset (float32
+    scores of 1e7 are spaced by 1, so noise added at that magnitude is rounded to integers)."""
+    if not scores.numel():
+        return scores.new_zeros((*scores.shape[:-1], 1))
+    top = scores.detach().amax(-1, keepdim=True)
+    return torch.where(torch.isfinite(top), top, 0.0)
+
+
 def categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     """One draw per row from ``softmax(logits)`` by Gumbel-max: ``(..., K)`` -> ``(...)`` long.
 
-    ``-inf`` logits are never drawn (each row needs one finite entry)."""
-    return gumbel_perturbed(logits, generator).argmax(-1)
+    ``-inf`` logits are never drawn (each row needs one finite entry). The logits are shifted by
+    their row maximum first (``row_max_shift``; softmax is unchanged), so the Gumbel noise is not
+    rounded at the scale of a large common offset."""
+    return gumbel_perturbed(logits - row_max_shift(logits), generator).argmax(-1)
 
 
 def count_prefix_table(scores: Tensor, max_count: int) -> Tensor:

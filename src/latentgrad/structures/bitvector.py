@@ -20,7 +20,7 @@ from .._validation import check_no_pos_inf
 from ._enumeration import check_enumerable, check_int, flatten_batch
 from ._esp import log_elementary_symmetric
 from ._kbest import kbest_bitvector_flips, kbest_budgeted_bitvectors
-from ._sampling import categorical, count_prefix_table, sample_with_counts
+from ._sampling import categorical, count_prefix_table, row_max_shift, sample_with_counts
 from .base import Structure
 
 
@@ -146,10 +146,16 @@ class BitVector(Structure):
             shape = (*sample_shape, *scores.shape)
             u = uniform(shape, scores, generator)
             return (scores.expand(shape) + u.log() - torch.log1p(-u) > 0).to(scores.dtype)
-        table = count_prefix_table(scores, self.budget)
-        log_counts = table[..., -1, :]  # log e_c(t), c = 0..budget
+        # the DP runs on the scores shifted by their row maximum m (given the count c, p(z | c)
+        # does not depend on a common shift), log e_c(t) = log e_c(t - m) + c m: a large common
+        # offset does not round the DP's sums and differences
+        top = row_max_shift(scores)
+        shifted = scores - top
+        table = count_prefix_table(shifted, self.budget)
+        counts = torch.arange(self.budget + 1, dtype=scores.dtype, device=scores.device)
+        log_counts = table[..., -1, :] + counts * top  # log e_c(t), c = 0..budget
         count = categorical(log_counts.expand(*sample_shape, *log_counts.shape), generator)
-        return sample_with_counts(table, scores, count, generator)
+        return sample_with_counts(table, shifted, count, generator)
 
     def enumerate(self) -> Tensor:
         """Every admissible bit vector ``(N, d)``: unbudgeted in binary counting order (bit 0 most

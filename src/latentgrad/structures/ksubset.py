@@ -103,8 +103,13 @@ class KSubset(Structure):
 
         Backward sampling through the elementary-symmetric DP (sequential over items,
         vectorised over samples and batch): item i is taken with probability
-        ``e^{θ_i} e_{c-1}(θ_1..θ_{i-1}) / e_c(θ_1..θ_i)``, c the ones still to place.
+        ``e^{θ_i} e_{c-1}(θ_1..θ_{i-1}) / e_c(θ_1..θ_i)``, c the ones still to place; on the
+        scores shifted by their row maximum (``_common_shift``).
         """
+        # every k-subset has k ones: shifting by the row maximum leaves p(z) unchanged and keeps
+        # the DP's sums (and the differences log_on takes of them) at the scale of the score
+        # differences, not of a large common offset
+        scores = scores - self._common_shift(scores)
         table = count_prefix_table(scores, self.k)
         count = torch.full((*sample_shape, *scores.shape[:-1]), self.k, dtype=torch.long,
                            device=scores.device)
