@@ -206,3 +206,17 @@ def test_compilation_keeps_distribution_validation_on(name):
     fn, _, _ = MAPPINGS[name]
     assert _run(fn, torch.randn(4, 300, dtype=torch.float64))[1]
     assert torch.distributions.Distribution._validate_args
+
+
+def test_output_can_be_modified_in_place(name):
+    # as on the plain path, the output is a fresh tensor (not a view made in a custom
+    # Function): in-place ops on it work, and backward through them sees the modification
+    fn, _, _ = MAPPINGS[name]
+    x = torch.randn(4, 300, dtype=torch.float64)
+    y, took = _run(fn, x.clone())
+    assert took and not y._is_view()
+    expected = _plain(fn, x).detach()
+    y.mul_(2.0)  # raised "Output 0 of _FusedFunction is a view and is being modified inplace"
+    torch.testing.assert_close(y.detach(), 2.0 * expected, rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()  # y is saved for backward: a stale y is refused, not used

@@ -226,7 +226,7 @@ class FusedMapping:
             check_row_max(row_max.squeeze(1), "x", dim)
             if not self._finish(x, y, w, t, exact):
                 return None
-        return _FusedFunction.apply(rows, y, w, self)
+        return _FusedFunction.apply(rows, (y, w), self)
 
     def _finish(self, x: Tensor, y: Tensor, w: Tensor, t: Tensor, exact: Tensor) -> bool:
         """Redo the rows of ``y`` and ``w`` not ``exact`` (in place): the kernel restarts from
@@ -269,19 +269,25 @@ class _FusedFunction(torch.autograd.Function):
     """(N, K) rows -> the output ``y`` that ``FusedMapping`` computed from them (with the VJP
     weights ``w``), differentiable through the mapping's closed-form VJP/JVP. (A ``forward``
     with ``ctx``: a few times cheaper to call than one with ``setup_context``; ``torch.func``
-    transforms take the plain path.)"""
+    transforms take the plain path.)
+
+    ``y`` and ``w`` come in a tuple, not as tensor arguments: autograd would turn an input
+    returned as the output (or a view of it) into a view created in a custom Function, which
+    may not be modified in place (``p = sparsemax(x); p.mul_(2)`` raised where the plain path
+    does not). A fresh tensor that is not an input is a plain output; saved, it carries this
+    node's history (double backward)."""
 
     @staticmethod
-    def forward(ctx, rows, y, w, mapping):
+    def forward(ctx, rows, found, mapping):
+        y, w = found
         ctx.mapping = mapping
-        y = y.view_as(y)  # an output (not an input): saved, it carries this node's history
         ctx.save_for_backward(y, w)
         ctx.save_for_forward(y, w)
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
-        return ctx.mapping.vjp(*ctx.saved_tensors, grad_output), None, None, None
+        return ctx.mapping.vjp(*ctx.saved_tensors, grad_output), None, None
 
     @staticmethod
     def jvp(ctx, rows_tangent, *_):
