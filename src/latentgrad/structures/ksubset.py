@@ -17,7 +17,7 @@ from .._validation import check_no_pos_inf, violated
 from ._enumeration import check_enumerable, check_int, flatten_batch
 from ._esp import log_elementary_symmetric
 from ._kbest import kbest_subsets
-from ._sampling import count_prefix_table, sample_with_counts
+from ._sampling import count_prefix_table, row_max_shift, sample_with_counts
 from .base import Structure
 
 
@@ -73,9 +73,8 @@ class KSubset(Structure):
         return z.reshape(*batch, k, self.n), values.reshape(*batch, k)
 
     def _common_shift(self, scores: Tensor) -> Tensor:
-        """Every k-subset has k ones: the row maximum (detached; 0 for a row of ``-inf``)."""
-        top = scores.detach().amax(-1, keepdim=True) if scores.numel() else scores.new_zeros(())
-        return torch.where(torch.isfinite(top), top, 0.0)
+        """Every k-subset has k ones: the row maximum (``row_max_shift``)."""
+        return row_max_shift(scores)
 
     def log_partition(self, scores: Tensor) -> Tensor:
         """``log e_k(θ) = log sum_{|S|=k} exp(sum_{i in S} θ_i)``: ``(*batch,)``, computed in at
