@@ -154,6 +154,16 @@ def check_kl_shapes(
     ))
 
 
+
+def on_common_batch(p: Distribution, q: Distribution) -> tuple[Distribution, Distribution]:
+    """``p`` and ``q`` expanded to their broadcast batch shape (as they are where it is theirs):
+    a KL computed from p's quadrature nodes or draws, which carry p's batch shape, then lines up
+    with a q of a larger batch."""
+    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    return (p if p.batch_shape == shape else p.expand(shape),
+            q if q.batch_shape == shape else q.expand(shape))
+
+
 class CheckedDistribution(Distribution):
     """A ``Distribution`` whose ``sample_shape`` arguments are validated (non-negative ints) before
     any tensor is built."""

@@ -73,6 +73,7 @@ from ._params import (
     checked_value,
     moderate_scale_vector,
     moderate_vector,
+    on_common_batch,
     simplex,
 )
 
@@ -417,8 +418,6 @@ def _kl_gaussian_sparsemax(p: GaussianSparsemax, q: GaussianSparsemax) -> Tensor
     shape broadcast(p.batch_shape, q.batch_shape): p is drawn on that batch shape (its own
     draws did not broadcast against a q of a larger batch)."""
     check_kl_shapes(p, q)
-    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
-    if p.batch_shape != shape:
-        p = p.expand(shape)
+    p, q = on_common_batch(p, q)
     y = p.rsample((p.mc_samples,))
     return (p.log_prob(y) - q.log_prob(y)).mean(0)

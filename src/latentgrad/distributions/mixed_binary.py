@@ -39,6 +39,7 @@ from ._params import (
     checked_value,
     finite,
     finite_positive,
+    on_common_batch,
 )
 
 __all__ = ["BinaryGaussianSparsemax", "HardConcrete", "MixedUniform"]
@@ -455,7 +456,7 @@ def _kl_hc_hc(p: HardConcrete, q: HardConcrete) -> Tensor:
     check_kl_shapes(p, q)
     # p's nodes carry a leading node dim: both sides on the common batch shape first (a q of a
     # larger batch than p's did not broadcast against them)
-    p, q = _on_common_batch(p, q)
+    p, q = on_common_batch(p, q)
     noise, weights = p._interior_nodes()
     if p.stretch == q.stretch:  # q's density at p's logit x = (log α + L)/β itself
         at = q._interior_log_prob_at_logit((p.log_alpha + noise) / p.temperature)
@@ -474,15 +475,6 @@ def _kl_mixed_uniform(p: _MixedUnitInterval, q: MixedUniform) -> Tensor:
     check_kl_shapes(p, q)
     shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
     return (math.log(3) - p.entropy()).clamp_min(0).expand(shape).contiguous()
-
-
-def _on_common_batch(
-    p: _MixedUnitInterval, q: _MixedUnitInterval
-) -> tuple[_MixedUnitInterval, _MixedUnitInterval]:
-    """``p`` and ``q`` expanded to their broadcast batch shape (as they are where it is theirs)."""
-    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
-    return (p if p.batch_shape == shape else p.expand(shape),
-            q if q.batch_shape == shape else q.expand(shape))
 
 
 def _mass_kl(p: _MixedUnitInterval, q: _MixedUnitInterval) -> Tensor:

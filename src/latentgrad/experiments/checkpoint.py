@@ -18,7 +18,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -118,27 +118,31 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     return ckpt, ""
 
 
-def checkpoint_config(path: Path) -> dict[str, Any] | None:
-    """The resolved run config a checkpoint was written with (its ``hyper_parameters``), or
-    None when it holds none."""
-    ckpt, _ = _read(path)
-    hparams = (ckpt or {}).get("hyper_parameters")
-    config = hparams.get("config") if isinstance(hparams, dict) else None
-    return config if isinstance(config, dict) else None
+class CheckpointSummary(NamedTuple):
+    """What a resume checks in a training checkpoint before loading it: the resolved run
+    ``config`` it was written with (its ``hyper_parameters``; None when it holds none), the
+    ``epochs`` it has started (an epoch cut mid-way by a step checkpoint counts) and its
+    ``global_step``."""
+
+    config: dict[str, Any] | None
+    epochs: int
+    global_step: int
 
 
-def checkpoint_progress(path: Path) -> tuple[int, int]:
-    """``(epochs, global_step)`` a training checkpoint has trained: the epochs it has started
-    (an epoch cut mid-way by a step checkpoint counts) and its optimizer steps."""
+def checkpoint_summary(path: Path) -> CheckpointSummary:
+    """``CheckpointSummary`` of the checkpoint at ``path`` (one read); ``CheckpointError`` if it
+    is not an intact training checkpoint."""
     ckpt, why = _read(path)
     if ckpt is None:
         raise CheckpointError(f"--resume: {path} is unusable ({why})")
-    steps = int(ckpt["global_step"])
+    hparams = ckpt.get("hyper_parameters")
+    config = hparams.get("config") if isinstance(hparams, dict) else None
     try:
         epochs = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["started"])
     except (KeyError, TypeError, ValueError):
         epochs = int(ckpt.get("epoch", 0))
-    return epochs, steps
+    return CheckpointSummary(config if isinstance(config, dict) else None, epochs,
+                             int(ckpt["global_step"]))
 
 
 def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:

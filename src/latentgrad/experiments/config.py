@@ -158,6 +158,16 @@ def _safe_load(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: malformed YAML{where}: {problem}") from None
 
 
+def read_run_config(path: Path, hint: str = "") -> Any:
+    """The YAML document a run recorded in ``path`` (its ``config.yaml``), as parsed; a file that
+    cannot be read as text or parsed raises a one-line ``ConfigError`` naming it (then ``hint``)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path} is not a readable run config ({first}){hint}") from None
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["optim.lr=1e-4", "trainer.max_epochs=3"]`` -> nested dict; values parsed as YAML."""
     out: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from latentgrad.experiments.config import ConfigError
+from latentgrad.experiments.config import ConfigError, read_run_config
 from latentgrad.experiments.tasks.registry import get_task
 
 
@@ -111,16 +111,10 @@ def metric_label(key: str, report_metrics: dict[str, tuple[str, bool]]) -> str:
 
 def warmstart_epochs(run_dir: Path) -> int:
     """The run's ``warmstart_epochs`` from its recorded ``config.yaml`` (0 when it has none)."""
-    import yaml
-
     file = run_dir / "config.yaml"
     if not file.exists():
         return 0
-    try:
-        stack = [yaml.safe_load(file.read_text()) or {}]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{file} is not a readable run config ({first})") from None
+    stack = [read_run_config(file) or {}]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):

@@ -21,19 +21,24 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from latentgrad.experiments.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
+    CheckpointSummary,
     atomic_write_text,
-    checkpoint_config,
-    checkpoint_progress,
+    checkpoint_summary,
     prepare_resume,
     remove_temp_files,
     resume_checkpoint,
 )
-from latentgrad.experiments.config import ConfigError, deep_merge, load_yaml, resolve, to_dict
+from latentgrad.experiments.config import (
+    ConfigError,
+    deep_merge,
+    load_yaml,
+    read_run_config,
+    resolve,
+    to_dict,
+)
 from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.plugins import load_entry_points
 from latentgrad.experiments.records import record_finish, write_run_records
@@ -60,13 +65,7 @@ def _differing(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
 def saved_config(path: Path) -> dict[str, Any]:
     """The resolved config a run recorded in ``path`` (its ``config.yaml``); a file that is not
     a readable YAML mapping raises a ConfigError naming it."""
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"{path} is not a readable run config ({first}); restore it or use another --out"
-        ) from None
+    saved = read_run_config(path, hint="; restore it or use another --out")
     if not isinstance(saved, dict):
         raise ConfigError(
             f"{path} is not a readable run config (a {type(saved).__name__}, not a mapping); "
@@ -138,16 +137,14 @@ def _check_estimator_args(
         )
 
 
-def _check_run_length(ckpt: Path, tc: Any) -> None:
+def _check_run_length(ckpt: Path, summary: CheckpointSummary, tc: Any) -> None:
     """A resumed run may be extended, not shortened: Lightning cannot undo the epochs or steps
-    the checkpoint ``ckpt`` has trained beyond ``trainer.max_epochs``/``trainer.max_steps`` (it
-    would refuse a lower max_epochs only after the records are rewritten, and silently keep the
-    extra steps of a lower max_steps while ``config.yaml`` records the lower value)."""
-    try:
-        epochs, steps = checkpoint_progress(ckpt)
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
-    limits = [("max_epochs", epochs, tc.max_epochs), ("max_steps", steps, tc.max_steps)]
+    the checkpoint ``ckpt`` (``summary``) has trained beyond ``trainer.max_epochs``/
+    ``trainer.max_steps`` (it would refuse a lower max_epochs only after the records are
+    rewritten, and silently keep the extra steps of a lower max_steps while ``config.yaml``
+    records the lower value)."""
+    limits = [("max_epochs", summary.epochs, tc.max_epochs),
+              ("max_steps", summary.global_step, tc.max_steps)]
     for key, done, limit in limits:
         if limit is not None and limit >= 0 and done > limit:
             unit = "epochs" if key == "max_epochs" else "steps"
@@ -298,15 +295,18 @@ def _train_and_test(
                 ckpt = resume_checkpoint(run_dir / "checkpoints")
             except CheckpointError as err:
                 raise ConfigError(str(err)) from None
-        written_by = None if ckpt is None else checkpoint_config(ckpt)
-        differ = [] if written_by is None else _differing(written_by, config)
-        if differ:  # a checkpoint copied in from another run: it would not even load
-            raise ConfigError(
-                f"--resume: {ckpt} was written by a run of another config (it differs in "
-                f"{', '.join(differ)}); resume it with that config or remove it"
-            )
         if ckpt is not None:
-            _check_run_length(ckpt, cfg.trainer)
+            try:
+                summary = checkpoint_summary(ckpt)
+            except CheckpointError as err:
+                raise ConfigError(str(err)) from None
+            differ = [] if summary.config is None else _differing(summary.config, config)
+            if differ:  # a checkpoint copied in from another run: it would not even load
+                raise ConfigError(
+                    f"--resume: {ckpt} was written by a run of another config (it differs in "
+                    f"{', '.join(differ)}); resume it with that config or remove it"
+                )
+            _check_run_length(ckpt, summary, cfg.trainer)
 
     import lightning as L
     import torch

@@ -79,8 +79,8 @@ def _load_split(directory: str, split: str, name: str) -> tuple[Tensor, Tensor]:
         verify_checksum(file)
         out.append(read_idx(file))
     images, labels = out
-    for part, tensor, shape in (("images", images, "(N, 28, 28)"), ("labels", labels, "(N,)")):
-        wanted = (28, 28) if part == "images" else ()
+    for part, tensor, wanted, shape in (("images", images, (28, 28), "(N, 28, 28)"),
+                                        ("labels", labels, (), "(N,)")):
         if tensor.dim() != len(wanted) + 1 or tuple(tensor.shape[1:]) != wanted:
             raise DataError(
                 f"{directory_path / IDX_FILES[(split, part)]}: {name} {part} must have shape "
