@@ -320,3 +320,26 @@ def test_entmax15_gradcheck_through_the_blocked_search(k):
     x = _peaked_rows(k)[[0, 3]].requires_grad_()
     assert gradcheck(entmax15, (x,), fast_mode=True)
     assert gradgradcheck(entmax15, (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("k", [1000, 4096])
+@pytest.mark.parametrize("scale", [1e-4, 1e-3, 1.0], ids=["flat", "dense", "sparse"])
+def test_entmax15_float32_is_float64_within_the_threshold_rounding(k, scale):
+    """float32 against float64, on flat rows (dense Newton path) and peaked ones (sorted
+    candidate lists). On the shifted scale ``z = (x - max x) / 2`` the support lies in
+    ``[tau, 0]``, so ``z`` and ``tau`` carry ~``|tau| eps`` of rounding: ``sqrt(p) = [z - tau]_+``
+    is off by ~``|tau| eps``, ``p`` by ``2 sqrt(p) |tau| eps + p eps`` and ``sum p`` by
+    ``2 sqrt(|S|) |tau| eps + eps`` (Cauchy-Schwarz: ``sum sqrt(p) <= sqrt(|S|)``); bounds with
+    4 ``|tau| eps``. The root was taken from the gaps to the last Newton iterate (on flat rows
+    ``t = -1``: gaps near 1, whose spread cancelled against ``1 / |S|``), which put ``sum p``
+    150-642 eps off on flat rows."""
+    eps = torch.finfo(torch.float32).eps
+    x = torch.randn(16, k, generator=torch.Generator().manual_seed(0)) * scale + 3.0
+    p = entmax15(x).double()
+    reference = entmax15(x.double())
+    support = (reference > 0).sum(-1)
+    tau = entmax_module._solve(x.double(), row_maxima(x.double(), entmax_module._SPREAD))[0]
+    slack = 4 * tau.abs() * eps
+    assert bool(((p.sum(-1) - 1).abs() <= 2 * support.sqrt() * slack + eps).all())
+    bound = 2 * reference.sqrt() * slack.unsqueeze(1) + reference * eps
+    assert bool(((p - reference).abs() <= bound).all())
