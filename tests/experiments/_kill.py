@@ -2,9 +2,11 @@
 
     python _kill.py POINT N ARGS...
 
-POINT ``step``: right after the N-th optimizer step (before that step's checkpoint); ``save``:
-right after the N-th file of the checkpoints folder is in place; ``write``: during the N-th write
-into the checkpoints folder, before its temp file is moved into place (it stays as an orphan).
+POINT ``step``: right after the N-th optimizer step (before that step's checkpoint); ``term``:
+the same with SIGTERM instead of SIGKILL (Lightning stops the run at the end of the batch);
+``save``: right after the N-th file of the checkpoints folder is in place; ``write``: during the
+N-th write into the checkpoints folder, before its temp file is moved into place (it stays as an
+orphan).
 ``run_args`` gives the arguments of the small run these tests kill.
 """
 
@@ -32,9 +34,9 @@ def main() -> None:
         nonlocal count
         count += 1
         if count == n:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGTERM if point == "term" else signal.SIGKILL)
 
-    if point == "step":
+    if point in ("step", "term"):
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         register_optimizer_step_post_hook(lambda *_: tick())

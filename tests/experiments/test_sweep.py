@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -238,8 +241,45 @@ def test_an_estimator_named_twice_is_one_cell(
     from latentgrad.experiments import sweep as sweep_module
 
     ran: list[list[str]] = []
-    monkeypatch.setattr(sweep_module, "_execute", lambda cmd, log, env: ran.append(cmd) or 0)
+
+    class Finished:
+        def __init__(self, command: list[str], **_: object) -> None:
+            ran.append(command)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", Finished)
     assert sweep("signal_game", ["sfe", "sfe"], [0], ["profile=tiny"], out=str(tmp_path),
                  workers=2) == 0  # fmt: skip
     assert len(ran) == 1
     assert "sweep signal_game: 1 finished" in capsys.readouterr().out
+
+
+def test_sigterm_stops_a_local_sweep_and_its_running_cell(data_env: Path, tmp_path: Path) -> None:
+    """SIGTERM to the sweep reaches the cell it runs (which stops at the end of a batch, its
+    checkpoints kept), no other cell starts, and the sweep exits 143 naming both. Before, the
+    sweep died alone and left its cell training."""
+    from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
+
+    cmd = [sys.executable, "-m", "latentgrad.experiments.cli", "sweep", "ssvae",
+           "--estimators", "softmax,sfe", "--seeds", "0", "--out", str(tmp_path), "profile=tiny",
+           "trainer.max_epochs=100000", "trainer.num_threads=1"]  # fmt: skip
+    first = tmp_path / "ssvae" / "softmax" / "seed0"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own group: killed whole below
+    try:
+        deadline = time.monotonic() + 300
+        while not (first / "checkpoints" / "last.ckpt").exists():  # it trains: stop it now
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a cell left training (as before)
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == STOPPED_EXIT_CODE, output[-3000:]
+    assert "STOPPED softmax/seed0 by SIGTERM" in output and "1 not started" in output
+    assert "stopped by SIGTERM at step" in (first / "sweep.log").read_text()
+    assert (first / "checkpoints" / "last.ckpt").exists() and not (first / "metrics.json").exists()
+    assert not (tmp_path / "ssvae" / "sfe").exists()

@@ -15,7 +15,8 @@ estimators; installed ones register through entry points (``experiments.plugins`
 
 A user's mistake (unknown task or estimator, bad value, malformed YAML, bad data file, unusable
 checkpoint) exits with status 2 and one line on stderr, before anything is written. A run whose
-directory another process is training in exits with status 75 (try again later).
+directory another process is training in exits with status 75 (try again later); a run or sweep
+stopped by SIGTERM exits with status 143 (``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from latentgrad.experiments.allocator import use_huge_pages
 from latentgrad.experiments.config import ConfigError, merged_config, parse_overrides
 from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.runlock import BUSY_EXIT_CODE, RunDirBusy
+from latentgrad.experiments.stopping import STOPPED_EXIT_CODE, RunStopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -246,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split())  # one line
         print(f"latentgrad {args.command}: error: {message}", file=sys.stderr)
         return BUSY_EXIT_CODE if isinstance(err, RunDirBusy) else 2
+    except RunStopped as err:
+        print(f"latentgrad {args.command}: {err}", file=sys.stderr)
+        return STOPPED_EXIT_CODE
 
 
 if __name__ == "__main__":

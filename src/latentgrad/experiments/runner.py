@@ -43,6 +43,7 @@ from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.plugins import load_entry_points
 from latentgrad.experiments.records import record_finish, write_run_records
 from latentgrad.experiments.runlock import hold_run_dir
+from latentgrad.experiments.stopping import RunStopped
 from latentgrad.experiments.tasks.registry import get_task
 
 METRICS_FILE = "metrics.json"
@@ -252,8 +253,9 @@ def run(
     """Train and test one (task, estimator, seed); returns the content of ``metrics.json``.
 
     Raises ``ConfigError`` before any training when the config is invalid, ``FileExistsError``
-    when the run directory already holds a run and ``resume`` is False, and ``RunDirBusy`` when
-    another process is training in it (``latentgrad.experiments.runlock``).
+    when the run directory already holds a run and ``resume`` is False, ``RunDirBusy`` when
+    another process is training in it (``latentgrad.experiments.runlock``), and ``RunStopped``
+    when SIGTERM stops it.
     """
     module, cfg = check_run(task, estimator, seed, overrides, config_file)
     run_dir = run_dir_for(out, task, estimator, seed)
@@ -311,6 +313,7 @@ def _train_and_test(
     import lightning as L
     import torch
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from latentgrad.experiments.resumable import EpochSafeCheckpoint, StepSeeds, make_resumable
 
@@ -358,8 +361,14 @@ def _train_and_test(
             warnings.filterwarnings("ignore", message="The dirpath has changed from")
             # Lightning's own use of a torch API deprecated after its release; nothing to act on
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
-            trainer.fit(model, datamodule=data, ckpt_path=ckpt)
-            tested = trainer.test(model, datamodule=data, verbose=False)
+            try:
+                trainer.fit(model, datamodule=data, ckpt_path=ckpt)
+                tested = trainer.test(model, datamodule=data, verbose=False)
+            except SIGTERMException:  # a SystemExit without a code: the process would exit 0
+                raise RunStopped(
+                    f"stopped by SIGTERM at step {trainer.global_step}, before the run finished; "
+                    f"`--resume` continues it from its last checkpoint in {run_dir / 'checkpoints'}"
+                ) from None
         metrics = {k: float(v) for k, v in tested[0].items()} if tested else {}
         metrics.update(model.summary())
         result = {

@@ -8,12 +8,15 @@ a cell that another process is training (another sweep over the same ``--out``) 
 counted as busy, neither done nor failed.
 While it runs, one line per cell that starts or ends gives the counts done / running / failed /
 waiting and an estimate of the time left; a summary is printed at the end; the return code is 1
-when any cell failed.
+when any cell failed or was stopped. A local sweep that receives SIGTERM passes it on to its
+running cells (each stops at the end of a batch, its last checkpoint kept), starts no other cell
+and returns ``STOPPED_EXIT_CODE``; rerunning it continues where it stopped.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +37,7 @@ from latentgrad.experiments.runner import (
     run_dir_for,
     saved_config,
 )
+from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
 
 #: The most seeds one ``--seeds`` may name: a grid is validated cell by cell before it starts, so
 #: a mistyped range (``1-1000000000``) would otherwise exhaust memory or time before any message.
@@ -84,7 +88,9 @@ class Progress:
     ended, the counts done / running / failed / waiting, and the time left, estimated as the mean
     duration of the cells that ran to their end times the cells not ended, over the parallel
     workers. A cell that found its run directory busy (exit code ``BUSY_EXIT_CODE``) ends as
-    busy: counted with the ended cells, not with the done or failed ones, and not timed."""
+    busy: counted with the ended cells, not with the done or failed ones, and not timed; one
+    that SIGTERM stopped (``stopped_by_sigterm``) is counted with the failed ones, named as
+    stopped."""
 
     def __init__(
         self,
@@ -118,6 +124,10 @@ class Progress:
             if code == 0:
                 self.done += 1
                 self._print(f"finished {name} in {_duration(seconds)}")
+            elif stopped_by_sigterm(code):
+                self.failed += 1
+                self._print(f"STOPPED {name} by SIGTERM after {_duration(seconds)} (rerun the "
+                            "sweep to continue it)")
             else:
                 self.failed += 1
                 self._print(f"FAILED {name} (exit {code}) after {_duration(seconds)}")
@@ -159,11 +169,53 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def stopped_by_sigterm(code: int) -> bool:
+    """Whether a cell's exit ``code`` says SIGTERM ended it: the run's own status for it, or
+    the signal itself (-15 from ``subprocess``) when it came before Lightning's handler was
+    installed (while the data loaded)."""
+    return code in (STOPPED_EXIT_CODE, -signal.SIGTERM)
+
+
 def _execute(command: list[str], log: str, env: dict[str, str]) -> int:
     """Run one cell; stdout and stderr go to ``log``; returns the exit code."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
         return subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+
+
+class _Cells:
+    """The local sweep's cell processes. ``stop`` (its SIGTERM handler) sends SIGTERM to every
+    running cell and makes ``run`` start no other one (it returns ``None`` for those)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.running: set[subprocess.Popen] = set()
+        self.stopped = False
+        self.lock = threading.RLock()  # the handler runs on the main thread, between bytecodes
+
+    def run(self, cell: Cell, progress: Progress) -> int | None:
+        """Run ``cell`` to its end (output to its log) and return its exit code, or ``None``
+        without starting it once the sweep was stopped."""
+        with self.lock:
+            if self.stopped:
+                return None
+            cell.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(cell.log, "a") as fh:  # the child holds its own descriptor
+                proc = subprocess.Popen(cell.command, stdout=fh, stderr=subprocess.STDOUT,
+                                        env=self.env)
+            self.running.add(proc)
+        progress.start(cell.name)
+        code = proc.wait()
+        with self.lock:
+            self.running.discard(proc)
+        progress.end(cell.name, code)
+        return code
+
+    def stop(self, signum: int, frame: object) -> None:
+        with self.lock:
+            self.stopped = True
+            for proc in self.running:
+                proc.send_signal(signal.SIGTERM)
 
 
 def _threads_per_worker(workers: int) -> str:
@@ -212,8 +264,9 @@ def sweep(
     config_file: str | None = None,
     plugins: list[str] | None = None,
 ) -> int:
-    """Run the grid; returns 0 when every cell finished (now or before), else 1 (a cell failed,
-    or another process was still running one).
+    """Run the grid; returns 0 when every cell finished (now or before), ``STOPPED_EXIT_CODE``
+    when SIGTERM stopped the (local) sweep before that, else 1 (a cell failed or was stopped, or
+    another process was still running one).
 
     ``overrides``: ``key=value`` strings passed to every cell, ``config_file`` its ``--config``,
     ``plugins`` the ``--plugin`` modules its runs import.
@@ -241,26 +294,37 @@ def sweep(
     if ray_address is not None:
         codes = _run_ray(cells, ray_address, task)
     else:
-        env = dict(os.environ, OMP_NUM_THREADS=_threads_per_worker(workers))
+        local = _Cells(dict(os.environ, OMP_NUM_THREADS=_threads_per_worker(workers)))
         progress = Progress(task, len(cells), workers)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, local.stop) if on_main_thread else None
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                codes = list(pool.map(lambda cell: local.run(cell, progress), cells))
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        code = _summary(task, cells, codes, skipped)
+        return STOPPED_EXIT_CODE if local.stopped and code else code
+    return _summary(task, cells, codes, skipped)
 
-        def execute(cell: Cell) -> int:
-            progress.start(cell.name)
-            code = _execute(cell.command, str(cell.log), env)
-            progress.end(cell.name, code)
-            return code
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            codes = list(pool.map(execute, cells))
-    failed = [(c, code) for c, code in zip(cells, codes) if code not in (0, BUSY_EXIT_CODE)]
-    busy = [c for c, code in zip(cells, codes) if code == BUSY_EXIT_CODE]
+def _summary(task: str, cells: list[Cell], codes: list[int | None], skipped: list[str]) -> int:
+    """Print the sweep's summary; return 1 if a cell did not finish (failed, stopped, busy,
+    not started), else 0."""
+    ended = [(c, code) for c, code in zip(cells, codes) if code is not None]
+    failed = [(c, code) for c, code in ended if code not in (0, BUSY_EXIT_CODE)]
+    busy = [c for c, code in ended if code == BUSY_EXIT_CODE]
+    unstarted = len(cells) - len(ended)
     print(f"sweep {task}: {codes.count(0)} finished, "
           f"{len(skipped)} skipped (already done), "
           + (f"{len(busy)} left to the other process running them, " if busy else "")
-          + f"{len(failed)} failed")  # fmt: skip
+          + f"{len(failed)} failed"
+          + (f", {unstarted} not started (stopped by SIGTERM)" if unstarted else ""))  # fmt: skip
     for c, code in failed:
-        print(f"  FAILED {c.estimator}/seed{c.seed} (exit {code}); log: {c.log}")
-    return 1 if failed or busy else 0
+        what = "STOPPED by SIGTERM" if stopped_by_sigterm(code) else "FAILED"
+        print(f"  {what} {c.estimator}/seed{c.seed} (exit {code}); log: {c.log}")
+    return 1 if failed or busy or unstarted else 0
 
 
 def _same_trainer(run_dir: Path, config: dict[str, Any]) -> bool:
