@@ -75,15 +75,18 @@ def saved_config(path: Path) -> dict[str, Any]:
     return saved
 
 
-def check_same_config(saved_path: Path, config: dict[str, Any]) -> None:
+def check_same_config(saved_path: Path, config: dict[str, Any]) -> dict[str, Any]:
     """On resume (and in a sweep over existing cells), all but the trainer section (run length,
-    devices) must match the saved run: a ConfigError naming the differing sections."""
-    differ = _differing(saved_config(saved_path), config)
+    devices) must match the saved run: a ConfigError naming the differing sections. Returns the
+    saved config."""
+    saved = saved_config(saved_path)
+    differ = _differing(saved, config)
     if differ:
         raise ConfigError(
             f"--resume: the resolved config differs from {saved_path} in {', '.join(differ)}; "
             "resume with the same settings (only trainer.* may change) or use another --out"
         )
+    return saved
 
 
 def _flushing_denormals() -> bool:
@@ -285,8 +288,7 @@ def _train_and_test(
                 f"run directory {run_dir} already holds a run; "
                 "pass --resume to continue it or choose another --out"
             )
-        check_same_config(run_dir / "config.yaml", config)
-        saved_trainer = saved_config(run_dir / "config.yaml").get("trainer")
+        saved_trainer = check_same_config(run_dir / "config.yaml", config).get("trainer")
         if metrics_path.exists() and saved_trainer == config["trainer"]:
             return json.loads(metrics_path.read_text())  # finished with these settings
     if resume:  # DDP workers start after rank 0 chose and pruned: they find the same file

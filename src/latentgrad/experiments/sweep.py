@@ -35,7 +35,6 @@ from latentgrad.experiments.runner import (
     check_run,
     check_same_config,
     run_dir_for,
-    saved_config,
 )
 from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
 
@@ -229,12 +228,13 @@ def _check_cells(
     overrides: list[str],
     config_file: str | None,
     out: str,
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Resolve every cell's config -> {(estimator, seed): config}; a ConfigError naming the
-    invalid cells if any is, or whose run directory holds a run of another config (all but
-    ``trainer.*`` must match, as for ``latentgrad run --resume``)."""
+) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[tuple[str, int], Any]]:
+    """Resolve every cell's config -> ``{(estimator, seed): config}`` and, for the cells whose
+    run directory holds a run, ``{(estimator, seed): its saved trainer section}``; a
+    ConfigError naming the invalid cells if any is, or whose run directory holds a run of
+    another config (all but ``trainer.*`` must match, as for ``latentgrad run --resume``)."""
     parsed = parse_overrides(overrides)
-    errors, configs = [], {}
+    errors, configs, saved_trainers = [], {}, {}
     for estimator in estimators:
         for seed in seeds:
             try:
@@ -242,7 +242,8 @@ def _check_cells(
                 configs[estimator, seed] = to_dict(cfg)
                 saved = run_dir_for(out, task, estimator, seed) / "config.yaml"
                 if saved.exists():
-                    check_same_config(saved, configs[estimator, seed])
+                    saved_trainers[estimator, seed] = check_same_config(
+                        saved, configs[estimator, seed]).get("trainer")
             except ConfigError as err:
                 errors.append(f"{estimator}/seed{seed}: {err}")
     if errors:
@@ -250,7 +251,7 @@ def _check_cells(
             f"{len(errors)} of {len(estimators) * len(seeds)} cells are invalid, none was "
             f"started: {'; '.join(errors)}"
         )
-    return configs
+    return configs, saved_trainers
 
 
 def sweep(
@@ -274,14 +275,15 @@ def sweep(
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     estimators = list(dict.fromkeys(estimators))  # one cell per run directory, as for seeds
-    configs = _check_cells(task, estimators, seeds, overrides, config_file, out)
+    configs, saved_trainers = _check_cells(task, estimators, seeds, overrides, config_file, out)
     extra_args = [*(["--config", config_file] if config_file else []), *overrides]
     cells, skipped = [], []
     for estimator in estimators:
         for seed in seeds:
             run_dir = run_dir_for(out, task, estimator, seed)
-            finished = (run_dir / METRICS_FILE).exists()
-            if finished and _same_trainer(run_dir, configs[estimator, seed]):
+            trainer = configs[estimator, seed]["trainer"]
+            same_trainer = saved_trainers.get((estimator, seed)) == trainer
+            if (run_dir / METRICS_FILE).exists() and same_trainer:
                 skipped.append(f"{estimator}/seed{seed}")  # else the run continues (longer)
                 continue
             command = [
@@ -325,11 +327,6 @@ def _summary(task: str, cells: list[Cell], codes: list[int | None], skipped: lis
         what = "STOPPED by SIGTERM" if stopped_by_sigterm(code) else "FAILED"
         print(f"  {what} {c.estimator}/seed{c.seed} (exit {code}); log: {c.log}")
     return 1 if failed or busy or unstarted else 0
-
-
-def _same_trainer(run_dir: Path, config: dict[str, Any]) -> bool:
-    """Whether the finished run in ``run_dir`` ran with ``config``'s trainer settings."""
-    return saved_config(run_dir / "config.yaml").get("trainer") == config.get("trainer")
 
 
 def _run_ray(cells: list[Cell], address: str, task: str) -> list[int]:
