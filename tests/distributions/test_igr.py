@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -616,3 +617,38 @@ def test_log_scale_is_checked_only_when_validating():
         IGR(loc, scale, 1.0, log_scale=bad, validate_args=True)
     dist = IGR(loc, scale, 1.0, log_scale=bad, validate_args=False)  # accepted unchecked
     assert dist.log_scale is not None and torch.isnan(dist.log_scale).all()  # as given
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_kl_is_finite_where_one_over_the_prior_scale_or_the_loc_gap_overflows(dtype):
+    """``(μ_p − μ_q)·exp(−log σ_q)`` overflowed where σ_q is below the smallest normal number
+    (float32: log σ_q < -87.3): NaN for identical distributions (0 · inf), inf for KLs of ~1e26;
+    and ``μ_p − μ_q`` overflowed at locations ±3e38 (float32) with σ_q = 1e30 (KL 1.8e17).
+    Against the closed form in mpmath at the dtype's inputs, to 8 eps per unit of the exponents
+    (exp turns their rounding into relative errors) times the summed terms' magnitude."""
+    if dtype == torch.float32:
+        cases = [(0.3, -100.0, 0.3, -100.0), (0.3, -100.0, 0.3, -99.0),
+                 (1e-30, -100.0, 0.0, -100.0), (3e38, 0.0, -3e38, math.log(1e30)),
+                 (0.0, -88.0, 0.0, -89.0)]
+    else:
+        cases = [(0.3, -1000.0, 0.3, -1000.0), (1e-300, -750.0, 0.0, -750.0),
+                 (1.7e308, 0.0, -1.7e308, 700.0)]
+    mu_p, ls_p, mu_q, ls_q = (torch.tensor(c, dtype=dtype) for c in zip(*cases, strict=True))
+    mu_p.requires_grad_(True)
+    ls_p.requires_grad_(True)
+    info = torch.finfo(dtype)
+
+    def make(m, ls):
+        scale = ls.detach().exp().clamp(info.tiny, info.max)
+        return IGR(m.unsqueeze(-1), scale.unsqueeze(-1), 0.5, log_scale=ls.unsqueeze(-1))
+
+    got = kl_divergence(make(mu_p, ls_p), make(mu_q, ls_q))
+    for i, (a, la, b, lb) in enumerate(zip(*(t.tolist() for t in (mu_p, ls_p, mu_q, ls_q)))):
+        with mpmath.workdps(50):
+            r = 2 * (mpmath.mpf(la) - lb)
+            terms = (mpmath.exp(r), ((mpmath.mpf(a) - b) / mpmath.exp(lb)) ** 2, -1 - r)
+            want = float(sum(terms) / 2)
+            tol = 8 * info.eps * (1 + abs(la) + abs(lb)) * float(sum(abs(t) for t in terms) / 2)
+        assert abs(got[i].item() - want) <= tol, (cases[i], got[i].item(), want)
+    grads = torch.autograd.grad(got[0], (mu_p, ls_p))  # identical distributions: a minimum
+    assert all(bool((g == 0).all()) for g in grads)

@@ -129,13 +129,20 @@ def check_truncation(eps: object, quantile: object) -> tuple[float, float]:
 def _gaussian_kl(mu_p: Tensor, log_sig_p: Tensor, mu_q: Tensor, log_sig_q: Tensor) -> Tensor:
     """``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` of diagonal Gaussians from their log-scales, summed
     over the last dim; each coordinate's term ≥ 0 (rounding clamped), exactly 0 where the
-    parameters coincide. Half precision is computed in float32."""
-    dtype = mu_p.dtype
-    mu_p, log_sig_p, mu_q, log_sig_q = (
-        t.to(working_dtype(dtype)) for t in (mu_p, log_sig_p, mu_q, log_sig_q)
-    )
+    parameters coincide. ``(μ_p − μ_q)/σ_q`` is formed without overflow: ``1/σ_q`` as two finite
+    factors (σ_q below the smallest normal number) and ``μ_p − μ_q`` halved where it overflows.
+    Half precision is computed in float32."""
+    dtype, work = mu_p.dtype, working_dtype(mu_p.dtype)
+    mu_p, log_sig_p, mu_q, log_sig_q = (t.to(work) for t in (mu_p, log_sig_p, mu_q, log_sig_q))
     log_ratio = 2 * (log_sig_p - log_sig_q)  # not the log of an overflowed (σ_p/σ_q)²
-    per_coord = log_ratio.exp() + ((mu_p - mu_q) * (-log_sig_q).exp()).pow(2) - 1 - log_ratio
+    info = torch.finfo(work)
+    inv = (-log_sig_q).clamp(max=-math.log(info.tiny))  # exp(−log σ_q) = exp(inv)·exp(rest)
+    rest = (-log_sig_q - inv).clamp(max=math.log(info.max) - 1)  # clamped: z² overflows anyway
+    diff = mu_p - mu_q
+    halved = ~torch.isfinite(diff)
+    diff = torch.where(halved, mu_p / 2 - mu_q / 2, diff)
+    z = diff * inv.exp() * rest.exp() * (1 + halved.to(work))
+    per_coord = log_ratio.exp() + z.pow(2) - 1 - log_ratio
     return (0.5 * per_coord.clamp_min(0).sum(dim=-1)).to(dtype)
 
 
