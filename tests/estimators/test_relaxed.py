@@ -9,6 +9,7 @@ import torch
 from torch.distributions import RelaxedBernoulli, RelaxedOneHotCategorical, kl_divergence
 
 from latentgrad.distributions.igr import IGR, IGRStickBreaking, uniform_prior_loc
+from latentgrad.estimators import relaxed
 from latentgrad.estimators.relaxed import GumbelSoftmax, IGREstimator
 from latentgrad.estimators.schedules import ExponentialDecay, Learnable
 from latentgrad.structures.bitvector import BitVector
@@ -596,3 +597,41 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
     torch.testing.assert_close(out.latents.detach(), z.detach())
     (want,) = torch.autograd.grad(loss_fn(z, None).mean(), scores)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    ("structure", "rows", "tau", "entropy_coeff"),
+    [
+        (None, [[3e38, 0.0, 0.0]] * 4, 1.0, 0.0),
+        (None, [[-1e38, -1e38, 1e38]], 0.5, 0.1),
+        (BitVector(3), [[3e38, 0.0, -3e38]] * 4, 2.0, 0.0),
+        (BitVector(3), [[1e38, -1e38, 0.0]], 0.5, 0.1),
+    ],
+    ids=["categorical-mean", "categorical-entropy", "bits-mean", "bits-entropy"],
+)
+def test_relaxed_loss_within_float32_is_finite_when_its_terms_or_their_sum_are_not(
+    structure, rows, tau, entropy_coeff, monkeypatch
+):
+    """float32 scores at ±1e38-3e38: the relaxed KLs (1.5e38-3e38 per example) summed over the
+    batch beyond float32 in the mean, and entropies of -8e38 (beyond float32, -inf) weighted by
+    0.1 in the loss; loss and logged KL were inf where float64 gives 1.5e38-2.8e38. The float64
+    terms now enter the loss and its mean before rounding: the float64 run at the same (fixed)
+    noise, within the final float32 rounding (the loss_fn's part, < 10, is below its resolution);
+    gradients (O(1), through y in float32) within a few roundings."""
+    noise = torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(0), dtype=D)
+    monkeypatch.setattr(relaxed, "draw_noise", lambda shape, like, kind: noise.to(like.dtype))
+    monkeypatch.setattr(relaxed, "logistic", lambda shape, like: noise.to(like.dtype))
+    got = {}
+    for dtype in (torch.float32, D):
+        scores = torch.tensor(rows, dtype=dtype, requires_grad=True)
+        est = GumbelSoftmax(tau, kl="relaxed", prior="uniform", entropy_coeff=entropy_coeff,
+                            structure=structure)  # fmt: skip
+        out, _ = run(est, scores)
+        (grad,) = torch.autograd.grad(out.loss, scores)
+        got[dtype] = (out.loss, out.logs["kl"], grad)
+    (loss32, kl32, grad32), (loss64, kl64, grad64) = got[torch.float32], got[D]
+    assert loss32.dtype == torch.float32 and abs(loss64) < torch.finfo(torch.float32).max
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(loss32.double(), loss64, rtol=eps, atol=0)
+    torch.testing.assert_close(float(kl32), float(kl64), rtol=eps, atol=0)
+    torch.testing.assert_close(grad32.double(), grad64, rtol=4 * eps, atol=0)

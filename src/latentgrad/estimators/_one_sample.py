@@ -38,7 +38,9 @@ def one_sample_output(
     ``mean_b [ℓ_b + kl_coeff·KL_b − est.entropy_coeff·H_b]``.
 
     ``entropy`` and ``kl`` ``(B, *latent)`` are summed over the latent variables (``entropy=None``:
-    0, in the losses' dtype; a ``Deferred`` entropy, already summed, is not in the loss);
+    0, in the losses' dtype; a ``Deferred`` entropy, already summed, is not in the loss); terms
+    wider than ``z`` (float64 relaxed densities) enter the loss and its mean in their dtype, which
+    is then rounded to that of ``ℓ`` and ``z``, and the entropy is reported in ``z``'s dtype;
     ``expected_loss`` is ``ℓ_b``, ``support_size`` 1; logs ``temperature`` ``tau`` (unless None),
     ``entropy``, ``support_size``, with a KL ``kl`` (means), and the extra ``logs``. Also the
     eval-mode reading at the mode (``z`` without a graph).
@@ -50,13 +52,16 @@ def one_sample_output(
     elif not isinstance(entropy, Deferred):
         entropy = sum_latent(entropy)
     loss_b = add_term(losses, -est.entropy_coeff, entropy)
+    if not isinstance(entropy, Deferred):
+        entropy = entropy.to(z.dtype)
     all_logs: dict[str, float | Tensor] = {} if tau is None else {"temperature": detached(tau)}
     means: dict[str, Tensor] = {}
     if kl is not None:
         means["kl"] = kl = sum_latent(kl)
         loss_b = add_term(loss_b, kl_coeff, kl)
     out = fixed_support_output(
-        batch_mean(loss_b), losses, entropy, 1, {**all_logs, **(logs or {})}, means
+        batch_mean(loss_b).to(torch.promote_types(losses.dtype, z.dtype)), losses, entropy, 1,
+        {**all_logs, **(logs or {})}, means
     )
     weights = Deferred(filled, (losses.shape[0],), 1.0, losses.dtype, losses.device)
     return out.evaluated(z, rows, weights)

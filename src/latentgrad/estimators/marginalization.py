@@ -107,14 +107,15 @@ def softmax_expectation(
     max_support: int = 65536,
 ) -> EstimatorOutput:
     """The ``"expected"`` eval reading of a categorical latent ``(B, *latent, K)``: exact
-    ``E_{softmax}[l] - c H`` (+ ``extra`` (B,), e.g. a KL term) over the product of supports."""
+    ``E_{softmax}[l] - c H`` (+ ``extra`` (B,), e.g. a KL term, averaged in its own dtype) over
+    the product of supports."""
     family = CategoricalLatent(one_hot)
     rows, idx, weights, support, _ = product_support(scores.softmax(-1), max_support)
     entropy = family.entropy(scores)
     z = family.latent_values(idx, scores)
     out = marginalize(weights, rows, z, loss_fn, entropy, entropy_coeff, support)
     if extra is not None:
-        out.loss = out.loss + batch_mean(extra)
+        out.loss = (out.loss + batch_mean(extra)).to(out.loss.dtype)
     return out
 
 

@@ -72,9 +72,10 @@ def _concrete_terms(
     there ``θ_k - τ x_k = -g_k + c`` with ``c`` common to the row, so ``log p(x) = log Γ(K) +
     (K-1) log τ - Σ g - K lse(-g)`` (a function of the noise alone: its total derivative in θ is
     0, as through x), and for the prior ``-τ₀ x = -(τ₀/τ) u + c'``. From x itself, an entry that
-    rounds to -inf (huge score gaps, tiny τ) gives inf - inf. Computed in float64 (for float32
-    scores up to finfo.max and τ down to its smallest normal), returned in the scores' dtype;
-    ValueError (with validation on) where float64 scores' gaps over τ overflow float64.
+    rounds to -inf (huge score gaps, tiny τ) gives inf - inf. Computed and returned in float64
+    (for float32 scores up to finfo.max and τ down to its smallest normal: terms beyond float32
+    still add to a loss within it, ``one_sample_output``); ValueError (with validation on) where
+    float64 scores' gaps over τ overflow float64.
     """
     k = scores.shape[-1]
     work = torch.promote_types(scores.dtype, torch.float64)
@@ -88,14 +89,14 @@ def _concrete_terms(
         raise _out_of_range(scores, tau64, "the score gaps of a row")
     x = torch.log_softmax(scaled, dim=-1)
     log_p = math.lgamma(k) + (k - 1) * tau64.log() - g.sum(-1) - k * torch.logsumexp(-g, dim=-1)
-    entropy = (x.sum(dim=-1) - log_p).to(scores.dtype)
+    entropy = x.sum(dim=-1) - log_p
     if prior is None:
         return entropy, None
     v = -(prior_tau / tau_e) * u  # -τ₀ x up to a constant per row
     log_prior = (
         math.lgamma(k) + (k - 1) * math.log(prior_tau) + v.sum(-1) - k * torch.logsumexp(v, -1)
     )
-    return entropy, (log_p - log_prior).to(scores.dtype)
+    return entropy, log_p - log_prior
 
 
 def _out_of_range(scores: Tensor, tau: Tensor, what: str) -> ValueError:
@@ -117,9 +118,10 @@ def _binary_concrete_terms(
     With ``t = θ - τ v``, ``log p(v) = log τ + t - 2 softplus(t) = log τ + log σ(t) + log σ(-t)``
     and ``log p(y) = log p(v) - log σ(v) - log σ(-v)``; ``t = -L`` exactly (a function of the
     noise alone, total derivative 0 in θ, as through the sample). From ``v`` itself, a ``v``
-    beyond the dtype's range (scores near finfo.max, tiny τ) gave inf - inf. In float64 (float32
-    scores at any magnitude and τ down to its smallest normal), returned in the scores' dtype;
-    ValueError (with validation on) where float64 scores over τ overflow float64.
+    beyond the dtype's range (scores near finfo.max, tiny τ) gave inf - inf. Computed and
+    returned in float64 (float32 scores at any magnitude and τ down to its smallest normal), as
+    ``_concrete_terms``; ValueError (with validation on) where float64 scores over τ overflow
+    float64.
     """
     work = torch.promote_types(scores.dtype, torch.float64)
     tau64 = tau.to(work)  # 0-dim
@@ -128,12 +130,12 @@ def _binary_concrete_terms(
         raise _out_of_range(scores, tau64, "the scores")
     t = -noise.to(work)
     log_p = tau64.log() + F.logsigmoid(t) + F.logsigmoid(-t)
-    entropy = -(log_p - F.logsigmoid(v) - F.logsigmoid(-v)).sum(dim=-1).to(scores.dtype)
+    entropy = -(log_p - F.logsigmoid(v) - F.logsigmoid(-v)).sum(dim=-1)
     if prior is None:
         return entropy, None
     t0 = -prior_tau * v  # the prior's θ - τ₀ v, θ = 0
     log_prior = math.log(prior_tau) + F.logsigmoid(t0) + F.logsigmoid(-t0)
-    return entropy, (log_p - log_prior).sum(dim=-1).to(scores.dtype)
+    return entropy, (log_p - log_prior).sum(dim=-1)
 
 
 class GumbelSoftmax(Estimator):
