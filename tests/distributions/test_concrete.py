@@ -107,6 +107,44 @@ def test_logit_form_is_finite_where_y_rounds_to_zero_or_one():
     assert torch.isfinite(out).all()
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, D])
+def test_concrete_log_probs_at_logits_near_the_largest_finite_value(dtype):
+    """ExpConcrete/Concrete: Σ t − K lse(t), t = θ − τx, overflowed to inf − inf (NaN) at equal
+    logits of ±2e38 in float32, and at 1e38 (float64 too) θ absorbed τx: 0 instead of -4.005 and
+    gradient -2 instead of 0.11; logits [3e38, 3e38, 0] gave NaN / gradient [-2, -2, 1] instead of
+    [-0.31, -0.69, 1]. Binary logit form: t − 2 softplus(t) overflowed to -inf at t = 3e38
+    (value -3e38). Against float64 references from the logits normalised first (torch; the
+    logit form in float64 where it does not overflow), to 16 eps of the value's magnitude."""
+    big = 0.9 * torch.finfo(dtype).max
+    eps = torch.finfo(dtype).eps
+    x = torch.log_softmax(torch.tensor([0.3, -0.2, 0.1], dtype=D), -1).to(dtype)
+    tau = torch.tensor(0.5, dtype=D)
+    for row in ([big / 2] * 3, [-big / 2] * 3, [big / 3] * 3, [big, big, 0.0]):
+        logits = torch.tensor(row, dtype=dtype, requires_grad=True)
+        ref_logits = logits.detach().double().requires_grad_(True)
+        want = ExpRelaxedCategorical(tau, logits=ref_logits).log_prob(x.double())
+        (want_grad,) = torch.autograd.grad(want, ref_logits)
+        got = exp_concrete_log_prob(x, logits, 0.5)
+        (grad,) = torch.autograd.grad(got, logits)
+        tol = 16 * eps * (1 + abs(want.item()))
+        assert abs(got.item() - want.item()) <= tol, (row, got.item(), want.item())
+        torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=16 * eps)
+        y = x.exp()
+        want_y = want - x.double().sum()
+        got_y = concrete_log_prob(y, logits.detach(), 0.5)
+        assert abs(got_y.item() - want_y.item()) <= tol, (row, got_y.item(), want_y.item())
+    logit = torch.tensor(big, dtype=dtype, requires_grad=True)
+    got = binary_concrete_logit_log_prob(torch.tensor(0.5, dtype=dtype), logit, 0.5)
+    t = logit.detach().double() - 0.25
+    want = math.log(0.5) + t - 2 * torch.nn.functional.softplus(t)
+    if torch.isfinite(want):  # float32's largest logits fit float64
+        assert abs(got.item() - want.item()) <= 16 * eps * abs(want.item())
+    assert torch.isfinite(got)
+    (grad,) = torch.autograd.grad(got, logit)
+    assert abs(grad.item() + 1) <= eps
+
+
 def _binary_entropy_quad(logit: float, tau: float) -> float:
     def integrand(y):
         p = binary_density(y, logit, tau)

@@ -75,7 +75,8 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
     the Concrete density of ``y = exp(x)`` is ``p(x) / Π_k y_k``. ``logits`` need not be
     normalised. Shapes: ``x`` and ``logits`` broadcast to ``(*batch, K)``; ``temperature`` a float
     or a tensor broadcastable to ``(*batch,)``. Returns ``(*batch,)``. ``x`` must satisfy
-    ``logsumexp(x) = 0``.
+    ``logsumexp(x) = 0``. Invariant to a common shift of the logits, so they are shifted by their
+    row maximum first (no overflow of the sums, no ``τ x`` absorbed by logits near finfo.max).
     """
     _check_pair(x, logits, "x")
     check_rows_valid(logits, "logits")
@@ -91,7 +92,7 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
         )
     k = torch.broadcast_shapes(x.shape, logits.shape)[-1]
     tau_e = tau.unsqueeze(-1) if tau.dim() else tau
-    t = logits - tau_e * x
+    t = (logits - logits.detach().amax(dim=-1, keepdim=True)) - tau_e * x
     return (
         math.lgamma(k)
         + (k - 1) * torch.log(tau)
@@ -117,13 +118,14 @@ def binary_concrete_logit_log_prob(
 ) -> Tensor:
     """Log-density of the Binary Concrete logit ``v = (logits + L) / tau``, L ~ Logistic(0, 1).
 
-    ``log p(v) = log τ + θ − τ v − 2 softplus(θ − τ v)``. Elementwise; all
+    ``log p(v) = log τ + t − 2 softplus(t) = log τ + log σ(t) + log σ(−t)``, ``t = θ − τ v``,
+    in the second form (the first overflows at |t| near finfo.max). Elementwise; all
     arguments broadcast. Equals ``torch.distributions.LogitRelaxedBernoulli.log_prob``.
     """
     _check_pair(v, logits, "v")
     tau = _temperature(temperature, v, torch.broadcast_shapes(v.shape, logits.shape))
     t = logits - tau * v
-    return torch.log(tau) + t - 2 * F.softplus(t)
+    return torch.log(tau) + F.logsigmoid(t) + F.logsigmoid(-t)
 
 
 def binary_concrete_log_prob(y: Tensor, logits: Tensor, temperature: float | Tensor) -> Tensor:
