@@ -27,7 +27,9 @@ Prior and loss ``−ELBO = E_q[ℓ(z)] + KL(q ‖ prior)``, per estimator family
 Every estimator runs with ``entropy_coeff = 1``, so its surrogate is the −ELBO up to the
 constant. Metrics (validation every epoch, test at the end): ``rate`` = KL, ``distortion`` =
 ``E_q[ℓ]`` (the estimator's reading: exact over the support for sparse methods, one fresh
-sample otherwise), ``distortion_mode`` (ℓ at the most probable z: ``1[t > 0]``, the budgeted
+sample otherwise, hard for the discrete family: Gumbel-Softmax's relaxed draw y is read as the
+hard draw ``1[y > 1/2]`` of the same noise, an exact sample of the Bernoulli q whose KL the rate
+is), ``distortion_mode`` (ℓ at the most probable z: ``1[t > 0]``, the budgeted
 MAP, or per mixed bit the more probable of 0 and 1), ``neg_elbo`` = rate + distortion, the
 importance-sampled ``nll`` (nats) and ``nll_bpd`` = nll / (784 ln 2) with
 ``importance.val_samples`` / ``importance.test_samples`` draws: discrete methods (Gumbel too)
@@ -257,9 +259,14 @@ class BitVectorVAE(SampledEvaluation):
         """Per-example ``(B,)`` evaluation metrics (module docstring)."""
         x, inputs = self.inputs(images)
         scores = self.scores(inputs)
-        readings, out = self.readings(scores, self.loss_fn(x), inputs)
+        loss_fn = self.loss_fn(x)
+        readings, out = self.readings(scores, loss_fn, inputs)
         rate = self.rate(out.entropy)
         distortion = readings[self.estimator_reading]
+        if self.family == "discrete" and not bool(((out.latents == 0) | (out.latents == 1)).all()):
+            # a relaxed draw y = σ((t + L)/τ), one per example: its hard bits 1[t + L > 0] are
+            # a draw of q
+            distortion = loss_fn((out.latents > 0.5).to(out.latents.dtype), out.rows)
         nll = -self.log_likelihood(x, scores, n_samples)
         stats = {
             "nll": nll,
