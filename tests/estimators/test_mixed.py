@@ -168,6 +168,27 @@ def test_binary_estimator_gradient_is_unbiased(family):
     assert_unbiased(leaf, theta2.grad)
 
 
+def test_hard_concrete_temperature_follows_a_schedule_stepped_by_the_optimizer():
+    """β annealed as the relaxations are (Farinhas et al. anneal Hard Concrete from 1): each
+    optimizer step after a training call advances the schedule, and the loss, entropy and
+    logged temperature are those of ``HardConcrete`` at the schedule's current β."""
+    from latentgrad.estimators.schedules import ExponentialDecay
+
+    scores = torch.tensor([[0.4, -0.3, 1.1], [2.0, 0.0, -1.0]], dtype=D, requires_grad=True)
+    est = BinaryMixedEstimator(temperature=ExponentialDecay(1.0, rate=0.2, every=1, floor=0.5),
+                               entropy_coeff=1.0)
+    opt = torch.optim.SGD([scores], lr=0.0)
+    for step in range(6):
+        beta = max(0.5, math.exp(-0.2 * step))
+        out = est(scores, lambda z, rows: z.sum(-1))
+        assert out.logs["temperature"].item() == pytest.approx(beta, rel=1e-12)
+        want = HardConcrete(scores.detach(), beta).entropy().sum(-1)
+        torch.testing.assert_close(out.entropy.detach(), want)
+        out.loss.backward()
+        opt.step()
+    assert int(est.temperature.num_steps) == 6 and "temperature.num_steps" in est.state_dict()
+
+
 def faces3() -> torch.Tensor:
     return torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1],
                          [1, 1, 1]], dtype=D)

@@ -112,7 +112,10 @@ def _exact_interval(model: task.BitVectorVAE, x: torch.Tensor, mixed: bool) -> t
 )
 def test_importance_sampled_nll_matches_the_exact_log_likelihood(estimator: str,
                                                                  bits: int) -> None:
-    model = small_model(estimator, bits)
+    # Hard Concrete at a fixed β = 2/3, where its standard errors were measured (at the
+    # schedule's start β = 1 the proposal is wider: errors up to 0.1 at 8,000 draws)
+    fixed = {"temperature": 2 / 3, "anneal_rate": 0.0} if estimator == "hard_concrete" else {}
+    model = small_model(estimator, bits, **fixed)
     raw = images()
     x, inputs = model.inputs(raw)
     scores = model.scores(inputs)

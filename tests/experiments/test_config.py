@@ -8,6 +8,7 @@ import pytest
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import ConfigError, parse_overrides, resolve
+from latentgrad.experiments.tasks.bitvector_vae import Config as BitVectorConfig
 from latentgrad.experiments.tasks.ssvae import SSVAEConfig
 
 
@@ -109,3 +110,30 @@ def test_missing_data_fails_before_the_run_directory_is_created(
     assert code == 2
     assert "expected file 'train-images-idx3-ubyte.gz'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_profile_sets_its_own_per_estimator_values_below_the_user_ones() -> None:
+    """``profiles[p].estimators[name]`` applies to that estimator only, above the task's
+    ``estimators[name]`` and below ``--config``/overrides: bitvector_vae_d128's Farinhas et al.
+    profiles swap Correia et al.'s Gumbel and ST Gumbel decay rates."""
+    def args(estimator: str, **overrides: object) -> tuple[float, float]:
+        cfg = resolve(BitVectorConfig, "bitvector_vae_d128", estimator, 42,
+                      {"profile": "faithful_farinhas", **overrides})
+        return cfg.optim.lr, cfg.estimator_args.anneal_rate
+
+    assert args("gumbel") == (1e-3, 1e-5)
+    assert args("st_gumbel") == (5e-4, 1e-4)
+    assert args("sfe") == (1e-3, 1e-4)  # untouched: the task's defaults
+    assert args("gumbel", estimator_args={"anneal_rate": 3e-5}) == (1e-3, 3e-5)
+    correia = resolve(BitVectorConfig, "bitvector_vae_d128", "gumbel", 42, {"profile": "faithful"})
+    assert correia.estimator_args.anneal_rate == 1e-4
+
+
+def test_every_profiles_per_estimator_section_names_estimators_of_its_task() -> None:
+    from latentgrad.experiments.config import task_estimators, task_yaml
+    from latentgrad.experiments.tasks.registry import TASKS
+
+    for task in TASKS:
+        for name, profile in (task_yaml(task).get("profiles") or {}).items():
+            named = set((profile or {}).get("estimators") or {})
+            assert named <= set(task_estimators(task)), (task, name, named)

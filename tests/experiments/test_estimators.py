@@ -49,3 +49,18 @@ def test_budget_defaults_to_half_the_bits_and_is_checked() -> None:
         ESTIMATORS["sparsemap_budget"].factory(
             EstimatorConfig(budget=7), 6, 3, structure=BitVector(6)
         )
+
+
+def test_hard_concrete_anneals_its_temperature_unless_the_rate_is_zero() -> None:
+    """Farinhas et al. anneal Hard Concrete's β from 1 like the relaxations' τ; a rate of 0 keeps
+    the configured β fixed (the setting of the runs made before the schedule existed)."""
+    from latentgrad.estimators.schedules import Constant, ExponentialDecay
+
+    make = ESTIMATORS["hard_concrete"].factory
+    annealed = make(EstimatorConfig(anneal_rate=1e-5, anneal_every=1000), 4, 3,
+                    structure=BitVector(4)).temperature
+    assert isinstance(annealed, ExponentialDecay)
+    assert (annealed.tau0, annealed.rate, annealed.every, annealed.floor) == (1.0, 1e-5, 1000, 0.5)
+    fixed = make(EstimatorConfig(temperature=2 / 3, anneal_rate=0.0), 4, 3,
+                 structure=BitVector(4)).temperature
+    assert isinstance(fixed, Constant) and fixed.tau == 2 / 3

@@ -51,6 +51,7 @@ from .base import (
     no_enumeration_target,
     sum_latent,
 )
+from .schedules import TemperatureSchedule, as_schedule
 
 __all__ = ["BinaryMixedEstimator", "GaussianSparsemaxEstimator", "MixedDirichletEstimator"]
 
@@ -148,7 +149,8 @@ class BinaryMixedEstimator(Estimator):
     Args:
         family: ``"hard_concrete"`` (scores are log α; Louizos et al. 2018) or
             ``"gaussian_sparsemax"`` (scores are locations μ; y = clip(μ + σε, 0, 1)).
-        temperature: Hard Concrete β.
+        temperature: Hard Concrete β, a float or a ``TemperatureSchedule`` (e.g.
+            ``ExponentialDecay``: annealed as the relaxations are).
         stretch: Hard Concrete (l, r).
         scale: binary Gaussian-sparsemax σ.
         n_samples: S samples per example.
@@ -164,17 +166,22 @@ class BinaryMixedEstimator(Estimator):
 
     enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
-    def __init__(self, family: str = "hard_concrete", temperature: float = 2 / 3,
+    def __init__(self, family: str = "hard_concrete",
+                 temperature: float | TemperatureSchedule = 2 / 3,
                  stretch: tuple[float, float] = (-0.1, 1.1), scale: float = 1.0,
                  n_samples: int = 1, entropy_coeff: float = 0.0, kl_coeff: float = 0.0,
                  eval_mode: str = "mode") -> None:
         super().__init__(entropy_coeff)
         self._set_eval_mode(eval_mode, ("mode", "sample"))
         check_choice(family, "family", FAMILIES)
-        for name, value in (("temperature", temperature), ("scale", scale)):
+        fixed = {"scale": scale}
+        if not isinstance(temperature, TemperatureSchedule):
+            fixed["temperature"] = temperature
+        for name, value in fixed.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        self.family, self.temperature, self.scale = family, float(temperature), float(scale)
+        self.family, self.scale = family, float(scale)
+        self.temperature = as_schedule(temperature)
         self.stretch = tuple(float(v) for v in stretch)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         self.kl_coeff = float(kl_coeff)
@@ -182,14 +189,15 @@ class BinaryMixedEstimator(Estimator):
     def distribution(self, scores: Tensor) -> HardConcrete | BinaryGaussianSparsemax:
         """The per-bit distribution of ``scores`` (B, *bits)."""
         if self.family == "hard_concrete":
-            return HardConcrete(scores, self.temperature, self.stretch, validate_args=False)
+            return HardConcrete(scores, self.temperature.like(scores), self.stretch,
+                                validate_args=False)
         return BinaryGaussianSparsemax(scores, self.scale, validate_args=False)
 
     def _median(self, scores: Tensor) -> Tensor:
         """Each bit's noise-free point (its median), (B, *bits)."""
         if self.family == "hard_concrete":
             low, high = self.stretch
-            scores = torch.sigmoid(scores / self.temperature) * (high - low) + low
+            scores = torch.sigmoid(scores / self.temperature.like(scores)) * (high - low) + low
         return scores.clamp(0.0, 1.0)
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
@@ -206,6 +214,8 @@ class BinaryMixedEstimator(Estimator):
         loss = add_term(add_term(losses.mean(1), self.kl_coeff, kl), -self.entropy_coeff, entropy)
         loss = batch_mean(loss)
         logs: dict[str, float | Tensor] = {
+            **({"temperature": self.temperature.like(scores).detach()}
+               if self.family == "hard_concrete" else {}),
             "kl_uniform": batch_mean(kl.detach()),
             "prob_zero": batch_mean(dist.prob_zero().detach()),
             "prob_one": batch_mean(dist.prob_one().detach()),

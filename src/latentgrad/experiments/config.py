@@ -7,9 +7,10 @@ the estimators the task supports), ``profiles`` (named settings: ``paper``, ``fa
 ``estimators`` that ``latentgrad sweep TASK profile=NAME`` runs when ``--seeds`` and
 ``--estimators`` are not given.
 Layers apply in the order schema defaults < ``defaults`` < ``estimators[name]`` < ``profiles[p]`` <
-``--config FILE`` < command-line overrides. Every layer is checked against the schema before any
-training starts: unknown keys, wrong types and impossible values raise ``ConfigError`` naming the
-dotted key.
+``profiles[p].estimators[name]`` (a profile's own per-estimator settings, e.g. another paper's
+learning rates for the same task) < ``--config FILE`` < command-line overrides. Every layer is
+checked against the schema before any training starts: unknown keys, wrong types and impossible
+values raise ``ConfigError`` naming the dotted key.
 """
 
 from __future__ import annotations
@@ -301,7 +302,9 @@ def merged_config(
                 f"profile: unknown profile {profile!r} for task {task!r}; "
                 f"choose from {list(profiles)}"
             )
-        layers.append(profiles[profile] or {})
+        chosen = dict(profiles[profile] or {})
+        per_estimator = chosen.pop("estimators", None) or {}
+        layers += [chosen, per_estimator.get(estimator) or {}]
     layers.append(user)
     merged: dict[str, Any] = {}
     for layer in layers:

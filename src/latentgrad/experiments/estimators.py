@@ -358,13 +358,18 @@ def _binary_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int,
 
 def _hard_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int,
                    structure: Structure | None = None) -> Estimator:
-    """Hard Concrete bits (Louizos et al. 2018) with temperature ``cfg.temperature`` (fixed)."""
+    """Hard Concrete bits (Louizos et al. 2018), β annealed from ``cfg.temperature`` as the
+    Gumbel estimators' τ (fixed where ``cfg.anneal_rate`` is 0)."""
     from latentgrad.estimators.mixed import BinaryMixedEstimator
+    from latentgrad.estimators.schedules import ExponentialDecay
 
     _bits_only(structure, "hard_concrete")
+    beta = cfg.temperature if cfg.anneal_rate == 0 else ExponentialDecay(
+        tau0=cfg.temperature, rate=cfg.anneal_rate, every=cfg.anneal_every,
+        floor=cfg.temperature_min)
     return BinaryMixedEstimator(
         "hard_concrete",
-        temperature=cfg.temperature,
+        temperature=beta,
         stretch=tuple(cfg.stretch),
         entropy_coeff=cfg.entropy_coeff,
         eval_mode=SAMPLE_READING,
@@ -471,8 +476,9 @@ ESTIMATORS.update(
         "hard_concrete": EstimatorSpec(
             _hard_concrete,
             "softmax",
-            "Hard Concrete mixed bits on [0, 1], pathwise",
-            args=("temperature", "stretch", "entropy_coeff"),
+            "Hard Concrete mixed bits on [0, 1], pathwise, annealed β",
+            args=("temperature", "temperature_min", "anneal_rate", "anneal_every", "stretch",
+                  "entropy_coeff"),
             latent="bits",
         ),
         "gaussian": EstimatorSpec(

@@ -85,7 +85,9 @@ class EstimatorConfig:
     ``sampled`` log-ratio; IGR-Planar is always sampled), ``igr_threshold`` (IGR-SB keeps sticks
     until their mass exceeds it, at the ``igr_quantile`` of the draws) and ``num_flows``
     (IGR-Planar).
-    ``temperature``: the Gumbel/Concrete schedule's start, and Hard Concrete's fixed β;
+    ``temperature``: the Gumbel/Concrete schedule's start, and Hard Concrete's β (its start,
+    annealed like the relaxations', ``max(temperature_min, temperature · e^{-anneal_rate · t})``
+    updated every ``anneal_every`` steps; fixed where ``anneal_rate`` is 0);
     ``topk``: k of top-k sparsemax; ``budget``: the bit budget of ``sparsemap_budget`` (null:
     half the bits); ``scale``: σ of Gaussian-sparsemax; ``stretch``: Hard Concrete's (l, r);
     ``face_prior``: the max-entropy face prior's form of the Mixed Dirichlet VAE (``maxent`` or
