@@ -220,7 +220,12 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
         TypeError: ``x`` is not a floating tensor.
         ValueError: ``x`` has a NaN, a ``+inf``, or a row that is entirely ``-inf``.
     """
-    return map_rows(x, dim, _entmax15_rows, _SPREAD, _FUSED)
+    return map_rows(x, dim, _entmax15_rows, _SPREAD, _FUSED, _entmax15_output_vjp)
+
+
+def _entmax15_output_vjp(v: Tensor, y: Tensor) -> Tensor:
+    """The VJP of 1.5-entmax at the output rows ``y`` (N, K), ``g = sqrt(y)``."""
+    return _entmax15_jv(v, y, y.sqrt())
 
 
 def _entmax15_vjp_dense(v: Tensor, y: Tensor) -> Tensor:

@@ -1,7 +1,10 @@
-"""Shared plumbing of the row-wise mappings: argument checks and the working dtype.
+"""Shared plumbing of the row-wise mappings: argument checks, the working dtype, ``vmap``.
 
 Every mapping normalises along one dimension ``dim`` of a score tensor ``x``. Half-precision
-inputs are computed in float32 and cast back; float32/float64 are computed as they are.
+inputs are computed in float32 and cast back; float32/float64 are computed as they are. Under
+``torch.func.vmap`` a mapping with a closed-form VJP runs on the unbatched tensor, the vmapped
+dimension being more rows (its solvers choose their work from the data, which ``vmap`` cannot
+trace), with that VJP (J is symmetric: also the JVP) for the transforms around it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from latentgrad._compile import transforms_active
 from latentgrad._dtypes import working_dtype
 from latentgrad._validation import check_min_dim, check_row_max, check_tensor, violated
 from latentgrad.mappings._fused import FusedMapping
@@ -37,16 +41,25 @@ def check_scores(x: object, dim: int, name: str = "x") -> tuple[Tensor, int]:
     return x, normalize_dim(x, dim)
 
 
+RowsVJP = Callable[[Tensor, Tensor], Tensor]  # (v, y) (N, K) rows -> J(y) v
+
+
 def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
-             spread: float | None = None, fused: FusedMapping | None = None) -> Tensor:
+             spread: float | None = None, fused: FusedMapping | None = None,
+             vjp: RowsVJP | None = None) -> Tensor:
     """Apply a row-wise mapping along ``dim`` of the scores ``x``: validate them, run
     ``rows_fn(rows, maxima)`` on the (N, K) rows in the working dtype (``rows`` carries autograd,
     ``maxima`` are their checked row maxima, detached, with block maxima for ``spread``, see
     ``_support.row_maxima``) and return the (N, K) result in ``x``'s shape and dtype. An empty
     ``x`` maps to an empty copy. ``fused``, where it applies to the rows and its kernels are
-    available, replaces ``rows_fn`` (it validates the rows itself).
+    available, replaces ``rows_fn`` (it validates the rows itself). ``vjp``, the mapping's
+    closed-form (symmetric) Jacobian product from its output, makes it work under
+    ``torch.func.vmap`` (module docstring).
     """
     x, dim = check_scores(x, dim)
+    if vjp is not None and _vmap_active():
+        return _Vmapped.apply(x, dim, lambda t, d: map_rows(t, d, rows_fn, spread, fused, vjp),
+                              vjp)
     if x.numel() == 0:
         return x.clone()
     dtype = working_dtype(x.dtype)
@@ -83,3 +96,55 @@ def check_scalar_or_tensor_positive(value: object, name: str) -> None:
         raise TypeError(
             f"{name} must be a positive float or a floating tensor, got {type(value).__name__}"
         )
+
+
+def _vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` is among the active ``torch.func`` transforms."""
+    if not transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
+def _along(vjp: RowsVJP, v: Tensor, y: Tensor, dim: int) -> Tensor:
+    """``vjp`` applied along ``dim`` of ``v`` and the output ``y`` (same shape), in the working
+    dtype, returned in ``v``'s."""
+    dtype = working_dtype(y.dtype)
+    k = y.shape[dim]
+    rows = vjp(v.to(dtype).movedim(dim, -1).reshape(-1, k), y.to(dtype).movedim(dim, -1)
+               .reshape(-1, k))
+    return rows.reshape(y.movedim(dim, -1).shape).movedim(-1, dim).to(v.dtype)
+
+
+class _Vmapped(torch.autograd.Function):
+    """``mapping(x, dim)`` (``dim`` >= 0) whose ``vmap`` rule maps the unbatched tensor, the
+    vmapped dimension moved first, and whose derivatives are the closed-form ``vjp`` from the
+    output (pure tensor ops: they batch)."""
+
+    @staticmethod
+    def forward(x, dim, mapping, vjp):
+        return mapping(x, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dim, ctx.vjp = inputs[1], inputs[3]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return _along(ctx.vjp, grad_output, y, ctx.dim), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        (y,) = ctx.saved_tensors
+        return _along(ctx.vjp, x_tangent, y, ctx.dim)
+
+    @staticmethod
+    def vmap(info, in_dims, x, dim, mapping, vjp):
+        if in_dims[0] is None:
+            return mapping(x, dim), None
+        return mapping(x.movedim(in_dims[0], 0), dim + 1), 0

@@ -182,7 +182,7 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
         TypeError: ``x`` is not a floating tensor.
         ValueError: ``x`` has a NaN, a ``+inf``, or a row that is entirely ``-inf``.
     """
-    return map_rows(x, dim, _sparsemax_rows, _SPREAD, _FUSED)
+    return map_rows(x, dim, _sparsemax_rows, _SPREAD, _FUSED, _centred_on_support)
 
 
 _FUSED = FusedMapping(sparsemax_kernel, sparsemax_vjp_kernel, lambda y: y, _centred_on_support,
@@ -200,7 +200,7 @@ def sparsemax_by_sorting(x: Tensor, dim: int = -1) -> Tensor:
     and the dense backward: every shape is fixed in advance, so (validation off) nothing waits
     for the device and ``torch.compile`` traces it as one graph. ``sparsemax`` is faster on long
     rows (its candidate lists have data-dependent sizes)."""
-    return map_rows(x, dim, _sorted_rows)
+    return map_rows(x, dim, _sorted_rows, vjp=_centred_on_support)
 
 
 def sparsemax_threshold(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
