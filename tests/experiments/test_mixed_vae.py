@@ -216,6 +216,9 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, data_env: Path) ->
     m = result["metrics"]
     assert result["global_step"] == 4 and m["dataset"] == "mnist"
     assert 0 < m["test/nll"] < 784 * math.log(2) * 1.5
+    # the protocol's second report: the test at the weights of the best validation NLL (the
+    # validations after steps 2 and 4)
+    assert m["best_val_step"] in (2, 4) and 0 < m["test_best/nll"] < 784 * math.log(2) * 1.5
     torch.testing.assert_close(m["test/neg_elbo"], m["test/rate"] + m["test/distortion"],
                                rtol=1e-5, atol=0)
     assert m["decoder_calls"] == {"softmax": 4.0, "mixed_dirichlet": 2.0}.get(estimator, 1.0)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentgrad.estimators.base import EstimatorOutput
 from latentgrad.experiments.config import ConfigError, build, to_dict
-from latentgrad.experiments.tasks.base import LatentTask, TaskConfig, adam
+from latentgrad.experiments.tasks.base import BestWeights, LatentTask, TaskConfig, adam
 
 K = 5
 
@@ -164,3 +164,27 @@ def test_adam_takes_the_fused_update_with_the_same_steps() -> None:
     for got, want in zip(fast, train(lambda g, **k: torch.optim.Adam(g, foreach=False, **k)),
                          strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_best_weights_keep_the_best_validation_score_and_swap_in_for_a_block() -> None:
+    """The weights of the best validation epoch (higher score is better) are what a block
+    inside ``swapped`` sees; the module's own come back after it; ``state``/``load`` carry them
+    through a checkpoint."""
+    net = torch.nn.Linear(2, 1)
+    best = BestWeights(("weight",))
+    first = net.weight.detach().clone()
+    for score, count in ((-3.0, 4), (-1.0, 2)):  # epoch mean -7/3
+        best.add(torch.tensor(score), count)
+    best.update(net, step=10)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    best.add(torch.tensor(-2.5), 6)  # worse than -7/3: not kept
+    best.update(net, step=20)
+    assert best.step == 10 and best.value == pytest.approx(-7 / 3)
+    with best.swapped(net):
+        assert torch.equal(net.weight, first)
+    assert torch.equal(net.weight, first + 1.0)
+    restored = BestWeights(("weight",))
+    restored.load(best.state())
+    with restored.swapped(net):
+        assert torch.equal(net.weight, first)

@@ -49,6 +49,7 @@ Importance-sampled likelihoods live in ``tasks.likelihood``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -277,6 +278,57 @@ class LatentTask(L.LightningModule):
         return adam(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+class BestWeights:
+    """The weights (state-dict entries under ``prefixes``) at the best validation score so far
+    (higher is better: an ELBO, a negated NLL): ``add`` each validation batch's mean score,
+    ``update`` at the end of the validation epoch, ``restore`` them into the module (or use them
+    inside ``swapped``) for the test; checkpointed with ``state``/``load``."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+        self.value, self.step = -math.inf, -1
+        self.weights: dict[str, Tensor] | None = None
+        self._sum, self._count = 0.0, 0
+
+    def add(self, elbo: Tensor, count: int) -> None:
+        self._sum += float(elbo) * count
+        self._count += count
+
+    def update(self, module: nn.Module, step: int) -> None:
+        if self._count:
+            value = self._sum / self._count
+            if value > self.value:
+                self.value, self.step = value, step
+                self.weights = {
+                    k: v.detach().clone()
+                    for k, v in module.state_dict().items()
+                    if k.startswith(self.prefixes)
+                }
+        self._sum, self._count = 0.0, 0
+
+    def restore(self, module: nn.Module) -> None:
+        if self.weights is not None:
+            module.load_state_dict(self.weights, strict=False)
+
+    @contextmanager
+    def swapped(self, module: nn.Module) -> Iterator[None]:
+        """The best weights in ``module`` inside the block, its own weights after it."""
+        own = {k: v.detach().clone() for k, v in module.state_dict().items()
+               if k.startswith(self.prefixes)}
+        self.restore(module)
+        try:
+            yield
+        finally:
+            module.load_state_dict(own, strict=False)
+
+    def state(self) -> dict:
+        return {"value": self.value, "step": self.step, "weights": self.weights}
+
+    def load(self, state: dict | None) -> None:
+        if state is not None:
+            self.value, self.step, self.weights = state["value"], state["step"], state["weights"]
+
+
 class SampledEvaluation(LatentTask):
     """A ``LatentTask`` whose ``evaluate(images, n_samples)`` returns per-example ``(B,)``
     metrics, logged as batch means under ``val/`` and ``test/`` with ``importance.val_samples`` /
@@ -285,19 +337,49 @@ class SampledEvaluation(LatentTask):
 
     progress_metric = "nll"
     dataset_label = ""
+    #: state-dict prefixes of the weights kept at the lowest validation ``progress_metric``; set:
+    #: the test is also run with them and logged under ``test_best/`` (a second report)
+    best_weights_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, config: dict, run_dir: str | None = None, **dims: Any) -> None:
+        super().__init__(config, run_dir, **dims)
+        prefixes = self.best_weights_prefixes
+        self.best = BestWeights(prefixes) if prefixes else None
 
     def evaluate(self, images: Tensor, n_samples: int) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def _log_eval(self, prefix: str, images: Tensor, n_samples: int) -> None:
-        for key, value in self.evaluate(images, n_samples).items():
+    def _log_eval(self, prefix: str, images: Tensor, n_samples: int) -> dict[str, Tensor]:
+        stats = self.evaluate(images, n_samples)
+        for key, value in stats.items():
             self.log(f"{prefix}/{key}", value.mean(), prog_bar=key == self.progress_metric)
+        return stats
 
     def validation_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
-        self._log_eval("val", batch[0], self.cfg.importance.val_samples)
+        stats = self._log_eval("val", batch[0], self.cfg.importance.val_samples)
+        if self.best is not None and not self.trainer.sanity_checking:
+            self.best.add(-stats[self.progress_metric].mean(), batch[0].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.best is not None and not self.trainer.sanity_checking:
+            self.best.update(self, self.global_step)
 
     def test_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
         self._log_eval("test", batch[0], self.cfg.importance.test_samples)
+        if self.best is not None and self.best.weights is not None:
+            with self.best.swapped(self):
+                self._log_eval("test_best", batch[0], self.cfg.importance.test_samples)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.best is not None:
+            checkpoint["best_weights"] = self.best.state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.best is not None:
+            self.best.load(checkpoint.get("best_weights"))
 
     def summary(self) -> dict:
-        return {**super().summary(), "dataset": self.dataset_label}
+        best = {} if self.best is None or self.best.step < 0 else {"best_val_step": self.best.step}
+        return {**super().summary(), "dataset": self.dataset_label, **best}

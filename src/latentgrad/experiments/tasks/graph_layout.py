@@ -58,7 +58,6 @@ recovers the edges in a few dozen steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -71,7 +70,7 @@ from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.files import dataset_dir
 from latentgrad.experiments.data.graph_layout import graph_layout_splits
 from latentgrad.experiments.data.splits import TensorSplits
-from latentgrad.experiments.tasks.base import LatentTask, OptimConfig, TaskConfig
+from latentgrad.experiments.tasks.base import BestWeights, LatentTask, OptimConfig, TaskConfig
 from latentgrad.experiments.tasks.structured import (
     hard_sample,
     log_num_structures,
@@ -316,45 +315,6 @@ class NRIDecoder(nn.Module):
                 cur = self.step(cur, types)
                 preds.append(cur)
         return torch.stack(preds, dim=2)
-
-
-class BestWeights:
-    """The weights (state-dict entries under ``prefixes``) at the best validation ELBO so far:
-    ``add`` each validation batch's mean ELBO, ``update`` at the end of the validation epoch,
-    ``restore`` them into the module for the test; checkpointed with ``state``/``load``."""
-
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        self.prefixes = prefixes
-        self.value, self.step = -math.inf, -1
-        self.weights: dict[str, Tensor] | None = None
-        self._sum, self._count = 0.0, 0
-
-    def add(self, elbo: Tensor, count: int) -> None:
-        self._sum += float(elbo) * count
-        self._count += count
-
-    def update(self, module: nn.Module, step: int) -> None:
-        if self._count:
-            value = self._sum / self._count
-            if value > self.value:
-                self.value, self.step = value, step
-                self.weights = {
-                    k: v.detach().clone()
-                    for k, v in module.state_dict().items()
-                    if k.startswith(self.prefixes)
-                }
-        self._sum, self._count = 0.0, 0
-
-    def restore(self, module: nn.Module) -> None:
-        if self.weights is not None:
-            module.load_state_dict(self.weights, strict=False)
-
-    def state(self) -> dict:
-        return {"value": self.value, "step": self.step, "weights": self.weights}
-
-    def load(self, state: dict | None) -> None:
-        if state is not None:
-            self.value, self.step, self.weights = state["value"], state["step"], state["weights"]
 
 
 class GraphLayout(LatentTask):

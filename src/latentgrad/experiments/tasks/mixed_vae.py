@@ -158,6 +158,8 @@ class MixedVAE(SampledEvaluation):
     """Encoder, decoder and estimator of the simplex-latent VAE (module docstring)."""
 
     config_class = MixedVAEConfig
+    # the protocol's second report: the test at the weights of the best validation NLL
+    best_weights_prefixes = ("encoder.", "decoder.", "estimator.")
 
     def __init__(self, config: dict, input_dim: int, run_dir: str | None = None,
                  dataset_label: str = "") -> None:
