@@ -636,3 +636,40 @@ def test_relaxed_loss_within_float32_is_finite_when_its_terms_or_their_sum_are_n
     torch.testing.assert_close(loss32.double(), loss64, rtol=eps, atol=0)
     torch.testing.assert_close(float(kl32), float(kl64), rtol=eps, atol=0)
     torch.testing.assert_close(grad32.double(), grad64, rtol=4 * eps, atol=0)
+
+
+def test_kd_hard_concrete_is_sparsemax_of_the_stretched_concrete_draw(monkeypatch):
+    """K-D Hard Concrete (Farinhas et al. 2022): ``z = sparsemax(λ y)`` with y the Concrete draw
+    softmax((θ + g)/τ) of the same noise; pathwise gradient through both; exact zeros where the
+    stretched draw falls outside the simplex, which it does with positive probability."""
+    from latentgrad.mappings import sparsemax
+
+    scores = torch.randn(64, 6, generator=torch.Generator().manual_seed(0), dtype=D)
+    noise = -torch.log(-torch.log(torch.rand(64, 6, generator=torch.Generator().manual_seed(1),
+                                             dtype=D)))
+    monkeypatch.setattr(relaxed, "draw_noise", lambda shape, like, kind: noise.to(like.dtype))
+    est = GumbelSoftmax(0.5, stretch=1.1, eval_mode="sample")
+    leaf = scores.clone().requires_grad_()
+    out, rec = run(est, leaf)
+    want_leaf = scores.clone().requires_grad_()
+    want = sparsemax(1.1 * torch.softmax((want_leaf + noise) / 0.5, -1))
+    torch.testing.assert_close(rec.calls[0][0].detach(), want.detach())
+    assert int((want == 0).sum()) > 0 and torch.allclose(want.sum(-1), torch.ones(64, dtype=D))
+    (got,) = torch.autograd.grad(out.loss, leaf)
+    (expected,) = torch.autograd.grad((want * torch.arange(6, dtype=D)).sum(-1).mean(), want_leaf)
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(out.entropy, torch.zeros(64, dtype=D))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"stretch": 1.0}, "> 1"), ({"stretch": float("inf")}, "> 1"),
+     ({"stretch": 1.1, "structure": BitVector(3)}, "bits"),
+     ({"stretch": 1.1, "straight_through": True}, "straight-through"),
+     ({"stretch": 1.1, "eval_mode": "expected"}, "expected"),
+     ({"stretch": 1.1, "entropy_coeff": 0.1}, "entropy_coeff"),
+     ({"stretch": 1.1, "prior": "uniform"}, "prior")],
+)
+def test_kd_hard_concrete_refuses_what_it_cannot_compute(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GumbelSoftmax(1.0, **kwargs)

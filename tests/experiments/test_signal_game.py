@@ -41,6 +41,7 @@ EXPECTED_CALLS = {
     "gumbel": 1.0,
     "st_gumbel": 1.0,
     "gaussian_sparsemax": 1.0,
+    "kd_hard_concrete": 1.0,
 }
 ESTIMATORS = [*EXPECTED_CALLS, "sparsemax"]
 
@@ -479,7 +480,7 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, monkeypatch) -> No
     else:
         assert m["decoder_calls"] == EXPECTED_CALLS[estimator]
         assert m["test/decoder_calls"] == EXPECTED_CALLS[estimator]
-    if estimator == "gaussian_sparsemax":  # sparse points of the simplex, exact zeros
+    if estimator in ("gaussian_sparsemax", "kd_hard_concrete"):  # sparse points, exact zeros
         assert 1.0 <= m["test/nonzeros"] <= TINY_VOCAB
     else:
         assert m["test/nonzeros"] == (TINY_VOCAB if estimator == "gumbel" else 1.0)

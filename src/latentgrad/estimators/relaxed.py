@@ -42,6 +42,7 @@ from ..distributions.igr import (
     uniform_prior_loc,
 )
 from ..distributions.sst import draw_noise
+from ..mappings import sparsemax
 from ..structures.base import Structure
 from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical, categorical_entropy
@@ -167,6 +168,11 @@ class GumbelSoftmax(Estimator):
         eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (``onehot(argmax θ)``,
             bits ``1[θ > 0]``), ``"sample"`` or ``"expected"`` (categorical: exact expectation of
             the loss under ``softmax(θ)``, plus the same entropy/KL terms).
+        stretch: λ > 1 makes the categorical relaxation K-D Hard Concrete (Farinhas et al.
+            2022): ``z = sparsemax(λ y)``, the Concrete draw stretched about the barycentre and
+            projected back, with exact zeros. Its face probabilities have no closed form, so it
+            has no entropy or KL: ``entropy_coeff`` must be 0, ``prior`` None, and the output's
+            ``entropy`` is 0 (not computed).
 
     Output: ``expected_loss = ℓ(z)`` per example (one sample), ``support_size`` ones,
     ``entropy`` the chosen ``H`` (summed over latent variables), logs ``temperature`` and,
@@ -184,6 +190,7 @@ class GumbelSoftmax(Estimator):
         prior_temperature: float = 0.5,
         kl_coeff: float = 1.0,
         eval_mode: str = "mode",
+        stretch: float | None = None,
     ) -> None:
         super().__init__(entropy_coeff)
         if kl not in ("categorical", "relaxed"):
@@ -210,6 +217,9 @@ class GumbelSoftmax(Estimator):
         self.kl = kl
         self.structure = structure
         self._set_eval_mode(eval_mode, ("mode", "sample") if self.bits else EVAL_MODES)
+        self.stretch = None if stretch is None else _checked_stretch(
+            stretch, self.bits or self.straight_through or eval_mode == "expected",
+            self.entropy_coeff, prior)
 
     def _check(self, scores: object) -> Tensor:
         x = check_min_batched(scores, "scores", 2)
@@ -283,9 +293,27 @@ class GumbelSoftmax(Estimator):
             return softmax_expectation(scores, loss_fn, self.entropy_coeff, extra=extra)
         if reading == "mode":
             z = (scores > 0).to(scores.dtype) if self.bits else one_hot_argmax(scores.detach())
+        elif self.stretch is not None:
+            z, entropy = sparsemax(self.stretch * y), None
         else:
             z = hard + (y - y.detach()) if self.straight_through else y
         return one_sample_output(self, loss_fn, z, tau, entropy, kl, self.kl_coeff)
+
+
+def _checked_stretch(stretch: object, unsupported: bool, entropy_coeff: float,
+                     prior: str | None) -> float:
+    """K-D Hard Concrete's stretch λ > 1 (``GumbelSoftmax``), for categorical relaxed draws
+    without an entropy or KL term."""
+    if isinstance(stretch, bool) or not isinstance(stretch, (int, float)) or not (
+            1 < stretch < math.inf):
+        raise ValueError(f"stretch must be a finite number > 1, got {stretch!r}")
+    if unsupported:
+        raise ValueError("stretch (K-D Hard Concrete) applies to categorical relaxed draws, not "
+                         "to bits, straight-through or the 'expected' reading")
+    if entropy_coeff or prior is not None:
+        raise ValueError("stretch (K-D Hard Concrete): its entropy has no closed form, so "
+                         "entropy_coeff must be 0 and prior None")
+    return float(stretch)
 
 
 VARIANTS = ("I", "SB", "planar")

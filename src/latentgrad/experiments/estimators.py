@@ -148,7 +148,8 @@ def _sum_and_sample(cfg: EstimatorConfig, num_classes: int, features_dim: int,
     )
 
 
-def _gumbel(straight_through: bool, kl: str = "categorical") -> Callable[..., Estimator]:
+def _gumbel(straight_through: bool, kl: str = "categorical",
+            simplex_stretch: bool = False) -> Callable[..., Estimator]:
     def factory(cfg: EstimatorConfig, num_classes: int, features_dim: int,
                 structure: Structure | None = None) -> Estimator:
         from latentgrad.estimators.relaxed import GumbelSoftmax
@@ -163,10 +164,11 @@ def _gumbel(straight_through: bool, kl: str = "categorical") -> Callable[..., Es
         return GumbelSoftmax(
             temperature=schedule,
             straight_through=straight_through,
-            entropy_coeff=cfg.entropy_coeff,
+            entropy_coeff=0.0 if simplex_stretch else cfg.entropy_coeff,  # K-D: no entropy
             kl=kl,
             structure=structure,
             eval_mode=SAMPLE_READING,
+            stretch=cfg.simplex_stretch if simplex_stretch else None,
         )
 
     return factory
@@ -306,6 +308,12 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
     ),
     "st_gumbel": EstimatorSpec(
         _gumbel(True), "softmax", "straight-through Gumbel, annealed temperature", args=_GUMBEL_ARGS
+    ),
+    "kd_hard_concrete": EstimatorSpec(
+        _gumbel(False, simplex_stretch=True),
+        "softmax",
+        "K-D Hard Concrete: sparsemax(λ · Concrete draw), annealed temperature (no entropy term)",
+        args=("temperature", "temperature_min", "anneal_rate", "anneal_every", "simplex_stretch"),
     ),
     "gumbel_concrete": EstimatorSpec(
         _gumbel_concrete,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from latentgrad.experiments.config import require
@@ -85,6 +86,7 @@ class EstimatorConfig:
     ``sampled`` log-ratio; IGR-Planar is always sampled), ``igr_threshold`` (IGR-SB keeps sticks
     until their mass exceeds it, at the ``igr_quantile`` of the draws) and ``num_flows``
     (IGR-Planar).
+    ``simplex_stretch``: λ of K-D Hard Concrete, ``sparsemax(λ · Concrete draw)``;
     ``temperature``: the Gumbel/Concrete schedule's start, and Hard Concrete's β (its start,
     annealed like the relaxations', ``max(temperature_min, temperature · e^{-anneal_rate · t})``
     updated every ``anneal_every`` steps; fixed where ``anneal_rate`` is 0);
@@ -113,6 +115,7 @@ class EstimatorConfig:
     budget: int | None = None
     scale: float = 1.0
     stretch: list[float] = field(default_factory=lambda: [-0.1, 1.1])
+    simplex_stretch: float = 1.1
     face_prior: str = "maxent-reference"
     rank: int = 1
 
@@ -127,6 +130,8 @@ class EstimatorConfig:
         require(self.anneal_every >= 1, "anneal_every", f"must be >= 1, got {self.anneal_every}")
         require(all(h >= 1 for h in self.nvil_hidden), "nvil_hidden", "layer widths must be >= 1")
         require(self.prior_temperature > 0, "prior_temperature", "must be > 0")
+        require(1 < self.simplex_stretch < math.inf, "simplex_stretch",
+                f"must be a finite number > 1, got {self.simplex_stretch}")
         require(
             self.igr_kl in ("closed_form", "sampled"),
             "igr_kl",
