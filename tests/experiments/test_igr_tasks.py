@@ -161,3 +161,29 @@ def test_igr_discrete_posterior_in_chunks_is_the_pmf_of_the_whole_batch(monkeypa
     whole = IGR(scores[..., 0, :].double(), scores[..., 1, :].double().exp(), tau)
     torch.testing.assert_close(q, whole.zero_temperature_pmf(igr_vae.PMF_NODES).float())
     torch.testing.assert_close(q.sum(-1), torch.ones(7, 2))
+
+
+@pytest.mark.parametrize("estimator", ["igr_i", "igr_sb"])
+def test_second_test_elbo_takes_the_exact_gaussian_kl(estimator: str) -> None:
+    """The protocol's second test ELBO: the draw's NLL plus the closed-form Gaussian KL of the
+    posterior to the prior (float64 ``torch.distributions.Normal`` per coordinate), beside the
+    sampled KL the reference trains with."""
+    from torch.distributions import Normal, kl_divergence
+
+    model = tiny_vae(estimator, 4)
+    x = torch.bernoulli(torch.full((3, 6), 0.5), generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(6)
+    stats = model.evaluate(x)
+    scores = model.scores(x)
+    loc, log_scale = scores.unbind(-2)
+    est = model.estimator
+    if est.prior_kind == "uniform":
+        from latentgrad.distributions.igr import uniform_prior_loc
+
+        loc0, scale0 = uniform_prior_loc(loc.shape[-1] + 1, 1.0).to(loc), torch.ones_like(loc)
+    else:
+        loc0, scale0 = est.prior_loc.to(loc), est.prior_scale.to(loc)
+    want = kl_divergence(Normal(loc, log_scale.exp()), Normal(loc0, scale0)).flatten(1).sum(-1)
+    torch.manual_seed(6)
+    out = model.estimate(scores, model.loss_fn(x))
+    torch.testing.assert_close(stats["neg_elbo_closed_kl"], out.expected_loss + want)

@@ -25,6 +25,8 @@ Test metrics (nats per image; hard samples are the one-hot ``argmax ψ`` of S =
 ``model.eval_samples`` fresh posterior draws, fed to the decoder):
 
 - ``neg_elbo``: the training objective at one fresh relaxed draw;
+- ``neg_elbo_closed_kl`` (IGR-I, IGR-SB): the same draw's NLL plus the exact Gaussian KL (the
+  protocol's second test ELBO, beside the sampled KL the reference trains with);
 - ``nll_paper``: the paper's estimator, ``−[logsumexp_s log p(x | h_s) − log S − KL_disc]`` with
   ``KL_disc`` the KL of the discrete posterior to the discrete prior (both uniform priors are
   exactly uniform): exact for Gumbel (softmax(θ)) and IGR-I (its zero-temperature pmf by
@@ -386,6 +388,8 @@ class IGRVAE(LatentTask):
                 s,
                 chunk=max(1, min(s, IS_CHUNK // x.shape[0])),
             )
+        if self.variant in ("I", "SB"):
+            stats["neg_elbo_closed_kl"] = out.expected_loss + self.estimator.closed_form_kl(scores)
         if self.variant == "SB":
             stats["categories"] = (psi > 0).sum(-1).max().to(x.dtype).expand(x.shape[0])
         return stats
