@@ -158,3 +158,15 @@ def test_bad_counts_and_mask_shapes_are_rejected() -> None:
             log_joint, ALL_Z[None].expand(B, -1, -1), torch.ones(B, 3, dtype=torch.bool),
             lambda n: None, lambda z: None, 4,
         )
+
+
+def test_every_wide_val_every_th_validation_takes_the_wide_sample_count() -> None:
+    """Correia et al.'s bit-vector protocol: S = 16 on validation, 64 every 20th epoch."""
+    from latentgrad.experiments.config import resolve
+    from latentgrad.experiments.tasks.bitvector_vae import Config
+    from latentgrad.experiments.tasks.likelihood import ImportanceConfig
+
+    importance = resolve(Config, "bitvector_vae", "sfe", 42, {"profile": "faithful"}).importance
+    counts = [importance.val_samples_at(epoch) for epoch in range(40)]
+    assert counts[19] == counts[39] == 64 and set(counts[:19] + counts[20:39]) == {16}
+    assert ImportanceConfig().val_samples_at(19) == 16  # off unless set

@@ -331,8 +331,9 @@ class BestWeights:
 
 class SampledEvaluation(LatentTask):
     """A ``LatentTask`` whose ``evaluate(images, n_samples)`` returns per-example ``(B,)``
-    metrics, logged as batch means under ``val/`` and ``test/`` with ``importance.val_samples`` /
-    ``importance.test_samples`` samples (batches are ``(images,)``); ``dataset_label`` (the data
+    metrics, logged as batch means under ``val/`` and ``test/`` with ``importance.val_samples``
+    (``val_samples_at`` the epoch) / ``importance.test_samples`` samples (batches are
+    ``(images,)``); ``dataset_label`` (the data
     actually used, e.g. ``mnist-substitute``) goes to ``metrics.json``."""
 
     progress_metric = "nll"
@@ -356,7 +357,8 @@ class SampledEvaluation(LatentTask):
         return stats
 
     def validation_step(self, batch: tuple[Tensor], batch_idx: int) -> None:
-        stats = self._log_eval("val", batch[0], self.cfg.importance.val_samples)
+        samples = self.cfg.importance.val_samples_at(self.current_epoch)
+        stats = self._log_eval("val", batch[0], samples)
         if self.best is not None and not self.trainer.sanity_checking:
             self.best.add(-stats[self.progress_metric].mean(), batch[0].shape[0])
 

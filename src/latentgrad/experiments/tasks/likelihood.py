@@ -34,15 +34,26 @@ Sampler = Callable[[int], Tensor]
 @dataclass
 class ImportanceConfig:
     """Config section of a task's importance-sampled NLL: S on validation and on test, and the
-    most decoder evaluations held in memory at once (``max_decodes``; sets the chunk)."""
+    most decoder evaluations held in memory at once (``max_decodes``; sets the chunk). Every
+    ``wide_val_every``-th epoch's validation uses ``wide_val_samples`` instead, where set (> 0;
+    Correia et al.'s bit-vector VAE: 64 every 20th epoch)."""
 
     val_samples: int = 16
     test_samples: int = 1024
     max_decodes: int = 512
+    wide_val_samples: int = 0
+    wide_val_every: int = 20
 
     def validate(self) -> None:
-        for key in ("val_samples", "test_samples", "max_decodes"):
+        for key in ("val_samples", "test_samples", "max_decodes", "wide_val_every"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.wide_val_samples >= 0, "wide_val_samples",
+                f"must be >= 0 (0: never), got {self.wide_val_samples}")
+
+    def val_samples_at(self, epoch: int) -> int:
+        """S of the validation after epoch ``epoch`` (0-based)."""
+        wide = self.wide_val_samples > 0 and (epoch + 1) % self.wide_val_every == 0
+        return self.wide_val_samples if wide else self.val_samples
 
     def chunk(self, batch_size: int) -> int:
         """Samples per chunk for a batch of ``batch_size`` examples."""
