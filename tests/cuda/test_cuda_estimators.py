@@ -15,6 +15,7 @@ from _same import DEVICE, assert_same
 from latentgrad.estimators import (
     NVIL,
     BinaryMixedEstimator,
+    ExponentialDecay,
     GaussianSparsemaxEstimator,
     GumbelSoftmax,
     IGREstimator,
@@ -61,6 +62,9 @@ OTHER_SAMPLING = {
     "igr_planar": lambda: IGREstimator("planar", 0.5, num_categories=K),
     "gaussian_sparsemax": lambda: GaussianSparsemaxEstimator(),
     "binary_mixed": lambda: BinaryMixedEstimator(),
+    "hard_concrete_annealed": lambda: BinaryMixedEstimator(
+        temperature=ExponentialDecay(1.0, rate=1e-3, every=1)),
+    "kd_hard_concrete": lambda: GumbelSoftmax(1.0, stretch=1.1, eval_mode="sample"),
     "mixed_dirichlet": lambda: MixedDirichletEstimator(),
 }
 

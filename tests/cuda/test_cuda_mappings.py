@@ -75,3 +75,15 @@ def test_excluded_entries_and_ties_match_cpu(name):
     x = (_scores(16, 40) * 2).round() / 2  # many ties
     x[:, ::5] = float("-inf")
     same_on_gpu(MAPPINGS[name][0], x, grad=False)
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_vmap_and_per_example_gradients_match_cpu(name):
+    fn = MAPPINGS[name][0]
+    w = torch.randn(300, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+    def per_example(x):
+        return torch.func.vmap(torch.func.grad(lambda r: (fn(r) * w.to(r.device)).sum()))(x)
+
+    same_on_gpu(torch.func.vmap(fn), _scores(8, 300), grad=False)
+    same_on_gpu(per_example, _scores(8, 300), grad=False)
