@@ -59,3 +59,10 @@ def test_vmap_keeps_the_dtype_and_validates_the_scores(dtype: torch.dtype) -> No
     assert vmap(entmax15)(x).dtype == dtype
     with pytest.raises(ValueError, match="x"):
         vmap(sparsemax)(torch.full((2, 3), float("nan"), dtype=dtype))
+
+
+def test_vmap_over_entmax_bisect_says_it_is_unsupported() -> None:
+    from latentgrad.mappings import entmax_bisect
+
+    with pytest.raises(RuntimeError, match=r"does not support torch\.func\.vmap"):
+        vmap(lambda t: entmax_bisect(t, 1.3))(_scores(3, 5))

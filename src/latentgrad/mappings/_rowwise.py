@@ -57,7 +57,11 @@ def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
     ``torch.func.vmap`` (module docstring).
     """
     x, dim = check_scores(x, dim)
-    if vjp is not None and _vmap_active():
+    if _vmap_active():
+        if vjp is None:
+            raise RuntimeError(
+                "this mapping does not support torch.func.vmap (its solver chooses its work from "
+                "the data); call it on the whole batch instead: it maps every row along dim")
         return _Vmapped.apply(x, dim, lambda t, d: map_rows(t, d, rows_fn, spread, fused, vjp),
                               vjp)
     if x.numel() == 0:
