@@ -135,6 +135,8 @@ class LatentTask(L.LightningModule):
     """
 
     config_class: type[TaskConfig] = TaskConfig
+    #: weights kept at the best validation score, where a task keeps them (checkpointed here)
+    best: BestWeights | None = None
 
     def __init__(self, config: dict, run_dir: str | None = None, **dims: Any) -> None:
         super().__init__()
@@ -197,6 +199,8 @@ class LatentTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         calls = torch.cat(self._epoch_calls) if self._epoch_calls else torch.zeros(0)
         checkpoint["epoch_decoder_calls"] = calls
+        if self.best is not None:
+            checkpoint["best_weights"] = self.best.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the calls of the checkpoint's epoch so far: Lightning resumes inside that
@@ -205,6 +209,8 @@ class LatentTask(L.LightningModule):
         saved = checkpoint.get("epoch_decoder_calls")
         if saved is not None:
             self._epoch_calls = [saved.to(torch.float64)] if saved.numel() else []
+        if self.best is not None:
+            self.best.load(checkpoint.get("best_weights"))
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_call_quantiles().items():
@@ -371,16 +377,6 @@ class SampledEvaluation(LatentTask):
         if self.best is not None and self.best.weights is not None:
             with self.best.swapped(self):
                 self._log_eval("test_best", batch[0], self.cfg.importance.test_samples)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.best is not None:
-            checkpoint["best_weights"] = self.best.state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if self.best is not None:
-            self.best.load(checkpoint.get("best_weights"))
 
     def summary(self) -> dict:
         best = {} if self.best is None or self.best.step < 0 else {"best_val_step": self.best.step}

@@ -496,14 +496,6 @@ class GraphLayout(LatentTask):
         if self.cfg.eval.test_weights == "best":
             self.best.restore(self)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["best_weights"] = self.best.state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.best.load(checkpoint.get("best_weights"))
-
     def summary(self) -> dict[str, float]:
         if self.best.step < 0:  # never validated
             return super().summary()
