@@ -263,8 +263,9 @@ class GumbelSoftmax(Estimator):
 
     def _categorical(
         self, scores: Tensor, tau: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)``."""
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Concrete draw: ``(y, hard, H, KL)``, H and KL ``(B, *latent)`` (None for K-D Hard
+        Concrete)."""
         noise = draw_noise(scores.shape, scores, "gumbel")
         perturbed = scores + noise
         hard = one_hot_argmax(perturbed)
@@ -272,6 +273,8 @@ class GumbelSoftmax(Estimator):
         # gradient, and no overflow of (θ + g)/τ for τ < 1 at scores near finfo.max
         shifted = perturbed - perturbed.detach().amax(dim=-1, keepdim=True)
         y = torch.softmax(shifted / tau, dim=-1)
+        if self.stretch is not None:  # K-D Hard Concrete: no entropy, prior or KL (refused)
+            return y, hard, None, None
         kl = None
         if self.kl == "relaxed":
             entropy, kl = _concrete_terms(scores, noise, tau, self.prior, self.prior_temperature)
@@ -294,7 +297,7 @@ class GumbelSoftmax(Estimator):
         if reading == "mode":
             z = (scores > 0).to(scores.dtype) if self.bits else one_hot_argmax(scores.detach())
         elif self.stretch is not None:
-            z, entropy = sparsemax(self.stretch * y), None
+            z = sparsemax(self.stretch * y)
         else:
             z = hard + (y - y.detach()) if self.straight_through else y
         return one_sample_output(self, loss_fn, z, tau, entropy, kl, self.kl_coeff)

@@ -116,10 +116,8 @@ def _along(vjp: RowsVJP, v: Tensor, y: Tensor, dim: int) -> Tensor:
     """``vjp`` applied along ``dim`` of ``v`` and the output ``y`` (same shape), in the working
     dtype, returned in ``v``'s."""
     dtype = working_dtype(y.dtype)
-    k = y.shape[dim]
-    rows = vjp(v.to(dtype).movedim(dim, -1).reshape(-1, k), y.to(dtype).movedim(dim, -1)
-               .reshape(-1, k))
-    return rows.reshape(y.movedim(dim, -1).shape).movedim(-1, dim).to(v.dtype)
+    rows = vjp(as_rows(v.to(dtype), dim), as_rows(y.to(dtype), dim))
+    return from_rows(rows, y, dim).to(v.dtype)
 
 
 class _Vmapped(torch.autograd.Function):
