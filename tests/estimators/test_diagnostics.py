@@ -192,3 +192,31 @@ def test_several_structured_latents_ask_for_exact_false():
     with pytest.raises(ValueError, match="exact=False"):
         gradient_stats(ScoreFunction(structure=BitVector(3)), torch.randn(2, 2, 3),
                        lambda z, rows: z.flatten(1).sum(-1), 2)
+
+
+def test_gradient_stats_are_the_moments_of_the_per_draw_gradients():
+    """mean, variance (ddof 1), stderr = sqrt(variance / n), total_variance and the mean
+    evaluations per example, against the per-draw gradients recomputed here from the same
+    draws (a bias bound of 5 stderr cannot catch a wrong stderr on its own)."""
+    scores, loss_fn = _scores(2), QuadraticLoss(B, (K,), offset=5.0, seed=4)
+    est = ScoreFunction(baseline="self_critic")
+    n = 30
+    torch.manual_seed(7)
+    stats = gradient_stats(est, scores, loss_fn, n_draws=n)
+    torch.manual_seed(7)
+    grads, evals = [], []
+    for _ in range(n):
+        x = scores.clone().requires_grad_(True)
+        out = est(x, loss_fn)
+        grads.append(torch.autograd.grad(out.loss, x)[0])
+        evals.append(out.support_size.double().mean().item())
+    g = torch.stack(grads)
+    mean = g.mean(0)
+    var = ((g - mean) ** 2).sum(0) / (n - 1)
+    torch.testing.assert_close(stats.mean, mean)
+    torch.testing.assert_close(stats.variance, var)
+    torch.testing.assert_close(stats.stderr, (var / n).sqrt())
+    torch.testing.assert_close(stats.total_variance, var.sum())
+    torch.testing.assert_close(stats.bias, mean - stats.exact)
+    assert stats.evaluations_per_example == pytest.approx(sum(evals) / n, rel=1e-12)
+    assert stats.n_draws == n

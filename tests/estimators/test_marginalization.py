@@ -293,3 +293,23 @@ def test_huge_scores_keep_one_structure_per_example(make, dtype):
     assert (out.support_size >= 1).all() and loss_fn.calls[0] >= B
     (grad,) = torch.autograd.grad(out.loss, scores)
     assert torch.isfinite(out.loss) and torch.isfinite(grad).all()
+
+
+def test_exact_fraction_logs_the_rows_whose_solve_is_certified_optimal():
+    """``logs["exact_fraction"]``: the share of examples whose solve passed the optimality test,
+    0 < share < 1 when the iteration cap stops some rows (the bit-vector polytope is the box,
+    so a row is optimal exactly when its marginals are clip(θ, 0, 1)), and 1 uncapped."""
+    structure = BitVector(8)
+    g = torch.Generator().manual_seed(0)
+    theta = 0.5 + 0.6 * torch.randn(6, 8, generator=g, dtype=torch.float64)
+
+    def loss_fn(z, rows):
+        return z.sum(-1)
+
+    out = SparseMAPMarginalization(structure, max_iter=3, solver="active_set")(theta, loss_fn)
+    mu = torch.zeros_like(theta).index_add_(0, out.rows, out.weights[:, None] * out.latents)
+    optimal = (mu - theta.clamp(0, 1)).abs().amax(-1) < 1e-9
+    assert 0 < int(optimal.sum()) < 6
+    assert float(out.logs["exact_fraction"]) == pytest.approx(float(optimal.double().mean()))
+    full = SparseMAPMarginalization(structure)(theta, loss_fn)
+    assert float(full.logs["exact_fraction"]) == 1.0

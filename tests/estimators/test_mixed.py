@@ -377,3 +377,25 @@ def test_gaussian_sparsemax_estimator_admits_the_locations_its_distribution_admi
     out = est(loc, loss_fn)
     out.loss.backward()
     assert torch.isfinite(out.loss).all() and torch.isfinite(loc.grad).all()
+
+
+@pytest.mark.parametrize("baseline", [None, "self_critic"])
+def test_mixed_dirichlet_sampled_regularizers_are_reported_over_all_s_faces(baseline):
+    """With the sampled regularizer, the reported entropy and ``logs["kl"]`` are the exact face
+    part plus the mean of the Dirichlet part over the S training faces (not the first one, not
+    the self-critic's extra face), recomputed here from the same face draws."""
+    prior = MixedDirichlet(MaxEntropyFaces(5, form="maxent-reference", dtype=D),
+                           torch.ones(5, dtype=D))
+    face_scores = torch.randn(4, 5, dtype=D, generator=torch.Generator().manual_seed(1))
+    alpha = 0.5 + torch.rand(4, 5, dtype=D, generator=torch.Generator().manual_seed(2))
+    est = MixedDirichletEstimator(n_samples=3, baseline=baseline, prior=prior)
+    torch.manual_seed(0)
+    out = est((face_scores, alpha), CountingLoss(torch.ones(5, dtype=D)))
+    q = MixedDirichlet(face_scores, alpha)
+    torch.manual_seed(0)
+    faces = q.faces.sample((3 + (baseline == "self_critic"),))[:3]  # the estimator's draws
+    want_h = q.faces.entropy() + q.dirichlet_entropy(faces).mean(0)
+    want_kl = kl_divergence(q.faces, prior.faces) + q.dirichlet_kl(prior, faces).mean(0)
+    assert not torch.allclose(q.dirichlet_entropy(faces)[0], q.dirichlet_entropy(faces).mean(0))
+    torch.testing.assert_close(out.entropy, want_h)
+    torch.testing.assert_close(out.logs["kl"], want_kl.mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import signal
 import subprocess
@@ -62,9 +63,7 @@ def test_run_tiny_profile_records_everything(
     )
     m = result["metrics"]
     assert 0.0 <= m["test/acc"] <= 1.0
-    assert m["test/neg_elbo"] > 0 and m["test/neg_elbo"] == pytest.approx(
-        m["test/neg_elbo"]
-    )  # finite
+    assert 0 < m["test/neg_elbo"] < math.inf
     if estimator == "sparsemax":
         assert 1.0 <= m["decoder_calls"] <= 10.0
     else:
