@@ -70,7 +70,8 @@ class EstimatorOutput:
         empty.
     expected_loss: (B,) estimate of E_p[loss_b] (no entropy term).
     support_size: (B,) number of ``loss_fn`` evaluations each example cost.
-    entropy: (B,) entropy of the example's latent distribution (exact where the family allows).
+    entropy: (B,) entropy of the example's latent distribution (exact where the family allows),
+        reported without gradient: the estimator's ``entropy_coeff`` puts it in ``loss``.
     logs: scalars worth logging (support size, temperature, baseline value, ...).
     latents: what ``loss_fn`` was called on (detached): the N latent values (one-hot, relaxed,
         mixed or structures; int64 indices with ``one_hot=False``).
