@@ -52,6 +52,16 @@ class TreeStructure(Structure):
         ignored = ~self._counted().to(scores.device)
         return scores.detach().masked_fill(ignored, float("-inf")).amax((-2, -1), keepdim=True)
 
+    def _entropy_rounding(self, scores: Tensor, marginals: Tensor) -> Tensor:
+        """``eps · max|θ|² · Σ μ(1 − μ)`` (float64 eps, counted entries): the matrix-tree
+        marginals carry absolute errors of about eps · |θ|, and ``<θ, μ>`` multiplies them by
+        |θ| wherever μ is fractional (near-tied trees). An upper bound on the measured errors
+        (n = 4-5, scores ±s plus N(0, 1), s = 1e3-1e8, against enumeration), often by far."""
+        counted = self._counted().to(scores.device)
+        scale = scores.masked_fill(~counted, 0.0).abs().amax((-2, -1))
+        spread = (marginals * (1.0 - marginals)).sum((-2, -1))
+        return torch.finfo(torch.float64).eps * scale.square() * spread
+
     @abc.abstractmethod
     def _log_partition(self, flat: Tensor) -> Tensor:
         """``log Z`` of validated ``(B, n, n)`` scores: ``(B,)`` in the input dtype."""

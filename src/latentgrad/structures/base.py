@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -44,6 +45,10 @@ def autograd_gradient(log_partition: Callable[[Tensor], Tensor], scores: Tensor)
             log_partition(x).sum(), x, create_graph=scores.requires_grad
         )
     return grad
+
+
+#: ``Structure.entropy`` warns where its rounding error may exceed this many nats
+ENTROPY_ROUNDING_WARNING = 1e-3
 
 
 class Structure(abc.ABC):
@@ -229,8 +234,10 @@ class Structure(abc.ABC):
         marginals are accurate to about 1e-16 × |scores| only, so their entropy errs by about
         1e-16 × |scores|² wherever the Gibbs distribution is spread over near-tied trees at a
         large scale (measured, n = 4-5, scores ±s plus N(0, 1): 3e-10 nats at s = 1e3, 5e-6 at
-        1e5, 0.07 at 1e7, 2-3 at 1e8); away from ties it is near 0 and exact. Returned in the
-        scores' dtype.
+        1e5, 0.07 at 1e7, 2-3 at 1e8); away from ties it is near 0 and exact. Where a
+        structure's bound on that error (``_entropy_rounding``) exceeds
+        ``ENTROPY_ROUNDING_WARNING`` nats, a ``RuntimeWarning`` says so (validation on). Returned
+        in the scores' dtype.
         """
         self.check_scores(scores, "scores")  # before the shift, which turns -inf into NaN
         work = scores.to(torch.float64)
@@ -238,7 +245,8 @@ class Structure(abc.ABC):
         shift = self._common_shift(work)
         if shift is not None:
             work = work - shift
-        entropy = self.log_partition(work) - self.score(work, self.marginals(work))
+        marginals = self.marginals(work)
+        entropy = self.log_partition(work) - self.score(work, marginals)
         count = getattr(self, "num_structures", None)
         entropy = entropy.clamp(0.0, None if count is None else math.log(count))
         if violated(entropy, torch.isfinite):
@@ -246,7 +254,22 @@ class Structure(abc.ABC):
                 "scores are too large for the entropy (the log-partition overflows float64: "
                 f"|scores| up to {scores.detach().abs().amax().item():.3g}); rescale them"
             )
+        rounding = self._entropy_rounding(work.detach(), marginals.detach())
+        if rounding is not None and count is not None:
+            rounding = rounding.clamp(max=math.log(count))  # the result lies in [0, log N]
+        if rounding is not None and violated(rounding, lambda r: r <= ENTROPY_ROUNDING_WARNING):
+            warnings.warn(
+                f"{self!r}.entropy: at these scores (|scores| up to "
+                f"{work.detach().abs().amax().item():.3g} after the common shift, spread over "
+                "near-tied structures) float64 rounding may leave an error of up to "
+                f"{rounding.amax().item():.3g} nats", RuntimeWarning, stacklevel=2)
         return entropy.to(scores.dtype)
+
+    def _entropy_rounding(self, scores: Tensor, marginals: Tensor) -> Tensor | None:
+        """A bound ``(*batch,)`` in nats on the rounding error of ``entropy`` at the (shifted,
+        float64) ``scores`` with these ``marginals``, where it can exceed a few eps; None
+        where it cannot (here)."""
+        return None
 
     def _common_shift(self, scores: Tensor) -> Tensor | None:
         """A detached constant per row, broadcastable to ``scores``, whose subtraction from every
