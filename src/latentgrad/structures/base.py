@@ -22,6 +22,7 @@ from .._validation import (
     check_sample_shape,
     check_tensor,
     check_trailing_shape,
+    validation_enabled,
     violated,
 )
 
@@ -254,16 +255,22 @@ class Structure(abc.ABC):
                 "scores are too large for the entropy (the log-partition overflows float64: "
                 f"|scores| up to {scores.detach().abs().amax().item():.3g}); rescale them"
             )
-        rounding = self._entropy_rounding(work.detach(), marginals.detach())
+        if validation_enabled():
+            self._warn_if_rounded(work.detach(), marginals.detach(), count)
+        return entropy.to(scores.dtype)
+
+    def _warn_if_rounded(self, scores: Tensor, marginals: Tensor, count: int | None) -> None:
+        """The ``RuntimeWarning`` of ``entropy`` where ``_entropy_rounding`` exceeds
+        ``ENTROPY_ROUNDING_WARNING`` (clamped to log N: the entropy lies in [0, log N])."""
+        rounding = self._entropy_rounding(scores, marginals)
         if rounding is not None and count is not None:
-            rounding = rounding.clamp(max=math.log(count))  # the result lies in [0, log N]
+            rounding = rounding.clamp(max=math.log(count))
         if rounding is not None and violated(rounding, lambda r: r <= ENTROPY_ROUNDING_WARNING):
             warnings.warn(
                 f"{self!r}.entropy: at these scores (|scores| up to "
-                f"{work.detach().abs().amax().item():.3g} after the common shift, spread over "
+                f"{scores.abs().amax().item():.3g} after the common shift, spread over "
                 "near-tied structures) float64 rounding may leave an error of up to "
-                f"{rounding.amax().item():.3g} nats", RuntimeWarning, stacklevel=2)
-        return entropy.to(scores.dtype)
+                f"{rounding.amax().item():.3g} nats", RuntimeWarning, stacklevel=3)
 
     def _entropy_rounding(self, scores: Tensor, marginals: Tensor) -> Tensor | None:
         """A bound ``(*batch,)`` in nats on the rounding error of ``entropy`` at the (shifted,
