@@ -1,5 +1,7 @@
-"""Structures under ``torch.inference_mode``: the same marginals and entropies as under no_grad,
-also for scores that are inference tensors used outside the block."""
+"""Structures under ``torch.inference_mode`` (Lightning's validation and test loops): the same
+marginals and entropies as under no_grad, also for scores that are inference tensors used outside
+the block, and at peaked scores, where the tree oracles recompute rows by autograd through the
+log-domain elimination (that path raised under inference mode)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,22 @@ import pytest
 import torch
 from _enumeration import EVERY_KIND
 
-from latentgrad.structures import SpanningTree
+from latentgrad.structures import Arborescence, SpanningTree
+
+#: trees of six nodes: at scale 10 their dense matrix-tree rows are already recomputed
+LARGER_TREES = [SpanningTree(6), Arborescence(6), Arborescence(6, root=0)]
 
 
-def _scores(structure):
+def _scores(structure, scale):
     x = torch.randn(3, *structure.score_shape, generator=torch.Generator().manual_seed(0))
-    return (x + x.mT) / 2 if isinstance(structure, SpanningTree) else x
+    return scale * ((x + x.mT) / 2 if isinstance(structure, SpanningTree) else x)
 
 
-@pytest.mark.parametrize("structure", EVERY_KIND, ids=repr)
+@pytest.mark.parametrize("structure", EVERY_KIND + LARGER_TREES, ids=repr)
 @pytest.mark.parametrize("method", ["marginals", "entropy"])
-def test_inference_mode_gives_the_no_grad_result(structure, method):
-    scores = _scores(structure)
+@pytest.mark.parametrize("scale", [1.0, 10.0, 1e4])
+def test_inference_mode_gives_the_no_grad_result(structure, method, scale):
+    scores = _scores(structure, scale)
     with torch.no_grad():
         expected = getattr(structure, method)(scores)
     with torch.inference_mode():

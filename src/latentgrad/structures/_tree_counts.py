@@ -24,6 +24,7 @@ from ._dense_matrix_tree import (
     symmetric_float64,
 )
 from ._matrix_tree import log_count_every_root, log_count_rooted_at_zero
+from .base import autograd_gradients
 
 
 def with_fallback(
@@ -36,14 +37,6 @@ def with_fallback(
         return value
     bad = (~ok).nonzero().squeeze(-1)
     return value.index_put((bad,), slow(*(a.index_select(0, bad) for a in args)))
-
-
-def _gradients(fn: Callable[..., Tensor], *args: Tensor) -> tuple[Tensor, ...]:
-    """``grad sum(fn(*args))`` w.r.t. every arg, with ``create_graph`` when any requires grad."""
-    create_graph = any(a.requires_grad for a in args)
-    with torch.enable_grad():
-        leaves = [a if a.requires_grad else a.detach().requires_grad_(True) for a in args]
-        return torch.autograd.grad(fn(*leaves).sum(), leaves, create_graph=create_graph)
 
 
 def _single_root_eliminated(logw: Tensor, root_scores: Tensor) -> Tensor:
@@ -61,7 +54,7 @@ def marginals_undirected(scores: Tensor) -> Tensor:
 
     def eliminated(raw: Tensor) -> Tensor:
         lw = symmetric_float64(raw)
-        (grad,) = _gradients(log_count_rooted_at_zero, lw)  # arcs oriented away from node 0
+        (grad,) = autograd_gradients(log_count_rooted_at_zero, lw)  # arcs oriented away from node 0
         return (grad + grad.mT).to(raw.dtype)
 
     return with_fallback(dense_marginals_undirected, eliminated, scores)
@@ -76,7 +69,7 @@ def marginals_rooted(logw: Tensor) -> Tensor:
     """Arc marginals of arborescences rooted at node 0: ``(B, n, n)`` (column 0 zero)."""
 
     def eliminated(lw: Tensor) -> Tensor:
-        return _gradients(log_count_rooted_at_zero, lw)[0]
+        return autograd_gradients(log_count_rooted_at_zero, lw)[0]
 
     return with_fallback(dense_marginals_rooted_at_zero, eliminated, logw)
 
@@ -90,7 +83,7 @@ def marginals_single_root(logw: Tensor, root_scores: Tensor) -> Tensor:
     """Single-root marginals ``(B, n, n)``: arcs off the diagonal, root children on it."""
 
     def eliminated(lw: Tensor, rho: Tensor) -> Tensor:
-        arcs, root = _gradients(_single_root_eliminated, lw, rho)
+        arcs, root = autograd_gradients(_single_root_eliminated, lw, rho)
         return arcs + torch.diag_embed(root)
 
     return with_fallback(dense_marginals_single_root, eliminated, logw, root_scores)

@@ -27,25 +27,27 @@ from .._validation import (
 )
 
 
-def autograd_gradient(log_partition: Callable[[Tensor], Tensor], scores: Tensor) -> Tensor:
-    """``grad_scores sum(log_partition(scores))`` by autograd, shaped like ``scores``.
+def autograd_gradients(fn: Callable[..., Tensor], *args: Tensor) -> tuple[Tensor, ...]:
+    """``grad sum(fn(*args))`` w.r.t. every arg, by autograd, shaped like the args.
 
-    Built with ``create_graph`` when ``scores`` requires grad, so the result is itself
-    differentiable (Hessian-vector products); otherwise a detached leaf is differentiated. Under
-    ``torch.inference_mode`` (or for inference tensors) autograd needs a normal copy, made with
-    inference mode lifted.
+    Built with ``create_graph`` when an arg requires grad, so the result is itself
+    differentiable (Hessian-vector products); otherwise detached leaves are differentiated.
+    Under ``torch.inference_mode`` (Lightning's validation and test loops), or for inference
+    tensors, autograd needs normal copies, made with inference mode lifted.
     """
-    if torch.is_inference_mode_enabled() or scores.is_inference():
+    if torch.is_inference_mode_enabled() or any(a.is_inference() for a in args):
         with torch.inference_mode(False), torch.enable_grad():
-            x = scores.clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(log_partition(x).sum(), x)
-        return grad
+            leaves = [a.clone().requires_grad_(True) for a in args]
+            return torch.autograd.grad(fn(*leaves).sum(), leaves)
+    create_graph = any(a.requires_grad for a in args)
     with torch.enable_grad():
-        x = scores if scores.requires_grad else scores.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(
-            log_partition(x).sum(), x, create_graph=scores.requires_grad
-        )
-    return grad
+        leaves = [a if a.requires_grad else a.detach().requires_grad_(True) for a in args]
+        return torch.autograd.grad(fn(*leaves).sum(), leaves, create_graph=create_graph)
+
+
+def autograd_gradient(log_partition: Callable[[Tensor], Tensor], scores: Tensor) -> Tensor:
+    """``grad_scores sum(log_partition(scores))`` (``autograd_gradients`` of one tensor)."""
+    return autograd_gradients(log_partition, scores)[0]
 
 
 #: ``Structure.entropy`` warns where its rounding error may exceed this many nats
