@@ -399,3 +399,32 @@ def test_mixed_dirichlet_sampled_regularizers_are_reported_over_all_s_faces(base
     assert not torch.allclose(q.dirichlet_entropy(faces)[0], q.dirichlet_entropy(faces).mean(0))
     torch.testing.assert_close(out.entropy, want_h)
     torch.testing.assert_close(out.logs["kl"], want_kl.mean())
+
+
+@pytest.mark.parametrize(("baseline", "n_samples"),
+                         [("self_critic", 2), ("leave_one_out", 3), (None, 2)])
+def test_mixed_dirichlet_logs_the_mean_baseline(baseline, n_samples):
+    """``logs["baseline"]``, the batch mean of the baseline: the loss at the extra draw
+    (self-critic; the evaluated latent of weight 0), the mean of the other draws' losses (whose
+    average over the draws is the mean loss) for leave-one-out, 0 without one; recomputed here
+    from the evaluated latents (no regulariser, so the cost is the loss)."""
+    face_scores = torch.randn(4, 5, dtype=D, generator=torch.Generator().manual_seed(3))
+    alpha = 0.5 + torch.rand(4, 5, dtype=D, generator=torch.Generator().manual_seed(4))
+    w = torch.arange(1.0, 6.0, dtype=D)
+
+    def loss_fn(z, rows):
+        return (z * w).sum(-1)
+
+    out = MixedDirichletEstimator(n_samples=n_samples, baseline=baseline)((face_scores, alpha),
+                                                                        loss_fn)
+    losses = loss_fn(out.latents, out.rows)
+    if baseline == "self_critic":
+        extra = out.weights == 0
+        assert int(extra.sum()) == 4 and out.rows[extra].sort().values.tolist() == [0, 1, 2, 3]
+        want = losses[extra].mean()
+    elif baseline == "leave_one_out":
+        want = losses.mean()
+    else:
+        want = torch.zeros((), dtype=D)
+    assert float(want) != 0.0 or baseline is None
+    torch.testing.assert_close(torch.as_tensor(out.logs["baseline"], dtype=D), want)
