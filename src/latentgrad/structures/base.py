@@ -265,9 +265,11 @@ class Structure(abc.ABC):
         """The ``RuntimeWarning`` of ``entropy`` where ``_entropy_rounding`` exceeds
         ``ENTROPY_ROUNDING_WARNING`` (clamped to log N: the entropy lies in [0, log N])."""
         rounding = self._entropy_rounding(scores, marginals)
-        if rounding is not None and count is not None:
+        if rounding is None:
+            return
+        if count is not None:
             rounding = rounding.clamp(max=math.log(count))
-        if rounding is not None and violated(rounding, lambda r: r <= ENTROPY_ROUNDING_WARNING):
+        if violated(rounding, lambda r: r <= ENTROPY_ROUNDING_WARNING):
             warnings.warn(
                 f"{self!r}.entropy: at these scores (|scores| up to "
                 f"{scores.abs().amax().item():.3g} after the common shift, spread over "
