@@ -100,6 +100,20 @@ def test_entropy_over_near_ties_at_large_scales_matches_enumeration(structure, s
     torch.testing.assert_close(got, want, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4, root=0)], ids=repr)
+def test_the_rounding_warning_names_the_scale_of_the_entries_in_use(structure):
+    """A spanning tree or rooted arborescence ignores its diagonal: a huge diagonal changes
+    neither the entropy nor the scale that the warning names (the near-tied scores' ±1e8, not
+    the diagonal's 1e15)."""
+    gen = torch.Generator().manual_seed(8)
+    scores = _scores(structure, 1e8, gen).sign() * 1e8 + _scores(structure, 1.0, gen)
+    scores.diagonal(dim1=-2, dim2=-1).fill_(1e15)
+    with pytest.warns(RuntimeWarning, match="float64 rounding") as rec:
+        structure.entropy(scores)
+    named = float(re.search(r"\|scores\| up to ([0-9.e+-]+)", str(rec[0].message)).group(1))
+    assert 1e8 <= named <= 3e8  # after the shift by the largest counted score: at most 2e8 + noise
+
+
 @pytest.mark.parametrize("structure", FIXED_SIZE, ids=repr)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_huge_common_offset_leaves_the_entropy_unchanged(structure, dtype):
@@ -182,7 +196,7 @@ def test_entropy_gradient_matches_finite_differences(structure):
     assert torch.autograd.gradcheck(structure.entropy, (scores,))
 
 
-@pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4)], ids=repr)
+@pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4, root=0)], ids=repr)
 def test_sparsemap_refuses_float64_tree_scores_beyond_the_summable_range(structure):
     """The active set sums <θ, z> in float64; it used to fail with a misleading message."""
     from latentgrad import sparsemap

@@ -270,9 +270,10 @@ class Structure(abc.ABC):
         if count is not None:
             rounding = rounding.clamp(max=math.log(count))
         if violated(rounding, lambda r: r <= ENTROPY_ROUNDING_WARNING):
+            in_use = scores.masked_fill(marginals == 0, 0.0).abs().amax().item()
             warnings.warn(
-                f"{self!r}.entropy: at these scores (|scores| up to "
-                f"{scores.abs().amax().item():.3g} after the common shift, spread over "
+                f"{self!r}.entropy: at these scores (|scores| up to {in_use:.3g} on the "
+                "entries in use, after the common shift, spread over "
                 "near-tied structures) float64 rounding may leave an error of up to "
                 f"{rounding.amax().item():.3g} nats", RuntimeWarning, stacklevel=3)
 
