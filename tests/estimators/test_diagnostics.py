@@ -220,3 +220,12 @@ def test_gradient_stats_are_the_moments_of_the_per_draw_gradients():
     torch.testing.assert_close(stats.bias, mean - stats.exact)
     assert stats.evaluations_per_example == pytest.approx(sum(evals) / n, rel=1e-12)
     assert stats.n_draws == n
+
+
+def test_evaluations_per_example_average_over_the_examples():
+    """Sparsemax marginalization on a peaked row (support 1) and a flat one (support K): 1 + K
+    over 2 loss evaluations per example, not the larger nor the sum."""
+    scores = torch.tensor([[9.0, 0.0, 0.0, 0.0], [0.0] * K], dtype=torch.float64)
+    stats = gradient_stats(SparsemaxMarginalization(), scores,
+                           QuadraticLoss(2, (K,), seed=1), n_draws=2)
+    assert stats.evaluations_per_example == (1 + K) / 2
