@@ -8,9 +8,12 @@ Toy problems (float64, B = 3 examples, scores 1.5 * N(0, 1), fixed seed):
   simplex and ``c_b ~ N(0, I)`` (defined for one-hot and relaxed ``z`` alike);
 - bit vector, D = 5 (32 codes): the same loss form in R^5, ``y_b`` uniform in [0, 1]^5;
 - k-subset, n = 6, k = 2 (15 subsets): the same loss form in R^6.
-Each estimator is compared with the exact gradient of its own objective (the Gibbs/softmax
-distribution for sampling and relaxed estimators; the sparse distribution for sparsemax and top-k
-sparsemax), computed by enumeration.
+Each estimator is compared with the exact gradient of its own objective, computed by
+enumeration: the Gibbs/softmax distribution for the score function, Sum&Sample and
+Gumbel-Softmax; the perturb-and-MAP distribution argmax <θ + Gumbel, x> for the SST estimators and
+the perturbation score function (on bit vectors independent bits with P(on) = 1 - exp(-e^θ); on
+k-subsets sampling without replacement); the sparse
+distribution for sparsemax and top-k sparsemax.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def problems() -> dict[str, tuple[int, object, dict]]:
             "SFE": ScoreFunction(structure=bits),
             "SFE + self-critic": ScoreFunction(baseline="self_critic", structure=bits),
             "Sum&Sample": SumAndSample(structure=bits),
-            "SST (Binary Concrete) t = 0.5": SSTEstimator(bits, 0.5),
+            "SST t = 0.5": SSTEstimator(bits, 0.5),
             "ST SST t = 0.5": SSTEstimator(bits, 0.5, straight_through=True),
         }),
         "k-subset, n = 6, k = 2": (6, subsets, {
@@ -102,7 +105,7 @@ def main() -> None:
             s = gradient_stats(est, scores, loss_fn, args.draws, structure=structure)
             noise = float((s.total_variance / args.draws).sqrt())
             if s.bias_norm is None:
-                bias = rel = "no unique target"
+                bias = rel = "no exact target"
             else:
                 bias = f"{float(s.bias_norm):.4f}"
                 rel = f"{float(s.bias_norm / s.exact.norm()):.3f}"

@@ -8,11 +8,19 @@ gradients of its ``loss`` w.r.t. the scores. When the latent space is small the 
 is computed by enumerating every value (categorical: the K one-hots, or the K^L joint values of
 L independent latents for scores ``(B, L, K)``; otherwise ``structure.enumerate()``), so the bias
 of the estimator can be read off. ``p`` is the estimator's distribution over the enumerated
-values: ``estimator.enumeration_probs(s)`` of the value scores ``s_b(z) =
-structure.score(theta_b, z)`` (of each latent's scores for categorical ones) when the estimator
-defines it (sparsemax, top-k sparsemax; ``None`` when no unique target exists, as for SparseMAP),
-else the Gibbs distribution ``softmax(s)`` (the softmax / Bernoulli family that the sampling and
-relaxed estimators target).
+values:
+
+- ``estimator.enumeration_probs(s)`` of the value scores ``s_b(z) = structure.score(theta_b, z)``
+  (of each latent's scores for categorical ones) where the estimator defines it (sparsemax, top-k
+  sparsemax; ``None`` where no unique target exists, as for SparseMAP);
+- the perturb-and-MAP distribution of ``estimator.perturbation_target(theta)`` (a
+  ``StochasticArgmax``: the SST estimators and the perturbation score function) where its
+  ``log_prob`` has a closed form (a categorical with Gumbel noise, ``softmax(theta)``; unbudgeted
+  bit vectors; k-subsets with Gumbel noise), none otherwise (trees, budgeted bit vectors,
+  Gaussian noise on a categorical or a k-subset); its entropy
+  term is the estimator's own, the Gibbs entropy of the structure at ``theta``;
+- else the Gibbs distribution ``softmax(s)`` (the softmax / Bernoulli family that the score
+  function, NVIL, Sum&Sample and Gumbel-Softmax target).
 
 Example (a K = 4 toy; a full comparison table is in ``benchmarks/compare_estimators.py``)::
 
@@ -147,6 +155,15 @@ def enumerate_space(scores: Tensor, structure: Structure | None) -> Tensor:
     return structure.enumerate().to(device=scores.device, dtype=scores.dtype)
 
 
+def _argmax_probs(dist, values: Tensor) -> Tensor | None:
+    """``P(X = v)`` of a perturb-and-MAP distribution at ``values`` (broadcast against its batch),
+    or None where its ``log_prob`` has no closed form."""
+    try:
+        return dist.log_prob(values).exp()
+    except NotImplementedError:
+        return None
+
+
 def exact_gradient(
     estimator: Estimator, scores: Tensor, loss_fn: LossFn, structure: Structure | None
 ) -> Tensor | None:
@@ -158,11 +175,20 @@ def exact_gradient(
     structure: every value's score ``structure.score(theta_b, z)`` (trees count each undirected
     edge once), then the estimator's target over them; one latent per example (``scores``
     ``(B, *event)``). None where the estimator has no target (``enumeration_probs`` None:
-    SparseMAP, mixed, IGR and relaxed-subset estimators)."""
+    SparseMAP, mixed, IGR and relaxed-subset estimators) or its perturb-and-MAP target has no
+    closed-form probability (module docstring)."""
     x = scores.detach().clone().requires_grad_(True)
     probs_fn = getattr(estimator, "enumeration_probs", None)
+    perturbed = getattr(estimator, "perturbation_target", None)
+    entropy = None
     if structure is None or isinstance(structure, Categorical):
-        per_latent = x.softmax(-1) if probs_fn is None else probs_fn(x)
+        if perturbed is not None:
+            per_latent = _argmax_probs(perturbed(x), torch.eye(
+                x.shape[-1], dtype=x.dtype, device=x.device).view(
+                    x.shape[-1], *[1] * (x.dim() - 1), x.shape[-1]))
+            per_latent = None if per_latent is None else per_latent.movedim(0, -1)
+        else:
+            per_latent = x.softmax(-1) if probs_fn is None else probs_fn(x)
         if per_latent is None:
             return None
         space, probs = _joint_categorical(per_latent)
@@ -175,8 +201,16 @@ def exact_gradient(
                 "latents per example, whose joint values are not enumerated: pass exact=False"
             )
         space = enumerate_space(scores, structure)
-        value_scores = structure.score(x.unsqueeze(1), space)  # (B, N)
-        probs = value_scores.softmax(-1) if probs_fn is None else probs_fn(value_scores)
+        if perturbed is not None:
+            probs = _argmax_probs(perturbed(x), space.unsqueeze(1))  # (N, B)
+            if probs is None:
+                return None
+            probs = probs.mT
+            if getattr(estimator, "entropy_coeff", 0.0):
+                entropy = structure.entropy(x)  # the estimators' surrogate regulariser
+        else:
+            value_scores = structure.score(x.unsqueeze(1), space)  # (B, N)
+            probs = value_scores.softmax(-1) if probs_fn is None else probs_fn(value_scores)
         if probs is None:
             return None
     b, n = scores.shape[0], space.shape[0]
@@ -184,8 +218,9 @@ def exact_gradient(
     z = space.repeat(b, *([1] * (space.dim() - 1)))
     with torch.no_grad():
         table = loss_fn(z, rows).view(b, n).to(probs.dtype)
-    logp = torch.where(probs > 0, probs, torch.ones_like(probs)).log()
-    entropy = -(probs * logp).sum(-1)
+    if entropy is None:
+        logp = torch.where(probs > 0, probs, torch.ones_like(probs)).log()
+        entropy = -(probs * logp).sum(-1)
     coeff = getattr(estimator, "entropy_coeff", 0.0)
     objective = ((probs * table).sum(-1) - coeff * entropy).mean()
     (g,) = torch.autograd.grad(objective, x)

@@ -341,10 +341,65 @@ def test_ksubset_gumbel_argmax_is_sampling_without_replacement_not_gibbs():
     assert max(abs(g - e) for g, e in zip(gibbs.tolist(), exact.values())) > 0.02
 
 
+def _without_replacement_by_orders(logits, subset):
+    """P(the top-k set is ``subset``): the sum over its draw orders of the sequential softmax
+    probabilities, float64 (brute force)."""
+    w = logits.exp()
+    total = 0.0
+    for order in itertools.permutations(subset):
+        left, prob = w.sum(), 1.0
+        for i in order:
+            prob *= float(w[i] / left)
+            left = left - w[i]
+        total += prob
+    return total
+
+
+@pytest.mark.parametrize("n,k", [(4, 2), (6, 3), (5, 5), (5, 0), (6, 1)])
+def test_ksubset_gumbel_log_prob_is_sampling_without_replacement(n, k):
+    """Every k-subset's probability equals the sum over its draw orders; they sum to 1."""
+    logits = 1.5 * torch.randn(2, n, generator=gen(n * 10 + k), dtype=F64)
+    dist = StochasticArgmax(KSubset(n, k), logits)
+    z = KSubset(n, k).enumerate().to(F64).unsqueeze(1)  # (N, 1, n)
+    got = dist.log_prob(z)  # (N, 2)
+    for b in range(2):
+        want = [_without_replacement_by_orders(logits[b], row.nonzero().flatten().tolist())
+                for row in z[:, 0]]
+        torch.testing.assert_close(got[:, b].exp(), torch.tensor(want, dtype=F64),
+                                   rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.logsumexp(got, 0), torch.zeros(2, dtype=F64))
+
+
+def test_ksubset_gumbel_log_prob_is_stable_and_has_finite_gradients_at_extremes():
+    """Scores far apart (a probability of about e^-800) and excluded (-inf) items: the log
+    domain keeps the value exact and every gradient finite; the gradient matches gradcheck."""
+    logits = torch.tensor([400.0, 0.0, -3.0, float("-inf"), 1.0], dtype=F64)
+    dist = StochasticArgmax(KSubset(5, 2), logits)
+    rare = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0], dtype=F64)
+    # both draw orders pass item 0 twice: e^0 e^-3 / (e^400)^2 each, to 1e-170 relative
+    want = math.log(2.0) - 3.0 - 800.0
+    torch.testing.assert_close(dist.log_prob(rare), torch.tensor(want, dtype=F64),
+                               rtol=1e-9, atol=0)
+    everything = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0], dtype=F64)  # all the drawable items
+    x = logits.clone().requires_grad_(True)
+    value = StochasticArgmax(KSubset(5, 4), x).log_prob(everything)
+    assert abs(value.item()) < 1e-15  # certain: log 1
+    (g,) = torch.autograd.grad(value, x)
+    assert torch.isfinite(g).all()
+    finite = torch.randn(3, 5, generator=gen(9), dtype=F64, requires_grad=True)
+    three = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=F64)
+    torch.autograd.gradcheck(
+        lambda t: StochasticArgmax(KSubset(5, 3), t).log_prob(three), finite)
+
+
 def test_log_prob_raises_where_there_is_no_closed_form():
     logits = torch.zeros(3, 4)
     with pytest.raises(NotImplementedError, match="no closed form"):
-        StochasticArgmax(KSubset(4, 2), logits).log_prob(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+        StochasticArgmax(KSubset(4, 2), logits, noise="gaussian").log_prob(
+            torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    with pytest.raises(NotImplementedError, match="no closed form"):
+        StochasticArgmax(SpanningTree(3), torch.zeros(3, 3)).log_prob(
+            SpanningTree(3).enumerate()[0])
     with pytest.raises(NotImplementedError, match="Concrete"):
         StochasticSoftmax(KSubset(4, 2), logits, 1.0).log_prob(torch.full((4,), 0.5))
 

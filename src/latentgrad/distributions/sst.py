@@ -41,11 +41,45 @@ from ..structures.arborescence import Arborescence
 from ..structures.base import Structure
 from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical
+from ..structures.ksubset import KSubset
 from ..structures.spanning_tree import SpanningTree
 from ._log_ndtr import log_ndtr
 
 NOISES = ("gumbel", "gaussian")
 REGULARIZERS = ("entropy", "euclidean")
+MAX_SUBSET_K = 16  # subset_without_replacement_log_prob: 2^k states per value
+
+
+def subset_without_replacement_log_prob(theta: Tensor, value: Tensor, k: int) -> Tensor:
+    """``log P(top-k of θ + G = S)``, G iid Gumbel(0, 1), of the k-hot ``value`` ``(*, n)`` at
+    ``theta`` ``(*, n)`` (same shape; ``-inf`` items are never drawn): ``(*)``.
+
+    The k items of S are drawn one by one without replacement, item i with probability
+    ``e^θ_i / (W + Σ_{j in S not drawn yet} e^θ_j)``, W the mass outside S; summed over the
+    orders by a dynamic programme over the subsets A of S drawn first,
+    ``f(A) = Σ_{i in A} f(A - i) e^θ_i / (W + Σ_{S - (A - i)} e^θ)``, in log space (every term
+    and denominator a sum of positive masses: no cancellation). ``2^k k`` ops per value."""
+    picked = value.bool()
+    order = picked.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[..., :k]
+    chosen = theta.gather(-1, order)  # (*, k): θ of S
+    others = theta.masked_fill(picked, float("-inf"))
+    empty = others.amax(dim=-1) == float("-inf")  # nothing outside S: W = 0 (a finite stand-in
+    # keeps logsumexp's gradient finite there)
+    outside = torch.logsumexp(torch.where(empty.unsqueeze(-1), 0.0, others), dim=-1)
+    outside = outside.masked_fill(empty, float("-inf"))  # log W
+    count = 1 << k
+    bits = torch.arange(k, device=theta.device)
+    members = (torch.arange(count, device=theta.device).unsqueeze(-1) >> bits) & 1  # (2^k, k)
+    # log(W + mass of S outside the mask), per mask: (*, 2^k)
+    rest = chosen.unsqueeze(-2).masked_fill(members.bool(), float("-inf"))
+    remaining = torch.logsumexp(torch.cat(
+        [outside.unsqueeze(-1).unsqueeze(-1).expand(*rest.shape[:-1], 1), rest], dim=-1), dim=-1)
+    f = [theta.new_zeros(theta.shape[:-1])] + [None] * (count - 1)
+    for mask in range(1, count):
+        terms = [f[mask ^ (1 << i)] + chosen[..., i] - remaining[..., mask ^ (1 << i)]
+                 for i in range(k) if mask >> i & 1]
+        f[mask] = torch.logsumexp(torch.stack(terms, dim=-1), dim=-1)
+    return f[count - 1]
 
 
 def draw_noise(shape: torch.Size, like: Tensor, noise: str) -> Tensor:
@@ -188,8 +222,9 @@ class StochasticArgmax(_Perturbed):
 
     With Gumbel noise, a ``Categorical`` SMT is exactly ``Categorical(softmax(θ))`` (Gumbel-max);
     on k-subsets it is sampling without replacement; in general it is not the Gibbs distribution.
-    ``log_prob`` is implemented where it is closed form: Categorical with Gumbel noise and
-    unbudgeted bit vectors (independent bits, ``P(z_i = 1) = P(N_i > -θ_i)``).
+    ``log_prob`` is implemented where it is closed form: Categorical with Gumbel noise,
+    unbudgeted bit vectors (independent bits, ``P(z_i = 1) = P(N_i > -θ_i)``) and k-subsets with
+    Gumbel noise (the top k of ``θ + G``: sampling without replacement, ``k <= 16``).
     """
 
     has_rsample = False
@@ -247,6 +282,8 @@ class StochasticArgmax(_Perturbed):
                 log_on = log_ndtr(theta)
                 log_off = log_ndtr(-theta)
             return torch.where(on, log_on, log_off).sum(-1)
+        if isinstance(s, KSubset) and self.noise == "gumbel" and s.k <= MAX_SUBSET_K:
+            return subset_without_replacement_log_prob(self.logits.expand(shape), value, s.k)
         raise NotImplementedError(
             f"log_prob of the stochastic argmax has no closed form for {s!r} with "
             f"{self.noise} noise"

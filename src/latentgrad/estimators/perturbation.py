@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._one_hot import one_hot
 from .._validation import check_choice, check_positive_int
-from ..distributions.sst import NOISES, structured_noise, utility_mask
+from ..distributions.sst import NOISES, StochasticArgmax, structured_noise, utility_mask
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
 from ..structures.spanning_tree import SpanningTree, symmetrized
@@ -109,6 +109,12 @@ class PerturbationScoreFunction(Sampler):
         log_q = -delta.square() / 2 if self.noise == "gaussian" else -delta - torch.exp(-delta)
         log_q = torch.where(drawn.unsqueeze(1), log_q, 0.0).flatten(2).sum(-1)
         return self._reinforce(scores, ev, log_q, s)
+
+    def perturbation_target(self, scores: Tensor) -> StochasticArgmax:
+        """The distribution of the sampled structures, ``argmax <θ + N, x>`` at ``scores``
+        (B, *score_shape) (``latentgrad.diagnostics`` measures the bias against it)."""
+        structure = self.structure or Categorical(scores.shape[-1])
+        return StochasticArgmax(structure, scores, self.noise, validate_args=False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, noise={self.noise!r}"

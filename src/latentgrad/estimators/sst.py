@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._validation import check_choice, validation_enabled
-from ..distributions.sst import NOISES, REGULARIZERS, StochasticSoftmax
+from ..distributions.sst import NOISES, REGULARIZERS, StochasticArgmax, StochasticSoftmax
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
 from ._checks import check_batched, check_structure
@@ -76,6 +76,13 @@ class SSTEstimator(Estimator):
             f"noise={self.noise!r}, straight_through={self.straight_through}, "
             f"entropy_coeff={self.entropy_coeff}"
         )
+
+    def perturbation_target(self, scores: Tensor) -> StochasticArgmax:
+        """The distribution of the hard structures this estimator relaxes, ``argmax <θ + N, x>``
+        at ``scores`` (B, *score_shape) (``latentgrad.diagnostics`` measures the bias against
+        it)."""
+        structure = self.structure or Categorical(scores.shape[-1])
+        return StochasticArgmax(structure, scores, self.noise, validate_args=False)
 
     def _structure_for(self, scores: object) -> tuple[Structure, Tensor]:
         if self.structure is not None:
