@@ -168,7 +168,8 @@ def test_estimators_whose_latent_is_not_enumerated_have_no_exact_gradient():
 
 def test_a_categorical_structure_and_index_latents_enumerate_as_the_plain_categorical():
     """``structure=Categorical(K)`` with several latents ``(B, L, K)`` and ``one_hot=False``
-    (``loss_fn`` on indices) give the exact gradient of the plain one-hot categorical case."""
+    (``loss_fn`` on indices; marginalization estimators too: they crashed in the loss) give the
+    exact gradient of the plain one-hot categorical case."""
     from latentgrad.structures import Categorical
 
     scores = 1.5 * torch.randn(B, 3, K, dtype=torch.float64)
@@ -184,8 +185,9 @@ def test_a_categorical_structure_and_index_latents_enumerate_as_the_plain_catego
     structured = ScoreFunction(structure=Categorical(K))
     torch.testing.assert_close(exact_gradient(structured, scores, one_hot_loss, Categorical(K)),
                                want)
-    torch.testing.assert_close(exact_gradient(ScoreFunction(one_hot=False), scores, index_loss,
-                                              None), want)
+    for kind in (ScoreFunction, SoftmaxMarginalization, SparsemaxMarginalization):
+        torch.testing.assert_close(exact_gradient(kind(one_hot=False), scores, index_loss, None),
+                                   exact_gradient(kind(), scores, one_hot_loss, None))
 
 
 def test_several_structured_latents_ask_for_exact_false():

@@ -137,6 +137,11 @@ class _CategoricalMarginalization(Estimator):
         self._family = CategoricalLatent(one_hot)
         self.max_support = check_positive_int(max_support, "max_support")
 
+    @property
+    def one_hot(self) -> bool:
+        """Whether ``loss_fn`` gets one-hot latents, else category indices."""
+        return self._family.one_hot
+
     def normalize(self, scores: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
