@@ -52,10 +52,11 @@ class CategoricalLatent:
 
     event_dim = 1
 
-    def __init__(self, one_hot: bool = True) -> None:
+    def __init__(self, one_hot: bool = True, k: int | None = None) -> None:
         if not isinstance(one_hot, bool):
             raise TypeError(f"one_hot must be a bool, got {type(one_hot).__name__}")
         self.one_hot = one_hot
+        self.k = k  # the K of a ``Categorical(K)`` structure, checked against the scores
 
     @staticmethod
     def structure(scores: Tensor) -> Categorical:
@@ -64,6 +65,9 @@ class CategoricalLatent:
     def check(self, scores: object, name: str = "scores") -> Tensor:
         """Shape ``(B, *latent, K)``, and (with validation on) rows with a finite maximum."""
         x = check_latent_scores(scores, name, 1)
+        if self.k is not None and x.shape[-1] != self.k:
+            raise ValueError(f"{name} must have last dimension {self.k} for "
+                             f"Categorical(k={self.k}), got shape {tuple(x.shape)}")
         check_rows_valid(x, name)  # (``Categorical(K).check_scores`` without rebuilding it)
         return x
 

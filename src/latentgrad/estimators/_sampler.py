@@ -43,7 +43,7 @@ def sampling_family(structure: Structure | None, one_hot: bool = True) -> Family
     """The sampling family of ``structure`` (None: categorical over the last dim of the scores;
     ``one_hot=False``: ``loss_fn`` gets category indices)."""
     if check_structure(structure) is None or isinstance(structure, Categorical):
-        return CategoricalLatent(one_hot)
+        return CategoricalLatent(one_hot, None if structure is None else structure.k)
     if not one_hot:
         raise ValueError("one_hot=False applies to categorical latents (structure None or "
                          f"Categorical), got {structure!r}")

@@ -85,9 +85,14 @@ class SSTEstimator(Estimator):
         return StochasticArgmax(structure, scores, self.noise, validate_args=False)
 
     def _structure_for(self, scores: object) -> tuple[Structure, Tensor]:
-        if self.structure is not None:
+        """The structure and the checked scores: ``(B, *score_shape)``, or ``(B, *latent, K)``
+        for a categorical (``structure`` None or ``Categorical(K)``)."""
+        if self.structure is not None and not isinstance(self.structure, Categorical):
             return self.structure, check_batched(scores, "scores", self.structure.event_dim)
         scores = check_latent_scores(scores, "scores", 1)
+        if self.structure is not None and scores.shape[-1] != self.structure.k:
+            raise ValueError(f"scores must have last dimension {self.structure.k} for "
+                             f"{self.structure!r}, got shape {tuple(scores.shape)}")
         return Categorical(scores.shape[-1]), scores
 
     def _entropy(self, structure: Structure, scores: Tensor) -> Tensor | Deferred:
