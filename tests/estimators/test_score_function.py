@@ -210,6 +210,26 @@ def test_sum_and_sample_handles_an_empty_complement():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("baseline", [None, "self_critic"])
+def test_sum_and_sample_never_hands_loss_fn_an_excluded_category(k, baseline):
+    """Categories at -inf (masked actions) may be undefined for the user's model: the zero-weight
+    slots (summed beyond the possible categories, an empty remainder) evaluate a possible one."""
+    scores = torch.tensor([[float("-inf"), float("-inf"), 1.0, 2.0],
+                           [0.5, float("-inf"), 0.0, float("-inf")]], dtype=torch.float64)
+    seen = []
+
+    def loss_fn(z, rows):
+        seen.append((rows, z.argmax(-1)))
+        return (z * torch.arange(4.0, dtype=z.dtype)).sum(-1)
+
+    torch.manual_seed(0)
+    out = SumAndSample(k=k, baseline=baseline)(scores.requires_grad_(True), loss_fn)
+    ((rows, picked),) = seen
+    assert torch.isfinite(scores[rows, picked]).all()
+    assert torch.isfinite(out.loss)
+
+
 class _ConstantNet(torch.nn.Module):
     def __init__(self, value: float):
         super().__init__()

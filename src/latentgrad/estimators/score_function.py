@@ -243,7 +243,11 @@ class SumAndSample(Sampler):
     ``1 - q_C^M`` (known in closed form), so its term is weighted ``(1 - q_C) / (1 - q_C^M)`` when
     found and 0 when all M draws fall in C: the expectation is exactly ``(1 - q_C) E[. | not C]``
     (unbiased for any M; a larger M only lowers the variance when q_C is close to 1). Only the
-    kept ``z~`` is evaluated. ``k`` at least the number of structures drops the sampled term.
+    kept ``z~`` is evaluated (where none was found, a summed structure stands in at weight 0:
+    the evaluations keep fixed shapes). ``k`` at least the number of structures drops the
+    sampled term. A categorical never hands ``loss_fn`` an excluded (``-inf``) category: the
+    zero-weight slots (summed categories beyond the possible ones, an empty remainder) evaluate
+    the most probable category instead.
 
     Args:
         k: number of summed categories / structures, ``k >= 1`` (at most K for categoricals).
@@ -337,7 +341,11 @@ class SumAndSample(Sampler):
         if self.baseline == "self_critic":
             idx.append(self._family.sample(scores, 1))
         idx_t = torch.cat(idx, dim=1)
-        ev = self._evaluate(idx_t, scores, loss_fn)
+        # the slots of zero-probability categories (excluded, -inf; an empty remainder) carry
+        # weight 0 but are evaluated (fixed shapes): evaluate the most probable one there
+        # instead, so that loss_fn never sees an excluded category
+        possible = scores.detach().gather(-1, idx_t) > float("-inf")
+        ev = self._evaluate(torch.where(possible, idx_t, top[:, :1]), scores, loss_fn)
         losses = ev.losses
         logp = logp_all.gather(-1, idx_t)
 
