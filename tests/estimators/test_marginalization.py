@@ -313,3 +313,21 @@ def test_exact_fraction_logs_the_rows_whose_solve_is_certified_optimal():
     assert float(out.logs["exact_fraction"]) == pytest.approx(float(optimal.double().mean()))
     full = SparseMAPMarginalization(structure)(theta, loss_fn)
     assert float(full.logs["exact_fraction"]) == 1.0
+
+
+def test_sparsemap_marginalization_checks_its_solver_options_when_built():
+    """A misspelt option or a bad value fails at construction, naming it (it failed at the
+    first call, naming ``sparsemap()``); the valid ones reach the solver."""
+    from latentgrad.estimators.marginalization import SparseMAPMarginalization
+    from latentgrad.structures.bitvector import BitVector
+    from latentgrad.structures.spanning_tree import SpanningTree
+
+    with pytest.raises(TypeError, match=r"unexpected solver option\(s\) \['tolerance'\]"):
+        SparseMAPMarginalization(BitVector(3), tolerance=1e-3)
+    with pytest.raises(ValueError, match="max_iter must be an int >= 1"):
+        SparseMAPMarginalization(BitVector(3), max_iter=0)
+    with pytest.raises(ValueError, match="solver='threshold' needs"):
+        SparseMAPMarginalization(SpanningTree(3), solver="threshold")
+    est = SparseMAPMarginalization(SpanningTree(3), max_iter=1, tol=1e-6)
+    out = est(torch.zeros(2, 3, 3), lambda z, rows: z.flatten(1).sum(-1))
+    assert out.logs["exact_fraction"] < 1  # one iteration cannot certify a tie of 3 trees

@@ -21,7 +21,7 @@ from torch import Tensor
 from .._validation import check_choice, check_no_pos_inf, check_positive_int
 from ..mappings import entmax15, sparsemax
 from ..polytope.result import SparseMAPResult
-from ..polytope.sparsemap import sparsemap
+from ..polytope.sparsemap import check_solver_options, sparsemap
 from ..polytope.topk_sparsemax import check_topk_oracle, topk_sparsemax
 from ..structures.base import Structure
 from ._checks import check_batched
@@ -299,12 +299,22 @@ class SparseMAPMarginalization(_StructuredMarginalization):
     solution ``mu* = sum_{z in A} p_z z`` of ``argmax_{mu in conv Z} <theta, mu> - ||mu||^2 / 2``
     gives a sparse ``p`` over structures; the loss is summed over ``A+ = {p_z > 0}``.
 
-    ``solver_kwargs`` (e.g. ``max_iter``, ``tol``) go to ``polytope.sparsemap.sparsemap``.
+    ``solver_kwargs`` (``max_iter``, ``tol``, ``solver``) go to ``polytope.sparsemap.sparsemap``
+    and are checked here (an unknown name is a ``TypeError``, a bad value a ``ValueError``).
     Logs ``exact_fraction``: examples whose solve passed the optimality test.
     """
 
+    SOLVER_OPTIONS = ("max_iter", "tol", "solver")
+
     def __init__(self, structure: Structure, entropy_coeff: float = 0.0, **solver_kwargs) -> None:
         super().__init__(structure, entropy_coeff)
+        unknown = sorted(set(solver_kwargs) - set(self.SOLVER_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"SparseMAPMarginalization got unexpected solver option(s) {unknown}; "
+                f"expected any of {list(self.SOLVER_OPTIONS)}"
+            )
+        check_solver_options(structure, **solver_kwargs)
         self.solver_kwargs = solver_kwargs
 
     def solve(self, scores: Tensor) -> SparseMAPResult:

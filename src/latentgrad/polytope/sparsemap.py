@@ -95,6 +95,22 @@ def _check_init(
     return support, weights
 
 
+def check_solver_options(structure: Structure, max_iter: int = DEFAULT_MAX_ITER,
+                         tol: float = DEFAULT_TOL, solver: str = "auto") -> None:
+    """``ValueError`` naming the option where ``max_iter``, ``tol`` or ``solver`` is not one
+    ``sparsemap`` accepts for ``structure``."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"tol must be a positive float, got {tol!r}")
+    check_choice(solver, "solver", SOLVERS)
+    if solver == "threshold" and cardinality_bounds(structure) is None:
+        raise ValueError(
+            f"solver='threshold' needs a BitVector, KSubset or Categorical structure, got "
+            f"{structure!r}; use solver='active_set'"
+        )
+
+
 def sparsemap(
     scores: Tensor,
     structure: Structure,
@@ -143,19 +159,10 @@ def sparsemap(
     structure = _check_structure(structure)
     structure.check_scores(scores)
     check_finite(scores, "scores")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"tol must be a positive float, got {tol!r}")
+    check_solver_options(structure, max_iter, tol, solver)
     shape = structure.score_shape
     batch = structure.batch_shape(scores)
-    check_choice(solver, "solver", SOLVERS)
     bounds = cardinality_bounds(structure)
-    if solver == "threshold" and bounds is None:
-        raise ValueError(
-            f"solver='threshold' needs a BitVector, KSubset or Categorical structure, got "
-            f"{structure!r}; use solver='active_set'"
-        )
     theta = scores.to(torch.float64).reshape(-1, *shape)
     warm = _check_init(init, structure, batch, theta)
     if bounds is not None and solver != "active_set":
