@@ -420,3 +420,18 @@ def test_sum_and_sample_summing_impossible_values_keeps_a_finite_exact_loss(
     assert torch.isfinite(out.loss)
     torch.testing.assert_close(out.loss, exact)
     torch.testing.assert_close(grad, exact_grad)
+
+
+def test_nvil_names_a_baseline_input_of_another_batch_size():
+    scores = torch.randn(2, K)
+    with pytest.raises(ValueError, match=r"baseline_input must be .* B = 2 first, got \(3, 4\)"):
+        NVIL()(scores, lambda z, rows: z.sum(-1), baseline_input=torch.randn(3, 4))
+
+
+def test_nvil_default_baseline_net_names_an_input_size_it_was_not_built_for():
+    """The lazy net takes its input size at the first call; another size later is named, not a
+    torch matrix-shape error."""
+    est = NVIL()
+    est(torch.randn(2, K), lambda z, rows: z.sum(-1))
+    with pytest.raises(ValueError, match=f"built at its first call for inputs of {K} features"):
+        est(torch.randn(2, K + 3), lambda z, rows: z.sum(-1))

@@ -130,6 +130,12 @@ class ScoreBaselineNet(nn.Module):
         first = self.net[1]
         if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)
+        elif x[0].numel() != first.in_features:
+            raise ValueError(
+                f"the baseline net was built at its first call for inputs of {first.in_features} "
+                f"features per example, got input of shape {tuple(x.shape)}; use one NVIL per "
+                "latent shape (or pass baseline_input of a fixed size)"
+            )
         return self.net(x.to(self.net[-1].weight.dtype))
 
 
@@ -149,6 +155,11 @@ class NVIL(Sampler):
     ``est(scores, loss_fn)`` the baseline sees the detached scores; ``est(scores, loss_fn,
     baseline_input=x)`` gives it any other input (e.g. the encoder's input). Logs: ``baseline``
     (mean c + b_psi), ``baseline_mse``, ``entropy``, ``support_size``.
+
+    The default net reads its input size at the first call (``nn.LazyLinear``): until then its
+    first layer's parameters are uninitialised, so counting, copying or averaging
+    ``est.parameters()`` works after one forward call (an optimiser may be built before it);
+    one estimator serves one input size.
     """
 
     def __init__(
@@ -192,6 +203,12 @@ class NVIL(Sampler):
         b = scores.shape[0]
         if baseline_input is None:
             baseline_input = scores.detach()
+        elif not isinstance(baseline_input, Tensor) or baseline_input.dim() < 1 or (
+                baseline_input.shape[0] != b):
+            got = tuple(baseline_input.shape) if isinstance(baseline_input, Tensor) else type(
+                baseline_input).__name__
+            raise ValueError(f"baseline_input must be a tensor (B, ...) with the scores' batch "
+                             f"size B = {b} first, got {got}")
         learned = self.baseline_net(baseline_input)
         if learned.dim() == 2 and learned.shape[1] == 1:
             learned = learned.squeeze(1)
