@@ -428,3 +428,13 @@ def test_mixed_dirichlet_logs_the_mean_baseline(baseline, n_samples):
         want = torch.zeros((), dtype=D)
     assert float(want) != 0.0 or baseline is None
     torch.testing.assert_close(torch.as_tensor(out.logs["baseline"], dtype=D), want)
+
+
+def test_tuple_scores_of_the_wrong_length_are_named():
+    from latentgrad.estimators import GaussianSparsemaxEstimator, MixedDirichletEstimator
+
+    loc = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"pair \(loc, scale\), got a tuple of 3"):
+        GaussianSparsemaxEstimator()((loc, loc.exp(), loc), lambda z, rows: z.sum(-1))
+    with pytest.raises(TypeError, match=r"tuple \(face_scores, concentration\), got a tuple of 1"):
+        MixedDirichletEstimator()((loc,), lambda z, rows: z.sum(-1))

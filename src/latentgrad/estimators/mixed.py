@@ -122,6 +122,9 @@ class GaussianSparsemaxEstimator(Estimator):
 
     def forward(self, scores: Tensor | tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
         if isinstance(scores, tuple):
+            if len(scores) != 2:
+                raise ValueError("scores must be a tensor loc (B, *latent, K) or a pair "
+                                 f"(loc, scale), got a tuple of {len(scores)}")
             loc, scale = scores
             loc = _check_loc(loc, "scores[0] (loc)")
             scale = _check_input(scale, "scores[1] (scale)", 0)
@@ -319,8 +322,10 @@ class MixedDirichletEstimator(Estimator):
             # softplus(·) >= the dtype's tiny: a very negative pre-activation stays a valid α
             scores = (face_scores, F.softplus(raw).clamp_min(torch.finfo(raw.dtype).tiny))
         if not (isinstance(scores, tuple) and len(scores) == 2):
+            got = (f"a tuple of {len(scores)}" if isinstance(scores, tuple)
+                   else type(scores).__name__)
             raise TypeError("scores must be a tensor (B, *latent, 2, K) or a tuple (face_scores, "
-                            f"concentration), got {type(scores).__name__}")
+                            f"concentration), got {got}")
         face_scores = _check_input(scores[0], "scores[0] (face_scores)", 2)
         concentration = _check_input(scores[1], "scores[1] (concentration)", 2)
         check_positive(concentration, "scores[1] (concentration)")
