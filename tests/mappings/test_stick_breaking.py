@@ -116,3 +116,23 @@ def test_bad_arguments_raise():
         stick_breaking_inverse(torch.tensor([0.5, 0.5, 0.0]))
     with pytest.raises(TypeError, match="floating"):
         stick_breaking(torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize("log_input", [False, True])
+def test_inverses_refuse_points_off_the_simplex(log_input):
+    """Entries in (0, 1] whose sum is not 1 were mapped to sticks that do not round-trip."""
+    from latentgrad.mappings import softmax_pp_inverse
+
+    pi = torch.tensor([[0.5, 0.6, 0.1]], dtype=torch.float64)
+    arg = pi.log() if log_input else pi
+    off = "0.182" if log_input else "0.2"  # log 1.2 or 1.2 - 1
+    with pytest.raises(ValueError, match=f"pi must be normalised .* up to {off}"):
+        stick_breaking_logits_inverse(arg, log_input=log_input)
+    with pytest.raises(ValueError, match="psi must be normalised"):
+        softmax_pp_inverse(arg, 1.0, log_input=log_input)
+    if not log_input:
+        with pytest.raises(ValueError, match="pi must be normalised"):
+            stick_breaking_inverse(pi)
+    ok = torch.softmax(torch.randn(4, 1000), -1)  # float32 rows of 1,000: rounding only
+    stick_breaking_inverse(ok)
+    stick_breaking_logits_inverse(ok.log(), log_input=True)

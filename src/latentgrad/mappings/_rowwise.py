@@ -150,3 +150,17 @@ class _Vmapped(torch.autograd.Function):
         if in_dims[0] is None:
             return mapping(x, dim), None
         return mapping(x.movedim(in_dims[0], 0), dim + 1), 0
+
+
+def check_sums_to_one(values: Tensor, name: str, log_input: bool, dtype: torch.dtype) -> None:
+    """``ValueError`` naming ``name`` where a row (last dim) of probabilities (or of their logs,
+    ``log_input``) does not sum to 1 within rounding: ``|sum - 1| <= 32 K eps`` of ``dtype``, the
+    caller's (a row normalised in that dtype errs by at most about ``K eps / 2``)."""
+    k = values.shape[-1]
+    tol = 32 * max(k, 1) * torch.finfo(dtype).eps
+    total = values.logsumexp(-1) if log_input else values.sum(-1) - 1.0
+    if violated(total, lambda t: t.abs() <= tol):
+        worst = total.abs().amax().item()
+        kind = "log-sum-exp" if log_input else "sum - 1"
+        raise ValueError(f"{name} must be normalised along its simplex dim (rows summing to 1): "
+                         f"|{kind}| up to {worst:.3g}, beyond rounding ({tol:.3g})")

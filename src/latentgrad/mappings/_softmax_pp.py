@@ -25,7 +25,11 @@ from latentgrad._validation import (
     check_tensor,
     violated,
 )
-from latentgrad.mappings._rowwise import check_scalar_or_tensor_positive, normalize_dim
+from latentgrad.mappings._rowwise import (
+    check_scalar_or_tensor_positive,
+    check_sums_to_one,
+    normalize_dim,
+)
 
 
 def _log_param(value: Tensor | float, like: Tensor) -> Tensor | float:
@@ -155,7 +159,9 @@ def _check_psi(psi: object, dim: int, log_input: bool) -> tuple[Tensor, int]:
     if log_input:
         if violated(work, lambda w: (w <= 0) & (w > float("-inf"))):
             raise ValueError("psi (log-probabilities of the open simplex) must be finite and <= 0")
+        check_sums_to_one(work.movedim(dim, -1), "psi", True, psi.dtype)
         return work, dim
     if violated(work, lambda w: (w > 0) & (w <= 1)):
         raise ValueError("psi must lie in the open simplex: entries in (0, 1], no NaN")
+    check_sums_to_one(work.movedim(dim, -1), "psi", False, psi.dtype)
     return work.log(), dim

@@ -24,7 +24,7 @@ from latentgrad._validation import (
     check_tensor,
     violated,
 )
-from latentgrad.mappings._rowwise import normalize_dim
+from latentgrad.mappings._rowwise import check_sums_to_one, normalize_dim
 
 
 def _prepare(v: object, dim: int, name: str) -> tuple[Tensor, int]:
@@ -40,12 +40,15 @@ def _check_eta(eta: Tensor) -> None:
         raise ValueError("eta must lie in [0, 1] (stick fractions), with no NaN")
 
 
-def _check_pi(pi: Tensor, log_input: bool) -> None:
+def _check_pi(pi: Tensor, log_input: bool, dtype: torch.dtype) -> None:
+    """Entries in (0, 1] (or their logs), rows summing to 1 within ``dtype``'s rounding (the
+    caller's dtype; ``pi`` is in the working dtype)."""
     if log_input:
         if violated(pi, lambda p: (p <= 0) & (p > float("-inf"))):
             raise ValueError("pi (log-probabilities of the open simplex) must be finite and <= 0")
     elif violated(pi, lambda p: (p > 0) & (p <= 1)):
         raise ValueError("pi must lie in the open simplex: entries in (0, 1], no NaN")
+    check_sums_to_one(pi, "pi", log_input, dtype)
 
 
 def stick_breaking(eta: Tensor, dim: int = -1) -> Tensor:
@@ -67,7 +70,7 @@ def stick_breaking_inverse(pi: Tensor, dim: int = -1) -> Tensor:
     ``eta_k = pi_k / sum_{j >= k} pi_j`` (the fraction of the remaining stick).
     """
     pi_w, dim = _prepare(pi, dim, "pi")
-    _check_pi(pi_w, log_input=False)
+    _check_pi(pi_w, False, pi.dtype)
     tail = pi_w.flip(-1).cumsum(-1).flip(-1)
     eta = pi_w[..., :-1] / tail[..., :-1]
     return eta.movedim(-1, dim).to(pi.dtype)
@@ -113,7 +116,7 @@ def stick_breaking_logits_inverse(pi: Tensor, dim: int = -1, log_input: bool = F
     accuracy with tiny probabilities.
     """
     pi_w, dim = _prepare(pi, dim, "pi")
-    _check_pi(pi_w, log_input)
+    _check_pi(pi_w, log_input, pi.dtype)
     log_pi = pi_w if log_input else pi_w.log()
     log_tail = log_pi.flip(-1).logcumsumexp(-1).flip(-1)
     kappa = log_pi[..., :-1] - log_tail[..., 1:]
