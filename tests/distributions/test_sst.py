@@ -632,3 +632,21 @@ def test_utility_kl_refuses_bad_arguments_naming_them(args, error, match):
     of 0, torch's size mismatch, an AttributeError)."""
     with pytest.raises(error, match=match):
         utility_kl(*args)
+
+
+def test_missing_closed_forms_say_so_and_name_the_alternative():
+    """torch's base class raised a bare NotImplementedError for mean, variance and entropy."""
+    from latentgrad.distributions import IGR
+
+    igr = IGR(torch.zeros(2, 3), torch.ones(2, 3), 0.5)
+    smt = StochasticArgmax(BitVector(3), torch.zeros(3))
+    with pytest.raises(NotImplementedError, match="IGR has no closed-form entropy; use entropy_mc"):
+        igr.entropy()
+    for dist in (igr, smt):
+        name = type(dist).__name__
+        with pytest.raises(NotImplementedError, match=f"{name} has no closed-form mean"):
+            dist.mean  # noqa: B018
+        with pytest.raises(NotImplementedError, match=f"{name} has no closed-form variance"):
+            dist.stddev  # noqa: B018
+    with pytest.raises(NotImplementedError, match="StochasticArgmax has no closed-form entropy"):
+        smt.entropy()

@@ -166,10 +166,26 @@ def on_common_batch(p: Distribution, q: Distribution) -> tuple[Distribution, Dis
 
 class CheckedDistribution(Distribution):
     """A ``Distribution`` whose ``sample_shape`` arguments are validated (non-negative ints) before
-    any tensor is built."""
+    any tensor is built, and whose missing closed forms (``mean``, ``variance``, ``entropy``) say
+    so and name the alternative (torch's base class raises a bare ``NotImplementedError``)."""
 
     def _extended_shape(self, sample_shape: Sequence[int] = ()) -> torch.Size:
         return super()._extended_shape(check_sample_shape(sample_shape))
+
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form mean; average "
+                                  "draws of sample() instead")
+
+    @property
+    def variance(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form variance; estimate "
+                                  "it from draws of sample() instead")
+
+    def entropy(self) -> Tensor:
+        hint = ("entropy_mc(n_samples)" if hasattr(self, "entropy_mc")
+                else "a Monte Carlo average of -log_prob over draws, where log_prob exists")
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form entropy; use {hint}")
 
 
 def checked_value(dist: Distribution, value: object, name: str = "value") -> Tensor:

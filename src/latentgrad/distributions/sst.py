@@ -44,6 +44,7 @@ from ..structures.categorical import Categorical
 from ..structures.ksubset import KSubset
 from ..structures.spanning_tree import SpanningTree
 from ._log_ndtr import log_ndtr
+from ._params import CheckedDistribution
 
 NOISES = ("gumbel", "gaussian")
 REGULARIZERS = ("entropy", "euclidean")
@@ -156,7 +157,7 @@ class _Structures(constraints.Constraint):
         return f"{type(self).__name__[1:]}({self.structure!r})"
 
 
-class _Perturbed(Distribution):
+class _Perturbed(CheckedDistribution):
     """Shared part of SMT and SST: the structure, the logits and the perturbation ``U = θ + N``."""
 
     def __init__(
