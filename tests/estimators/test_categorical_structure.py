@@ -44,3 +44,14 @@ def test_several_categorical_latents_are_drawn_as_without_a_structure(name):
     without = BUILDERS[name](None)(scores, loss_fn)
     torch.testing.assert_close(with_structure.loss, without.loss)
     assert with_structure.latents.shape[1:] == (3, 4)
+
+
+def test_one_structure_per_example_estimators_name_the_structure_and_the_way_out():
+    from latentgrad.estimators import SparseMAPMarginalization, TopKSparsemaxMarginalization
+    from latentgrad.structures import BitVector
+
+    bits = BitVector(3)
+    for est in (SSTEstimator(bits, 0.5), SparseMAPMarginalization(bits),
+                TopKSparsemaxMarginalization(bits, k=2)):
+        with pytest.raises(ValueError, match=r"\(B, 3\), one BitVector\(d=3.* flatten them"):
+            est(torch.randn(2, 4, 3), loss_fn)

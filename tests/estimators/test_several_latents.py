@@ -88,7 +88,7 @@ def test_marginalization_over_several_variables_matches_brute_force(name, one_ho
 
 def test_the_product_support_is_capped_with_a_pointer_to_structured_estimators():
     scores = torch.zeros(2, 3, K, dtype=D)  # softmax: K^3 = 64 joint values per example
-    with pytest.raises(ValueError, match=r"max_support=10.*TopKSparsemaxMarginalization"):
+    with pytest.raises(ValueError, match=r"max_support=10.*SumAndSample"):
         SoftmaxMarginalization(max_support=10)(scores, EmbeddingLoss())
     out = SoftmaxMarginalization(max_support=64)(scores[:, :L], EmbeddingLoss())
     assert out.support_size.tolist() == [K**L, K**L]

@@ -14,12 +14,15 @@ def check_leave_one_out(baseline: str | None, n_samples: int) -> None:
         raise ValueError("baseline='leave_one_out' needs n_samples >= 2")
 
 
-def check_batched(scores: object, name: str, event_dim: int) -> Tensor:
-    """Require a float tensor with exactly one batch dimension (``B = 0`` allowed)."""
+def check_batched(scores: object, name: str, structure: Structure) -> Tensor:
+    """Require a float tensor ``(B, *structure.score_shape)``: one structure per example, exactly
+    one batch dimension (``B = 0`` allowed; the trailing sizes are the structure's check)."""
     x = check_tensor(scores, name)
-    if x.dim() != 1 + event_dim:
-        want = "(B, K)" if event_dim == 1 else f"(B, *score_shape) with {event_dim} score dim(s)"
-        raise ValueError(f"{name} must have shape {want}, got shape {tuple(x.shape)}")
+    if x.dim() != 1 + structure.event_dim:
+        want = ", ".join(map(str, structure.score_shape))
+        raise ValueError(f"{name} must have shape (B, {want}), one {structure!r} per example "
+                         f"(several latents per example: flatten them into the batch), got "
+                         f"shape {tuple(x.shape)}")
     return x
 
 

@@ -83,9 +83,9 @@ def product_support(p: Tensor, max_support: int) -> tuple[Tensor, ...]:
     if largest > max_support:
         raise ValueError(
             f"the product of the per-variable supports has {largest} joint values for one "
-            f"example, above max_support={max_support}; raise max_support, or use a structured "
-            "estimator (TopKSparsemaxMarginalization or SparseMAPMarginalization over a product "
-            "structure) whose support does not multiply"
+            f"example, above max_support={max_support}; raise max_support, or use an estimator "
+            "whose cost does not multiply over the variables (SumAndSample sums the k most "
+            "probable joint values and samples one more; ScoreFunction, NVIL, the relaxations)"
         )
     offsets = (counts.flatten().cumsum(0) - counts.flatten()).view(b, n_var)
     rows = torch.repeat_interleave(torch.arange(b, device=p.device), support)
@@ -184,8 +184,8 @@ class SoftmaxMarginalization(_CategoricalMarginalization):
             raise ValueError(
                 f"{n_var} variables of K={k} categories have {total} joint values, above "
                 f"max_support={self.max_support}; raise max_support, or use "
-                "SparsemaxMarginalization (sparse supports), TopKSparsemaxMarginalization or "
-                "SparseMAPMarginalization over a product structure"
+                "SparsemaxMarginalization (sparse supports) or an estimator whose cost does not "
+                "multiply over the variables (SumAndSample, ScoreFunction, NVIL, the relaxations)"
             )
         p = self.normalize(scores).reshape(b, n_var, k)
         codes = torch.arange(total, device=scores.device)
@@ -252,7 +252,7 @@ class _StructuredMarginalization(Estimator):
 
         ``loss_fn`` receives 0/1 structure indicators ``(N, *score_shape)`` in the scores' dtype.
         """
-        scores = check_batched(scores, "scores", self.structure.event_dim)
+        scores = check_batched(scores, "scores", self.structure)
         self.structure.check_scores(scores)
         check_no_pos_inf(scores, "scores")
         result = self.solve(scores)

@@ -130,7 +130,7 @@ class ScoreBaselineNet(nn.Module):
         first = self.net[1]
         if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)
-        elif x[0].numel() != first.in_features:
+        elif x.shape[1:].numel() != first.in_features:
             raise ValueError(
                 f"the baseline net was built at its first call for inputs of {first.in_features} "
                 f"features per example, got input of shape {tuple(x.shape)}; use one NVIL per "

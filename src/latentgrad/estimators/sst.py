@@ -88,12 +88,14 @@ class SSTEstimator(Estimator):
         """The structure and the checked scores: ``(B, *score_shape)``, or ``(B, *latent, K)``
         for a categorical (``structure`` None or ``Categorical(K)``)."""
         if self.structure is not None and not isinstance(self.structure, Categorical):
-            return self.structure, check_batched(scores, "scores", self.structure.event_dim)
+            return self.structure, check_batched(scores, "scores", self.structure)
         scores = check_latent_scores(scores, "scores", 1)
-        if self.structure is not None and scores.shape[-1] != self.structure.k:
+        if self.structure is None:
+            return Categorical(scores.shape[-1]), scores
+        if scores.shape[-1] != self.structure.k:
             raise ValueError(f"scores must have last dimension {self.structure.k} for "
                              f"{self.structure!r}, got shape {tuple(scores.shape)}")
-        return Categorical(scores.shape[-1]), scores
+        return self.structure, scores
 
     def _entropy(self, structure: Structure, scores: Tensor) -> Tensor | Deferred:
         """The exact entropy ``(B, *latent)`` when it enters the loss; else only reported:
