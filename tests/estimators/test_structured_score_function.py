@@ -324,3 +324,24 @@ def test_perturbation_score_function_works_for_a_structure_without_a_sampler():
     assert loss_fn.calls == [8] and (out.entropy == 0).all()
     (g,) = torch.autograd.grad(out.loss, scores)
     assert torch.isfinite(g).all()
+
+
+def test_perturbation_score_function_hands_indices_with_one_hot_false():
+    """The same draws, loss and gradient as with one-hots, loss_fn reading category indices
+    (train and eval mode); structures refuse the option."""
+    weights = torch.tensor([0.5, -1.0, 2.0, 0.3], dtype=torch.float64)
+    scores = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for one_hot, loss_fn in [(True, lambda z, rows: (z @ weights).square().sum(-1)),
+                             (False, lambda idx, rows: weights[idx].square().sum(-1))]:
+        est = PerturbationScoreFunction(None, baseline="ema", one_hot=one_hot)
+        torch.manual_seed(4)
+        out = est(scores, loss_fn)
+        outs.append((out.loss, torch.autograd.grad(out.loss, scores)[0], out.latents))
+        assert est.eval()(scores, loss_fn).latents.dtype == (scores.dtype if one_hot
+                                                             else torch.int64)
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    assert torch.equal(outs[0][2].argmax(-1), outs[1][2])
+    with pytest.raises(ValueError, match="one_hot=False applies to categorical"):
+        PerturbationScoreFunction(BitVector(3), one_hot=False)

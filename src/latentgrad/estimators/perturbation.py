@@ -52,6 +52,8 @@ class PerturbationScoreFunction(Sampler):
         noise: ``"gumbel"`` or ``"gaussian"``.
         decay: EMA decay.
         eval_mode: the reading in ``eval()``: ``"mode"`` (the MAP) or ``"sample"``.
+        one_hot: categorical only (``structure`` None); ``False`` hands ``loss_fn`` int64
+            category indices ``(N, *latent)`` instead of one-hots.
 
     ``scores`` ``(B, *score_shape)``; one ``loss_fn`` call on the ``B * S`` hard structures (+B for
     the self-critic); ``support_size`` is the number of evaluations per example.
@@ -66,6 +68,7 @@ class PerturbationScoreFunction(Sampler):
         noise: str = "gumbel",
         decay: float = 0.99,
         eval_mode: str = "mode",
+        one_hot: bool = True,
     ) -> None:
         check_choice(baseline, "baseline", BASELINES)
         check_positive_int(n_samples, "n_samples")
@@ -78,7 +81,10 @@ class PerturbationScoreFunction(Sampler):
                 f"entropy_coeff={entropy_coeff} needs a tractable entropy, but {structure!r} has "
                 "no log_partition"
             )
-        family = _PerturbedCategorical() if structure is None else _PerturbedFamily(
+        if structure is not None and one_hot is not True:
+            raise ValueError("one_hot=False applies to categorical latents (structure None), got "
+                             f"{structure!r}")
+        family = _PerturbedCategorical(one_hot) if structure is None else _PerturbedFamily(
             structure, has_entropy
         )
         super().__init__(baseline, entropy_coeff, structure, decay, family)
@@ -121,10 +127,11 @@ class PerturbationScoreFunction(Sampler):
 
 
 class _PerturbedCategorical(CategoricalLatent):
-    """``CategoricalLatent``'s checks and entropy; the latents are the argmax one-hots."""
+    """``CategoricalLatent``'s checks and entropy; the latents are the argmax one-hots (their
+    indices with ``one_hot=False``)."""
 
     def latent_values(self, values: Tensor, scores: Tensor) -> Tensor:
-        return values
+        return values if self.one_hot else values.argmax(-1)
 
     def mode(self, scores: Tensor) -> Tensor:
         """The argmax one-hot ``(B, 1, *latent, K)``."""
