@@ -17,8 +17,8 @@ values:
   ``StochasticArgmax``: the SST estimators and the perturbation score function) where its
   ``log_prob`` has a closed form (a categorical with Gumbel noise, ``softmax(theta)``; unbudgeted
   bit vectors; k-subsets with Gumbel noise), none otherwise (trees, budgeted bit vectors,
-  Gaussian noise on a categorical or a k-subset); its entropy
-  term is the estimator's own, the Gibbs entropy of the structure at ``theta``;
+  Gaussian noise on a categorical or a k-subset); its entropy term is the estimator's own, the
+  Gibbs entropy of the structure at ``theta``;
 - else the Gibbs distribution ``softmax(s)`` (the softmax / Bernoulli family that the score
   function, NVIL, Sum&Sample and Gumbel-Softmax target).
 
@@ -183,9 +183,9 @@ def exact_gradient(
     entropy = None
     if structure is None or isinstance(structure, Categorical):
         if perturbed is not None:
-            per_latent = _argmax_probs(perturbed(x), torch.eye(
-                x.shape[-1], dtype=x.dtype, device=x.device).view(
-                    x.shape[-1], *[1] * (x.dim() - 1), x.shape[-1]))
+            k = x.shape[-1]  # P(X = each one-hot), (K, B, *latent) -> (B, *latent, K)
+            one_hots = torch.eye(k, dtype=x.dtype, device=x.device).view(k, *[1] * (x.dim() - 1), k)
+            per_latent = _argmax_probs(perturbed(x), one_hots)
             per_latent = None if per_latent is None else per_latent.movedim(0, -1)
         else:
             per_latent = x.softmax(-1) if probs_fn is None else probs_fn(x)
