@@ -465,6 +465,13 @@ def test_scores_beyond_the_resolution_of_float64_are_never_certified():
         ({"structure": "bits"}, TypeError, "Structure"),
         ({"max_iter": 0}, ValueError, "max_iter"),
         ({"tol": -1.0}, ValueError, "tol"),
+        ({"tol": float("inf")}, ValueError, "tol must be a positive finite"),  # certified the MAP
+        (  # a 0/1 vector that is not a structure: the answer left the polytope, marked exact
+            {"structure": BitVector(5, budget=2), "solver": "active_set",
+             "init": (torch.ones(3, 1, 5), torch.ones(3, 1))},
+            ValueError,
+            r"init support must hold structures of BitVector\(d=5, budget=2\)",
+        ),
         ({"init": torch.zeros(3, 1, 5)}, TypeError, "init"),
         ({"init": (torch.zeros(3, 1, 4), torch.ones(3, 1))}, ValueError, "init"),
         ({"init": (torch.zeros(3, 1, 5), -torch.ones(3, 1))}, ValueError, "nonnegative"),

@@ -14,6 +14,8 @@ VJP is ∂L/∂θ = Z P (∂L/∂p + Zᵀ ∂L/∂μ): one small linear solve, n
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -92,6 +94,10 @@ def _check_init(
         raise ValueError("init weights must be nonnegative with a positive sum per example")
     if bool(((support != 0) & (support != 1)).any()):
         raise ValueError("init support must hold 0/1 structures")
+    used = support[weights > 0]
+    if used.numel() and not bool(structure.contains(used).all()):
+        raise ValueError(f"init support must hold structures of {structure!r} where its weight is "
+                         "positive; got a 0/1 tensor that is not one")
     return support, weights
 
 
@@ -101,8 +107,8 @@ def check_solver_options(structure: Structure, max_iter: int = DEFAULT_MAX_ITER,
     ``sparsemap`` accepts for ``structure``."""
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"tol must be a positive float, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < math.inf:
+        raise ValueError(f"tol must be a positive finite float, got {tol!r}")
     check_choice(solver, "solver", SOLVERS)
     if solver == "threshold" and cardinality_bounds(structure) is None:
         raise ValueError(
