@@ -308,3 +308,13 @@ def test_topk_at_large_scores_matches_the_float64_brute_force(budget, dtype):
     assert (got >= kth).all()  # every returned vector is among the k best
     eps = torch.finfo(dtype).eps  # its exact score, rounded once (half an ulp)
     assert ((values.double() - got).abs() <= eps / 2 * got.abs()).all()
+
+
+def test_unbudgeted_entropy_is_twice_differentiable_at_ties():
+    """h(t) is even and smooth: h''(0) = -σ(0)(1 - σ(0)) = -1/4. Written through abs(), autograd
+    gave 0 there (abs's derivative at 0), so gradgradcheck failed at all-zero scores."""
+    t = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(BitVector(3).entropy, (t,))
+    (g,) = torch.autograd.grad(BitVector(3).entropy(t).sum(), t, create_graph=True)
+    (h,) = torch.autograd.grad(g[0, 0], t)
+    assert h[0, 0].item() == pytest.approx(-0.25, abs=1e-12)

@@ -62,7 +62,10 @@ class BitVector(Structure):
         if self._budgeted:
             return super().entropy(scores)
         self.check_scores(scores)
-        size = scores.to(torch.float64).abs()
+        t = scores.to(torch.float64)
+        # |t| as a branch, not abs(): h is even, so h'(0) = 0 either way, but abs's zero
+        # derivative at 0 would zero autograd's second derivative there (h''(0) = -1/4)
+        size = torch.where(t >= 0, t, -t)
         # the product sees 0 at a forced-off bit (|t| = inf): its gradient there is 0, not
         # the inf · 0 = NaN of the branch that torch.where does not take
         forced = torch.isinf(size)
