@@ -140,3 +140,12 @@ def test_index_sampler_log_prob_and_entropy_agree_with_the_one_hot_forms():
     p = scores.softmax(-1)
     expected = -(p * torch.where(p > 0, p.log(), 0.0)).sum(-1)
     torch.testing.assert_close(cat.entropy(scores), expected)
+
+
+def test_log_prob_indices_of_empty_batches_are_empty():
+    """A size-1 dim meeting a size-0 one broadcasts to 0 (a hand-written max(m, n) gave 1 and
+    torch raised inside expand)."""
+    c, long = Categorical(3), torch.long
+    assert c.log_prob_indices(torch.randn(2, 3), torch.zeros(0, 2, dtype=long)).shape == (0, 2)
+    assert c.log_prob_indices(torch.randn(0, 3), torch.tensor(1)).shape == (0,)
+    assert c.log_prob_indices(torch.randn(0, 3), torch.zeros(5, 1, dtype=long)).shape == (5, 0)

@@ -15,7 +15,6 @@ VJP is ∂L/∂θ = Z P (∂L/∂p + Zᵀ ∂L/∂μ): one small linear solve, n
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import torch

@@ -7,7 +7,13 @@ from torch import Tensor
 
 from .._dtypes import working_dtype
 from .._one_hot import one_hot
-from .._validation import check_rows_valid, check_tensor, check_trailing_shape, violated
+from .._validation import (
+    broadcast_shapes,
+    check_rows_valid,
+    check_tensor,
+    check_trailing_shape,
+    violated,
+)
 from ._enumeration import check_enumerable, check_int
 from ._sampling import categorical
 from .base import Structure
@@ -89,17 +95,12 @@ class Categorical(Structure):
                 f"{int(idx.min())} to {int(idx.max())}"
             )
         logp = torch.log_softmax(scores, dim=-1)
-        ndim = max(logp.dim() - 1, idx.dim())
-        a = (1,) * (ndim - logp.dim() + 1) + tuple(logp.shape[:-1])
-        b = (1,) * (ndim - idx.dim()) + tuple(idx.shape)
-        if any(m != n and 1 not in (m, n) for m, n in zip(a, b, strict=True)):
-            raise ValueError(
-                f"idx of shape {tuple(idx.shape)} does not broadcast with the batch shape "
-                f"{tuple(scores.shape[:-1])} of scores"
-            )
-        shape = tuple(max(m, n) for m, n in zip(a, b, strict=True))  # broadcast (no torch._refs)
-        logp = logp.reshape(*a, self.k).expand(*shape, self.k)
-        index = idx.long().reshape(b).expand(shape).unsqueeze(-1)
+        shape = broadcast_shapes(tuple(scores.shape[:-1]), tuple(idx.shape), error=lambda: (
+            f"idx of shape {tuple(idx.shape)} does not broadcast with the batch shape "
+            f"{tuple(scores.shape[:-1])} of scores"
+        ))
+        logp = logp.expand(*shape, self.k)
+        index = idx.long().expand(shape).unsqueeze(-1)
         return logp.gather(-1, index).squeeze(-1)
 
     def _sample(
