@@ -9,7 +9,7 @@ import pytest
 import torch
 from _enumeration import EVERY_KIND
 
-from latentgrad.structures import Arborescence, SpanningTree
+from latentgrad.structures import Arborescence, BitVector, Categorical, KSubset, SpanningTree
 
 #: trees of six nodes: at scale 10 their dense matrix-tree rows are already recomputed
 LARGER_TREES = [SpanningTree(6), Arborescence(6), Arborescence(6, root=0)]
@@ -33,3 +33,19 @@ def test_inference_mode_gives_the_no_grad_result(structure, method, scale):
     outside = getattr(structure, method)(inference_scores)
     torch.testing.assert_close(inside, expected)
     torch.testing.assert_close(outside, expected)
+
+
+@pytest.mark.parametrize("structure", [KSubset(4, 2), BitVector(4, budget=2), SpanningTree(4),
+                                       Arborescence(4), Categorical(4)], ids=repr)
+def test_marginals_under_no_grad_carry_no_graph(structure):
+    """Scores that require grad, read under torch.no_grad: no graph is built or kept (the
+    autograd-derived marginals of k-subsets and budgeted bit vectors kept a double-backward
+    graph)."""
+    x = torch.randn(2, *structure.score_shape, dtype=torch.float64)
+    if isinstance(structure, SpanningTree):
+        x = (x + x.mT) / 2
+    x.requires_grad_(True)
+    with torch.no_grad():
+        m = structure.marginals(x)
+    assert not m.requires_grad and m.grad_fn is None
+    assert structure.marginals(x).requires_grad

@@ -30,8 +30,9 @@ from .._validation import (
 def autograd_gradients(fn: Callable[..., Tensor], *args: Tensor) -> tuple[Tensor, ...]:
     """``grad sum(fn(*args))`` w.r.t. every arg, by autograd, shaped like the args.
 
-    Built with ``create_graph`` when an arg requires grad, so the result is itself
-    differentiable (Hessian-vector products); otherwise detached leaves are differentiated.
+    Built with ``create_graph`` when an arg requires grad and grad mode is on, so the result is
+    itself differentiable (Hessian-vector products); otherwise detached leaves are
+    differentiated and the result carries no graph (under ``torch.no_grad`` as for any op).
     Under ``torch.inference_mode`` (Lightning's validation and test loops), or for inference
     tensors, autograd needs normal copies, made with inference mode lifted.
     """
@@ -39,7 +40,9 @@ def autograd_gradients(fn: Callable[..., Tensor], *args: Tensor) -> tuple[Tensor
         with torch.inference_mode(False), torch.enable_grad():
             leaves = [a.clone().requires_grad_(True) for a in args]
             return torch.autograd.grad(fn(*leaves).sum(), leaves)
-    create_graph = any(a.requires_grad for a in args)
+    create_graph = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+    if not create_graph:
+        args = tuple(a.detach() for a in args)
     with torch.enable_grad():
         leaves = [a if a.requires_grad else a.detach().requires_grad_(True) for a in args]
         return torch.autograd.grad(fn(*leaves).sum(), leaves, create_graph=create_graph)
