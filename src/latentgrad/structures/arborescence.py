@@ -80,14 +80,19 @@ class Arborescence(TreeStructure):
 
         Single-root: Chu–Liu/Edmonds on the graph extended by the implicit root (arcs root -> j
         scored ``θ_jj``) that first minimises the number of root children, then maximises the
-        score (lexicographic arc weights, exact; the big-M trick without a finite M).
+        score (lexicographic arc weights, exact; the big-M trick without a finite M). The
+        contractions add and subtract arc scores, so they run in float64 (any float32 score is
+        far inside its range) and float64 scores must stay below ``check_range``'s bound (beyond
+        it the differences overflowed and a wrong tree came back silently).
         """
         self.check_scores(scores)
-        flat, _ = flatten_batch(scores, 2)
+        work = scores.detach().to(torch.float64)
+        self.check_range(work)
+        flat, _ = flatten_batch(work, 2)
         batch, n = flat.shape[0], self.n
         if self.root is not None:
             root = torch.full((batch,), self.root, dtype=torch.long, device=flat.device)
-            z = _heads_to_indicator(max_arborescence_heads(flat, root), flat.dtype)
+            z = _heads_to_indicator(max_arborescence_heads(flat, root), scores.dtype)
             z[:, self.root, self.root] = 0
             return z.reshape(scores.shape)
         extended = flat.new_zeros(batch, n + 1, n + 1)
@@ -98,7 +103,7 @@ class Arborescence(TreeStructure):
         root = torch.full((batch,), n, dtype=torch.long, device=flat.device)
         heads = max_arborescence_heads(extended, root, priority)[:, :n]
         nodes = torch.arange(n, device=flat.device)
-        z = _heads_to_indicator(torch.where(heads == n, nodes, heads), flat.dtype)
+        z = _heads_to_indicator(torch.where(heads == n, nodes, heads), scores.dtype)
         return z.reshape(scores.shape)
 
     def _log_partition(self, flat: Tensor) -> Tensor:
