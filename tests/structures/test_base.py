@@ -93,3 +93,14 @@ def test_a_log_partition_beyond_the_scores_dtype_is_refused_by_name(structure):
     want = torch.logsumexp(structure.score(fits.double(), every), -1)
     torch.testing.assert_close(structure.log_partition(fits).double(), want,
                                rtol=torch.finfo(torch.float16).eps, atol=0)
+
+
+def test_score_names_mismatched_shapes():
+    """z of another structure size, or batch shapes that do not broadcast: a ValueError naming
+    them (was torch's size-mismatch RuntimeError)."""
+    with pytest.raises(ValueError, match=r"z must have trailing shape \(4,\)"):
+        KSubset(4, 2).score(torch.zeros(4), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"z of shape \(2, 4\) does not broadcast"):
+        KSubset(4, 2).score(torch.zeros(3, 4), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"scores must have trailing shape \(3, 3\)"):
+        SpanningTree(3).score(torch.zeros(4, 4), torch.zeros(3, 3))

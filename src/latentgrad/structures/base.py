@@ -122,9 +122,20 @@ class Structure(abc.ABC):
         An excluded item (score ``-inf``) that is off (``z = 0``) contributes 0, not
         ``-inf * 0 = NaN``.
         """
+        self._check_score_args(scores, z)
         excluded_off = (scores == float("-inf")) & (z == 0)
         safe = torch.where(excluded_off, torch.zeros_like(scores), scores)
         return (safe * z).sum(dim=tuple(range(-self.event_dim, 0)))
+
+    def _check_score_args(self, scores: Tensor, z: Tensor) -> None:
+        """``scores`` and ``z`` end with ``score_shape`` and their batch shapes broadcast (shape
+        checks only, no sync): ``ValueError`` naming them, not torch's size mismatch."""
+        check_trailing_shape(scores, "scores", self.score_shape)
+        check_trailing_shape(z, "z", self.score_shape)
+        broadcast_shapes(tuple(scores.shape), tuple(z.shape), error=lambda: (
+            f"z of shape {tuple(z.shape)} does not broadcast with scores of shape "
+            f"{tuple(scores.shape)}"
+        ))
 
     @abc.abstractmethod
     def argmax(self, scores: Tensor) -> Tensor:

@@ -102,6 +102,7 @@ class SpanningTree(TreeStructure):
         half/half between the triangles too and ``log p = score - log Z`` stays normalised
         along any (even asymmetric) perturbation of the scores.
         """
+        self._check_score_args(scores, z)
         upper = torch.ones(self.n, self.n, dtype=torch.bool, device=scores.device).triu(1)
         sym = symmetrized(scores)
         return (sym * z).masked_fill(~upper, 0).sum(dim=(-2, -1))
