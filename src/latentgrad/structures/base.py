@@ -132,10 +132,10 @@ class Structure(abc.ABC):
         checks only, no sync): ``ValueError`` naming them, not torch's size mismatch."""
         check_trailing_shape(scores, "scores", self.score_shape)
         check_trailing_shape(z, "z", self.score_shape)
-        broadcast_shapes(tuple(scores.shape), tuple(z.shape), error=lambda: (
-            f"z of shape {tuple(z.shape)} does not broadcast with scores of shape "
-            f"{tuple(scores.shape)}"
-        ))
+        a, b = scores.shape, z.shape  # the batch dims, aligned from the right
+        if any(m != n and m != 1 and n != 1 for m, n in zip(reversed(a), reversed(b))):
+            raise ValueError(f"z of shape {tuple(b)} does not broadcast with scores of shape "
+                             f"{tuple(a)}")
 
     @abc.abstractmethod
     def argmax(self, scores: Tensor) -> Tensor:
