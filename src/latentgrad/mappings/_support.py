@@ -197,7 +197,9 @@ def _blocked(x: Tensor, row_max: Tensor, blocks: Tensor, margin: Tensor | float,
     # for j < k - body): flat offsets into x, the missing tail read as -inf
     offsets = torch.arange(0, per_block * width, width, device=x.device)
     offsets = (hit_rows * k + first).unsqueeze(1) + offsets
-    values = x.reshape(-1).take(offsets.view(-1).clamp_(max=n * k - 1)).view(-1, per_block)
+    # index_select, not take: the same read, 3-4x faster on the CPU (take's generic indexing)
+    flat = offsets.view(-1).clamp_(max=n * k - 1)
+    values = x.reshape(-1).index_select(0, flat).view(-1, per_block)
     if body < k:
         values[:, depth].masked_fill_(first >= k - body, float("-inf"))
     values -= row_max.index_select(0, hit_rows).unsqueeze(1)
