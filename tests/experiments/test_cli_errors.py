@@ -218,3 +218,18 @@ def test_a_metrics_file_without_what_the_report_reads_is_named(
     (cell / "metrics.json").write_text(json.dumps(result))
     line = _one_line_error(capsys, ["report", str(tmp_path / "runs")])
     assert str(cell / "metrics.json") in line and expected in line, line
+
+
+@pytest.mark.parametrize("code", ["EROFS", "EACCES"])
+def test_an_unwritable_output_folder_is_one_line(tmp_path: Path, capsys, monkeypatch, code):
+    """A read-only file system or a folder without permission (as a non-root user meets them;
+    simulated, since root bypasses permissions): one line naming the path and status 2 (a
+    traceback and status 1 before; the handler in ``main`` serves every subcommand)."""
+    import errno
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(getattr(errno, code), "simulated", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    line = _one_line_error(capsys, [*RUN, "profile=tiny", "--out", str(tmp_path / "ro")])
+    assert line.startswith("latentgrad run: error: cannot write") and str(tmp_path / "ro") in line

@@ -22,6 +22,7 @@ stopped by SIGTERM exits with status 143 (``--resume`` continues it).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -251,6 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as err:
         print(f"latentgrad {args.command}: {err}", file=sys.stderr)
         return STOPPED_EXIT_CODE
+    except OSError as err:  # a folder it must write to is read-only or not the user's
+        if err.errno not in _UNWRITABLE:
+            raise
+        print(f"latentgrad {args.command}: error: cannot write {err.filename}: {err.strerror}",
+              file=sys.stderr)
+        return 2
+
+
+#: errnos of a path the user cannot write (read-only file system, no permission): a one-line
+#: error like the user's other mistakes, not a traceback
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 if __name__ == "__main__":

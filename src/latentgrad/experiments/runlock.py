@@ -40,7 +40,8 @@ def _created_folders(folder: Path) -> list[Path]:
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:  # a file where a folder should be
+    except (FileExistsError, NotADirectoryError, FileNotFoundError) as err:  # a file where a
+        # folder should be, or a parent that cannot hold one (/proc)
         raise ConfigError(f"--out: cannot create the run directory {folder}: {err}") from None
     return missing
 
