@@ -108,8 +108,15 @@ def test_missing_data_fails_before_the_run_directory_is_created(
     monkeypatch.setenv("LATENTGRAD_DATA", str(tmp_path / "nowhere"))
     code = main(["run", "ssvae", "--estimator", "softmax", "--out", str(tmp_path / "runs")])
     assert code == 2
-    assert "expected file 'train-images-idx3-ubyte.gz'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "expected file 'train-images-idx3-ubyte.gz'" in err
     assert not (tmp_path / "runs").exists()
+    # the hint names the data set's folder under LATENTGRAD_DATA, also when data.path points
+    # elsewhere (it named the last folder of data.path)
+    code = main(["run", "ssvae", "--estimator", "softmax", "--out", str(tmp_path / "runs"),
+                 f"data.path={tmp_path / 'elsewhere'}"])
+    assert code == 2
+    assert "which must contain a 'mnist' folder" in capsys.readouterr().err
 
 
 def test_a_profile_sets_its_own_per_estimator_values_below_the_user_ones() -> None:

@@ -29,15 +29,17 @@ def dataset_dir(name: str, path: str | os.PathLike[str] | None = None) -> Path:
     return Path("data") / name
 
 
-def require_file(directory: Path, filename: str, dataset: str) -> Path:
-    """``directory/filename``; a missing file raises FileNotFoundError saying where to put it."""
+def require_file(directory: Path, filename: str, dataset: str, folder: str | None = None) -> Path:
+    """``directory/filename``; a missing file raises FileNotFoundError saying where to put it
+    (``folder``: the data set's sub-folder under ``$LATENTGRAD_DATA``, named in the message)."""
     file = directory / filename
     if not file.is_file():
+        where = (f"which must contain a '{folder}' folder" if folder is not None
+                 else "a folder with one sub-folder per data set")
         raise FileNotFoundError(
             f"{dataset}: expected file '{filename}' in {directory.resolve()} but it does not "
             f"exist. Put the {dataset} files there, or point to their folder with the config key "
-            f"data.path=DIR or the environment variable {DATA_ENV} (which must contain a "
-            f"'{directory.name}' folder). "
+            f"data.path=DIR or the environment variable {DATA_ENV} ({where}). "
             "Nothing is downloaded."
         )
     return file

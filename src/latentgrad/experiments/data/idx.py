@@ -75,7 +75,7 @@ def _load_split(directory: str, split: str, name: str) -> tuple[Tensor, Tensor]:
     directory_path = Path(directory)
     out = []
     for part in ("images", "labels"):
-        file = require_file(directory_path, IDX_FILES[(split, part)], name)
+        file = require_file(directory_path, IDX_FILES[(split, part)], name, name)
         verify_checksum(file)
         out.append(read_idx(file))
     images, labels = out

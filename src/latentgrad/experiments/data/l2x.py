@@ -108,7 +108,7 @@ def _find(folder: Path, name: str) -> Path:
     for candidate in (name, f"{name}.gz"):
         if (folder / candidate).is_file():
             return folder / candidate
-    return require_file(folder, name, "BeerAdvocate")
+    return require_file(folder, name, "BeerAdvocate", "beer")
 
 
 def read_embeddings(file: Path) -> tuple[dict[str, int], np.ndarray]:

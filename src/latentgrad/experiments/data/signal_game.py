@@ -129,8 +129,10 @@ def load_lazaridou(root: str | Path) -> tuple[ConceptFeatures, ConceptFeatures]:
     root = Path(root).expanduser()
     files = [
         (
-            require_file(root / split, FEATURES_FILE, "signal_game features"),
-            require_file(root / split, LABELS_FILE, "signal_game features"),
+            require_file(root / split, FEATURES_FILE, "signal_game features",
+                         f"signal_game/{split}"),
+            require_file(root / split, LABELS_FILE, "signal_game features",
+                         f"signal_game/{split}"),
         )
         for split in SPLITS
     ]

@@ -182,7 +182,7 @@ def load_election_xlsx(
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     file = Path(path) if path is not None else dataset_dir("election")
     if file.suffix != ".xlsx":
-        file = require_file(file, ELECTION_FILE, "election")
+        file = require_file(file, ELECTION_FILE, "election", "election")
     elif not file.is_file():
         raise FileNotFoundError(f"election: no file {file.resolve()}")
     try:

@@ -108,7 +108,8 @@ def load_splits(cfg: DataConfig) -> dict[str, dict]:
     if cfg.source == "tsv":
         folder = dataset_dir("listops", cfg.path)
         return {
-            split: read_listops_tsv(require_file(folder, f"{split}.tsv", "ListOps"), cfg.max_length)
+            split: read_listops_tsv(require_file(folder, f"{split}.tsv", "ListOps", "listops"),
+                                    cfg.max_length)
             for split in ("train", "valid", "test")
         }
     return listops_splits(
