@@ -83,7 +83,8 @@ def test_a_finished_cell_is_skipped_only_with_the_config_it_ran(
     assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=1"], out=str(tmp_path)) == 0
     metrics = tmp_path / "signal_game" / "sfe" / "seed1" / "metrics.json"
     first = json.loads(metrics.read_text())["global_step"]
-    with pytest.raises(ConfigError, match=r"none was started: sfe/seed1: .* differs .* in optim"):
+    refused = r"none was started: sfe/seed1: .* differs .* in optim.lr \(0.001 saved, 0.5 now\)"
+    with pytest.raises(ConfigError, match=refused):
         sweep(*grid, ["profile=tiny", "trainer.max_epochs=1", "optim.lr=0.5"], out=str(tmp_path))
     assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=2"], out=str(tmp_path)) == 0
     assert "1 finished, 0 skipped" in capsys.readouterr().out

@@ -54,13 +54,19 @@ def run_dir_for(out: str | os.PathLike[str], task: str, estimator: str, seed: in
     return Path(out) / task / estimator / f"seed{seed}"
 
 
-def _differing(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """The config sections, the trainer's aside, in which ``saved`` and ``config`` differ."""
-    return sorted(
-        key
-        for key in set(saved) | set(config)
-        if key != "trainer" and saved.get(key) != config.get(key)
-    )
+def _differing(saved: dict[str, Any], config: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys, the trainer section aside, at which ``saved`` and ``config`` differ
+    (``optim.lr``, not ``optim``; a key present in only one of them is named as such)."""
+    out = []
+    for key in sorted(set(saved) | set(config), key=str):
+        if not prefix and key == "trainer":
+            continue
+        a, b = saved.get(key), config.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differing(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} saved, {b!r} now)")
+    return out
 
 
 def saved_config(path: Path) -> dict[str, Any]:
