@@ -89,6 +89,11 @@ def test_a_finished_cell_is_skipped_only_with_the_config_it_ran(
     assert sweep(*grid, ["profile=tiny", "trainer.max_epochs=2"], out=str(tmp_path)) == 0
     assert "1 finished, 0 skipped" in capsys.readouterr().out
     assert json.loads(metrics.read_text())["global_step"] > first
+    # shorter than the cell has trained: refused before any cell starts (each cell failed after
+    # its start, the grid "failed")
+    with pytest.raises(ConfigError, match=r"none was started: .*trainer.max_epochs: .* already "
+                                          r"trained 2 epochs, more than trainer.max_epochs=1"):
+        sweep(*grid, ["profile=tiny", "trainer.max_epochs=1"], out=str(tmp_path))
 
 
 def test_sweep_with_one_invalid_cell_starts_none(tmp_path: Path) -> None:

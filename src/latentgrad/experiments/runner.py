@@ -153,16 +153,43 @@ def _check_run_length(ckpt: Path, summary: CheckpointSummary, tc: Any) -> None:
     ``trainer.max_steps`` (it would refuse a lower max_epochs only after the records are
     rewritten, and silently keep the extra steps of a lower max_steps while ``config.yaml``
     records the lower value)."""
-    limits = [("max_epochs", summary.epochs, tc.max_epochs),
-              ("max_steps", summary.global_step, tc.max_steps)]
-    for key, done, limit in limits:
+    _refuse_shorter(ckpt, summary.epochs, summary.global_step, tc.max_epochs, tc.max_steps)
+
+
+def _refuse_shorter(source: Path, epochs: int, steps: int, max_epochs: int | None,
+                    max_steps: int | None) -> None:
+    """ConfigError naming the trainer key whose limit is below what ``source`` has trained."""
+    for key, done, limit in [("max_epochs", epochs, max_epochs), ("max_steps", steps, max_steps)]:
         if limit is not None and limit >= 0 and done > limit:
             unit = "epochs" if key == "max_epochs" else "steps"
             raise ConfigError(
-                f"trainer.{key}: {ckpt} has already trained {done} {unit}, more than "
+                f"trainer.{key}: {source} has already trained {done} {unit}, more than "
                 f"trainer.{key}={limit}; a resumed run can only be extended (use another --out "
                 "for a shorter run)"
             )
+
+
+def check_not_shortened(run_dir: Path, trainer: dict[str, Any]) -> None:
+    """Before a sweep starts: the run in ``run_dir`` (its ``metrics.json`` if finished, else its
+    ``last.ckpt``) has not trained more than the ``trainer`` section (a dict) allows, which its
+    resume would refuse only once the cell had started. Unreadable files are left to the run."""
+    metrics = run_dir / METRICS_FILE
+    limits = trainer.get("max_epochs"), trainer.get("max_steps")
+    if metrics.exists():
+        try:
+            done = json.loads(metrics.read_text())
+            epochs, steps = int(done["epochs"]), int(done["global_step"])
+        except (ValueError, KeyError, TypeError):
+            return
+        _refuse_shorter(metrics, epochs, steps, *limits)
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        try:
+            summary = checkpoint_summary(last)
+        except CheckpointError:
+            return
+        _refuse_shorter(last, summary.epochs, summary.global_step, *limits)
 
 
 _LIGHTNING_INFO = "lightning.pytorch.utilities.rank_zero"  # the logger of rank_zero_info

@@ -32,6 +32,7 @@ from latentgrad.experiments.runlock import BUSY_EXIT_CODE
 from latentgrad.experiments.runner import (
     MAX_SEED,
     METRICS_FILE,
+    check_not_shortened,
     check_run,
     check_same_config,
     run_dir_for,
@@ -244,6 +245,7 @@ def _check_cells(
                 if saved.exists():
                     saved_trainers[estimator, seed] = check_same_config(
                         saved, configs[estimator, seed]).get("trainer")
+                    check_not_shortened(saved.parent, configs[estimator, seed]["trainer"])
             except ConfigError as err:
                 errors.append(f"{estimator}/seed{seed}: {err}")
     if errors:
