@@ -90,6 +90,8 @@ def test_malformed_config_file_names_the_file_and_line(
     line = _one_line_error(capsys, [*RUN, "--config", str(bad), "--out", str(tmp_path / "runs")])
     assert f"--config {bad}: malformed YAML (line 4" in line
     assert not (tmp_path / "runs").exists()
+    line = _one_line_error(capsys, [*RUN, "--config", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert f"--config: file {tmp_path} is a folder, not a YAML file" in line
 
 
 def _fake_mnist(folder: Path, n: int = 200) -> None:

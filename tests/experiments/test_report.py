@@ -152,3 +152,13 @@ def test_metric_labels_are_spelled_out_with_units() -> None:
     assert metric_label("test_epoch/neg_elbo", labels) == "test -ELBO (nats)"
     assert metric_label("val/acc_reference", {}) == "validation accuracy reference"
     assert metric_label("train/nll_bpd", {}) == "training NLL (bits/dim)"
+
+
+def test_report_of_a_missing_folder_names_it_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "no finished runs" and created the folder (the output defaults to it)."""
+    missing = tmp_path / "nosuchdir"
+    assert main(["report", str(missing)]) == 2
+    assert f"runs folder {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists()

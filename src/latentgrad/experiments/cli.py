@@ -88,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="one training run")
     r.add_argument("task")
     r.add_argument("--estimator", required=True)
-    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     r.add_argument("--config", help="YAML file with config overrides")
     r.add_argument("--out", default="runs", help="root of run directories (default: runs)")
     r.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")

@@ -196,7 +196,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (an empty file is ``{}``)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config: file {path} does not exist")
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"--config: file {path} {what}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:

@@ -139,10 +139,12 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
 
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if not runs_dir.is_dir():  # before anything is written (out defaults to runs_dir)
+        raise FileNotFoundError(f"runs folder {runs_dir} does not exist (or is not a folder)")
     runs = load_runs(runs_dir)
     if not runs:
         raise FileNotFoundError(f"no finished runs (metrics.json) under {runs_dir}")
+    out.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         groups[(r["task"], r["profile"], r["estimator"])].append(r)
