@@ -286,6 +286,8 @@ def test_sigterm_stops_a_local_sweep_and_its_running_cell(data_env: Path, tmp_pa
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == STOPPED_EXIT_CODE, output[-3000:]
     assert "STOPPED softmax/seed0 by SIGTERM" in output and "1 not started" in output
+    assert "0 failed, 1 stopped by SIGTERM" in output  # a stopped cell is not a failed one
+    assert "NOT STARTED sfe/seed0" in output
     assert "stopped by SIGTERM at step" in (first / "sweep.log").read_text()
     assert (first / "checkpoints" / "last.ckpt").exists() and not (first / "metrics.json").exists()
     assert not (tmp_path / "ssvae" / "sfe").exists()

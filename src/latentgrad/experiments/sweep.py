@@ -317,18 +317,23 @@ def _summary(task: str, cells: list[Cell], codes: list[int | None], skipped: lis
     """Print the sweep's summary; return 1 if a cell did not finish (failed, stopped, busy,
     not started), else 0."""
     ended = [(c, code) for c, code in zip(cells, codes) if code is not None]
-    failed = [(c, code) for c, code in ended if code not in (0, BUSY_EXIT_CODE)]
+    unfinished = [(c, code) for c, code in ended if code not in (0, BUSY_EXIT_CODE)]
+    stopped = [(c, code) for c, code in unfinished if stopped_by_sigterm(code)]
+    failed = [(c, code) for c, code in unfinished if not stopped_by_sigterm(code)]
     busy = [c for c, code in ended if code == BUSY_EXIT_CODE]
-    unstarted = len(cells) - len(ended)
+    unstarted = [c for c, code in zip(cells, codes) if code is None]
     print(f"sweep {task}: {codes.count(0)} finished, "
           f"{len(skipped)} skipped (already done), "
           + (f"{len(busy)} left to the other process running them, " if busy else "")
           + f"{len(failed)} failed"
-          + (f", {unstarted} not started (stopped by SIGTERM)" if unstarted else ""))  # fmt: skip
-    for c, code in failed:
+          + (f", {len(stopped)} stopped by SIGTERM" if stopped else "")
+          + (f", {len(unstarted)} not started (SIGTERM)" if unstarted else ""))  # fmt: skip
+    for c, code in unfinished:
         what = "STOPPED by SIGTERM" if stopped_by_sigterm(code) else "FAILED"
         print(f"  {what} {c.estimator}/seed{c.seed} (exit {code}); log: {c.log}")
-    return 1 if failed or busy or unstarted else 0
+    for c in unstarted:
+        print(f"  NOT STARTED {c.estimator}/seed{c.seed} (--resume runs it)")
+    return 1 if unfinished or busy or unstarted else 0
 
 
 def _run_ray(cells: list[Cell], address: str, task: str) -> list[int]:
