@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -173,6 +174,7 @@ def _wants_huge_pages(args: argparse.Namespace, overrides: dict[str, Any]) -> bo
 
 
 def main(argv: list[str] | None = None) -> int:
+    entry_point = argv is None  # the process's own command line (not a caller in Python)
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args, rest = p.parse_known_args(argv)
@@ -205,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.resume,
                 argv,
             )
+            if entry_point:  # finished and recorded: a SIGTERM from now on (a scheduler's,
+                # racing the exit) must not turn the status into 143, as if pre-empted
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             print(f"finished {args.task}/{args.estimator}/seed{args.seed}: {result['metrics']}")
             return 0
         if args.command == "sweep":
