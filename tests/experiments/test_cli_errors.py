@@ -235,3 +235,26 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path: Path, capsys, monkeyp
     monkeypatch.setattr(Path, "mkdir", refuse)
     line = _one_line_error(capsys, [*RUN, "profile=tiny", "--out", str(tmp_path / "ro")])
     assert line.startswith("latentgrad run: error: cannot write") and str(tmp_path / "ro") in line
+
+
+def test_a_sigterm_after_the_run_is_recorded_keeps_exit_status_0(tmp_path: Path) -> None:
+    """The race the helper saw: a scheduler's SIGTERM arriving between the recorded finish and
+    the exit turned the status into 143. Simulated with a run that returns at once and a SIGTERM
+    sent right after main() returns, in a process whose entry point is main()."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "import latentgrad.experiments.runner as runner\n"
+        "runner.run = lambda *a, **k: {'metrics': {'x': 1.0}}\n"
+        "from latentgrad.experiments.cli import main\n"
+        "sys.argv = ['latentgrad', 'run', 'ssvae', '--estimator', 'sfe', 'profile=tiny']\n"
+        "code = main()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "finished ssvae/sfe/seed0" in done.stdout
