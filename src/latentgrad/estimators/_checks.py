@@ -14,6 +14,15 @@ def check_leave_one_out(baseline: str | None, n_samples: int) -> None:
         raise ValueError("baseline='leave_one_out' needs n_samples >= 2")
 
 
+def check_last_dim(x: Tensor, structure: Structure, name: str = "scores") -> None:
+    """Require the last dimension of ``x`` to be that of ``structure``'s scores (a categorical
+    structure given as ``Categorical(K)``, or a bit vector's D)."""
+    size = structure.score_shape[-1]
+    if x.shape[-1] != size:
+        raise ValueError(f"{name} must have last dimension {size} for {structure!r}, got shape "
+                         f"{tuple(x.shape)}")
+
+
 def check_batched(scores: object, name: str, structure: Structure) -> Tensor:
     """Require a float tensor ``(B, *structure.score_shape)``: one structure per example, exactly
     one batch dimension (``B = 0`` allowed; the trailing sizes are the structure's check)."""

@@ -24,6 +24,7 @@ from .._one_hot import one_hot
 from .._validation import check_rows_valid, check_tensor
 from ..structures.base import Structure
 from ..structures.categorical import Categorical, categorical_entropy, draw_indices
+from ._checks import check_last_dim
 
 
 def masked_entropy(p: Tensor, dim: int = -1) -> Tensor:
@@ -65,9 +66,8 @@ class CategoricalLatent:
     def check(self, scores: object, name: str = "scores") -> Tensor:
         """Shape ``(B, *latent, K)``, and (with validation on) rows with a finite maximum."""
         x = check_latent_scores(scores, name, 1)
-        if self.k is not None and x.shape[-1] != self.k:
-            raise ValueError(f"{name} must have last dimension {self.k} for "
-                             f"Categorical(k={self.k}), got shape {tuple(x.shape)}")
+        if self.k is not None:
+            check_last_dim(x, Categorical(self.k), name)
         check_rows_valid(x, name)  # (``Categorical(K).check_scores`` without rebuilding it)
         return x
 

@@ -46,7 +46,7 @@ from ..mappings import sparsemax
 from ..structures.base import Structure
 from ..structures.bitvector import BitVector
 from ..structures.categorical import Categorical, categorical_entropy
-from ._checks import check_min_batched
+from ._checks import check_last_dim, check_min_batched
 from ._one_sample import one_sample_output
 from .base import (
     EVAL_MODES,
@@ -223,11 +223,8 @@ class GumbelSoftmax(Estimator):
 
     def _check(self, scores: object) -> Tensor:
         x = check_min_batched(scores, "scores", 2)
-        if self.structure is not None and x.shape[-1] != self.structure.score_shape[-1]:
-            raise ValueError(
-                f"scores must have last dimension {self.structure.score_shape[-1]} for "
-                f"{self.structure!r}, got shape {tuple(x.shape)}"
-            )
+        if self.structure is not None:
+            check_last_dim(x, self.structure)
         if self.kl == "relaxed":
             check_finite(x, "scores")
         elif self.bits:

@@ -13,7 +13,7 @@ from .._validation import check_choice, validation_enabled
 from ..distributions.sst import NOISES, REGULARIZERS, StochasticArgmax, StochasticSoftmax
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
-from ._checks import check_batched, check_structure
+from ._checks import check_batched, check_last_dim, check_structure
 from ._families import check_latent_scores
 from ._one_sample import one_sample_output
 from .base import Deferred, Estimator, EstimatorOutput, LossFn, exact_entropy
@@ -92,9 +92,7 @@ class SSTEstimator(Estimator):
         scores = check_latent_scores(scores, "scores", 1)
         if self.structure is None:
             return Categorical(scores.shape[-1]), scores
-        if scores.shape[-1] != self.structure.k:
-            raise ValueError(f"scores must have last dimension {self.structure.k} for "
-                             f"{self.structure!r}, got shape {tuple(scores.shape)}")
+        check_last_dim(scores, self.structure)
         return self.structure, scores
 
     def _entropy(self, structure: Structure, scores: Tensor) -> Tensor | Deferred:
