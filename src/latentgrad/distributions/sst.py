@@ -420,3 +420,12 @@ class StochasticSoftmax(_Perturbed):
 
         with validating(bool(self._validate_args)):  # the instance's setting decides
             return concrete_log_prob(value, self.logits, self.temperature)
+
+
+def hard_sample_distribution(structure: Structure | None, scores: Tensor,
+                             noise: str) -> StochasticArgmax:
+    """The distribution ``argmax <θ + N, x>`` of a perturbation estimator's hard samples at
+    ``scores`` (``structure`` None: a categorical over the last dim), unvalidated (the estimator
+    checked the scores)."""
+    structure = structure or Categorical(scores.shape[-1])
+    return StochasticArgmax(structure, scores, noise, validate_args=False)

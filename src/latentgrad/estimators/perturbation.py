@@ -11,7 +11,13 @@ from torch import Tensor
 
 from .._one_hot import one_hot
 from .._validation import check_choice, check_positive_int
-from ..distributions.sst import NOISES, StochasticArgmax, structured_noise, utility_mask
+from ..distributions.sst import (
+    NOISES,
+    StochasticArgmax,
+    hard_sample_distribution,
+    structured_noise,
+    utility_mask,
+)
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
 from ..structures.spanning_tree import SpanningTree, symmetrized
@@ -119,8 +125,7 @@ class PerturbationScoreFunction(Sampler):
     def perturbation_target(self, scores: Tensor) -> StochasticArgmax:
         """The distribution of the sampled structures, ``argmax <θ + N, x>`` at ``scores``
         (B, *score_shape) (``latentgrad.diagnostics`` measures the bias against it)."""
-        structure = self.structure or Categorical(scores.shape[-1])
-        return StochasticArgmax(structure, scores, self.noise, validate_args=False)
+        return hard_sample_distribution(self.structure, scores, self.noise)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, noise={self.noise!r}"

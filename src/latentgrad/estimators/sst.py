@@ -10,7 +10,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._validation import check_choice, validation_enabled
-from ..distributions.sst import NOISES, REGULARIZERS, StochasticArgmax, StochasticSoftmax
+from ..distributions.sst import (
+    NOISES,
+    REGULARIZERS,
+    StochasticArgmax,
+    StochasticSoftmax,
+    hard_sample_distribution,
+)
 from ..structures.base import Structure
 from ..structures.categorical import Categorical
 from ._checks import check_batched, check_last_dim, check_structure
@@ -81,8 +87,7 @@ class SSTEstimator(Estimator):
         """The distribution of the hard structures this estimator relaxes, ``argmax <θ + N, x>``
         at ``scores`` (B, *score_shape) (``latentgrad.diagnostics`` measures the bias against
         it)."""
-        structure = self.structure or Categorical(scores.shape[-1])
-        return StochasticArgmax(structure, scores, self.noise, validate_args=False)
+        return hard_sample_distribution(self.structure, scores, self.noise)
 
     def _structure_for(self, scores: object) -> tuple[Structure, Tensor]:
         """The structure and the checked scores: ``(B, *score_shape)``, or ``(B, *latent, K)``
