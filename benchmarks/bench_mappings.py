@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mappings.py [--device cpu|cuda] [--thread-counts 1,2] [--load]
                                         [--repeats 10] [--shapes 256x1000,64x32000]
-                                        [--functions sparsemax,entmax15]
+                                        [--functions sparsemax,entmax15] [--cold-allocator]
 
 For each shape (rows x K) and each torch thread count it times ``y = f(x); y.backward(v)`` for
 torch.softmax, latentgrad's sparsemax / entmax15 (the plain path, and ``fused.sparsemax`` /
@@ -16,11 +16,19 @@ while a second process keeps one core busy (a spinning loop), so all the ratios 
 each thread count) come out of the same run. The functions are timed round-robin (one call of
 each per round), so that load from other processes hits all of them alike; the minimum over the
 rounds is the least disturbed call.
+
+Before timing, the allocator is warmed as in any training process (a 16 MB tensor allocated and
+freed; ``--cold-allocator`` skips it): in a fresh process glibc returns the top of its heap to the
+OS whenever a call frees more than about twice the largest block it has seen freed, so a call
+whose output, gradient and temporaries pass about 2 MB faults all of it in again on the next call
+(sparsemax at 256x1000: 250-300 minor page faults per call, about a quarter of its time). The
+minor page faults per call of every function are printed where they exceed one.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import resource
 import time
 
 import torch
@@ -70,16 +78,30 @@ def _candidates() -> dict[str, callable]:
     return fns
 
 
-def _time_round_robin(fns, x, v, repeats: int) -> dict[str, tuple[float, float]]:
-    """{name: (min wall seconds, min CPU seconds)} over ``repeats`` interleaved rounds."""
+Timing = tuple[float, float, float]  # min wall seconds, min CPU seconds, minor faults per call
+
+
+def _time_round_robin(fns, x, v, repeats: int) -> dict[str, Timing]:
+    """{name: (min wall seconds, min CPU seconds, mean minor page faults per call)} over
+    ``repeats`` interleaved rounds."""
     times = {name: [] for name in fns}
+    faults = dict.fromkeys(fns, 0)
     for _ in range(2):  # warm-up
         for fn in fns.values():
             fn(x).backward(v)
     for _ in range(repeats):
         for name, fn in fns.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[name].append(time_call(lambda fn=fn: fn(x).backward(v), x.device)[1:])
-    return {name: (min(w for w, _ in t), min(c for _, c in t)) for name, t in times.items()}
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return {name: (min(w for w, _ in t), min(c for _, c in t), faults[name] / repeats)
+            for name, t in times.items()}
+
+
+def _warm_allocator() -> None:
+    """Allocate and free a 16 MB tensor (module docstring): glibc then raises its trim threshold
+    to twice that, as it is in any process that has trained a model."""
+    torch.empty(4 * 2**20).fill_(0.0)
 
 
 def _compile(fns, inputs, threads: int) -> None:
@@ -115,10 +137,10 @@ def _measure(fns, inputs, thread_counts, repeats) -> dict[tuple[str, int], dict]
     return out
 
 
-def _describe(times: dict[str, tuple[float, float]]) -> str:
-    base, base_cpu = times["softmax"]
+def _describe(times: dict[str, Timing]) -> str:
+    base, base_cpu, _ = times["softmax"]
     parts = []
-    for name, (t, cpu) in times.items():
+    for name, (t, cpu, _) in times.items():
         if name == "softmax" or name.startswith("pkg."):
             continue
         part = f"{name} {t / base:.2f}x (cpu {cpu / base_cpu:.2f}x)"
@@ -126,6 +148,9 @@ def _describe(times: dict[str, tuple[float, float]]) -> str:
         if package in times:
             part += f" pkg/ours {times[package][0] / t:.1f}"
         parts.append(part)
+    faulting = [f"{name} {f:.0f}" for name, (_, _, f) in times.items() if f > 1]
+    if faulting:
+        parts.append("page faults per call: " + ", ".join(faulting))
     return f"softmax {1e3 * base:.3f}ms; " + "; ".join(parts)
 
 
@@ -143,8 +168,12 @@ def main() -> None:
                         help="comma-separated subset of the functions to time (softmax always): "
                              + ",".join(_candidates()))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cold-allocator", action="store_true",
+                        help="skip the allocator warm-up (module docstring)")
     args = parser.parse_args()
     device = start(args)
+    if not args.cold_allocator:
+        _warm_allocator()
     thread_counts = ([int(t) for t in args.thread_counts.split(",")] if device.type == "cpu"
                      else [torch.get_num_threads()])  # host threads do not matter on a GPU
     gen = torch.Generator().manual_seed(args.seed)
@@ -160,7 +189,7 @@ def main() -> None:
         x = torch.randn(rows, k, generator=gen).to(device).requires_grad_()
         inputs[f"{rows}x{k}"] = (x, torch.randn(rows, k, generator=gen).to(device))
     print(f"device={device} thread_counts={thread_counts} repeats={args.repeats} "
-          f"torch={torch.__version__}")
+          f"torch={torch.__version__} allocator={'cold' if args.cold_allocator else 'warmed'}")
     _compile(fns, inputs, max(thread_counts))
     print("forward+backward, x ~ N(0, 1) float32: softmax min-of-N wall time, and each mapping's "
           "min wall time as a ratio to softmax's (cpu: the ratio of min process CPU times; "
