@@ -6,13 +6,17 @@ arrays) the first time and writes it to ``directory/<name>.npz`` (atomically) be
 calls with the same parameters load the ``.npz`` after checking its SHA-256; a file whose hash
 differs (truncated, edited, bit rot) raises ``ValueError`` naming the file, and a record made
 with other parameters raises ``ValueError`` too (delete the files, or use another folder, to
-regenerate). Nothing is ever silently regenerated over existing files.
+regenerate). Nothing is ever silently regenerated over existing files. A folder the user cannot
+write (read-only data folder, no permission) does not stop the run: the generated arrays are
+returned uncached, with a warning that names the folder (the next run generates them again).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +71,20 @@ def cached_arrays(
     arrays = generate()
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(buffer.getvalue(), data_path)
-    record = {"params": params, "sha256": sha256(data_path), "arrays": sorted(arrays)}
-    atomic_write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", record_path)
+    try:
+        atomic_write_bytes(buffer.getvalue(), data_path)
+        record = {"params": params, "sha256": sha256(data_path), "arrays": sorted(arrays)}
+        atomic_write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", record_path)
+    except OSError as err:
+        if err.errno not in _UNWRITABLE:
+            raise
+        data_path.unlink(missing_ok=True)  # no data file without its record
+        warnings.warn(
+            f"cannot cache the generated data set {name} in {data_path.parent} "
+            f"({err.strerror}): using it uncached, so every run generates it again; point the "
+            "task's data path at a writable folder to keep it", stacklevel=2)
     return arrays
+
+
+#: errnos of a folder the user cannot write (read-only file system, no permission)
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
