@@ -94,6 +94,16 @@ def test_malformed_config_file_names_the_file_and_line(
     assert f"--config: file {tmp_path} is a folder, not a YAML file" in line
 
 
+def test_config_file_with_a_key_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("optim:\n  lr: 0.1\n  lr: 0.01\n")  # PyYAML alone keeps 0.01 silently
+    line = _one_line_error(capsys, [*RUN, "--config", str(twice), "--out", str(tmp_path / "r")])
+    assert f"--config {twice}: malformed YAML (line 3, column 3): duplicate key 'lr'" in line
+    assert not (tmp_path / "r").exists()
+
+
 def _fake_mnist(folder: Path, n: int = 200) -> None:
     """A small MNIST-format folder (gzip IDX files, random pixels)."""
     folder.mkdir(parents=True)
