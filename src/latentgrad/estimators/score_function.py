@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._validation import check_choice, check_positive_int
+from ..polytope.topk_sparsemax import check_topk_oracle
 from ..structures._sampling import categorical as draw_categorical
 from ..structures.base import Structure
 from ._baselines import RUNNING_KINDS, RunningBaseline
@@ -35,7 +36,6 @@ from ._sampler import (
     BASELINES,
     Sampler,
     first_columns,
-    implements,
     leave_one_out_over_batch,
     sample_mean,
     sample_weights,
@@ -300,11 +300,7 @@ class SumAndSample(Sampler):
             baseline, entropy_coeff, structure, decay, one_hot=one_hot, eval_mode=eval_mode
         )
         if not isinstance(self._family, CategoricalLatent):
-            if not implements(structure, "topk"):
-                raise ValueError(
-                    f"SumAndSample needs a structure with an exact k-best oracle (topk); "
-                    f"{structure!r} has none"
-                )
+            check_topk_oracle(structure)
         self.k = k
         self.max_draws = max_draws
 
