@@ -290,11 +290,11 @@ class _NoSampler(Structure):
 
 
 def test_bad_configurations_and_inputs_raise():
-    with pytest.raises(ValueError, match="exact Gibbs sampler"):
+    with pytest.raises(TypeError, match="exact Gibbs sampler"):  # a capability: TypeError
         ScoreFunction(structure=_NoSampler())
     with pytest.raises(TypeError, match="structure must be a Structure"):
         ScoreFunction(structure="ksubset")
-    with pytest.raises(ValueError, match="k-best oracle"):
+    with pytest.raises(TypeError, match="k-best oracle"):
         SumAndSample(structure=Arborescence(4))
     with pytest.raises(ValueError, match="exceeds the number of structures"):
         SumAndSample(k=7, structure=KSubset(4, 2))(torch.zeros(2, 4), QuadraticLoss(2, (4,)))

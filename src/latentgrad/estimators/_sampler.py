@@ -48,7 +48,7 @@ def sampling_family(structure: Structure | None, one_hot: bool = True) -> Family
         raise ValueError("one_hot=False applies to categorical latents (structure None or "
                          f"Categorical), got {structure!r}")
     if not (implements(structure, "_sample") and implements(structure, "log_partition")):
-        raise ValueError(
+        raise TypeError(
             "structure must have an exact Gibbs sampler (sample) and a log_partition for the "
             f"score-function estimators, {structure!r} has not"
         )
