@@ -17,6 +17,7 @@ from latentgrad import mappings
 from latentgrad.estimators import (
     GaussianSparsemaxEstimator,
     GumbelSoftmax,
+    IGREstimator,
     ScoreFunction,
     SoftmaxMarginalization,
 )
@@ -52,6 +53,10 @@ def _estimate(est):
     return lambda x: est.to(DEVICE)(x, _loss).loss
 
 
+def _igr_scores():  # (B, 2, K - 1): location and log-scale
+    return torch.randn(B, 2, K - 1, device=DEVICE)
+
+
 def _rsample(make):
     return lambda x: make(x).rsample((2,))
 
@@ -76,7 +81,12 @@ HOT_PATHS = {
     "gaussian_sparsemax_rsample": (_rsample(lambda x: D.GaussianSparsemax(x, 1.0)), _x, None),
     "gaussian_sparsemax_log_prob": (lambda x: D.GaussianSparsemax(x, 1.0).log_prob(
         D.GaussianSparsemax(x.detach(), 1.0).sample((2,))), _x, None),
+    "hard_concrete_entropy": (lambda x: D.HardConcrete(x, 0.5).entropy(), _x, None),
+    "utility_kl": (lambda x: D.utility_kl(KSubset(K, 3), x, 0.0, "gumbel"), _x, None),
     "gumbel_softmax": (_estimate(GumbelSoftmax(0.5)), _x, None),
+    "igr_estimator_uniform_prior": (
+        _estimate(IGREstimator("I", 0.5, prior="uniform")), _igr_scores, None
+    ),
     "score_function": (_estimate(ScoreFunction(n_samples=2)), _x, None),
     "softmax_marginalization": (_estimate(SoftmaxMarginalization()), _x, None),
     "gaussian_sparsemax_estimator": (

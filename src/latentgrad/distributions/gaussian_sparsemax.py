@@ -276,7 +276,7 @@ class GaussianSparsemax(CheckedDistribution):
         check_tensor(loc, "loc")
         check_min_dim(loc, "loc", 1)
         if not isinstance(scale, Tensor):
-            scale = torch.as_tensor(float(scale), dtype=loc.dtype, device=loc.device)
+            scale = torch.full((), float(scale), dtype=loc.dtype, device=loc.device)
         check_tensor(scale, "scale")
         check_positive_int(n_nodes, "n_nodes")
         check_positive_int(mc_samples, "mc_samples")

@@ -455,7 +455,8 @@ class IGREstimator(Estimator):
         """The prior distribution, batch-shaped like ``like`` ``(B, *latent, K − 1)``; its
         parameters were checked when registered, so it is built without argument validation."""
         if self.prior_kind == "uniform":
-            loc0 = uniform_prior_loc(like.shape[-1] + 1, 1.0).to(like).expand(like.shape)
+            # filled on the device (a host tensor copied there would wait for it)
+            loc0 = like.new_full(like.shape, float(uniform_prior_loc(like.shape[-1] + 1, 1.0)))
             scale0 = torch.ones_like(like)
         else:
             loc0 = self.prior_loc.to(like).expand(like.shape)

@@ -441,7 +441,7 @@ def entmax_bisect(x: Tensor, alpha: Tensor | float = 1.5, dim: int = -1) -> Tens
     elif isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
         if not alpha >= 1 or alpha == float("inf"):
             raise ValueError(f"alpha must be a finite number >= 1, got {alpha}")
-        alpha_t = torch.tensor(float(alpha), device=x.device, dtype=dtype)
+        alpha_t = torch.full((), float(alpha), device=x.device, dtype=dtype)
     else:
         raise TypeError(f"alpha must be a float or a floating tensor, got {type(alpha).__name__}")
     alpha_rows = as_rows(alpha_t.expand(row_shape), dim)

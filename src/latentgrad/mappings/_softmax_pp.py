@@ -89,7 +89,10 @@ def log_softmax_pp(
     shift = xw.detach().amax(dim=dim, keepdim=True).clamp_min(0) if xw.shape[dim] else 0.0
     scaled = (xw - shift) / tau_w
     last_shape = (*scaled.shape[:dim], 1, *scaled.shape[dim + 1 :])
-    last = torch.as_tensor(log_delta, device=x.device, dtype=dtype).expand(last_shape)
+    if isinstance(log_delta, Tensor):
+        last = log_delta.to(device=x.device, dtype=dtype).expand(last_shape)
+    else:  # filled on the device: a host scalar copied there would wait for it
+        last = scaled.new_full(last_shape, log_delta)
     last = last - shift / tau_w
     return torch.cat([scaled, last], dim=dim).log_softmax(dim=dim).to(x.dtype)
 

@@ -41,15 +41,16 @@ class TreeStructure(Structure):
         return scores
 
     @abc.abstractmethod
-    def _counted(self) -> Tensor:
-        """``(n, n)`` bool: the score entries a structure can use (the others are ignored)."""
+    def _counted(self, device: torch.device) -> Tensor:
+        """``(n, n)`` bool on ``device``: the score entries a structure can use (the others are
+        ignored); built there, not copied (a copy from the host waits for the device)."""
 
     def _common_shift(self, scores: Tensor) -> Tensor | None:
         """Every structure uses the same number of counted entries: their maximum per row
         (detached), ``(*batch, 1, 1)``."""
         if not scores.numel():
             return None
-        ignored = ~self._counted().to(scores.device)
+        ignored = ~self._counted(scores.device)
         return scores.detach().masked_fill(ignored, float("-inf")).amax((-2, -1), keepdim=True)
 
     def _entropy_rounding(self, scores: Tensor, marginals: Tensor) -> Tensor:
@@ -57,7 +58,7 @@ class TreeStructure(Structure):
         marginals carry absolute errors of about eps · |θ|, and ``<θ, μ>`` multiplies them by
         |θ| wherever μ is fractional (near-tied trees). An upper bound on the measured errors
         (n = 4-5, scores ±s plus N(0, 1), s = 1e3-1e8, against enumeration), often by far."""
-        counted = self._counted().to(scores.device)
+        counted = self._counted(scores.device)
         scale = scores.masked_fill(~counted, 0.0).abs().amax((-2, -1))
         spread = (marginals * (1.0 - marginals)).sum((-2, -1))
         return torch.finfo(torch.float64).eps * scale.square() * spread

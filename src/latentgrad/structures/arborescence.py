@@ -66,12 +66,12 @@ class Arborescence(TreeStructure):
         """``n^(n-2)`` rooted arborescences, ``n^(n-1)`` single-root trees."""
         return self.n ** (self.n - 2 if self.root is not None else self.n - 1)
 
-    def _counted(self) -> Tensor:
+    def _counted(self, device: torch.device) -> Tensor:
         """Rooted: the arcs i -> j, i != j, j != root; single-root: every entry (the diagonal
         marks the root's child)."""
         if self.root is None:
-            return torch.ones(self.n, self.n, dtype=torch.bool)
-        counted = ~torch.eye(self.n, dtype=torch.bool)
+            return torch.ones(self.n, self.n, dtype=torch.bool, device=device)
+        counted = ~torch.eye(self.n, dtype=torch.bool, device=device)
         counted[:, self.root] = False
         return counted
 

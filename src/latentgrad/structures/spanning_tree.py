@@ -41,9 +41,9 @@ class SpanningTree(TreeStructure):
         """Cayley's formula, ``n^(n-2)``."""
         return self.n ** (self.n - 2)
 
-    def _counted(self) -> Tensor:
+    def _counted(self, device: torch.device) -> Tensor:
         """The off-diagonal entries (both triangles: each edge is scored once from either)."""
-        return ~torch.eye(self.n, dtype=torch.bool)
+        return ~torch.eye(self.n, dtype=torch.bool, device=device)
 
     @property
     def edges(self) -> Tensor:
