@@ -365,7 +365,9 @@ class _IGRBase(CheckedDistribution):
 
 
 def _check_same_map(p: _IGRBase, q: _IGRBase) -> None:
-    if p.delta != q.delta or not bool((p.temperature == q.temperature).all()):
+    differ = p.temperature is not q.temperature and violated(  # a value check: one sync
+        p.temperature, lambda tau: tau == q.temperature)
+    if p.delta != q.delta or differ:
         tau_p = p.temperature.detach().unique().tolist()
         tau_q = q.temperature.detach().unique().tolist()
         raise ValueError(

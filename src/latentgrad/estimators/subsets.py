@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._dtypes import working_dtype
-from .._validation import check_positive_int
+from .._validation import check_finite, check_positive_int
 from ..distributions.sst import draw_noise
 from ..structures.ksubset import KSubset
 from ._one_sample import one_sample_output
@@ -91,8 +91,7 @@ class _RelaxedSubset(Estimator):
             )
         if scores.shape[1] < self.k:
             raise ValueError(f"scores have n = {scores.shape[1]} items, fewer than k = {self.k}")
-        if not bool(torch.isfinite(scores).all()):
-            raise ValueError("scores must be finite")
+        check_finite(scores, "scores")  # follows the validation switch (a sync on a GPU)
         return scores
 
     def _output(self, relaxed: Tensor, loss_fn: LossFn, tau: Tensor) -> EstimatorOutput:

@@ -172,7 +172,7 @@ class LatentTask(L.LightningModule):
         calls = out.support_size.detach().to(torch.float64)
         self.decoder_calls_sum += calls.sum()
         self.decoder_calls_count += calls.numel()
-        self._epoch_calls.append(calls.cpu())
+        self._epoch_calls.append(calls)  # stays on the device: a copy to the host every step waits
 
     @staticmethod
     def step_logs(out: EstimatorOutput) -> dict[str, Tensor]:
@@ -190,15 +190,21 @@ class LatentTask(L.LightningModule):
         """Median and quartiles of the decoder calls per example recorded this epoch."""
         if not self._epoch_calls:
             return {}
-        calls = torch.cat(self._epoch_calls)
+        calls = self._epoch_calls_on_host()
         return {name: float(calls.quantile(q)) for name, q in QUANTILES.items()}
+
+    def _epoch_calls_on_host(self) -> Tensor:
+        """This epoch's decoder calls per example so far, (N,) float64 on the CPU: one copy."""
+        if not self._epoch_calls:
+            return torch.zeros(0, dtype=torch.float64)
+        device = self._epoch_calls[-1].device  # the restored chunk may be on the CPU
+        return torch.cat([c.to(device) for c in self._epoch_calls]).cpu()
 
     def on_train_epoch_start(self) -> None:
         self._epoch_calls = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        calls = torch.cat(self._epoch_calls) if self._epoch_calls else torch.zeros(0)
-        checkpoint["epoch_decoder_calls"] = calls
+        checkpoint["epoch_decoder_calls"] = self._epoch_calls_on_host()
         if self.best is not None:
             checkpoint["best_weights"] = self.best.state()
 

@@ -167,9 +167,9 @@ class ArcScorer(nn.Module):
         nn.init.xavier_uniform_(self.bilinear)
         self.bias = nn.Parameter(torch.zeros(()))
 
-    def _run(self, lstm: nn.LSTM, emb: Tensor, lengths: Tensor) -> Tensor:
+    def _run(self, lstm: nn.LSTM, emb: Tensor, host_lengths: Tensor) -> Tensor:
         packed = nn.utils.rnn.pack_padded_sequence(
-            emb, lengths.cpu(), batch_first=True, enforce_sorted=False
+            emb, host_lengths, batch_first=True, enforce_sorted=False
         )
         out, _ = lstm(packed)
         return nn.utils.rnn.pad_packed_sequence(
@@ -177,8 +177,9 @@ class ArcScorer(nn.Module):
         )[0]
 
     def forward(self, emb: Tensor, lengths: Tensor) -> Tensor:
-        h = self._run(self.head, emb, lengths)
-        d = self._run(self.dep, emb, lengths)
+        host_lengths = lengths.cpu()  # packing needs them on the host: one copy for both LSTMs
+        h = self._run(self.head, emb, host_lengths)
+        d = self._run(self.dep, emb, host_lengths)
         return torch.einsum("bif,fg,bjg->bij", h, self.bilinear, d) + self.bias
 
 
