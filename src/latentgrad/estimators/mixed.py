@@ -32,6 +32,7 @@ from .._validation import (
     check_positive_int,
     violated,
 )
+from ..distributions._device import on_device
 from ..distributions.faces import NonEmptyFaces
 from ..distributions.gaussian_sparsemax import GaussianSparsemax
 from ..distributions.mixed_binary import BinaryGaussianSparsemax, HardConcrete
@@ -284,6 +285,7 @@ class MixedDirichletEstimator(Estimator):
         if prior is not None and not isinstance(prior, MixedDirichlet):
             raise TypeError(f"prior must be a MixedDirichlet or None, got {type(prior).__name__}")
         self.baseline, self.prior = baseline, prior
+        self._placed_prior: tuple[torch.device, MixedDirichlet, MixedDirichlet] | None = None
         self.kl_coeff = float(kl_coeff) if prior is not None else 0.0
         self.exact_regularizer = bool(exact_regularizer)
         self.standardize = bool(standardize)
@@ -342,13 +344,24 @@ class MixedDirichletEstimator(Estimator):
         (S', B, *latent); with ``exact_regularizer`` everything is in the exact part."""
         zero = torch.zeros_like(faces[..., 0])
         if self.exact_regularizer:
-            kl = kl_divergence(q, self.prior) if self.prior is not None else None
+            kl = (kl_divergence(q, self._prior_on(faces.device)) if self.prior is not None
+                  else None)
             return q.entropy(), zero, kl, zero
         kl, kl_at_faces = None, zero
         if self.prior is not None:
-            kl = kl_divergence(q.faces, self.prior.faces)
-            kl_at_faces = q.dirichlet_kl(self.prior, faces)
+            prior = self._prior_on(faces.device)
+            kl = kl_divergence(q.faces, prior.faces)
+            kl_at_faces = q.dirichlet_kl(prior, faces)
         return q.faces.entropy(), q.dirichlet_entropy(faces), kl, kl_at_faces
+
+    def _prior_on(self, device: torch.device) -> MixedDirichlet:
+        """``prior`` with its tensors on ``device``: moved once per device (and per prior
+        assigned), not copied from the host at every step."""
+        placed = self._placed_prior
+        if placed is None or placed[0] != device or placed[1] is not self.prior:
+            placed = (device, self.prior, on_device(self.prior, device))
+            self._placed_prior = placed
+        return placed[2]
 
     def _mode_output(self, q: MixedDirichlet, loss_fn: LossFn, *regularizers: Tensor | None,
                      ) -> EstimatorOutput:

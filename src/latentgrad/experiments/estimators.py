@@ -40,6 +40,8 @@ from latentgrad.estimators.base import Estimator
 from latentgrad.experiments.schema import EstimatorConfig
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
     from latentgrad.structures.base import Structure
 
@@ -422,14 +424,16 @@ def _reparameterized(family: str) -> Callable[..., Estimator]:
     return factory
 
 
-def mixed_dirichlet_prior(k: int, form: str) -> MixedDirichlet:
-    """The Mixed Dirichlet VAE prior: max-entropy faces (``form``) and Dir(1) on each face."""
+def mixed_dirichlet_prior(k: int, form: str, like: Tensor | None = None) -> MixedDirichlet:
+    """The Mixed Dirichlet VAE prior: max-entropy faces (``form``) and Dir(1) on each face, in
+    ``like``'s dtype and on its device (default: the default dtype, on the CPU)."""
     import torch
 
     from latentgrad.distributions.faces import MaxEntropyFaces
     from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
 
-    return MixedDirichlet(MaxEntropyFaces(k, form=form), torch.ones(k))
+    where = {} if like is None else {"dtype": like.dtype, "device": like.device}
+    return MixedDirichlet(MaxEntropyFaces(k, form=form, **where), torch.ones(k, **where))
 
 
 def _mixed_dirichlet(cfg: EstimatorConfig, num_classes: int, features_dim: int,

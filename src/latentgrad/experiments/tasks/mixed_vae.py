@@ -174,6 +174,7 @@ class MixedVAE(SampledEvaluation):
         indices = {"one_hot": False} if name == "softmax" else {}
         self.estimator = self.make_estimator(m.latent_dim, input_dim, **indices)
         self.prior_form = self.cfg.estimator_args.face_prior
+        self._priors: dict[tuple[torch.device, torch.dtype], MixedDirichlet] = {}
 
     # ---- the model's math (no estimator math here)
 
@@ -206,10 +207,12 @@ class MixedVAE(SampledEvaluation):
 
     def prior(self, like: Tensor) -> Distribution | None:
         """The prior of the simplex latents with a direct-sum density (None otherwise)."""
-        if self.name in ("mixed_dirichlet", "gaussian_sparsemax"):
-            prior = mixed_dirichlet_prior(self.k, self.prior_form)
-            return MixedDirichlet(prior.faces, prior.concentration.to(like))
-        return None
+        if self.name not in ("mixed_dirichlet", "gaussian_sparsemax"):
+            return None
+        key = (like.device, like.dtype)  # built once there, not copied from the host each step
+        if key not in self._priors:
+            self._priors[key] = mixed_dirichlet_prior(self.k, self.prior_form, like)
+        return self._priors[key]
 
     def shared_decodes(self) -> bool:
         """Whether every image may share the decoder's logits of one latent (no dropout active
