@@ -488,3 +488,17 @@ def test_bad_input_raises_a_clear_error(kwargs, exc, match):
     args = {"scores": torch.zeros(3, 5), "structure": BitVector(5)} | kwargs
     with pytest.raises(exc, match=match):
         sparsemap(**args)
+
+
+class _SquaredScore(SpanningTree):
+    """A structure whose score is not a weighted sum of the products θ_i z_i."""
+
+    def score(self, scores, z):
+        return super().score(scores, z) ** 2
+
+
+def test_a_score_that_is_not_a_weighted_sum_is_refused():
+    """A value check (with validation on, the default), so it is off the hot path when off."""
+    theta = torch.randn(2, 4, 4, dtype=F64)
+    with pytest.raises(ValueError, match="weighted sum of products"):
+        sparsemap(theta + theta.mT, _SquaredScore(4))
