@@ -42,7 +42,7 @@ def newton_loops(request, monkeypatch):
     """The density's Newton loops stop at convergence on the CPU and run all their steps on
     accelerators and under torch.compile (no synchronisation): both must give the density."""
     if request.param == "all_steps":
-        monkeypatch.setattr(gaussian_sparsemax, "_stops_early", lambda x: False)
+        monkeypatch.setattr(gaussian_sparsemax, "host_reads_free", lambda x: False)
     return request.param
 
 
@@ -475,7 +475,7 @@ def test_newton_stops_when_a_float32_step_rounds_away(monkeypatch):
     monkeypatch.setattr(gaussian_sparsemax, "_log_integrand_terms", counted)
     got = GaussianSparsemax(loc, scale).log_prob(y)
     assert calls.count(False) < gaussian_sparsemax._NEWTON_STEPS // 2  # mode steps
-    monkeypatch.setattr(gaussian_sparsemax, "_stops_early", lambda x: False)
+    monkeypatch.setattr(gaussian_sparsemax, "host_reads_free", lambda x: False)
     all_steps = GaussianSparsemax(loc, scale).log_prob(y)
     want = GaussianSparsemax(loc.double(), scale.double()).log_prob(y.double())
     eps = torch.finfo(torch.float32).eps

@@ -19,6 +19,15 @@ F64 = torch.float64
 ELIMINATION_RTOL = 8 * 4**3 * torch.finfo(F64).eps
 
 
+@pytest.fixture(params=["reads_on_host", "no_host_reads"])
+def host_reads(request, monkeypatch):
+    """On an accelerator the trust test is not read on the host: every row goes through the
+    selects (``torch.where``) that the CPU skips when all rows are trusted; both give the same."""
+    if request.param == "no_host_reads":
+        monkeypatch.setattr(dense, "host_reads_free", lambda x: False)
+    return request.param
+
+
 def _single_root_eliminated(logw: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(rho + log_count_every_root(logw), dim=-1)
 
@@ -88,7 +97,7 @@ def weak_arc() -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", list(PATHS))
 @pytest.mark.parametrize("n", [2, 3, 8, 20])
-def test_fast_path_trusts_moderate_scores_and_matches_elimination(kind, n):
+def test_fast_path_trusts_moderate_scores_and_matches_elimination(kind, n, host_reads):
     fast, fast_marginals, slow = PATHS[kind]
     args = _inputs(kind, 16, n, 1.5, seed=n)
     mu, ok = fast_marginals(*args)
@@ -143,7 +152,7 @@ def _mixed_batch(extreme: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, 
     return a, torch.tensor([True, False, True, True, False, True])
 
 
-def test_spanning_tree_mixed_batch_falls_back_only_on_the_extreme_rows():
+def test_spanning_tree_mixed_batch_falls_back_only_on_the_extreme_rows(host_reads):
     scores, expected_ok = _mixed_batch(weak_bridge(), symmetric=True)
     work = scores.masked_fill(torch.eye(4, dtype=torch.bool), 0)
     assert torch.equal(dense.dense_log_count_undirected(work)[1], expected_ok)
@@ -162,7 +171,7 @@ def test_spanning_tree_mixed_batch_falls_back_only_on_the_extreme_rows():
 
 
 @pytest.mark.parametrize("root", [None, 0])
-def test_arborescence_mixed_batch_falls_back_only_on_the_extreme_rows(root):
+def test_arborescence_mixed_batch_falls_back_only_on_the_extreme_rows(root, host_reads):
     scores, expected_ok = _mixed_batch(weak_arc(), symmetric=False)
     if root is None:
         scores.diagonal(dim1=-2, dim2=-1).copy_(torch.tensor([100.0, -100.0, -100.0, -100.0]))
@@ -251,7 +260,7 @@ def test_float32_scores_up_to_100_match_the_float64_elimination(structure):
 
 
 @pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4, 0), Arborescence(4)])
-def test_mixed_batch_marginals_pass_gradcheck_and_gradgradcheck(structure):
+def test_mixed_batch_marginals_pass_gradcheck_and_gradgradcheck(structure, host_reads):
     # Row 0 takes the fast path, row 1 (the extreme pattern at +-40) the elimination fallback.
     if isinstance(structure, SpanningTree):
         extreme = weak_bridge() * 0.4

@@ -57,6 +57,7 @@ from torch.distributions import register_kl
 from latentgrad.mappings._sparsemax import sparsemax_by_sorting
 
 from .._dtypes import working_dtype
+from .._host import host_reads_free
 from .._validation import (
     broadcast_shapes,
     check_min_dim,
@@ -123,11 +124,6 @@ def _truncation_variance_loss(u: Tensor, ratio: Tensor) -> Tensor:
     return torch.where(u < -cut, series, ratio * (u + ratio)).clamp(0, 1)
 
 
-def _stops_early(x: Tensor) -> bool:
-    """Whether the Newton loops may stop at convergence: the test reads a tensor on the host,
-    free on the CPU but a synchronisation on an accelerator and a graph break under
-    ``torch.compile``, where the loops run all their steps instead."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: Tensor,
@@ -143,7 +139,7 @@ def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: T
     """
     m, v = m.unsqueeze(-1), v.unsqueeze(-1)
     loc, scale, outside = loc.unsqueeze(-2), scale.unsqueeze(-2), outside.unsqueeze(-2)
-    early = _stops_early(m)
+    early = host_reads_free(m)  # else the Newton loops run all their steps
     with torch.no_grad():
         args = (m.detach(), v.detach(), loc.detach(), scale.detach(), outside)
         mode = args[0]

@@ -39,6 +39,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._host import host_reads_free
+
 #: Bound on the first-order error of a trusted row's marginals (absolute, float64).
 TOLERANCE = 1e-9
 
@@ -60,7 +62,7 @@ class _LogdetInverse(torch.autograd.Function):
         if symmetric:
             factor, info = torch.linalg.cholesky_ex(a)
             ok = info == 0
-            if not bool(ok.all()):
+            if not (host_reads_free(a) and bool(ok.all())):  # skip the select where it is free
                 factor = torch.where(ok[:, None, None], factor, eye)
             logdet = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             inverse = torch.cholesky_inverse(factor)
@@ -72,7 +74,7 @@ class _LogdetInverse(torch.autograd.Function):
             identity = torch.arange(1, k + 1, dtype=pivots.dtype, device=a.device)
             flips = (pivots != identity).sum(-1) + (diag < 0).sum(-1)
             ok = (info == 0) & (flips % 2 == 0)
-            if not bool(ok.all()):
+            if not (host_reads_free(a) and bool(ok.all())):
                 lu = torch.where(ok[:, None, None], lu, eye)
                 pivots = torch.where(ok[:, None], pivots, identity)
             logdet = lu.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
@@ -82,7 +84,7 @@ class _LogdetInverse(torch.autograd.Function):
         scale = a.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1)
         bound = k * torch.finfo(a.dtype).eps * scale * norms
         ok = ok & torch.isfinite(logdet) & (bound <= TOLERANCE)
-        if not bool(ok.all()):
+        if not (host_reads_free(a) and bool(ok.all())):
             logdet = torch.where(ok, logdet, 0.0)
             inverse = torch.where(ok[:, None, None], inverse, 0.0)
         return logdet, inverse, ok
