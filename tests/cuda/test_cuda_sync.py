@@ -36,6 +36,10 @@ def _x():
     return torch.randn(B, K, device=DEVICE)
 
 
+def _long_rows():  # candidate lists: data-dependent sizes
+    return torch.randn(B, 1000, device=DEVICE)
+
+
 def _sym():
     x = torch.randn(B, 6, 6, device=DEVICE)
     return (x + x.mT) / 2
@@ -64,8 +68,10 @@ def _rsample(make):
 HOT_PATHS = {
     "softmax_pp": (mappings.softmax_pp, _x, None),
     "stick_breaking_logits": (mappings.stick_breaking_logits, _x, None),
-    "sparsemax": (mappings.sparsemax, _x, SUPPORT),
-    "entmax15": (mappings.entmax15, _x, SUPPORT),
+    "sparsemax": (mappings.sparsemax, _x, None),  # rows of 12: the dense path sorts
+    "entmax15": (mappings.entmax15, _x, None),
+    "sparsemax_long_rows": (mappings.sparsemax, _long_rows, SUPPORT),
+    "entmax15_long_rows": (mappings.entmax15, _long_rows, SUPPORT),
     "categorical_marginals": (Categorical(K).marginals, _x, None),
     "bitvector_marginals": (BitVector(K).marginals, _x, None),
     "budget_log_partition": (BitVector(K, 4).log_partition, _x, None),

@@ -109,6 +109,18 @@ def test_unbudgeted_topk_stops_early_on_large_d():
     torch.testing.assert_close(top[:, 0], BitVector(5000).argmax(scores))
 
 
+def test_unbudgeted_topk_without_host_reads_runs_every_item_to_the_same_result(monkeypatch):
+    """On an accelerator the early stop is not read on the host: all d items are merged."""
+    from latentgrad.structures import _kbest
+
+    scores = torch.randn(6, 40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    early = BitVector(40).topk(scores, 5)
+    monkeypatch.setattr(_kbest, "host_reads_free", lambda x: False)
+    full = BitVector(40).topk(scores, 5)
+    assert torch.equal(early[0], full[0])
+    torch.testing.assert_close(early[1], full[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("budget", [None, 0, 2, 5])
 def test_log_partition_gradient_is_marginals_and_twice_differentiable(budget):
     scores = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
+from latentgrad._host import host_reads_free
 from latentgrad._validation import check_tensor, violated
 from latentgrad.mappings._fused import FusedMapping, entmax15_kernel, entmax15_vjp_kernel
 from latentgrad.mappings._rowwise import check_scores, map_rows
@@ -60,7 +61,10 @@ def _solve(x: Tensor, maxima: Maxima) -> tuple[Tensor, Tensor, Tensor | None]:
     found = candidates(x, maxima, 2.0, _PAD, _tighten)
     if found is None:
         z = (x - maxima.rows.unsqueeze(1)).mul_(0.5)
-        tau = _newton(z, z.new_full((z.shape[0],), -1.0))
+        if host_reads_free(z):
+            tau = _newton(z, z.new_full((z.shape[0],), -1.0))
+        else:  # Newton's convergence test would read on the host
+            tau = _refined(z, _sorted_threshold(z))
         return tau, z.sub_(tau.unsqueeze(1)).clamp_min_(0.0), None
     with one_thread():
         z = found.values.mul_(0.5)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from latentgrad._dtypes import working_dtype
+from latentgrad._host import host_reads_free
 from latentgrad.mappings._fused import FusedMapping, sparsemax_kernel, sparsemax_vjp_kernel
 from latentgrad.mappings._rowwise import check_scores, checked_maxima, map_rows
 from latentgrad.mappings._support import (
@@ -43,6 +44,8 @@ def _solve(x: Tensor, maxima: Maxima) -> tuple[Tensor, Candidates | None]:
     found = candidates(x, maxima, 1.0, _PAD, _tighten)
     if found is None:
         z = x - maxima.rows.unsqueeze(1)
+        if not host_reads_free(z):  # Michelot's convergence test would read on the host
+            return _sorted_threshold(z), None
         return _michelot(z, z.new_full((z.shape[0], 1), -1.0)), None
     with one_thread():
         if found.values.shape[1] <= _SORTED_UP_TO:

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._host import host_reads_free
+
 
 def _best_first(values: Tensor) -> Tensor:
     """Permutation along the last dim: values descending, earlier entries first on ties, missing
@@ -44,7 +46,8 @@ def kbest_bitvector_flips(scores: Tensor, k: int) -> Tensor:
     flips = torch.zeros((n_rows, 1, d), dtype=torch.bool, device=scores.device)
     for i in range(d):
         a_i = sorted_cost[:, i : i + 1]
-        if cost.shape[1] == k and bool((a_i >= cost[:, -1:]).all()):
+        if (cost.shape[1] == k and host_reads_free(cost)
+                and bool((a_i >= cost[:, -1:]).all())):  # no later flip enters any row's k best
             break
         item = torch.nn.functional.one_hot(order[:, i], d).bool().unsqueeze(1)
         cand_cost = torch.cat([cost, cost + a_i], dim=1)
