@@ -65,7 +65,8 @@ def _log_absorption(w: Tensor) -> Tensor:
     ``h(m) = sum_y P_m(m -> y) h(y)``: only sums of positive terms, in log space.
     """
     k = w.shape[-1] - 1
-    order = torch.tensor([0, k, *range(1, k)], device=w.device)
+    idx = torch.arange(k + 1, device=w.device)  # made there: no copy from the host
+    order = torch.cat([idx[:1], idx[k:], idx[1:k]])  # 0, k, 1, ..., k - 1
     walk = w.mT[:, order][:, :, order]  # walk[x, y]: weight of the step x -> y; absorbing first
     steps: list[Tensor] = []
     for p in range(k, 1, -1):
