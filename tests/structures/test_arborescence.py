@@ -134,6 +134,24 @@ def test_argmax_is_an_arborescence_attaining_the_enumerated_maximum(n, root, int
     torch.testing.assert_close(arb.score(scores, z), brute_force(scores, n, root)[2])
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+@pytest.mark.parametrize("root", ROOTS)
+def test_argmax_without_host_reads_runs_every_contraction_to_the_same_tree(n, root, monkeypatch):
+    """On an accelerator Chu-Liu/Edmonds does not read "any cycle left?" on the host: it runs
+    all n - 2 possible contractions, the ones without a cycle changing nothing."""
+    from latentgrad.structures import _chu_liu_edmonds
+
+    if root is not None and root >= n:
+        pytest.skip("the root must be a node")
+    arb = Arborescence(n, root)
+    gen = torch.Generator().manual_seed(n)
+    scores = torch.cat([torch.randn(16, n, n, generator=gen, dtype=F64),
+                        torch.randint(-2, 3, (16, n, n), generator=gen).to(F64)])  # ties, cycles
+    expected = arb.argmax(scores)
+    monkeypatch.setattr(_chu_liu_edmonds, "host_reads_free", lambda x: False)
+    assert torch.equal(arb.argmax(scores), expected)
+
+
 def networkx_best_rooted(scores: torch.Tensor, root: int) -> float:
     """Weight of networkx's maximum arborescence with no arc into ``root`` (so rooted there)."""
     n = scores.shape[-1]

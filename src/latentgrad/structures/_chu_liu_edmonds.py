@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._host import host_reads_free
+
 
 def _doubling_steps(n: int) -> int:
     return max(1, math.ceil(math.log2(n))) + 1
@@ -101,11 +103,16 @@ def max_arborescence_heads(scores: Tensor, root: Tensor, priority: Tensor | None
     comp = nodes.expand(batch, n)
     movable = nodes != root[:, None]
     rounds = []
-    while True:
+    # each contraction leaves at least one movable node fewer, and a cycle needs two: at most
+    # n - 2 contractions. Where reading on the host is not free (an accelerator), all of them
+    # run: a round without a cycle changes nothing (every label is the node itself).
+    for contractions in range(max(n - 1, 1)):
         parent = torch.where(movable, _first_lexmax(levels, dim=1), nodes)
         best_arc = flat_arc.gather(1, parent[:, None, :]).squeeze(1)
+        if contractions >= n - 2:
+            break
         on_cycle = _cycle_nodes(parent, movable)
-        if not bool(on_cycle.any()):
+        if host_reads_free(on_cycle) and not bool(on_cycle.any()):
             break
         label = _cycle_labels(parent, on_cycle)
         rounds.append((on_cycle, label, comp, best_arc))
