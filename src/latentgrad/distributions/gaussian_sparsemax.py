@@ -65,6 +65,7 @@ from .._validation import (
     check_tensor,
     violated,
 )
+from ._expectation import score_function_mean
 from ._gauss_quadrature import gauss_legendre
 from ._log_ndtr import inverse_mills, log_ndtr
 from ._params import (
@@ -400,20 +401,23 @@ class GaussianSparsemax(CheckedDistribution):
         return out.reshape(shape[:-1])
 
     def entropy(self, n_samples: int | None = None) -> Tensor:
-        """Monte Carlo direct-sum entropy −mean log p(y), y ~ rsample (unbiased, differentiable).
-
-        ``n_samples`` defaults to ``mc_samples``. Shape batch_shape.
-        """
-        y = self.rsample((n_samples or self.mc_samples,))
-        return -self.log_prob(y).mean(0)
+        """Monte Carlo direct-sum entropy −mean log p(y) over ``n_samples`` draws (default
+        ``mc_samples``), shape batch_shape. Value and gradient are unbiased: the gradient is the
+        score function's with a leave-one-out baseline (``_expectation``), since log p jumps
+        between faces and the pathwise derivative through the draws misses those jumps."""
+        y = self.sample((n_samples or self.mc_samples,))
+        log_p = self.log_prob(y)
+        return score_function_mean(-log_p, log_p)
 
 
 @register_kl(GaussianSparsemax, GaussianSparsemax)
 def _kl_gaussian_sparsemax(p: GaussianSparsemax, q: GaussianSparsemax) -> Tensor:
-    """Monte Carlo KL⊕ = mean(log p(y) − log q(y)), y ~ p (p.mc_samples pathwise samples),
-    shape broadcast(p.batch_shape, q.batch_shape): p is drawn on that batch shape (its own
-    draws did not broadcast against a q of a larger batch)."""
+    """Monte Carlo KL⊕ = mean(log p(y) − log q(y)) over p.mc_samples draws y ~ p, with an
+    unbiased gradient in both distributions' parameters (score function for p's, as in
+    ``entropy``), shape broadcast(p.batch_shape, q.batch_shape): p is drawn on that batch shape
+    (its own draws did not broadcast against a q of a larger batch)."""
     check_kl_shapes(p, q)
     p, q = on_common_batch(p, q)
-    y = p.rsample((p.mc_samples,))
-    return (p.log_prob(y) - q.log_prob(y)).mean(0)
+    y = p.sample((p.mc_samples,))
+    log_p = p.log_prob(y)
+    return score_function_mean(log_p - q.log_prob(y), log_p)
