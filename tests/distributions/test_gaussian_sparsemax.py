@@ -333,6 +333,34 @@ def test_estimator_entropy_gradient_is_unbiased(n_samples, batch):
     assert ((mean - exact).abs() <= 5 * se + 1e-3).all(), (mean, exact, se)
 
 
+@pytest.mark.parametrize(("n_samples", "batch"), [(4000, 1), (1, 4000)])
+def test_estimator_kl_to_a_prior_has_an_unbiased_gradient(n_samples, batch):
+    from latentgrad.estimators import GaussianSparsemaxEstimator
+
+    torch.manual_seed(2)
+    mu = torch.tensor([[0.3, -0.4]], dtype=D, requires_grad=True)
+    sigma = torch.tensor([[0.7, 1.2]], dtype=D, requires_grad=True)
+    mu_p, sigma_p = torch.tensor([-0.2, 0.5], dtype=D), torch.tensor([1.1, 0.6], dtype=D)
+    est = GaussianSparsemaxEstimator(n_samples=n_samples, prior=GaussianSparsemax(mu_p, sigma_p),
+                                     kl_coeff=1.0, eval_mode="sample")
+    exact_kl = kl_divergence(_k2_binary(mu, sigma), _k2_binary(mu_p, sigma_p)).sum()
+    exact = torch.cat(torch.autograd.grad(exact_kl, (mu, sigma)))
+    scores = (mu.expand(batch, 2), sigma.expand(batch, 2))
+    mean, se = _repeated_gradients(
+        lambda: est(scores, lambda z, rows: 0.0 * z.sum(-1)).loss, (mu, sigma))
+    assert ((mean - exact).abs() <= 5 * se + 1e-3).all(), (mean, exact, se)
+
+
+def test_estimator_refuses_a_prior_of_another_size():
+    from latentgrad.estimators import GaussianSparsemaxEstimator
+
+    est = GaussianSparsemaxEstimator(prior=GaussianSparsemax(torch.zeros(3), 1.0))
+    with pytest.raises(ValueError, match="prior has K = 3, scores have K = 2"):
+        est(torch.zeros(4, 2), lambda z, rows: z.sum(-1))
+    with pytest.raises(TypeError, match="prior must be a distribution on the simplex"):
+        GaussianSparsemaxEstimator(prior="uniform")
+
+
 def test_monte_carlo_kl_is_zero_for_equal_arguments_and_positive_otherwise():
     torch.manual_seed(1)
     p = GaussianSparsemax(torch.randn(4, 5, dtype=D), 0.8, mc_samples=300)

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from .._dtypes import moderate_limit, working_dtype
 from .._validation import (
@@ -101,7 +101,13 @@ class GaussianSparsemaxEstimator(Estimator):
     Args:
         scale: σ > 0 used when ``scores`` is a tensor (the signalling-game setting is σ = 1).
         n_samples: S samples per example.
-        entropy_coeff: c in ``loss = mean(ℓ) − c·H``.
+        entropy_coeff: c in ``loss = mean(ℓ) + kl_coeff·KL − c·H``.
+        prior: a distribution on the simplex with a direct-sum ``log_prob`` (e.g. a
+            ``MixedDirichlet``), event shape (K,): adds ``kl_coeff·KL(q ‖ prior)``, the Monte
+            Carlo ``mean_s log q(y_s) − log prior(y_s)``, its gradient by the score function like
+            the entropy's (a prior's log-density jumps between faces too). Moved to the scores'
+            device once.
+        kl_coeff: the KL's weight (with a prior).
         eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the noise-free point
             ``sparsemax(μ)``) or ``"sample"``.
 
@@ -118,13 +124,23 @@ class GaussianSparsemaxEstimator(Estimator):
     enumeration_probs = no_enumeration_target  # no brute-force target (diagnostics)
 
     def __init__(self, scale: float = 1.0, n_samples: int = 1, entropy_coeff: float = 0.0,
+                 prior: Distribution | None = None, kl_coeff: float = 1.0,
                  eval_mode: str = "mode") -> None:
         super().__init__(entropy_coeff)
         self._set_eval_mode(eval_mode, ("mode", "sample"))
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if prior is not None and (not isinstance(prior, Distribution)
+                                  or len(prior.event_shape) != 1):
+            raise TypeError("prior must be a distribution on the simplex with event shape (K,), "
+                            f"got {type(prior).__name__}")
+        if not (isinstance(kl_coeff, (int, float)) and math.isfinite(kl_coeff)):
+            raise ValueError(f"kl_coeff must be a finite number, got {kl_coeff!r}")
         self.scale = float(scale)
         self.n_samples = check_positive_int(n_samples, "n_samples")
+        self.prior = prior
+        self.kl_coeff = float(kl_coeff) if prior is not None else 0.0
+        self._placed_prior: tuple[tuple, Distribution, Distribution] | None = None
 
     def forward(self, scores: Tensor | tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
         if isinstance(scores, tuple):
@@ -137,18 +153,42 @@ class GaussianSparsemaxEstimator(Estimator):
             check_positive(scale, "scores[1] (scale)")
         else:
             loc, scale = _check_loc(scores, "scores"), self.scale
+        if self.prior is not None and self.prior.event_shape[0] != loc.shape[-1]:
+            raise ValueError(f"prior has K = {self.prior.event_shape[0]}, scores have K = "
+                             f"{loc.shape[-1]}")
         dist = GaussianSparsemax(loc, scale, validate_args=False)
         y = dist.rsample((self.n_samples,))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_coeff != 0):
-            log_p = dist.log_prob(y.detach())  # H's gradient: score function (module docstring)
+        fixed = y.detach()
+        regularised = self.entropy_coeff != 0 or self.kl_coeff != 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and regularised):
+            log_q = dist.log_prob(fixed)  # gradients by the score function (module docstring)
             # baseline: the other samples of the example, or with one, the other examples'
-            entropy = sum_latent(score_function_mean(-log_p, log_p, int(self.n_samples == 1)), 1)
+            along = int(self.n_samples == 1)
+            entropy = sum_latent(score_function_mean(-log_q, log_q, along), 1)
+            kl = None
+            if self.prior is not None:
+                log_prior = _placed(self, fixed).log_prob(fixed)
+                kl = sum_latent(score_function_mean(log_q - log_prior, log_q, along), 1)
         if self.reading() == "mode":  # the noise-free point sparsemax(μ)
-            return one_sample_output(self, loss_fn, sparsemax(loc.detach(), dim=-1), None, entropy)
+            return one_sample_output(self, loss_fn, sparsemax(loc.detach(), dim=-1), None, entropy,
+                                     kl, self.kl_coeff)
         losses, z, rows = _evaluate(y, loss_fn, type(self).__name__)
-        loss = batch_mean(add_term(losses.mean(1), -self.entropy_coeff, entropy))
-        out = fixed_support_output(loss, losses.mean(1), entropy, self.n_samples)
+        loss = add_term(add_term(losses.mean(1), self.kl_coeff, kl), -self.entropy_coeff, entropy)
+        logs = {} if kl is None else {"kl": batch_mean(kl.detach())}
+        out = fixed_support_output(batch_mean(loss), losses.mean(1), entropy, self.n_samples, logs)
         return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
+
+
+def _placed(est: GaussianSparsemaxEstimator | MixedDirichletEstimator,
+            like: Tensor) -> Distribution:
+    """``est.prior`` on ``like``'s device in its (floating) dtype: moved once per device and
+    dtype (and per prior assigned), not copied from the host at every step."""
+    where = (like.device, like.dtype)
+    placed = est._placed_prior
+    if placed is None or placed[0] != where or placed[1] is not est.prior:
+        placed = (where, est.prior, on_device(est.prior, *where))
+        est._placed_prior = placed
+    return placed[2]
 
 
 FAMILIES = ("hard_concrete", "gaussian_sparsemax")
@@ -292,7 +332,7 @@ class MixedDirichletEstimator(Estimator):
         if prior is not None and not isinstance(prior, MixedDirichlet):
             raise TypeError(f"prior must be a MixedDirichlet or None, got {type(prior).__name__}")
         self.baseline, self.prior = baseline, prior
-        self._placed_prior: tuple[torch.device, MixedDirichlet, MixedDirichlet] | None = None
+        self._placed_prior: tuple[tuple, MixedDirichlet, MixedDirichlet] | None = None
         self.kl_coeff = float(kl_coeff) if prior is not None else 0.0
         self.exact_regularizer = bool(exact_regularizer)
         self.standardize = bool(standardize)
@@ -351,24 +391,14 @@ class MixedDirichletEstimator(Estimator):
         (S', B, *latent); with ``exact_regularizer`` everything is in the exact part."""
         zero = torch.zeros_like(faces[..., 0])
         if self.exact_regularizer:
-            kl = (kl_divergence(q, self._prior_on(faces.device)) if self.prior is not None
-                  else None)
+            kl = None if self.prior is None else kl_divergence(q, _placed(self, q.concentration))
             return q.entropy(), zero, kl, zero
         kl, kl_at_faces = None, zero
         if self.prior is not None:
-            prior = self._prior_on(faces.device)
+            prior = _placed(self, q.concentration)
             kl = kl_divergence(q.faces, prior.faces)
             kl_at_faces = q.dirichlet_kl(prior, faces)
         return q.faces.entropy(), q.dirichlet_entropy(faces), kl, kl_at_faces
-
-    def _prior_on(self, device: torch.device) -> MixedDirichlet:
-        """``prior`` with its tensors on ``device``: moved once per device (and per prior
-        assigned), not copied from the host at every step."""
-        placed = self._placed_prior
-        if placed is None or placed[0] != device or placed[1] is not self.prior:
-            placed = (device, self.prior, on_device(self.prior, device))
-            self._placed_prior = placed
-        return placed[2]
 
     def _mode_output(self, q: MixedDirichlet, loss_fn: LossFn, *regularizers: Tensor | None,
                      ) -> EstimatorOutput:

@@ -41,6 +41,7 @@ from latentgrad.experiments.schema import EstimatorConfig
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from torch.distributions import Distribution
 
     from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
     from latentgrad.structures.base import Structure
@@ -233,8 +234,10 @@ def _igr(variant: str) -> Callable[..., Estimator]:
 
 
 def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: int,
-                        structure: Structure | None = None) -> Estimator:
-    """Categorical: y = sparsemax(μ + σε) on the simplex; bits: y = clip(μ + σε, 0, 1)."""
+                        structure: Structure | None = None,
+                        prior: Distribution | None = None) -> Estimator:
+    """Categorical: y = sparsemax(μ + σε) on the simplex (with a ``prior``: plus its Monte Carlo
+    KL, weight 1); bits: y = clip(μ + σε, 0, 1)."""
     from latentgrad.estimators.mixed import BinaryMixedEstimator, GaussianSparsemaxEstimator
 
     if structure is not None:
@@ -243,7 +246,7 @@ def _gaussian_sparsemax(cfg: EstimatorConfig, num_classes: int, features_dim: in
             eval_mode=SAMPLE_READING,
         )
     return GaussianSparsemaxEstimator(
-        scale=cfg.scale, entropy_coeff=cfg.entropy_coeff, eval_mode=SAMPLE_READING
+        scale=cfg.scale, entropy_coeff=cfg.entropy_coeff, prior=prior, eval_mode=SAMPLE_READING
     )
 
 
