@@ -107,9 +107,14 @@ def test_large_float32_inputs_take_the_compiled_kernel_with_exact_values_and_gra
         assert ln.log_ndtr(x).grad_fn is None
 
 
-def test_backward_passes_gradcheck() -> None:
+def test_backward_passes_gradcheck_and_gradgradcheck() -> None:
     u = torch.linspace(-50, 6, 57, dtype=torch.float64).requires_grad_()
-    assert gradcheck(lambda x: ln._LogNdtr.apply(x, ln.log_ndtr_kernel(x.detach())), (u,))
+
+    def fused(x: torch.Tensor) -> torch.Tensor:
+        return ln._LogNdtr.apply(x, ln.log_ndtr_kernel(x.detach()))
+
+    assert gradcheck(fused, (u,))
+    assert gradgradcheck(fused, (u,))  # its backward is differentiable (second derivatives)
 
 
 def test_plain_path_passes_gradcheck_and_gradgradcheck() -> None:

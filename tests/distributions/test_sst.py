@@ -404,6 +404,20 @@ def test_log_prob_raises_where_there_is_no_closed_form():
         StochasticSoftmax(KSubset(4, 2), logits, 1.0).log_prob(torch.full((4,), 0.5))
 
 
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_categorical_sst_log_prob_equals_torchs_relaxed_one_hot(k, temperature):
+    """Against torch.distributions.RelaxedOneHotCategorical at its own draws (a wrong
+    temperature would still give a normalised density)."""
+    gen = torch.Generator().manual_seed(k)
+    logits = torch.randn(4, k, generator=gen, dtype=F64)
+    reference = torch.distributions.RelaxedOneHotCategorical(
+        torch.tensor(temperature, dtype=F64), logits=logits)
+    y = reference.sample((6,))
+    dist = StochasticSoftmax(Categorical(k), logits, temperature)
+    torch.testing.assert_close(dist.log_prob(y), reference.log_prob(y), rtol=1e-10, atol=1e-10)
+
+
 def test_categorical_sst_log_prob_is_the_concrete_density():
     """Normalised on the 2-simplex: integrate exp(log_prob) over y_1 in (0, 1)."""
     logits = torch.tensor([0.3, -0.4], dtype=F64)

@@ -52,6 +52,16 @@ def test_per_example_gradients_and_forward_mode_match_reverse_mode(name: str) ->
                                torch.autograd.functional.hessian(loss, row))
 
 
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_vmapped_mapping_passes_gradcheck_and_gradgradcheck(name: str) -> None:
+    """Under vmap the mapping runs as one autograd function with the closed-form Jacobian:
+    checked against finite differences, forward mode included."""
+    f = MAPPINGS[name]
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(5), dtype=D).requires_grad_()
+    assert torch.autograd.gradcheck(vmap(f), (x,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(vmap(f), (x,))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_vmap_keeps_the_dtype_and_validates_the_scores(dtype: torch.dtype) -> None:
     x = _scores(3, 6).to(dtype)
