@@ -175,6 +175,35 @@ def test_topk_sparsemax_with_small_support_equals_sparsemax_over_all_structures(
     assert out.logs["full_support_fraction"] == 0.0
 
 
+def _sparsemax_over_best(space, scores, k):
+    """Differentiable reference of a full top-k support: sparsemax of the k best structures'
+    scores (every other structure gets 0), on its (fixed) support."""
+    s = _structure_scores(space, scores)
+    best = s.detach().topk(k, dim=-1).indices
+    kept = torch.full_like(s, float("-inf")).scatter(-1, best, s.gather(-1, best))
+    ref = _sparsemax_by_bisection(kept.detach())
+    support = ref > 0
+    n = support.sum(-1, keepdim=True)
+    mean = torch.where(support, s, 0).sum(-1, keepdim=True) / n
+    return torch.where(support, s - mean + 1 / n, 0)
+
+
+@pytest.mark.parametrize(("structure", "k"), [(KSubset(5, 2), 3), (BitVector(4), 4)])
+def test_topk_sparsemax_with_a_full_support_is_sparsemax_over_the_k_best(structure, k):
+    """Near-tied scores fill all k slots: top-k sparsemax is then (by definition, flagged as an
+    approximation) sparsemax over the k best structures only."""
+    space = structure.enumerate().to(torch.float64)
+    g = torch.Generator().manual_seed(9)
+    scores = 0.05 * torch.randn(B, structure.score_shape[0], generator=g, dtype=torch.float64)
+    scores.requires_grad_(True)
+    est = TopKSparsemaxMarginalization(structure, k, entropy_coeff=0.2)
+    out = _compare_with_enumeration(
+        est, lambda s: _sparsemax_over_best(space, s, k), scores, 0.2, space=space, seed=10
+    )
+    assert (out.support_size == k).all(), "toy must fill the support"
+    assert out.logs["full_support_fraction"] == 1.0
+
+
 def test_topk_sparsemax_logs_full_supports():
     """k = 1 always fills the support: p = (1) on the MAP, flagged as an approximation."""
     structure = KSubset(5, 2)
