@@ -416,3 +416,18 @@ def test_samples_follow_the_point_masses_and_the_interior_cdf(fam, i):
         return (dist.cdf(torch.as_tensor(v, dtype=D)).numpy() - p0) / (1 - p0 - p1)
 
     assert stats.kstest(inner, cdf).pvalue > 1e-3
+
+
+def test_mixed_uniform_samples_and_mean_match_its_definition():
+    """A third of the draws at 0, a third at 1 (binomial, 5 s.e.), the rest uniform on (0, 1)
+    (Kolmogorov-Smirnov); the mean 1/2."""
+    torch.manual_seed(11)
+    n = 30000
+    y = MixedUniform(dtype=D).expand((3,)).sample((n // 3,)).flatten()
+    se = math.sqrt(n * (1 / 3) * (2 / 3))
+    for mass in ((y == 0).sum().item(), (y == 1).sum().item()):
+        assert abs(mass - n / 3) <= 5 * se
+    interior = y[(y > 0) & (y < 1)].numpy()
+    assert stats.kstest(interior, "uniform").pvalue > 1e-4
+    torch.testing.assert_close(MixedUniform(dtype=D).mean, torch.tensor(0.5, dtype=D))
+    assert abs(y.mean().item() - 0.5) <= 5 * y.std().item() / math.sqrt(n)
