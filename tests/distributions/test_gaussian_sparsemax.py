@@ -454,6 +454,28 @@ def test_edge_probabilities_match_scipy_quad_along_the_edge(sigma_scale):
         assert abs(value.item() - expected) < 1e-8
 
 
+def test_draws_within_an_edge_follow_its_density():
+    """The face frequencies are tested elsewhere; within the edge {0, 1} of K = 3 the sampled
+    y_0 must follow the density along the edge (normalised by quadrature): Kolmogorov-Smirnov."""
+    torch.manual_seed(12)
+    mu = torch.tensor([0.3, 0.1, -0.2], dtype=D)
+    sigma = torch.tensor([0.6, 0.9, 0.5], dtype=D)
+    dist = GaussianSparsemax(mu, sigma)
+    y = dist.sample((40000,))
+    on_edge = (y[:, 0] > 0) & (y[:, 1] > 0) & (y[:, 2] == 0)
+    drawn = np.sort(y[on_edge, 0].numpy())
+    assert len(drawn) > 2000
+
+    grid = torch.linspace(0, 1, 4001, dtype=D)[1:-1]  # the open edge, one batched log_prob
+    points = torch.stack([grid, 1 - grid, torch.zeros_like(grid)], -1)
+    density = dist.log_prob(points).exp().numpy()
+    grid = np.concatenate([[0.0], grid.numpy(), [1.0]])
+    density = np.concatenate([[density[0]], density, [density[-1]]])  # bounded at the vertices
+    cdf_grid = integrate.cumulative_trapezoid(density, grid, initial=0.0)
+    cdf_grid /= cdf_grid[-1]
+    assert stats.kstest(drawn, lambda t: np.interp(t, grid, cdf_grid)).pvalue > 1e-4
+
+
 @pytest.mark.parametrize("k", [4, 5])
 def test_face_probabilities_match_sampled_face_frequencies_chi_square(k):
     torch.manual_seed(10 + k)
