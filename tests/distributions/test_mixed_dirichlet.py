@@ -164,8 +164,11 @@ def test_sampled_estimators_are_unbiased_and_run_at_k64():
     faces = p.faces.sample((20000,))
     h = p.entropy_sampled(faces)
     kl = p.kl_sampled(q, faces)
-    assert (h - p.entropy()).abs().max() < 0.02
-    assert (kl - kl_divergence(p, q)).abs().max() < 0.02
+    n = faces.shape[0]  # standard errors of the face averages
+    se_h = p.dirichlet_entropy(faces).std(0) / math.sqrt(n)
+    se_kl = p.dirichlet_kl(q, faces).std(0) / math.sqrt(n)
+    assert ((h - p.entropy()).abs() <= 5 * se_h).all()
+    assert ((kl - kl_divergence(p, q)).abs() <= 5 * se_kl).all()
 
     big = make(64, 13, batch=(8,))
     prior = MixedDirichlet(MaxEntropyFaces(64, form="maxent-reference", dtype=D),
