@@ -303,6 +303,21 @@ def test_igr_sb_kl_is_gaussian_kl_and_matches_monte_carlo_without_truncation():
     assert abs(terms.mean() - kl_divergence(p, q)) < 4 * se
 
 
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_igr_sb_kl_bounds_the_kl_of_the_truncated_variables(eps):
+    """Truncated at one level (one draw call), both variables are the same map of their
+    Gaussians: their KL (Monte Carlo of the truncated log-densities) is at most the Gaussian KL
+    that ``kl_divergence`` returns (data processing), below it when sticks are dropped."""
+    torch.manual_seed(1)
+    p = IGRStickBreaking(*params(6, 1), 0.5, eps=eps, quantile=0.5)
+    q = IGRStickBreaking(*params(6, 2), 0.5, eps=eps, quantile=0.5)
+    psi, log_p = p.rsample_with_log_prob((20_000,))
+    assert int((psi[0] > 0).sum()) < psi.shape[-1], "the toy must drop sticks"
+    terms = log_p - q.log_prob(psi)
+    se = terms.std() / math.sqrt(terms.numel())
+    assert terms.mean() + 5 * se < kl_divergence(p, q)  # strictly: dropped sticks lose information
+
+
 def test_igr_sb_log_prob_rejects_mixed_truncation_levels_and_points_outside_the_image():
     d = IGRStickBreaking(*params(4, 0), 0.5, eps=0.0, validate_args=False)
     mixed = torch.tensor([[0.5, 0.3, 0.2, 0.0, 0.0], [0.4, 0.3, 0.2, 0.1, 0.0]], dtype=D)
