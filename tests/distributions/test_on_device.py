@@ -35,3 +35,13 @@ def test_nothing_to_move_returns_the_distribution_itself():
     prior = MixedDirichlet(MaxEntropyFaces(5), torch.ones(5))
     assert on_device(prior, torch.device("cpu")) is prior
 
+
+
+def test_a_dtype_casts_the_floating_tensors_only():
+    faces = MaxEntropyFaces(4)
+    cast = on_device(faces, torch.device("cpu"), torch.float64)
+    assert all(t.dtype == torch.float64 for t in _tensors(cast) if t.is_floating_point())
+    kept = [t for t in _tensors(cast) if not t.is_floating_point()]
+    assert [t.dtype for t in kept] == [t.dtype for t in _tensors(faces)
+                                       if not t.is_floating_point()]
+    torch.testing.assert_close(cast.mean, faces.mean.double(), rtol=1e-5, atol=1e-6)  # float32 in
