@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latentgrad.polytope.topk_sparsemax import topk_sparsemax
 from latentgrad.structures.bitvector import BitVector
@@ -49,6 +51,25 @@ def test_topk_sparsemax_equals_full_sparsemax_when_support_is_smaller_than_k(nam
         if size < k:
             torch.testing.assert_close(res.marginals[b], mu)
     assert res.exact.any() and not res.exact.all()  # both regimes are exercised
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(sorted(STRUCTURES)), k=st.integers(1, 8),
+       scale=st.sampled_from([0.05, 0.5, 3.0, 50.0]), seed=st.integers(0, 2**31 - 1))
+def test_property_certified_rows_are_exact_and_full_rows_flagged(name, k, scale, seed):
+    """Any scores: a row with fewer than k structures in its support is the exact sparsemax over
+    every structure (Correia et al.'s certificate); a full row says so (``exact`` false)."""
+    structure = STRUCTURES[name]
+    k = min(k, structure.num_structures)  # more is refused (tested below)
+    g = torch.Generator().manual_seed(seed)
+    theta = scale * torch.randn(3, *structure.score_shape, generator=g, dtype=F64)
+    res = topk_sparsemax(theta, structure, k)
+    for b in range(3):
+        mu, size = _bruteforce(theta[b], structure)
+        assert int(res.support_size[b]) == min(size, k)
+        assert bool(res.exact[b]) == (size < k)
+        if size < k:
+            torch.testing.assert_close(res.marginals[b], mu, rtol=1e-9, atol=1e-9)
 
 
 def test_topk_sparsemax_weights_are_sparsemax_of_the_k_best_scores():

@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+from _enumeration import EVERY_KIND
 
 import latentgrad
-from latentgrad.structures import Arborescence, BitVector, KSubset, SpanningTree
+from latentgrad.structures import Arborescence, BitVector, Categorical, KSubset, SpanningTree
 from latentgrad.structures.base import Structure, autograd_gradient
 
 
@@ -104,3 +105,10 @@ def test_score_names_mismatched_shapes():
         KSubset(4, 2).score(torch.zeros(3, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"scores must have trailing shape \(3, 3\)"):
         SpanningTree(3).score(torch.zeros(4, 4), torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("structure", [*EVERY_KIND, Categorical(1), BitVector(4, budget=0)],
+                         ids=repr)
+def test_every_structure_counts_its_structures(structure):
+    """``num_structures`` is the number that ``enumerate`` lists (it bounds the entropy)."""
+    assert structure.num_structures == structure.enumerate().shape[0]

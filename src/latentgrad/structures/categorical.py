@@ -35,6 +35,11 @@ class Categorical(Structure):
     def __repr__(self) -> str:
         return f"Categorical(k={self.k})"
 
+    @property
+    def num_structures(self) -> int:
+        """The K one-hot vectors."""
+        return self.k
+
     def check_scores(self, scores: Tensor, name: str = "scores") -> Tensor:
         check_tensor(scores, name)
         check_trailing_shape(scores, name, self.score_shape)
