@@ -424,11 +424,14 @@ def test_igr_planar_kl_mc_matches_log_density_difference_and_reduces_to_igr_kl()
     # with no flows the MC estimate converges to the closed form of IGR-I
     no_flow = IGRPlanar(loc, scale, 0.5, [])
     exact = kl_divergence(IGR(loc, scale, 0.5), prior)
-    assert ((no_flow.kl_mc(prior, 40_000) - exact).abs() < 0.03).all()
+    psi, log_q = no_flow.rsample_with_log_prob((40_000,))
+    se = (log_q - prior.log_prob(psi)).std(0) / math.sqrt(40_000)  # of a 40,000-draw mean
+    assert ((no_flow.kl_mc(prior, 40_000) - exact).abs() <= 5 * se).all()
     d = IGRPlanar(loc, scale, 0.5, flows_for(3, 2, 8, batch=(2,)))
     psi, log_q = d.rsample_with_log_prob((20_000,))
-    direct = (log_q - prior.log_prob(psi)).mean(0)
-    assert ((d.kl_mc(prior, 20_000) - direct).abs() < 0.05).all()
+    terms = log_q - prior.log_prob(psi)
+    se = math.sqrt(2) * terms.std(0) / math.sqrt(20_000)  # of a difference of two such means
+    assert ((d.kl_mc(prior, 20_000) - terms.mean(0)).abs() <= 5 * se).all()
 
 
 @pytest.mark.parametrize("variant", ["I", "SB", "planar"])
