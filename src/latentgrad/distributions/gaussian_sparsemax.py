@@ -125,8 +125,6 @@ def _truncation_variance_loss(u: Tensor, ratio: Tensor) -> Tensor:
     return torch.where(u < -cut, series, ratio * (u + ratio)).clamp(0, 1)
 
 
-
-
 def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: Tensor,
                                      outside: Tensor, n_nodes: int) -> Tensor:
     """log E_{τ~N(m, v)}[Π_{j: outside_j} Φ((τ − μ_j)/σ_j)].

@@ -22,7 +22,6 @@ stopped by SIGTERM exits with status 143 (``--resume`` continues it).
 from __future__ import annotations
 
 import argparse
-import errno
 import signal
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, NoReturn
 from latentgrad import __version__
 from latentgrad.experiments.allocator import use_huge_pages
 from latentgrad.experiments.config import ConfigError, merged_config, parse_overrides
-from latentgrad.experiments.data.files import DataError
+from latentgrad.experiments.data.files import UNWRITABLE_ERRNOS, DataError
 from latentgrad.experiments.runlock import BUSY_EXIT_CODE, RunDirBusy
 from latentgrad.experiments.stopping import STOPPED_EXIT_CODE, RunStopped
 
@@ -257,17 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as err:
         print(f"latentgrad {args.command}: {err}", file=sys.stderr)
         return STOPPED_EXIT_CODE
-    except OSError as err:  # a folder it must write to is read-only or not the user's
-        if err.errno not in _UNWRITABLE:
+    except OSError as err:  # a folder it must write to is read-only or not the user's: a
+        # one-line error like the user's other mistakes, not a traceback
+        if err.errno not in UNWRITABLE_ERRNOS:
             raise
         print(f"latentgrad {args.command}: error: cannot write {err.filename}: {err.strerror}",
               file=sys.stderr)
         return 2
-
-
-#: errnos of a path the user cannot write (read-only file system, no permission): a one-line
-#: error like the user's other mistakes, not a traceback
-_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 if __name__ == "__main__":

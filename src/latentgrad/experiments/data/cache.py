@@ -13,7 +13,6 @@ returned uncached, with a warning that names the folder (the next run generates 
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import warnings
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from latentgrad.experiments.checkpoint import atomic_write_bytes, atomic_write_text
-from latentgrad.experiments.data.files import sha256
+from latentgrad.experiments.data.files import UNWRITABLE_ERRNOS, sha256
 
 
 def cache_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
@@ -76,7 +75,7 @@ def cached_arrays(
         record = {"params": params, "sha256": sha256(data_path), "arrays": sorted(arrays)}
         atomic_write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", record_path)
     except OSError as err:
-        if err.errno not in _UNWRITABLE:
+        if err.errno not in UNWRITABLE_ERRNOS:
             raise
         data_path.unlink(missing_ok=True)  # no data file without its record
         warnings.warn(
@@ -84,7 +83,3 @@ def cached_arrays(
             f"({err.strerror}): using it uncached, so every run generates it again; point the "
             "task's data path at a writable folder to keep it", stacklevel=2)
     return arrays
-
-
-#: errnos of a folder the user cannot write (read-only file system, no permission)
-_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

@@ -6,11 +6,15 @@ caller (config key ``data.path``), ``$LATENTGRAD_DATA/<name>``, or ``./data/<nam
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
 
 DATA_ENV = "LATENTGRAD_DATA"
+
+#: errnos of a path the user cannot write (read-only file system, no permission)
+UNWRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 SUMS_FILE = "SHA256SUMS"
 
 

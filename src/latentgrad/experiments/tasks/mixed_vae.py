@@ -169,10 +169,10 @@ class MixedVAE(SampledEvaluation):
             m.latent_dim, name, input_dim, dataset_label)
         self.encoder = mlp([input_dim, *m.hidden, HEADS[name] * m.latent_dim], m.dropout_inf)
         self.decoder = mlp([m.latent_dim, *m.hidden, input_dim], m.dropout_gen)
-        # exact marginalization hands the loss category indices: the K one-hot latents are the
-        # same for every image, so the loss decodes them once per batch (``category_distortion``)
         self.prior_form = self.cfg.estimator_args.face_prior
         self._priors: dict[tuple[torch.device, torch.dtype], MixedDirichlet] = {}
+        # exact marginalization hands the loss category indices: the K one-hot latents are the
+        # same for every image, so the loss decodes them once per batch (``category_distortion``)
         extra: dict = {"one_hot": False} if name == "softmax" else {}
         if name == "gaussian_sparsemax":  # its KL in the estimator: a score-function gradient
             extra["prior"] = mixed_dirichlet_prior(m.latent_dim, self.prior_form)
