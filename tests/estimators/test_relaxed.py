@@ -550,22 +550,39 @@ def test_igr_estimator_hands_the_loss_latents_in_the_scores_dtype(variant):
     assert seen == [torch.float16]
 
 
-@pytest.mark.parametrize("kind", ["categorical", "bits", "igr_i"])
+def _planar_from_definition(flow, z):
+    """``z + û tanh(wᵀz + b)`` with ``û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖²``."""
+    u, w, b = flow.u, flow.w, flow.b
+    wu = (w * u).sum(-1, keepdim=True)
+    u_hat = u + (torch.nn.functional.softplus(wu) - 1 - wu) * w / w.square().sum(-1, keepdim=True)
+    return z + u_hat * torch.tanh((z * w).sum(-1, keepdim=True) + b.unsqueeze(-1))
+
+
+@pytest.mark.parametrize("kind", ["categorical", "bits", "igr_i", "igr_sb", "igr_planar"])
 @pytest.mark.parametrize("straight_through", [False, True])
 def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(kind,
                                                                               straight_through):
     """The latents and the gradient of a loss of them are those of the relaxation at the same
     noise, written from the definitions (re-seeded): Concrete ``softmax((θ + g)/τ)`` with
-    ``g = -log E``, E ~ Exp(1); Binary Concrete ``σ((θ + log U - log(1 - U))/τ)``; IGR-I
-    ``softmax([(μ + σ ε)/τ, log δ])``. Straight-through: the hard argmax (bits: the sign of the
-    perturbed score) forward, the relaxation's Jacobian backward."""
+    ``g = -log E``, E ~ Exp(1); Binary Concrete ``σ((θ + log U - log(1 - U))/τ)``; IGR
+    ``softmax([λ/τ, log δ])`` with ``λ = κ = μ + σ ε`` (IGR-I), the first K − 1 stick-breaking
+    weights ``π_k = σ(κ_k) Π_{j<k} (1 − σ(κ_j))`` (IGR-SB, untruncated), or ``κ`` through two
+    planar flows (IGR-Planar; their parameters get the same gradient too). Straight-through: the
+    hard argmax (bits: the sign of the perturbed score) forward, the relaxation's Jacobian
+    backward."""
     tau = 0.7
     gen = torch.Generator().manual_seed(3)
-    shape = {"categorical": (4, 5), "bits": (4, 5), "igr_i": (4, 2, 4)}[kind]
+    igr = kind.startswith("igr")
+    shape = (4, 2, 4) if igr else (4, 5)
     scores = torch.randn(shape, generator=gen, dtype=D).requires_grad_(True)
     w = torch.randn(5, generator=gen, dtype=D)
-    if kind == "igr_i":
-        est = IGREstimator("I", tau, straight_through=straight_through)
+    if igr:
+        variant = {"igr_i": "I", "igr_sb": "SB", "igr_planar": "planar"}[kind]
+        options = {"igr_i": {}, "igr_sb": {"eps": 0.0}, "igr_planar": {"num_categories": 5}}
+        est = IGREstimator(variant, tau, straight_through=straight_through,
+                           **options[kind]).double()  # fmt: skip
+        for flow in est.flows:  # away from the flows' initial b = 0
+            torch.nn.init.normal_(flow.b, generator=gen)
     else:
         est = GumbelSoftmax(tau, straight_through=straight_through,
                             structure=BitVector(5) if kind == "bits" else None)  # fmt: skip
@@ -575,7 +592,8 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
 
     torch.manual_seed(5)
     out = est(scores, loss_fn)
-    (got,) = torch.autograd.grad(out.loss, scores)
+    params = [p for flow in est.flows for p in (flow.u, flow.w, flow.b)] if igr else []
+    got = torch.autograd.grad(out.loss, [scores, *params])
     torch.manual_seed(5)
     if kind == "categorical":
         g = -torch.empty(shape, dtype=D).exponential_().log()
@@ -589,14 +607,21 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
         hard = (scores + logistic > 0).to(D)
     else:
         loc, log_scale = scores.unbind(-2)
-        x = (loc + log_scale.exp() * torch.randn(loc.shape, dtype=D)) / tau
-        full = torch.cat([x, torch.zeros(4, 1, dtype=D)], -1)  # log δ = 0
+        lam = loc + log_scale.exp() * torch.randn(loc.shape, dtype=D)
+        if kind == "igr_sb":
+            v = torch.sigmoid(lam)
+            rest = torch.cat([torch.ones(4, 1, dtype=D), torch.cumprod(1 - v, -1)[:, :-1]], -1)
+            lam = v * rest
+        for flow in est.flows:
+            lam = _planar_from_definition(flow, lam)
+        full = torch.cat([lam / tau, torch.zeros(4, 1, dtype=D)], -1)  # log δ = 0
         relaxed = torch.exp(full) / torch.exp(full).sum(-1, keepdim=True)
         hard = torch.nn.functional.one_hot(relaxed.argmax(-1), 5).to(D)
     z = hard + relaxed - relaxed.detach() if straight_through else relaxed
     torch.testing.assert_close(out.latents.detach(), z.detach())
-    (want,) = torch.autograd.grad(loss_fn(z, None).mean(), scores)
-    torch.testing.assert_close(got, want)
+    want = torch.autograd.grad(loss_fn(z, None).mean(), [scores, *params])
+    for g, h in zip(got, want, strict=True):
+        torch.testing.assert_close(g, h)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """SSTEstimator: the Estimator contract on top of StochasticSoftmax."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -67,6 +69,84 @@ def test_gradient_is_the_reparameterised_gradient_of_the_relaxed_sample():
     x = StochasticSoftmax(KSubset(5, 2), scores, 0.7).rsample()
     (grad_ref,) = torch.autograd.grad((x * weights).sum(-1).mean(), scores)
     torch.testing.assert_close(grad_est, grad_ref)
+
+
+def _subsets(n, k):
+    """Every k-subset of n items as 0/1 rows ``(C(n, k), n)``."""
+    rows = [[float(i in c) for i in range(n)] for c in itertools.combinations(range(n), k)]
+    return torch.tensor(rows, dtype=F64)
+
+
+def _trees(n):
+    """Every spanning tree of K_n as a symmetric adjacency matrix ``(n^(n-2), n, n)``: the
+    (n - 1)-edge sets without a cycle, checked by union-find."""
+    edges = list(itertools.combinations(range(n), 2))
+    found = []
+    for chosen in itertools.combinations(edges, n - 1):
+        root = list(range(n))
+
+        def find(i, root=root):
+            while root[i] != i:
+                i = root[i]
+            return i
+
+        acyclic = True
+        for i, j in chosen:
+            a, b = find(i), find(j)
+            acyclic &= a != b
+            root[a] = b
+        if acyclic:
+            z = torch.zeros(n, n, dtype=F64)
+            for i, j in chosen:
+                z[i, j] = z[j, i] = 1.0
+            found.append(z)
+    return torch.stack(found)
+
+
+@pytest.mark.parametrize("noise", ["gumbel", "gaussian"])
+@pytest.mark.parametrize("straight_through", [False, True])
+@pytest.mark.parametrize("kind", ["subset", "tree"])
+def test_sample_and_gradient_are_the_stochastic_softmax_trick_written_from_its_definition(
+    kind, straight_through, noise
+):
+    """Paulus et al.'s SST, by enumeration: utilities ``U = θ + N`` (N iid per score entry; one
+    draw per undirected edge for trees, Gumbel as ``-log E`` with E ~ Exp(1)), relaxed sample
+    ``Σ_x x softmax_x(<x, U> / t)`` (the Gibbs marginals at ``U / t``, the entropy regulariser),
+    hard sample ``argmax_x <x, U>``; straight-through forwards the hard one with the relaxed one's
+    Jacobian. A tree's score counts each edge once."""
+    t = 0.6
+    gen = torch.Generator().manual_seed(11)
+    if kind == "subset":
+        structure, space, shape = KSubset(5, 2), _subsets(5, 2), (5,)
+    else:
+        structure, space, shape = SpanningTree(4), _trees(4), (4, 4)
+    assert space.shape[0] == structure.num_structures
+    scores = torch.randn(3, *shape, generator=gen, dtype=F64)
+    if kind == "tree":
+        scores = (scores + scores.mT) / 2
+    scores.requires_grad_(True)
+    weights = torch.randn(3, *shape, generator=gen, dtype=F64)
+    est = SSTEstimator(structure, t, noise=noise, straight_through=straight_through)
+    torch.manual_seed(4)
+    out = est(scores, RecordingLoss(weights))
+    (got,) = torch.autograd.grad(out.loss, scores)
+
+    torch.manual_seed(4)
+    if noise == "gumbel":
+        n = -torch.empty(3, *shape, dtype=F64).exponential_().log()
+    else:
+        n = torch.randn(3, *shape, dtype=F64)
+    if kind == "tree":
+        n = n.triu(1) + n.triu(1).mT
+    utilities = scores + n
+    flat = space.flatten(1)  # (|X|, d)
+    per_structure = utilities.flatten(1) @ flat.T / (2.0 if kind == "tree" else 1.0)  # (3, |X|)
+    relaxed = (per_structure / t).softmax(-1) @ flat
+    hard = flat[per_structure.argmax(-1)]
+    z = (hard + relaxed - relaxed.detach() if straight_through else relaxed).view(3, *shape)
+    torch.testing.assert_close(out.latents.detach(), z.detach())
+    (want,) = torch.autograd.grad((z * weights).flatten(1).sum(-1).mean(), scores)
+    torch.testing.assert_close(got, want)
 
 
 def test_categorical_entropy_bonus_uses_the_exact_softmax_entropy():
