@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(DEVICE.type != "cuda", reason="synchronisation i
 
 B, K = 32, 12
 SUPPORT = "the output's support size is data-dependent (one sync to size it)"
+ITERATIVE = "an iterative solver: one convergence read per 8 Newton steps"
 FALLBACK = "rows failing the dense trust test are gathered for the exact path (one sync)"
 
 
@@ -69,6 +70,7 @@ HOT_PATHS = {
     "stick_breaking_logits": (mappings.stick_breaking_logits, _x, None),
     "sparsemax": (mappings.sparsemax, _x, None),  # rows of 12: the dense path sorts
     "entmax15": (mappings.entmax15, _x, None),
+    "entmax_bisect": (lambda x: mappings.entmax_bisect(x, 1.3), _x, ITERATIVE),
     "sparsemax_long_rows": (mappings.sparsemax, _long_rows, SUPPORT),
     "entmax15_long_rows": (mappings.entmax15, _long_rows, SUPPORT),
     "categorical_marginals": (Categorical(K).marginals, _x, None),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _mapping_refs import entmax_root_reference, hard_rows, rowwise, sparsemax_sort_reference
 
-from latentgrad.mappings import _entmax, _sparsemax, entmax15, sparsemax
+from latentgrad.mappings import _entmax, _sparsemax, entmax15, entmax_bisect, sparsemax
 
 CASES = {
     "sparsemax": (sparsemax, _sparsemax, lambda r: sparsemax_sort_reference(r)),
@@ -34,3 +34,22 @@ def test_sorted_dense_path_gradients(name, monkeypatch):
     monkeypatch.setattr(module, "host_reads_free", lambda x: False)
     x = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.2, 1.5, 2.0, 4.0, "per_row"])
+def test_entmax_bisect_without_host_reads_is_the_same_mapping(alpha, monkeypatch):
+    """Off the CPU entmax_bisect computes both parametrisations' logarithms (no read of which rows
+    need which) and reads its convergence test once per ``_BISECT_CHECK_EVERY`` steps instead of
+    every step: the same solution, to the solver's tolerance, and the same gradients."""
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    if alpha == "per_row":  # rows on both sides of the switch between the two unknowns
+        alpha = torch.tensor([1.0, 1.05, 1.3, 1.7, 2.5, 6.0], dtype=torch.float64).unsqueeze(1)
+    expected = entmax_bisect(x, alpha)
+    monkeypatch.setattr(_entmax, "host_reads_free", lambda x: False)
+    torch.testing.assert_close(entmax_bisect(x, alpha), expected, rtol=1e-10, atol=1e-13)
+    xg = x[1:4, :5].clone().requires_grad_(True)  # per row: alpha > 1 (gradcheck steps both ways)
+    a = alpha[1:4].clone().requires_grad_(True) if torch.is_tensor(alpha) else alpha
+    inputs = (xg, a) if torch.is_tensor(a) else (xg,)
+    assert torch.autograd.gradcheck(lambda *t: entmax_bisect(t[0], a if len(t) == 1 else t[1]),
+                                    inputs)  # fmt: skip
