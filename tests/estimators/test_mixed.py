@@ -438,3 +438,23 @@ def test_tuple_scores_of_the_wrong_length_are_named():
         GaussianSparsemaxEstimator()((loc, loc.exp(), loc), lambda z, rows: z.sum(-1))
     with pytest.raises(TypeError, match=r"tuple \(face_scores, concentration\), got a tuple of 1"):
         MixedDirichletEstimator()((loc,), lambda z, rows: z.sum(-1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda prior: GaussianSparsemaxEstimator(prior=prior),
+    lambda prior: MixedDirichletEstimator(prior=prior),
+], ids=["gaussian_sparsemax", "mixed_dirichlet"])
+def test_prior_like_is_the_prior_in_the_scores_dtype_built_once_per_dtype_and_prior(make):
+    prior = MixedDirichlet(MaxEntropyFaces(3), torch.ones(3))
+    est = make(prior)
+    like = torch.zeros(2, 3, dtype=torch.float64)
+    placed = est.prior_like(like)
+    assert est.prior_like(like) is placed  # not rebuilt at every step
+    assert placed.concentration.dtype == torch.float64
+    y = torch.tensor([[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(placed.log_prob(y), prior.log_prob(y.float()).double(),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip
+    assert est.prior_like(like.float()).concentration.dtype == torch.float32
+    est.prior = MixedDirichlet(MaxEntropyFaces(3), 2 * torch.ones(3))  # a new prior is followed
+    assert torch.equal(est.prior_like(like).concentration, 2 * torch.ones(3, dtype=torch.float64))
+    assert make(None).prior_like(like) is None

@@ -95,7 +95,26 @@ def mc_weights(rows: Tensor, s: int, total: int, like: Tensor) -> Tensor:
     return torch.where(sample < s, 1.0 / s, 0.0).to(like.dtype)
 
 
-class GaussianSparsemaxEstimator(Estimator):
+class _WithPrior(Estimator):
+    """An estimator with an optional ``prior`` (a distribution), read where the scores are."""
+
+    prior: Distribution | None
+    _placed_prior: tuple[tuple, Distribution, Distribution] | None
+
+    def prior_like(self, like: Tensor) -> Distribution | None:
+        """``prior`` on ``like``'s device in its (floating) dtype, None without one: moved once
+        per device and dtype (and per prior assigned), not copied from the host at every step."""
+        if self.prior is None:
+            return None
+        where = (like.device, like.dtype)
+        placed = self._placed_prior
+        if placed is None or placed[0] != where or placed[1] is not self.prior:
+            placed = (where, self.prior, on_device(self.prior, *where))
+            self._placed_prior = placed
+        return placed[2]
+
+
+class GaussianSparsemaxEstimator(_WithPrior):
     """Pathwise estimator for y = sparsemax(μ + σε) (Gaussian-sparsemax, Farinhas et al. 2022).
 
     Args:
@@ -167,7 +186,7 @@ class GaussianSparsemaxEstimator(Estimator):
             entropy = sum_latent(score_function_mean(-log_q, log_q, along), 1)
             kl = None
             if self.prior is not None:
-                log_prior = _placed(self, fixed).log_prob(fixed)
+                log_prior = self.prior_like(fixed).log_prob(fixed)
                 kl = sum_latent(score_function_mean(log_q - log_prior, log_q, along), 1)
         if self.reading() == "mode":  # the noise-free point sparsemax(μ)
             return one_sample_output(self, loss_fn, sparsemax(loc.detach(), dim=-1), None, entropy,
@@ -177,18 +196,6 @@ class GaussianSparsemaxEstimator(Estimator):
         logs = {} if kl is None else {"kl": batch_mean(kl.detach())}
         out = fixed_support_output(batch_mean(loss), losses.mean(1), entropy, self.n_samples, logs)
         return out.evaluated(z, rows, mc_weights(rows, self.n_samples, self.n_samples, losses))
-
-
-def _placed(est: GaussianSparsemaxEstimator | MixedDirichletEstimator,
-            like: Tensor) -> Distribution:
-    """``est.prior`` on ``like``'s device in its (floating) dtype: moved once per device and
-    dtype (and per prior assigned), not copied from the host at every step."""
-    where = (like.device, like.dtype)
-    placed = est._placed_prior
-    if placed is None or placed[0] != where or placed[1] is not est.prior:
-        placed = (where, est.prior, on_device(est.prior, *where))
-        est._placed_prior = placed
-    return placed[2]
 
 
 FAMILIES = ("hard_concrete", "gaussian_sparsemax")
@@ -278,7 +285,7 @@ class BinaryMixedEstimator(Estimator):
 BASELINES = (None, "self_critic", "leave_one_out")
 
 
-class MixedDirichletEstimator(Estimator):
+class MixedDirichletEstimator(_WithPrior):
     r"""Mixed Dirichlet VAE estimator (Farinhas et al. 2022).
 
     Per example and sample s: f_s ~ q_F (no pathwise gradient), y_s ~ Dir(α_{f_s}) (implicit
@@ -391,11 +398,11 @@ class MixedDirichletEstimator(Estimator):
         (S', B, *latent); with ``exact_regularizer`` everything is in the exact part."""
         zero = torch.zeros_like(faces[..., 0])
         if self.exact_regularizer:
-            kl = None if self.prior is None else kl_divergence(q, _placed(self, q.concentration))
+            kl = None if self.prior is None else kl_divergence(q, self.prior_like(q.concentration))
             return q.entropy(), zero, kl, zero
         kl, kl_at_faces = None, zero
         if self.prior is not None:
-            prior = _placed(self, q.concentration)
+            prior = self.prior_like(q.concentration)
             kl = kl_divergence(q.faces, prior.faces)
             kl_at_faces = q.dirichlet_kl(prior, faces)
         return q.faces.entropy(), q.dirichlet_entropy(faces), kl, kl_at_faces

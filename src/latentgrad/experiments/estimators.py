@@ -40,7 +40,6 @@ from latentgrad.estimators.base import Estimator
 from latentgrad.experiments.schema import EstimatorConfig
 
 if TYPE_CHECKING:
-    from torch import Tensor
     from torch.distributions import Distribution
 
     from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
@@ -427,16 +426,15 @@ def _reparameterized(family: str) -> Callable[..., Estimator]:
     return factory
 
 
-def mixed_dirichlet_prior(k: int, form: str, like: Tensor | None = None) -> MixedDirichlet:
+def mixed_dirichlet_prior(k: int, form: str) -> MixedDirichlet:
     """The Mixed Dirichlet VAE prior: max-entropy faces (``form``) and Dir(1) on each face, in
-    ``like``'s dtype and on its device (default: the default dtype, on the CPU)."""
+    the default dtype on the CPU (the estimators holding it move it to their scores)."""
     import torch
 
     from latentgrad.distributions.faces import MaxEntropyFaces
     from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
 
-    where = {} if like is None else {"dtype": like.dtype, "device": like.device}
-    return MixedDirichlet(MaxEntropyFaces(k, form=form, **where), torch.ones(k, **where))
+    return MixedDirichlet(MaxEntropyFaces(k, form=form), torch.ones(k))
 
 
 def _mixed_dirichlet(cfg: EstimatorConfig, num_classes: int, features_dim: int,

@@ -55,8 +55,9 @@ class Reparameterized(Estimator):
             raise TypeError(f"dirichlet scores must be a tensor, got {type(scores).__name__}")
         return Dirichlet(scores, validate_args=None if scores.numel() else False)
 
-    def prior(self, like: Tensor) -> Distribution:
-        """The fixed prior, event shape (K,) like the last dim of ``like``."""
+    def prior_like(self, like: Tensor) -> Distribution:
+        """The fixed prior, event shape (K,) like the last dim of ``like``, on its device in its
+        dtype."""
         ones = torch.ones(like.shape[-1], dtype=like.dtype, device=like.device)
         if self.family == "gaussian":
             return Independent(Normal(torch.zeros_like(ones), ones), 1)
@@ -68,7 +69,7 @@ class Reparameterized(Estimator):
         s, b = z.shape[:2]
         rows = torch.arange(b, device=z.device).repeat(s)
         losses = call_loss_fn(loss_fn, z.flatten(0, 1), rows).view(s, b).T  # (B, S)
-        prior = self.prior(z)
+        prior = self.prior_like(z)
         if isinstance(q, Independent):  # sum the coordinates here: Independent cannot reshape B = 0
             kl = kl_divergence(q.base_dist, prior.base_dist).sum(-1)
             entropy = q.base_dist.entropy().sum(-1)

@@ -169,13 +169,11 @@ class MixedVAE(SampledEvaluation):
             m.latent_dim, name, input_dim, dataset_label)
         self.encoder = mlp([input_dim, *m.hidden, HEADS[name] * m.latent_dim], m.dropout_inf)
         self.decoder = mlp([m.latent_dim, *m.hidden, input_dim], m.dropout_gen)
-        self.prior_form = self.cfg.estimator_args.face_prior
-        self._priors: dict[tuple[torch.device, torch.dtype], MixedDirichlet] = {}
         # exact marginalization hands the loss category indices: the K one-hot latents are the
         # same for every image, so the loss decodes them once per batch (``category_distortion``)
         extra: dict = {"one_hot": False} if name == "softmax" else {}
         if name == "gaussian_sparsemax":  # its KL in the estimator: a score-function gradient
-            extra["prior"] = mixed_dirichlet_prior(m.latent_dim, self.prior_form)
+            extra["prior"] = mixed_dirichlet_prior(m.latent_dim, self.cfg.estimator_args.face_prior)
         self.estimator = self.make_estimator(m.latent_dim, input_dim, **extra)
 
     # ---- the model's math (no estimator math here)
@@ -208,13 +206,12 @@ class MixedVAE(SampledEvaluation):
         return F.softplus(logits).sum(-1) - x @ logits.T
 
     def prior(self, like: Tensor) -> Distribution | None:
-        """The prior of the simplex latents with a direct-sum density (None otherwise)."""
-        if self.name not in ("mixed_dirichlet", "gaussian_sparsemax"):
+        """The estimator's prior of the continuous and mixed latents (their KL is trained there),
+        event shape (K,), on ``like``'s device in its dtype; None for the one-hot latents (their
+        prior is uniform)."""
+        if self.name in ONE_HOT:
             return None
-        key = (like.device, like.dtype)  # built once there, not copied from the host each step
-        if key not in self._priors:
-            self._priors[key] = mixed_dirichlet_prior(self.k, self.prior_form, like)
-        return self._priors[key]
+        return self.estimator.prior_like(like.new_empty(self.k))
 
     def shared_decodes(self) -> bool:
         """Whether every image may share the decoder's logits of one latent (no dropout active
@@ -269,7 +266,7 @@ class MixedVAE(SampledEvaluation):
         if self.name in ONE_HOT:
             return {"rate": math.log(self.k) - q.entropy()}
         if self.name in ("gaussian", "dirichlet"):
-            return {"rate": kl_divergence(q, self.estimator.prior(q.mean))}
+            return {"rate": kl_divergence(q, self.prior(q.mean))}
         prior = self.prior(scores[0])
         if self.name == "gaussian_sparsemax":
             y = q.sample((n,))
@@ -287,8 +284,6 @@ class MixedVAE(SampledEvaluation):
             return torch.logsumexp(-self.category_distortion(x), -1) - math.log(self.k)
         q = self.posterior(scores)
         prior = self.prior(x)
-        if prior is None:
-            prior = self.estimator.prior(x.new_empty(self.k))
 
         def log_joint(z: Tensor) -> Tensor:
             n = z.shape[0]
