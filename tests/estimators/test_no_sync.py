@@ -1,15 +1,17 @@
-"""With validation off, a training step of the dense estimators (and of Gaussian-sparsemax,
-whose sparse samples have fixed shapes) forces no host-device synchronisation. Counted on CPU:
+"""With validation off, a training step of every estimator whose shapes are fixed in advance
+(the dense ones, the relaxations, the mixed latents whose sparse samples have fixed shapes, the
+score function on categoricals, bit vectors and k-subsets) forces no host-device
+synchronisation. Counted on CPU:
 every tensor-to-host conversion (``item``, ``bool``, ...) is patched, and a dispatch mode sees
 the operators that read a value on the host or size their output by the data (``nonzero``,
 boolean indexing, ``masked_select``, ``unique``, ``equal``, ``repeat_interleave`` without an
-output size). (Sparse estimators sync where their support size is data-dependent.)
+output size). (Sparse estimators sync where their support size is data-dependent, IGR-SB to
+size its truncation, and relaxed trees where rows fail the dense matrix-tree trust test.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 
 import pytest
@@ -17,17 +19,28 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import latentgrad as lg
+from latentgrad.distributions import MaxEntropyFaces, MixedDirichlet
 from latentgrad.estimators import (
     NVIL,
     BinaryMixedEstimator,
     ExponentialDecay,
     GaussianSparsemaxEstimator,
     GumbelSoftmax,
+    IGREstimator,
+    MixedDirichletEstimator,
+    PerturbationScoreFunction,
     ScoreFunction,
     SoftmaxMarginalization,
+    SSTEstimator,
     SumAndSample,
 )
 from latentgrad.estimators.score_function import BASELINES
+from latentgrad.estimators.subsets import (
+    CorrelatedSSTEstimator,
+    L2XEstimator,
+    SoftSubEstimator,
+)
+from latentgrad.structures import BitVector, KSubset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SYNCING = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy")
@@ -42,7 +55,37 @@ DENSE = {
     "sum_and_sample": lambda: SumAndSample(k=2, baseline="self_critic"),
     "binary_mixed": lambda: BinaryMixedEstimator(),
     "gaussian_sparsemax": lambda: GaussianSparsemaxEstimator(n_samples=2, entropy_coeff=0.1),
+    "gaussian_sparsemax_prior": lambda: GaussianSparsemaxEstimator(prior=_mixed_prior()),
+    "gumbel_bits": lambda: GumbelSoftmax(0.5, structure=BitVector(5), entropy_coeff=0.1),
+    "kd_hard_concrete": lambda: GumbelSoftmax(0.5, stretch=1.1),
+    "igr_i": lambda: IGREstimator("I", 0.5, prior="uniform"),
+    "igr_planar": lambda: IGREstimator("planar", 0.5, num_categories=5, prior="uniform",
+                                       kl="sampled"),
+    "sst_categorical": lambda: SSTEstimator(None, 0.5, entropy_coeff=0.1),
+    "sst_ksubset": lambda: SSTEstimator(KSubset(5, 2), 0.5, straight_through=True),
+    "sst_bits": lambda: SSTEstimator(BitVector(5), 0.5, noise="gaussian"),
+    "l2x": lambda: L2XEstimator(2, 0.5),
+    "softsub": lambda: SoftSubEstimator(2, 0.5, straight_through=True),
+    "correlated_sst": lambda: CorrelatedSSTEstimator(2, 0.5),
+    "perturbation_sfe": lambda: PerturbationScoreFunction(None, baseline="batch_loo"),
+    "mixed_dirichlet": lambda: MixedDirichletEstimator(prior=_mixed_prior()),
+    "sfe_bits": lambda: ScoreFunction(structure=BitVector(5), baseline="batch_loo",
+                                      entropy_coeff=0.1),
+    "sfe_ksubset": lambda: ScoreFunction(structure=KSubset(5, 2), n_samples=2,
+                                         baseline="leave_one_out"),
+    "sfe_budget": lambda: ScoreFunction(structure=BitVector(5, 2)),
+    "gaussian_sparsemax_bits": lambda: BinaryMixedEstimator("gaussian_sparsemax"),
 }
+#: score shapes other than the latent's (4, 5): location and log-scale (IGR, K - 1 of each),
+#: face scores and concentrations (Mixed Dirichlet), mean, log-scale and a rank-1 factor
+SCORE_SHAPES = {"igr_i": (4, 2, 4), "igr_planar": (4, 2, 4), "mixed_dirichlet": (4, 2, 5),
+                "correlated_sst": (4, 5, 3), "softmax_several": (4, 3, 5)}
+
+
+def _mixed_prior():
+    return MixedDirichlet(MaxEntropyFaces(5), torch.ones(5))
+
+
 aten = torch.ops.aten
 #: operators that read a tensor on the host or whose output size depends on the data
 DATA_DEPENDENT = {
@@ -107,9 +150,9 @@ def test_a_training_step_without_validation_never_syncs(name, monkeypatch):
             monkeypatch.setattr(module, "host_reads_free", lambda x: False)
     torch.manual_seed(0)
     est = DENSE[name]()
-    shape = (4, 3, 5) if name.endswith("several") else (4, 5)
+    shape = SCORE_SHAPES.get(name, (4, 5))
     scores = torch.randn(shape, requires_grad=True)
-    target = torch.randn(4, math.prod(shape[1:]))
+    target = torch.randn(4, 15 if name.endswith("several") else 5)
     train_step(est, scores, target)  # first call: lazy modules materialise
     with lg.validate_args(False), count_syncs() as calls:
         train_step(est, scores, target)

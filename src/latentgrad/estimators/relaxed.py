@@ -15,6 +15,7 @@ advances by itself once per optimizer step that followed a training-mode call.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -319,6 +320,12 @@ def _checked_stretch(stretch: object, unsupported: bool, entropy_coeff: float,
 VARIANTS = ("I", "SB", "planar")
 
 
+@functools.cache
+def _uniform_prior_loc(num_categories: int) -> float:
+    """``uniform_prior_loc(num_categories)`` at σ₀ = 1 as a number, read once per K."""
+    return float(uniform_prior_loc(num_categories, 1.0))
+
+
 class IGREstimator(Estimator):
     """Invertible Gaussian reparameterisation (Potapczynski et al. 2020), one sample per example.
 
@@ -456,7 +463,7 @@ class IGREstimator(Estimator):
         parameters were checked when registered, so it is built without argument validation."""
         if self.prior_kind == "uniform":
             # filled on the device (a host tensor copied there would wait for it)
-            loc0 = like.new_full(like.shape, float(uniform_prior_loc(like.shape[-1] + 1, 1.0)))
+            loc0 = like.new_full(like.shape, _uniform_prior_loc(like.shape[-1] + 1))
             scale0 = torch.ones_like(like)
         else:
             loc0 = self.prior_loc.to(like).expand(like.shape)
