@@ -64,9 +64,14 @@ def _differing(saved: dict[str, Any], config: dict[str, Any], prefix: str = "") 
         a, b = saved.get(key), config.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differing(a, b, f"{prefix}{key}.")
+        elif key not in saved:
+            out.append(f"{prefix}{key} ({_NOT_SAVED}, {b!r} now)")
         elif a != b:
             out.append(f"{prefix}{key} ({a!r} saved, {b!r} now)")
     return out
+
+
+_NOT_SAVED = "not in the saved config"
 
 
 def saved_config(path: Path) -> dict[str, Any]:
@@ -88,9 +93,15 @@ def check_same_config(saved_path: Path, config: dict[str, Any]) -> dict[str, Any
     saved = saved_config(saved_path)
     differ = _differing(saved, config)
     if differ:
+        if any(_NOT_SAVED in d for d in differ):
+            hint = ("settings the saved config lacks were added to latentgrad after the run "
+                    "started: continue it with the version that started it (its commit is in "
+                    "run.json), or start a new run under another --out")
+        else:
+            hint = "resume with the same settings (only trainer.* may change) or use another --out"
         raise ConfigError(
             f"--resume: the resolved config differs from {saved_path} in {', '.join(differ)}; "
-            "resume with the same settings (only trainer.* may change) or use another --out"
+            f"{hint}"
         )
     return saved
 
