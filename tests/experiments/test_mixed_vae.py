@@ -137,8 +137,10 @@ def test_gaussian_sparsemax_kl_to_the_prior_is_the_estimators() -> None:
     torch.testing.assert_close(model.loss_fn(x)(y, rows), model.distortion(x, y))
     est = model.estimator
     assert est.kl_coeff == 1.0 and est.entropy_coeff == 0.0
-    y32 = y.float()  # the estimator's prior is built in the default dtype, cast where it is used
-    torch.testing.assert_close(est.prior.log_prob(y32), model.prior(x.float()).log_prob(y32))
+    for like in (x, x.float()):  # the model's prior is the estimator's, in the scores' dtype
+        assert model.prior(like) is est.prior_like(like.new_empty(2))
+    # built in float64 and rounded once to the dtype in use
+    torch.testing.assert_close(model.prior(x).log_prob(y), est.prior.log_prob(y))
 
 
 def _softmax_step(model: task.MixedVAE, x: torch.Tensor, one_hot: bool) -> list[torch.Tensor]:

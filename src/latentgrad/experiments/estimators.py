@@ -428,13 +428,15 @@ def _reparameterized(family: str) -> Callable[..., Estimator]:
 
 def mixed_dirichlet_prior(k: int, form: str) -> MixedDirichlet:
     """The Mixed Dirichlet VAE prior: max-entropy faces (``form``) and Dir(1) on each face, in
-    the default dtype on the CPU (the estimators holding it move it to their scores)."""
+    float64 on the CPU (the estimators holding it move it to their scores, rounding it once to
+    their dtype)."""
     import torch
 
     from latentgrad.distributions.faces import MaxEntropyFaces
     from latentgrad.distributions.mixed_dirichlet import MixedDirichlet
 
-    return MixedDirichlet(MaxEntropyFaces(k, form=form), torch.ones(k))
+    return MixedDirichlet(MaxEntropyFaces(k, form=form, dtype=torch.float64),
+                          torch.ones(k, dtype=torch.float64))
 
 
 def _mixed_dirichlet(cfg: EstimatorConfig, num_classes: int, features_dim: int,
