@@ -455,6 +455,7 @@ def test_prior_like_is_the_prior_in_the_scores_dtype_built_once_per_dtype_and_pr
     torch.testing.assert_close(placed.log_prob(y), prior.log_prob(y.float()).double(),
                                rtol=1e-6, atol=1e-6)  # fmt: skip
     assert est.prior_like(like.float()).concentration.dtype == torch.float32
-    est.prior = MixedDirichlet(MaxEntropyFaces(3), 2 * torch.ones(3))  # a new prior is followed
+    assert est.prior_like(like) is not None  # float64 placed again, then a new prior is followed
+    est.prior = MixedDirichlet(MaxEntropyFaces(3), 2 * torch.ones(3))
     assert torch.equal(est.prior_like(like).concentration, 2 * torch.ones(3, dtype=torch.float64))
     assert make(None).prior_like(like) is None

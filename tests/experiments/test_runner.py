@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from latentgrad.experiments.runner import check_run, flushed_denormals, run
 
@@ -98,3 +99,28 @@ def test_a_task_extends_what_a_registry_estimator_reads() -> None:
     with pytest.raises(ConfigError, match="face_prior: does not apply to estimator"):
         check_run("signal_game", "gaussian_sparsemax", 0,
                   {"profile": "tiny", "estimator_args": {"face_prior": "maxent"}})
+
+
+def test_resume_names_settings_the_saved_run_lacks_apart_from_changed_ones(tmp_path) -> None:
+    """A run started by an older version lacks settings the current one has: they are named as
+    such, with what to do (the version in run.json); a changed setting asks for the same
+    settings; a setting unset in both, or one the saved run had that is gone now but was unset,
+    is no difference."""
+    from latentgrad.experiments.config import ConfigError
+    from latentgrad.experiments.runner import check_same_config
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"optim": {"lr": 0.1, "old": None}, "trainer": {"x": 1}}))
+    same = {"optim": {"lr": 0.1, "unset": None}, "trainer": {"x": 2}}
+    assert check_same_config(saved, same)["optim"]["lr"] == 0.1
+    with pytest.raises(ConfigError, match=r"lacks, optim\.new \(3 now\): they were added to "
+                                          r"latentgrad after .* commit is in run\.json") as err:
+        check_same_config(saved, {"optim": {"lr": 0.1, "new": 3}})
+    assert "differs" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"differs from .* in optim\.lr \(0\.1 saved, 0\.2 now\) "
+                                          r"\(resume with the same settings.*; and it has "
+                                          r"settings that .* lacks, optim\.new"):
+        check_same_config(saved, {"optim": {"lr": 0.2, "new": 3}})
+    saved.write_text(yaml.safe_dump({"optim": {"lr": 0.1, "gone": 5}}))
+    with pytest.raises(ConfigError, match=r"optim\.gone \(5 saved, not a setting now\)"):
+        check_same_config(saved, {"optim": {"lr": 0.1}})

@@ -1,7 +1,8 @@
-"""On an accelerator (or under ``torch.compile``) the dense threshold searches do not read their
-convergence test on the host: sparsemax and 1.5-entmax then sort the rows instead of iterating.
-Both ways must give the same mapping: the accelerator's path is forced here on the CPU and
-checked against the float64 references, with its gradients."""
+"""On an accelerator (or under ``torch.compile``) the threshold searches do not read their
+convergence test on the host at every step: the dense sparsemax and 1.5-entmax thresholds sort
+the rows instead of iterating, and entmax_bisect reads its test once per few Newton steps. Each
+must give the same mapping: the accelerator's path is forced here on the CPU and checked
+against the float64 references (entmax_bisect: against its CPU path), with its gradients."""
 
 from __future__ import annotations
 

@@ -99,11 +99,12 @@ class _WithPrior(Estimator):
     """An estimator with an optional ``prior`` (a distribution), read where the scores are."""
 
     prior: Distribution | None
-    _placed_prior: tuple[tuple, Distribution, Distribution] | None
+    _placed_prior: tuple[tuple, Distribution, Distribution] | None = None
 
     def prior_like(self, like: Tensor) -> Distribution | None:
         """``prior`` on ``like``'s device in its (floating) dtype, None without one: moved once
-        per device and dtype (and per prior assigned), not copied from the host at every step."""
+        per device and dtype (and per prior assigned), not copied from the host at every step.
+        The prior is fixed: assign a new one rather than changing its tensors in place."""
         if self.prior is None:
             return None
         where = (like.device, like.dtype)
@@ -159,7 +160,6 @@ class GaussianSparsemaxEstimator(_WithPrior):
         self.n_samples = check_positive_int(n_samples, "n_samples")
         self.prior = prior
         self.kl_coeff = float(kl_coeff) if prior is not None else 0.0
-        self._placed_prior: tuple[tuple, Distribution, Distribution] | None = None
 
     def forward(self, scores: Tensor | tuple[Tensor, Tensor], loss_fn: LossFn) -> EstimatorOutput:
         if isinstance(scores, tuple):
@@ -339,7 +339,6 @@ class MixedDirichletEstimator(_WithPrior):
         if prior is not None and not isinstance(prior, MixedDirichlet):
             raise TypeError(f"prior must be a MixedDirichlet or None, got {type(prior).__name__}")
         self.baseline, self.prior = baseline, prior
-        self._placed_prior: tuple[tuple, MixedDirichlet, MixedDirichlet] | None = None
         self.kl_coeff = float(kl_coeff) if prior is not None else 0.0
         self.exact_regularizer = bool(exact_regularizer)
         self.standardize = bool(standardize)

@@ -54,24 +54,29 @@ def run_dir_for(out: str | os.PathLike[str], task: str, estimator: str, seed: in
     return Path(out) / task / estimator / f"seed{seed}"
 
 
-def _differing(saved: dict[str, Any], config: dict[str, Any], prefix: str = "") -> list[str]:
+def _differing(saved: dict[str, Any], config: dict[str, Any],
+               prefix: str = "") -> tuple[list[str], list[str]]:
     """The dotted keys, the trainer section aside, at which ``saved`` and ``config`` differ
-    (``optim.lr``, not ``optim``; a key present in only one of them is named as such)."""
-    out = []
+    (``optim.lr``, not ``optim``), and apart from them the keys set now that the saved config
+    lacks (a run started by a version without that setting; a key unset in both is no
+    difference)."""
+    differ: list[str] = []
+    unsaved: list[str] = []
     for key in sorted(set(saved) | set(config), key=str):
         if not prefix and key == "trainer":
             continue
         a, b = saved.get(key), config.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differing(a, b, f"{prefix}{key}.")
-        elif key not in saved:
-            out.append(f"{prefix}{key} ({_NOT_SAVED}, {b!r} now)")
+            more, more_unsaved = _differing(a, b, f"{prefix}{key}.")
+            differ += more
+            unsaved += more_unsaved
+        elif key not in saved and b is not None:
+            unsaved.append(f"{prefix}{key} ({b!r} now)")
+        elif key not in config and a is not None:
+            differ.append(f"{prefix}{key} ({a!r} saved, not a setting now)")
         elif a != b:
-            out.append(f"{prefix}{key} ({a!r} saved, {b!r} now)")
-    return out
-
-
-_NOT_SAVED = "not in the saved config"
+            differ.append(f"{prefix}{key} ({a!r} saved, {b!r} now)")
+    return differ, unsaved
 
 
 def saved_config(path: Path) -> dict[str, Any]:
@@ -91,18 +96,18 @@ def check_same_config(saved_path: Path, config: dict[str, Any]) -> dict[str, Any
     devices) must match the saved run: a ConfigError naming the differing sections. Returns the
     saved config."""
     saved = saved_config(saved_path)
-    differ = _differing(saved, config)
+    differ, unsaved = _differing(saved, config)
+    problems = []
     if differ:
-        if any(_NOT_SAVED in d for d in differ):
-            hint = ("settings the saved config lacks were added to latentgrad after the run "
-                    "started: continue it with the version that started it (its commit is in "
-                    "run.json), or start a new run under another --out")
-        else:
-            hint = "resume with the same settings (only trainer.* may change) or use another --out"
-        raise ConfigError(
-            f"--resume: the resolved config differs from {saved_path} in {', '.join(differ)}; "
-            f"{hint}"
-        )
+        problems.append(f"differs from {saved_path} in {', '.join(differ)} (resume with the "
+                        "same settings: only trainer.* may change)")
+    if unsaved:
+        problems.append(f"has settings that {saved_path} lacks, {', '.join(unsaved)}: they were "
+                        "added to latentgrad after the run started (continue it with the version "
+                        "that started it, whose commit is in run.json)")
+    if problems:
+        raise ConfigError(f"--resume: the resolved config {'; and it '.join(problems)}; or "
+                          "start a new run under another --out")
     return saved
 
 
@@ -348,7 +353,9 @@ def _train_and_test(
                 summary = checkpoint_summary(ckpt)
             except CheckpointError as err:
                 raise ConfigError(str(err)) from None
-            differ = [] if summary.config is None else _differing(summary.config, config)
+            changed, unsaved = ([], []) if summary.config is None else _differing(
+                summary.config, config)
+            differ = changed + unsaved
             if differ:  # a checkpoint copied in from another run: it would not even load
                 raise ConfigError(
                     f"--resume: {ckpt} was written by a run of another config (it differs in "

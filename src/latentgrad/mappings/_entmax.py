@@ -313,11 +313,11 @@ def _entmax_bisect_rows(y: Tensor, eps: Tensor, k: int) -> Tensor:
         return p, torch.where(by_t, rate / safe_eps, -rate)
 
     tol = 8 * torch.finfo(y.dtype).eps
-    for step in range(3 * torch.finfo(y.dtype).bits):
+    for i in range(3 * torch.finfo(y.dtype).bits):
         p, slope = p_at(w)
         excess = p.sum(dim=1, keepdim=True) - 1.0
         done = excess.abs() <= tol
-        checked = reads or step % _BISECT_CHECK_EVERY == _BISECT_CHECK_EVERY - 1
+        checked = reads or i % _BISECT_CHECK_EVERY == _BISECT_CHECK_EVERY - 1
         if checked and bool(done.all()):
             break
         below = by_t == (excess > 0)  # the root lies below w
