@@ -558,7 +558,9 @@ def _planar_from_definition(flow, z):
     return z + u_hat * torch.tanh((z * w).sum(-1, keepdim=True) + b.unsqueeze(-1))
 
 
-@pytest.mark.parametrize("kind", ["categorical", "bits", "igr_i", "igr_sb", "igr_planar"])
+@pytest.mark.parametrize(
+    "kind", ["categorical", "bits", "igr_i", "igr_sb", "igr_sb_truncated", "igr_planar"]
+)
 @pytest.mark.parametrize("straight_through", [False, True])
 def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(kind,
                                                                               straight_through):
@@ -566,10 +568,11 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
     noise, written from the definitions (re-seeded): Concrete ``softmax((θ + g)/τ)`` with
     ``g = -log E``, E ~ Exp(1); Binary Concrete ``σ((θ + log U - log(1 - U))/τ)``; IGR
     ``softmax([λ/τ, log δ])`` with ``λ = κ = μ + σ ε`` (IGR-I), the first K − 1 stick-breaking
-    weights ``π_k = σ(κ_k) Π_{j<k} (1 − σ(κ_j))`` (IGR-SB, untruncated), or ``κ`` through two
-    planar flows (IGR-Planar; their parameters get the same gradient too). Straight-through: the
-    hard argmax (bits: the sign of the perturbed score) forward, the relaxation's Jacobian
-    backward."""
+    weights ``π_k = σ(κ_k) Π_{j<k} (1 − σ(κ_j))`` (IGR-SB; truncated: the first n* of them, n*
+    the most any row needs for its sticks to hold 1 − eps, zeros after ``n* + 1``), or ``κ``
+    through two planar flows (IGR-Planar; their parameters get the same gradient too).
+    Straight-through: the hard argmax (bits: the sign of the perturbed score) forward, the
+    relaxation's Jacobian backward."""
     tau = 0.7
     gen = torch.Generator().manual_seed(3)
     igr = kind.startswith("igr")
@@ -577,8 +580,9 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
     scores = torch.randn(shape, generator=gen, dtype=D).requires_grad_(True)
     w = torch.randn(5, generator=gen, dtype=D)
     if igr:
-        variant = {"igr_i": "I", "igr_sb": "SB", "igr_planar": "planar"}[kind]
-        options = {"igr_i": {}, "igr_sb": {"eps": 0.0}, "igr_planar": {"num_categories": 5}}
+        variant = {"igr_i": "I", "igr_planar": "planar"}.get(kind, "SB")
+        options = {"igr_i": {}, "igr_sb": {"eps": 0.0}, "igr_sb_truncated": {"eps": 0.5},
+                   "igr_planar": {"num_categories": 5}}  # fmt: skip
         est = IGREstimator(variant, tau, straight_through=straight_through,
                            **options[kind]).double()  # fmt: skip
         for flow in est.flows:  # away from the flows' initial b = 0
@@ -608,14 +612,21 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
     else:
         loc, log_scale = scores.unbind(-2)
         lam = loc + log_scale.exp() * torch.randn(loc.shape, dtype=D)
-        if kind == "igr_sb":
+        if variant == "SB":
             v = torch.sigmoid(lam)
             rest = torch.cat([torch.ones(4, 1, dtype=D), torch.cumprod(1 - v, -1)[:, :-1]], -1)
             lam = v * rest
+            kept = 4
+            if kind == "igr_sb_truncated":
+                needed = 1 + (lam.detach().cumsum(-1) <= 1 - 0.5).sum(-1)
+                kept = min(max(int(needed.max()), 1), 4)
+                assert kept < 4  # the case truncates
+            lam = lam[:, :kept]
         for flow in est.flows:
             lam = _planar_from_definition(flow, lam)
         full = torch.cat([lam / tau, torch.zeros(4, 1, dtype=D)], -1)  # log δ = 0
         relaxed = torch.exp(full) / torch.exp(full).sum(-1, keepdim=True)
+        relaxed = torch.nn.functional.pad(relaxed, (0, 5 - relaxed.shape[-1]))
         hard = torch.nn.functional.one_hot(relaxed.argmax(-1), 5).to(D)
     z = hard + relaxed - relaxed.detach() if straight_through else relaxed
     torch.testing.assert_close(out.latents.detach(), z.detach())
