@@ -69,10 +69,12 @@ def exact_log_likelihood(model: task.MixedVAE, x: torch.Tensor) -> torch.Tensor:
         return _segment(model, x, torch.ones_like).log()
     if name in task.ONE_HOT:
         return (_lik(model, x, torch.eye(2, dtype=torch.float64)).mean(0)).log()
-    # mixed prior: P(face) for the two vertices and the edge, Dir(1, 1) on the edge
-    prior = model.prior(x)
+    # mixed prior, the reference's max-entropy face prior at K = 2, N = 0 written out: sizes 1
+    # and 2 with Q(n) ∝ 1 / (n − 1)!, i.e. 1/2 each, the two vertices sharing size 1's half;
+    # Dir(1, 1) (density 1 in y_1) on the edge
+    assert model.cfg.estimator_args.face_prior == "maxent-reference"
     faces = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
-    p_face = prior.faces.log_prob(faces).exp()
+    p_face = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64)
     vertices = (p_face[:2, None] * _lik(model, x, faces[:2])).sum(0)
     return (vertices + p_face[2] * _segment(model, x, torch.ones_like)).log()
 
