@@ -14,6 +14,7 @@ from scipy import integrate, stats
 from torch.autograd.functional import jacobian
 from torch.distributions import kl_divergence
 
+from _references import planar_ref, softmax_pp_ref, sticks_ref
 from latentgrad.distributions.igr import (
     IGR,
     IGRPlanar,
@@ -24,29 +25,6 @@ from latentgrad.distributions.igr import (
 )
 
 D = torch.float64
-
-
-def softmax_pp_ref(lam: torch.Tensor, tau: float, delta: float) -> torch.Tensor:
-    """softmax([λ/τ, log δ]) written out: the reference map R^{K−1} -> open K-simplex."""
-    last = torch.full_like(lam[..., :1], math.log(delta))
-    return torch.softmax(torch.cat([lam / tau, last], dim=-1), dim=-1)
-
-
-def sticks_ref(kappa: torch.Tensor) -> torch.Tensor:
-    """π_k = σ(κ_k) Π_{j<k} (1 − σ(κ_j)), k = 1..K−1, by an explicit loop."""
-    eta = torch.sigmoid(kappa)
-    out, rest = [], torch.ones_like(eta[..., 0])
-    for k in range(eta.shape[-1]):
-        out.append(eta[..., k] * rest)
-        rest = rest * (1 - eta[..., k])
-    return torch.stack(out, dim=-1)
-
-
-def planar_ref(z: torch.Tensor, flow: PlanarFlow) -> torch.Tensor:
-    u, w, b = flow.u, flow.w, flow.b
-    wu = (w * u).sum()
-    u_hat = u + (torch.log1p(wu.exp()) - 1 - wu) * w / (w * w).sum()
-    return z + u_hat * torch.tanh((w * z).sum(-1, keepdim=True) + b)
 
 
 def brute_log_density(kappa: torch.Tensor, loc, scale, map_fn) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.distributions import RelaxedBernoulli, RelaxedOneHotCategorical, kl_divergence
 
+from _references import planar_ref, softmax_pp_ref, sticks_ref
 from latentgrad.distributions.igr import IGR, IGRStickBreaking, uniform_prior_loc
 from latentgrad.estimators import relaxed
 from latentgrad.estimators.relaxed import GumbelSoftmax, IGREstimator
@@ -550,14 +551,6 @@ def test_igr_estimator_hands_the_loss_latents_in_the_scores_dtype(variant):
     assert seen == [torch.float16]
 
 
-def _planar_from_definition(flow, z):
-    """``z + û tanh(wᵀz + b)`` with ``û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖²``."""
-    u, w, b = flow.u, flow.w, flow.b
-    wu = (w * u).sum(-1, keepdim=True)
-    u_hat = u + (torch.nn.functional.softplus(wu) - 1 - wu) * w / w.square().sum(-1, keepdim=True)
-    return z + u_hat * torch.tanh((z * w).sum(-1, keepdim=True) + b.unsqueeze(-1))
-
-
 @pytest.mark.parametrize(
     "kind", ["categorical", "bits", "igr_i", "igr_sb", "igr_sb_truncated", "igr_planar"]
 )
@@ -613,9 +606,7 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
         loc, log_scale = scores.unbind(-2)
         lam = loc + log_scale.exp() * torch.randn(loc.shape, dtype=D)
         if variant == "SB":
-            v = torch.sigmoid(lam)
-            rest = torch.cat([torch.ones(4, 1, dtype=D), torch.cumprod(1 - v, -1)[:, :-1]], -1)
-            lam = v * rest
+            lam = sticks_ref(lam)
             kept = 4
             if kind == "igr_sb_truncated":
                 needed = 1 + (lam.detach().cumsum(-1) <= 1 - 0.5).sum(-1)
@@ -623,9 +614,8 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
                 assert kept < 4  # the case truncates
             lam = lam[:, :kept]
         for flow in est.flows:
-            lam = _planar_from_definition(flow, lam)
-        full = torch.cat([lam / tau, torch.zeros(4, 1, dtype=D)], -1)  # log δ = 0
-        relaxed = torch.exp(full) / torch.exp(full).sum(-1, keepdim=True)
+            lam = planar_ref(lam, flow)
+        relaxed = softmax_pp_ref(lam, tau, 1.0)
         relaxed = torch.nn.functional.pad(relaxed, (0, 5 - relaxed.shape[-1]))
         hard = torch.nn.functional.one_hot(relaxed.argmax(-1), 5).to(D)
     z = hard + relaxed - relaxed.detach() if straight_through else relaxed

@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from _references import pruefer_trees
 from latentgrad.distributions.sst import StochasticSoftmax
 from latentgrad.estimators.schedules import ExponentialDecay, Learnable
 from latentgrad.estimators.sst import SSTEstimator
@@ -77,32 +78,6 @@ def _subsets(n, k):
     return torch.tensor(rows, dtype=F64)
 
 
-def _trees(n):
-    """Every spanning tree of K_n as a symmetric adjacency matrix ``(n^(n-2), n, n)``: the
-    (n - 1)-edge sets without a cycle, checked by union-find."""
-    edges = list(itertools.combinations(range(n), 2))
-    found = []
-    for chosen in itertools.combinations(edges, n - 1):
-        root = list(range(n))
-
-        def find(i, root=root):
-            while root[i] != i:
-                i = root[i]
-            return i
-
-        acyclic = True
-        for i, j in chosen:
-            a, b = find(i), find(j)
-            acyclic &= a != b
-            root[a] = b
-        if acyclic:
-            z = torch.zeros(n, n, dtype=F64)
-            for i, j in chosen:
-                z[i, j] = z[j, i] = 1.0
-            found.append(z)
-    return torch.stack(found)
-
-
 @pytest.mark.parametrize("noise", ["gumbel", "gaussian"])
 @pytest.mark.parametrize("straight_through", [False, True])
 @pytest.mark.parametrize("kind", ["subset", "tree"])
@@ -119,7 +94,7 @@ def test_sample_and_gradient_are_the_stochastic_softmax_trick_written_from_its_d
     if kind == "subset":
         structure, space, shape = KSubset(5, 2), _subsets(5, 2), (5,)
     else:
-        structure, space, shape = SpanningTree(4), _trees(4), (4, 4)
+        structure, space, shape = SpanningTree(4), pruefer_trees(4), (4, 4)
     assert space.shape[0] == structure.num_structures
     scores = torch.randn(3, *shape, generator=gen, dtype=F64)
     if kind == "tree":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import networkx as nx
 import pytest
 import torch
@@ -11,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import latentgrad as lg
+from _references import pruefer_trees
 from latentgrad.structures._matrix_tree import log_count_rooted_at_zero
 from latentgrad.structures.spanning_tree import SpanningTree
 
@@ -18,25 +17,6 @@ F64 = torch.float64
 # Two log-partition computations of a 4-node graph (an elimination and a brute-force sum, or a
 # batch and a single row) agree to O(n^3) roundings of the log-scale values: n^3 * eps, times 8.
 ELIMINATION_RTOL = 8 * 4**3 * torch.finfo(F64).eps
-
-
-def pruefer_trees(n: int) -> torch.Tensor:
-    """All n^(n-2) labelled trees, decoded from Prüfer sequences, as symmetric adjacencies."""
-    trees = []
-    for seq in itertools.product(range(n), repeat=n - 2):
-        degree = [1] * n
-        for x in seq:
-            degree[x] += 1
-        adj = torch.zeros(n, n, dtype=F64)
-        for x in seq:
-            leaf = min(i for i in range(n) if degree[i] == 1)
-            adj[leaf, x] = adj[x, leaf] = 1
-            degree[leaf] -= 1
-            degree[x] -= 1
-        u, v = (i for i in range(n) if degree[i] == 1)
-        adj[u, v] = adj[v, u] = 1
-        trees.append(adj)
-    return torch.stack(trees)
 
 
 def tree_scores(scores: torch.Tensor, trees: torch.Tensor) -> torch.Tensor:
