@@ -158,9 +158,12 @@ def check_sums_to_one(values: Tensor, name: str, log_input: bool, dtype: torch.d
     caller's (a row normalised in that dtype errs by at most about ``K eps / 2``)."""
     k = values.shape[-1]
     tol = 32 * max(k, 1) * torch.finfo(dtype).eps
-    total = values.logsumexp(-1) if log_input else values.sum(-1) - 1.0
-    if violated(total, lambda t: t.abs() <= tol):
-        worst = total.abs().amax().item()
+
+    def error(v: Tensor) -> Tensor:  # computed only with validation on
+        return (v.logsumexp(-1) if log_input else v.sum(-1) - 1.0).abs()
+
+    if violated(values, lambda v: error(v) <= tol):
+        worst = error(values).amax().item()
         kind = "log-sum-exp" if log_input else "sum - 1"
         raise ValueError(f"{name} must be normalised along its simplex dim (rows summing to 1): "
                          f"|{kind}| up to {worst:.3g}, beyond rounding ({tol:.3g})")
