@@ -10,9 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
+import latentgrad
+
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PAGES = sorted(p for p in GUIDE.rglob("*.md") if BLOCK.search(p.read_text()))
+
+
+@pytest.fixture(autouse=True)
+def _validation_restored():
+    """A page may switch the value checks off process-wide (``concepts.md`` shows how); the
+    tests that run after it in the same process must not inherit that."""
+    before = latentgrad.validation_enabled()
+    yield
+    latentgrad.set_default_validate_args(before)
 
 
 def test_the_layer_pages_have_examples():
