@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import latentgrad
+from latentgrad.mappings import use_fused_kernels
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -18,12 +19,16 @@ PAGES = sorted(p for p in GUIDE.rglob("*.md") if BLOCK.search(p.read_text()))
 
 
 @pytest.fixture(autouse=True)
-def _validation_restored():
-    """A page may switch the value checks off process-wide (``concepts.md`` shows how); the
-    tests that run after it in the same process must not inherit that."""
-    before = latentgrad.validation_enabled()
+def _switches_restored():
+    """A page may flip a process-wide switch (``concepts.md`` turns the value checks off,
+    ``mappings.md`` the fused kernels on); the tests that run after it in the same process must
+    not inherit that."""
+    checks = latentgrad.validation_enabled()
+    fused = use_fused_kernels(False)  # reads the switch (and sets it back below)
+    use_fused_kernels(fused)
     yield
-    latentgrad.set_default_validate_args(before)
+    latentgrad.set_default_validate_args(checks)
+    use_fused_kernels(fused)
 
 
 def test_the_layer_pages_have_examples():
