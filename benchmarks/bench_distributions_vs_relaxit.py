@@ -113,6 +113,7 @@ def _report(name: str, times: dict[str, float]) -> None:
 
 
 def _hard_concrete_agreement(relaxit) -> str:
+    torch.manual_seed(0)  # the draws compared
     gen = torch.Generator().manual_seed(0)
     log_alpha = 2 * torch.randn(GATES, generator=gen)
     ours = HardConcrete(log_alpha, TEMPERATURE, stretch=STRETCH)
@@ -126,6 +127,7 @@ def _hard_concrete_agreement(relaxit) -> str:
 
 
 def _igr_agreement(relaxit) -> str:
+    torch.manual_seed(0)  # the draws compared
     gen = torch.Generator().manual_seed(0)
     loc = torch.randn(DRAWS, K - 1, generator=gen)
     ours = IGR(loc, 1.0, IGR_TEMPERATURE)
