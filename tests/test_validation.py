@@ -5,7 +5,13 @@ import torch
 from torch.distributions import Distribution
 
 import latentgrad as lg
-from latentgrad._validation import check_finite, check_rows_valid, checked_row_max
+from latentgrad._validation import (
+    check_finite,
+    check_no_nan,
+    check_no_pos_inf,
+    check_rows_valid,
+    checked_row_max,
+)
 
 
 def test_checks_run_by_default_and_the_context_manager_turns_them_off_then_restores():
@@ -120,3 +126,33 @@ def test_with_checks_off_the_hot_paths_read_no_tensor_value_on_the_host(name, mo
         out = fn(x)
         if out.requires_grad:
             out.sum().backward()
+
+
+SPECIALS = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf"),
+            "max": None}  # None: the dtype's largest finite value (finite, must pass)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(), (1,), (5, 7), (3, 4, 9)])
+@pytest.mark.parametrize("injected", [(), ("nan",), ("+inf",), ("-inf",), ("max",),
+                                      ("nan", "+inf"), ("+inf", "-inf"), ("nan", "-inf")])
+def test_value_checks_match_their_entrywise_definitions(dtype, shape, injected):
+    """The checks read a tensor's extremes; they must refuse exactly what a test of every entry
+    refuses, whatever mix of special values a tensor holds (NaN beside +inf included)."""
+    gen = torch.Generator().manual_seed(len(injected) * 10 + len(shape))
+    x = torch.randn(shape, generator=gen).to(dtype)
+    flat = x.view(-1)
+    for i, name in enumerate(injected[: flat.numel()]):
+        value = SPECIALS[name]
+        flat[(3 * i) % flat.numel()] = torch.finfo(dtype).max if value is None else value
+    expected = {
+        check_finite: not bool(torch.isfinite(x).all()),
+        check_no_nan: bool(torch.isnan(x).any()),
+        check_no_pos_inf: bool((x == float("inf")).any()),
+    }
+    for check, refuses in expected.items():
+        if refuses:
+            with pytest.raises(ValueError, match="values"):
+                check(x, "values")
+        else:
+            check(x, "values")

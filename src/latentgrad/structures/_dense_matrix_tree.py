@@ -367,13 +367,17 @@ def dense_marginals_rooted_at_zero(logw: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Shifts ``m``, ``Q``, the root row ``exp(ρ - m)`` and Koo's normalised matrix."""
+    """Shifts ``m``, ``Q``, the root row ``exp(ρ - m)`` and Koo's normalised matrix (the
+    Laplacian ``diag(Σ_i Q_ij) − Q`` with its row 0 replaced by the root row), each ``(B, n, n)``
+    buffer written once: at batch size every pass over one costs as much as the arithmetic."""
     lw, m = _masked(logw)
     m = torch.maximum(m, root_scores.detach())
-    q = (lw - m[:, None, :]).exp()
+    q = lw.sub_(m[:, None, :]).exp_()  # lw is _masked's fresh buffer
     root_row = (root_scores - m).exp()
-    laplacian = (-q).diagonal_scatter(q.sum(-2), dim1=-2, dim2=-1)
-    return m, q, root_row, torch.cat((root_row[:, None, :], laplacian[:, 1:]), dim=-2)
+    koo = q.neg()
+    koo.diagonal(dim1=-2, dim2=-1).copy_(q.sum(-2))
+    koo[:, 0] = root_row
+    return m, q, root_row, koo
 
 
 def dense_log_count_single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -395,9 +399,18 @@ def _single_root_marginals_graph(logw: Tensor, root_scores: Tensor) -> tuple[Ten
     _, q, root_row, normalised = _single_root(logw, root_scores)
     _, inverse, ok = _LogdetInverse.apply(normalised, False)
     root_column = inverse[:, :, 0]
-    arc_part = torch.nn.functional.pad(inverse[:, :, 1:], (1, 0))
-    arcs = q * (arc_part.diagonal(dim1=-2, dim2=-1)[:, None, :] - arc_part.mT)
-    return arcs + torch.diag_embed(root_row * root_column), ok, q, root_row, inverse
+    arc_diagonal = _without_first(inverse.diagonal(dim1=-2, dim2=-1))  # N_jj
+    # N_jj − N_ji: Nᵀ's row 0 is N's zeroed column 0, so that row is N_jj alone
+    gap = torch.sub(arc_diagonal[:, None, :], inverse.mT)
+    gap[:, 0] = arc_diagonal
+    marginals = q * gap  # zero diagonal (Q_jj = 0): the root children go there
+    marginals.diagonal(dim1=-2, dim2=-1).add_(root_row * root_column)
+    return marginals, ok, q, root_row, inverse
+
+
+def _without_first(v: Tensor) -> Tensor:
+    """A copy of ``v`` ``(B, n)`` with column 0 set to zero (differentiable)."""
+    return torch.nn.functional.pad(v[:, 1:], (1, 0))
 
 
 class _SingleRootMarginals(torch.autograd.Function):
@@ -435,15 +448,17 @@ class _SingleRootMarginals(torch.autograd.Function):
         x = _arc_cotangent(grad, q)
         x[:, :, 0] = root_grad * root_row
         inverse_t = inverse.mT
-        y = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x).neg_()
-        d_root = (root_grad * root_column).add_(y[:, 0]).mul_(root_row)
-        arc_part = inverse_t.clone()
-        arc_part[:, 0] = 0.0  # Nᵀ: M with column 0 zeroed, transposed
-        dq = grad * (arc_part.diagonal(dim1=-2, dim2=-1)[:, None, :] - arc_part)
-        y_diagonal = y.diagonal(dim1=-2, dim2=-1).clone()
-        y_diagonal[:, 0] = 0.0
-        y[:, 0] = 0.0
-        dq.add_(y_diagonal[:, None, :]).sub_(y)
+        p = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x)  # P = −Y
+        d_root = (root_grad * root_column).sub_(p[:, 0]).mul_(root_row)
+        # ∂L/∂Q = G ∘ (N_jj − N_ji) − P_jj [j ≥ 1] + P_ij [i ≥ 1], Nᵀ's row 0 zero as above
+        arc_diagonal = inverse.diagonal(dim1=-2, dim2=-1).clone()
+        arc_diagonal[:, 0] = 0.0
+        dq = torch.sub(arc_diagonal[:, None, :], inverse_t)
+        dq[:, 0] = arc_diagonal
+        p_diagonal = p.diagonal(dim1=-2, dim2=-1).clone()
+        p_diagonal[:, 0] = 0.0
+        p[:, 0] = 0.0
+        dq.mul_(grad).sub_(p_diagonal[:, None, :]).add_(p)
         return dq.mul_(q), d_root
 
 

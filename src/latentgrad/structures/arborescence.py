@@ -107,21 +107,24 @@ class Arborescence(TreeStructure):
         return z.reshape(scores.shape)
 
     def _log_partition(self, flat: Tensor) -> Tensor:
-        """``log Z`` of validated ``(B, n, n)`` scores, in the input dtype (computed in float64)."""
+        """``log Z`` of validated ``(B, n, n)`` scores, in the input dtype (computed in float64).
+        The matrix-tree functions ignore the diagonal of their arc scores (it holds the root
+        scores here), and it gets no gradient from them."""
         work = flat.to(torch.float64)
         if self.root is None:
-            log_z = log_count_single_root(self._arcs(work), work.diagonal(dim1=-2, dim2=-1))
+            log_z = log_count_single_root(work, work.diagonal(dim1=-2, dim2=-1))
         else:
-            log_z = log_count_rooted(self._arcs(self._rooted_first(work)))
+            log_z = log_count_rooted(self._rooted_first(work))
         return log_z.to(flat.dtype)
 
     def _marginals(self, flat: Tensor) -> Tensor:
-        """Marginals ``(B, n, n)`` of validated scores, in the input dtype (float64 inside)."""
+        """Marginals ``(B, n, n)`` of validated scores, in the input dtype (float64 inside; the
+        diagonal as in ``_log_partition``)."""
         work = flat.to(torch.float64)
         if self.root is None:
-            mu = marginals_single_root(self._arcs(work), work.diagonal(dim1=-2, dim2=-1))
+            mu = marginals_single_root(work, work.diagonal(dim1=-2, dim2=-1))
         else:
-            mu = self._rooted_first(marginals_rooted(self._arcs(self._rooted_first(work))), -1)
+            mu = self._rooted_first(marginals_rooted(self._rooted_first(work)), -1)
         return mu.to(flat.dtype)
 
     def _rooted_first(self, matrices: Tensor, direction: int = 1) -> Tensor:
@@ -131,11 +134,6 @@ class Arborescence(TreeStructure):
             return matrices
         order = torch.arange(self.n, device=matrices.device).roll(-direction * self.root)
         return matrices[:, order][:, :, order]
-
-    def _arcs(self, work: Tensor) -> Tensor:
-        """Arc log weights: ``work`` with a zero diagonal."""
-        eye = torch.eye(self.n, dtype=torch.bool, device=work.device)
-        return work.masked_fill(eye, 0)
 
     def _sample(
         self, scores: Tensor, sample_shape: tuple[int, ...], generator: torch.Generator | None
