@@ -58,7 +58,9 @@ PATHS = {
     ),
     "single_root": (
         dense.dense_log_count_single_root,
-        dense.dense_marginals_single_root,
+        # the marginals take one matrix: the arc scores with the root scores on the diagonal
+        lambda a, roots: dense.dense_marginals_single_root(
+            a.diagonal_scatter(roots, dim1=-2, dim2=-1)),
         _single_root_eliminated,
     ),
 }
@@ -327,7 +329,7 @@ def test_closed_form_backward_of_arborescence_marginals_equals_autograd_of_their
     roots[-1] = -100.0
     cotangent = torch.randn(4, n, n, generator=g, dtype=F64)
     if single_root:
-        inputs = (logw, roots)
+        inputs = (logw.diagonal_scatter(roots, dim1=-2, dim2=-1),)  # root scores on the diagonal
         fast, graph = dense.dense_marginals_single_root, dense._single_root_marginals_graph
     else:
         inputs = (logw,)

@@ -392,11 +392,12 @@ def dense_log_count_single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tens
     return _trusted_log_det(m, normalised, symmetric=False)
 
 
-def _single_root_marginals_graph(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, ...]:
-    """``(μ, ok, Q, r, M)`` of single-root trees in differentiable operations (any order):
+def _single_root_marginals_graph(scores: Tensor) -> tuple[Tensor, ...]:
+    """``(μ, ok, Q, r, M)`` of single-root trees of float64 ``scores`` ``(B, n, n)`` (arc scores
+    off the diagonal, root scores ρ on it) in differentiable operations (any order):
     ``μ_ij = Q_ij (N_jj - N_ji)`` off the diagonal (``N``: ``M`` with column 0 zeroed),
     ``μ_jj = r_j M_j0``, ``r = exp(ρ - m)`` the root row of Koo's matrix, ``M`` its inverse."""
-    _, q, root_row, normalised = _single_root(logw, root_scores)
+    _, q, root_row, normalised = _single_root(scores, scores.diagonal(dim1=-2, dim2=-1))
     _, inverse, ok = _LogdetInverse.apply(normalised, False)
     root_column = inverse[:, :, 0]
     arc_diagonal = _without_first(inverse.diagonal(dim1=-2, dim2=-1))  # N_jj
@@ -408,26 +409,36 @@ def _single_root_marginals_graph(logw: Tensor, root_scores: Tensor) -> tuple[Ten
     return marginals, ok, q, root_row, inverse
 
 
+def _single_root_marginals_in_dtype(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """``(μ, ok)`` of :func:`_single_root_marginals_graph` for scores of any float dtype
+    (computed in float64, μ returned in the scores' dtype)."""
+    marginals, ok, *_ = _single_root_marginals_graph(scores.to(torch.float64))
+    return marginals.to(scores.dtype), ok
+
+
 def _without_first(v: Tensor) -> Tensor:
     """A copy of ``v`` ``(B, n)`` with column 0 set to zero (differentiable)."""
     return torch.nn.functional.pad(v[:, 1:], (1, 0))
 
 
 class _SingleRootMarginals(torch.autograd.Function):
-    """``(μ, ok, Q, r, M)`` of float64 ``logw`` ``(B, n, n)`` and root scores ``ρ`` ``(B, n)``
-    (only μ carries a gradient), with a closed-form backward.
+    """``(μ, ok, Q, r, M)`` of scores θ ``(B, n, n)`` (any float dtype: arc scores off the
+    diagonal, root scores ρ on it; computed in float64, μ returned in θ's dtype; only μ carries
+    a gradient), with a closed-form backward that also takes the casts and writes ρ's cotangent
+    into the diagonal of the arcs' (where autograd would add a separate diagonal buffer).
 
     For the cotangent G of μ: ∂L/∂M = X, the arcs' diag(Σ_i G_ij Q_ij) − (G∘Q)ᵀ with its
     column 0 replaced by ``G_jj r_j`` (the root marginals read column 0; the arcs do not);
     ∂L/∂A = Y = −Mᵀ X Mᵀ for Koo's matrix A (row 0 is r, rows j ≥ 1 the Laplacian's), so
     ∂L/∂Q_ij = G_ij (N_jj − N_ji) + Y_jj [j ≥ 1] − Y_ij [i ≥ 1] and ∂L/∂r_j = G_jj M_j0 + Y_0j;
-    the cotangents of logw and ρ are Q ∘ ∂L/∂Q and r ∘ ∂L/∂r. A double backward differentiates
-    :func:`_single_root_marginals_graph`.
+    the cotangent of θ is Q ∘ ∂L/∂Q off the diagonal (Q_jj = 0) and r ∘ ∂L/∂r on it. A double
+    backward differentiates :func:`_single_root_marginals_in_dtype`.
     """
 
     @staticmethod
-    def forward(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, ...]:
-        return _single_root_marginals_graph(logw, root_scores)
+    def forward(scores: Tensor) -> tuple[Tensor, ...]:
+        marginals, *rest = _single_root_marginals_graph(scores.to(torch.float64))
+        return marginals.to(scores.dtype), *rest
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -439,13 +450,13 @@ class _SingleRootMarginals(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor | None, *_):
         if grad is None:
-            return None, None
-        logw, root_scores, q, root_row, inverse = ctx.saved_tensors
+            return None
+        scores, q, root_row, inverse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _graph_vjp(_single_root_marginals_graph, (logw, root_scores), grad)
+            return _graph_vjp(_single_root_marginals_in_dtype, (scores,), grad)[0]
         root_grad = grad.diagonal(dim1=-2, dim2=-1)
         root_column = inverse[:, :, 0]
-        x = _arc_cotangent(grad, q)
+        x = _arc_cotangent(grad, q)  # float64 (Q is): G's cast folded into the product
         x[:, :, 0] = root_grad * root_row
         inverse_t = inverse.mT
         p = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x)  # P = −Y
@@ -458,12 +469,14 @@ class _SingleRootMarginals(torch.autograd.Function):
         p_diagonal = p.diagonal(dim1=-2, dim2=-1).clone()
         p_diagonal[:, 0] = 0.0
         p[:, 0] = 0.0
-        dq.mul_(grad).sub_(p_diagonal[:, None, :]).add_(p)
-        return dq.mul_(q), d_root
+        dq.mul_(grad).sub_(p_diagonal[:, None, :]).add_(p).mul_(q)
+        dq.diagonal(dim1=-2, dim2=-1).add_(d_root)
+        return dq.to(scores.dtype)
 
 
-def dense_marginals_single_root(logw: Tensor, root_scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Marginals ``(B, n, n)`` of single-root trees (``P(i -> j)`` off the diagonal,
-    ``P(j is the root's child)`` on it) and the trust flags ``(B,)``."""
-    marginals, ok, *_ = _SingleRootMarginals.apply(logw, root_scores)
+def dense_marginals_single_root(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Marginals ``(B, n, n)`` of single-root trees of ``scores`` (arc scores off the diagonal,
+    root scores on it; any float dtype, returned in it): ``P(i -> j)`` off the diagonal,
+    ``P(j is the root's child)`` on it, and the trust flags ``(B,)``."""
+    marginals, ok, *_ = _SingleRootMarginals.apply(scores)
     return marginals, ok

@@ -79,11 +79,16 @@ def log_count_single_root(logw: Tensor, root_scores: Tensor) -> Tensor:
     return with_fallback(dense_log_count_single_root, _single_root_eliminated, logw, root_scores)
 
 
-def marginals_single_root(logw: Tensor, root_scores: Tensor) -> Tensor:
-    """Single-root marginals ``(B, n, n)``: arcs off the diagonal, root children on it."""
+def marginals_single_root(scores: Tensor) -> Tensor:
+    """Single-root marginals ``(B, n, n)`` of ``scores`` (arc scores off the diagonal, root
+    scores on it; any float dtype, computed in float64, returned in it): arcs off the diagonal,
+    root children on it."""
 
-    def eliminated(lw: Tensor, rho: Tensor) -> Tensor:
-        arcs, root = autograd_gradients(_single_root_eliminated, lw, rho)
-        return arcs + torch.diag_embed(root)
+    def eliminated(raw: Tensor) -> Tensor:
+        def log_count(s: Tensor) -> Tensor:  # the elimination ignores the arcs' diagonal
+            return _single_root_eliminated(s, s.diagonal(dim1=-2, dim2=-1))
 
-    return with_fallback(dense_marginals_single_root, eliminated, logw, root_scores)
+        (grad,) = autograd_gradients(log_count, raw.to(torch.float64))
+        return grad.to(raw.dtype)
+
+    return with_fallback(dense_marginals_single_root, eliminated, scores)

@@ -120,12 +120,10 @@ class Arborescence(TreeStructure):
     def _marginals(self, flat: Tensor) -> Tensor:
         """Marginals ``(B, n, n)`` of validated scores, in the input dtype (float64 inside; the
         diagonal as in ``_log_partition``)."""
-        work = flat.to(torch.float64)
         if self.root is None:
-            mu = marginals_single_root(work, work.diagonal(dim1=-2, dim2=-1))
-        else:
-            mu = self._rooted_first(marginals_rooted(self._rooted_first(work)), -1)
-        return mu.to(flat.dtype)
+            return marginals_single_root(flat)
+        work = flat.to(torch.float64)
+        return self._rooted_first(marginals_rooted(self._rooted_first(work)), -1).to(flat.dtype)
 
     def _rooted_first(self, matrices: Tensor, direction: int = 1) -> Tensor:
         """``(B, n, n)`` with nodes reordered so that the root comes first (the matrix-tree code
