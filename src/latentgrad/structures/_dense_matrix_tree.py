@@ -165,9 +165,10 @@ def _arc_cotangent(grad: Tensor, q: Tensor) -> Tensor:
 
 
 def _grounded(diagonal: Tensor, weights: Tensor) -> Tensor:
-    """``diag(diagonal) - weights`` without row and column 0: ``(B, n-1, n-1)``."""
-    minor = -weights[:, 1:, 1:]
-    return minor.diagonal_scatter(diagonal[:, 1:], dim1=-2, dim2=-1)
+    """``diag(diagonal) - weights`` without row and column 0: ``(B, n-1, n-1)``, one buffer."""
+    minor = weights[:, 1:, 1:].neg()
+    minor.diagonal(dim1=-2, dim2=-1).copy_(diagonal[:, 1:])
+    return minor
 
 
 def _clear_cross(x: Tensor, node: Tensor) -> Tensor:
@@ -300,7 +301,7 @@ def dense_marginals_undirected(scores: Tensor) -> tuple[Tensor, Tensor]:
 def _rooted(logw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Shifts ``m``, ``Q`` and the grounded normalised minor ``Ã`` (diagonal ``sum_i Q_ij``)."""
     lw, m = _masked(logw)
-    q = (lw - m[:, None, :]).exp()
+    q = lw.sub_(m[:, None, :]).exp_()  # lw is _masked's fresh buffer
     return m, q, _grounded(q.sum(-2), q)
 
 
@@ -323,20 +324,29 @@ def _rooted_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
     return q * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse.mT), ok, q, inverse
 
 
+def _rooted_marginals_in_dtype(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """``(μ, ok)`` of :func:`_rooted_marginals_graph` for arc scores of any float dtype
+    (computed in float64, μ returned in the scores' dtype)."""
+    marginals, ok, *_ = _rooted_marginals_graph(scores.to(torch.float64))
+    return marginals.to(scores.dtype), ok
+
+
 class _RootedMarginals(torch.autograd.Function):
-    """``(μ, ok, Q, N)`` of float64 arc scores ``logw`` ``(B, n, n)`` (only μ carries a
-    gradient), with a closed-form backward.
+    """``(μ, ok, Q, N)`` of arc scores ``logw`` ``(B, n, n)`` (any float dtype; computed in
+    float64, μ returned in the scores' dtype; only μ carries a gradient), with a closed-form
+    backward that also takes the casts.
 
     For the cotangent G of μ: ∂L/∂N = X = diag(Σ_i G_ij Q_ij) − (G∘Q)ᵀ, through N = Ã⁻¹ (padded)
     ∂L/∂Ã = Y = −Nᵀ X Nᵀ (zero in row and column 0), and as Ã_jj = Σ_i Q_ij, Ã_ij = −Q_ij,
     ∂L/∂Q_ij = G_ij (N_jj − N_ji) + Y_jj − Y_ij; the cotangent of logw is Q ∘ ∂L/∂Q (the shifts
     cancel from μ, so they carry none). A double backward differentiates
-    :func:`_rooted_marginals_graph`.
+    :func:`_rooted_marginals_in_dtype`.
     """
 
     @staticmethod
     def forward(logw: Tensor) -> tuple[Tensor, ...]:
-        return _rooted_marginals_graph(logw)
+        marginals, *rest = _rooted_marginals_graph(logw.to(torch.float64))
+        return marginals.to(logw.dtype), *rest
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -351,17 +361,18 @@ class _RootedMarginals(torch.autograd.Function):
             return None
         logw, q, inverse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _graph_vjp(_rooted_marginals_graph, (logw,), grad)[0]
-        x = _arc_cotangent(grad, q)
+            return _graph_vjp(_rooted_marginals_in_dtype, (logw,), grad)[0]
+        x = _arc_cotangent(grad, q)  # float64 (Q is): G's cast folded into the product
         inverse_t = inverse.mT
-        y = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x).neg_()
-        dq = grad * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse_t)
-        dq.add_(y.diagonal(dim1=-2, dim2=-1)[:, None, :]).sub_(y)
-        return dq.mul_(q)
+        p = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x)  # P = −Y
+        dq = torch.sub(inverse.diagonal(dim1=-2, dim2=-1)[:, None, :], inverse_t)
+        dq.mul_(grad).sub_(p.diagonal(dim1=-2, dim2=-1)[:, None, :]).add_(p).mul_(q)
+        return dq.to(logw.dtype)
 
 
 def dense_marginals_rooted_at_zero(logw: Tensor) -> tuple[Tensor, Tensor]:
-    """Arc marginals ``(B, n, n)`` of arborescences rooted at 0 and the trust flags ``(B,)``."""
+    """Arc marginals ``(B, n, n)`` of arborescences rooted at 0 (any float dtype, returned in
+    it) and the trust flags ``(B,)``."""
     marginals, ok, *_ = _RootedMarginals.apply(logw)
     return marginals, ok
 

@@ -66,10 +66,11 @@ def log_count_rooted(logw: Tensor) -> Tensor:
 
 
 def marginals_rooted(logw: Tensor) -> Tensor:
-    """Arc marginals of arborescences rooted at node 0: ``(B, n, n)`` (column 0 zero)."""
+    """Arc marginals of arborescences rooted at node 0: ``(B, n, n)`` (column 0 zero), in the
+    dtype of ``logw`` (any float dtype; computed in float64)."""
 
-    def eliminated(lw: Tensor) -> Tensor:
-        return autograd_gradients(log_count_rooted_at_zero, lw)[0]
+    def eliminated(raw: Tensor) -> Tensor:
+        return autograd_gradients(log_count_rooted_at_zero, raw.to(torch.float64))[0].to(raw.dtype)
 
     return with_fallback(dense_marginals_rooted_at_zero, eliminated, logw)
 

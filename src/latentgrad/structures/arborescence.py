@@ -122,8 +122,7 @@ class Arborescence(TreeStructure):
         diagonal as in ``_log_partition``)."""
         if self.root is None:
             return marginals_single_root(flat)
-        work = flat.to(torch.float64)
-        return self._rooted_first(marginals_rooted(self._rooted_first(work)), -1).to(flat.dtype)
+        return self._rooted_first(marginals_rooted(self._rooted_first(flat)), -1)
 
     def _rooted_first(self, matrices: Tensor, direction: int = 1) -> Tensor:
         """``(B, n, n)`` with nodes reordered so that the root comes first (the matrix-tree code
