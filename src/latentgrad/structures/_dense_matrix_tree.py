@@ -35,6 +35,7 @@ carries no gradient and the marginals, and their derivatives, follow from ``Ã``
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -324,11 +325,13 @@ def _rooted_marginals_graph(logw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
     return q * (inverse.diagonal(dim1=-2, dim2=-1)[:, None, :] - inverse.mT), ok, q, inverse
 
 
-def _rooted_marginals_in_dtype(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """``(μ, ok)`` of :func:`_rooted_marginals_graph` for arc scores of any float dtype
-    (computed in float64, μ returned in the scores' dtype)."""
-    marginals, ok, *_ = _rooted_marginals_graph(scores.to(torch.float64))
-    return marginals.to(scores.dtype), ok
+def _in_dtype(graph: Callable[[Tensor], tuple[Tensor, ...]], scores: Tensor) -> tuple[Tensor, ...]:
+    """``graph``'s outputs for ``scores`` of any float dtype: computed on the float64 scores,
+    the first output (the marginals, the only differentiable one) cast back to ``scores``'
+    dtype. The arborescence marginal functions' forward, and the graph their double backward
+    differentiates."""
+    marginals, *rest = graph(scores.to(torch.float64))
+    return marginals.to(scores.dtype), *rest
 
 
 class _RootedMarginals(torch.autograd.Function):
@@ -340,13 +343,12 @@ class _RootedMarginals(torch.autograd.Function):
     ∂L/∂Ã = Y = −Nᵀ X Nᵀ (zero in row and column 0), and as Ã_jj = Σ_i Q_ij, Ã_ij = −Q_ij,
     ∂L/∂Q_ij = G_ij (N_jj − N_ji) + Y_jj − Y_ij; the cotangent of logw is Q ∘ ∂L/∂Q (the shifts
     cancel from μ, so they carry none). A double backward differentiates
-    :func:`_rooted_marginals_in_dtype`.
+    :func:`_rooted_marginals_graph` (through :func:`_in_dtype`).
     """
 
     @staticmethod
     def forward(logw: Tensor) -> tuple[Tensor, ...]:
-        marginals, *rest = _rooted_marginals_graph(logw.to(torch.float64))
-        return marginals.to(logw.dtype), *rest
+        return _in_dtype(_rooted_marginals_graph, logw)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -361,7 +363,7 @@ class _RootedMarginals(torch.autograd.Function):
             return None
         logw, q, inverse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _graph_vjp(_rooted_marginals_in_dtype, (logw,), grad)[0]
+            return _graph_vjp(partial(_in_dtype, _rooted_marginals_graph), (logw,), grad)[0]
         x = _arc_cotangent(grad, q)  # float64 (Q is): G's cast folded into the product
         inverse_t = inverse.mT
         p = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x)  # P = −Y
@@ -410,21 +412,19 @@ def _single_root_marginals_graph(scores: Tensor) -> tuple[Tensor, ...]:
     ``μ_jj = r_j M_j0``, ``r = exp(ρ - m)`` the root row of Koo's matrix, ``M`` its inverse."""
     _, q, root_row, normalised = _single_root(scores, scores.diagonal(dim1=-2, dim2=-1))
     _, inverse, ok = _LogdetInverse.apply(normalised, False)
-    root_column = inverse[:, :, 0]
-    arc_diagonal = _without_first(inverse.diagonal(dim1=-2, dim2=-1))  # N_jj
-    # N_jj − N_ji: Nᵀ's row 0 is N's zeroed column 0, so that row is N_jj alone
-    gap = torch.sub(arc_diagonal[:, None, :], inverse.mT)
-    gap[:, 0] = arc_diagonal
-    marginals = q * gap  # zero diagonal (Q_jj = 0): the root children go there
-    marginals.diagonal(dim1=-2, dim2=-1).add_(root_row * root_column)
+    marginals = q * _arc_gap(inverse)  # zero diagonal (Q_jj = 0): the root children go there
+    marginals.diagonal(dim1=-2, dim2=-1).add_(root_row * inverse[:, :, 0])
     return marginals, ok, q, root_row, inverse
 
 
-def _single_root_marginals_in_dtype(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """``(μ, ok)`` of :func:`_single_root_marginals_graph` for scores of any float dtype
-    (computed in float64, μ returned in the scores' dtype)."""
-    marginals, ok, *_ = _single_root_marginals_graph(scores.to(torch.float64))
-    return marginals.to(scores.dtype), ok
+def _arc_gap(inverse: Tensor) -> Tensor:
+    """``N_jj − N_ji`` ``(B, n, n)`` for ``N``: the inverse ``M`` of Koo's matrix with column 0
+    zeroed (a fresh buffer; differentiable). ``Nᵀ``'s row 0 is that zeroed column, so row 0 is
+    ``N_jj`` alone."""
+    diagonal = _without_first(inverse.diagonal(dim1=-2, dim2=-1))  # N_jj
+    gap = torch.sub(diagonal[:, None, :], inverse.mT)
+    gap[:, 0] = diagonal
+    return gap
 
 
 def _without_first(v: Tensor) -> Tensor:
@@ -443,13 +443,12 @@ class _SingleRootMarginals(torch.autograd.Function):
     ∂L/∂A = Y = −Mᵀ X Mᵀ for Koo's matrix A (row 0 is r, rows j ≥ 1 the Laplacian's), so
     ∂L/∂Q_ij = G_ij (N_jj − N_ji) + Y_jj [j ≥ 1] − Y_ij [i ≥ 1] and ∂L/∂r_j = G_jj M_j0 + Y_0j;
     the cotangent of θ is Q ∘ ∂L/∂Q off the diagonal (Q_jj = 0) and r ∘ ∂L/∂r on it. A double
-    backward differentiates :func:`_single_root_marginals_in_dtype`.
+    backward differentiates :func:`_single_root_marginals_graph` (through :func:`_in_dtype`).
     """
 
     @staticmethod
     def forward(scores: Tensor) -> tuple[Tensor, ...]:
-        marginals, *rest = _single_root_marginals_graph(scores.to(torch.float64))
-        return marginals.to(scores.dtype), *rest
+        return _in_dtype(_single_root_marginals_graph, scores)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -464,7 +463,8 @@ class _SingleRootMarginals(torch.autograd.Function):
             return None
         scores, q, root_row, inverse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _graph_vjp(_single_root_marginals_in_dtype, (scores,), grad)[0]
+            return _graph_vjp(partial(_in_dtype, _single_root_marginals_graph), (scores,),
+                              grad)[0]
         root_grad = grad.diagonal(dim1=-2, dim2=-1)
         root_column = inverse[:, :, 0]
         x = _arc_cotangent(grad, q)  # float64 (Q is): G's cast folded into the product
@@ -472,15 +472,10 @@ class _SingleRootMarginals(torch.autograd.Function):
         inverse_t = inverse.mT
         p = torch.bmm(torch.bmm(inverse_t, x), inverse_t, out=x)  # P = −Y
         d_root = (root_grad * root_column).sub_(p[:, 0]).mul_(root_row)
-        # ∂L/∂Q = G ∘ (N_jj − N_ji) − P_jj [j ≥ 1] + P_ij [i ≥ 1], Nᵀ's row 0 zero as above
-        arc_diagonal = inverse.diagonal(dim1=-2, dim2=-1).clone()
-        arc_diagonal[:, 0] = 0.0
-        dq = torch.sub(arc_diagonal[:, None, :], inverse_t)
-        dq[:, 0] = arc_diagonal
-        p_diagonal = p.diagonal(dim1=-2, dim2=-1).clone()
-        p_diagonal[:, 0] = 0.0
+        # ∂L/∂Q = G ∘ (N_jj − N_ji) − P_jj [j ≥ 1] + P_ij [i ≥ 1]
+        p_diagonal = _without_first(p.diagonal(dim1=-2, dim2=-1))
         p[:, 0] = 0.0
-        dq.mul_(grad).sub_(p_diagonal[:, None, :]).add_(p).mul_(q)
+        dq = _arc_gap(inverse).mul_(grad).sub_(p_diagonal[:, None, :]).add_(p).mul_(q)
         dq.diagonal(dim1=-2, dim2=-1).add_(d_root)
         return dq.to(scores.dtype)
 
