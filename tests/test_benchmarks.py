@@ -3,12 +3,11 @@ numbers are not checked: they belong to the machine; ``benchmarks/README.md`` re
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from _scripts import run_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -37,10 +36,5 @@ def test_every_benchmark_has_a_tiny_run():
 @pytest.mark.parametrize("script", sorted(TINY))
 def test_benchmark_runs(script, tmp_path):
     args, phrase = TINY[script]
-    src = str(BENCHMARKS.parent / "src")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, (src, os.environ.get("PYTHONPATH"))))}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert phrase in done.stdout, done.stdout[-2000:]
+    out = run_script(BENCHMARKS / script, args, tmp_path, timeout=600)
+    assert phrase in out, out[-2000:]

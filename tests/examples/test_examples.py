@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from _scripts import run_script
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -30,9 +29,7 @@ def test_every_example_has_a_fast_mode():
 @pytest.mark.parametrize("script", sorted(FAST))
 def test_example_runs(script, tmp_path):
     args, phrase = FAST[script]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LATENTGRAD_DATA": str(tmp_path / "no-data")}
-    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert phrase in done.stdout
-    assert "nan" not in done.stdout.lower()
+    out = run_script(EXAMPLES / script, args, tmp_path, timeout=300,
+                     LATENTGRAD_DATA=str(tmp_path / "no-data"))
+    assert phrase in out
+    assert "nan" not in out.lower()
