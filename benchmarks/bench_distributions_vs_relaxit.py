@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 import torch
 from _timing import benchmark_parser, start
+from torch import Tensor
+from torch.distributions import Distribution
 
 import latentgrad
 from latentgrad.distributions import IGR, HardConcrete
@@ -42,35 +44,40 @@ STRETCH = (-0.1, 1.1)
 IGR_TEMPERATURE = 0.5
 
 
+def _hard_concrete(relaxit, log_alpha: Tensor, mine: bool) -> Distribution:
+    """Our Hard Concrete gates with ``log_alpha`` (``mine``), or relaxit's (its ``alpha`` is the
+    exp, ``beta`` the temperature, ``(gamma, xi)`` the stretch)."""
+    if mine:
+        return HardConcrete(log_alpha, TEMPERATURE, stretch=STRETCH)
+    shape = log_alpha.shape
+    return relaxit.HardConcrete(log_alpha.exp(), torch.full(shape, TEMPERATURE),
+                                torch.full(shape, STRETCH[1]), torch.full(shape, STRETCH[0]))
+
+
+def _igr(relaxit, loc: Tensor, scale: Tensor, mine: bool) -> Distribution:
+    """Our IGR-I with ``loc`` and ``scale`` ``(draws, K - 1)`` (``mine``), or relaxit's."""
+    if mine:
+        return IGR(loc, scale, IGR_TEMPERATURE)
+    return relaxit.InvertibleGaussian(loc, scale, torch.tensor(IGR_TEMPERATURE))
+
+
 def _hard_concrete_steps(relaxit) -> dict[str, Callable[[], None]]:
     log_alpha = torch.randn(GATES, requires_grad=True)
 
-    def ours() -> None:
-        gate = HardConcrete(log_alpha, TEMPERATURE, stretch=STRETCH)
+    def step(mine: bool) -> None:
+        gate = _hard_concrete(relaxit, log_alpha, mine)
         z = gate.rsample()
         (z.sum() + gate.log_prob(z).sum()).backward()
 
-    def theirs() -> None:
-        alpha = log_alpha.exp()
-        gate = relaxit.HardConcrete(alpha, torch.full(GATES, TEMPERATURE),
-                                    torch.full(GATES, STRETCH[1]), torch.full(GATES, STRETCH[0]))
-        z = gate.rsample()
-        (z.sum() + gate.log_prob(z).sum()).backward()
-
-    return _with_validation_off(ours, theirs)
+    return _timed_steps(step)
 
 
 def _igr_steps(relaxit) -> dict[str, Callable[[], None]]:
     loc = torch.randn(DRAWS, K - 1, requires_grad=True)
     log_scale = torch.zeros(DRAWS, K - 1, requires_grad=True)
 
-    def ours() -> None:
-        q = IGR(loc, log_scale.exp(), IGR_TEMPERATURE)
-        y = q.rsample()
-        (y.square().sum() + q.log_prob(y).sum()).backward()
-
-    def theirs() -> None:
-        q = relaxit.InvertibleGaussian(loc, log_scale.exp(), torch.tensor(IGR_TEMPERATURE))
+    def step(mine: bool) -> None:
+        q = _igr(relaxit, loc, log_scale.exp(), mine)
         y = q.rsample()
         (y.square().sum() + q.log_prob(y).sum()).backward()
 
@@ -78,18 +85,19 @@ def _igr_steps(relaxit) -> dict[str, Callable[[], None]]:
         y, log_q = IGR(loc, log_scale.exp(), IGR_TEMPERATURE).rsample_with_log_prob()
         (y.square().sum() + log_q.sum()).backward()
 
-    return {**_with_validation_off(ours, theirs), "latentgrad rsample_with_log_prob": ours_joint}
+    return {**_timed_steps(step), "latentgrad rsample_with_log_prob": ours_joint}
 
 
-def _with_validation_off(ours: Callable[[], None],
-                         theirs: Callable[[], None]) -> dict[str, Callable[[], None]]:
-    """The steps to time: ours with argument and value checks on (the default) and off."""
+def _timed_steps(step: Callable[[bool], None]) -> dict[str, Callable[[], None]]:
+    """The calls to time of ``step(mine)``: ours with argument and value checks on (the default)
+    and off, and relaxit's."""
 
     def ours_unchecked() -> None:
         with latentgrad.validate_args(False):
-            ours()
+            step(True)
 
-    return {"latentgrad": ours, "latentgrad, validation off": ours_unchecked, "relaxit": theirs}
+    return {"latentgrad": lambda: step(True), "latentgrad, validation off": ours_unchecked,
+            "relaxit": lambda: step(False)}
 
 
 def _timed(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
@@ -116,9 +124,7 @@ def _hard_concrete_agreement(relaxit) -> str:
     torch.manual_seed(0)  # the draws compared
     gen = torch.Generator().manual_seed(0)
     log_alpha = 2 * torch.randn(GATES, generator=gen)
-    ours = HardConcrete(log_alpha, TEMPERATURE, stretch=STRETCH)
-    theirs = relaxit.HardConcrete(log_alpha.exp(), torch.full(GATES, TEMPERATURE),
-                                  torch.full(GATES, STRETCH[1]), torch.full(GATES, STRETCH[0]))
+    ours, theirs = (_hard_concrete(relaxit, log_alpha, mine) for mine in (True, False))
     values = ours.sample()
     gap = (ours.log_prob(values) - theirs.log_prob(values)).abs()
     exact = (values == 0) | (values == 1)
@@ -130,21 +136,18 @@ def _igr_agreement(relaxit) -> str:
     torch.manual_seed(0)  # the draws compared
     gen = torch.Generator().manual_seed(0)
     loc = torch.randn(DRAWS, K - 1, generator=gen)
-    ours = IGR(loc, 1.0, IGR_TEMPERATURE)
-    theirs = relaxit.InvertibleGaussian(loc, torch.ones(DRAWS, K - 1),
-                                        torch.tensor(IGR_TEMPERATURE))
+    ones = torch.ones(DRAWS, K - 1)
+    ours, theirs = (_igr(relaxit, loc, ones, mine) for mine in (True, False))
     y = ours.sample()
     mine, other = ours.log_prob(y), theirs.log_prob(y)
     gap = (mine - other.sum(-1)).abs().max().item()
     lines = [f"log_prob shapes: latentgrad {tuple(mine.shape)}, relaxit {tuple(other.shape)}; "
              f"max |ours - sum(relaxit's)| {gap:.2f} nats"]
     for scale in (1.0, 10.0, 50.0):
-        big = scale * loc
-        nan_ours = IGR(big, 1.0, IGR_TEMPERATURE).rsample().isnan().any(-1).sum().item()
-        nan_theirs = relaxit.InvertibleGaussian(big, torch.ones(DRAWS, K - 1),
-                                                torch.tensor(IGR_TEMPERATURE)).rsample()
-        lines.append(f"locations x{scale:g}: draws with a NaN, latentgrad {nan_ours}, relaxit "
-                     f"{nan_theirs.isnan().any(-1).sum().item()} of {DRAWS}")
+        nans = [int(_igr(relaxit, scale * loc, ones, mine).rsample().isnan().any(-1).sum())
+                for mine in (True, False)]
+        lines.append(f"locations x{scale:g}: draws with a NaN, latentgrad {nans[0]}, relaxit "
+                     f"{nans[1]} of {DRAWS}")
     return "\n  ".join(lines)
 
 
