@@ -54,20 +54,11 @@ def _pyro_tree_marginals() -> Marginals | None:
     def marginals(theta: Tensor) -> Tensor:
         n = theta.shape[-1]
         u, v = make_complete_graph(n).to(theta.device)
-        rows = []
-        for scores in theta:
-            mean = PyroTree(scores[u, v], validate_args=False).edge_mean
-            rows.append(mean if mean.dim() == 2 else _symmetric(mean, u, v, n))
-        return torch.stack(rows)
+        # edge_mean is the symmetric (n, n) matrix of edge marginals
+        return torch.stack([PyroTree(scores[u, v], validate_args=False).edge_mean
+                            for scores in theta])
 
     return marginals
-
-
-def _symmetric(values: Tensor, u: Tensor, v: Tensor, n: int) -> Tensor:
-    out = values.new_zeros(n, n)
-    out[u, v] = values
-    out[v, u] = values
-    return out
 
 
 def _torch_struct_marginals() -> Marginals | None:
