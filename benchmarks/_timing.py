@@ -14,19 +14,27 @@ T = TypeVar("T")
 
 
 def benchmark_parser(doc: str, threads: int, repeats: int) -> argparse.ArgumentParser:
-    """A parser with ``--device`` (cpu), ``--threads`` and ``--repeats`` (these defaults), described
-    by the first line of ``doc``."""
+    """A parser with ``--device`` (cpu), ``--threads`` and ``--repeats`` (these defaults) and
+    ``--seed`` (0), described by the first line of ``doc``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=threads)
     parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def start(args: argparse.Namespace) -> torch.device:
-    """Set torch's intra-op threads to ``args.threads``; return ``args.device``."""
+    """Set torch's intra-op threads to ``args.threads`` and seed its global generator with
+    ``args.seed``; return ``args.device``."""
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     return torch.device(args.device)
+
+
+def generator(args: argparse.Namespace) -> torch.Generator:
+    """A CPU generator seeded with ``args.seed``, for the benchmark's inputs."""
+    return torch.Generator().manual_seed(args.seed)
 
 
 def _sync(device: torch.device) -> None:

@@ -32,7 +32,7 @@ import resource
 import time
 
 import torch
-from _timing import benchmark_parser, start, time_call
+from _timing import benchmark_parser, generator, start, time_call
 
 from latentgrad.mappings import (
     entmax15,
@@ -167,7 +167,6 @@ def main() -> None:
     parser.add_argument("--functions", default=None,
                         help="comma-separated subset of the functions to time (softmax always): "
                              + ",".join(_candidates()))
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cold-allocator", action="store_true",
                         help="skip the allocator warm-up (module docstring)")
     args = parser.parse_args()
@@ -176,7 +175,7 @@ def main() -> None:
         _warm_allocator()
     thread_counts = ([int(t) for t in args.thread_counts.split(",")] if device.type == "cpu"
                      else [torch.get_num_threads()])  # host threads do not matter on a GPU
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = generator(args)
     fns = _candidates()
     if args.functions:
         keep = {"softmax", *args.functions.split(",")}

@@ -150,7 +150,6 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     args = parser.parse_args()
     device = start(args)
-    torch.manual_seed(0)
     model = VAE(args.k, args.hidden).to(device)
     x = (torch.rand(args.batch, PIXELS) < 0.3).float().to(device)
     cases = {

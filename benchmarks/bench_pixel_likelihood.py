@@ -43,7 +43,6 @@ def main() -> None:
     parser.add_argument("--train-decodes", type=int, default=64)
     args = parser.parse_args()
     device = start(args)
-    torch.manual_seed(0)
     cfg = to_dict(resolve(task.Config, "bitvector_vae", "sfe", 0))
     model = task.BitVectorVAE(cfg, PIXELS).to(device)
     bits = model.bits

@@ -30,7 +30,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from _timing import benchmark_parser, start, time_call
+from _timing import benchmark_parser, generator, start, time_call
 from torch import Tensor
 
 from latentgrad.polytope.sparsemap import sparsemap
@@ -179,12 +179,9 @@ def _against_lpsmap(gen: torch.Generator, device: torch.device, repeats: int) ->
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, threads=1, repeats=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__, threads=1, repeats=3).parse_args()
     device = start(args)
-    gen = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)
+    gen = generator(args)
     bits, budget = BitVector(32), BitVector(128, 64)
     cases = [
         ("sparsemap BitVector(32)", bits, _sparsemap_step(bits)),

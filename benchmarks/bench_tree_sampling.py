@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from _timing import benchmark_parser, start, time_call
+from _timing import benchmark_parser, generator, start, time_call
 from torch import Tensor
 
 from latentgrad.structures import tree_sampling
@@ -40,7 +40,7 @@ def _undirected(gen: torch.Generator, batch: int, n: int) -> Tensor:
 def main() -> None:
     args = benchmark_parser(__doc__, threads=1, repeats=5).parse_args()
     device = start(args)
-    gen = torch.Generator().manual_seed(0)
+    gen = generator(args)
     cases = {
         "ListOps 100 x 50 nodes": _listops(gen),
         "SpanningTree(10) x 128": _undirected(gen, 128, 10),

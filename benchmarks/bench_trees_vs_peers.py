@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from _timing import benchmark_parser, start, time_call
+from _timing import benchmark_parser, generator, start, time_call
 from torch import Tensor
 
 from latentgrad.structures.arborescence import Arborescence
@@ -132,11 +132,9 @@ def _compare(name: str, ours: Callable[[Tensor], Tensor], peer_name: str,
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, threads=1, repeats=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__, threads=1, repeats=3).parse_args()
     device = start(args)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = generator(args)
     print(f"device={device} threads={args.threads} repeats={args.repeats} "
           f"torch={torch.__version__}")
     print("forward+backward of <v, marginals>; ratio = peer / latentgrad (> 1: latentgrad faster)")
