@@ -69,6 +69,32 @@ def test_igr_rsample_log_prob_agrees_with_log_prob_of_the_sample():
     torch.testing.assert_close(d.log_prob(psi), log_q, rtol=1e-8, atol=1e-8)
 
 
+def _variant(name: str):
+    loc, scale = params(4, 3, batch=(2,))
+    loc.requires_grad_(True)
+    if name == "IGR-I":
+        return IGR(loc, scale, 0.5)
+    if name == "IGR-SB":  # a truncation that drops sticks in some draws
+        return IGRStickBreaking(loc, scale, 0.5, eps=0.05)
+    flows = [PlanarFlow(4, (2,)).double(), PlanarFlow(4, (2,)).double()]
+    return IGRPlanar(loc, scale, 0.5, flows=flows)
+
+
+@pytest.mark.parametrize("variant", ["IGR-I", "IGR-SB", "IGR-Planar"])
+def test_rsample_is_the_draw_of_rsample_with_log_prob_and_differentiable(variant):
+    """rsample skips the density but draws the same point from the same noise."""
+    d = _variant(variant)
+    torch.manual_seed(5)
+    alone = d.rsample((6,))
+    torch.manual_seed(5)
+    with_density, _ = d.rsample_with_log_prob((6,))
+    torch.testing.assert_close(alone, with_density, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(alone.pow(2).sum(), d.loc)
+    torch.manual_seed(5)
+    (expected,) = torch.autograd.grad(d.rsample_with_log_prob((6,))[0].pow(2).sum(), d.loc)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_igr_kl_closed_form_matches_monte_carlo():
     torch.manual_seed(0)
     loc_p, scale_p = params(3, 1, batch=(2,))
@@ -135,6 +161,7 @@ def test_zero_temperature_pmf_resolves_very_different_scales(mu, sig):
 def test_zero_temperature_pmf_matches_mean_of_samples_at_small_temperature():
     torch.manual_seed(0)
     loc, scale = params(4, 3, batch=(2,))
+    loc.requires_grad_(True)
     d = IGR(loc, scale, 0.01)
     pmf = d.zero_temperature_pmf()
     samples = d.sample((20_000,))

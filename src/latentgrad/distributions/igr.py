@@ -268,12 +268,13 @@ class _IGRBase(CheckedDistribution):
         return torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
 
     def _draw(
-        self, sample_shape: Sequence[int]
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # pragma: no cover - abstract
+        self, sample_shape: Sequence[int], densities: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:  # pragma: no cover - abstract
         """One reparameterised draw: ``ψ``, ``log q(ψ)``, the point ``u`` where this variant's
         prior is Gaussian (IGR-I: κ; SB: the kept κ; planar: λ, since its prior is an IGR-I) and
-        ``log q(u)``. The maps from ``u`` to ψ are shared with the prior, so their Jacobians
-        cancel in ``log q(ψ) − log p(ψ) = log q(u) − log N(u; μ₀, σ₀²)``."""
+        ``log q(u)``; both densities ``None`` unless ``densities``. The maps from ``u`` to ψ are
+        shared with the prior, so their Jacobians cancel in
+        ``log q(ψ) − log p(ψ) = log q(u) − log N(u; μ₀, σ₀²)``."""
         raise NotImplementedError
 
     @classmethod
@@ -282,8 +283,8 @@ class _IGRBase(CheckedDistribution):
         return cls
 
     def _softmax_pp_draw(
-        self, sample_shape: Sequence[int], flows: Sequence[PlanarFlow]
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self, sample_shape: Sequence[int], flows: Sequence[PlanarFlow], densities: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """``_draw`` of ``ψ = softmax_pp(λ)``, ``λ = flows(κ)``, ``κ = loc + scale·ε``:
         ``log q(λ) = log N(κ; loc, scale²) − Σ log|det flows|`` is returned with λ."""
         eps = self._noise(sample_shape)
@@ -294,6 +295,8 @@ class _IGRBase(CheckedDistribution):
         work, tau = working_dtype(dtype), self.temperature
         log_psi = log_softmax_pp(lam.to(work), tau.to(work), self.delta)
         log_psi = log_psi.clamp_min(torch.finfo(work).min)  # an underflowed ψ_k: log ψ_k finite
+        if not densities:
+            return open_simplex_point(log_psi, dtype), None, lam, None
         log_lam = _noise_log_prob(eps, self.log_scale) - flow_log_det
         log_det = softmax_pp_log_abs_det_jacobian(log_psi, tau.to(work), log_input=True)
         log_q = (log_lam.to(work) - log_det).to(dtype)
@@ -347,11 +350,11 @@ class _IGRBase(CheckedDistribution):
         return self.rsample_with_kl(prior, (n_samples,))[2].mean(dim=0)
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        return self.rsample_with_log_prob(sample_shape)[0]
+        return self._draw(sample_shape, densities=False)[0]
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         with torch.no_grad():
-            return self.rsample_with_log_prob(sample_shape)[0]
+            return self.rsample(sample_shape)
 
     def sample_hard(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """One-hot ``argmax ψ`` of a sample (no grad): ``(*sample_shape, *batch, K)``."""
@@ -400,8 +403,9 @@ class IGR(_IGRBase):
         self._expand_params(new, torch.Size(batch_shape))
         return new
 
-    def _draw(self, sample_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self._softmax_pp_draw(sample_shape, ())
+    def _draw(self, sample_shape: Sequence[int],
+              densities: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        return self._softmax_pp_draw(sample_shape, (), densities)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log q(ψ)`` by inverting softmax++: ``(*sample, *batch, K) -> (*sample, *batch)``."""
@@ -523,7 +527,8 @@ class IGRStickBreaking(_IGRBase):
         level = torch.quantile(needed.flatten().float(), self.quantile, interpolation="higher")
         return int(min(max(int(level.item()), 1), k1))
 
-    def _draw(self, sample_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _draw(self, sample_shape: Sequence[int],
+              densities: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         eps = self._noise(sample_shape)
         info = torch.finfo(self.loc.dtype)  # loc + scale·ε overflowing: the stick it points at
         kappa = (self.loc + self.scale * eps).clamp(-info.max, info.max)
@@ -532,13 +537,15 @@ class IGRStickBreaking(_IGRBase):
         kappa_n, eps_n, log_scale_n = kappa[..., :n], eps[..., :n], self.log_scale[..., :n]
         sticks = stick_breaking_logits(kappa_n)[..., :-1]
         log_psi = log_softmax_pp(sticks, self.temperature, self.delta)
+        psi = F.pad(open_simplex_point(log_psi, log_psi.dtype), (0, self.num_categories - n - 1))
+        if not densities:
+            return psi, None, kappa_n, None
         gauss = _noise_log_prob(eps_n, log_scale_n)
         log_q = (
             gauss
             - stick_breaking_logits_log_abs_det_jacobian(kappa_n)
             - softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
         )
-        psi = F.pad(open_simplex_point(log_psi, log_psi.dtype), (0, self.num_categories - n - 1))
         return psi, log_q, kappa_n, gauss
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -702,8 +709,9 @@ class IGRPlanar(_IGRBase):
         self._expand_params(new, torch.Size(batch_shape))
         return new
 
-    def _draw(self, sample_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self._softmax_pp_draw(sample_shape, self.flows)
+    def _draw(self, sample_shape: Sequence[int],
+              densities: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        return self._softmax_pp_draw(sample_shape, self.flows, densities)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log q(ψ)`` by inverting softmax++ and then each flow numerically."""
