@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import ConfigError, sweep_grid, task_estimators, task_yaml
-from latentgrad.experiments.sweep import parse_seeds, sweep
+from latentgrad.experiments.sweep import _threads_per_worker, parse_seeds, sweep
 from latentgrad.experiments.tasks.registry import TASKS
 
 TINY = ["profile=tiny", "trainer.max_epochs=2"]
@@ -129,6 +129,32 @@ def test_ddp_on_two_cpu_processes_with_gloo(data_env: Path, tmp_path: Path) -> N
     assert result["global_step"] == 1 + 2
     config = (tmp_path / "ssvae" / "softmax" / "seed0" / "config.yaml").read_text()
     assert "devices: 2" in config and "strategy: ddp" in config
+
+
+@pytest.mark.parametrize(("cores", "workers", "caller", "expected"), [
+    (8, 2, None, "4"),  # the cores shared among the workers
+    (8, 3, None, "2"),
+    (2, 4, None, "1"),  # never fewer than one
+    (8, 2, "1", "1"),  # the caller's OMP_NUM_THREADS caps them: sweeps side by side
+    (8, 2, "16", "4"),  # but never raises them
+    (8, 2, "", "4"),  # unset or not a count: ignored
+    (8, 2, "0", "4"),
+    (8, 2, "two", "4"),
+])
+def test_each_cell_gets_its_share_of_the_cores_capped_by_the_callers_omp_num_threads(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, caller: str | None, expected: str,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    environ = {} if caller is None else {"OMP_NUM_THREADS": caller}
+    assert _threads_per_worker(workers, environ) == expected
+
+
+def test_the_share_counts_the_cores_this_process_may_use_not_the_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _threads_per_worker(1, {}) == "2"
 
 
 def test_sweep_cli_rejects_bad_seeds_and_overrides(capsys: pytest.CaptureFixture[str]) -> None:
