@@ -204,6 +204,23 @@ def test_cli_run_tiny_profile(estimator: str, tmp_path: Path, data_env: Path) ->
     assert m["test/nll"] < m["test/neg_elbo"] + 20
 
 
+def test_a_run_with_the_loss_in_checkpointed_chunks_ends_as_the_run_without(
+    tmp_path: Path, data_env: Path
+) -> None:
+    """trainer.loss_chunk bounds memory only: the same training, the same test metrics."""
+    results = []
+    for chunk in ([], ["trainer.loss_chunk=3"]):
+        out = tmp_path / str(len(chunk))
+        assert main(["run", "bitvector_vae", "--estimator", "sparsemap", "--out", str(out),
+                     "profile=tiny", *chunk]) == 0
+        path = out / "bitvector_vae" / "sparsemap" / "seed0" / "metrics.json"
+        results.append(json.loads(path.read_text())["metrics"])
+    plain, chunked = results
+    assert plain["decoder_calls"] > 1  # supports of several bit vectors: several chunks a step
+    for key in ("test/nll_bpd", "test/neg_elbo", "test/rate", "test/distortion"):
+        torch.testing.assert_close(chunked[key], plain[key], rtol=1e-5, atol=1e-6)
+
+
 def test_st_gumbel_decodes_one_bit_vector_per_example_and_its_mode_is_the_sign() -> None:
     model = small_model("st_gumbel", 3)
     x, inputs = model.inputs(images())

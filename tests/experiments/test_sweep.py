@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import ConfigError, sweep_grid, task_estimators, task_yaml
-from latentgrad.experiments.sweep import _threads_per_worker, parse_seeds, sweep
+from latentgrad.experiments.sweep import _same_trainer, _threads_per_worker, parse_seeds, sweep
 from latentgrad.experiments.tasks.registry import TASKS
 
 TINY = ["profile=tiny", "trainer.max_epochs=2"]
@@ -94,6 +94,15 @@ def test_a_finished_cell_is_skipped_only_with_the_config_it_ran(
     with pytest.raises(ConfigError, match=r"none was started: .*trainer.max_epochs: .* already "
                                           r"trained 2 epochs, more than trainer.max_epochs=1"):
         sweep(*grid, ["profile=tiny", "trainer.max_epochs=1"], out=str(tmp_path))
+
+
+def test_a_trainer_setting_added_after_a_run_is_no_difference_while_unset() -> None:
+    saved = {"max_epochs": 2, "num_threads": 1}
+    assert _same_trainer(saved, {"max_epochs": 2, "num_threads": 1, "loss_chunk": None})
+    assert not _same_trainer(saved, {"max_epochs": 2, "num_threads": 1, "loss_chunk": 64})
+    assert not _same_trainer(saved, {"max_epochs": 3, "num_threads": 1, "loss_chunk": None})
+    assert not _same_trainer({**saved, "gone": 1}, {"max_epochs": 2, "num_threads": 1})
+    assert not _same_trainer(None, {"max_epochs": 2})
 
 
 def test_sweep_with_one_invalid_cell_starts_none(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """One interface over every gradient estimator: ``est(scores, loss_fn) -> EstimatorOutput``."""
 
 from .base import Estimator, EstimatorOutput, LossFn
+from .chunking import chunked
 from .marginalization import (
     SoftmaxMarginalization,
     SparseMAPMarginalization,
@@ -37,4 +38,5 @@ __all__ = [
     "SumAndSample",
     "TemperatureSchedule",
     "TopKSparsemaxMarginalization",
+    "chunked",
 ]

@@ -24,6 +24,9 @@ class TrainerConfig:
     Long runs need it: Adam's second moments of parameters whose gradients stay 0 (decoder
     weights of always-white pixels) decay into the subnormal range, where every operation on
     them is ~20x slower (mixed_vae at epoch 400: Adam's step 18-20 ms instead of 0.95).
+    ``loss_chunk``: evaluate the estimator's loss on at most this many (example, latent) pairs
+    per call, each chunk checkpointed in training (``estimators.chunked``): peak memory follows
+    the chunk instead of the whole support, for one more forward of the loss (null: one call).
     """
 
     max_epochs: int = 1
@@ -44,6 +47,7 @@ class TrainerConfig:
     num_threads: int | None = None
     huge_pages: bool = False
     flush_denormal: bool = True
+    loss_chunk: int | None = None
 
     def validate(self) -> None:
         require(self.max_epochs >= 1, "max_epochs", f"must be >= 1, got {self.max_epochs}")
@@ -75,6 +79,8 @@ class TrainerConfig:
         require(self.num_sanity_val_steps >= 0, "num_sanity_val_steps", "must be >= 0")
         threads_ok = self.num_threads is None or self.num_threads >= 1
         require(threads_ok, "num_threads", "must be null or >= 1")
+        chunk_ok = self.loss_chunk is None or self.loss_chunk >= 1
+        require(chunk_ok, "loss_chunk", f"must be null or >= 1, got {self.loss_chunk}")
 
 
 @dataclass

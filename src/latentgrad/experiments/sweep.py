@@ -295,7 +295,7 @@ def sweep(
         for seed in seeds:
             run_dir = run_dir_for(out, task, estimator, seed)
             trainer = configs[estimator, seed]["trainer"]
-            same_trainer = saved_trainers.get((estimator, seed)) == trainer
+            same_trainer = _same_trainer(saved_trainers.get((estimator, seed)), trainer)
             if (run_dir / METRICS_FILE).exists() and same_trainer:
                 skipped.append(f"{estimator}/seed{seed}")  # else the run continues (longer)
                 continue
@@ -322,6 +322,15 @@ def sweep(
         code = _summary(task, cells, codes, skipped)
         return STOPPED_EXIT_CODE if local.stopped and code else code
     return _summary(task, cells, codes, skipped)
+
+
+def _same_trainer(saved: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether a finished cell's saved trainer section is the one resolved now; a setting
+    unset now (None) that the saved run predates is no difference."""
+    if saved is None:
+        return False
+    return all(saved.get(key) == value for key, value in now.items()
+               if key in saved or value is not None) and set(saved) <= set(now)
 
 
 def _summary(task: str, cells: list[Cell], codes: list[int | None], skipped: list[str]) -> int:

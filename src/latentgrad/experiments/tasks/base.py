@@ -60,6 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from latentgrad.estimators.base import EstimatorOutput, LossFn
+from latentgrad.estimators.chunking import chunked
 from latentgrad.estimators.schedules import TemperatureSchedule
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.estimators import ESTIMATORS, estimator_spec
@@ -159,7 +160,10 @@ class LatentTask(L.LightningModule):
         self, scores: Any, loss_fn: LossFn, baseline_input: Tensor | None = None
     ) -> EstimatorOutput:
         """``self.estimator(scores, loss_fn)``, with ``baseline_input`` for estimators that
-        take one."""
+        take one; ``loss_fn`` evaluated in checkpointed chunks of ``trainer.loss_chunk`` pairs
+        when that is set."""
+        if self.cfg.trainer.loss_chunk is not None:
+            loss_fn = chunked(loss_fn, self.cfg.trainer.loss_chunk)
         if self.spec.needs_baseline_input:
             return self.estimator(scores, loss_fn, baseline_input=baseline_input)
         return self.estimator(scores, loss_fn)
