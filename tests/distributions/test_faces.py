@@ -350,7 +350,10 @@ def test_gibbs_expand_after_use_is_consistent_with_the_cache():
     d = NonEmptyFaces(scores)
     entropy, faces = d.entropy(), d.sample((2,))
     wide = d.expand((3,))
-    torch.testing.assert_close(wide.entropy(), entropy.expand(3), rtol=0, atol=0)
+    # the same float64 sums over faces in another batch layout: last-bit rounding may differ
+    # between vectorised and scalar kernels, so a few ulps per summed term are allowed
+    tol = 64 * torch.finfo(torch.float64).eps
+    torch.testing.assert_close(wide.entropy(), entropy.expand(3), rtol=tol, atol=tol)
     torch.testing.assert_close(wide.log_prob(faces.expand(2, 3, 5)),
-                               d.log_prob(faces).expand(2, 3), rtol=0, atol=0)
+                               d.log_prob(faces).expand(2, 3), rtol=tol, atol=tol)
     assert wide._log_pi[0].shape == (3, 5)
