@@ -223,7 +223,7 @@ def _threads_per_worker(workers: int, environ: dict[str, str]) -> str:
     affinity) shared among ``workers``, and no more than the caller's own ``OMP_NUM_THREADS``
     when it sets one: two sweeps side by side on one machine each size themselves to all of it,
     and their threads would fight over the cores (4 threads on 2 cores made a graph_layout step
-    7x slower), so the caller caps them with ``OMP_NUM_THREADS=1``."""
+    6x slower: 9 s against 1.45), so the caller caps them with ``OMP_NUM_THREADS=1``."""
     affinity = getattr(os, "sched_getaffinity", None)
     cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
     threads = max(1, cores // max(1, workers))
