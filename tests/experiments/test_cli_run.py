@@ -198,27 +198,34 @@ def test_warm_start_keeps_best_validation_weights_then_fresh_adam(
     assert int(opt["state"][0]["step"]) == main_steps
 
 
+@pytest.mark.parametrize("checkpoint_every", [1, 0])
 def test_sigterm_stops_a_run_with_status_143_and_resume_ends_it_bit_identical(
-    data_env: Path, tmp_path: Path
+    checkpoint_every: int, data_env: Path, tmp_path: Path
 ) -> None:
     """Lightning stops a run at the end of the batch that SIGTERM interrupted with a
     ``SystemExit`` without a code: the process exited 0 without ``metrics.json``, and a sweep
     reported the cell as finished. It exits 143 now, and ``--resume`` ends it as if never
-    stopped."""
+    stopped. The stopped step is saved even with epoch checkpoints only (``0``): step 3 is the
+    first of the second warm-start epoch, whose resume would otherwise train it again."""
     sys.path.insert(0, str(Path(__file__).parent))
     from _kill import run_args
 
     from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
 
-    assert main(run_args("ssvae", "softmax", tmp_path / "reference")) == 0
+    def args(out: Path) -> list[str]:
+        return [*run_args("ssvae", "softmax", out),
+                f"trainer.checkpoint_every_n_steps={checkpoint_every}"]  # fmt: skip
+
+    assert main(args(tmp_path / "reference")) == 0
     out = tmp_path / "stopped"
-    stop = [sys.executable, str(Path(__file__).parent / "_kill.py"), "term", "3",
-            *run_args("ssvae", "softmax", out)]  # fmt: skip
+    stop = [sys.executable, str(Path(__file__).parent / "_kill.py"), "term", "3", *args(out)]
     proc = subprocess.run(stop, capture_output=True, text=True, env=os.environ, timeout=600)
     assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr[-2000:]
     assert "stopped by SIGTERM at step 3" in proc.stderr and "--resume" in proc.stderr
     assert not (run_dir(out, "softmax") / "metrics.json").exists()
     assert "finished" not in json.loads((run_dir(out, "softmax") / "run.json").read_text())
-    assert main([*run_args("ssvae", "softmax", out), "--resume"]) == 0
+    last = torch.load(run_dir(out, "softmax") / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
+    assert main([*args(out), "--resume"]) == 0
     metrics = (run_dir(d, "softmax") / "metrics.json" for d in (tmp_path / "reference", out))
     assert next(metrics).read_bytes() == next(metrics).read_bytes()

@@ -83,7 +83,10 @@ class EpochSafeCheckpoint(ModelCheckpoint):
     and starts the next epoch from the old epoch's data position). Conversely, a run that
     ``trainer.max_steps`` stops inside an epoch is saved at that last batch, as a step
     checkpoint: saved at the cut epoch's end, the epoch would count as finished, and a resume
-    with more steps would skip the rest of its batches."""
+    with more steps would skip the rest of its batches. A run that SIGTERM stops is saved the
+    same way at the batch where Lightning stops it, so a resume repeats none of its steps
+    (except at an epoch's last batch or in a validation pass, where it resumes from the previous
+    checkpoint)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -98,7 +101,7 @@ class EpochSafeCheckpoint(ModelCheckpoint):
             )
             return
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        stopped = 0 < trainer.max_steps <= trainer.global_step
+        stopped = 0 < trainer.max_steps <= trainer.global_step or trainer.received_sigterm
         if stopped and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
