@@ -85,8 +85,8 @@ class EpochSafeCheckpoint(ModelCheckpoint):
     checkpoint: saved at the cut epoch's end, the epoch would count as finished, and a resume
     with more steps would skip the rest of its batches. A run that SIGTERM stops is saved the
     same way at the batch where Lightning stops it, so a resume repeats none of its steps
-    (except at an epoch's last batch or in a validation pass, where it resumes from the previous
-    checkpoint)."""
+    (except at an epoch's last batch, in a validation pass or under DDP, where it resumes from
+    the previous checkpoint)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -101,7 +101,10 @@ class EpochSafeCheckpoint(ModelCheckpoint):
             )
             return
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        stopped = 0 < trainer.max_steps <= trainer.global_step or trainer.received_sigterm
+        # one process only: under DDP the ranks learn of a SIGTERM at different batches, and a
+        # save (a collective) on one of them alone would wait for the others forever
+        sigterm = trainer.received_sigterm and trainer.world_size == 1
+        stopped = 0 < trainer.max_steps <= trainer.global_step or sigterm
         if stopped and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
