@@ -1,0 +1,36 @@
+"""Probe of a graph_layout tree run's encoder: are the true edges scored highest or lowest?
+
+    PYTHONPATH=src LATENTGRAD_DATA=<data> python results/graph_layout/probe_edge_scores.py CELL
+
+CELL is a run folder with ``config.yaml`` and ``checkpoints/last.ckpt`` (an ``in_progress/``
+snapshot or a sweep's cell). Prints, over the first 512 validation layouts, the mean encoder
+score of the true and of the other undirected pairs, and the fraction of true edges among the
+n - 1 highest- and the n - 1 lowest-scored pairs of each layout.
+"""
+
+import sys
+
+import torch
+import yaml
+
+from latentgrad.experiments.tasks.graph_layout import build_run
+
+cell = sys.argv[1]
+with open(f"{cell}/config.yaml") as f:
+    model, data = build_run(yaml.safe_load(f), None)
+ckpt = torch.load(f"{cell}/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+model.load_state_dict(ckpt["state_dict"])
+model.eval()
+x, adj = data.load()["valid"][:512]
+with torch.no_grad():
+    scores = model.scores(x)  # (B, n, n), symmetric
+n = scores.shape[1]
+i, j = torch.triu_indices(n, n, 1)
+pair_scores = scores[:, i, j]
+true = ((adj + adj.transpose(1, 2)) > 0)[:, i, j]
+high = true.gather(1, pair_scores.topk(n - 1, dim=1).indices).float().mean()
+low = true.gather(1, (-pair_scores).topk(n - 1, dim=1).indices).float().mean()
+print(f"step {ckpt['global_step']}: mean score {pair_scores[true].mean():.2f} on true edges, "
+      f"{pair_scores[~true].mean():.2f} on the others")
+print(f"true edges among the {n - 1} highest-scored pairs {high:.3f}, among the {n - 1} lowest "
+      f"{low:.3f} (chance {true.float().mean():.3f})")
