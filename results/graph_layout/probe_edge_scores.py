@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from latentgrad.experiments.tasks.graph_layout import build_run
+from latentgrad.experiments.tasks.structured import undirected
 
 cell = sys.argv[1]
 with open(f"{cell}/config.yaml") as f:
@@ -27,7 +28,7 @@ with torch.no_grad():
 n = scores.shape[1]
 i, j = torch.triu_indices(n, n, 1)
 pair_scores = scores[:, i, j]
-true = ((adj + adj.transpose(1, 2)) > 0)[:, i, j]
+true = undirected(adj)  # (B, n(n-1)/2), the same i < j order
 high = true.gather(1, pair_scores.topk(n - 1, dim=1).indices).float().mean()
 low = true.gather(1, (-pair_scores).topk(n - 1, dim=1).indices).float().mean()
 print(f"step {ckpt['global_step']}: mean score {pair_scores[true].mean():.2f} on true edges, "
