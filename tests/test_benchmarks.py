@@ -25,6 +25,7 @@ TINY = {
     "bench_tree_sampling.py": (["--repeats", "1"], "ms"),
     "bench_trees_vs_peers.py": (["--repeats", "1"], "float32 max |error|"),
     "bench_distributions_vs_relaxit.py": (["--repeats", "1"], "relaxit"),
+    "bench_estimators_vs_storchastic.py": (["--repeats", "1", "--draws", "1024"], "storchastic"),
 }
 
 
