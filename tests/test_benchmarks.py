@@ -26,6 +26,7 @@ TINY = {
     "bench_trees_vs_peers.py": (["--repeats", "1"], "float32 max |error|"),
     "bench_distributions_vs_relaxit.py": (["--repeats", "1"], "relaxit"),
     "bench_estimators_vs_storchastic.py": (["--repeats", "1", "--draws", "1024"], "storchastic"),
+    "bench_game_vs_egg.py": (["--repeats", "1", "--draws", "1024", "--features", "32"], "EGG"),
 }
 
 
