@@ -4,6 +4,7 @@
 
 POINT ``step``: right after the N-th optimizer step (before that step's checkpoint); ``term``:
 the same with SIGTERM instead of SIGKILL (Lightning stops the run at the end of the batch);
+``term-validate``: SIGTERM at the start of the N-th validation batch;
 ``save``: right after the N-th file of the checkpoints folder is in place; ``write``: during the
 N-th write into the checkpoints folder, before its temp file is moved into place (it stays as an
 orphan).
@@ -34,12 +35,24 @@ def main() -> None:
         nonlocal count
         count += 1
         if count == n:
-            os.kill(os.getpid(), signal.SIGTERM if point == "term" else signal.SIGKILL)
+            term = point.startswith("term")
+            os.kill(os.getpid(), signal.SIGTERM if term else signal.SIGKILL)
 
     if point in ("step", "term"):
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         register_optimizer_step_post_hook(lambda *_: tick())
+    elif point == "term-validate":
+        from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
+
+        evaluation_step = _EvaluationLoop._evaluation_step
+
+        def signalling_step(loop, *args, **kwargs):
+            if loop.trainer.validating:
+                tick()
+            return evaluation_step(loop, *args, **kwargs)
+
+        _EvaluationLoop._evaluation_step = signalling_step
     else:
         from latentgrad.experiments import checkpoint
 

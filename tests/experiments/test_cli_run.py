@@ -227,3 +227,37 @@ def test_sigterm_stops_a_run_with_status_143_and_resume_ends_it_bit_identical(
     assert main([*args(out), "--resume"]) == 0
     metrics = (run_dir(d, "softmax") / "metrics.json" for d in (tmp_path / "reference", out))
     assert next(metrics).read_bytes() == next(metrics).read_bytes()
+
+
+@pytest.mark.parametrize(("point", "n"), [("term", 2), ("term-validate", 1)])
+def test_sigterm_in_an_epochs_last_batch_or_its_validation_stops_after_that_epoch(
+    data_env: Path, tmp_path: Path, point: str, n: int
+) -> None:
+    """A SIGTERM in the last batch of an epoch (step 2: the first epoch has two) or in its
+    validation (the first of its two batches) used to stop the run inside that validation,
+    where no checkpoint is exact, so it resumed from the run's start. It is held until the
+    epoch's end now: the validation finishes, the epoch is checkpointed, the run exits 143, and
+    ``--resume`` ends it as if never stopped."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _kill import run_args
+
+    from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
+
+    def args(out: Path) -> list[str]:
+        return [*run_args("ssvae", "softmax", out), "trainer.checkpoint_every_n_steps=0",
+                "data.eval_batch_size=32"]  # fmt: skip
+
+    assert main(args(tmp_path / "reference")) == 0
+    out = tmp_path / "stopped"
+    stop = [sys.executable, str(Path(__file__).parent / "_kill.py"), point, str(n), *args(out)]
+    proc = subprocess.run(stop, capture_output=True, text=True, env=os.environ, timeout=600)
+    assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr[-2000:]
+    d = run_dir(out, "softmax")
+    assert not (d / "metrics.json").exists()
+    last = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (0, 2)
+    val_epochs = [int(r["epoch"]) for r in csv_rows(d) if r.get("val/acc")]
+    assert val_epochs == [0]  # the first epoch's validation ran to its end, once
+    assert main([*args(out), "--resume"]) == 0
+    metrics = (run_dir(p, "softmax") / "metrics.json" for p in (tmp_path / "reference", out))
+    assert next(metrics).read_bytes() == next(metrics).read_bytes()

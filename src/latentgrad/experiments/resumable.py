@@ -84,13 +84,16 @@ class EpochSafeCheckpoint(ModelCheckpoint):
     ``trainer.max_steps`` stops inside an epoch is saved at that last batch, as a step
     checkpoint: saved at the cut epoch's end, the epoch would count as finished, and a resume
     with more steps would skip the rest of its batches. A run that SIGTERM stops is saved the
-    same way at the batch where Lightning stops it, so a resume repeats none of its steps
-    (except at an epoch's last batch, in a validation pass or under DDP, where it resumes from
-    the previous checkpoint)."""
+    same way at the batch where Lightning stops it, so a resume repeats none of its steps. A
+    SIGTERM that arrives in an epoch's last batch or its validation is held until the epoch's
+    end (Lightning would stop inside the validation, where no checkpoint can be exact): the
+    validation finishes, the epoch is saved, and the run stops there. Under DDP a SIGTERM still
+    resumes from the previous checkpoint."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._deferred = False
+        self._held_sigterm = False
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
@@ -99,6 +102,7 @@ class EpochSafeCheckpoint(ModelCheckpoint):
             self._deferred = self._every_n_train_steps >= 1 and (
                 trainer.global_step % self._every_n_train_steps == 0
             )
+            self._deferred |= self._hold_sigterm(trainer)
             return
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         # one process only: under DDP the ranks learn of a SIGTERM at different batches, and a
@@ -110,6 +114,14 @@ class EpochSafeCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        super().on_validation_batch_end(trainer, pl_module, *args, **kwargs)
+        epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and epoch_end:
+            self._deferred |= self._hold_sigterm(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._deferred and not self._should_skip_saving_checkpoint(trainer):
@@ -117,6 +129,19 @@ class EpochSafeCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
         self._deferred = False
+        if self._held_sigterm:  # Lightning stops the run right after the epoch-end hooks
+            trainer._signal_connector.received_sigterm = True
+            self._held_sigterm = False
+
+    def _hold_sigterm(self, trainer: L.Trainer) -> bool:
+        """Take back a SIGTERM Lightning has received (one process only: under DDP every rank
+        must stop at the same point), to be given back at the epoch's end; whether one was."""
+        connector = getattr(trainer, "_signal_connector", None)
+        if trainer.world_size != 1 or not getattr(connector, "received_sigterm", False):
+            return False
+        connector.received_sigterm = False
+        self._held_sigterm = True
+        return True
 
 
 class _Batches:

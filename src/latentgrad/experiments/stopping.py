@@ -3,7 +3,9 @@
 A run receiving SIGTERM is stopped by Lightning at the end of the current batch; ``latentgrad run``
 then exits with ``STOPPED_EXIT_CODE`` (Lightning's own exception is a ``SystemExit`` without a
 code, which would exit with status 0, as if the run had finished). The batch it stopped at is
-checkpointed (``resumable.EpochSafeCheckpoint``), and ``--resume`` continues it exactly. A sweep
+checkpointed (``resumable.EpochSafeCheckpoint``; a SIGTERM in an epoch's last batch or in its
+validation stops the run after that validation, with the epoch saved), and ``--resume``
+continues it exactly. A sweep
 receiving SIGTERM passes it on to the runs it started, starts no further cell and exits with the
 same status.
 """
