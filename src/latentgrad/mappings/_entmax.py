@@ -21,6 +21,7 @@ on ``t = p_max^(alpha - 1)`` itself, which floats hold to relative precision how
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -150,18 +151,19 @@ def _entmax15_vjp(v: Tensor, y: Tensor, gap: Tensor, columns: Tensor | None) -> 
     output ``y`` instead, written so that its own derivative is finite (zero off the support).
     """
     if columns is None:
-        return _entmax15_jv(v, y, gap)
+        return _entmax15_jv(v, lambda: y, gap)
     with one_thread():
-        jv = _entmax15_jv(v.gather(1, columns), y.gather(1, columns), gap)
+        jv = _entmax15_jv(v.gather(1, columns), lambda: y.gather(1, columns), gap)
     return scatter_rows(jv, columns, v.shape[1])
 
 
-def _entmax15_jv(v: Tensor, y: Tensor, gap: Tensor) -> Tensor:
+def _entmax15_jv(v: Tensor, y: Callable[[], Tensor], gap: Tensor) -> Tensor:
     """``g v - g <g, v> / sum(g)`` per row, ``g = sqrt(y)``: ``gap`` itself, or under grad mode
-    ``sqrt(y)`` with a finite derivative (zero off the support, where ``gap`` is 0)."""
+    ``sqrt(y())`` with a finite derivative (zero off the support, where ``gap`` is 0); ``y`` is
+    read only then."""
     if torch.is_grad_enabled():
         on = gap > 0
-        g = torch.where(on, torch.where(on, y, 1.0).sqrt(), 0.0)
+        g = torch.where(on, torch.where(on, y(), 1.0).sqrt(), 0.0)
     else:
         g = gap
     gv = v * g
@@ -230,12 +232,12 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
 
 def _entmax15_output_vjp(v: Tensor, y: Tensor) -> Tensor:
     """The VJP of 1.5-entmax at the output rows ``y`` (N, K), ``g = sqrt(y)``."""
-    return _entmax15_jv(v, y, y.sqrt())
+    return _entmax15_jv(v, lambda: y, y.sqrt())
 
 
 def _entmax15_vjp_dense(v: Tensor, y: Tensor) -> Tensor:
     """``_entmax15_jv`` at the output ``y`` (N, K) alone."""
-    return _entmax15_jv(v, y, y if torch.is_grad_enabled() else y.sqrt())
+    return _entmax15_jv(v, lambda: y, y if torch.is_grad_enabled() else y.sqrt())
 
 
 _FUSED = FusedMapping(entmax15_kernel, entmax15_vjp_kernel, torch.sqrt, _entmax15_vjp_dense,
