@@ -50,3 +50,23 @@ def time_call(fn: Callable[[], T], device: torch.device) -> tuple[T, float, floa
     result = fn()
     _sync(device)
     return result, time.perf_counter() - start_wall, time.process_time() - start_cpu
+
+
+def interleaved(steps: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Wall seconds of ``repeats`` calls of each of ``steps``, interleaved (the order rotates
+    every round, so that load from other processes hits them alike), after three warm-up
+    rounds."""
+    times: list[list[float]] = [[] for _ in steps]
+    for r in range(repeats + 3):
+        for j in range(len(steps)):
+            i = (j + r) % len(steps)
+            t0 = time.perf_counter()
+            steps[i]()
+            if r >= 3:
+                times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def relative_error(diff: torch.Tensor, se: torch.Tensor, scale: torch.Tensor) -> str:
+    """``|diff| / |scale|`` with its standard error ``|se| / |scale|`` (L2 norms), formatted."""
+    return f"{diff.norm() / scale.norm():.3f} ± {se.norm() / scale.norm():.3f}"

@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _timing import benchmark_parser, start
+from _timing import benchmark_parser, interleaved, relative_error, start
 from torch import Tensor, nn
 from torch.distributions import OneHotCategorical
 
@@ -134,19 +133,6 @@ def our_step(model: DiscreteVAE, estimator, x: Tensor) -> None:
     (estimator(logits, loss_fn).loss + kl_to_uniform(logits).mean()).backward()
 
 
-def time_steps(steps: list[Callable[[], None]], repeats: int) -> list[list[float]]:
-    """Wall seconds of ``repeats`` calls of each step, interleaved (the order rotates), after
-    three warm-up rounds."""
-    times: list[list[float]] = [[] for _ in steps]
-    for r in range(repeats + 3):
-        for j in range(len(steps)):
-            i = (j + r) % len(steps)
-            t0 = time.perf_counter()
-            steps[i]()
-            if r >= 3:
-                times[i].append(time.perf_counter() - t0)
-    return times
-
 
 # ---- agreement on a problem small enough to enumerate
 
@@ -206,10 +192,6 @@ def our_toy_call(estimator, toy: Toy) -> Callable[[Tensor], None]:
     return call
 
 
-def relative(diff: Tensor, se: Tensor, scale: Tensor) -> str:
-    """``|diff| / |scale|`` with its standard error ``|se| / |scale|`` (L2 norms)."""
-    return f"{diff.norm() / scale.norm():.3f} ± {se.norm() / scale.norm():.3f}"
-
 
 def main() -> None:
     parser = benchmark_parser(__doc__, threads=1, repeats=30)
@@ -244,7 +226,7 @@ def main() -> None:
             method = make_storch()
             steps.append(lambda method=method: storch_step(storch, model, method, x))
         t_ours, t_off, *t_storch = (statistics.median(t)
-                                    for t in time_steps(steps, args.repeats))
+                                    for t in interleaved(steps, args.repeats))
         mine = f"{1e3 * t_ours:>7.2f} {1e3 * t_off:>16.2f}"
         if t_storch:
             print(f"{name:<31} {1e3 * t_storch[0]:>11.2f} {mine} {t_storch[0] / t_ours:>6.1f} "
@@ -265,12 +247,12 @@ def main() -> None:
             g_storch, se_storch = mean_gradient(storch_toy_call(storch, make_storch(), toy),
                                                 toy, rows, calls)
         if name.startswith("REINFORCE"):
-            mine = relative(g_ours - exact, se_ours, exact)
-            their = "-" if g_storch is None else relative(g_storch - exact, se_storch, exact)
+            mine = relative_error(g_ours - exact, se_ours, exact)
+            their = "-" if g_storch is None else relative_error(g_storch - exact, se_storch, exact)
             print(f"{name:<31} {their:>15} {mine:>15}   the exact gradient")
         elif g_storch is not None:
             se = (se_storch.square() + se_ours.square()).sqrt()
-            print(f"{name:<31} {relative(g_storch - g_ours, se, g_ours):>15} "
+            print(f"{name:<31} {relative_error(g_storch - g_ours, se, g_ours):>15} "
                   f"{'':>15}   each other (relaxed: no closed form)")
 
 

@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _timing import benchmark_parser, start
+from _timing import benchmark_parser, interleaved, relative_error, start
 from torch import Tensor, nn
 
 import latentgrad
@@ -152,19 +151,6 @@ def egg_step(egg_game, x: Tensor, candidates: Tensor, labels: Tensor) -> None:
     loss.backward()
 
 
-def time_steps(steps: list[Callable[[], None]], repeats: int) -> list[list[float]]:
-    """Wall seconds of ``repeats`` calls of each step, interleaved (the order rotates), after
-    three warm-up rounds."""
-    times: list[list[float]] = [[] for _ in steps]
-    for r in range(repeats + 3):
-        for j in range(len(steps)):
-            i = (j + r) % len(steps)
-            t0 = time.perf_counter()
-            steps[i]()
-            if r >= 3:
-                times[i].append(time.perf_counter() - t0)
-    return times
-
 
 # ---- agreement on one categorical of 6 symbols
 
@@ -204,9 +190,6 @@ def mean_gradient(call: Callable[[Tensor], Tensor], toy: Toy, calls: int) -> tup
     return g.mean(0), g.std(0) / math.sqrt(calls)
 
 
-def relative(diff: Tensor, se: Tensor, scale: Tensor) -> str:
-    return f"{diff.norm() / scale.norm():.3f} ± {se.norm() / scale.norm():.3f}"
-
 
 def agreement(core, draws: int, seed: int) -> None:
     toy = Toy(torch.Generator().manual_seed(seed))
@@ -231,13 +214,13 @@ def agreement(core, draws: int, seed: int) -> None:
 
     g_ours, se_ours = mean_gradient(
         ours(ScoreFunction(baseline="moving_average", one_hot=False)), toy, calls)
-    mine = relative(g_ours - exact, se_ours, exact)
+    mine = relative_error(g_ours - exact, se_ours, exact)
     their = "-"
     if core is not None:
         receiver = core.ReinforceDeterministicWrapper(identity_receiver)
         game = core.SymbolGameReinforce(core.ReinforceWrapper(toy), receiver, toy_loss)
         g_egg, se_egg = mean_gradient(theirs(game), toy, calls)
-        their = relative(g_egg - exact, se_egg, exact)
+        their = relative_error(g_egg - exact, se_egg, exact)
     print(f"{'REINFORCE, running mean':<38} {their:>15} {mine:>15}   the exact gradient")
     if core is None:
         return
@@ -247,7 +230,7 @@ def agreement(core, draws: int, seed: int) -> None:
                                  identity_receiver, toy_loss)
         g_egg, se_egg = mean_gradient(theirs(game), toy, calls)
         se = (se_ours.square() + se_egg.square()).sqrt()
-        print(f"{name:<38} {relative(g_egg - g_ours, se, g_ours):>15} {'':>15}   each other")
+        print(f"{name:<38} {relative_error(g_egg - g_ours, se, g_ours):>15} {'':>15}   each other")
 
 
 def main() -> None:
@@ -286,7 +269,7 @@ def main() -> None:
         if make_egg is not None:
             egg_game = make_egg()
             steps.append(lambda egg_game=egg_game: egg_step(egg_game, x, candidates, labels))
-        t_ours, t_off, *t_egg = (statistics.median(t) for t in time_steps(steps, args.repeats))
+        t_ours, t_off, *t_egg = (statistics.median(t) for t in interleaved(steps, args.repeats))
         mine = f"{1e3 * t_ours:>7.2f} {1e3 * t_off:>16.2f}"
         if t_egg:
             print(f"{name:<38} {1e3 * t_egg[0]:>7.2f} {mine} {t_egg[0] / t_ours:>6.2f} "
