@@ -21,7 +21,6 @@ on ``t = p_max^(alpha - 1)`` itself, which floats hold to relative precision how
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -151,19 +150,20 @@ def _entmax15_vjp(v: Tensor, y: Tensor, gap: Tensor, columns: Tensor | None) -> 
     output ``y`` instead, written so that its own derivative is finite (zero off the support).
     """
     if columns is None:
-        return _entmax15_jv(v, lambda: y, gap)
+        return _entmax15_jv(v, y, gap)
     with one_thread():
-        jv = _entmax15_jv(v.gather(1, columns), lambda: y.gather(1, columns), gap)
+        y_listed = y.gather(1, columns) if torch.is_grad_enabled() else None
+        jv = _entmax15_jv(v.gather(1, columns), y_listed, gap)
     return scatter_rows(jv, columns, v.shape[1])
 
 
-def _entmax15_jv(v: Tensor, y: Callable[[], Tensor], gap: Tensor) -> Tensor:
+def _entmax15_jv(v: Tensor, y: Tensor | None, gap: Tensor) -> Tensor:
     """``g v - g <g, v> / sum(g)`` per row, ``g = sqrt(y)``: ``gap`` itself, or under grad mode
-    ``sqrt(y())`` with a finite derivative (zero off the support, where ``gap`` is 0); ``y`` is
-    read only then."""
+    ``sqrt(y)`` with a finite derivative (zero off the support, where ``gap`` is 0); ``y`` is
+    read only then (``None`` will do otherwise)."""
     if torch.is_grad_enabled():
         on = gap > 0
-        g = torch.where(on, torch.where(on, y(), 1.0).sqrt(), 0.0)
+        g = torch.where(on, torch.where(on, y, 1.0).sqrt(), 0.0)
     else:
         g = gap
     gv = v * g
@@ -232,12 +232,12 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
 
 def _entmax15_output_vjp(v: Tensor, y: Tensor) -> Tensor:
     """The VJP of 1.5-entmax at the output rows ``y`` (N, K), ``g = sqrt(y)``."""
-    return _entmax15_jv(v, lambda: y, y.sqrt())
+    return _entmax15_jv(v, y, y.sqrt())
 
 
 def _entmax15_vjp_dense(v: Tensor, y: Tensor) -> Tensor:
     """``_entmax15_jv`` at the output ``y`` (N, K) alone."""
-    return _entmax15_jv(v, lambda: y, y if torch.is_grad_enabled() else y.sqrt())
+    return _entmax15_jv(v, y, y if torch.is_grad_enabled() else y.sqrt())
 
 
 _FUSED = FusedMapping(entmax15_kernel, entmax15_vjp_kernel, torch.sqrt, _entmax15_vjp_dense,
