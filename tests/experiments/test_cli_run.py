@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -198,6 +200,36 @@ def test_warm_start_keeps_best_validation_weights_then_fresh_adam(
     assert int(opt["state"][0]["step"]) == main_steps
 
 
+@contextmanager
+def sigterm_run(
+    tmp_path: Path, point: str, n: int, *overrides: str
+) -> Iterator[tuple[subprocess.CompletedProcess[str], Path]]:
+    """A small ssvae softmax run (epoch checkpoints only) run once uninterrupted and once stopped
+    by ``_kill.py POINT N``: checks that the stopped one exited 143 without ``metrics.json`` and
+    yields its process and run folder; after the caller's checks, resumes it with ``--resume``
+    and checks that it ends bit-identical to the uninterrupted run."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _kill import run_args
+
+    from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
+
+    def args(out: Path) -> list[str]:
+        return [*run_args("ssvae", "softmax", out), "trainer.checkpoint_every_n_steps=0",
+                *overrides]  # fmt: skip
+
+    assert main(args(tmp_path / "reference")) == 0
+    out = tmp_path / "stopped"
+    stop = [sys.executable, str(Path(__file__).parent / "_kill.py"), point, str(n), *args(out)]
+    proc = subprocess.run(stop, capture_output=True, text=True, env=os.environ, timeout=600)
+    assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr[-2000:]
+    d = run_dir(out, "softmax")
+    assert not (d / "metrics.json").exists()
+    yield proc, d
+    assert main([*args(out), "--resume"]) == 0
+    metrics = (run_dir(p, "softmax") / "metrics.json" for p in (tmp_path / "reference", out))
+    assert next(metrics).read_bytes() == next(metrics).read_bytes()
+
+
 def test_sigterm_stops_a_run_with_status_143_and_resume_ends_it_bit_identical(
     data_env: Path, tmp_path: Path
 ) -> None:
@@ -206,27 +238,11 @@ def test_sigterm_stops_a_run_with_status_143_and_resume_ends_it_bit_identical(
     reported the cell as finished. It exits 143 now, and ``--resume`` ends it as if never
     stopped. The stopped step is saved although only epochs are checkpointed: step 3 is the
     first of the second warm-start epoch, which a resume would otherwise train again."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _kill import run_args
-
-    from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
-
-    def args(out: Path) -> list[str]:
-        return [*run_args("ssvae", "softmax", out), "trainer.checkpoint_every_n_steps=0"]
-
-    assert main(args(tmp_path / "reference")) == 0
-    out = tmp_path / "stopped"
-    stop = [sys.executable, str(Path(__file__).parent / "_kill.py"), "term", "3", *args(out)]
-    proc = subprocess.run(stop, capture_output=True, text=True, env=os.environ, timeout=600)
-    assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr[-2000:]
-    assert "stopped by SIGTERM at step 3" in proc.stderr and "--resume" in proc.stderr
-    assert not (run_dir(out, "softmax") / "metrics.json").exists()
-    assert "finished" not in json.loads((run_dir(out, "softmax") / "run.json").read_text())
-    last = torch.load(run_dir(out, "softmax") / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 3
-    assert main([*args(out), "--resume"]) == 0
-    metrics = (run_dir(d, "softmax") / "metrics.json" for d in (tmp_path / "reference", out))
-    assert next(metrics).read_bytes() == next(metrics).read_bytes()
+    with sigterm_run(tmp_path, "term", 3) as (proc, d):
+        assert "stopped by SIGTERM at step 3" in proc.stderr and "--resume" in proc.stderr
+        assert "finished" not in json.loads((d / "run.json").read_text())
+        last = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == 3
 
 
 @pytest.mark.parametrize(("point", "n"), [("term", 2), ("term-validate", 1)])
@@ -238,26 +254,8 @@ def test_sigterm_in_an_epochs_last_batch_or_its_validation_stops_after_that_epoc
     where no checkpoint is exact, so it resumed from the run's start. It is held until the
     epoch's end now: the validation finishes, the epoch is checkpointed, the run exits 143, and
     ``--resume`` ends it as if never stopped."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _kill import run_args
-
-    from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
-
-    def args(out: Path) -> list[str]:
-        return [*run_args("ssvae", "softmax", out), "trainer.checkpoint_every_n_steps=0",
-                "data.eval_batch_size=32"]  # fmt: skip
-
-    assert main(args(tmp_path / "reference")) == 0
-    out = tmp_path / "stopped"
-    stop = [sys.executable, str(Path(__file__).parent / "_kill.py"), point, str(n), *args(out)]
-    proc = subprocess.run(stop, capture_output=True, text=True, env=os.environ, timeout=600)
-    assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr[-2000:]
-    d = run_dir(out, "softmax")
-    assert not (d / "metrics.json").exists()
-    last = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (last["epoch"], last["global_step"]) == (0, 2)
-    val_epochs = [int(r["epoch"]) for r in csv_rows(d) if r.get("val/acc")]
-    assert val_epochs == [0]  # the first epoch's validation ran to its end, once
-    assert main([*args(out), "--resume"]) == 0
-    metrics = (run_dir(p, "softmax") / "metrics.json" for p in (tmp_path / "reference", out))
-    assert next(metrics).read_bytes() == next(metrics).read_bytes()
+    with sigterm_run(tmp_path, point, n, "data.eval_batch_size=32") as (_, d):
+        last = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+        assert (last["epoch"], last["global_step"]) == (0, 2)
+        val_epochs = [int(r["epoch"]) for r in csv_rows(d) if r.get("val/acc")]
+        assert val_epochs == [0]  # the first epoch's validation ran to its end, once
