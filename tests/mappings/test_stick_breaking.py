@@ -70,6 +70,18 @@ def test_log_det_matches_autograd_jacobian(eta):
     torch.testing.assert_close(stick_breaking_log_abs_det_jacobian(x), expected)
 
 
+def test_log_det_ignores_the_last_fraction_even_at_one():
+    # pi_{1:K-1} does not depend on the last fraction: its weight is 0, value and gradient finite
+    eta = torch.tensor([0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    log_det = stick_breaking_log_abs_det_jacobian(eta)
+    torch.testing.assert_close(log_det, torch.log1p(torch.tensor(-0.5, dtype=torch.float64)))
+    (grad,) = torch.autograd.grad(log_det, eta)
+    torch.testing.assert_close(grad, torch.tensor([-2.0, 0.0], dtype=torch.float64))
+    one = torch.ones(1, requires_grad=True)
+    (grad,) = torch.autograd.grad(stick_breaking_log_abs_det_jacobian(one), one)
+    assert grad.item() == 0.0
+
+
 @given(logits)
 def test_logit_log_det_matches_autograd_jacobian(kappa):
     k = torch.tensor(kappa, dtype=torch.float64)

@@ -69,21 +69,28 @@ def test_float32_entropy_matches_enumeration_at_large_scales(structure, scale):
 TREES = (SpanningTree, Arborescence)
 
 
+def _without_common_shift(structure):
+    """Trees (marginals from a matrix inverse) and budgeted bit vectors (a count DP over
+    structures of different sizes): marginals accurate to about eps × |θ| only."""
+    return isinstance(structure, TREES) or (
+        isinstance(structure, BitVector) and structure.budget is not None)
+
+
 @pytest.mark.parametrize("structure", STRUCTURES, ids=repr)
 @pytest.mark.parametrize("scale", [1e2, 1e4, 1e8])
 def test_entropy_over_near_ties_at_large_scales_matches_enumeration(structure, scale):
     """Scores ±scale plus N(0, 1): the structures of one sign pattern differ by O(1) (exact ties
     once float32 rounds the noise away), so the entropy is far from 0 and the large terms of
-    log Z - <θ, μ> cancel. Subset and bit-vector oracles: within float64 rounding of those
-    terms. Tree oracles: their marginals carry an absolute error of about eps × |θ|, so the
-    entropy errs by about eps × |θ|² (0.4-3.7 nats at 1e8): there a RuntimeWarning states a
-    bound on the error, which the error respects."""
+    log Z - <θ, μ> cancel. Subset and unbudgeted bit-vector oracles: within float64 rounding of
+    those terms. Tree and budgeted bit-vector oracles: their marginals carry an absolute error of
+    about eps × |θ|, so the entropy may err by about eps × |θ|² (trees: 0.4-3.7 nats at 1e8):
+    there a RuntimeWarning states a bound on the error, which the error respects."""
     gen = torch.Generator().manual_seed(int(math.log10(scale)))
     scores = (_scores(structure, scale, gen).sign() * scale + _scores(structure, 1.0, gen)).float()
     want = _brute_entropy(structure, scores.double())
     if not isinstance(structure, BitVector) or structure.budget is not None:
         assert want.mean() > 0.3  # ties within a sign pattern: not a degenerate reference
-    if isinstance(structure, TREES) and scale > 1e4:
+    if _without_common_shift(structure) and scale > 1e4:
         with pytest.warns(RuntimeWarning, match="float64 rounding may leave an error") as rec:
             got = structure.entropy(scores).double()
         bound = float(re.search(r"up to ([0-9.e+-]+) nats", str(rec[0].message)).group(1))
@@ -98,6 +105,29 @@ def test_entropy_over_near_ties_at_large_scales_matches_enumeration(structure, s
     if isinstance(structure, TREES):
         atol += 64 * size * F64_EPS * scale**2
     torch.testing.assert_close(got, want, rtol=0, atol=atol)
+
+
+def test_budgeted_bit_vectors_warn_where_near_ties_at_a_large_scale_lose_the_entropy():
+    """Two tied bits at 1e16 and a third at 0, at most one on: the entropy is log 2, the count
+    DP returns 0 (its sums round at 1e16); the warning's bound covers the error. Scores in
+    {-s, 0, s} plus N(0, 1) at s = 1e9: errors of whole nats, each within the stated bound."""
+    structure = BitVector(3, budget=1)
+    with pytest.warns(RuntimeWarning, match="float64 rounding may leave an error") as rec:
+        got = structure.entropy(torch.tensor([1e16, 1e16, 0.0], dtype=torch.float64))
+    bound = float(re.search(r"up to ([0-9.e+-]+) nats", str(rec[0].message)).group(1))
+    assert abs(got.item() - math.log(2)) <= 1.01 * bound
+    gen = torch.Generator().manual_seed(4)
+    structure = BitVector(6, budget=3)
+    levels = torch.randint(-1, 2, (64, 6), generator=gen, dtype=torch.float64)
+    scores = levels * 1e9 + torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    want = _brute_entropy(structure, scores)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = structure.entropy(scores)
+    rounding = structure._entropy_rounding(scores, structure.marginals(scores))
+    rounding = rounding.clamp(max=math.log(structure.num_structures))
+    assert (got - want).abs().max() > 1e-3  # the case the warning exists for
+    assert ((got - want).abs() <= rounding).all()
 
 
 @pytest.mark.parametrize("structure", [SpanningTree(4), Arborescence(4, root=0)], ids=repr)
@@ -145,7 +175,7 @@ def test_the_largest_finite_float32_scores_give_a_finite_entropy_in_its_range(st
     so at this scale the promise is the range [0, log N] and finite gradients, not the value."""
     scores = _extreme_scores(structure)
     count = getattr(structure, "num_structures", None) or structure.score_shape[-1]
-    if isinstance(structure, TREES):  # whose tied first row the rounding warning names
+    if _without_common_shift(structure):  # whose tied first row the rounding warning names
         with pytest.warns(RuntimeWarning, match=f"error of up to {math.log(count):.3g} nats"):
             got = structure.entropy(scores)
     else:

@@ -82,10 +82,9 @@ def stick_breaking_log_abs_det_jacobian(eta: Tensor, dim: int = -1) -> Tensor:
     eta_w, dim = _prepare(eta, dim, "eta")
     _check_eta(eta_w)
     n = eta_w.shape[-1]
-    weights = torch.arange(n - 1, -1, -1, device=eta_w.device, dtype=eta_w.dtype)
-    log_rest = torch.log1p(-eta_w)
-    terms = torch.where(weights > 0, weights * log_rest, 0.0)
-    return terms.sum(-1).to(eta.dtype)
+    weights = torch.arange(n - 1, 0, -1, device=eta_w.device, dtype=eta_w.dtype)
+    # the last fraction has weight 0: left out, so that eta_last = 1 has a finite gradient (0)
+    return (weights * torch.log1p(-eta_w[..., :-1])).sum(-1).to(eta.dtype)
 
 
 def log_stick_breaking_logits(kappa: Tensor, dim: int = -1) -> Tensor:

@@ -247,11 +247,13 @@ class Structure(abc.ABC):
         ``_common_shift`` where the structure has one (a common offset, however large, then
         costs nothing), and clamped to that range; its absolute error is ``|scores|`` times the
         marginals' absolute error. That is about 1e-16 × |scores| × the number of ones for the
-        subset and bit-vector oracles (1e-5 nats for float32 scores of 1e10). The tree oracles'
-        marginals are accurate to about 1e-16 × |scores| only, so their entropy errs by about
-        1e-16 × |scores|² wherever the Gibbs distribution is spread over near-tied trees at a
-        large scale (measured, n = 4-5, scores ±s plus N(0, 1): 3e-10 nats at s = 1e3, 5e-6 at
-        1e5, 0.07 at 1e7, 2-3 at 1e8); away from ties it is near 0 and exact. Where a
+        k-subset and unbudgeted bit-vector oracles (1e-5 nats for float32 scores of 1e10). The
+        tree and budgeted bit-vector oracles' marginals are accurate to about 1e-16 × |scores|
+        only, so their entropy errs by about 1e-16 × |scores|² wherever the Gibbs distribution
+        is spread over near-tied structures at a large scale (measured, trees n = 4-5, scores ±s
+        plus N(0, 1): 3e-10 nats at s = 1e3, 5e-6 at 1e5, 0.07 at 1e7, 2-3 at 1e8; bit vectors
+        d = 4-6, scores in {-s, 0, s} plus N(0, 1): 6e-10 at 1e3, 8e-6 at 1e5, 0.05 at 1e7, 3 at
+        1e8); away from ties it is near 0 and exact. Where a
         structure's bound on that error (``_entropy_rounding``) exceeds
         ``ENTROPY_ROUNDING_WARNING`` nats, a ``RuntimeWarning`` says so (validation on). Returned
         in the scores' dtype.
@@ -287,7 +289,7 @@ class Structure(abc.ABC):
             in_use = scores.masked_fill(marginals == 0, 0.0).abs().amax().item()
             warnings.warn(
                 f"{self!r}.entropy: at these scores (|scores| up to {in_use:.3g} on the "
-                "entries in use, after the common shift, spread over "
+                "entries in use, after the common shift where there is one, spread over "
                 "near-tied structures) float64 rounding may leave an error of up to "
                 f"{rounding.amax().item():.3g} nats", RuntimeWarning, stacklevel=3)
 
