@@ -181,6 +181,18 @@ def check_positive(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be strictly positive")
 
 
+def check_generator(generator: object, like: Tensor, name: str = "generator") -> None:
+    """Require ``None`` or a ``torch.Generator`` on the device type of ``like``."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != like.device.type:
+        raise ValueError(
+            f"{name} is on {generator.device.type}, the scores on {like.device.type}: "
+            "draws need a generator on the scores' device")
+
+
 def check_sample_shape(sample_shape: object, name: str = "sample_shape") -> torch.Size:
     """Require a sequence of non-negative ints (a ``torch.Size``, tuple or list); return it as a
     ``torch.Size``."""

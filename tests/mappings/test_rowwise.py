@@ -47,6 +47,14 @@ def test_empty_batch_and_single_category(fn):
 
 
 @MAPPINGS
+@pytest.mark.parametrize("shape, dim", [((3, 0), -1), ((0, 0), 1), ((0, 4), 0)])
+def test_rows_of_no_entries_are_refused(fn, shape, dim):
+    # a row of no entries has no distribution (an empty batch of rows has none to give)
+    with pytest.raises(ValueError, match=r"x must have at least one entry along dim="):
+        fn(torch.zeros(shape), dim=dim)
+
+
+@MAPPINGS
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_low_precision_is_computed_in_float32(fn, dtype):
     x = torch.randn(8, 30) * 3

@@ -228,6 +228,12 @@ def test_sample_rejects_bad_scores(structure):
         structure.sample(nan)
     with pytest.raises(TypeError, match="floating-point"):
         structure.sample(torch.zeros(2, *structure.score_shape, dtype=torch.long))
+    scores = _scores(structure, 2, seed=15)
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator or None, got int"):
+        structure.sample(scores, generator=5)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="generator is on cpu, the scores on cuda"):
+            structure.sample(scores.cuda(), generator=torch.Generator())
 
 
 def test_spanning_tree_sample_rejects_asymmetric_scores():

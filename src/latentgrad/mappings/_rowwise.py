@@ -33,12 +33,17 @@ def normalize_dim(x: Tensor, dim: int, name: str = "dim") -> int:
 def check_scores(x: object, dim: int, name: str = "x") -> tuple[Tensor, int]:
     """Validate the type and shape of scores for a simplex mapping; return ``(x, dim >= 0)``.
 
-    Requires a floating tensor with at least one dimension. The values (no NaN, no ``+inf``, a
-    non ``-inf`` entry in every row) are checked by ``checked_maxima``.
+    Requires a floating tensor with at least one dimension and at least one entry along ``dim``
+    (a row of no entries has no distribution; an empty batch is fine). The values (no NaN, no
+    ``+inf``, a non ``-inf`` entry in every row) are checked by ``checked_maxima``.
     """
     x = check_tensor(x, name)
     check_min_dim(x, name, 1)
-    return x, normalize_dim(x, dim)
+    dim = normalize_dim(x, dim)
+    if x.shape[dim] == 0:
+        raise ValueError(
+            f"{name} must have at least one entry along dim={dim}, got shape {tuple(x.shape)}")
+    return x, dim
 
 
 RowsVJP = Callable[[Tensor, Tensor], Tensor]  # (v, y) (N, K) rows -> J(y) v

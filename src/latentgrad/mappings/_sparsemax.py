@@ -214,8 +214,6 @@ def sparsemax_threshold(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     of ``tau`` (computed on the max-shifted row, then shifted back).
     """
     x, dim = check_scores(x, dim)
-    if x.shape[dim] == 0:
-        raise ValueError(f"x must have at least one entry along dim={dim}, got {tuple(x.shape)}")
     xw = x.detach().to(working_dtype(x.dtype))
     rows_x = as_rows(xw, dim)
     maxima = checked_maxima(rows_x, dim, _SPREAD)

@@ -18,6 +18,7 @@ from torch import Tensor
 from .._dtypes import working_dtype
 from .._validation import (
     broadcast_shapes,
+    check_generator,
     check_no_nan,
     check_sample_shape,
     check_tensor,
@@ -175,6 +176,7 @@ class Structure(abc.ABC):
         """
         self.check_scores(scores)
         sample_shape = check_sample_shape(sample_shape)
+        check_generator(generator, scores)
         with torch.no_grad():
             work = scores.detach().to(working_dtype(scores.dtype))
             z = self._sample(work, tuple(sample_shape), generator)
