@@ -222,13 +222,36 @@ def test_relaxed_entropy_is_finite_and_differentiable_at_low_temperature_in_floa
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def test_a_minus_inf_logit_excludes_its_category_from_the_density():
+    """Draws put x = -inf (y = 0) on an excluded category; the density is the Concrete density of
+    the other categories, with finite gradients, and -inf off that face."""
+    logits = torch.tensor([0.3, -1.2, float("-inf"), 0.8], dtype=D, requires_grad=True)
+    dist = ExpRelaxedCategorical(torch.tensor(0.7, dtype=D), logits=logits)
+    x = dist.rsample((64,)).detach()
+    assert (x[:, 2] == float("-inf")).all()
+    kept = [0, 1, 3]
+    want = ExpRelaxedCategorical(torch.tensor(0.7, dtype=D), logits=logits[kept]).log_prob(
+        x[:, kept])
+    got = exp_concrete_log_prob(x, logits, 0.7)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[2] == 0
+    y = x.exp()
+    torch.testing.assert_close(concrete_log_prob(y, logits.detach(), 0.7),
+                               want.detach() - x[:, kept].sum(-1))
+    off_face = torch.log(torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=D))
+    assert exp_concrete_log_prob(off_face, logits.detach(), 0.7).item() == float("-inf")
+    missing = torch.log(torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=D))
+    assert exp_concrete_log_prob(missing, logits.detach(), 0.7).item() == float("-inf")
+
+
 def test_bad_inputs_raise():
     logits = torch.zeros(3, dtype=D)
     with pytest.raises(ValueError, match="temperature"):
         exp_concrete_log_prob(torch.log(torch.full((3,), 1 / 3, dtype=D)), logits, -1.0)
     with pytest.raises(ValueError, match="x must be log-probabilities"):
         exp_concrete_log_prob(torch.zeros(3, dtype=D), logits, 1.0)
-    with pytest.raises(ValueError, match="open simplex"):
+    with pytest.raises(ValueError, match="must be > 0 at every category that logits do not"):
         concrete_log_prob(torch.tensor([0.5, 0.5, 0.0], dtype=D), logits, 1.0)
     with pytest.raises(ValueError, match="open interval"):
         binary_concrete_log_prob(torch.tensor([0.0, 0.5], dtype=D), logits[:2], 1.0)

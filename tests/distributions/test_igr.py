@@ -422,6 +422,23 @@ def test_igr_planar_log_prob_matches_autograd_change_of_variables():
     torch.testing.assert_close(d.log_prob(psi), log_q, rtol=1e-7, atol=1e-7)
 
 
+def test_kl_mc_broadcasts_a_prior_of_a_larger_batch_like_kl_divergence():
+    """kl_divergence broadcasts the batch shapes; kl_mc raised torch's size mismatch for a prior
+    of a larger batch, and does raise a ValueError naming the prior where they do not
+    broadcast."""
+    torch.manual_seed(0)
+    q = IGR(torch.randn(3, dtype=D), torch.ones(3, dtype=D), 0.5)
+    prior = IGR(torch.randn(4, 3, dtype=D), torch.full((4, 3), 0.7, dtype=D), 0.5)
+    exact = kl_divergence(q, prior)
+    estimate = q.kl_mc(prior, 20_000)
+    assert estimate.shape == exact.shape == (4,)
+    terms = q.expand((4,)).rsample_with_kl(prior, (20_000,))[2]
+    se = terms.std(0) / 20_000**0.5
+    assert ((estimate - exact).abs() <= 5 * se).all()
+    with pytest.raises(ValueError, match=r"prior's batch shape \(4,\) does not broadcast"):
+        IGR(torch.zeros(2, 3), 1.0, 0.5).kl_mc(IGR(torch.zeros(4, 3), 1.0, 0.5), 2)
+
+
 def test_igr_planar_kl_mc_matches_log_density_difference_and_reduces_to_igr_kl():
     torch.manual_seed(0)
     loc, scale = params(3, 8, batch=(2,))

@@ -247,6 +247,11 @@ def test_bad_parameters_and_values_raise():
         HardConcrete(torch.zeros(2), 0.0)
     with pytest.raises(ValueError, match="stretch"):
         HardConcrete(torch.zeros(2), 0.5, stretch=(0.1, 1.1))
+    for stretch in [(-math.inf, 1.1), (-0.1, math.inf), (-1e300, 1e300), (float("nan"), 1.1)]:
+        with pytest.raises(ValueError, match=r"stretch must be \(l, r\) with -1000 <= l < 0"):
+            HardConcrete(torch.zeros(2), 0.5, stretch=stretch)
+    with pytest.raises(TypeError, match=r"stretch must be a pair of numbers"):
+        HardConcrete(torch.zeros(2), 0.5, stretch=(-0.1, 1.1, 2.0))
     with pytest.raises(ValueError, match="quadrature_nodes"):
         HardConcrete(torch.zeros(2), 0.5, quadrature_nodes=1)
     dist = HardConcrete(torch.zeros(2), 0.5)
@@ -290,6 +295,39 @@ def test_hard_concrete_entropy_and_kl_at_high_temperature_match_quadrature(log_a
         assert abs(got.item() - want.item()) <= 64 * eps * (1 + abs(want.item()) + abs(log_alpha))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e3, 1e10])
+def test_gaussian_sparsemax_kl_of_a_wide_p_matches_quadrature(dtype, scale):
+    """A wide p puts a sliver 1/σ of standard-normal mass on (0, 1): the closed-form second
+    truncated moment cancelled to −4e-11 at σ = 1e10 (true 1.3e-31) and the KL, which multiplies
+    it by (σ_p/σ_q)², came out 0 (true 1.545); 1% low at σ = 1e3 in float32."""
+    p = BinaryGaussianSparsemax(torch.tensor(0.0, dtype=dtype), torch.tensor(scale, dtype=dtype))
+    q = BinaryGaussianSparsemax(torch.tensor(0.0, dtype=dtype), torch.tensor(0.5, dtype=dtype))
+    p_masses = stats.norm.cdf(0), stats.norm.sf(1 / scale)
+    q_masses = stats.norm.cdf(0), stats.norm.sf(2)
+    masses = sum(m * math.log(m / n) for m, n in zip(p_masses, q_masses, strict=True))
+    interior = integrate.quad(lambda y: stats.norm.pdf(y, 0, scale) * (
+        stats.norm.logpdf(y, 0, scale) - stats.norm.logpdf(y, 0, 0.5)), 0, 1, epsabs=1e-300,
+        epsrel=1e-12)[0]
+    want = masses + interior
+    rounding = 64 * torch.finfo(dtype).eps + 1e-9  # the reference's quadrature: 1e-9
+    assert abs(kl_divergence(p, q).item() - want) <= rounding * want
+    assert p._truncated_moments()[2].item() >= 0
+
+
+def test_gaussian_sparsemax_at_tiny_scales_has_finite_gradients_and_an_infinite_kl():
+    """σ = 1e-30 in float32: (value − μ)/σ² overflowed in the backward, so a zero upstream
+    gradient became NaN; a KL that is merely beyond float32 came out inf − inf = NaN."""
+    scale = torch.tensor([1e-30], requires_grad=True)
+    loc = torch.tensor([1e4], requires_grad=True)
+    dist = BinaryGaussianSparsemax(loc, scale)
+    value = dist.entropy() + dist.log_prob(torch.tensor([1.0])) + dist.mean
+    grads = torch.autograd.grad(value.sum(), (loc, scale))
+    assert all(torch.isfinite(g).all() for g in grads)
+    wide = BinaryGaussianSparsemax(torch.tensor([0.0]), torch.tensor([0.5]))
+    assert kl_divergence(wide, dist).item() == math.inf
+
+
 def test_hard_concrete_at_the_largest_finite_log_alpha_is_a_point_mass_without_nan():
     """log α = ±finfo.max puts all mass on 1 / 0: entropy 0 and finite gradients (the interior
     quadrature's 0 weight times log sech(∞) = -∞ used to give NaN)."""
@@ -300,6 +338,14 @@ def test_hard_concrete_at_the_largest_finite_log_alpha_is_a_point_mass_without_n
     torch.testing.assert_close(entropy, torch.zeros(2))
     entropy.sum().backward()
     assert torch.isfinite(log_alpha.grad).all()
+    # the quadrature's midpoint (L0 + L1)/2 overflowed there: NaN KLs and temperature gradients
+    temperature = torch.tensor([0.5, 0.5], requires_grad=True)
+    dist = HardConcrete(torch.tensor([big, -big]), temperature)
+    q = HardConcrete(torch.zeros(2), 0.5)
+    kl = kl_divergence(dist, q)
+    torch.testing.assert_close(kl, -torch.stack([q.log_prob_one()[0], q.log_prob_zero()[1]]))
+    (kl + dist.entropy() + dist.mean + kl_divergence(dist, MixedUniform())).sum().backward()
+    assert torch.isfinite(temperature.grad).all()
 
 
 @pytest.mark.parametrize("scale", [1e-20, 1e-30, 1e-38])

@@ -639,6 +639,13 @@ def test_the_instances_validate_args_decides_over_the_global_switch():
          ValueError, "logits"),  # was 0
         ((KSubset(4, 2), torch.zeros(2, 5), 0.0, "gumbel"), ValueError, "logits"),  # torch's
         ((None, torch.zeros(2, 4), 0.0, "gumbel"), TypeError, "structure"),  # AttributeError
+        ((KSubset(4, 2), torch.zeros(2, 4), torch.zeros(3), "gumbel"), ValueError,
+         "prior_logits of shape"),  # torch's size mismatch
+        ((KSubset(4, 2), torch.zeros(2, 4), float("nan"), "gumbel"), ValueError,
+         "prior_logits"),  # a NaN KL
+        ((KSubset(4, 2), torch.zeros(2, 4), torch.tensor([0.0, float("nan"), 0.0, 0.0]),
+          "gumbel"), ValueError, "prior_logits"),  # a NaN KL
+        ((KSubset(4, 2), torch.zeros(2, 4), "0", "gumbel"), TypeError, "prior_logits"),
     ],
 )
 def test_utility_kl_refuses_bad_arguments_naming_them(args, error, match):

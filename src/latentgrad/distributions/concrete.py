@@ -77,6 +77,9 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
     or a tensor broadcastable to ``(*batch,)``. Returns ``(*batch,)``. ``x`` must satisfy
     ``logsumexp(x) = 0``. Invariant to a common shift of the logits, so they are shifted by their
     row maximum first (no overflow of the sums, no ``τ x`` absorbed by logits near finfo.max).
+    A ``-inf`` logit excludes its category: the draws have ``x_k = -inf`` there, and the density
+    is that of the other categories (K counts those); ``-inf`` where ``x`` is finite at an excluded
+    category or ``-inf`` at an included one.
     """
     _check_pair(x, logits, "x")
     check_rows_valid(logits, "logits")
@@ -90,26 +93,37 @@ def exp_concrete_log_prob(x: Tensor, logits: Tensor, temperature: float | Tensor
         raise ValueError(
             "x must be log-probabilities: x <= 0 with logsumexp(x) = 0 along the last dim"
         )
-    k = torch.broadcast_shapes(x.shape, logits.shape)[-1]
+    x, logits = torch.broadcast_tensors(x, logits)
+    included = logits > float("-inf")
+    outside = (included & (x == float("-inf"))) | (~included & (x > float("-inf")))
+    k = included.sum(dim=-1).to(work)
     tau_e = tau.unsqueeze(-1) if tau.dim() else tau
-    t = (logits - logits.detach().amax(dim=-1, keepdim=True)) - tau_e * x
-    return (
-        math.lgamma(k)
+    # excluded (or outside) entries enter as 0 - τ·0: no -inf + inf, no NaN gradient
+    shifted = torch.where(included, logits - logits.detach().amax(dim=-1, keepdim=True), 0.0)
+    t = shifted - tau_e * torch.where(included & ~outside, x, 0.0)
+    log_p = (
+        torch.lgamma(k)
         + (k - 1) * torch.log(tau)
-        + t.sum(dim=-1)
-        - k * torch.logsumexp(t, dim=-1)
-    ).to(dtype)
+        + torch.where(included, t, 0.0).sum(dim=-1)
+        - k * torch.logsumexp(torch.where(included, t, float("-inf")), dim=-1)
+    )
+    return log_p.masked_fill(outside.any(dim=-1), float("-inf")).to(dtype)
 
 
 def concrete_log_prob(y: Tensor, logits: Tensor, temperature: float | Tensor) -> Tensor:
     """Log-density of Concrete ``y = softmax((logits + g) / tau)`` on the simplex:
-    ``exp_concrete_log_prob(log y) − Σ_k log y_k``. Shapes as in ``exp_concrete_log_prob``."""
+    ``exp_concrete_log_prob(log y) − Σ_k log y_k`` (over the categories that ``-inf`` logits do
+    not exclude; ``y`` is 0 at those). Shapes as in ``exp_concrete_log_prob``."""
     _check_pair(y, logits, "y")
-    if violated(y, lambda y: (y > 0).all() & ((y.sum(-1) - 1).abs() <= _support_tol(y)).all()):
-        raise ValueError("y must lie in the open simplex: y > 0 summing to 1 along the last dim")
+    if violated(y, lambda y: (y >= 0).all() & ((y.sum(-1) - 1).abs() <= _support_tol(y)).all()):
+        raise ValueError("y must lie on the simplex: y >= 0 summing to 1 along the last dim")
+    included = logits > float("-inf")
+    if violated(y, lambda y: ((y > 0) | ~included).all()):
+        raise ValueError("y must be > 0 at every category that logits do not exclude (-inf)")
     log_y = torch.log(y.to(working_dtype(y.dtype)))
     log_y = log_y - torch.logsumexp(log_y, dim=-1, keepdim=True)  # exact renormalisation
-    log_p = exp_concrete_log_prob(log_y, logits, temperature) - log_y.sum(dim=-1)
+    log_y_in = torch.where(included, log_y, 0.0).sum(dim=-1)
+    log_p = exp_concrete_log_prob(log_y, logits, temperature) - log_y_in
     return log_p.to(torch.promote_types(y.dtype, logits.dtype))
 
 

@@ -59,6 +59,7 @@ from ._params import (
     finite_positive,
     finite_positive_vector,
     finite_vector,
+    on_common_batch,
     validating,
 )
 
@@ -325,7 +326,8 @@ class _IGRBase(CheckedDistribution):
         """``(ψ, log q(ψ), log q(ψ) − log p(ψ))`` at one reparameterised draw: the one-sample KL
         estimate to ``prior`` (same map, temperature and delta: an ``IGR`` prior for IGR-I and
         IGR-Planar, an ``IGRStickBreaking`` prior for IGR-SB), computed where both densities are
-        Gaussian-based so the shared Jacobians cancel exactly."""
+        Gaussian-based so the shared Jacobians cancel exactly. Batch shapes broadcast (the
+        result has the common one)."""
         if not isinstance(prior, self._prior_class()):
             raise TypeError(
                 f"prior of {type(self).__name__} must be a {self._prior_class().__name__}, "
@@ -335,8 +337,14 @@ class _IGRBase(CheckedDistribution):
             raise ValueError(
                 f"prior has event_shape {prior.event_shape}, expected {self.event_shape}"
             )
+        broadcast_shapes(self.batch_shape, prior.batch_shape, error=lambda: (
+            f"prior's batch shape {tuple(prior.batch_shape)} does not broadcast with "
+            f"{tuple(self.batch_shape)}"))
         _check_same_map(self, prior)
-        psi, log_q, point, log_q_point = self._draw(sample_shape)
+        # draws carry this distribution's batch shape: on the common one first (a prior of a
+        # larger batch, which kl_divergence also broadcasts)
+        q, prior = on_common_batch(self, prior)
+        psi, log_q, point, log_q_point = q._draw(sample_shape)
         n = point.shape[-1]
         log_p_point = _gauss_log_prob(
             point, prior.loc[..., :n], prior.scale[..., :n], prior.log_scale[..., :n]

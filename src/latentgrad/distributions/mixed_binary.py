@@ -45,6 +45,7 @@ from ._params import (
 __all__ = ["BinaryGaussianSparsemax", "HardConcrete", "MixedUniform"]
 
 _LOG_2PI = math.log(2 * math.pi)
+_INNER_NODES = 16  # Gauss–Legendre nodes of the truncated moments on intervals inside (−1, 1)
 
 
 def _as_tensor(x: Tensor | float, name: str) -> Tensor | float:
@@ -161,21 +162,30 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         new._validate_args = self._validate_args
         return new
 
+    def _standardized(self, value: Tensor | float) -> Tensor:
+        """``(value − μ)/σ``, as ``(value − μ) · exp(−log σ)``: its gradient to σ goes through
+        ``−u · (1/σ)`` instead of ``(value − μ)/σ²``, which overflows at tiny σ (1e-30 in float32)
+        and made a zero upstream gradient NaN. Clamped at ±2 sqrt(finfo.max), beyond which every
+        quantity has saturated (u²/2 overflows: Φ is 0 or 1, log Φ and log φ are −inf)."""
+        u = (value - self.loc) * torch.exp(-self.scale.log())
+        limit = 2 * math.sqrt(torch.finfo(u.dtype).max)
+        return u.clamp(-limit, limit)
+
     def _bounds(self) -> tuple[Tensor, Tensor]:
-        return -self.loc / self.scale, (1 - self.loc) / self.scale
+        return self._standardized(0.0), self._standardized(1.0)
 
     def log_prob_zero(self) -> Tensor:
-        return log_ndtr(-self.loc / self.scale)
+        return log_ndtr(self._standardized(0.0))
 
     def log_prob_one(self) -> Tensor:
-        return log_ndtr((self.loc - 1) / self.scale)
+        return log_ndtr(-self._standardized(1.0))
 
     def interior_log_prob(self, value: Tensor) -> Tensor:
-        u = (value - self.loc) / self.scale
+        u = self._standardized(value)
         return -0.5 * u * u - self.scale.log() - 0.5 * _LOG_2PI
 
     def _interior_cdf(self, value: Tensor) -> Tensor:
-        return _ndtr((value - self.loc) / self.scale)
+        return _ndtr(self._standardized(value))
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """clip(μ + σε, 0, 1): exact 0/1 on the masses, pathwise gradient inside."""
@@ -184,13 +194,28 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         return (self.loc + self.scale * eps).clamp(0, 1)
 
     def _truncated_moments(self) -> tuple[Tensor, Tensor, Tensor]:
-        """∫_a^b u^m φ(u) du for m = 0, 1, 2."""
+        """∫_a^b u^m φ(u) du for m = 0, 1, 2: in closed form, ``Φ(b) − Φ(a)``, ``φ(a) − φ(b)``
+        and ``z0 − (b φ(b) − a φ(a))``, or by Gauss–Legendre where [a, b] lies inside (−1, 1).
+        There the closed forms cancel (a wide σ: width 1/σ): z2 ≈ z0 · u² came out negative
+        at σ = 1e10 (−4e-11 for a true 1e-31), which a KL multiplies by (σ_p/σ_q)²; the
+        integrands are smooth on (−1, 1) and the rule is exact to its weights' 1e-14."""
         a, b = self._bounds()
         # φ(t) underflows to 0 beyond |t| = 40 in every dtype: clamped there, an infinite bound
         # (μ/σ overflowing) gives φ = 0 with a zero gradient instead of a NaN one
         pa, pb = (torch.exp(-0.5 * t.clamp(-40, 40) ** 2) / math.sqrt(2 * math.pi) for t in (a, b))
         z0 = _ndtr_diff(a, b)
-        return z0, pa - pb, z0 - (_times(b, pb) - _times(a, pa))
+        closed = (z0, pa - pb, z0 - (_times(b, pb) - _times(a, pa)))
+        inner = (a.abs() < 1) & (b.abs() < 1)
+        if not bool(inner.any()):
+            return closed
+        # the rule on [a, b] where inner, on a dummy [0, 0] elsewhere (no inf in either branch)
+        a_in, b_in = torch.where(inner, a, 0.0), torch.where(inner, b, 0.0)
+        nodes, weights = gauss_legendre(_INNER_NODES, a)
+        half = (0.5 * (b_in - a_in)).unsqueeze(-1)
+        u = (0.5 * (a_in + b_in)).unsqueeze(-1) + half * nodes
+        w = half * weights * torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+        rule = (w.sum(-1), (w * u).sum(-1), (w * u * u).sum(-1))
+        return tuple(torch.where(inner, r, c) for r, c in zip(rule, closed, strict=True))
 
     @property
     def mean(self) -> Tensor:
@@ -205,12 +230,31 @@ class BinaryGaussianSparsemax(_MixedUnitInterval):
         h = w._mass_entropy() + _times(w.scale.log() + 0.5 * _LOG_2PI, z0) + 0.5 * z2
         return h.to(self.loc.dtype)
 
-    def _working(self) -> BinaryGaussianSparsemax:
-        """This distribution with parameters in at least float32 (half precision overflows)."""
-        work = working_dtype(self.loc.dtype)
+    def _working(self, work: torch.dtype | None = None) -> BinaryGaussianSparsemax:
+        """This distribution with parameters in ``work`` (default: at least float32, half
+        precision overflows)."""
+        work = work or working_dtype(self.loc.dtype)
         if work == self.loc.dtype:
             return self
         return BinaryGaussianSparsemax(self.loc.to(work), self.scale.to(work), validate_args=False)
+
+
+def _checked_stretch(stretch: object) -> tuple[float, float]:
+    """``stretch`` as the pair of floats (l, r) with −1e3 ≤ l < 0 < 1 < r ≤ 1e3: the interior
+    y ∈ (0, 1) is the fraction 1/(r − l) of the stretched interval, and y − l must resolve it
+    (float32 steps of 6e-5 at |l| = 1e3; at 1e300, r − l overflowed and draws were NaN)."""
+    try:
+        lo, hi = (float(v) for v in stretch)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise TypeError(f"stretch must be a pair of numbers (l, r), got {stretch!r}") from None
+    if not (-_STRETCH_LIMIT <= lo < 0 and 1 < hi <= _STRETCH_LIMIT):
+        raise ValueError(
+            f"stretch must be (l, r) with -{_STRETCH_LIMIT:g} <= l < 0 < 1 < r <= "
+            f"{_STRETCH_LIMIT:g}, got {stretch!r}")
+    return lo, hi
+
+
+_STRETCH_LIMIT = 1e3
 
 
 _WIDE_NOISE_INTERVAL = 36.0  # logistic units: Gauss–Legendre in L up to this, in σ(L) beyond
@@ -228,7 +272,7 @@ class HardConcrete(_MixedUnitInterval):
     Args:
         log_alpha: log α, any shape (batch).
         temperature: β > 0, broadcastable with ``log_alpha``.
-        stretch: (l, r) with l < 0 and r > 1.
+        stretch: (l, r) with -1e3 <= l < 0 and 1 < r <= 1e3.
         quadrature_nodes: Gauss–Legendre nodes for entropy, KL and mean (default 32: machine
             precision for β <= 2, about 1e-5 at β = 5, 1e-4 at β = 6 to 10 (use 64 there),
             then better again as 1/β²). The integration interval is 4.8β logistic units long
@@ -242,9 +286,7 @@ class HardConcrete(_MixedUnitInterval):
     def __init__(self, log_alpha: Tensor | float, temperature: Tensor | float,
                  stretch: tuple[float, float] = (-0.1, 1.1), quadrature_nodes: int = 32,
                  validate_args: bool | None = None) -> None:
-        lo, hi = (float(v) for v in stretch)
-        if not (lo < 0 and hi > 1):
-            raise ValueError(f"stretch must be (l, r) with l < 0 < 1 < r, got {stretch!r}")
+        lo, hi = _checked_stretch(stretch)
         if isinstance(quadrature_nodes, bool) or not isinstance(quadrature_nodes, int) or (
                 quadrature_nodes < 2):
             raise ValueError(f"quadrature_nodes must be an int >= 2, got {quadrature_nodes!r}")
@@ -329,7 +371,7 @@ class HardConcrete(_MixedUnitInterval):
         shape = (-1,) + (1,) * len(self.batch_shape)
         x, w = x.reshape(shape), w.reshape(shape)
         half = (l1 - l0) / 2
-        noise = (l0 + l1) / 2 + half * x
+        noise = l0 + half * (1 + x)  # not (l0 + l1)/2 + ...: l0 + l1 overflows at |log α| ~ max
         weights = w * half * torch.sigmoid(noise) * torch.sigmoid(-noise)
         wide = half > _WIDE_NOISE_INTERVAL / 2
         left, right = ((1 - x) / 2).log(), ((1 + x) / 2).log()  # interpolation in log space
@@ -435,10 +477,11 @@ class MixedUniform(CheckedDistribution):
 def _kl_bgs_bgs(p: BinaryGaussianSparsemax, q: BinaryGaussianSparsemax) -> Tensor:
     """Masses Σ P log(P/Q) plus ∫_0^1 N_p log(N_p/N_q) in closed form (truncated moments of p),
     written so that each term is exactly 0 where the parameters coincide; ≥ 0 (rounding clamped).
-    Computed in at least float32."""
+    Computed in float64: the interior terms scale like (σ_p/σ_q)² and ((μ_p − μ_q)/σ_q)², which
+    overflowed float32 with opposite signs (NaN) where the KL is merely huge."""
     check_kl_shapes(p, q)
     dtype = p.loc.dtype
-    p, q = p._working(), q._working()
+    p, q = p._working(torch.float64), q._working(torch.float64)
     masses = _mass_kl(p, q)
     z0, z1, z2 = p._truncated_moments()
     ratio, shift = p.scale / q.scale, (p.loc - q.loc) / q.scale  # not / σ_q², which underflows

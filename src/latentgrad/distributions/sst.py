@@ -30,6 +30,7 @@ from .._dtypes import working_dtype
 from .._validation import (
     broadcast_shapes,
     check_choice,
+    check_no_nan,
     check_sample_shape,
     check_tensor,
     check_trailing_shape,
@@ -126,15 +127,27 @@ def utility_kl(
     items, never drawn, and count 0.
     logits ``(*batch, *score_shape)`` -> ``(*batch,)``. ``TypeError``/``ValueError`` naming the
     argument for a non-``Structure`` structure, a noise not in ``NOISES``, and logits of the
-    wrong shape or with NaN (the value check follows the validation switch).
+    wrong shape or with NaN, and ``prior_logits`` with NaN or not broadcasting with the logits
+    (the value checks follow the validation switch).
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")
     check_choice(noise, "noise", NOISES)
     structure.check_scores(logits, "logits")
-    prior = (prior_logits.to(dtype=logits.dtype, device=logits.device)
-             if isinstance(prior_logits, Tensor)
-             else torch.full((), float(prior_logits), dtype=logits.dtype, device=logits.device))
+    if isinstance(prior_logits, Tensor):
+        check_tensor(prior_logits, "prior_logits")
+        check_no_nan(prior_logits, "prior_logits")
+        broadcast_shapes(prior_logits.shape, logits.shape, error=lambda: (
+            f"prior_logits of shape {tuple(prior_logits.shape)} does not broadcast with the "
+            f"logits' {tuple(logits.shape)}"))
+        prior = prior_logits.to(dtype=logits.dtype, device=logits.device)
+    elif isinstance(prior_logits, bool) or not isinstance(prior_logits, (int, float)):
+        raise TypeError(
+            f"prior_logits must be a float or a tensor, got {type(prior_logits).__name__}")
+    elif math.isnan(prior_logits):
+        raise ValueError("prior_logits must not be NaN")
+    else:
+        prior = torch.full((), float(prior_logits), dtype=logits.dtype, device=logits.device)
     drawn = (logits > float("-inf")) & utility_mask(structure, logits)
     delta = torch.where(drawn, logits - prior, torch.zeros_like(logits))
     kl = delta.square() / 2 if noise == "gaussian" else delta + torch.expm1(-delta)
