@@ -92,7 +92,16 @@ def violated(x: Tensor, condition: Callable[[Tensor], Tensor]) -> bool:
         if violated(y, lambda y: (y > 0) & (y < 1)):
             raise ValueError("y must lie in the open interval (0, 1)")
     """
-    return _VALIDATE and x.numel() > 0 and not bool(condition(x).all())
+    return _VALIDATE and x.numel() > 0 and not _holds_everywhere(condition(x))
+
+
+def _holds_everywhere(ok: Tensor) -> bool:
+    """``bool(ok.all())``; under ``torch.func`` transforms over every vmapped entry too (a
+    batched tensor cannot be read on the host: its unwrapped value, with the vmapped dims, is
+    read, through any grad wrappers around it)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(ok):
+        ok = torch._C._functorch.get_unwrapped(ok)
+    return bool(ok.all())
 
 
 def broadcast_shapes(*shapes: tuple[int, ...], error: Callable[[], str]) -> torch.Size:
@@ -120,7 +129,7 @@ def check_no_nan(x: Tensor, name: str) -> None:
 def check_finite(x: Tensor, name: str) -> None:
     """Raise if any entry is NaN or +-inf (one sync)."""
     if violated(x, lambda x: torch.isfinite(torch.stack(torch.aminmax(x)))):
-        kind = "NaN" if bool(torch.isnan(x).any()) else "an infinite value"
+        kind = "an infinite value" if _holds_everywhere(~torch.isnan(x)) else "NaN"
         raise ValueError(f"{name} contains {kind}; expected finite values")
 
 
@@ -144,10 +153,10 @@ def check_row_max(row_max: Tensor, name: str, dim: int) -> Tensor:
     axis. ``-inf`` entries are allowed (they get probability zero). Unchecked (no sync) with
     validation off.
     """
-    if _VALIDATE and not bool(torch.isfinite(row_max).all()):
-        if bool(torch.isnan(row_max).any()):
+    if _VALIDATE and not _holds_everywhere(torch.isfinite(row_max)):
+        if not _holds_everywhere(~torch.isnan(row_max)):
             raise ValueError(f"{name} contains NaN")
-        if bool((row_max == float("inf")).any()):
+        if not _holds_everywhere(row_max != float("inf")):
             raise ValueError(f"{name} contains +inf; expected finite values or -inf")
         raise ValueError(
             f"{name} has a row that is entirely -inf along dim={dim}: no entry to put mass on"
