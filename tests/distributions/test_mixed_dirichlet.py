@@ -185,6 +185,50 @@ def test_sampled_estimators_are_unbiased_and_run_at_k64():
         kl_divergence(big, prior)
 
 
+def test_sampled_estimators_broadcast_batches_like_kl_divergence():
+    """kl_divergence(p, q) broadcasts p's batch () with q's larger one; kl_sampled raised
+    torch's "size of tensor a (4) must match ... b (2)" (faces of p's batch against q's). Drawn
+    faces now come from P_F expanded to the common batch, given faces (S, *b, K) have b aligned
+    to it from the right: the values with p expanded and the faces spelled out (the same
+    float64 terms, up to the order of a few O(1) additions)."""
+    torch.manual_seed(9)
+    p, q = make(4, 14), make(4, 15, batch=(3,))
+    faces = p.faces.sample((5000,))  # (S, K)
+    wide = faces[:, None].expand(-1, 3, -1)
+    tol = {"rtol": 64 * torch.finfo(D).eps, "atol": 64 * torch.finfo(D).eps}
+    kl = p.kl_sampled(q, faces)
+    assert kl.shape == kl_divergence(p, q).shape == (3,)
+    torch.testing.assert_close(kl, p.expand((3,)).kl_sampled(q, wide), **tol)
+    torch.testing.assert_close(q.kl_sampled(p, faces[:, None]), q.kl_sampled(p, wide), **tol)
+    torch.testing.assert_close(q.entropy_sampled(faces[:, None]), q.entropy_sampled(wide), **tol)
+    n = 20000
+    drawn = p.kl_sampled(q, n_samples=n)
+    se = p.dirichlet_kl(q, p.faces.expand((3,)).sample((n,))).std(0) / math.sqrt(n)
+    assert drawn.shape == (3,) and ((drawn - kl_divergence(p, q)).abs() <= 5 * se).all()
+
+
+def test_sampled_estimators_reject_bad_faces_and_sample_counts():
+    """Faces with another K, a batch that does not broadcast to the distribution's, or no
+    sample dim got torch-internal size errors; n_samples = 0 gave the NaN mean of no draws."""
+    p, q = make(3, 16), make(3, 17, batch=(4,))
+    for faces in (torch.ones(2, 4), torch.ones(2, 2, 3), torch.ones(3)):
+        with pytest.raises(ValueError, match=r"faces must be \(S, \*batch, K\) with K = 3"):
+            p.kl_sampled(q, faces)
+        with pytest.raises(ValueError, match=r"faces must be \(S, \*batch, K\) with K = 3"):
+            q.entropy_sampled(faces)
+    with pytest.raises(ValueError, match="faces must have trailing shape"):
+        p.dirichlet_entropy(torch.ones(2, 4))
+    with pytest.raises(ValueError, match="faces of shape"):
+        q.dirichlet_kl(q, torch.ones(2, 3))
+    with pytest.raises(TypeError, match="faces must be a torch"):
+        p.entropy_sampled([[1.0, 1.0, 1.0]])
+    for n in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_samples must be a positive int"):
+            p.entropy_sampled(n_samples=n)
+        with pytest.raises(ValueError, match="n_samples must be a positive int"):
+            p.kl_sampled(q, n_samples=n)
+
+
 def test_rsample_is_pathwise_in_the_concentration():
     torch.manual_seed(6)
     alpha = torch.tensor([[0.5, 1.5, 2.0, 1.0]], dtype=D, requires_grad=True)
@@ -244,6 +288,68 @@ def test_log_prob_near_the_largest_concentration_has_no_nan(dtype):
     value = dist.log_prob(y)
     (grad,) = torch.autograd.grad(value, alpha)
     assert not value.isnan() and not grad.isnan().any()
+
+
+def mean_gradient(scores, alpha, weights):
+    """∂(Σ_k c_k E[y_k])/∂α_j = Σ_{f∋j, |f|>1} P(f) Σ_{k∈f, k≠j} α_k (c_j − c_k)/α_0(f)²
+    (E[y_k] gets P({k}) from the vertex {k} whatever α is), summed face by face in float64;
+    and its scale max|c| Σ_{f∋j, |f|>1} P(f)/α_0(f) (1 + |log P(f)| + |log α_0(f)|), the size
+    of what the library sums, P(f)/α_0(f) as exp(log P(f) − log α_0(f))."""
+    faces, probs = all_faces(len(alpha)), gibbs_probs(scores)
+    grad, scale = np.zeros(len(alpha)), np.zeros(len(alpha))
+    for f, w in zip(faces, probs):
+        if f.sum() == 1:
+            continue
+        a0 = alpha[f].sum()
+        for j in np.flatnonzero(f):
+            grad[j] += w / a0 * (alpha[f] * (weights[j] - weights[f])).sum() / a0
+            scale[j] += w / a0 * np.abs(weights).max() * (1 + abs(np.log(w)) + abs(np.log(a0)))
+    return grad, scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [(1e-8, 1.0, 0.5), (1e-20, 1.0, 0.5), (1e-20, 3e-20, 1.0),
+                                   (1.0, 1e-4, 1e-4), (1e-200, 3e-200, 1.0)])
+def test_mean_gradient_at_tiny_concentrations_matches_the_face_by_face_sum(dtype, alpha):
+    """E[y_k] = α_k Σ_{f∋k} P(f)/α_0(f) differentiated as a product has the terms ±P({k})/α_k
+    of the vertex {k}: at α_0 = 1e-8 float32 gave ∂/∂α_0 = 0 (exact −0.8413), at 1e-20 −inf and
+    NaN; and 1/α_0(f)² overflows float64 at α_0(f) = 4e-200. Now within a few roundings of the
+    sum over faces with |f| > 1 (c_j Σ P/α_0 − Σ P c̄_f/α_0, with α_0-weighted means c̄_f; a
+    float32 concentration computes in float64, its faces' probabilities are float32-accurate)."""
+    if dtype == torch.float32 and min(alpha) < 1e-40:
+        pytest.skip("concentration not representable in float32")
+    scores = torch.tensor([0.3, -0.2, 0.5], dtype=dtype)
+    a = torch.tensor(alpha, dtype=dtype, requires_grad=True)
+    weights = torch.tensor([1.0, 2.0, 3.0], dtype=dtype)
+    (got,) = torch.autograd.grad((MixedDirichlet(scores, a).mean * weights).sum(), a)
+    want, scale = mean_gradient(scores.double().numpy(), np.array(alpha), weights.numpy())
+    assert np.isfinite(got.numpy()).all()
+    assert (np.abs(got.double().numpy() - want) <= 16 * torch.finfo(dtype).eps * scale).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_gradient_at_a_tiny_concentration_matches_finite_differences(dtype):
+    """The audit's case, α = (1e-8, 1, 0.5), against float64 central differences with steps
+    h_j = min(1e-6, α_j / 2) (α stays positive), which err by ≤ 2 eps / h_j (rounding of
+    E[y] ~ 1) + h_j² (the third derivative is O(1/α_0(f)³) with α_0(f) ≥ 0.5 on the faces
+    with a gradient): ≤ 5e-8; plus the autograd's own rounding bound (face-by-face test)."""
+    alpha = (1e-8, 1.0, 0.5)
+    scores, weights = [0.3, -0.2, 0.5], [1.0, 2.0, 3.0]
+
+    def f(a):
+        return (MixedDirichlet(torch.tensor(scores, dtype=a.dtype), a).mean
+                * torch.tensor(weights, dtype=a.dtype)).sum()
+
+    a = torch.tensor(alpha, dtype=dtype, requires_grad=True)
+    (grad,) = torch.autograd.grad(f(a), a)
+    _, scale = mean_gradient(np.array(scores), np.array(alpha), np.array(weights))
+    for j in range(3):
+        h = min(1e-6, alpha[j] / 2)
+        step = torch.zeros(3, dtype=D)
+        step[j] = h
+        fd = (f(torch.tensor(alpha, dtype=D) + step) - f(torch.tensor(alpha, dtype=D) - step))
+        tol = 5e-8 + 16 * torch.finfo(dtype).eps * scale[j]
+        assert abs(grad[j].item() - fd.item() / (2 * h)) <= tol
 
 
 def test_entropy_gradient_matches_finite_differences():
@@ -322,6 +428,39 @@ def test_half_precision_draws_and_densities_run_in_float32_and_return_the_input_
     assert ((y.double().sum(-1) - 1).abs() <= tol).all()
     lp = half.log_prob(y)
     assert lp.dtype == dtype and torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize(("dtype", "alpha"), [
+    (torch.float16, (0.01, 5.0, 5.0)),
+    (torch.bfloat16, (1e-3, 1e8, 1.0)),
+    (torch.float32, (1e-3, 1e8, 1.0)),
+    (torch.float64, (1e-3, 1e17, 1.0)),
+])
+def test_rsample_keeps_every_entry_of_the_drawn_face_positive(dtype, alpha):
+    """A small α's Gamma draw, normalised (and next to a large α), is often below the dtype's
+    least positive value: cast to float16 (audit: y_0 > 0 in 16% of the draws with the α of the
+    first case, 6e-8 least) or divided by α_1 = 1e8 in float32, it became 0, and the face read
+    back (y > 0, what log_prob and the score-function term use) was not the drawn one."""
+    torch.manual_seed(8)
+    dist = MixedDirichlet(torch.full((3,), 5.0, dtype=dtype), torch.tensor(alpha, dtype=dtype))
+    faces = torch.tensor(np.array(all_faces(3)), dtype=dtype).repeat(100, 1)
+    y = dist.rsample_on_faces(faces)
+    assert torch.equal(y > 0, faces > 0)
+    assert ((y.double().sum(-1) - 1).abs() <= 4 * torch.finfo(dtype).eps).all()
+    # P_F(0 ∉ f) = σ(−10) = 4.5e-5 at scores 5: about 0.05 of 1000 draws (> 5: p < 1e-10)
+    assert (dist.rsample((1000,))[:, 0] == 0).sum() <= 5
+    if dtype != torch.float16:  # (at α = 1e8 the log density is rounding noise of y)
+        return
+    # log_prob = log P_F(drawn face) + log Dir(y_f; α_f), here in float64 from y's values
+    probs = dict(zip(map(tuple, all_faces(3)), gibbs_probs(np.full(3, 5.0))))
+    a, got = np.array(alpha), dist.log_prob(y).double()
+    for row, face, value in zip(y.double().numpy(), faces.numpy() > 0, got):
+        terms = [math.log(probs[tuple(face)])]
+        if face.sum() > 1:
+            terms += [special.gammaln(a[face].sum()), *-special.gammaln(a[face]),
+                      *((a[face] - 1) * np.log(row[face]))]
+        want = sum(terms)
+        assert abs(value.item() - want) <= 4 * torch.finfo(dtype).eps * sum(map(abs, terms))
 
 
 def _mp_dirichlet_entropy_and_kl_to_uniform(alpha):

@@ -28,7 +28,14 @@ from torch import Tensor
 from torch.distributions import Distribution, Gamma, kl_divergence, register_kl
 
 from .._dtypes import working_dtype
-from .._validation import broadcast_shapes, check_finite, check_min_dim, check_tensor
+from .._validation import (
+    broadcast_shapes,
+    check_finite,
+    check_min_dim,
+    check_positive_int,
+    check_tensor,
+    check_trailing_shape,
+)
 from ._params import (
     CheckedDistribution,
     check_kl_shapes,
@@ -245,19 +252,24 @@ class MixedDirichlet(CheckedDistribution):
         Pathwise in α; exact zeros off the face and exactly e_k on a vertex {k}. Half-precision
         α is drawn in float32 (no half-precision Gamma sampler) and the draw cast back. From
         α = 1e33 on, Gamma(α)/α = 1 within 1/√α, below float64's rounding: the draw is α itself
-        (torch's Gamma gradient is NaN above α ≈ 3.5e75 in float64).
+        (torch's Gamma gradient is NaN above α ≈ 3.5e75 in float64). An entry of the face below
+        the least positive value of the concentration's dtype (tiny · eps, 6e-8 in float16; small
+        α next to a large one) is rounded up to it, not to 0, with no gradient: ``y > 0`` is the
+        drawn face, as ``log_prob`` and a score-function term ``faces.log_prob(y > 0)`` read it.
         """
-        alpha = self.concentration.to(working_dtype(self.concentration.dtype))
+        dtype = self.concentration.dtype
+        alpha = self.concentration.to(working_dtype(dtype))
         faces = faces.to(alpha)
         shape = torch.broadcast_shapes(faces.shape, alpha.shape)
         certain = alpha >= _CERTAIN_GAMMA
         gamma = Gamma(torch.where(certain, 1.0, alpha).expand(shape),
                       torch.ones((), dtype=alpha.dtype, device=alpha.device))
-        # Gamma.rsample clamps at the dtype's tiny: no false zeros
         g = torch.where(certain, alpha, gamma.rsample()) * faces
         # divided by the largest draw first: a sum of K draws near finfo.max would overflow
         g = g / g.detach().amax(-1, keepdim=True)
-        return (g / g.sum(-1, keepdim=True)).to(self.concentration.dtype)
+        y = g / g.sum(-1, keepdim=True)
+        least = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # the least positive (subnormal)
+        return torch.where((faces > 0) & (y < least), least, y).to(dtype)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """f ~ P_F (no gradient), then y_f ~ Dir(α_f) (pathwise), shape (*sample, *batch, K)."""
@@ -277,9 +289,44 @@ class MixedDirichlet(CheckedDistribution):
         log_face = self.faces.log_prob(face.to(value.dtype))
         return (log_face.to(work) + log_dir).to(dtype)
 
+    def _checked_faces(self, faces: object, batch_shape: torch.Size) -> Tensor:
+        """``faces`` (*sample, *b, K) with b broadcasting to ``batch_shape``: a TypeError or
+        ValueError naming ``faces`` otherwise (torch's were about "tensor a" and "tensor b")."""
+        if not isinstance(faces, Tensor):
+            raise TypeError(f"faces must be a torch.Tensor, got {type(faces).__name__}")
+        check_trailing_shape(faces, "faces", self.event_shape)
+        broadcast_shapes(faces.shape[:-1], batch_shape, error=lambda: (
+            f"faces of shape {tuple(faces.shape)} does not broadcast with the batch shape "
+            f"{tuple(batch_shape)}"
+        ))
+        return faces
+
+    def _face_draws(self, faces: object, n_samples: object, batch_shape: torch.Size) -> Tensor:
+        """The faces (S, *batch_shape, K) that the sampled estimators average over: ``faces``
+        (S, *b, K), b broadcasting to ``batch_shape`` (right-aligned after S), or, if None,
+        ``n_samples`` draws of P_F expanded to ``batch_shape`` (independent per batch entry)."""
+        check_positive_int(n_samples, "n_samples")
+        if faces is None:
+            dist = (self.faces if self.faces.batch_shape == batch_shape
+                    else self.faces.expand(batch_shape))
+            return dist.sample((n_samples,))
+        if not isinstance(faces, Tensor):
+            raise TypeError(f"faces must be a torch.Tensor, got {type(faces).__name__}")
+        batch = faces.shape[1:-1]
+        pad = len(batch_shape) - len(batch)
+        if (faces.dim() < 2 or faces.shape[-1] != self.num_categories or pad < 0
+                or any(b not in (1, n) for b, n in zip(batch, batch_shape[pad:]))):
+            raise ValueError(
+                f"faces must be (S, *batch, K) with K = {self.num_categories} and *batch "
+                f"broadcasting to the batch shape {tuple(batch_shape)}, got shape "
+                f"{tuple(faces.shape)}"
+            )
+        return faces[(slice(None),) + (None,) * pad]
+
     def dirichlet_entropy(self, faces: Tensor) -> Tensor:
         """H(Dir(α_f)) at faces (*sample, *batch, K) -> (*sample, *batch) (0 on vertices),
         computed in at least float32."""
+        faces = self._checked_faces(faces, self.batch_shape)
         dtype = self.concentration.dtype
         alpha = self.concentration.to(working_dtype(dtype))
         return _dirichlet_entropy(alpha, faces.to(alpha)).to(dtype)
@@ -288,6 +335,8 @@ class MixedDirichlet(CheckedDistribution):
         """KL(Dir(α_f) ‖ Dir(β_f)) at faces (*sample, *batch, K) -> (*sample, *batch),
         computed in at least float32."""
         check_kl_shapes(self, other)
+        faces = self._checked_faces(
+            faces, torch.broadcast_shapes(self.batch_shape, other.batch_shape))
         dtype = self.concentration.dtype
         alpha = self.concentration.to(working_dtype(dtype))
         kl = _dirichlet_kl(alpha, other.concentration.to(alpha), faces.to(alpha))
@@ -310,11 +359,25 @@ class MixedDirichlet(CheckedDistribution):
 
     @property
     def mean(self) -> Tensor:
-        """E[y_k] = α_k Σ_{f∋k} P_F(f)/α_0(f) by face enumeration (K <= 16), (*batch, K)."""
+        """E[y_k] = P_F({k}) + α_k Σ_{f∋k, |f|>1} P_F(f)/α_0(f) by face enumeration (K <= 16),
+        (*batch, K).
+
+        The vertex {k} is apart: its α_k · P_F({k})/α_k is constant, but as a product its
+        gradient is P_F({k})/α_k − P_F({k})/α_k, which lost everything at α_k = 1e-8 in float32
+        and was inf − inf at 1e-20. P_F(f)/α_0(f) is exp(log P_F(f) − log α_0(f)), whose
+        backward never forms 1/α_0(f)² (it overflows below α_0 ≈ 1e-154 in float64); float32
+        computes in float64 (``_widened``: the gradient is a difference of sums over faces).
+        """
         self._check_enumerable("mean", "the mean of rsample draws")
-        table, probs = self._enumerated()
-        alpha = self.concentration.to(table)
-        return (alpha * ((probs / (alpha @ table.T)) @ table)).to(self.concentration.dtype)
+        dtype = self.concentration.dtype
+        table = _face_table(self.num_categories, self.concentration.to(working_dtype(dtype)))
+        log_probs = _enumerated_face_log_probs(self.faces, table)
+        (alpha,) = _widened(self.concentration.to(table))
+        log_probs = log_probs.to(alpha)
+        multi = table.sum(-1) > 1  # the other rows are the vertices {k}, in the order of k
+        faces = table[multi].to(alpha)
+        ratio = (log_probs[..., multi] - (alpha @ faces.T).log()).exp()
+        return (log_probs[..., ~multi].exp() + alpha * (ratio @ faces)).to(dtype)
 
     def entropy(self) -> Tensor:
         """Exact H⊕ = H(P_F) + Σ_f P_F(f) H(Dir(α_f)) by face enumeration (K <= 16)."""
@@ -325,22 +388,26 @@ class MixedDirichlet(CheckedDistribution):
         return (self.faces.entropy().to(h_dir) + _expect(probs, h_dir)).to(alpha.dtype)
 
     def entropy_sampled(self, faces: Tensor | None = None, n_samples: int = 1) -> Tensor:
-        """Unbiased H⊕ at any K: H(P_F) (exact) + mean over sampled faces of H(Dir(α_f)).
+        """Unbiased H⊕ at any K: H(P_F) (exact) + mean over sampled faces of H(Dir(α_f)),
+        shape (*batch).
 
-        faces: (S, *batch, K) draws from ``self.faces`` (drawn here if None, ``n_samples`` of
-        them). The face average carries no gradient w.r.t. the face scores (needs a
-        score-function term); H(P_F) is exact and differentiable.
+        faces: (S, *batch, K) draws from ``self.faces`` (S ≥ 1; *batch may be any shape that
+        broadcasts to the batch shape), or None: ``n_samples`` (a positive int) drawn here. The
+        face average carries no gradient w.r.t. the face scores (needs a score-function term);
+        H(P_F) is exact and differentiable.
         """
-        if faces is None:
-            faces = self.faces.sample((n_samples,))
+        faces = self._face_draws(faces, n_samples, self.batch_shape)
         return self.faces.entropy() + self.dirichlet_entropy(faces).mean(0)
 
     def kl_sampled(self, other: MixedDirichlet, faces: Tensor | None = None,
                    n_samples: int = 1) -> Tensor:
         """Unbiased KL⊕ at any K: KL(P_F ‖ Q_F) (exact) + mean over f ~ P_F of
-        KL(Dir(α_f) ‖ Dir(β_f)); ``faces`` (S, *batch, K) as in ``entropy_sampled``."""
-        if faces is None:
-            faces = self.faces.sample((n_samples,))
+        KL(Dir(α_f) ‖ Dir(β_f)), shape: the broadcast batch shape of p and q (as
+        ``kl_divergence``); ``faces`` (S, *batch, K) and ``n_samples`` as in ``entropy_sampled``,
+        *batch broadcasting to that shape."""
+        check_kl_shapes(self, other)
+        batch_shape = torch.broadcast_shapes(self.batch_shape, other.batch_shape)
+        faces = self._face_draws(faces, n_samples, batch_shape)
         face_kl = kl_divergence(self.faces, other.faces).clamp_min(0)
         return face_kl + self.dirichlet_kl(other, faces).mean(0)
 
