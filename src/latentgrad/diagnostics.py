@@ -96,12 +96,21 @@ def gradient_stats(
         raise ValueError(f"n_draws must be an int >= 2 (for a variance), got {n_draws!r}")
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError("scores must be a floating-point torch.Tensor")
+    if scores.dim() == 0 or scores.shape[0] == 0:
+        raise ValueError(f"scores must hold at least one example (B >= 1), got shape "
+                         f"{tuple(scores.shape)}")
     est = copy.deepcopy(estimator)
     grads, evals = [], []
     for _ in range(n_draws):
         x = scores.detach().clone().requires_grad_(True)
         out = est(x, loss_fn, **estimator_kwargs)
-        (g,) = torch.autograd.grad(out.loss, x)
+        (g,) = (torch.autograd.grad(out.loss, x, allow_unused=True) if out.loss.requires_grad
+                else (None,))
+        if g is None:
+            raise ValueError(
+                f"{type(estimator).__name__} returned a loss without a gradient to the scores "
+                "(in eval mode an estimator returns its evaluation reading): call "
+                "estimator.train() first")
         grads.append(g)
         evals.append(out.support_size.to(torch.float64).mean())
     stacked = torch.stack(grads)

@@ -126,3 +126,7 @@ def test_bad_arguments_are_named() -> None:
         chunked("not a function", 4)
     with pytest.raises(ValueError, match=r"latents z of shape \(6, ...\)"):
         chunked(MLPLoss(2, 2), 4)(torch.zeros(5, 2, dtype=D), torch.zeros(6, dtype=torch.long))
+    # a loss_fn of the wrong shape is named as unchunked (torch.cat's error on 0-d pieces before)
+    for wrong in (lambda z, rows: z.sum(), lambda z, rows: z):
+        with pytest.raises(ValueError, match=r"loss_fn must return a tensor of shape \(5,\)"):
+            SoftmaxMarginalization()(torch.randn(3, 4), chunked(wrong, 5))

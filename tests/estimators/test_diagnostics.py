@@ -114,6 +114,16 @@ def test_too_many_joint_values_ask_for_exact_false():
     assert gradient_stats(ScoreFunction(), scores, loss_fn, n_draws=2, exact=False).exact is None
 
 
+def test_an_empty_batch_or_an_estimator_in_eval_mode_is_refused_by_name():
+    """torch's "cannot reshape tensor of 0 elements" and "element 0 of tensors does not require
+    grad" before."""
+    loss_fn = QuadraticLoss(2, (4,), seed=0)
+    with pytest.raises(ValueError, match=r"at least one example \(B >= 1\)"):
+        gradient_stats(ScoreFunction(), torch.zeros(0, 4), loss_fn, 5)
+    with pytest.raises(ValueError, match=r"eval mode.*call estimator.train\(\) first"):
+        gradient_stats(ScoreFunction().eval(), torch.zeros(2, 4), loss_fn, 5)
+
+
 def test_score_function_bias_is_within_monte_carlo_error_and_baselines_cut_variance():
     torch.manual_seed(0)
     scores, loss_fn = _scores(2), QuadraticLoss(B, (K,), offset=5.0, seed=4)

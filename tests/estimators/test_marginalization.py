@@ -137,6 +137,18 @@ def test_entmax15_marginalization_matches_enumeration(entropy_coeff):
     _compare_with_enumeration(est, probs, scores, entropy_coeff)
 
 
+@pytest.mark.parametrize("normalizer", ["sparsemax", "entmax15"])
+@pytest.mark.parametrize(("value", "match"), [
+    (float("nan"), "scores contains NaN"), (float("inf"), "scores contains \\+inf"),
+    (float("-inf"), "scores has a row that is entirely -inf along dim=-1")])
+def test_sparse_marginalization_errors_name_the_scores(normalizer, value, match):
+    """The mapping's own check named its argument "x" and the flattened "dim=1"."""
+    scores = torch.randn(2, 3)
+    scores[1] = value
+    with pytest.raises(ValueError, match=match):
+        SparsemaxMarginalization(normalizer=normalizer)(scores, lambda z, rows: z.sum(-1))
+
+
 def test_sparsemax_marginalization_rejects_unknown_normalizer():
     with pytest.raises(ValueError, match="normalizer"):
         SparsemaxMarginalization("softmax")

@@ -394,6 +394,28 @@ def test_nvil_default_baseline_built_in_float32_reads_float64_scores_in_its_own_
     assert float(out.logs["baseline"]) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_nvil_resumes_from_its_state_dict_before_any_call():
+    """A resumed run loads the state into a fresh NVIL whose default net has not been called:
+    torch fills the lazy first layer but leaves its in_features at 0, which the size check read
+    ("built ... for inputs of 0 features"). The loaded net now serves, with the saved weights."""
+    torch.manual_seed(0)
+    trained = NVIL()
+    scores = torch.randn(3, K)
+    trained(scores, lambda z, rows: z.sum(-1))
+    resumed = NVIL()
+    resumed.load_state_dict(trained.state_dict())
+    torch.manual_seed(1)
+    out = resumed(scores, lambda z, rows: z.sum(-1))
+    torch.manual_seed(1)
+    want = trained(scores, lambda z, rows: z.sum(-1))
+    torch.testing.assert_close(out.loss, want.loss)
+    assert out.logs["baseline"] == want.logs["baseline"]
+    other = NVIL()
+    other.load_state_dict(trained.state_dict())
+    with pytest.raises(ValueError, match=f"inputs of {K} features per example"):
+        other(torch.randn(3, K + 1), lambda z, rows: z.sum(-1))
+
+
 def _excluded_loss(z, rows):
     z = z.flatten(1).to(torch.float64)
     return (z * torch.linspace(-1.0, 2.0, z.shape[1], dtype=torch.float64)).sum(-1) + rows + 1.0

@@ -296,8 +296,15 @@ class Estimator(nn.Module):
         """Shape of one example's scores for latents of shape ``latent_shape``: ``(*latent, K)``
         for L categorical variables of K categories (or bits), ``(*latent, *structure.score_shape)``
         for structures; the scores are ``(B, *score_shape)``. Default: the latent shape itself
-        (one score per category, bit or structure part)."""
-        return check_latent_shape(latent_shape)
+        (one score per category, bit or structure part), whose trailing dims must be the
+        estimator's ``structure.score_shape`` where it has a structure (a ValueError otherwise)."""
+        shape = check_latent_shape(latent_shape)
+        want = tuple(getattr(getattr(self, "structure", None), "score_shape", None) or ())
+        if want and shape[len(shape) - len(want):] != want:
+            raise ValueError(
+                f"latent_shape must end with the structure's score shape {want} "
+                f"({self.structure!r}), got {shape}")
+        return shape
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:  # pragma: no cover
         raise NotImplementedError

@@ -52,9 +52,16 @@ def chunked(loss_fn: LossFn, chunk_size: int) -> LossFn:
         for start in range(0, n, chunk_size):
             part = (z[start:start + chunk_size], rows[start:start + chunk_size])
             if torch.is_grad_enabled():
-                pieces.append(checkpoint(loss_fn, *part, use_reentrant=False))
+                piece = checkpoint(loss_fn, *part, use_reentrant=False)
             else:
-                pieces.append(loss_fn(*part))
+                piece = loss_fn(*part)
+            m = part[1].shape[0]
+            if not isinstance(piece, Tensor) or piece.shape != (m,):
+                got = tuple(piece.shape) if isinstance(piece, Tensor) else type(piece).__name__
+                raise ValueError(
+                    f"loss_fn must return a tensor of shape ({m},) (one loss per (z, row) pair) "
+                    f"for a chunk of {m} of the {n} pairs, got {got}")
+            pieces.append(piece)
         return torch.cat(pieces)
 
     return call

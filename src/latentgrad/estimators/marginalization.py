@@ -25,7 +25,7 @@ from ..polytope.sparsemap import check_solver_options, sparsemap
 from ..polytope.topk_sparsemax import check_topk_oracle, topk_sparsemax
 from ..structures.base import Structure
 from ._checks import check_batched
-from ._families import CategoricalLatent, check_latent_scores, masked_entropy
+from ._families import CategoricalLatent, masked_entropy
 from .base import Estimator, EstimatorOutput, LossFn, batch_mean, call_loss_fn
 
 
@@ -155,7 +155,8 @@ class _CategoricalMarginalization(Estimator):
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *latent, K) logits (``-inf`` allowed) -> exact surrogate over the
         support of p (the product of the variables' supports)."""
-        scores = check_latent_scores(scores, "scores", 1)  # the mapping validates the values
+        # the values checked here, not by the mapping, whose errors name its "x" and "dim=1"
+        scores = self._family.check(scores)
         p = self.normalize(scores)
         rows, idx, weights, support, entropy = product_support(p, self.max_support)
         z = self._family.latent_values(idx, scores)

@@ -130,9 +130,11 @@ class ScoreBaselineNet(nn.Module):
         first = self.net[1]
         if isinstance(first, LazyModuleMixin) and first.has_uninitialized_params():
             self.net.to(x)
-        elif x.shape[1:].numel() != first.in_features:
+        elif x.shape[1:].numel() != (size := first.weight.shape[1]):
+            # the weight's shape, not in_features: a lazy layer filled by load_state_dict (a
+            # resumed run) keeps in_features = 0 until its first forward
             raise ValueError(
-                f"the baseline net was built at its first call for inputs of {first.in_features} "
+                f"the baseline net was built at its first call for inputs of {size} "
                 f"features per example, got input of shape {tuple(x.shape)}; use one NVIL per "
                 "latent shape (or pass baseline_input of a fixed size)"
             )
