@@ -197,9 +197,10 @@ class MixedDirichlet(CheckedDistribution):
             ``NonEmptyFaces(scores)``.
         concentration: α > 0, (*batch, K) (broadcast with the face distribution's batch).
 
-    Event shape (K,). ``rsample`` is pathwise in α (implicit Gamma reparameterisation) but the
-    face is sampled without gradient: train face scores with a score-function term
-    (``faces.log_prob(f)``, ``f = (y > 0)``), as in the paper's VAE estimator.
+    Event shape (K,). ``rsample`` is pathwise in α (implicit Gamma reparameterisation, times
+    U^{1/α} below α = 1: ``rsample_on_faces``) but the face is sampled without gradient: train
+    face scores with a score-function term (``faces.log_prob(f)``, ``f = (y > 0)``), as in the
+    paper's VAE estimator.
     """
 
     arg_constraints: ClassVar[dict] = {
@@ -250,26 +251,41 @@ class MixedDirichlet(CheckedDistribution):
         """y ~ Dir(α_f) on given faces (*sample, *batch, K): Gamma draws normalised on the face.
 
         Pathwise in α; exact zeros off the face and exactly e_k on a vertex {k}. Half-precision
-        α is drawn in float32 (no half-precision Gamma sampler) and the draw cast back. From
-        α = 1e33 on, Gamma(α)/α = 1 within 1/√α, below float64's rounding: the draw is α itself
-        (torch's Gamma gradient is NaN above α ≈ 3.5e75 in float64). An entry of the face below
-        the least positive value of the concentration's dtype (tiny · eps, 6e-8 in float16; small
-        α next to a large one) is rounded up to it, not to 0, with no gradient: ``y > 0`` is the
-        drawn face, as ``log_prob`` and a score-function term ``faces.log_prob(y > 0)`` read it.
+        α is drawn in float32 (no half-precision Gamma sampler) and the draw cast back. For
+        α_k < 1, G_k ~ Gamma(α_k) is G'_k U_k^{1/α_k} with G'_k ~ Gamma(α_k + 1), U_k ~ U(0, 1]
+        (exact in distribution), its factor U^{1/α} kept as log U / α less its largest on the
+        face: U^{1/α} itself underflows (e^{-1000} at α = 1e-3), and the underflowed draws, all
+        equal, gave the face's barycentre (79% of the draws at α = 1e-3). log U / α is computed
+        in float64 for float32 (1/α² overflows float32 below 1e-19), scaled by the face's
+        largest α (at most 1) so that it stays finite where every α of the face is below
+        ~1e-307, and has no gradient below 1e-150 (``_ALPHA_MIN``: its 1/α² overflows float64;
+        the draw's gradient there is 0 but with probability ~α). From α = 1e33 on,
+        Gamma(α)/α = 1 within 1/√α, below float64's rounding: the draw is α itself (torch's
+        Gamma gradient is NaN above α ≈ 3.5e75 in float64). An entry of the face below the least
+        positive value of the concentration's dtype (tiny · eps, 6e-8 in float16) is rounded up
+        to it, not to 0, with no gradient: ``y > 0`` is the drawn face, as ``log_prob`` and a
+        score-function term ``faces.log_prob(y > 0)`` read it.
         """
         dtype = self.concentration.dtype
         alpha = self.concentration.to(working_dtype(dtype))
-        faces = faces.to(alpha)
+        on = faces.to(alpha) > 0
         shape = torch.broadcast_shapes(faces.shape, alpha.shape)
-        certain = alpha >= _CERTAIN_GAMMA
-        gamma = Gamma(torch.where(certain, 1.0, alpha).expand(shape),
+        certain, small = alpha >= _CERTAIN_GAMMA, alpha < 1
+        gamma = Gamma(torch.where(certain, 1.0, torch.where(small, alpha + 1, alpha)).expand(shape),
                       torch.ones((), dtype=alpha.dtype, device=alpha.device))
-        g = torch.where(certain, alpha, gamma.rsample()) * faces
+        g = torch.where(certain, alpha, gamma.rsample())
+        (wide,) = _widened(alpha)
+        log_u = torch.rand(shape, dtype=wide.dtype, device=wide.device).neg().log1p()
+        scale = torch.where(on, wide, 0.0).amax(-1, keepdim=True).clamp(max=1).detach()
+        held = torch.where(wide < _ALPHA_MIN, wide.detach(), wide)
+        ratio = (scale / held).clamp(max=torch.finfo(wide.dtype).max)  # inf · (log U = 0): NaN
+        scaled = torch.where(on, torch.where(small, log_u * ratio, 0.0), -math.inf)
+        g = g.to(wide) * ((scaled - scaled.detach().amax(-1, keepdim=True)) / scale).exp()
         # divided by the largest draw first: a sum of K draws near finfo.max would overflow
         g = g / g.detach().amax(-1, keepdim=True)
         y = g / g.sum(-1, keepdim=True)
         least = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # the least positive (subnormal)
-        return torch.where((faces > 0) & (y < least), least, y).to(dtype)
+        return torch.where(on & (y < least), least, y).to(dtype)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         """f ~ P_F (no gradient), then y_f ~ Dir(α_f) (pathwise), shape (*sample, *batch, K)."""
