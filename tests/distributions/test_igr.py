@@ -350,6 +350,35 @@ def test_planar_flow_log_det_matches_autograd():
     torch.testing.assert_close(flow(z)[0], planar_ref(z, flow))
 
 
+def test_planar_flow_near_the_dtypes_max_keeps_the_sign_of_an_overflowing_projection():
+    """z near float32's max with w of both signs beyond 1: w_k z_k overflow to +inf and -inf and
+    wᵀz was inf - inf = NaN (an IGR-Planar draw then raised "x contains NaN"); wᵀz = 2e38 is
+    now summed from z scaled by its largest entry (tanh saturates: h = 1, log|det| = 0); f(z) is
+    float64's within a few float32 roundings of û (16 eps: softplus, a norm, a 2x cancellation)."""
+    flow = PlanarFlow(3)
+    with torch.no_grad():
+        flow.w.copy_(torch.tensor([2.0, -2.0, 0.5]))
+        flow.u.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    z = torch.tensor([3e38, 2e38, 0.0])
+    out, log_det = flow(z)
+    want, want_log_det = flow.double()(z.double())
+    rtol = 16 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(out.double(), want, rtol=rtol, atol=0)
+    torch.testing.assert_close(log_det.double(), want_log_det, rtol=rtol, atol=0)
+
+
+def test_igr_planar_draw_whose_gaussian_overflows_has_no_nan():
+    """loc + scale·ε beyond float32 entered the flows as ±inf (NaN inside, then "x contains
+    NaN" from softmax++); it is clamped to the vertex it points at before the flows, as IGR-I's
+    draw is (its density there lies beyond float32: +inf, not NaN)."""
+    torch.manual_seed(0)
+    flows = [PlanarFlow(3) for _ in range(2)]
+    loc = torch.full((64, 3), 3e38)
+    psi, log_q = IGRPlanar(loc, torch.full((64, 3), 1e38), 0.5, flows).rsample_with_log_prob()
+    assert torch.isfinite(psi).all() and not log_q.isnan().any()
+    torch.testing.assert_close(psi.sum(-1), torch.ones(64))
+
+
 def test_planar_invertibility_constraint_holds_for_adversarial_u():
     flow = flows_for(3, 1, 0)[0]
     with torch.no_grad():

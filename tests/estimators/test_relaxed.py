@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch.distributions import RelaxedBernoulli, RelaxedOneHotCategorical, kl_divergence
 
+import latentgrad as lg
 from _references import planar_ref, softmax_pp_ref, sticks_ref
 from latentgrad.distributions.igr import IGR, IGRStickBreaking, uniform_prior_loc
 from latentgrad.estimators import relaxed
 from latentgrad.estimators.relaxed import GumbelSoftmax, IGREstimator
-from latentgrad.estimators.schedules import ExponentialDecay, Learnable
+from latentgrad.estimators.schedules import Constant, ExponentialDecay, Learnable
 from latentgrad.structures.bitvector import BitVector
 from latentgrad.structures.categorical import Categorical
 from latentgrad.structures.ksubset import KSubset
@@ -384,18 +386,87 @@ def test_igr_estimator_is_finite_at_low_temperature_in_float32(variant):
 
 @pytest.mark.parametrize("dtype, xi", [(torch.float32, 100.0), (torch.float64, 1e4)])
 @pytest.mark.parametrize("variant", ["I", "SB", "planar"])
-def test_igr_log_scale_beyond_the_dtype_gives_zero_not_nan_gradients(dtype, xi, variant):
-    """exp(ξ) overflows the dtype: σ saturates, and a saturated σ has gradient 0 (the clamp
-    used to act after exp, whose backward then took 0 · exp(ξ) = 0 · inf = NaN)."""
+def test_igr_log_scale_beyond_the_dtype_is_refused_and_unchecked_has_zero_gradient(dtype, xi,
+                                                                                  variant):
+    """exp(ξ) beyond the dtype has no draw there: σ saturated at finfo.max / e gave draws and
+    entropies at the wrong scale (or -inf) without an error; now a ValueError naming the scores
+    and the bound log(finfo.max) - 1. With checks off σ still saturates, and a saturated σ has
+    gradient 0 (the clamp used to act after exp, whose backward took 0 · exp(ξ) = 0 · inf = NaN)."""
     torch.manual_seed(0)
     est = IGREstimator(variant, 0.5, num_categories=5, eps=0.1)
     scores = torch.zeros(3, 2, 4, dtype=dtype)
     scores[:, 1] = xi
     scores.requires_grad_(True)
-    out = est(scores, lambda z, rows: z.square().sum(-1))
+    limit, got = math.log(torch.finfo(dtype).max) - 1, re.escape(f"{xi:.3g}")
+    with pytest.raises(ValueError, match=rf"^scores: the log-scales .* at most log\(finfo.max\) "
+                                         rf"- 1 = {limit:.4g} of {dtype}.* got {got}"):
+        est(scores, lambda z, rows: z.square().sum(-1))
+    with lg.validate_args(False):
+        out = est(scores, lambda z, rows: z.square().sum(-1))
     out.loss.backward()
     assert torch.isfinite(out.loss) and not scores.grad.isnan().any()
     assert (scores.grad[:, 1] == 0).all()
+
+
+def _igr_case(loc, log_scale, dtype=torch.float32):
+    """Scores (2, 2, K - 1) of two equal rows: loc and log-scale per coordinate."""
+    return torch.tensor([[loc, log_scale]] * 2, dtype=dtype).requires_grad_(True)
+
+
+@pytest.mark.parametrize(
+    ("variant", "kwargs", "scores"),
+    [
+        ("I", {"prior": "uniform"}, _igr_case([0.0, 0.0], [50.0, 50.0])),
+        ("I", {"prior": "uniform", "kl": "sampled"}, _igr_case([0.0, 0.0], [50.0, 50.0])),
+        ("I", {"prior": "uniform"}, _igr_case([0.0, 0.0], [400.0, 0.0], D)),
+        ("I", {"prior": "uniform"}, _igr_case([0.0, 0.0], [9.0, 0.0], torch.float16)),
+        ("I", {}, _igr_case([3e38, -3e38, 0.0], [0.0, 0.0, 0.0])),
+        ("I", {"temperature": 0.5}, _igr_case([3e38], [0.0])),
+        ("I", {}, _igr_case([0.0, 0.0, 0.0], [-3e38, -3e38, -3e38])),
+        ("SB", {}, _igr_case([-3e38, -3e38, -3e38], [0.0, 0.0, 0.0])),
+        ("planar", {"num_categories": 4}, _igr_case([3e38, -3e38, 0.0], [0.0, 0.0, 0.0])),
+        ("planar", {"num_categories": 4}, _igr_case([3e38] * 3, [3e38] * 3)),
+    ],
+    ids=["closed-form-kl", "sampled-kl", "closed-form-kl-float64", "closed-form-kl-float16",
+         "entropy-loc", "entropy-at-the-clamp", "entropy-log-scale", "sb-entropy", "planar",
+         "planar-log-scale"],
+)
+def test_igr_terms_beyond_the_scores_dtype_are_refused_by_name(variant, kwargs, scores):
+    """One-sample entropies and KLs beyond the scores' dtype (float32 unless named): the
+    closed-form KL ½ e^{2ξ} at ξ = 50 (1.3e43; float64 ξ = 400, float16 ξ = 9) and the sampled
+    one (~ κ²/2, κ ~ e^50); entropies ~ -Σ_k (max λ - λ_k)/τ at locations ±3e38 (K = 2 at
+    τ = 0.5: -6e38, which an underflowed log ψ kept at finfo.min rounded to -finfo.max instead)
+    or ~ Σ ξ at ξ = -3e38. They gave a loss inf or NaN, an entropy ±inf, NaN or -finfo.max, or
+    (planar) "x contains NaN"; now a ValueError naming the scores and the temperature (ξ above
+    log(finfo.max) - 1: the log-scale bound)."""
+    est = IGREstimator(variant, **kwargs)
+    with pytest.raises(ValueError, match=r"^scores: (IGR needs the one-sample entropy .* within "
+                                         r".* range .* at temperature .*raise the temperature"
+                                         r"|the log-scales)"):
+        est(scores, lambda z, rows: z.float().square().sum(-1))
+
+
+def test_igr_closed_form_kl_method_refuses_a_kl_beyond_the_dtype():
+    est = IGREstimator("I", prior="uniform")
+    with pytest.raises(ValueError, match=r"^scores: IGR needs the one-sample entropy"):
+        est.closed_form_kl(_igr_case([0.0, 0.0], [50.0, 50.0]))
+
+
+def test_igr_terms_within_the_dtype_are_kept_up_to_its_max():
+    """At ξ = 44 the closed-form KL to the uniform prior is ½ Σ (e^{88} + μ₀² - 1 - 88) =
+    1.65e38, within float32 (refused at ξ = 50 above): kept, the float64 closed form within a
+    few roundings (exp to ~1 ulp, a sum of two terms), with a finite gradient; ``closed_form_kl``
+    reports it per example (scores without latent dims raised an IndexError there)."""
+    scores = _igr_case([0.0, 0.0], [44.0, 44.0])
+    est = IGREstimator("I", prior="uniform")
+    out = est(scores, lambda z, rows: z.square().sum(-1))
+    torch.testing.assert_close(est.closed_form_kl(scores).mean(), out.logs["kl"])
+    out.loss.backward()
+    m0 = float(uniform_prior_loc(3, 1.0))
+    want = 0.5 * 2 * (math.exp(88.0) + m0**2 - 1 - 88.0)
+    assert abs(float(out.logs["kl"]) - want) <= 4 * torch.finfo(torch.float32).eps * want
+    assert torch.isfinite(out.loss) and torch.isfinite(out.entropy).all()
+    assert torch.isfinite(scores.grad).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -448,10 +519,10 @@ def test_igr_estimator_does_not_validate_its_checked_scores_twice(variant, monke
 
 
 @pytest.mark.parametrize("straight_through", [False, True])
-@pytest.mark.parametrize("kl", ["categorical", "relaxed"])
-def test_gumbel_softmax_at_the_largest_finite_scores_at_low_temperature(straight_through, kl):
+def test_gumbel_softmax_at_the_largest_finite_scores_at_low_temperature(straight_through):
     """(θ + g)/τ overflowed for τ < 1 at θ near finfo.max, and the loss_fn received NaN
-    latents; the relaxation is now taken on the row shifted by its maximum."""
+    latents; the relaxation is now taken on the row shifted by its maximum. (kl='relaxed' has
+    no float32 entropy there: refused, see below.)"""
     big = torch.finfo(torch.float32).max
     scores = torch.tensor([[big, -big, 0.0], [-big, 1.0, big]], requires_grad=True)
     seen = []
@@ -460,7 +531,7 @@ def test_gumbel_softmax_at_the_largest_finite_scores_at_low_temperature(straight
         seen.append(z.detach())
         return (z * torch.tensor([1.0, 2.0, 3.0])).sum(-1)
 
-    est = GumbelSoftmax(temperature=0.25, straight_through=straight_through, kl=kl)
+    est = GumbelSoftmax(temperature=0.25, straight_through=straight_through)
     out = est(scores, loss_fn)
     out.loss.backward()
     torch.testing.assert_close(seen[0], torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
@@ -506,33 +577,42 @@ def test_relaxed_bit_entropy_and_kl_have_the_binary_concrete_log_densitys_value_
 
 
 @pytest.mark.parametrize("structure", [None, BitVector(4)], ids=["categorical", "bits"])
-@pytest.mark.parametrize(
-    ("scale", "tau"), [(torch.finfo(torch.float32).max, 0.5), (3.0, 1e-37)], ids=["huge", "cold"]
-)
-def test_relaxed_entropy_and_kl_never_give_nan_for_finite_float32_input(scale, tau, structure):
-    """Score gaps over τ beyond float32 made entries of log y round to -inf, and the Concrete
-    density inf - inf (bits: v = (θ + L)/τ overflowed, the same); the terms are now taken in
-    float64 from the noise. Their values may lie beyond float32 (then ±inf, the correctly rounded
-    result), the gradients stay finite."""
-    scores = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.5, -1.0, 1.0, 0.0]]) * scale
+def test_relaxed_entropy_and_kl_are_finite_at_a_temperature_near_float32s_smallest(structure):
+    """Score gaps over τ = 1e-37 made entries of log y round to -inf in float32, and the
+    Concrete density inf - inf (bits: v = (θ + L)/τ overflowed, the same); the terms are taken
+    in float64 from the noise, and at these scores (|θ| <= 3: terms ~ 1e38) they fit float32."""
+    scores = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.5, -1.0, 1.0, 0.0]]) * 3.0
     scores.requires_grad_(True)
-    est = GumbelSoftmax(tau, kl="relaxed", prior="uniform", entropy_coeff=0.1,
+    est = GumbelSoftmax(1e-37, kl="relaxed", prior="uniform", entropy_coeff=0.1,
                         structure=structure)  # fmt: skip
     out, _ = run(est, scores)
     out.loss.backward()
-    assert not torch.isnan(out.entropy).any() and not torch.isnan(out.loss)
+    assert torch.isfinite(out.entropy).all() and torch.isfinite(out.loss)
     assert torch.isfinite(scores.grad).all()
 
 
-@pytest.mark.parametrize("structure", [None, BitVector(3)], ids=["categorical", "bits"])
-def test_relaxed_terms_beyond_float64_are_refused_by_name(structure):
-    """float64 scores whose gaps over τ overflow float64 have no representable relaxed density:
-    a ValueError naming the scores, not a NaN loss."""
-    big = torch.finfo(D).max
-    scores = torch.tensor([[big, -big, 0.0]], dtype=D, requires_grad=True)
-    est = GumbelSoftmax(0.5, kl="relaxed", prior="uniform", structure=structure)
-    with pytest.raises(ValueError, match=r"scores: kl='relaxed' needs .* rescale the scores"):
-        est(scores, Recorder())
+@pytest.mark.parametrize("structure", [None, BitVector(4)], ids=["categorical", "bits"])
+@pytest.mark.parametrize(
+    ("dtype", "scores", "tau", "prior"),
+    [
+        (torch.float32, [[3e38, 0.0, -3e38, 5.0]], 0.5, "uniform"),
+        (torch.float32, [[3e38, 0.0, -3e38, 5.0]], 0.5, None),
+        (torch.float32, [[1.0, 0.0, -1.0, 0.5]], Constant(1e-38), None),
+        (D, [[torch.finfo(D).max, -torch.finfo(D).max, 0.0, 5.0]], 0.5, "uniform"),
+    ],
+    ids=["float32-prior", "float32", "float32-tiny-temperature", "float64-prior"],
+)
+def test_relaxed_terms_beyond_the_scores_dtype_are_refused_by_name(dtype, scores, tau, prior,
+                                                                   structure):
+    """The one-sample entropy (~ -Σ_k (max θ - θ_k)/τ; bits -Σ |θ|/τ) beyond the scores' dtype
+    (float32: -2.4e39 at the huge scores, ~ -3e38 per unit gap at τ = 1e-38; float64: inf) has
+    no value to report in it: a ValueError naming the scores and the temperature, where float32
+    returned loss inf and entropy -inf (float64 already raised)."""
+    x = torch.tensor(scores, dtype=dtype, requires_grad=True)
+    est = GumbelSoftmax(tau, kl="relaxed", prior=prior, structure=structure)
+    with pytest.raises(ValueError, match=r"^scores: kl='relaxed' needs .* range; .* at "
+                                         r"temperature .*rescale the scores or raise the temp"):
+        est(x, Recorder())
 
 
 @pytest.mark.parametrize("variant", ["I", "SB", "planar"])
@@ -628,22 +708,22 @@ def test_pathwise_gradient_matches_the_relaxation_written_from_its_definition(ki
 @pytest.mark.parametrize(
     ("structure", "rows", "tau", "entropy_coeff"),
     [
-        (None, [[3e38, 0.0, 0.0]] * 4, 1.0, 0.0),
-        (None, [[-1e38, -1e38, 1e38]], 0.5, 0.1),
+        (None, [[1e38, 0.0, -1e38]] * 4, 1.0, 0.0),
+        (None, [[-1e38, -1e38, 1e38]] * 4, 2.0, 1.0),
         (BitVector(3), [[3e38, 0.0, -3e38]] * 4, 2.0, 0.0),
-        (BitVector(3), [[1e38, -1e38, 0.0]], 0.5, 0.1),
+        (BitVector(3), [[1e38, -1e38, 0.0]] * 4, 2.0, 1.0),
     ],
     ids=["categorical-mean", "categorical-entropy", "bits-mean", "bits-entropy"],
 )
-def test_relaxed_loss_within_float32_is_finite_when_its_terms_or_their_sum_are_not(
+def test_relaxed_loss_within_float32_is_finite_when_the_sum_of_its_terms_is_not(
     structure, rows, tau, entropy_coeff, monkeypatch
 ):
-    """float32 scores at ±1e38-3e38: the relaxed KLs (1.5e38-3e38 per example) summed over the
-    batch beyond float32 in the mean, and entropies of -8e38 (beyond float32, -inf) weighted by
-    0.1 in the loss; loss and logged KL were inf where float64 gives 1.5e38-2.8e38. The float64
-    terms now enter the loss and its mean before rounding: the float64 run at the same (fixed)
-    noise, within the final float32 rounding (the loss_fn's part, < 10, is below its resolution);
-    gradients (O(1), through y in float32) within a few roundings."""
+    """float32 scores at ±1e38-3e38: relaxed KLs (5e37-1.5e38 per example) and entropies
+    (-1e38 to -3e38) within float32, whose sums over the batch in the mean lie beyond it; loss
+    and logged KL were inf where float64 gives 1e38-3e38. The
+    float64 terms enter the loss and its mean before rounding: the float64 run at the same
+    (fixed) noise, within the final float32 rounding (the loss_fn's part, < 10, is below its
+    resolution); gradients (O(1), through y in float32) within a few roundings."""
     noise = torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(0), dtype=D)
     monkeypatch.setattr(relaxed, "draw_noise", lambda shape, like, kind: noise.to(like.dtype))
     monkeypatch.setattr(relaxed, "logistic", lambda shape, like: noise.to(like.dtype))

@@ -289,9 +289,12 @@ class _IGRBase(CheckedDistribution):
         """``_draw`` of ``ψ = softmax_pp(λ)``, ``λ = flows(κ)``, ``κ = loc + scale·ε``:
         ``log q(λ) = log N(κ; loc, scale²) − Σ log|det flows|`` is returned with λ."""
         eps = self._noise(sample_shape)
-        lam, flow_log_det = _apply_flows(flows, self.loc + self.scale * eps)
-        info = torch.finfo(lam.dtype)
-        lam = lam.clamp(-info.max, info.max)  # loc + scale·ε overflowing: the vertex it points at
+        info = torch.finfo(self.loc.dtype)
+        # loc + scale·ε overflowing: the vertex it points at (before the flows too: an infinite
+        # entry gave them inf - inf = NaN)
+        kappa = (self.loc + self.scale * eps).clamp(-info.max, info.max)
+        lam, flow_log_det = _apply_flows(flows, kappa)
+        lam = lam.clamp(-info.max, info.max)
         dtype = lam.dtype  # half precision: softmax++ and its Jacobian in float32
         work, tau = working_dtype(dtype), self.temperature
         log_psi = log_softmax_pp(lam.to(work), tau.to(work), self.delta)
@@ -632,7 +635,12 @@ class PlanarFlow(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(z), log|det ∂f/∂z|)``: ``(..., dim) -> (..., dim), (...)``."""
         u_hat = self.u_hat()
-        h = torch.tanh((z * self.w).sum(dim=-1) + self.b)
+        a = (z * self.w).sum(dim=-1)
+        # wᵀz beyond the dtype (z near finfo.max; inf - inf gave NaN): from z scaled by its
+        # largest entry, which keeps the sign that tanh saturates to
+        m = z.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1)
+        a = torch.where(torch.isfinite(a), a, ((z / m) * self.w).sum(dim=-1) * m.squeeze(-1))
+        h = torch.tanh(a + self.b)
         wu = (self.w * u_hat).sum(dim=-1)
         log_det = torch.log(torch.abs(1 + (1 - h.pow(2)) * wu))
         return z + u_hat * h.unsqueeze(-1), log_det

@@ -75,9 +75,9 @@ def _concrete_terms(
     (K-1) log τ - Σ g - K lse(-g)`` (a function of the noise alone: its total derivative in θ is
     0, as through x), and for the prior ``-τ₀ x = -(τ₀/τ) u + c'``. From x itself, an entry that
     rounds to -inf (huge score gaps, tiny τ) gives inf - inf. Computed and returned in float64
-    (for float32 scores up to finfo.max and τ down to its smallest normal: terms beyond float32
-    still add to a loss within it, ``one_sample_output``); ValueError (with validation on) where
-    float64 scores' gaps over τ overflow float64.
+    (float32 scores up to finfo.max and τ down to its smallest normal: their sum over a batch
+    may exceed float32 in a loss within it, ``one_sample_output``); ``_check_terms`` refuses
+    terms beyond the scores' dtype.
     """
     k = scores.shape[-1]
     work = torch.promote_types(scores.dtype, torch.float64)
@@ -85,11 +85,7 @@ def _concrete_terms(
     tau_e = tau64.unsqueeze(-1) if tau64.dim() else tau64
     u = scores.to(work) + g
     u = u - u.detach().amax(dim=-1, keepdim=True)
-    scaled = u / tau_e
-    ratio = max(1.0, prior_tau) if prior is not None else 1.0  # the prior scales u by τ₀/τ
-    if violated(scaled, lambda s: torch.isfinite(s * ratio)):  # float64 scores only
-        raise _out_of_range(scores, tau64, "the score gaps of a row")
-    x = torch.log_softmax(scaled, dim=-1)
+    x = torch.log_softmax(u / tau_e, dim=-1)
     log_p = math.lgamma(k) + (k - 1) * tau64.log() - g.sum(-1) - k * torch.logsumexp(-g, dim=-1)
     entropy = x.sum(dim=-1) - log_p
     if prior is None:
@@ -101,13 +97,21 @@ def _concrete_terms(
     return entropy, log_p - log_prior
 
 
-def _out_of_range(scores: Tensor, tau: Tensor, what: str) -> ValueError:
-    """The error for scores whose ``what`` over the temperature ``tau`` (float64) overflow."""
-    return ValueError(
-        f"scores: kl='relaxed' needs {what} divided by the temperature within {tau.dtype}'s "
-        f"range; got scores up to {scores.detach().abs().amax().item():.3g} at temperature "
-        f"{tau.detach().min().item():.3g}; rescale the scores"
-    )
+def _check_terms(scores: Tensor, tau: Tensor, entropy: Tensor, kl: Tensor | None) -> None:
+    """ValueError (with validation on; one sync) where the relaxed entropy or KL ``(B, *latent)``
+    of ``_concrete_terms``/``_binary_concrete_terms`` (float64), summed over the latent
+    variables, lies beyond the scores' dtype, in which the entropy is reported: about
+    ``Σ_k (max θ − θ_k)/τ`` (bits ``Σ |θ|/τ``) per row, times ``τ₀`` in the KL (NaN where
+    float64 scores over τ overflow float64)."""
+    big = torch.finfo(scores.dtype).max
+    terms = torch.stack([sum_latent(t) for t in (entropy, kl) if t is not None])
+    if violated(terms, lambda t: t.abs() <= big):
+        raise ValueError(
+            "scores: kl='relaxed' needs the one-sample entropy and KL, about the score gaps of "
+            f"a row summed and divided by the temperature, within {scores.dtype}'s range; got "
+            f"scores up to {scores.detach().abs().amax().item():.3g} at temperature "
+            f"{tau.detach().min().item():.3g}; rescale the scores or raise the temperature"
+        )
 
 
 def _binary_concrete_terms(
@@ -121,15 +125,12 @@ def _binary_concrete_terms(
     and ``log p(y) = log p(v) - log σ(v) - log σ(-v)``; ``t = -L`` exactly (a function of the
     noise alone, total derivative 0 in θ, as through the sample). From ``v`` itself, a ``v``
     beyond the dtype's range (scores near finfo.max, tiny τ) gave inf - inf. Computed and
-    returned in float64 (float32 scores at any magnitude and τ down to its smallest normal), as
-    ``_concrete_terms``; ValueError (with validation on) where float64 scores over τ overflow
-    float64.
+    returned in float64, as ``_concrete_terms`` (``_check_terms`` refuses terms beyond the
+    scores' dtype).
     """
     work = torch.promote_types(scores.dtype, torch.float64)
     tau64 = tau.to(work)  # 0-dim
     v = (scores.to(work) + noise.to(work)) / tau64
-    if violated(v, torch.isfinite):  # float64 scores only: float32 ones always fit
-        raise _out_of_range(scores, tau64, "the scores")
     t = -noise.to(work)
     log_p = tau64.log() + F.logsigmoid(t) + F.logsigmoid(-t)
     entropy = -(log_p - F.logsigmoid(v) - F.logsigmoid(-v)).sum(dim=-1)
@@ -158,7 +159,10 @@ class GumbelSoftmax(Estimator):
             built from different choices are not comparable): ``"categorical"`` — the discrete
             distribution ``softmax(θ)`` (bits: independent ``σ(θ)``), exact, the usual
             surrogate; ``"relaxed"`` — the relaxed variable, one-sample Monte Carlo at the drawn
-            sample with the Concrete / Binary Concrete density.
+            sample with the Concrete / Binary Concrete density; finite scores whose entropy and
+            KL, about ``Σ_k (max θ − θ_k)/τ`` per row (bits ``Σ |θ|/τ``; times τ₀ in the KL),
+            lie within their dtype (``ValueError`` naming ``scores`` otherwise, with
+            validation on).
         structure: None, ``Categorical(K)`` or an unbudgeted ``BitVector(D)``.
         prior: ``None`` or ``"uniform"``: adds ``kl_coeff · KL`` to the loss, with KL to the
             uniform categorical (``log K − H``; bits ``D log 2 − H``) for ``kl="categorical"``,
@@ -288,6 +292,8 @@ class GumbelSoftmax(Estimator):
         tau = self.temperature.like(scores)
         sample = self._bits if self.bits else self._categorical
         y, hard, entropy, kl = sample(scores, tau)
+        if self.kl == "relaxed" and entropy is not None:  # None: K-D Hard Concrete
+            _check_terms(scores, tau, entropy, kl)
         reading = self.reading()
         if reading == "expected":
             extra = None if kl is None else self.kl_coeff * sum_latent(kl)
@@ -333,6 +339,13 @@ class IGREstimator(Estimator):
     location μ and ``scores[..., 1, :]`` the log-scale ξ, ``σ = exp(ξ)`` (initialise σ through ξ
     directly). ``z`` is ψ ``(B, *latent, K)`` on the simplex (IGR-SB:
     zero-padded after the adaptive truncation), or its one-hot argmax with ``straight_through``.
+
+    Accepted range (``ValueError`` naming ``scores`` otherwise, with validation on): finite,
+    ``ξ <= log(finfo.max) − 1`` of the scores' dtype (σ within it: 87.7 in float32), and scores
+    whose one-sample entropy and KL lie within the dtype: ``−log q(ψ) ≈ Σ ξ − Σ_k |log ψ_k|``
+    with ``|log ψ_k| ≈ (max_j λ_j − λ_k)/τ`` (λ the draw pushed to R^{K−1}, 0 for category K),
+    and the closed-form KL ``½ Σ (e^{2(ξ−ξ₀)} + ((μ−μ₀)/σ₀)²)`` (``ξ − ξ₀`` up to about 44 in
+    float32).
 
     Args:
         variant: ``"I"`` (IGR-I), ``"SB"`` (stick-breaking, K = K_max) or ``"planar"``.
@@ -440,14 +453,42 @@ class IGREstimator(Estimator):
             raise ValueError(
                 f"scores must have last dimension K-1 = {self.flows[0].dim}, got {x.shape[-1]}"
             )
-        check_finite(x, "scores")
+        limit = math.log(torch.finfo(x.dtype).max) - 1
+        if violated(x, lambda x: torch.isfinite(x) & (x[..., 1:, :] <= limit)):
+            check_finite(x, "scores")
+            raise ValueError(
+                f"scores: the log-scales scores[..., 1, :] must be at most log(finfo.max) - 1 = "
+                f"{limit:.4g} of {x.dtype} (sigma = exp(log-scale) within it), got "
+                f"{x[..., 1, :].detach().max().item():.3g}; rescale them"
+            )
         return x
+
+    def _check_terms(self, scores: Tensor, tau: Tensor, *terms: Tensor | None) -> None:
+        """ValueError (with validation on; one sync) where a one-sample log-density or KL
+        ``(B, *latent)`` in ``terms`` (None: absent), summed over the latent variables, lies
+        beyond the scores' dtype. ``±finfo.max`` itself counts as beyond: the draws keep an
+        underflowed ``log ψ_k`` at ``finfo.min``, so an entropy that overflows through one such
+        entry rounds to ``-finfo.max`` rather than to ``-inf``."""
+        big = torch.finfo(scores.dtype).max
+        stacked = torch.stack([sum_latent(t) for t in terms if t is not None])
+        if violated(stacked, lambda t: t.abs() < big):
+            loc, log_scale = scores.detach().unbind(dim=-2)
+            raise ValueError(
+                f"scores: IGR needs the one-sample entropy -log q(psi) and the KL within "
+                f"{scores.dtype}'s range (about the sum of the log-scales plus K times the "
+                f"spread of the draws over the temperature; the closed-form KL about "
+                f"exp(2 log-scale) + loc^2); got |loc| up to {loc.abs().max().item():.3g}, "
+                f"log-scales in [{log_scale.min().item():.3g}, {log_scale.max().item():.3g}] at "
+                f"temperature {tau.detach().min().item():.3g}; rescale the scores or raise the "
+                f"temperature"
+            )
 
     def _distribution(self, loc: Tensor, log_scale: Tensor, tau: Tensor):
         """The variant's distribution at ``σ = exp(ξ)``, kept in [tiny, max / e] for the draws (no
-        0 or inf), with ``log σ = ξ`` exactly in its log-densities and KLs. Built without argument
-        validation: ``_check`` has checked the scores (μ, ξ finite), σ is finite and positive by
-        the clamp, and τ comes from a schedule (the checks cost ~10 % of an IGR-SB step)."""
+        0 or inf; ``_check`` refuses ξ above, unchecked with validation off), with ``log σ = ξ``
+        exactly in its log-densities and KLs. Built without argument validation: ``_check`` has
+        checked the scores (μ, ξ finite), σ is finite and positive by the clamp, and τ comes from
+        a schedule (the checks cost ~10 % of an IGR-SB step)."""
         info = torch.finfo(log_scale.dtype)
         # clamped before exp, so that a saturated σ has gradient 0, not 0 · exp(ξ) = 0 · inf
         scale = log_scale.clamp(math.log(info.tiny), math.log(info.max) - 1.0).exp()
@@ -483,7 +524,8 @@ class IGREstimator(Estimator):
         tau = self.temperature.like(scores)
         loc, log_scale = scores.unbind(dim=-2)
         kl = kl_divergence(self._distribution(loc, log_scale, tau), self._prior(loc, tau))
-        return kl.flatten(1).sum(-1)
+        self._check_terms(scores, tau, kl)
+        return sum_latent(kl)
 
     def forward(self, scores: Tensor, loss_fn: LossFn) -> EstimatorOutput:
         """``scores`` (B, *latent, 2, K−1) -> surrogate from one ψ sample per example."""
@@ -499,6 +541,7 @@ class IGREstimator(Estimator):
         else:
             psi, log_q = dist.rsample_with_log_prob()
             kl = kl_divergence(dist, self._prior(loc, tau))
+        self._check_terms(scores, tau, log_q, kl)
         if self.reading() == "mode":
             tiny = torch.full_like(loc, math.log(torch.finfo(loc.dtype).tiny))
             z = one_hot_argmax(self._distribution(loc, tiny, tau).rsample().detach())
