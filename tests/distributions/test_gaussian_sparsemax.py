@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -35,6 +36,47 @@ def brute_log_density(y, mu, sigma):
     value = integrate.quad(f, centre - width, centre + width, points=points, limit=500,
                            epsabs=0, epsrel=1e-11)[0]
     return math.log(inside.sum() * value)
+
+
+def multiprecision_log_density(y, mu, sigma, dps):
+    """log p(y) in ``dps``-digit arithmetic from the exact binary inputs: the same 1-D reduction,
+    in t = (τ − m)/√v, where E = ∫ φ(t) Π_N Φ(c_j + b_j t) dt, c_j = (m − μ_j)/σ_j, b_j = √v/σ_j;
+    the mode of g = log of the integrand by bisection of g', then adaptive quadrature of
+    exp(g − g(mode)) on 12 units either side (g ≤ g(mode) − t²/2 there; smooth integrands only:
+    every b_j is of order 1 in the rows used)."""
+    with mpmath.workdps(dps):
+        y, mu, sigma = ([mpmath.mpf(x) for x in t.tolist()] for t in (y, mu, sigma))
+        inside = [i for i, yi in enumerate(y) if yi > 0]
+        v = 1 / mpmath.fsum(sigma[i] ** -2 for i in inside)
+        m = v * mpmath.fsum((mu[i] - y[i]) / sigma[i] ** 2 for i in inside)
+        log_c = (-(len(inside) - 1) * mpmath.log(2 * mpmath.pi) / 2 + mpmath.log(v) / 2
+                 - mpmath.fsum(mpmath.log(sigma[i]) for i in inside)
+                 - mpmath.fsum((mu[i] - y[i] - m) ** 2 / sigma[i] ** 2 for i in inside) / 2)
+        cb = [((m - mu[j]) / sigma[j], mpmath.sqrt(v) / sigma[j])
+              for j in range(len(y)) if y[j] == 0]
+
+        def g(t):
+            return -t * t / 2 + mpmath.fsum(mpmath.log(mpmath.ncdf(c + b * t)) for c, b in cb)
+
+        def slope(t):
+            return -t + mpmath.fsum(b * mpmath.npdf(c + b * t) / mpmath.ncdf(c + b * t)
+                                    for c, b in cb)
+
+        lo, hi = mpmath.mpf(-1), mpmath.mpf(1)
+        while slope(lo) < 0:
+            lo *= 2
+        while slope(hi) > 0:
+            hi *= 2
+        while hi - lo > mpmath.mpf(10) ** -25 * (1 + abs(lo)):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+        mode = (lo + hi) / 2
+        top = g(mode)
+        value = sum(integrate.quad(lambda d: float(mpmath.exp(g(mode + d) - top)), a, b,
+                                   epsabs=0, epsrel=1e-13, limit=200)[0]
+                    for a, b in ((-12, 0), (0, 12)))
+        log_e = top + mpmath.log(value) - mpmath.log(2 * mpmath.pi) / 2
+        return float(mpmath.log(len(inside)) + log_c + log_e)
 
 
 @pytest.fixture(params=["stop_at_convergence", "all_steps"])
@@ -238,22 +280,27 @@ def test_k64_runs_and_frequent_faces_match_their_probabilities():
 
 
 def test_log_integrand_terms_are_g_and_its_derivatives_and_the_partial_calls_agree():
-    """g1, g2 match central differences of g in float64, and the Newton loops' partial calls
-    (no g, no g2) return the same g1 / g2 / g as the full call."""
+    """At x = x0 + δ with u = base + δ/σ: the value is g(x) + x0²/(2v), g1 and g2 match central
+    differences of it in float64, and the Newton loops' partial calls (no g, no g2) return the
+    same g1 / g2 / g as the full call."""
     gen = torch.Generator().manual_seed(3)
-    loc = torch.randn(4, 1, 6, generator=gen, dtype=D)
-    scale = torch.rand(4, 1, 6, generator=gen, dtype=D) + 0.3
+    base = torch.randn(4, 1, 6, generator=gen, dtype=D)
+    inv = 1 / (torch.rand(4, 1, 6, generator=gen, dtype=D) + 0.3)
     outside = torch.rand(4, 1, 6, generator=gen) < 0.6
-    m, v = torch.randn(4, 1, generator=gen, dtype=D), torch.rand(4, 1, generator=gen, dtype=D) + 0.5
-    tau = torch.randn(4, 3, generator=gen, dtype=D)
-    args = (m, v, loc, scale, outside)
-    g, g1, g2 = gaussian_sparsemax._log_integrand_terms(tau, *args)
+    x0 = torch.randn(4, 1, generator=gen, dtype=D)
+    v = torch.rand(4, 1, generator=gen, dtype=D) + 0.5
+    delta = torch.randn(4, 3, generator=gen, dtype=D)
+    args = (x0, v, base, inv, outside)
+    g, g1, g2 = gaussian_sparsemax._log_integrand_terms(delta, *args)
+    u = base + delta.unsqueeze(-1) * inv
+    log_phi = torch.where(outside, torch.special.log_ndtr(u), 0.0).sum(-1)
+    torch.testing.assert_close(g, (x0**2 - (x0 + delta) ** 2) / (2 * v) + log_phi)
     h = 1e-5
-    plus, minus = (gaussian_sparsemax._log_integrand_terms(tau + d, *args) for d in (h, -h))
+    plus, minus = (gaussian_sparsemax._log_integrand_terms(delta + d, *args) for d in (h, -h))
     torch.testing.assert_close(g1, (plus[0] - minus[0]) / (2 * h), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g2, (plus[1] - minus[1]) / (2 * h), rtol=1e-6, atol=1e-6)
-    none_g, g1_a, g2_a = gaussian_sparsemax._log_integrand_terms(tau, *args, value=False)
-    g_b, g1_b, none_g2 = gaussian_sparsemax._log_integrand_terms(tau, *args, curvature=False)
+    none_g, g1_a, g2_a = gaussian_sparsemax._log_integrand_terms(delta, *args, value=False)
+    g_b, g1_b, none_g2 = gaussian_sparsemax._log_integrand_terms(delta, *args, curvature=False)
     assert none_g is None and none_g2 is None
     for got, want in ((g1_a, g1), (g2_a, g2), (g_b, g), (g1_b, g1)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -399,7 +446,12 @@ def test_bad_parameters_and_values_raise():
         GaussianSparsemax(torch.zeros(3), torch.ones(2, 3))
     with pytest.raises(ValueError, match="n_nodes"):
         GaussianSparsemax(torch.zeros(3), n_nodes=0)
+    with pytest.raises(ValueError, match=r"loc must have at least one coordinate \(K >= 1\)"):
+        GaussianSparsemax(torch.zeros(2, 0))  # was accepted; vertex_log_prob then failed in amax
     dist = GaussianSparsemax(torch.zeros(3))
+    for n_samples in (0, -1, 2.0):  # 0 silently meant the default mc_samples
+        with pytest.raises(ValueError, match="n_samples must be a positive int"):
+            dist.entropy(n_samples)
     with pytest.raises(ValueError, match="support"):
         dist.log_prob(torch.tensor([0.5, 0.6, 0.0]))
     with pytest.raises(ValueError, match="support"):
@@ -634,9 +686,9 @@ def test_float32_log_prob_and_gradients_equal_float64_at_every_scale(sigma):
 
 
 def test_float32_scale_below_the_rounding_of_the_values_gives_finite_gradients():
-    """σ = 1e-10 around μ ~ 1e-10: float32 rounds the values at ~1e-8, far coarser than σ, so the
-    quadrature bracket collapses to a point and Laplace's method answers; its logsumexp over
-    log-weights of −inf used to make every gradient NaN."""
+    """σ = 1e-10 around μ ~ 1e-10: float32 rounds the values at ~1e-8, far coarser than σ (the
+    quadrature bracket once collapsed to a point there, and its logsumexp over log-weights of
+    −inf made every gradient NaN)."""
     gen = torch.Generator().manual_seed(3)
     loc = (1e-10 * torch.randn(3, 5, generator=gen)).requires_grad_()
     scale = (1e-10 * (0.5 + torch.rand(3, 5, generator=gen))).requires_grad_()
@@ -651,3 +703,105 @@ def test_float32_scale_below_the_rounding_of_the_values_gives_finite_gradients()
 def test_parameters_beyond_the_computable_range_are_refused_by_name(loc, scale, name):
     with pytest.raises(ValueError, match=f"parameter {name} "):
         GaussianSparsemax(torch.full((2, 3), loc), torch.full((2, 3), scale), validate_args=True)
+
+
+# (y, μ) rows for σ = s · SCALE_RATIOS: a_i = μ_i − y_i is the same on the support and each μ_j
+# outside is at m, 1 above or 1 below it, so c_j = (m − μ_j)/σ_j is 0 or ∓1/σ_j exactly and
+# the density is a well-conditioned function of the (exactly representable) inputs at any s
+EXACT_ROWS = (
+    ((1, 0, 0, 0), (1, 0, 0, 0)),  # vertex, c = 0: P(e_1) does not depend on s
+    ((1, 0, 0, 0), (2, 0, 0, 0)),  # vertex, c = 1/σ: P(e_1) → 1 as s → 0
+    ((1, 0, 0, 0), (0, 0, 0, 0)),  # vertex, c = −1/σ: the mode far out, log p ~ −1/s²
+    ((0.75, 0.25, 0, 0), (0.75, 0.25, 0, 0)),  # an edge point, c = 0
+    ((0.5, 0.25, 0.25, 0), (0.5, 0.25, 0.25, 0)),  # one left out (the closed form), c = 0
+    ((0.5, 0.25, 0.25, 0), (0.5, 0.25, 0.25, -1)),  # one left out, c = 1/σ
+    ((0.75, 0.25, 0, 0), (0.75, 0.25, 1, -1)),  # c = −1/σ and 1/σ
+)
+SCALE_RATIOS = (1.0, 0.5, 2.0, 0.25)
+
+
+def exact_rows(dtype, s, requires_grad=False):
+    y, mu = (torch.tensor(t, dtype=dtype) for t in zip(*EXACT_ROWS, strict=True))
+    sigma = (s * torch.tensor(SCALE_RATIOS, dtype=D)).to(dtype).expand_as(mu).clone()
+    return y, mu.requires_grad_(requires_grad), sigma.requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize(("dtype", "s"), [(D, s) for s in (1e-20, 1e-15, 1e-10, 1e-5, 1.0, 1e2)]
+                         + [(torch.float32, s) for s in (4e-18, 1e-12, 1e-8, 1e-4, 1.0, 1e2)])
+def test_log_prob_matches_multiprecision_quadrature_from_tiny_to_large_scales(dtype, s):
+    """σ from the accepted minimum (float32: σ ≥ 8.7e-19), far below the rounding of μ ~ 1, to
+    1e2: log_prob equals the density evaluated in 30 + 2·log10(1/s) digits on the same inputs.
+    The quadrature in τ lost its nodes to the rounding of τ ~ μ below σ ~ ulp(μ) and fell back
+    to Laplace's method: P(e_1) = 3.6 at μ = (2, 0, 0), σ = 1e-8 in float32, P(e_1) off by 2
+    nats at c = 0 and s = 1e-20 in float64. Tolerance: the result sums ~K + 3 terms, each within
+    a few ulps, and the 2 × 48-node rule is exact to ~8 eps here (measured: 7.5 eps at most)."""
+    y, mu, sigma = exact_rows(dtype, s)
+    got = GaussianSparsemax(mu, sigma).log_prob(y)
+    dps = 30 + 2 * max(0, round(-math.log10(s)))
+    eps = torch.finfo(dtype).eps
+    for row in range(len(EXACT_ROWS)):
+        want = multiprecision_log_density(y[row].double(), mu[row].double(),
+                                          sigma[row].double(), dps)
+        assert abs(got[row].item() - want) <= 32 * eps * (1 + abs(want)), row
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D])
+def test_gradients_at_tiny_scales_are_the_scale_free_ones(dtype, newton_loops):
+    """Where c = 0, log p at σ = s·r is log p at σ = r minus (|S| − 1) log s, so s·∇ log p (over
+    μ and σ) does not depend on s; at the vertex with c = +1/σ, log p = log 1 and ∇ = 0 for
+    s ≤ 1e-5 (the true terms are below e^{-1e9}). The Laplace fallback gave ∇_σ ≈ −1/σ there
+    (−1e8 at σ = 1e-8 in float32), and m's backward through Σ r_i a relative error of 1e-5 at
+    σ = 1e-10 in float64. The reference at s = 1 is checked by gradcheck; tolerance: 16 ulps."""
+    rows = [0, 3, 4]  # c = 0
+
+    def scaled_gradients(dtype, s):
+        y, mu, sigma = exact_rows(dtype, s, requires_grad=True)
+        lp = GaussianSparsemax(mu, sigma).log_prob(y)
+        return [g.double() * s for g in torch.autograd.grad(lp.sum(), (mu, sigma))]
+
+    y, mu, sigma = exact_rows(D, 1.0, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, v: GaussianSparsemax(m, v).log_prob(y)[rows],
+                                    (mu, sigma))
+    want = scaled_gradients(D, 1.0)
+    eps = torch.finfo(dtype).eps
+    tiny = 1e-20 if dtype == D else 4e-18
+    for s in (tiny, 1e-12, 1e-8, 1e-5, 1e2):
+        for got, ref in zip(scaled_gradients(dtype, s), want, strict=True):
+            assert (got[rows] - ref[rows]).abs().max() <= 16 * eps * (1 + ref[rows].abs().max())
+            if s <= 1e-5:
+                assert got[1].abs().max() <= 16 * eps
+
+
+@pytest.mark.parametrize("s", [1e-4, 1e-8])
+def test_float32_gradients_far_below_the_threshold_equal_float64(s):
+    """The vertex rows with c = −1/σ: log p ~ −1/s² (−5e15 at s = 1e-8), which float32 rounds to
+    ±3e8 nats. The gradients (~1/s³) are still those of float64 on the same inputs: the nodes'
+    weights come from a logsumexp taken relative to its largest term (its backward weights
+    summed to 1 only within the rounding of the result: 2x and 10x wrong gradients). Tolerance:
+    the weights can at worst spread over the bracket, where λ(u) varies by ~10/|u| ≤ 1e-3."""
+    rows = [2, 6]
+    results = []
+    for dtype in (torch.float32, D):
+        y, mu, sigma = exact_rows(torch.float32, s)
+        mu, sigma = mu.to(dtype).requires_grad_(), sigma.to(dtype).requires_grad_()
+        lp = GaussianSparsemax(mu, sigma).log_prob(y.to(dtype))[rows]
+        results.append([g[rows].double() for g in torch.autograd.grad(lp.sum(), (mu, sigma))])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=0)
+
+
+def test_n_nodes_below_16_are_refused_and_16_nodes_are_within_1e_3():
+    """Each side of the rule spans a 40-nat drop of the integrand: 1 node is 5 nats off, 12 nodes
+    1e-3 (measured on the rows below). At the minimum, 16, the density is within 1e-3 of the
+    default 48 nodes' (itself within 1e-5 of scipy, above) where scales differ by ~1e3."""
+    for n_nodes in (1, 15, 16.0, True):
+        with pytest.raises(ValueError, match="n_nodes must be an int >= 16"):
+            GaussianSparsemax(torch.zeros(3), n_nodes=n_nodes)
+    gen = torch.Generator().manual_seed(3)
+    mu = 3 * torch.randn(8, generator=gen, dtype=D)
+    sigma = torch.exp(2 * torch.randn(8, generator=gen, dtype=D)).clamp(0.03, 20)
+    torch.manual_seed(3)
+    y = torch.cat([GaussianSparsemax(mu, sigma).sample((6,)), torch.eye(8, dtype=D)])
+    want = GaussianSparsemax(mu, sigma).log_prob(y)
+    got = GaussianSparsemax(mu, sigma, n_nodes=16).log_prob(y)
+    assert ((got - want).abs() <= 1e-3 * want.abs().clamp_min(1)).all()

@@ -15,7 +15,11 @@ The expectation is 1 for N = ∅, Φ((m − μ_j)/√(v + σ_j²)) for N = {j}, 
 integral of exp g, g(τ) = −(τ − m)²/(2v) + Σ_N log Φ((τ − μ_j)/σ_j), which is concave. Newton
 finds the mode τ̂ and the two points where g is 40 nats below it; Gauss–Legendre rules on the two
 sides of τ̂ (``n_nodes`` each) integrate exp g in log space. The nodes only choose where to
-evaluate an integral whose value does not depend on them, so they are detached. log Φ comes
+evaluate an integral whose value does not depend on them, so they are detached: held fixed in
+t = (τ − m)/√v, where E = ∫ φ(t) Π_N Φ(c_j + b_j t) dt has no factor of v outside the integrand
+for them to cancel, and placed relative to the mode (τ̂ − m as a leading part and a remainder),
+so that they stay distinct when σ is far below the rounding of μ (σ = 1e-18 at μ ~ 1 in float32;
+tests against multi-precision quadrature from σ = 1e-20 to 1e2). log Φ comes
 from ``_log_ndtr.log_ndtr`` (a compiled kernel for large CPU float32 calls, torch's
 ``log_ndtr`` otherwise; the same values up to rounding; both with an exact gradient φ/Φ in
 the lower tail, where torch's own loses it). Cost O(K·nodes) per point at any K (no
@@ -87,27 +91,31 @@ _TOL = 1e-6  # Newton stops when steps are below this fraction of the Laplace wi
 _DROP = 40.0  # nats below the mode at which the integration bracket ends
 _FACE_PIECES = 4  # sub-intervals of (0, 1) per free coordinate in the face rules
 _FACE_NODES = 16  # Gauss–Legendre nodes per sub-interval
+_MIN_NODES = 16  # fewer n_nodes miss the density by 1e-3 (12 nodes) to 5 nats (1 node)
 
 
-def _log_integrand_terms(tau: Tensor, m: Tensor, v: Tensor, loc: Tensor, scale: Tensor,
+def _log_integrand_terms(delta: Tensor, x0: Tensor, v: Tensor, base: Tensor, inv: Tensor,
                          outside: Tensor, value: bool = True, curvature: bool = True,
                          ) -> tuple[Tensor | None, Tensor, Tensor | None]:
-    """g(τ) = −(τ − m)²/(2v) + Σ_N log Φ((τ − μ_j)/σ_j) and its first two derivatives g1, g2.
+    """g(x) + x0²/(2v) at x = x0 + δ, and the derivatives g1, g2 of g there, where x = τ − m and
+    g(x) = −x²/(2v) + Σ_N log Φ((m + x − μ_j)/σ_j).
 
-    tau: (*, p); m, v: (*, 1); loc, scale, outside: (*, 1, K). Returns three (*, p) tensors; g
-    is None unless ``value``, g2 None unless ``curvature`` (the Newton loops need only two of the
-    three, and each costs a pass of special functions over (*, p, K)).
+    delta: (*, p); x0, v: (*, 1); base = (m + x0 − μ)/σ, inv = 1/σ, outside: (*, 1, K). Returns
+    three (*, p) tensors; the first is None unless ``value``, g2 None unless ``curvature`` (the
+    Newton loops need only two of the three, and each costs a pass of special functions over
+    (*, p, K)). The arguments u = base + δ/σ are resolved however far x0 is from 0 (the caller
+    passes base finer than x0's rounding); x0 itself only scales the Gaussian's linear term.
     """
-    u = (tau.unsqueeze(-1) - loc) / scale
+    u = base + delta.unsqueeze(-1) * inv
     g = g2 = None
     if value:
-        g = -0.5 * (tau - m) ** 2 / v + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
+        g = -(2 * x0 + delta) * delta / (2 * v) + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
     # λ = φ/Φ = √(2/π) / erfcx(−u/√2), with no exp(−u²/2) / Φ(u) of two underflowing terms
     ratio = torch.where(outside, inverse_mills(u), 0.0)
-    g1 = -(tau - m) / v + (ratio / scale).sum(-1)
+    g1 = -(x0 + delta) / v + (ratio * inv).sum(-1)
     if curvature:
         loss = torch.where(outside, _truncation_variance_loss(u, ratio), 0.0)
-        g2 = -1 / v - (loss / scale**2).sum(-1)
+        g2 = -1 / v - (loss * inv**2).sum(-1)
     return g, g1, g2
 
 
@@ -125,66 +133,85 @@ def _truncation_variance_loss(u: Tensor, ratio: Tensor) -> Tensor:
     return torch.where(u < -cut, series, ratio * (u + ratio)).clamp(0, 1)
 
 
-def _log_expected_normal_cdf_product(m: Tensor, v: Tensor, loc: Tensor, scale: Tensor,
+def _log_expected_normal_cdf_product(m: Tensor, root: Tensor, loc: Tensor, scale: Tensor,
                                      outside: Tensor, n_nodes: int) -> Tensor:
     """log E_{τ~N(m, v)}[Π_{j: outside_j} Φ((τ − μ_j)/σ_j)].
 
-    m, v: (*R,); loc, scale, outside: (*R, K). Returns (*R,).
+    m, root = √v: (*R,); loc, scale, outside: (*R, K). Returns (*R,).
 
-    The log-integrand g is concave. Newton finds its mode τ̂; Newton from τ̂ ± (Laplace std) finds
-    the points L < τ̂ < R where g has dropped by ``_DROP`` nats (for a concave function the
-    iterates overshoot once, then converge from outside, so [L, R] always brackets the mass);
-    then ``n_nodes`` Gauss–Legendre nodes on each of [L, τ̂] and [τ̂, R], in log space.
+    In the offset x = τ − m (resolved below ulp(m)): the log-integrand g is concave; Newton finds
+    its mode x̂, held as anchor + offset (the anchor takes each iterate's leading part), so that
+    u_j = (m + x̂ − μ_j)/σ_j is resolved however far x̂ is from 0; Newton from x̂ ± (Laplace std)
+    finds the points where g has dropped by ``_DROP`` nats (for a concave function the iterates
+    overshoot once, then converge from outside, so they bracket the mass); then ``n_nodes``
+    Gauss–Legendre nodes on each side of x̂, in log space. The nodes are fixed in t = x/√v, in
+    which E = (2π)^{-1/2} ∫ exp(−t²/2) Π Φ(c_j + b_j t) dt (c_j = (m − μ_j)/σ_j, b_j = √v/σ_j)
+    has no factor of v outside the integrand for the nodes to cancel (in τ, −½ log v has a
+    gradient that only the nodes' spread cancels, and not once they round together).
     """
-    m, v = m.unsqueeze(-1), v.unsqueeze(-1)
+    m, root = m.unsqueeze(-1), root.unsqueeze(-1)
     loc, scale, outside = loc.unsqueeze(-2), scale.unsqueeze(-2), outside.unsqueeze(-2)
     early = host_reads_free(m)  # else the Newton loops run all their steps
     with torch.no_grad():
-        args = (m.detach(), v.detach(), loc.detach(), scale.detach(), outside)
-        mode = args[0]
+        m_loc, var, inv = m.unsqueeze(-1) - loc, root.detach() ** 2, 1 / scale.detach()
+        anchor = offset = torch.zeros_like(var)
         for _ in range(_NEWTON_STEPS):
-            _, g1, g2 = _log_integrand_terms(mode, *args, value=False)
+            base = (m_loc + anchor.unsqueeze(-1)) * inv
+            _, g1, g2 = _log_integrand_terms(offset, anchor, var, base, inv, outside, value=False)
             step = g1 / g2
-            mode, previous = torch.where(torch.isfinite(step), mode - step, mode), mode
-            # a row above the tolerance whose step is below half an ulp of τ̂ (float32) stays
-            # where it is and would repeat that step to the cap: only rows that move count
+            moved = torch.where(torch.isfinite(step), offset - step, offset)
+            previous = anchor, offset
+            anchor = anchor + moved
+            offset = moved - (anchor - previous[0])
+            # a row above the tolerance whose step no longer moves the iterate stays where it is
+            # and would repeat that step to the cap: only rows that move count
             if early and not bool(((step.abs() > _TOL * torch.sqrt(-1 / g2))
-                                   & (mode != previous)).any()):
+                                   & ((anchor != previous[0]) | (offset != previous[1]))).any()):
                 break
-        top, _, g2 = _log_integrand_terms(mode, *args)
+        # from here on offsets from x̂: u there (finer than x̂'s rounding), and x̂ rounded, which
+        # only scales the Gaussian's linear term (≲ 10 eps|x̂|/√v nats over the bracket, next to
+        # |g| ≥ x̂²/(2v))
+        base = (m_loc + anchor.unsqueeze(-1)) * inv + offset.unsqueeze(-1) * inv
+        mode = anchor + offset
+        terms = (mode, var, base, inv, outside)
+        top, _, g2 = _log_integrand_terms(torch.zeros_like(var), *terms)
         sign = torch.arange(2, dtype=m.dtype, device=m.device) * 2 - 1  # (-1, 1)
-        # g ≤ top − (τ − τ̂)²/(2v) (the Gaussian factor makes g 1/v-strongly concave), so the drop
+        # g ≤ top − (x − x̂)²/(2v) (the Gaussian factor makes g 1/v-strongly concave), so the drop
         # points lie within `reach` of the mode: the iterates are kept there, which also holds
         # when g is too large for its rounding to resolve a 40-nat drop (|g| ≳ 1e8 in float32)
-        reach = torch.sqrt(2 * _DROP * args[1])
-        ends = mode + torch.minimum(torch.sqrt(-1 / g2), reach) * sign
+        reach = torch.sqrt(2 * _DROP * var)
+        ends = torch.minimum(torch.sqrt(-1 / g2), reach) * sign  # offsets from x̂
         for _ in range(_NEWTON_STEPS):
-            g, g1, _ = _log_integrand_terms(ends, *args, curvature=False)
+            g, g1, _ = _log_integrand_terms(ends, *terms, curvature=False)
             gap = g - top + _DROP
-            moved = ends - gap / g1
-            offset = (moved - mode) * sign  # > 0 on the correct side of the mode
-            offset = torch.where(torch.isfinite(offset) & (offset > 0), offset, reach)
-            ends, previous = mode + offset.clamp(max=reach) * sign, ends
+            span = (ends - gap / g1) * sign  # > 0 on the correct side of the mode
+            span = torch.where(torch.isfinite(span) & (span > 0), span, reach)
+            ends, previous = span.clamp(max=reach) * sign, ends
             # within a nat, or (as above) an iterate that no longer moves
             if early and not bool(((gap.abs() > 1) & (ends != previous)).any()):
                 break
     x, w = gauss_legendre(n_nodes, m)
-    left, right = ends[..., :1], ends[..., 1:]
-    half_left, half_right = (mode - left) / 2, (right - mode) / 2
-    nodes = torch.cat([mode - half_left * (1 - x), mode + half_right * (1 + x)], -1)
-    log_w = torch.cat([w.log() + half_left.log(), w.log() + half_right.log()], -1)
-    nodes = torch.cat([nodes, mode], -1)  # the last one serves the Laplace fallback below
-    u = (nodes.unsqueeze(-1) - loc) / scale
-    g = -0.5 * (nodes - m) ** 2 / v + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
-    # a bracket narrower than the rounding of τ near the mode (σ ≪ ulp(μ)): the integrand is a
-    # Gaussian at that scale, and Laplace's method gives its integral; such rows' nodes carry
-    # weight log 0 and are kept out of the logsumexp (whose backward would be NaN)
-    resolved = (half_left > 0) & (half_right > 0)
-    terms = torch.where(resolved, log_w + g[..., :-1], 0.0)
-    log_integral = torch.logsumexp(terms, -1, keepdim=True)
-    laplace = g[..., -1:] + 0.5 * (_LOG_2PI - (-g2).log())
-    log_integral = torch.where(resolved, log_integral, laplace)
-    return (log_integral - 0.5 * (_LOG_2PI + v.log())).squeeze(-1)
+    half_left, half_right = -ends[..., :1] / 2, ends[..., 1:] / 2
+    nodes = torch.cat([-half_left * (1 - x), half_right * (1 + x)], -1)  # offsets from x̂
+    # weights in t = x/√v: dt = dx/√v
+    log_w = torch.cat([w.log() + (half_left / root.detach()).log(),
+                       w.log() + (half_right / root.detach()).log()], -1)
+    # t held fixed: x = √v t through `unit`, whose value is exactly 1, so that u is the Newton
+    # loops' u to the last bit
+    unit = (root / root.detach()).unsqueeze(-1)
+    inv = 1 / scale  # times 1/σ, not over σ: no 0·∞ in the backward where u/σ overflows
+    u = ((m.unsqueeze(-1) - loc + anchor.unsqueeze(-1) * unit) * inv
+         + offset.unsqueeze(-1) * unit * inv + nodes.unsqueeze(-1) * unit * inv)
+    h = -(2 * mode + nodes) * nodes / (2 * var) + torch.where(outside, log_ndtr(u), 0.0).sum(-1)
+    # h is taken relative to its largest value (detached) in the logsumexp, whose backward
+    # weights exp(log_w + h − result) sum to 1 only within the rounding of the result (±0.5 nats
+    # at |h| ~ 1e7 in float32: 2x wrong gradients); a row whose log Φ are all −inf (u ≲ −1e19
+    # in float32, where log p is below −finfo.max) keeps its −inf out (a NaN backward)
+    some = torch.isfinite(h).any(-1, keepdim=True)
+    peak = torch.where(some, h.detach().amax(-1, keepdim=True), 0.0)
+    log_integral = torch.logsumexp(torch.where(some, log_w + h - peak, 0.0), -1, keepdim=True)
+    log_integral = torch.where(some, log_integral + peak, -math.inf) - mode**2 / (2 * var)
+    return (log_integral - 0.5 * _LOG_2PI).squeeze(-1)
 
 
 def _unit_interval_rule(like: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,7 +276,9 @@ class GaussianSparsemax(CheckedDistribution):
             With ``validate_args``, the magnitude of μ must be at most ``finfo.max / 8`` and σ
             between ``16 / sqrt(finfo.max)`` and ``sqrt(finfo.max) / 16`` of the dtype
             (float32: about 8.7e-19 to 1.2e18), where its variances and precisions stay finite.
-        n_nodes: Gauss–Legendre nodes on each side of the mode in the 1-D reduction (default 48).
+        n_nodes: Gauss–Legendre nodes on each side of the mode in the 1-D reduction (default 48,
+            at least 16: each side spans a 40-nat drop of the integrand, which 16 nodes resolve
+            to ~1e-8 relative for a Gaussian and 2e-4 where scales differ by 1e3; 48: 1e-7).
         mc_samples: default number of samples of the Monte Carlo ``entropy`` and KL (default 64).
 
     Event shape (K,). ``rsample`` has exact zeros; ``log_prob`` is the exact direct-sum
@@ -270,10 +299,16 @@ class GaussianSparsemax(CheckedDistribution):
                  mc_samples: int = 64, validate_args: bool | None = None) -> None:
         check_tensor(loc, "loc")
         check_min_dim(loc, "loc", 1)
+        if loc.shape[-1] == 0:
+            raise ValueError("loc must have at least one coordinate (K >= 1) in its last "
+                             "dimension: the simplex of K = 0 is empty; got shape "
+                             f"{tuple(loc.shape)}")
         if not isinstance(scale, Tensor):
             scale = torch.full((), float(scale), dtype=loc.dtype, device=loc.device)
         check_tensor(scale, "scale")
-        check_positive_int(n_nodes, "n_nodes")
+        if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < _MIN_NODES:
+            raise ValueError(f"n_nodes must be an int >= {_MIN_NODES} (Gauss–Legendre nodes on "
+                             f"each side of the mode), got {n_nodes!r}")
         check_positive_int(mc_samples, "mc_samples")
         self.loc, self.scale = broadcast_params(loc=loc, scale=scale)
         if self.loc.shape != loc.shape:
@@ -318,23 +353,32 @@ class GaussianSparsemax(CheckedDistribution):
         loc = loc - torch.where(torch.isfinite(shift), shift, 0.0)
         size = inside.sum(-1).to(loc.dtype)
         # precisions σ_i⁻² relative to the support's largest, r_i = (σ_min/σ_i)² ∈ (0, 1]: then
-        # v = 1/Σ σ_i⁻² = σ_min²/Σ r_i has no gradient −v² to overflow (σ near sqrt(finfo.max))
+        # √v = σ_min/√Σ r_i has no gradient −v² (σ near sqrt(finfo.max)) or 1/√v (σ near its
+        # inverse) to overflow
         ref = torch.where(inside, scale, float("inf")).amin(-1, keepdim=True).detach()
         rel = torch.where(inside, (ref / scale) ** 2, 0.0)
         total = rel.sum(-1)
         ref = ref.squeeze(-1)
-        v = ref**2 / total
+        root = ref / total.sqrt()  # √v
         a = loc - value
-        m = (rel * a).sum(-1) / total
+        # m = Σ r_i a_i / Σ r_i, written about a detached centre (the same function: the weights
+        # sum to 1): the backward through Σ r_i then carries r_i (a_i − m) ~ σ, not a_i ~ 1, which
+        # would swamp √v's terms there when σ is tiny (1e-5 relative error at σ = 1e-10)
+        centre = ((rel * a).sum(-1) / total).detach()
+        m = centre + (rel * (a - centre.unsqueeze(-1))).sum(-1) / total
         spread = torch.where(inside, rel * (a - m.unsqueeze(-1)) ** 2, 0.0).sum(-1) / ref**2
         log_c = (-(size - 1) / 2 * _LOG_2PI - torch.where(inside, scale.log(), 0.0).sum(-1)
                  + ref.log() - 0.5 * total.log() - 0.5 * spread)
         n_out = outside.sum(-1)
-        single = log_ndtr((m.unsqueeze(-1) - loc) / torch.sqrt(v.unsqueeze(-1) + scale**2))
+        # (m − μ_j)/√(v + σ_j²) = (m − μ_j) · (1/σ_j)/√(1 + b_j²), b_j = √v/σ_j: no factor
+        # overflows, so the backward has no 0·∞ where the quotient does (|μ|/σ > finfo.max)
+        inv = 1 / scale
+        factor = inv / torch.hypot(root.unsqueeze(-1) * inv, torch.ones_like(inv))
+        single = log_ndtr((m.unsqueeze(-1) - loc) * factor)
         single = torch.where(outside, single, 0.0).sum(-1)
         # the quadrature runs on every row (fixed shapes); it is used where the support leaves
         # two or more out, and is finite on the others (no NaN enters the backward)
-        many = _log_expected_normal_cdf_product(m, v, loc, scale, outside, self.n_nodes)
+        many = _log_expected_normal_cdf_product(m, root, loc, scale, outside, self.n_nodes)
         log_e = torch.where(n_out >= 2, many, torch.where(n_out == 0, 0.0, single))
         return (size.log() + log_c + log_e).to(dtype)
 
@@ -403,7 +447,9 @@ class GaussianSparsemax(CheckedDistribution):
         ``mc_samples``), shape batch_shape. Value and gradient are unbiased: the gradient is the
         score function's with a leave-one-out baseline (``_expectation``), since log p jumps
         between faces and the pathwise derivative through the draws misses those jumps."""
-        y = self.sample((n_samples or self.mc_samples,))
+        if n_samples is not None:
+            check_positive_int(n_samples, "n_samples")
+        y = self.sample((self.mc_samples if n_samples is None else n_samples,))
         log_p = self.log_prob(y)
         return score_function_mean(-log_p, log_p)
 
