@@ -91,6 +91,19 @@ def test_unusable_last_checkpoint_falls_back_to_the_newest_intact_one(
     assert restored["callbacks"]["ModelCheckpoint{}"]["last_model_path"] == os.path.realpath(last)
 
 
+def test_a_last_checkpoint_of_random_bytes_is_named_damaged_without_torchs_advice(
+        tmp_path: Path) -> None:
+    """torch's weights-only error advises re-running with weights_only=False: wrong for bad
+    bytes and unsafe for a foreign file; the warning says what the file is instead."""
+    ck.atomic_torch_save(_training_state(6), tmp_path / "epoch=1-step=6.ckpt")
+    (tmp_path / "last.ckpt").write_bytes(bytes(range(256)) * 8)
+    with pytest.warns(UserWarning) as record:
+        ck.resume_checkpoint(tmp_path)
+    message = str(record[0].message)
+    assert "damaged, or not a checkpoint that loads with weights_only=True" in message
+    assert "weights_only` set to `False`" not in message
+
+
 def test_intact_last_checkpoint_is_chosen_without_warning(tmp_path: Path) -> None:
     ck.atomic_torch_save(_training_state(6), tmp_path / "epoch=1-step=6.ckpt")
     ck.atomic_torch_save(_training_state(6), tmp_path / "last.ckpt")

@@ -144,3 +144,12 @@ def test_every_profiles_per_estimator_section_names_estimators_of_its_task() -> 
         for name, profile in (task_yaml(task).get("profiles") or {}).items():
             named = set((profile or {}).get("estimators") or {})
             assert named <= set(task_estimators(task)), (task, name, named)
+
+
+def test_more_test_images_than_the_test_file_holds_are_refused() -> None:
+    """n_test above the 10,000 test images was cut to 10,000 without a word."""
+    from latentgrad.experiments.data.images import ImageDataConfig
+
+    ImageDataConfig(n_test=10_000).validate()
+    with pytest.raises(ConfigError, match=r"n_test: must be null or in \[1, 10000\]"):
+        ImageDataConfig(n_test=10_001).validate()

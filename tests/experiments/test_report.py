@@ -96,6 +96,26 @@ def test_curves_of_a_resumed_run_replace_the_overlapping_rows(tmp_path: Path) ->
     assert got == [(0, 0), (10, 0), (20, 1), (30, 1), (40, 1)]
 
 
+@pytest.mark.parametrize("damage", ["cut number", "bytes"])
+def test_a_damaged_csv_log_is_named_and_a_stray_version_folder_ignored(
+        tmp_path: Path, damage: str) -> None:
+    """A cut row (a run killed mid-write), non-UTF-8 bytes or a folder csv/version_x gave
+    tracebacks (could not convert string to float, UnicodeDecodeError, int())."""
+    good = tmp_path / "csv" / "version_0"
+    good.mkdir(parents=True)
+    (good / "metrics.csv").write_text("epoch,step,v\n0,0,1.5\n")
+    (tmp_path / "csv" / "version_x").mkdir()
+    assert [r["v"] for r in read_curves(tmp_path)] == [1.5]
+    bad = tmp_path / "csv" / "version_1"
+    bad.mkdir()
+    body = b"epoch,step,v\n0,5,1.2e-\n" if damage == "cut number" else b"epoch,step,v\n\xff\xfe\n"
+    (bad / "metrics.csv").write_bytes(body)
+    from latentgrad.experiments.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"version_1/metrics\.csv is not a valid CSV log"):
+        read_curves(tmp_path)
+
+
 def test_report_without_runs_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

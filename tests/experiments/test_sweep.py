@@ -105,6 +105,14 @@ def test_a_trainer_setting_added_after_a_run_is_no_difference_while_unset() -> N
     assert not _same_trainer(None, {"max_epochs": 2})
 
 
+def test_the_progress_bar_is_no_difference_between_a_finished_cell_and_its_sweep() -> None:
+    """Every cell runs with --no-progress-bar while paper/faithful/cpu resolve progress_bar
+    true: a re-run sweep restarted every finished cell ("0 skipped")."""
+    saved = {"max_epochs": 2, "progress_bar": False}
+    assert _same_trainer(saved, {"max_epochs": 2, "progress_bar": True})
+    assert not _same_trainer(saved, {"max_epochs": 3, "progress_bar": False})
+
+
 def test_sweep_with_one_invalid_cell_starts_none(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="2 of 4 cells are invalid, none was started: no_such"):
         sweep("ssvae", ["softmax", "no_such"], [1, 2], TINY, out=str(tmp_path))
@@ -223,6 +231,20 @@ def test_a_profile_names_the_seeds_its_sweep_runs() -> None:
     assert sweep_grid("ssvae", "faithful", "sfe,softmax", "1") == (["sfe", "softmax"], "1")
     with pytest.raises(ConfigError, match=r"--seeds: required.*'tiny'"):
         sweep_grid("ssvae", "tiny", None, None)
+
+
+def test_a_profile_set_in_the_config_file_names_the_seeds_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The grid read the profile from the command line only: with `profile: tiny` in --config,
+    the sweep started the full profile's seeds (here: it must ask for --seeds, as profile=tiny
+    on the command line does)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("profile: tiny\n")
+    assert main(["sweep", "ssvae", "--estimators", "softmax", "--config", str(config),
+                 "--out", str(tmp_path / "runs")]) == 2
+    assert "--seeds: required, since task 'ssvae' names no seeds for profile 'tiny'" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
 
 
 #: The published seeds of every packaged task's protocol (the papers' and releases' own).

@@ -108,6 +108,10 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file: torch raises many types for bad bytes
+        if str(err).startswith("Weights only load failed"):  # not torch's advice to retry
+            # with weights_only=False: for bad bytes it is wrong, for a foreign file unsafe
+            return None, ("damaged, or not a checkpoint that loads with weights_only=True "
+                          "(it would need arbitrary code to unpickle)")
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, reason
     if not isinstance(ckpt, dict):

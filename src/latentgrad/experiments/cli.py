@@ -212,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"finished {args.task}/{args.estimator}/seed{args.seed}: {result['metrics']}")
             return 0
         if args.command == "sweep":
-            from latentgrad.experiments.config import sweep_grid
+            from latentgrad.experiments.config import load_yaml, sweep_grid
             from latentgrad.experiments.sweep import parse_seeds, sweep
 
-            profile = parse_overrides(args.overrides).get("profile")
+            # the profile the runs will use: the command line's over the --config file's
+            user = load_yaml(args.config) if args.config else {}
+            profile = parse_overrides(args.overrides).get("profile", user.get("profile"))
             estimators, seeds = sweep_grid(args.task, profile, args.estimators, args.seeds)
             return sweep(
                 args.task,

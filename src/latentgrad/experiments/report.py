@@ -67,16 +67,22 @@ def read_curves(run_dir: Path) -> list[dict[str, float]]:
     """Rows of the run's CSV logs in step order; a resumed attempt's rows replace the rows of
     earlier attempts from its first step on."""
     rows: list[dict[str, float]] = []
-    versions = sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    versions = sorted((v for v in (run_dir / "csv").glob("version_*")
+                       if v.name.split("_")[1].isdigit()),  # Lightning's; a stray one is not
+                      key=lambda p: int(p.name.split("_")[1]))
     for version in versions:
         file = version / "metrics.csv"
         if not file.exists():
             continue
-        with open(file, newline="") as fh:
-            new = [
-                {k: float(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(fh)
-            ]
+        try:
+            with open(file, newline="", encoding="utf-8") as fh:
+                new = [
+                    {k: float(v) for k, v in row.items() if v not in ("", None)}
+                    for row in csv.DictReader(fh)
+                ]
+        except (ValueError, TypeError) as err:  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"{file} is not a valid CSV log ({err}); a run killed while "
+                              "writing it leaves a cut row: delete that row") from None
         if new:
             first = min(r.get("step", 0.0) for r in new)
             rows = [r for r in rows if r.get("step", 0.0) < first] + new

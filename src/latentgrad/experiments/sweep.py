@@ -326,11 +326,17 @@ def sweep(
 
 def _same_trainer(saved: dict[str, Any] | None, now: dict[str, Any]) -> bool:
     """Whether a finished cell's saved trainer section is the one resolved now; a setting
-    unset now (None) that the saved run predates is no difference."""
+    unset now (None) that the saved run predates is no difference, nor is a display setting
+    (``_DISPLAY_ONLY``: every cell runs with ``--no-progress-bar``, whatever the sweep's
+    profile resolves, so comparing it restarted every finished cell of a re-run sweep)."""
     if saved is None:
         return False
     return all(saved.get(key) == value for key, value in now.items()
-               if key in saved or value is not None) and set(saved) <= set(now)
+               if key not in _DISPLAY_ONLY and (key in saved or value is not None)
+               ) and set(saved) <= set(now)
+
+
+_DISPLAY_ONLY = frozenset({"progress_bar"})  # trainer settings that change no result
 
 
 def _summary(task: str, cells: list[Cell], codes: list[int | None], skipped: list[str]) -> int:

@@ -28,6 +28,7 @@ from latentgrad.experiments.data.idx import IDX_FILES, load_idx_dataset
 
 DATASETS = ("auto", "fashion_mnist", "mnist")
 TRAIN_IMAGES = 60000
+TEST_IMAGES = 10000  # MNIST and Fashion-MNIST alike
 
 
 @dataclass
@@ -50,7 +51,8 @@ class ImageDataConfig:
                 f"{self.dataset!r}")
         for key in ("n_train", "n_validation", "batch_size", "eval_batch_size"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        require(self.n_test is None or self.n_test >= 1, "n_test", "must be null or >= 1")
+        require(self.n_test is None or 1 <= self.n_test <= TEST_IMAGES, "n_test",
+                f"must be null or in [1, {TEST_IMAGES}] (the test images), got {self.n_test}")
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(
             self.n_train + self.n_validation <= TRAIN_IMAGES,
