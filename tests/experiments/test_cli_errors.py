@@ -268,3 +268,24 @@ def test_a_sigterm_after_the_run_is_recorded_keeps_exit_status_0(tmp_path: Path)
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished ssvae/sfe/seed0" in done.stdout
+
+
+@pytest.mark.parametrize("damage", ["checksum", "wrong label"])
+def test_damaged_listops_file_is_a_data_error_not_a_config_error(
+    damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "listops"
+    folder.mkdir()
+    train = folder / "train.tsv"
+    train.write_text("7\t[SM 9 8 ]\n")
+    if damage == "checksum":
+        (folder / "SHA256SUMS").write_text(f"{'0' * 64}  train.tsv\n")
+        expected = f"checksum mismatch for {train}"
+    else:
+        train.write_text("7\t[SM 9 8 ]\n5\t[SM 9 8 ]\n")
+        expected = f"{train}:2: label 5, but the expression gives 7"
+    argv = ["run", "listops", "--estimator", "edges_sst", "profile=tiny", "data.source=tsv",
+            f"data.path={folder}", "--out", str(tmp_path / "runs")]
+    line = _one_line_error(capsys, argv)
+    assert expected in line and "config" not in line
+    assert not (tmp_path / "runs").exists()

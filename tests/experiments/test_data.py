@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from latentgrad.experiments.data.digits import load_digits
-from latentgrad.experiments.data.files import DataError, dataset_dir, verify_checksum
+from latentgrad.experiments.data.files import (
+    DataError,
+    dataset_dir,
+    verify_checksum,
+    verify_checksums,
+)
 from latentgrad.experiments.data.idx import load_idx_dataset, read_idx
 from latentgrad.experiments.data.omniglot import load_omniglot
 
@@ -157,3 +162,34 @@ def test_a_listops_file_that_is_not_text_is_named(tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_bytes(b"\x1f\x8b\x08\x00binary")
     with pytest.raises(DataError, match=r"train\.tsv is not a text file"):
         read_listops_tsv(tmp_path / "train.tsv", 12)
+
+
+def test_sums_files_from_the_root_down_are_checked(tmp_path: Path) -> None:
+    f = tmp_path / "a" / "b" / "x.bin"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"hello")
+    digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    (tmp_path / "SHA256SUMS").write_text(f"{digest}  ./a/b/x.bin\n")  # `find . | sha256sum`
+    (tmp_path / "a" / "SHA256SUMS").write_text(f"{digest}  b/x.bin\n")
+    verify_checksums([f], tmp_path)
+    (tmp_path / "a" / "SHA256SUMS").write_text(f"{'0' * 64}  b/x.bin\n")
+    with pytest.raises(DataError, match=f"checksum mismatch for {f}: .* {tmp_path / 'a'}/SHA256"):
+        verify_checksums([f], tmp_path)
+    verify_checksum(f)  # without a root only the SHA256SUMS beside the file counts
+
+
+def test_omniglot_images_are_checked_against_sha256sums(tmp_path: Path) -> None:
+    from matplotlib.image import imsave
+
+    files = []
+    for subset in ("images_background", "images_evaluation"):
+        folder = tmp_path / subset / "alphabet" / "character00"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            files.append(folder / f"00_{i}.png")
+            imsave(files[-1], torch.eye(105).numpy() * (i + 1) / 2, cmap="gray", vmin=0, vmax=1)
+    (tmp_path / "SHA256SUMS").write_text(
+        f"{'0' * 64}  images_evaluation/alphabet/character00/00_1.png\n"
+    )
+    with pytest.raises(DataError, match=f"checksum mismatch for {files[-1]}"):
+        load_omniglot(tmp_path, eval_in_train=1)

@@ -18,6 +18,7 @@ from scipy import stats
 
 from latentgrad.experiments.cli import main
 from latentgrad.experiments.config import ConfigError, resolve, to_dict
+from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.data.signal_game import (
     FEATURES_FILE,
     LABELS_FILE,
@@ -498,3 +499,20 @@ def test_paper_profile_is_the_defaults_and_faithful_only_shortens_training(estim
     assert paper["trainer"]["max_epochs"] == 500 and paper["data"]["batches_per_epoch"] == 100
     assert faithful["trainer"] == {**paper["trainer"], "max_epochs": 200}
     assert {k for k in paper if paper[k] != faithful[k]} == {"trainer"}
+
+
+@pytest.mark.parametrize("sums_in", ["root", "split"])
+def test_lazaridou_label_pickles_are_checked_before_unpickling(tmp_path: Path, monkeypatch,
+                                                               sums_in: str) -> None:
+    _write_layout(tmp_path)
+    listed = f"train/{LABELS_FILE}" if sums_in == "root" else LABELS_FILE
+    folder = tmp_path if sums_in == "root" else tmp_path / "train"
+    (folder / "SHA256SUMS").write_text(f"{'0' * 64}  {listed}\n")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an unverified pickle was loaded")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    labels = tmp_path / "train" / LABELS_FILE
+    with pytest.raises(DataError, match=f"checksum mismatch for {labels}"):
+        load_lazaridou(tmp_path)

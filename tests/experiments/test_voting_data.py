@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.data.voting import (
     FEATURES,
     load_election_xlsx,
@@ -121,3 +122,12 @@ def test_election_loader_names_missing_things(tmp_path: Path) -> None:
     wb.save(file)
     with pytest.raises(ValueError, match="share"):
         load_election_xlsx(file)
+
+
+def test_election_file_is_checked_against_sha256sums(tmp_path: Path) -> None:
+    file = tmp_path / "general-election-results-2019.xlsx"
+    _write_workbook(file)
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  {file.name}\n")
+    for path in (tmp_path, file):
+        with pytest.raises(DataError, match=f"checksum mismatch for {file}"):
+            load_election_xlsx(path)

@@ -4,13 +4,16 @@ run when its folder cannot be written."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from latentgrad.experiments.data import cache
 from latentgrad.experiments.data.cache import cache_paths, cached_arrays
+from latentgrad.experiments.data.files import DataError, sha256
 
 
 def _generate() -> dict[str, np.ndarray]:
@@ -64,3 +67,41 @@ def test_read_only_folder(tmp_path) -> None:
         folder.chmod(0o755)
     assert arrays["x"].shape == (2, 3)
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        ("record not JSON", "json"),
+        ("record a list", "json"),
+        ("record not UTF-8", "json"),
+        ("record other params", "npz"),
+        ("data edited", "npz"),
+        ("data not a zip, hash recorded", "npz"),
+        ("record missing", "npz"),
+        ("data missing", "json"),
+    ],
+)
+def test_a_damaged_cache_is_a_data_error_naming_the_file(tmp_path, damage, named) -> None:
+    cached_arrays(tmp_path, "toy", {"seed": 1}, _generate)
+    data_path, record_path = cache_paths(tmp_path, "toy")
+    record = json.loads(record_path.read_text())
+    if damage == "record not JSON":
+        record_path.write_text("{")
+    elif damage == "record a list":
+        record_path.write_text("[]")
+    elif damage == "record not UTF-8":
+        record_path.write_bytes(b"\xff\xfe")
+    elif damage == "record other params":
+        record_path.write_text(json.dumps({**record, "params": {"seed": 2}}))
+    elif damage == "data edited":
+        data_path.write_bytes(data_path.read_bytes()[:-1])
+    elif damage == "data not a zip, hash recorded":
+        data_path.write_bytes(b"garbage")
+        record_path.write_text(json.dumps({**record, "sha256": sha256(data_path)}))
+    else:
+        (record_path if damage == "record missing" else data_path).unlink()
+    file = record_path if named == "json" else data_path
+    with pytest.raises(DataError, match=re.escape(str(file))) as info:
+        cached_arrays(tmp_path, "toy", {"seed": 1}, _generate)
+    assert "delete" in str(info.value)

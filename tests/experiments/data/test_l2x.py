@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.data.l2x import DATASETS, load_beer, synthetic_l2x
 
 
@@ -97,3 +99,14 @@ def test_beer_loader_reads_the_lei_et_al_layout(tmp_path: Path) -> None:
         load_beer(tmp_path / "missing")
     with pytest.raises(ValueError, match="aspect"):
         load_beer(tmp_path / "beer", aspect=4)
+
+
+@pytest.mark.parametrize(
+    "name", ["review+wiki.filtered.200.txt.gz", "reviews.aspect1.heldout.txt", "annotations.json"]
+)
+def test_beer_files_are_checked_against_sha256sums(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "beer"
+    _write_beer(folder)
+    (folder / "SHA256SUMS").write_text(f"{'0' * 64}  {name}\n")
+    with pytest.raises(DataError, match=re.escape(f"checksum mismatch for {folder / name}")):
+        load_beer(folder, aspect=1, max_length=3)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.data.listops import (
     VOCAB,
     apply,
@@ -132,3 +133,24 @@ def test_tsv_loader_reads_the_original_binarised_layout(tmp_path: Path) -> None:
 def test_malformed_expressions_raise(tokens: list[str], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse(tokens)
+
+
+def test_tsv_loader_checks_sha256sums_and_names_format_errors(tmp_path: Path) -> None:
+    path = tmp_path / "train.tsv"
+    path.write_text("7\t( ( [SM 9 ) 8 ) ]\n")
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  train.tsv\n")
+    with pytest.raises(DataError, match=f"checksum mismatch for {path}"):
+        read_listops_tsv(path, 20)
+    (tmp_path / "SHA256SUMS").unlink()
+    for content, match in [
+        ("7\t[SM 9 8 ]\n5\t( ( [SM 9 ) 8 ) ]\n", ":2: label 5, but"),
+        ("7\t[SM 9 8 ]\nseven\t[SM 9 8 ]\n", ":2: expected '<label>"),
+        ("7\t[SM 9 8\n", ":1: "),
+        ("Target\tSource\n", ": no ListOps examples"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(DataError, match=f"{path}{match}"):
+            read_listops_tsv(path, 20)
+    path.write_text("7\t[SM 9 8 ]\n")
+    with pytest.raises(ValueError, match=f"{path}:1: 4 tokens, more than max_length=3"):
+        read_listops_tsv(path, 3)

@@ -3,12 +3,13 @@
 ``cached_arrays(directory, name, params, generate)`` returns ``generate()`` (a dict of numpy
 arrays) the first time and writes it to ``directory/<name>.npz`` (atomically) beside
 ``directory/<name>.json``, which records the generator parameters and the file's SHA-256. Later
-calls with the same parameters load the ``.npz`` after checking its SHA-256; a file whose hash
-differs (truncated, edited, bit rot) raises ``ValueError`` naming the file, and a record made
-with other parameters raises ``ValueError`` too (delete the files, or use another folder, to
-regenerate). Nothing is ever silently regenerated over existing files. A folder the user cannot
-write (read-only data folder, no permission) does not stop the run: the generated arrays are
-returned uncached, with a warning that names the folder (the next run generates them again).
+calls with the same parameters load the ``.npz`` after checking its SHA-256. A file whose hash
+differs (truncated, edited, bit rot), a damaged record or data file, a record made with other
+parameters, or one file without its partner raises ``DataError`` naming the file (delete the
+files, or use another folder, to regenerate). Nothing is ever silently regenerated over existing
+files. A folder the user cannot write (read-only data folder, no permission) does not stop the
+run: the generated arrays are returned uncached, with a warning that names the folder (the next
+run generates them again).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from latentgrad.experiments.checkpoint import atomic_write_bytes, atomic_write_text
-from latentgrad.experiments.data.files import UNWRITABLE_ERRNOS, sha256
+from latentgrad.experiments.data.files import UNWRITABLE_ERRNOS, DataError, sha256
 
 
 def cache_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
@@ -33,21 +35,35 @@ def cache_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def _load(data_path: Path, record_path: Path, params: dict[str, Any]) -> dict[str, np.ndarray]:
-    record = json.loads(record_path.read_text())
+    try:
+        record = json.loads(record_path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:  # not UTF-8, not JSON, or not a mapping
+        raise DataError(
+            f"the cache record {record_path} is damaged ({err}); delete it and {data_path} to "
+            "regenerate"
+        ) from None
     if record.get("params") != json.loads(json.dumps(params)):
-        raise ValueError(
+        raise DataError(
             f"cached data {data_path} was generated with parameters {record.get('params')}, not "
             f"{params}; delete {data_path} and {record_path} (or use another cache folder) to "
             "regenerate"
         )
     actual = sha256(data_path)
     if actual != record.get("sha256"):
-        raise ValueError(
+        raise DataError(
             f"cached data {data_path} is corrupt: its SHA-256 is {actual}, but {record_path} "
             f"records {record.get('sha256')}; delete both files to regenerate"
         )
-    with np.load(data_path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    try:
+        with np.load(data_path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(
+            f"cached data {data_path} cannot be read ({err}); delete it and {record_path} to "
+            "regenerate"
+        ) from None
 
 
 def cached_arrays(
@@ -62,7 +78,7 @@ def cached_arrays(
     if data_path.exists() or record_path.exists():
         if not (data_path.exists() and record_path.exists()):
             present = data_path if data_path.exists() else record_path
-            raise ValueError(
+            raise DataError(
                 f"cached data is incomplete: {present} exists without its partner; delete it to "
                 "regenerate"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 DATA_ENV = "LATENTGRAD_DATA"
@@ -71,18 +72,34 @@ def read_sums(directory: Path) -> dict[str, str]:
             raise DataError(
                 f"{sums_path}:{lineno}: expected '<sha256 hex>  <filename>', got {line!r}"
             )
-        sums[parts[1].lstrip("*")] = parts[0].lower()
+        sums[parts[1].lstrip("*").removeprefix("./")] = parts[0].lower()
     return sums
 
 
-def verify_checksum(file: Path) -> None:
-    """Check ``file`` against the ``SHA256SUMS`` beside it, when that file lists it."""
-    expected = read_sums(file.parent).get(file.name)
-    if expected is None:
-        return
-    actual = sha256(file)
-    if actual != expected:
-        raise DataError(
-            f"checksum mismatch for {file}: SHA-256 is {actual}, but {file.parent / SUMS_FILE} "
-            f"expects {expected}. The file is corrupt or not the expected one; replace it."
-        )
+def verify_checksums(files: Iterable[Path], root: Path | None = None) -> None:
+    """Check each file against every ``SHA256SUMS`` that lists it: the one beside it and, with
+    ``root`` (a folder above the files), those in the folders from ``root`` down, which list it by
+    its path relative to themselves. A mismatch raises DataError naming the file."""
+    sums: dict[Path, dict[str, str]] = {}
+    for file in files:
+        base = file.parent if root is None else root
+        parts = file.relative_to(base).parts
+        actual = None
+        for depth in range(len(parts)):
+            folder = base.joinpath(*parts[:depth])
+            if folder not in sums:
+                sums[folder] = read_sums(folder)
+            expected = sums[folder].get("/".join(parts[depth:]))
+            if expected is None:
+                continue
+            actual = actual or sha256(file)
+            if actual != expected:
+                raise DataError(
+                    f"checksum mismatch for {file}: SHA-256 is {actual}, but {folder / SUMS_FILE} "
+                    f"expects {expected}. The file is corrupt or not the expected one; replace it."
+                )
+
+
+def verify_checksum(file: Path, root: Path | None = None) -> None:
+    """``verify_checksums([file], root)``."""
+    verify_checksums([file], root)

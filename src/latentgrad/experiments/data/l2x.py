@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentgrad.experiments.data.files import require_file
+from latentgrad.experiments.data.files import require_file, verify_checksum
 
 DATASETS = {"xor": 2, "orange_skin": 4, "nonlinear_additive": 4, "switch": 5}
 NUM_FEATURES = 10
@@ -99,6 +99,9 @@ def synthetic_l2x(
 
 
 def _lines(file: Path) -> list[str]:
+    """Non-blank lines of ``file`` (gzip if named ``*.gz``), checked against a ``SHA256SUMS``
+    beside it."""
+    verify_checksum(file)
     opener = gzip.open if file.suffix == ".gz" else open
     with opener(file, "rt", encoding="utf-8") as fh:
         return [line.rstrip("\n") for line in fh if line.strip()]

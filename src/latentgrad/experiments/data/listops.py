@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latentgrad.experiments.data.cache import cached_arrays
-from latentgrad.experiments.data.files import DataError
+from latentgrad.experiments.data.files import DataError, verify_checksum
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
 GENERATED_OPERATORS = OPERATORS[:3]
@@ -181,12 +181,15 @@ def listops_splits(
 
 
 def read_listops_tsv(path: str | Path, max_length: int) -> dict[str, np.ndarray]:
-    """The original tab-separated ListOps file at ``path`` (module docstring) as arrays; an
-    expression longer than ``max_length`` tokens or whose stated label differs from its value
+    """The original tab-separated ListOps file at ``path`` (module docstring) as arrays, checked
+    against a ``SHA256SUMS`` beside it. A malformed line, or one whose stated label differs from
+    its value, raises DataError naming the line; an expression longer than ``max_length`` tokens
     raises ``ValueError`` naming the line."""
+    path = Path(path)
+    verify_checksum(path)
     expressions = []
     try:
-        content = Path(path).read_text()
+        content = path.read_text()
     except UnicodeDecodeError as err:
         raise DataError(
             f"{path} is not a text file ({err}); expected '<label>\\t<expression>' lines"
@@ -198,15 +201,19 @@ def read_listops_tsv(path: str | Path, max_length: int) -> dict[str, np.ndarray]
         if not sep or not label.strip().isdigit():
             if lineno == 1:
                 continue  # header
-            raise ValueError(f"{path}:{lineno}: expected '<label>\\t<expression>', got {line!r}")
+            raise DataError(f"{path}:{lineno}: expected '<label>\\t<expression>', got {line!r}")
         tokens = [t for t in text.split() if t not in ("(", ")")]
         try:
             value, _ = parse(tokens)
         except ValueError as err:
-            raise ValueError(f"{path}:{lineno}: {err}") from None
+            raise DataError(f"{path}:{lineno}: {err}") from None
         if value != int(label):
-            raise ValueError(f"{path}:{lineno}: label {label}, but the expression gives {value}")
+            raise DataError(f"{path}:{lineno}: label {label}, but the expression gives {value}")
+        if len(tokens) > max_length:
+            raise ValueError(
+                f"{path}:{lineno}: {len(tokens)} tokens, more than max_length={max_length}"
+            )
         expressions.append(tokens)
     if not expressions:
-        raise ValueError(f"{path}: no ListOps examples")
+        raise DataError(f"{path}: no ListOps examples")
     return encode(expressions, max_length)

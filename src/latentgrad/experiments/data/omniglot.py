@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from matplotlib.image import imread
 from torch import Tensor
 
-from latentgrad.experiments.data.files import dataset_dir
+from latentgrad.experiments.data.files import dataset_dir, verify_checksums
 
 OMNIGLOT_SETS = ("images_background", "images_evaluation")
 EVAL_IMAGES_IN_TRAIN = 5065
 
 
-def _read_set(root: Path) -> Tensor:
+def _read_set(root: Path, directory: Path) -> Tensor:
+    """The PNG images under ``root``, checked against the ``SHA256SUMS`` files in ``directory``
+    (the data folder above ``root``) and below it."""
     if not root.is_dir():
         raise FileNotFoundError(
             f"omniglot: expected folder '{root.name}' at {root.resolve()} "
@@ -34,6 +36,7 @@ def _read_set(root: Path) -> Tensor:
         raise FileNotFoundError(
             f"omniglot: no PNG images found under {root.resolve()}/<alphabet>/<character>/"
         )
+    verify_checksums(files, directory)
     images = []
     for file in files:
         img = torch.as_tensor(imread(file), dtype=torch.float32)
@@ -55,7 +58,7 @@ def load_omniglot(
     float32 in [0, 1]; with the official archives and the defaults, 24,345 train images.
     """
     directory = dataset_dir("omniglot", path)
-    background, evaluation = (_read_set(directory / name) for name in OMNIGLOT_SETS)
+    background, evaluation = (_read_set(directory / name, directory) for name in OMNIGLOT_SETS)
     if evaluation.shape[0] <= eval_in_train:
         raise ValueError(
             f"omniglot: the evaluation set holds {evaluation.shape[0]} images, not more than the "

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentgrad.experiments.data.files import require_file, verify_checksum
+from latentgrad.experiments.data.files import require_file, verify_checksums
 
 FEATURES_FILE = "ours_images_single_sm0.h5"
 LABELS_FILE = "ours_images_single_sm0.objects"
@@ -123,8 +123,10 @@ def synthetic_concepts(
 def load_lazaridou(root: str | Path) -> tuple[ConceptFeatures, ConceptFeatures]:
     """Train and test splits from ``root/{train,test}/`` in the original layout (module docstring).
 
-    The label lists are Python pickles: load only files you trust. Raises FileNotFoundError
-    naming a missing file, and ImportError asking for ``pip install h5py`` when it is absent.
+    The label lists are Python pickles: load only files you trust. Before anything is read, every
+    file is checked against the ``SHA256SUMS`` files in ``root`` and its split folders (DataError
+    naming a mismatched file). Raises FileNotFoundError naming a missing file, and ImportError
+    asking for ``pip install h5py`` when it is absent.
     """
     root = Path(root).expanduser()
     files = [
@@ -136,6 +138,7 @@ def load_lazaridou(root: str | Path) -> tuple[ConceptFeatures, ConceptFeatures]:
         )
         for split in SPLITS
     ]
+    verify_checksums([file for pair in files for file in pair], root)
     try:
         import h5py
     except ImportError as err:
@@ -146,7 +149,6 @@ def load_lazaridou(root: str | Path) -> tuple[ConceptFeatures, ConceptFeatures]:
         ) from err
     splits = []
     for features_file, labels_file in files:
-        verify_checksum(features_file)
         with h5py.File(features_file, "r") as fh:
             keys = list(fh.keys())
             if len(keys) != 1:

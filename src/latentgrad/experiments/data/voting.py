@@ -176,7 +176,7 @@ def load_election_xlsx(
     (default: ``$LATENTGRAD_DATA/election/``). Classes: the ``num_classes − 1`` parties
     with the largest summed share, then ``remainder``.
     """
-    from latentgrad.experiments.data.files import dataset_dir, require_file
+    from latentgrad.experiments.data.files import dataset_dir, require_file, verify_checksum
 
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -185,6 +185,7 @@ def load_election_xlsx(
         file = require_file(file, ELECTION_FILE, "election", "election")
     elif not file.is_file():
         raise FileNotFoundError(f"election: no file {file.resolve()}")
+    verify_checksum(file)
     try:
         import openpyxl
     except ImportError as err:  # pragma: no cover - depends on the environment
