@@ -186,3 +186,15 @@ def test_topk_at_large_mixed_sign_scores_matches_the_float64_brute_force(dtype):
     assert (got >= kth).all()
     eps = torch.finfo(dtype).eps
     assert ((values.double() - got).abs() <= eps / 2 * got.abs()).all()
+
+
+def test_topk_is_best_first_when_the_scores_span_many_orders_of_magnitude():
+    """The DP's shift by the row maximum (1e6) rounds the sums of the subsets without it, which
+    put 0.9999999999 ({-1e-10, 1}) before 1.0 ({0, 1}); the k best come in float64 order."""
+    x = torch.tensor([1e6, 1.0, -1e-10, 0.0, 3.0], dtype=torch.float64)
+    z, values = KSubset(5, 2).topk(x, 10)
+    assert (values[:-1] >= values[1:]).all()
+    torch.testing.assert_close(values, (z * x).sum(-1), rtol=0, atol=0)
+    want = sorted(((x[i] + x[j]).item() for i in range(5) for j in range(i + 1, 5)),
+                  reverse=True)
+    assert values.tolist() == want

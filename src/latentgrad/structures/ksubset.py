@@ -60,16 +60,21 @@ class KSubset(Structure):
 
         Requires ``k <= C(n, self.k)``. The DP ranks sums of scores shifted by their row maximum
         (the same shift for every k-subset), so large common offsets do not round the ranking,
-        in float64 (float32 sums of scores ~1e4 round by ~2e-3); the scores are returned
-        correctly rounded to the input dtype.
+        in float64 (float32 sums of scores ~1e4 round by ~2e-3); the k subsets are then ordered
+        by their unshifted float64 scores (stable), since the shift rounds the sums of subsets
+        without the maximum (scores from 1e6 down to 1e-10 swapped 1.0 and 0.9999999999); the
+        scores are returned correctly rounded to the input dtype.
         """
         self.check_scores(scores)
         check_int(k, "k", 1, self.num_structures)
         flat, batch = flatten_batch(scores, 1)
         flat = flat.to(torch.float64)
         shifted = flat.detach() - self._common_shift(flat)
-        z = kbest_subsets(shifted, self.k, k, exact=True).to(scores.dtype)
-        values = self.score(flat.unsqueeze(1), z.to(flat.dtype)).to(scores.dtype)
+        z = kbest_subsets(shifted, self.k, k, exact=True).to(flat.dtype)
+        values = self.score(flat.unsqueeze(1), z)
+        order = values.detach().argsort(dim=-1, descending=True, stable=True)
+        z = z.gather(1, order.unsqueeze(-1).expand_as(z)).to(scores.dtype)
+        values = values.gather(1, order).to(scores.dtype)
         return z.reshape(*batch, k, self.n), values.reshape(*batch, k)
 
     def _common_shift(self, scores: Tensor) -> Tensor:
