@@ -103,15 +103,22 @@ def _check_terms(scores: Tensor, tau: Tensor, entropy: Tensor, kl: Tensor | None
     variables, lies beyond the scores' dtype, in which the entropy is reported: about
     ``Σ_k (max θ − θ_k)/τ`` (bits ``Σ |θ|/τ``) per row, times ``τ₀`` in the KL (NaN where
     float64 scores over τ overflow float64)."""
-    big = torch.finfo(scores.dtype).max
-    terms = torch.stack([sum_latent(t) for t in (entropy, kl) if t is not None])
-    if violated(terms, lambda t: t.abs() <= big):
+    if _beyond_dtype(scores.dtype, entropy, kl):
         raise ValueError(
             "scores: kl='relaxed' needs the one-sample entropy and KL, about the score gaps of "
             f"a row summed and divided by the temperature, within {scores.dtype}'s range; got "
             f"scores up to {scores.detach().abs().amax().item():.3g} at temperature "
             f"{tau.detach().min().item():.3g}; rescale the scores or raise the temperature"
         )
+
+
+def _beyond_dtype(dtype: torch.dtype, *terms: Tensor | None, at_max: bool = False) -> bool:
+    """Whether (validation on; one sync) a term ``(B, *latent)`` in ``terms`` (None: absent),
+    summed over the latent variables, lies beyond ``dtype``'s range (NaN included); with
+    ``at_max``, ``±finfo.max`` itself counts as beyond."""
+    big = torch.finfo(dtype).max
+    stacked = torch.stack([sum_latent(t) for t in terms if t is not None])
+    return violated(stacked, lambda t: t.abs() < big if at_max else t.abs() <= big)
 
 
 def _binary_concrete_terms(
@@ -469,9 +476,7 @@ class IGREstimator(Estimator):
         beyond the scores' dtype. ``±finfo.max`` itself counts as beyond: the draws keep an
         underflowed ``log ψ_k`` at ``finfo.min``, so an entropy that overflows through one such
         entry rounds to ``-finfo.max`` rather than to ``-inf``."""
-        big = torch.finfo(scores.dtype).max
-        stacked = torch.stack([sum_latent(t) for t in terms if t is not None])
-        if violated(stacked, lambda t: t.abs() < big):
+        if _beyond_dtype(scores.dtype, *terms, at_max=True):
             loc, log_scale = scores.detach().unbind(dim=-2)
             raise ValueError(
                 f"scores: IGR needs the one-sample entropy -log q(psi) and the KL within "
