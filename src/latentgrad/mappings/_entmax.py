@@ -173,20 +173,18 @@ def _entmax15_jv(v: Tensor, y: Tensor | None, gap: Tensor) -> Tensor:
 
 class _Entmax15(torch.autograd.Function):
     """(N, K) rows -> 1.5-entmax rows ``gap^2``, given ``gap = [z - tau]_+`` from ``_solve`` on
-    full rows (``columns`` None) or at the candidates' ``columns``."""
+    full rows (``columns`` None) or at the candidates' ``columns``. A ``forward`` with ``ctx``
+    (see ``_rowwise.map_rows`` for why and for ``torch.func``)."""
 
     @staticmethod
-    def forward(x, gap, columns):
+    def forward(ctx, x, gap, columns):
         y = gap.square()
-        return y if columns is None else scatter_rows(y, columns, x.shape[1])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, gap, columns = inputs
+        output = y if columns is None else scatter_rows(y, columns, x.shape[1])
         ctx.dense = columns is None
         saved = (output, gap) if columns is None else (output, gap, columns)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):

@@ -125,20 +125,20 @@ def _centred_on_support(v: Tensor, y: Tensor) -> Tensor:
 class _Sparsemax(torch.autograd.Function):
     """(N, K) rows -> sparsemax rows: dense (``columns is None``: from ``x``, its row maxima and
     the threshold) or scattered from the output ``values`` (N, m) at the candidates' ``columns``
-    (then computed by ``_sparsemax_rows``)."""
+    (then computed by ``_sparsemax_rows``). A ``forward`` with ``ctx`` (see ``_rowwise.map_rows``
+    for why and for ``torch.func``)."""
 
     @staticmethod
-    def forward(x, row_max, tau, values, columns):
+    def forward(ctx, x, row_max, tau, values, columns):
         if columns is None:
-            return (x - row_max.unsqueeze(1)).sub_(tau.unsqueeze(1)).clamp_min_(0.0)
-        return scatter_rows(values, columns, x.shape[1])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, _, _, values, columns = inputs
-        saved = (output,) if columns is None else (values, columns)
+            y = (x - row_max.unsqueeze(1)).sub_(tau.unsqueeze(1)).clamp_min_(0.0)
+            saved = (y,)
+        else:
+            y = scatter_rows(values, columns, x.shape[1])
+            saved = (values, columns)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
+        return y
 
     @staticmethod
     def backward(ctx, grad_output):
