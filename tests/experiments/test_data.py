@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -117,10 +118,17 @@ def test_omniglot_reference_split_and_resize(tmp_path: Path) -> None:
     train, test = load_omniglot(tmp_path, size=28, eval_in_train=4)
     assert train.shape == (4 + 4, 28, 28) and test.shape == (2, 28, 28)
     assert train.min() >= 0 and train.max() <= 1
-    with pytest.raises(ValueError, match="not more than"):
+    with pytest.raises(DataError, match="not more than"):
         load_omniglot(tmp_path, eval_in_train=6)
     with pytest.raises(FileNotFoundError, match="images_background"):
         load_omniglot(tmp_path / "nothing")
+    odd = tmp_path / "images_evaluation" / "alphabet" / "character02" / "02_1.png"
+    imsave(odd, torch.zeros(50, 60).numpy(), cmap="gray", vmin=0, vmax=1)
+    with pytest.raises(DataError, match=re.escape(f"{odd} is (50, 60) pixels")):
+        load_omniglot(tmp_path, eval_in_train=4)
+    odd.write_bytes(b"not a PNG")
+    with pytest.raises(DataError, match=re.escape(f"cannot read the image {odd}")):
+        load_omniglot(tmp_path, eval_in_train=4)
 
 
 def test_digits_are_scaled_to_unit_interval() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
 import types
 from pathlib import Path
@@ -218,6 +219,38 @@ def test_lazaridou_loader_reads_the_original_layout(tmp_path: Path, monkeypatch)
     normed = torch.from_numpy(rows / np.linalg.norm(rows, axis=1, keepdims=True))
     torch.testing.assert_close(train.features, normed[[0, 2, 5, 1, 4, 3]])
     assert test.dim == 4
+
+
+def _fake_h5py(monkeypatch, rows: np.ndarray) -> None:
+    """An ``h5py`` whose files hold the one dataset ``rows``."""
+
+    class FakeFile(dict):
+        def __init__(self, path: Path, mode: str) -> None:
+            super().__init__(dataset_1=rows)
+
+        def __enter__(self) -> FakeFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setitem(sys.modules, "h5py", types.SimpleNamespace(File=FakeFile))
+
+
+def test_lazaridou_format_errors_name_the_file(tmp_path: Path, monkeypatch) -> None:
+    _write_layout(tmp_path)
+    _fake_h5py(monkeypatch, np.ones((6, 2, 2), dtype=np.float32))
+    with pytest.raises(DataError, match=re.escape(
+            f"{tmp_path / 'train' / FEATURES_FILE}: expected a (N, F) matrix")):
+        load_lazaridou(tmp_path)
+    _fake_h5py(monkeypatch, np.ones((5, 4), dtype=np.float32))
+    with pytest.raises(DataError, match=re.escape(
+            f"{tmp_path / 'train' / LABELS_FILE}: 6 labels for 5 feature rows")):
+        load_lazaridou(tmp_path)
+    (tmp_path / "train" / LABELS_FILE).write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=re.escape(
+            f"{tmp_path / 'train' / LABELS_FILE}: not a pickled list of labels")):
+        load_lazaridou(tmp_path)
 
 
 def test_cli_with_lazaridou_source_and_no_h5py_fails_clearly(tmp_path: Path, monkeypatch) -> None:

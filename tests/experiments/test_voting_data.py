@@ -120,7 +120,25 @@ def test_election_loader_names_missing_things(tmp_path: Path) -> None:
     wb.create_sheet("voting-summary")
     file = tmp_path / "t.xlsx"
     wb.save(file)
-    with pytest.raises(ValueError, match="share"):
+    with pytest.raises(DataError, match=re.escape(f"{file}: sheet 'voting-full' lacks the "
+                                                  "column(s) ['share']")):
+        load_election_xlsx(file)
+
+
+@pytest.mark.parametrize(("sheet", "row", "column", "value", "expected"), [
+    ("voting-full", 2, 3, "half", "a cell holds no usable value"),
+    ("voting-summary", 3, 2, "Atlantis", "unknown country_name 'Atlantis'"),
+    ("voting-full", 2, 1, "Zulu", "constituency 'Zulu' of 'voting-full' is not in"),
+])
+def test_election_format_errors_name_the_file(tmp_path: Path, sheet: str, row: int, column: int,
+                                               value: str, expected: str) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    file = tmp_path / "general-election-results-2019.xlsx"
+    _write_workbook(file)
+    wb = openpyxl.load_workbook(file)
+    wb[sheet].cell(row=row, column=column, value=value)
+    wb.save(file)
+    with pytest.raises(DataError, match=re.escape(f"{file}: ") + ".*" + re.escape(expected)):
         load_election_xlsx(file)
 
 

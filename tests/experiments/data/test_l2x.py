@@ -101,6 +101,35 @@ def test_beer_loader_reads_the_lei_et_al_layout(tmp_path: Path) -> None:
         load_beer(tmp_path / "beer", aspect=4)
 
 
+@pytest.mark.parametrize(("name", "line", "expected"), [
+    ("reviews.aspect1.heldout.txt", "0.5\tsmell", "heldout.txt:1: expected '<ratings><TAB>"),
+    ("reviews.aspect1.heldout.txt", "0.5 high 0.5\tsmell", "heldout.txt:1: expected '<ratings>"),
+    ("reviews.aspect1.train.txt", "0.5 0.5 0.5 smell", "train.txt:1: expected '<ratings><TAB>"),
+    ("annotations.json", '{"x": ["a"], "y": [1, 2, 3], "1": [[0]]}', "annotations.json:1: "),
+    ("annotations.json", '{"x": ["a"], "y": [1, "?", 3], "1": []}', "annotations.json:1: "),
+    ("annotations.json", "[1, 2]", "annotations.json:1: expected a JSON object"),
+])
+def test_beer_format_errors_name_the_file_and_line(tmp_path: Path, name: str, line: str,
+                                                   expected: str) -> None:
+    folder = tmp_path / "beer"
+    _write_beer(folder)
+    (folder / name).write_text(line + "\n")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_beer(folder, aspect=1, max_length=3)
+
+
+def test_beer_embedding_format_errors_are_data_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "beer"
+    _write_beer(folder)
+    file = folder / "review+wiki.filtered.200.txt.gz"
+    for text, expected in (("great 1 x 0\n", f"{file}:1: expected 'word v1 ... vD'"),
+                           ("great 1 0\nsmell 0\n", f"{file}: every line needs the same")):
+        with gzip.open(file, "wt") as fh:
+            fh.write(text)
+        with pytest.raises(DataError, match=re.escape(expected)):
+            load_beer(folder, aspect=1, max_length=3)
+
+
 @pytest.mark.parametrize(
     "name", ["review+wiki.filtered.200.txt.gz", "reviews.aspect1.heldout.txt", "annotations.json"]
 )

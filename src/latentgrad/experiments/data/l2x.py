@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentgrad.experiments.data.files import require_file, verify_checksum
+from latentgrad.experiments.data.files import DataError, require_file, verify_checksum
 
 DATASETS = {"xor": 2, "orange_skin": 4, "nonlinear_additive": 4, "switch": 5}
 NUM_FEATURES = 10
@@ -123,11 +123,11 @@ def read_embeddings(file: Path) -> tuple[dict[str, int], np.ndarray]:
         try:
             vectors.append([float(v) for v in parts[1:]])
         except ValueError:
-            raise ValueError(f"{file}:{lineno}: expected 'word v1 ... vD'") from None
+            raise DataError(f"{file}:{lineno}: expected 'word v1 ... vD'") from None
         words.append(parts[0])
     dims = {len(v) for v in vectors}
     if len(dims) != 1 or 0 in dims:
-        raise ValueError(f"{file}: every line needs the same number (>= 1) of vector entries")
+        raise DataError(f"{file}: every line needs the same number (>= 1) of vector entries")
     matrix = np.asarray(vectors, dtype=np.float32)
     pad = np.zeros((1, matrix.shape[1]), np.float32)
     matrix = np.concatenate([pad, matrix.mean(0, keepdims=True), matrix])
@@ -152,9 +152,13 @@ def _reviews(file: Path, aspect: int, vocab: dict[str, int], max_length: int) ->
     for lineno, line in enumerate(_lines(file), start=1):
         head, sep, text = line.partition("\t")
         scores = head.split()
-        if not sep or len(scores) <= aspect or not text.split():
-            raise ValueError(f"{file}:{lineno}: expected '<ratings><TAB><tokens>'")
-        ratings.append(float(scores[aspect]))
+        try:
+            if not sep or not text.split():
+                raise ValueError
+            ratings.append(float(scores[aspect]))
+        except (ValueError, IndexError):
+            raise DataError(f"{file}:{lineno}: expected '<ratings><TAB><tokens>' with a "
+                            f"number for aspect {aspect}") from None
         rows.append(_encode(text.split(), vocab, max_length))
     ids, lengths = _pack(rows, max_length)
     return {"tokens": ids, "lengths": lengths, "rating": np.asarray(ratings, np.float32)}
@@ -181,12 +185,13 @@ def load_beer(
     for lineno, line in enumerate(_lines(file), start=1):
         try:
             record = json.loads(line)
-            tokens, score, spans = record["x"], record["y"][aspect], record[str(aspect)]
+            tokens, score = [str(t) for t in record["x"]], float(record["y"][aspect])
+            spans = [(int(start), int(end)) for start, end in record[str(aspect)]]
         except (ValueError, KeyError, IndexError, TypeError):
             msg = f"{file}:{lineno}: expected a JSON object with x, y and the aspect's spans"
-            raise ValueError(msg) from None
+            raise DataError(msg) from None
         rows.append(_encode(tokens, vocab, max_length))
-        ratings.append(float(score))
+        ratings.append(score)
         mask = np.zeros(max_length, dtype=bool)
         for start, end in spans:
             mask[max(start, 0) : min(end, max_length)] = True

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from matplotlib.image import imread
 from torch import Tensor
 
-from latentgrad.experiments.data.files import dataset_dir, verify_checksums
+from latentgrad.experiments.data.files import DataError, dataset_dir, verify_checksums
 
 OMNIGLOT_SETS = ("images_background", "images_evaluation")
 EVAL_IMAGES_IN_TRAIN = 5065
@@ -39,9 +39,15 @@ def _read_set(root: Path, directory: Path) -> Tensor:
     verify_checksums(files, directory)
     images = []
     for file in files:
-        img = torch.as_tensor(imread(file), dtype=torch.float32)
+        try:
+            img = torch.as_tensor(imread(file), dtype=torch.float32)
+        except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on a damaged PNG
+            raise DataError(f"omniglot: cannot read the image {file} ({err})") from None
         if img.dim() == 3:  # RGB(A): keep the first channel
             img = img[..., 0]
+        if images and img.shape != images[0].shape:
+            raise DataError(f"omniglot: {file} is {tuple(img.shape)} pixels, the images before "
+                            f"it {tuple(images[0].shape)}")
         if img.max() > 1.0:  # 8-bit values
             img = img / 255.0
         images.append(img.round())
@@ -60,7 +66,7 @@ def load_omniglot(
     directory = dataset_dir("omniglot", path)
     background, evaluation = (_read_set(directory / name, directory) for name in OMNIGLOT_SETS)
     if evaluation.shape[0] <= eval_in_train:
-        raise ValueError(
+        raise DataError(
             f"omniglot: the evaluation set holds {evaluation.shape[0]} images, not more than the "
             f"{eval_in_train} the reference split moves into training"
         )

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentgrad.experiments.data.files import require_file, verify_checksums
+from latentgrad.experiments.data.files import DataError, require_file, verify_checksums
 
 FEATURES_FILE = "ours_images_single_sm0.h5"
 LABELS_FILE = "ours_images_single_sm0.objects"
@@ -152,12 +152,18 @@ def load_lazaridou(root: str | Path) -> tuple[ConceptFeatures, ConceptFeatures]:
         with h5py.File(features_file, "r") as fh:
             keys = list(fh.keys())
             if len(keys) != 1:
-                raise ValueError(f"{features_file}: expected one dataset, found {keys}")
+                raise DataError(f"{features_file}: expected one dataset, found {keys}")
             features = torch.as_tensor(fh[keys[0]][()], dtype=torch.float32)
+        if features.dim() != 2:
+            raise DataError(f"{features_file}: expected a (N, F) matrix of features, got shape "
+                            f"{tuple(features.shape)}")
         with open(labels_file, "rb") as fh:
-            labels = pickle.load(fh, encoding="latin1")
+            try:
+                labels = list(pickle.load(fh, encoding="latin1"))
+            except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as err:
+                raise DataError(f"{labels_file}: not a pickled list of labels ({err})") from None
         if len(labels) != features.shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"{labels_file}: {len(labels)} labels for {features.shape[0]} feature rows"
             )
         ids = {label: i for i, label in enumerate(dict.fromkeys(labels))}

@@ -35,6 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from latentgrad.experiments.data.files import (
+    DataError,
+    dataset_dir,
+    require_file,
+    verify_checksum,
+)
+
 ELECTION_FILE = "general-election-results-2019.xlsx"
 FULL_SHEET, SUMMARY_SHEET = "voting-full", "voting-summary"
 CONTINUOUS = ("electorate", "turnout_2017")
@@ -156,13 +163,13 @@ def synthetic_voting(
 def _sheet_rows(workbook: Any, sheet: str, columns: tuple[str, ...], file: Path) -> list[tuple]:
     """The values of ``columns`` in every data row of ``sheet`` (header: first non-empty row)."""
     if sheet not in workbook.sheetnames:
-        raise ValueError(f"{file}: no sheet {sheet!r} (found {workbook.sheetnames})")
+        raise DataError(f"{file}: no sheet {sheet!r} (found {workbook.sheetnames})")
     rows = workbook[sheet].iter_rows(values_only=True)
     header = next((r for r in rows if any(v is not None for v in r)), None)
     names = [str(v).strip() if v is not None else "" for v in (header or ())]
     missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"{file}: sheet {sheet!r} lacks the column(s) {missing}; found {names}")
+        raise DataError(f"{file}: sheet {sheet!r} lacks the column(s) {missing}; found {names}")
     idx = [names.index(c) for c in columns]
     return [tuple(r[i] for i in idx) for r in rows if r[idx[0]] is not None]
 
@@ -176,8 +183,6 @@ def load_election_xlsx(
     (default: ``$LATENTGRAD_DATA/election/``). Classes: the ``num_classes − 1`` parties
     with the largest summed share, then ``remainder``.
     """
-    from latentgrad.experiments.data.files import dataset_dir, require_file, verify_checksum
-
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     file = Path(path) if path is not None else dataset_dir("election")
@@ -204,6 +209,17 @@ def load_election_xlsx(
         )
     finally:
         workbook.close()
+    try:
+        return _election_data(full, summary, num_classes, file)
+    except DataError:
+        raise
+    except (ValueError, TypeError) as err:  # a cell that is not a number
+        raise DataError(f"{file}: a cell holds no usable value ({err})") from None
+
+
+def _election_data(full: list[tuple], summary: list[tuple], num_classes: int,
+                   file: Path) -> VotingData:
+    """``VotingData`` from the rows of the two sheets (``load_election_xlsx``)."""
     names = sorted({str(r[0]) for r in summary})
     row_of = {c: i for i, c in enumerate(names)}
     totals: dict[str, float] = {}
@@ -214,14 +230,14 @@ def load_election_xlsx(
     y = torch.zeros(len(names), num_classes, dtype=torch.float64)
     for constituency, party, share in full:
         if str(constituency) not in row_of:
-            raise ValueError(
+            raise DataError(
                 f"{file}: constituency {constituency!r} of {FULL_SHEET!r} is not in "
                 f"{SUMMARY_SHEET!r}"
             )
         y[row_of[str(constituency)], col_of.get(str(party), num_classes - 1)] += float(share or 0)
     sums = y.sum(-1, keepdim=True)
     if bool((sums <= 0).any()):
-        raise ValueError(f"{file}: some constituencies have no positive vote share")
+        raise DataError(f"{file}: some constituencies have no positive vote share")
     x = torch.zeros(len(names), len(FEATURES), dtype=torch.float64)
     seen = set()
     for constituency, country, kind, electorate, turnout in summary:
@@ -230,7 +246,7 @@ def load_election_xlsx(
             continue
         seen.add(i)
         if country not in COUNTRIES:
-            raise ValueError(f"{file}: unknown country_name {country!r}; expected {COUNTRIES}")
+            raise DataError(f"{file}: unknown country_name {country!r}; expected {COUNTRIES}")
         x[i, 0], x[i, 1] = float(electorate), float(turnout)
         x[i, 2] = float(str(kind).strip().lower() == "borough")
         if country != COUNTRIES[0]:
