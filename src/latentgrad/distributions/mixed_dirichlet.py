@@ -305,29 +305,21 @@ class MixedDirichlet(CheckedDistribution):
         log_face = self.faces.log_prob(face.to(value.dtype))
         return (log_face.to(work) + log_dir).to(dtype)
 
-    def _checked_faces(self, faces: object, batch_shape: torch.Size) -> Tensor:
-        """``faces`` (*sample, *b, K) with b broadcasting to ``batch_shape``: a TypeError or
-        ValueError naming ``faces`` otherwise (torch's were about "tensor a" and "tensor b")."""
+    def _checked_faces(self, faces: object, batch_shape: torch.Size,
+                       sampled: bool = False) -> Tensor:
+        """``faces`` (*sample, *b, K) with b broadcasting to ``batch_shape``, or with ``sampled``
+        (the sampled estimators' draws) exactly one sample dim: (S, *b, K), b right-aligned after
+        S and returned padded to (S, *batch-like, K); a TypeError or ValueError naming ``faces``
+        otherwise (torch's were about "tensor a" and "tensor b")."""
         if not isinstance(faces, Tensor):
             raise TypeError(f"faces must be a torch.Tensor, got {type(faces).__name__}")
-        check_trailing_shape(faces, "faces", self.event_shape)
-        broadcast_shapes(faces.shape[:-1], batch_shape, error=lambda: (
-            f"faces of shape {tuple(faces.shape)} does not broadcast with the batch shape "
-            f"{tuple(batch_shape)}"
-        ))
-        return faces
-
-    def _face_draws(self, faces: object, n_samples: object, batch_shape: torch.Size) -> Tensor:
-        """The faces (S, *batch_shape, K) that the sampled estimators average over: ``faces``
-        (S, *b, K), b broadcasting to ``batch_shape`` (right-aligned after S), or, if None,
-        ``n_samples`` draws of P_F expanded to ``batch_shape`` (independent per batch entry)."""
-        check_positive_int(n_samples, "n_samples")
-        if faces is None:
-            dist = (self.faces if self.faces.batch_shape == batch_shape
-                    else self.faces.expand(batch_shape))
-            return dist.sample((n_samples,))
-        if not isinstance(faces, Tensor):
-            raise TypeError(f"faces must be a torch.Tensor, got {type(faces).__name__}")
+        if not sampled:
+            check_trailing_shape(faces, "faces", self.event_shape)
+            broadcast_shapes(faces.shape[:-1], batch_shape, error=lambda: (
+                f"faces of shape {tuple(faces.shape)} does not broadcast with the batch shape "
+                f"{tuple(batch_shape)}"
+            ))
+            return faces
         batch = faces.shape[1:-1]
         pad = len(batch_shape) - len(batch)
         if (faces.dim() < 2 or faces.shape[-1] != self.num_categories or pad < 0
@@ -338,6 +330,17 @@ class MixedDirichlet(CheckedDistribution):
                 f"{tuple(faces.shape)}"
             )
         return faces[(slice(None),) + (None,) * pad]
+
+    def _face_draws(self, faces: object, n_samples: object, batch_shape: torch.Size) -> Tensor:
+        """The faces (S, *batch_shape, K) that the sampled estimators average over: ``faces``
+        checked (``_checked_faces`` with ``sampled``), or, if None, ``n_samples`` draws of P_F
+        expanded to ``batch_shape`` (independent per batch entry)."""
+        check_positive_int(n_samples, "n_samples")
+        if faces is not None:
+            return self._checked_faces(faces, batch_shape, sampled=True)
+        dist = (self.faces if self.faces.batch_shape == batch_shape
+                else self.faces.expand(batch_shape))
+        return dist.sample((n_samples,))
 
     def dirichlet_entropy(self, faces: Tensor) -> Tensor:
         """H(Dir(α_f)) at faces (*sample, *batch, K) -> (*sample, *batch) (0 on vertices),
