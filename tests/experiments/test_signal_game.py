@@ -198,9 +198,8 @@ def test_lazaridou_loader_names_a_missing_file(tmp_path: Path) -> None:
         load_lazaridou(tmp_path)
 
 
-def test_lazaridou_loader_reads_the_original_layout(tmp_path: Path, monkeypatch) -> None:
-    _write_layout(tmp_path)
-    rows = np.arange(1, 25, dtype=np.float32).reshape(6, 4)
+def _fake_h5py(monkeypatch, rows: np.ndarray) -> None:
+    """An ``h5py`` whose files hold the one dataset ``rows``."""
 
     class FakeFile(dict):
         def __init__(self, path: Path, mode: str) -> None:
@@ -214,27 +213,17 @@ def test_lazaridou_loader_reads_the_original_layout(tmp_path: Path, monkeypatch)
             return None
 
     monkeypatch.setitem(sys.modules, "h5py", types.SimpleNamespace(File=FakeFile))
+
+
+def test_lazaridou_loader_reads_the_original_layout(tmp_path: Path, monkeypatch) -> None:
+    _write_layout(tmp_path)
+    rows = np.arange(1, 25, dtype=np.float32).reshape(6, 4)
+    _fake_h5py(monkeypatch, rows)
     train, test = load_lazaridou(tmp_path)
     assert torch.equal(train.counts, torch.tensor([3, 2, 1]))  # dog, cat, owl in first-seen order
     normed = torch.from_numpy(rows / np.linalg.norm(rows, axis=1, keepdims=True))
     torch.testing.assert_close(train.features, normed[[0, 2, 5, 1, 4, 3]])
     assert test.dim == 4
-
-
-def _fake_h5py(monkeypatch, rows: np.ndarray) -> None:
-    """An ``h5py`` whose files hold the one dataset ``rows``."""
-
-    class FakeFile(dict):
-        def __init__(self, path: Path, mode: str) -> None:
-            super().__init__(dataset_1=rows)
-
-        def __enter__(self) -> FakeFile:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-    monkeypatch.setitem(sys.modules, "h5py", types.SimpleNamespace(File=FakeFile))
 
 
 def test_lazaridou_format_errors_name_the_file(tmp_path: Path, monkeypatch) -> None:
