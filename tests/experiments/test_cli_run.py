@@ -127,6 +127,10 @@ def test_resume_continues_from_the_last_checkpoint(data_env: Path, tmp_path: Pat
     info = json.loads((d / "run.json").read_text())
     assert len(info["attempts"]) == 2 and "finished" in info
     assert info["started"] == info["attempts"][0]["started"] <= info["attempts"][1]["started"]
+    assert [(a["outcome"], a["global_step"]) for a in info["attempts"]] == [
+        ("finished", 3), ("finished", 8)]
+    assert all(a["cpu_s"] > 0 and a["wall_s"] > 0 for a in info["attempts"])
+    assert info["compute"]["attempts_not_timed"] == 0
     from latentgrad.experiments.config import ConfigError
     from latentgrad.experiments.runner import run
 
@@ -240,7 +244,10 @@ def test_sigterm_stops_a_run_with_status_143_and_resume_ends_it_bit_identical(
     first of the second warm-start epoch, which a resume would otherwise train again."""
     with sigterm_run(tmp_path, "term", 3) as (proc, d):
         assert "stopped by SIGTERM at step 3" in proc.stderr and "--resume" in proc.stderr
-        assert "finished" not in json.loads((d / "run.json").read_text())
+        info = json.loads((d / "run.json").read_text())
+        assert "finished" not in info
+        assert (info["attempts"][-1]["outcome"], info["attempts"][-1]["global_step"]) == (
+            "stopped by SIGTERM", 3)
         last = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == 3
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from latentgrad.experiments.records import record_finish, write_run_records
+import pytest
+
+from latentgrad.experiments.records import (
+    AttemptClock,
+    record_attempt_end,
+    record_finish,
+    write_run_records,
+)
 
 CONFIG = {"task": "ssvae", "estimator": "sfe", "seed": 3, "profile": "tiny"}
 
@@ -23,6 +31,31 @@ def test_each_start_is_an_attempt_and_the_first_start_stays(tmp_path: Path) -> N
         "latentgrad run ssvae",
         "latentgrad run ssvae --resume",
     ]
+
+
+def test_each_attempt_records_its_compute_and_the_run_sums_them(tmp_path: Path) -> None:
+    """Compute per attempt (wall and CPU seconds, threads, step reached, outcome) and the run's
+    CPU-hours over its attempts; an attempt that could not record (killed) is counted apart."""
+    write_run_records(tmp_path, CONFIG, ["run", "ssvae"])
+    started = AttemptClock(time.monotonic() - 7200.0, time.process_time())
+    spin_until = time.process_time() + 0.2
+    while time.process_time() < spin_until:  # CPU time that the record must see
+        pass
+    record_attempt_end(tmp_path, started, 120, "stopped by SIGTERM", 1)
+    write_run_records(tmp_path, CONFIG, ["run", "ssvae", "--resume"])  # killed: never records
+    write_run_records(tmp_path, CONFIG, ["run", "ssvae", "--resume"])
+    record_attempt_end(tmp_path, AttemptClock(time.monotonic() - 3600.0, time.process_time()),
+                       300, "finished", 2)
+    info = json.loads((tmp_path / "run.json").read_text())
+    first, killed, last = info["attempts"]
+    assert first["outcome"] == "stopped by SIGTERM" and first["global_step"] == 120
+    assert first["wall_s"] >= 7200.0 and first["cpu_s"] >= 0.2 and first["threads"] == 1
+    assert first["ended"] >= first["started"]
+    assert "cpu_s" not in killed and last["outcome"] == "finished" and last["threads"] == 2
+    compute = info["compute"]
+    assert compute["attempts_not_timed"] == 1
+    assert compute["wall_hours"] == pytest.approx(3.0, abs=0.01)
+    assert compute["cpu_hours"] == pytest.approx((first["cpu_s"] + last["cpu_s"]) / 3600, abs=1e-3)
 
 
 def test_a_record_written_before_attempts_existed_becomes_the_first_attempt(

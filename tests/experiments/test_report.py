@@ -86,6 +86,32 @@ def test_report_writes_tables_with_mean_and_se_and_plots(tmp_path: Path) -> None
         assert f"]({name})" in md
 
 
+def test_report_gives_the_cpu_hours_per_run_from_the_run_records(tmp_path: Path) -> None:
+    """Mean CPU-hours per run over the seeds from run.json's compute totals; a lower bound (≥)
+    when a seed lacks them or an attempt was not timed; a dash when no seed has them."""
+    make_runs(tmp_path)
+    for seed, (hours, untimed) in enumerate([(1.0, 0), (2.0, 0), (3.0, 0)]):
+        compute = {"cpu_hours": hours, "wall_hours": hours, "attempts_not_timed": untimed}
+        (tmp_path / "ssvae" / "softmax" / f"seed{seed}" / "run.json").write_text(
+            json.dumps({"compute": compute}))
+    compute = {"cpu_hours": 0.5, "wall_hours": 0.6, "attempts_not_timed": 1}
+    (tmp_path / "ssvae" / "sfe" / "seed0" / "run.json").write_text(json.dumps({"compute": compute}))
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| CPU-hours / run |" in md
+    assert "| 10 ± 0 | 2 |" in md  # softmax: every attempt of its three seeds timed
+    assert "| 1 ± 0 | ≥ 0.5 |" in md  # sfe: one seed untimed, the other with an untimed attempt
+    with open(tmp_path / "report.csv", newline="") as fh:
+        rows = {r["estimator"]: r for r in csv.DictReader(fh)}
+    assert float(rows["softmax"]["cpu_hours mean"]) == 2.0
+    assert rows["softmax"]["cpu_hours complete"] == "True"
+    assert rows["sfe"]["cpu_hours complete"] == "False"
+    for seed in range(3):
+        (tmp_path / "ssvae" / "softmax" / f"seed{seed}" / "run.json").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| 10 ± 0 | — |" in (tmp_path / "report.md").read_text()
+
+
 def test_curves_of_a_resumed_run_replace_the_overlapping_rows(tmp_path: Path) -> None:
     for version, steps in ((0, [0, 10, 20, 30]), (1, [20, 30, 40])):
         d = tmp_path / "csv" / f"version_{version}"

@@ -8,9 +8,10 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -99,6 +100,46 @@ def _previous_attempts(path: Path) -> list[dict[str, Any]]:
         return info["attempts"]
     keys = ("started", "host", "platform", "git")
     return [{k: info[k] for k in keys if k in info}] if "started" in info else []
+
+
+class AttemptClock(NamedTuple):
+    """Where an attempt's clocks stood at its start: ``time.monotonic()`` and
+    ``time.process_time()`` (CPU time of every thread of the process)."""
+
+    wall: float
+    cpu: float
+
+
+def start_clock() -> AttemptClock:
+    return AttemptClock(time.monotonic(), time.process_time())
+
+
+def record_attempt_end(run_dir: Path, clock: AttemptClock, global_step: int, outcome: str,
+                       threads: int) -> None:
+    """Complete the current (last) attempt in ``run.json`` with ``ended``, ``outcome``
+    (``finished``, ``stopped by SIGTERM`` or ``error``), ``wall_s`` and ``cpu_s`` since
+    ``clock`` (CPU time of the training process's threads; a data loader's worker processes
+    are not counted), ``threads`` (torch's intra-op threads) and the ``global_step`` reached,
+    and update the run's ``compute`` totals over its attempts (an attempt killed without a
+    chance to record, SIGKILL or power loss, is counted in ``attempts_not_timed``)."""
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text())
+    attempt = info["attempts"][-1]
+    attempt.update({
+        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "outcome": outcome,
+        "wall_s": round(time.monotonic() - clock.wall, 1),
+        "cpu_s": round(time.process_time() - clock.cpu, 1),
+        "threads": threads,
+        "global_step": global_step,
+    })
+    timed = [a for a in info["attempts"] if "cpu_s" in a]
+    info["compute"] = {
+        "wall_hours": round(sum(a["wall_s"] for a in timed) / 3600, 3),
+        "cpu_hours": round(sum(a["cpu_s"] for a in timed) / 3600, 3),
+        "attempts_not_timed": len(info["attempts"]) - len(timed),
+    }
+    atomic_write_text(json.dumps(info, indent=2) + "\n", path)
 
 
 def record_finish(run_dir: Path) -> None:

@@ -130,6 +130,31 @@ def warmstart_epochs(run_dir: Path) -> int:
     return 0
 
 
+def cpu_hours(run_dir: Path) -> tuple[float, bool] | None:
+    """The CPU-hours that ``run_dir``'s ``run.json`` records over its attempts, and whether every
+    attempt was timed; None where it records none (runs of before the compute records, or an
+    unreadable file)."""
+    try:
+        compute = json.loads((run_dir / "run.json").read_text()).get("compute")
+        hours, untimed = float(compute["cpu_hours"]), int(compute["attempts_not_timed"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return hours, untimed == 0
+
+
+def _compute_cell(group: list[dict[str, Any]], row: dict[str, Any]) -> str:
+    """Mean CPU-hours per run of ``group`` for the table (``≥`` where an attempt or a run was not
+    timed; ``—`` where none was), also put into ``row``."""
+    recorded = [cpu_hours(g["run_dir"]) for g in group]
+    timed = [r for r in recorded if r is not None]
+    if not timed:
+        return "—"
+    mean = sum(h for h, _ in timed) / len(timed)
+    complete = len(timed) == len(group) and all(ok for _, ok in timed)
+    row["cpu_hours mean"], row["cpu_hours complete"] = mean, complete
+    return f"{'' if complete else '≥ '}{mean:.2g}"
+
+
 def _fmt(mean: float, se: float) -> str:
     if math.isnan(se):
         return f"{mean:.4g}"
@@ -170,9 +195,10 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
         estimators = sorted(e for t, p, e in groups if (t, p) == (task, profile))
         md += [f"## {task} (profile `{profile}`)", ""]
         md.append(
-            "| estimator | seeds | " + " | ".join(label for label, _ in metrics.values()) + " |"
+            "| estimator | seeds | " + " | ".join(label for label, _ in metrics.values())
+            + " | CPU-hours / run |"
         )
-        md.append("|---" * (len(metrics) + 2) + "|")
+        md.append("|---" * (len(metrics) + 3) + "|")
         summary: dict[str, dict[str, tuple[float, float]]] = {}
         for est in estimators:
             group = groups[(task, profile, est)]
@@ -201,10 +227,14 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
                     cells.append("—")
             table_rows.append(row)
             seeds = ",".join(str(g["seed"]) for g in sorted(group, key=lambda g: g["seed"]))
+            cells.append(_compute_cell(group, row))
             md.append(f"| {est} | {len(group)} ({seeds}) | " + " | ".join(cells) + " |")
         md.append("")
         paths.update(_plots(plt, spec, task, profile, estimators, groups, summary, out, md))
-    md.append("Mean ± standard error over seeds (s.e. = sample std / sqrt(n)).")
+    md.append("Mean ± standard error over seeds (s.e. = sample std / sqrt(n)). CPU-hours: the "
+              "training process's CPU time over all its attempts (run.json's `compute`), mean "
+              "over the seeds; `≥` where an attempt was not timed (killed, or run before these "
+              "records), `—` where none was.")
     paths["markdown"] = out / "report.md"
     paths["markdown"].write_text("\n".join(md) + "\n")
     paths["csv"] = out / "report.csv"

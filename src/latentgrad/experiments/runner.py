@@ -41,7 +41,12 @@ from latentgrad.experiments.config import (
 )
 from latentgrad.experiments.data.files import DataError
 from latentgrad.experiments.plugins import load_entry_points
-from latentgrad.experiments.records import record_finish, write_run_records
+from latentgrad.experiments.records import (
+    record_attempt_end,
+    record_finish,
+    start_clock,
+    write_run_records,
+)
 from latentgrad.experiments.runlock import hold_run_dir
 from latentgrad.experiments.stopping import RunStopped
 from latentgrad.experiments.tasks.registry import get_task
@@ -406,6 +411,7 @@ def _train_and_test(
             if ckpt is not None:
                 ckpt = prepare_resume(run_dir / "checkpoints", ckpt)
             write_run_records(run_dir, config, argv)
+        clock, outcome = start_clock(), "error"
         with warnings.catch_warnings():
             # resuming in place: the checkpoint folder holds this run's own checkpoints by design
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
@@ -417,11 +423,17 @@ def _train_and_test(
             try:
                 trainer.fit(model, datamodule=data, ckpt_path=ckpt)
                 tested = trainer.test(model, datamodule=data, verbose=False)
+                outcome = "finished"
             except SIGTERMException:  # a SystemExit without a code: the process would exit 0
+                outcome = "stopped by SIGTERM"
                 raise RunStopped(
                     f"stopped by SIGTERM at step {trainer.global_step}, before the run finished; "
                     f"`--resume` continues it from its last checkpoint in {run_dir / 'checkpoints'}"
                 ) from None
+            finally:
+                if trainer.is_global_zero:
+                    record_attempt_end(run_dir, clock, trainer.global_step, outcome,
+                                       torch.get_num_threads())
         metrics = {k: float(v) for k, v in tested[0].items()} if tested else {}
         metrics.update(model.summary())
         result = {
