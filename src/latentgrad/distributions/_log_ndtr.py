@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from latentgrad._autograd import apply
 from latentgrad._compile import Compiled, transforms_active
 
 FUSED_MIN_SIZE = 16384  # elements from which the compiled kernel is used (its call overhead and
@@ -165,7 +166,7 @@ def _fused_applies(u: Tensor) -> bool:
 
 def _log_ndtr_plain(u: Tensor) -> Tensor:
     """torch's ``log_ndtr`` (its value), with the exact gradient λ(u)."""
-    return _PlainLogNdtr.apply(u)
+    return apply(_PlainLogNdtr, u)
 
 
 def log_ndtr(u: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._autograd import apply
 from .._validation import check_choice, check_finite
 from ..structures.base import Structure
 from ._bordered import bordered_solve
@@ -182,7 +183,7 @@ def sparsemap(
     # s_z = <θ, z> = Σ_i w_i θ_i z_i and μ = Σ_z p_z z, as batched matrix products.
     wtheta = (sol.metric * theta.flatten(1)).unsqueeze(1)
     support_scores = (wtheta @ sol.structures.mT).squeeze(1)
-    weights = _ActiveSetWeights.apply(support_scores, sol.weights, sol.gram, keep)
+    weights = apply(_ActiveSetWeights, support_scores, sol.weights, sol.gram, keep)
     marginals = (weights.unsqueeze(1) @ sol.structures).squeeze(1)
     support = sol.structures.view(-1, width, *shape)
 

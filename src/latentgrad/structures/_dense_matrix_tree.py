@@ -40,6 +40,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from .._autograd import apply
 from .._host import host_reads_free
 
 #: Bound on the first-order error of a trusted row's marginals (absolute, float64).
@@ -112,13 +113,13 @@ class _LogdetInverse(torch.autograd.Function):
 
 def _trusted_log_det(shift: Tensor, normalised: Tensor, symmetric: bool) -> tuple[Tensor, Tensor]:
     """``sum(shift) + log det normalised`` ``(B,)`` and the trust flags ``(B,)``."""
-    logdet, _, ok = _LogdetInverse.apply(normalised, symmetric)
+    logdet, _, ok = apply(_LogdetInverse, normalised, symmetric)
     return torch.where(ok, shift.sum(-1) + logdet, 0.0), ok
 
 
 def _padded_inverse(normalised: Tensor, symmetric: bool) -> tuple[Tensor, Tensor]:
     """The inverse, zero-padded at row and column 0, and the trust flags."""
-    _, inverse, ok = _LogdetInverse.apply(normalised, symmetric)
+    _, inverse, ok = apply(_LogdetInverse, normalised, symmetric)
     return torch.nn.functional.pad(inverse, (1, 0, 1, 0)), ok
 
 
@@ -222,7 +223,7 @@ def _undirected_marginals_of(lw: Tensor, m: Tensor) -> tuple[Tensor, Tensor, tup
     padded, with ``M_rr = 1``, which no marginal reads: ``W̃_rr = 0``) and the ground one-hot
     ``r`` of the trusted rows. Differentiable operations (any order)."""
     prob, w_tilde, ground, normalised = _undirected(lw, m)
-    _, inverse, ok = _LogdetInverse.apply(normalised, True)
+    _, inverse, ok = apply(_LogdetInverse, normalised, True)
     ground = ground & ok[:, None]
     diagonal = inverse.diagonal(dim1=-2, dim2=-1) - ground.to(inverse.dtype)  # M_rr = 0
     half = prob * diagonal[:, :, None]
@@ -295,7 +296,7 @@ def dense_marginals_undirected(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Edge marginals ``(B, n, n)`` (symmetric, zero diagonal, in ``scores``' dtype) of the
     symmetrised scores ``(θ + θᵀ)/2`` (diagonal ignored) and the trust flags ``(B,)``;
     untrusted rows are zero. Differentiable to any order."""
-    marginals, ok, *_ = _UndirectedMarginals.apply(scores)
+    marginals, ok, *_ = apply(_UndirectedMarginals, scores)
     return marginals, ok
 
 
@@ -375,7 +376,7 @@ class _RootedMarginals(torch.autograd.Function):
 def dense_marginals_rooted_at_zero(logw: Tensor) -> tuple[Tensor, Tensor]:
     """Arc marginals ``(B, n, n)`` of arborescences rooted at 0 (any float dtype, returned in
     it) and the trust flags ``(B,)``."""
-    marginals, ok, *_ = _RootedMarginals.apply(logw)
+    marginals, ok, *_ = apply(_RootedMarginals, logw)
     return marginals, ok
 
 
@@ -411,7 +412,7 @@ def _single_root_marginals_graph(scores: Tensor) -> tuple[Tensor, ...]:
     ``μ_ij = Q_ij (N_jj - N_ji)`` off the diagonal (``N``: ``M`` with column 0 zeroed),
     ``μ_jj = r_j M_j0``, ``r = exp(ρ - m)`` the root row of Koo's matrix, ``M`` its inverse."""
     _, q, root_row, normalised = _single_root(scores, scores.diagonal(dim1=-2, dim2=-1))
-    _, inverse, ok = _LogdetInverse.apply(normalised, False)
+    _, inverse, ok = apply(_LogdetInverse, normalised, False)
     marginals = q * _arc_gap(inverse)  # zero diagonal (Q_jj = 0): the root children go there
     marginals.diagonal(dim1=-2, dim2=-1).add_(root_row * inverse[:, :, 0])
     return marginals, ok, q, root_row, inverse
@@ -484,5 +485,5 @@ def dense_marginals_single_root(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Marginals ``(B, n, n)`` of single-root trees of ``scores`` (arc scores off the diagonal,
     root scores on it; any float dtype, returned in it): ``P(i -> j)`` off the diagonal,
     ``P(j is the root's child)`` on it, and the trust flags ``(B,)``."""
-    marginals, ok, *_ = _SingleRootMarginals.apply(scores)
+    marginals, ok, *_ = apply(_SingleRootMarginals, scores)
     return marginals, ok
