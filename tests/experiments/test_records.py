@@ -58,6 +58,17 @@ def test_each_attempt_records_its_compute_and_the_run_sums_them(tmp_path: Path) 
     assert compute["cpu_hours"] == pytest.approx((first["cpu_s"] + last["cpu_s"]) / 3600, abs=1e-3)
 
 
+def test_an_unreadable_record_leaves_the_attempts_end_unrecorded_with_a_warning(
+        tmp_path: Path) -> None:
+    """Recording runs in a ``finally`` around training: it must not replace the run's own
+    outcome (a SIGTERM stop, an error) by an error of its own."""
+    (tmp_path / "run.json").write_text("{truncated")
+    with pytest.warns(UserWarning, match="compute was not recorded"):
+        record_attempt_end(tmp_path, AttemptClock(time.monotonic(), time.process_time()), 3,
+                           "error", 1)
+    assert (tmp_path / "run.json").read_text() == "{truncated"
+
+
 def test_a_record_written_before_attempts_existed_becomes_the_first_attempt(
     tmp_path: Path,
 ) -> None:

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -123,8 +124,13 @@ def record_attempt_end(run_dir: Path, clock: AttemptClock, global_step: int, out
     and update the run's ``compute`` totals over its attempts (an attempt killed without a
     chance to record, SIGKILL or power loss, is counted in ``attempts_not_timed``)."""
     path = run_dir / "run.json"
-    info = json.loads(path.read_text())
-    attempt = info["attempts"][-1]
+    try:
+        info = json.loads(path.read_text())
+        attempt = info["attempts"][-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        # never in the way of the run's own outcome (its SIGTERM stop, its error)
+        warnings.warn(f"{path}: the attempt's compute was not recorded ({err})", stacklevel=2)
+        return
     attempt.update({
         "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "outcome": outcome,
