@@ -10,13 +10,12 @@ derivatives), and calls the original under ``torch.func`` transforms and ``torch
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
 
 from latentgrad._compile import transforms_active
-
-_twins: dict[type[torch.autograd.Function], type[torch.autograd.Function]] = {}
 
 
 def apply(function: type[torch.autograd.Function], *args: Any) -> Any:
@@ -24,12 +23,10 @@ def apply(function: type[torch.autograd.Function], *args: Any) -> Any:
     outside ``torch.func`` transforms and ``torch.compile``."""
     if torch.compiler.is_compiling() or transforms_active():
         return function.apply(*args)
-    twin = _twins.get(function)
-    if twin is None:
-        twin = _twins[function] = _ctx_twin(function)
-    return twin.apply(*args)
+    return _ctx_twin(function).apply(*args)
 
 
+@cache
 def _ctx_twin(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
     """A Function with ``forward(ctx, *args)`` = ``function.forward`` then
     ``function.setup_context``, and ``function``'s ``backward`` and ``jvp``; ``function``
