@@ -153,12 +153,13 @@ def _reviews(file: Path, aspect: int, vocab: dict[str, int], max_length: int) ->
         head, sep, text = line.partition("\t")
         scores = head.split()
         try:
-            if not sep or not text.split():
-                raise ValueError
-            ratings.append(float(scores[aspect]))
+            rating = float(scores[aspect])
         except (ValueError, IndexError):
+            rating = None
+        if not sep or not text.split() or rating is None:
             raise DataError(f"{file}:{lineno}: expected '<ratings><TAB><tokens>' with a "
-                            f"number for aspect {aspect}") from None
+                            f"number for aspect {aspect}")
+        ratings.append(rating)
         rows.append(_encode(text.split(), vocab, max_length))
     ids, lengths = _pack(rows, max_length)
     return {"tokens": ids, "lengths": lengths, "rating": np.asarray(ratings, np.float32)}
