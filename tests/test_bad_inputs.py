@@ -265,6 +265,26 @@ def distribution_entries() -> list[Entry]:
               positive=("concentration",), extensive=True),
     ]
 
+    def continuous_categorical(gen, dtype):
+        return {"logits": randn(gen, dtype, B, K)}
+
+    def cc_draw(logits):
+        d = dist.ContinuousCategorical(logits)
+        x = d.sample((2,))
+        return x, d.log_prob(x)
+
+    def cc_all(logits):
+        p = dist.ContinuousCategorical(logits)
+        q = dist.ContinuousCategorical(logits.flip(0))
+        return p.entropy(), kl_divergence(p, q), p.mean, p.log_prob(p.mean)
+
+    out += [
+        Entry("ContinuousCategorical.sample+log_prob", continuous_categorical, cc_draw,
+              {"logits": 1}, random=True),
+        Entry("ContinuousCategorical.closed_forms", continuous_categorical, cc_all,
+              {"logits": 1}, extensive=True),
+    ]
+
     def perturbed(gen, dtype):
         return {"logits": randn(gen, dtype, B, K), "temperature": positive(gen, dtype, B)}
 

@@ -51,6 +51,7 @@ FACTORIES = {
     "mixed_dirichlet": lambda s: D.MixedDirichlet(
         _param(B, K, seed=s), _positive(B, K, seed=s + 9)
     ),
+    "continuous_categorical": lambda s: D.ContinuousCategorical(_param(B, K, seed=s, scale=3.0)),
     "stochastic_argmax": lambda s: D.StochasticArgmax(Categorical(K), _param(B, K, seed=s)),
     "stochastic_softmax": lambda s: D.StochasticSoftmax(Categorical(K), _param(B, K, seed=s), 0.5),
     "stochastic_softmax_bits": lambda s: D.StochasticSoftmax(

@@ -12,6 +12,7 @@ from torch.distributions import kl_divergence
 from latentgrad.distributions import (
     IGR,
     BinaryGaussianSparsemax,
+    ContinuousCategorical,
     HardConcrete,
     IGRStickBreaking,
     MaxEntropyFaces,
@@ -43,6 +44,7 @@ def _pair(seed: int, k: int, nudge: float):
         "maxent": (MaxEntropyFaces(k, dtype=D), MaxEntropyFaces(k, form="maxent-reference",
                                                                  dtype=D)),
         "mixed-dirichlet": two(MixedDirichlet, s, a),
+        "continuous-categorical": two(ContinuousCategorical, s),
         "igr": two(lambda loc_, sig_: IGR(loc_, sig_, 0.5), loc, sig),
         "igr-sb": two(lambda loc_, sig_: IGRStickBreaking(loc_, sig_, 0.5, eps=0.01), loc, sig),
         "bgs": two(BinaryGaussianSparsemax, m, t),

@@ -21,7 +21,7 @@ RUNS = [
     *(("igr_vae", e) for e in ("igr_i", "igr_sb", "igr_planar", "gumbel_concrete")),
     *(("igr_sop", e) for e in ("gumbel", "igr_i", "igr_planar")),
     *(("igr_countable", e) for e in ("igr_sb", "igr_i", "igr_planar", "gumbel")),
-    *(("voting_regression", e) for e in ("mixed_dirichlet", "dirichlet")),
+    *(("voting_regression", e) for e in ("mixed_dirichlet", "dirichlet", "continuous_categorical")),
 ]
 EXPECTED = {
     "igr_vae": ("test/nll_paper", "test/neg_elbo", "test/vertex_distance"),

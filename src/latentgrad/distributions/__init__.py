@@ -11,6 +11,7 @@ from .concrete import (
     relaxed_entropy,
     relaxed_kl,
 )
+from .continuous_categorical import ContinuousCategorical
 from .faces import MaxEntropyFaces, NonEmptyFaces
 from .gaussian_sparsemax import GaussianSparsemax
 from .igr import IGR, IGRPlanar, IGRStickBreaking, PlanarFlow, uniform_prior_loc
@@ -21,6 +22,7 @@ from .sst import StochasticArgmax, StochasticSoftmax, utility_kl
 __all__ = [
     "IGR",
     "BinaryGaussianSparsemax",
+    "ContinuousCategorical",
     "GaussianSparsemax",
     "HardConcrete",
     "IGRPlanar",

@@ -1,6 +1,6 @@
 """Task ``voting_regression``: vote proportions with exact zeros by a GLM whose likelihood is
-Mixed Dirichlet (Farinhas et al. 2022, §5.4), against a Dirichlet GLM (Gordon-Rodriguez et al.
-2020's baseline).
+Mixed Dirichlet (Farinhas et al. 2022, §5.4), against a Dirichlet GLM and a continuous-categorical
+GLM (Gordon-Rodriguez et al. 2020's model and baseline).
 
 Data (``data/voting.py``): the UK 2019 general election by constituency (user spreadsheet,
 ``data.source=election``) or, by default, 650 synthetic rows from a known Mixed Dirichlet GLM
@@ -14,19 +14,23 @@ observed, the likelihood exact):
   ``α = exp(clamp(W₂x + b₂, ±10)) + 1e−6``, loss ``−log p(y)`` in the direct-sum measure
   (``log P_F(f(y)) + log Dir(y_f; α_f)``);
 - ``dirichlet``: ``α = exp(clamp(Wx + b, ±10)) + 1e−6`` and ``−log Dir(ỹ; α)`` on the smoothed
-  targets ``ỹ = (y + ε)/(1 + Kε)``, ε = ``model.smoothing``.
+  targets ``ỹ = (y + ε)/(1 + Kε)``, ε = ``model.smoothing``;
+- ``continuous_categorical``: natural parameters ``η = (Wx + b, 0)`` (K − 1 free, unclamped) and
+  ``−log CC(ỹ; η)`` on the same smoothed targets (Adam lr 0.5 in the config, the paper's).
 
 Full batch, Adam, gradient-norm clip ``optim.grad_clip`` per step, one step per epoch.
 
 Readings on the validation rows: ``mean`` (Mixed Dirichlet: mean of ``eval_samples`` draws, 100
-during training; Dirichlet: its exact mean α/α₀) and ``mode`` (the Dirichlet mean on the most
-probable face, closed form; Dirichlet: the mean). Metrics per reading: RMSE (root of the mean
-square over the K shares of a row) and MAE, averaged over rows; ``zero_acc``: per-coordinate
-accuracy of the predicted zero pattern of the most probable face (Dirichlet: nothing is zero);
-``face_acc``: rows whose whole zero pattern is right. Synthetic data also report recovery of the
-true model: ``recovery/face_mae`` (mean |P̂(f_k = 1 | x) − P(f_k = 1 | x)|) and
-``recovery/log_conc_mae`` (mean |log α̂_k − log α_k| over (row, k) whose true face probability
-exceeds ½; α_k off the face is not identifiable), over all rows.
+during training; the baselines: their exact means α/α₀ and ∇ log Z(η), where the reference
+averaged draws of the continuous categorical) and ``mode`` (the Dirichlet mean on the most
+probable face, closed form; the baselines, which have no faces: their means). Metrics per
+reading: RMSE (root of the mean square over the K shares of a row) and MAE, averaged over rows;
+``zero_acc``: per-coordinate accuracy of the predicted zero pattern of the most probable face
+(the baselines: nothing is zero); ``face_acc``: rows whose whole zero pattern is right.
+Synthetic data also report recovery of the true model: ``recovery/face_mae``
+(mean |P̂(f_k = 1 | x) − P(f_k = 1 | x)|) and ``recovery/log_conc_mae`` (mean
+|log α̂_k − log α_k| over (row, k) whose true face probability exceeds ½; α_k off the face is not
+identifiable), over all rows.
 
 Compute: the published protocol (400 full-batch steps, validation with 100 samples after each)
 takes about 20 s per run on one thread, three quarters of it the validation draws (Gamma
@@ -43,7 +47,7 @@ from torch import Tensor, nn
 from torch.distributions import Dirichlet
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from latentgrad.distributions import MixedDirichlet, NonEmptyFaces
+from latentgrad.distributions import ContinuousCategorical, MixedDirichlet, NonEmptyFaces
 from latentgrad.experiments.config import build, require
 from latentgrad.experiments.data.voting import (
     VotingData,
@@ -53,7 +57,7 @@ from latentgrad.experiments.data.voting import (
 )
 from latentgrad.experiments.tasks.base import OptimConfig, TaskConfig, adam
 
-LIKELIHOODS = ("mixed_dirichlet", "dirichlet")
+LIKELIHOODS = ("mixed_dirichlet", "dirichlet", "continuous_categorical")
 SOURCES = ("synthetic", "election")
 CLAMP = 10.0
 MIN_CONCENTRATION = 1e-6
@@ -87,8 +91,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``smoothing``: ε of the Dirichlet baseline's targets; ``train_samples`` /
-    ``eval_samples``: draws behind the Mixed Dirichlet sample mean during training / at test."""
+    """``smoothing``: ε of the baselines' targets (Dirichlet, continuous categorical);
+    ``train_samples`` / ``eval_samples``: draws behind the Mixed Dirichlet sample mean during
+    training / at test."""
 
     smoothing: float = 1e-3
     train_samples: int = 100
@@ -243,8 +248,34 @@ class DirichletGLM(nn.Module):
         return Dirichlet(_log_concentration(self.concentration, x).exp() + MIN_CONCENTRATION)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        eps = self.smoothing
-        return -self(x).log_prob((y + eps) / (1 + y.shape[-1] * eps))
+        return -self(x).log_prob(smoothed(y, self.smoothing))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, n_samples: int) -> dict[str, Tensor]:
+        mean = self(x).mean
+        return {"mean": mean, "mode": mean, "face": torch.ones_like(mean)}
+
+
+def smoothed(y: Tensor, eps: float) -> Tensor:
+    """Targets moved into the open simplex: ``(y + ε)/(1 + Kε)``."""
+    return (y + eps) / (1 + y.shape[-1] * eps)
+
+
+class ContinuousCategoricalGLM(nn.Module):
+    """``x (B, P) -> ContinuousCategorical(η)``, ``η = (Wx + b, 0)`` (the last class is the
+    reference of the K − 1 free parameters); targets smoothed as for the Dirichlet."""
+
+    def __init__(self, num_features: int, num_classes: int, smoothing: float) -> None:
+        super().__init__()
+        self.logits = nn.Linear(num_features, num_classes - 1)
+        self.smoothing = smoothing
+
+    def forward(self, x: Tensor) -> ContinuousCategorical:
+        free = self.logits(x)
+        return ContinuousCategorical(torch.cat([free, free.new_zeros(*free.shape[:-1], 1)], -1))
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return -self(x).log_prob(smoothed(y, self.smoothing))
 
     @torch.no_grad()
     def predict(self, x: Tensor, n_samples: int) -> dict[str, Tensor]:
@@ -270,8 +301,10 @@ class VotingRegression(L.LightningModule):
         self.cfg = cfg
         if cfg.estimator == "mixed_dirichlet":
             self.glm: nn.Module = MixedDirichletGLM(num_features, num_classes)
-        else:
+        elif cfg.estimator == "dirichlet":
             self.glm = DirichletGLM(num_features, num_classes, cfg.model.smoothing)
+        else:
+            self.glm = ContinuousCategoricalGLM(num_features, num_classes, cfg.model.smoothing)
         self.truth: dict[str, Tensor] = {}
         self.all_x: Tensor | None = None
 
