@@ -15,7 +15,7 @@ from scipy import integrate, stats
 from torch.distributions import kl_divergence
 
 from latentgrad.distributions import ContinuousCategorical
-from latentgrad.distributions.continuous_categorical import log_normalizer
+from latentgrad.distributions.continuous_categorical import _proposals, _propose, log_normalizer
 
 D = torch.float64
 mpmath.mp.dps = 80
@@ -54,13 +54,29 @@ def test_log_normalizer_matches_80_digit_arithmetic_at_every_spread(seed, k, sca
     assert abs(float(log_normalizer(eta)) - want) <= 1e-12 * max(1.0, abs(want))
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 20, 64])
 def test_equal_parameters_give_the_uniform_density_on_the_simplex(k):
     eta = torch.full((3, k), 2.5, dtype=D)  # every node tied: Z = e^{2.5} / (K - 1)!
-    assert torch.allclose(log_normalizer(eta), torch.full((3,), 2.5 - math.lgamma(k), dtype=D),
-                          rtol=0, atol=1e-13)
+    want = 2.5 - math.lgamma(k)
+    assert torch.allclose(log_normalizer(eta), torch.full((3,), want, dtype=D),
+                          rtol=1e-13, atol=1e-13)
     d = ContinuousCategorical(eta)
-    assert torch.allclose(d.mean, torch.full((3, k), 1.0 / k, dtype=D), rtol=0, atol=1e-14)
+    assert torch.allclose(d.mean, torch.full((3, k), 1.0 / k, dtype=D), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("k", [12, 32])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 20.0])
+def test_many_categories_match_a_high_precision_matrix_exponential(k, scale):
+    eta = torch.randn(k, generator=torch.Generator().manual_seed(k), dtype=D) * scale
+    mpmath.mp.dps = 120
+    try:
+        bidiagonal = mpmath.diag([mpmath.mpf(e) for e in eta.tolist()])
+        for i in range(k - 1):
+            bidiagonal[i, i + 1] = 1
+        want = float(mpmath.log(mpmath.expm(bidiagonal, method="taylor")[0, k - 1]))
+    finally:
+        mpmath.mp.dps = 80
+    assert abs(float(log_normalizer(eta)) - want) <= 1e-13 * abs(want)
 
 
 def test_partly_tied_parameters_match_the_limit_of_distinct_ones():
@@ -177,6 +193,34 @@ def test_draws_for_three_categories_follow_the_exact_marginal_and_mean():
     assert stats.kstest(x[:, 0].numpy(), cdf).pvalue > 1e-4
     error = (x.mean(0) - d.mean).abs()
     assert (error < 5 * x.std(0) / math.sqrt(4000)).all()
+
+
+@pytest.mark.parametrize("eta", [[0.0] * 4, [0.0, -0.5, -1.0, -2.0], [0.0, -3.0, -9.0, -40.0]])
+def test_both_proposals_accept_at_their_computed_rates(eta):
+    rates = torch.tensor([eta], dtype=D)
+    top = torch.zeros(1, 1, dtype=torch.long)
+    log_z = float(log_normalizer(rates))
+    want = {True: math.exp(math.lgamma(4) + log_z)}  # uniform: (K − 1)! Z
+    want[False] = math.exp(log_z) / math.prod(  # corner: Z / Π ∫_0^1 e^{a x} dx
+        1.0 if a == 0 else math.expm1(a) / a for a in eta[1:])
+    uniform, acceptance = _proposals(rates, top)
+    assert bool(uniform) == (want[True] >= want[False])
+    assert abs(float(acceptance) - max(want.values())) < 1e-12
+    torch.manual_seed(0)
+    n = 20000
+    for kind, rate in want.items():
+        _, accepted = _propose(rates, top, torch.tensor([kind]), n)
+        assert abs(accepted.double().mean() - rate) < 5 * math.sqrt(rate * (1 - rate) / n) + 1e-12
+
+
+@pytest.mark.parametrize("k", [12, 30])
+def test_draws_with_many_categories_have_the_exact_mean(k):
+    eta = torch.randn(3, k, generator=torch.Generator().manual_seed(k), dtype=D) * 0.5
+    eta[0] = 0.0  # uniform on the simplex: the corner proposal alone would accept 1 in (K − 1)!
+    d = ContinuousCategorical(eta)
+    torch.manual_seed(0)
+    x = d.sample((4000,))
+    assert ((x.mean(0) - d.mean).abs() < 5 * x.std(0) / math.sqrt(4000)).all()
 
 
 def test_draws_at_extreme_spreads_are_finite_points_of_the_simplex():

@@ -18,6 +18,7 @@ parameters' dtype.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -34,12 +35,16 @@ def _log_divided_difference(nodes: Tensor) -> Tensor:
     """``log exp[nodes]`` (*batch,) of float64 ``nodes`` (*batch, n), each row's largest node 0.
 
     The superdiagonal is ``t`` instead of 1 (the similarity ``diag(t^i)`` multiplies entry
-    (0, n−1) by ``t^{n−1}``), ``t^{n−1} = Π_i (1 + |η_i|)``: far-apart nodes give a divided
-    difference of about ``Π 1/|η_i|``, which underflows from spreads of about 1e80 (K = 5), while
-    the scaled entry stays near 1; ``1 <= t <= 1 + spread``.
+    (0, n−1) by ``t^{n−1}``), which keeps that entry from vanishing beside the rest of
+    ``exp(B)``: far-apart nodes give a divided difference of about ``Π 1/|η_i|`` (it underflows
+    from spreads of about 1e80 at K = 5), tied ones ``1/(n−1)!`` (below rounding beside the
+    diagonal's 1 from n ≈ 20: ones above the diagonal lost every digit there). With
+    ``t^{n−1} = max(Π (1 + |η_i|), ((n−1)/2)^{n−1})`` the entry stays within a few orders of
+    magnitude of 1 (measured: 1e-13 relative at n = 300, ties included, no overflow at n = 800).
     """
     n = nodes.shape[-1]
     log_t = nodes.detach().abs().log1p().sum(-1, keepdim=True) / max(n - 1, 1)  # (*batch, 1)
+    log_t = log_t.clamp_min(math.log(max((n - 1) / 2, 1.0)))
     upper = torch.diag(nodes.new_ones(n - 1), 1)
     entry = torch.linalg.matrix_exp(torch.diag_embed(nodes) + log_t.exp().unsqueeze(-1) * upper)
     return entry[..., 0, n - 1].log() - (n - 1) * log_t.squeeze(-1)
@@ -74,13 +79,17 @@ class ContinuousCategorical(CheckedDistribution):
 
     Event shape (K,). ``log_prob`` is the density with respect to the Lebesgue measure on the
     first K − 1 coordinates (as torch's ``Dirichlet``); ``mean``, ``entropy`` and the KL divergence
-    between two of them are exact (module docstring). ``sample`` draws exactly by rejection with
-    no pathwise gradient: with ``j`` the coordinate of the largest η, the other coordinates are
-    drawn independently from exponentials with rates ``η_j − η_i`` truncated to [0, 1] (inverse
-    CDF) and kept when they sum to at most 1, ``x_j`` taking the rest; their joint density on
-    that set is the target's. Acceptance is at least ``1 / (K − 1)!`` (all η equal) and grows as
-    the η spread: the sampler suits the small K of the models that use this distribution (K = 5:
-    at least 1 in 24), not K of a few dozen.
+    between two of them are exact (module docstring). ``sample`` draws exactly by rejection, with
+    no pathwise gradient, from whichever of two proposals accepts more often for the row (both
+    acceptance rates are closed forms): uniform points of the simplex, kept with probability
+    ``e^{(η − max η)·x}`` (acceptance ``(K − 1)! Z e^{−max η}``: 1 at equal parameters), or, with
+    ``j`` the coordinate of the largest η, the other coordinates drawn independently from
+    exponentials with rates ``η_j − η_i`` truncated to [0, 1] and kept when they sum to at most 1,
+    ``x_j`` taking the rest (their joint density on that set is the target's; acceptance near 1
+    when the other parameters lie far below the largest). The worst acceptance measured over
+    equal, Gaussian and two-cluster parameters at every scale: 0.62 at K = 3, 0.21 at K = 5, 0.012
+    at K = 10, 1e-6 at K = 20 (half the parameters 100 below the others): meant for the few
+    categories of a proportion model, not for dozens.
     """
 
     arg_constraints: ClassVar[dict] = {"logits": finite_vector}
@@ -153,27 +162,61 @@ class ContinuousCategorical(CheckedDistribution):
         shape = self._extended_shape(sample_shape)
         k = self.num_categories
         with torch.no_grad():
-            eta, _ = _shifted(self.logits.expand(shape))
-            rates = eta.reshape(-1, k)  # η_i − η_j <= 0, 0 at the largest
+            eta, _ = _shifted(self.logits.expand(self.batch_shape + self.event_shape))
+            rates = eta.reshape(-1, k)  # (B, K): η − max η <= 0
             top = rates.argmax(-1, keepdim=True)
-            out = torch.empty_like(rates)
-            pending = torch.arange(rates.shape[0], device=rates.device)
+            uniform, acceptance = _proposals(rates, top)
+            out = rates.new_empty(shape.numel() // k, k)  # row s * B + b: draw s of batch row b
+            pending = torch.arange(out.shape[0], device=out.device)
             while pending.numel():
-                tries = max(1, min(256, _PROPOSAL_ENTRIES // (pending.numel() * k)))
-                a = rates[pending].unsqueeze(1)  # (P, 1, K)
-                u = torch.rand(pending.numel(), tries, k, dtype=a.dtype, device=a.device)
-                x = _truncated_exponential(u, a)
-                x.scatter_(-1, top[pending].unsqueeze(1).expand(-1, tries, 1), 0.0)
-                rest = 1.0 - x.sum(-1)  # (P, tries)
-                accepted = rest >= 0
+                row = pending % max(rates.shape[0], 1)
+                budget = min(256, _PROPOSAL_ENTRIES // (pending.numel() * k))
+                tries = max(1, min(budget, math.ceil(2 / float(acceptance[row].min()))))
+                x, accepted = _propose(rates[row], top[row], uniform[row], tries)
                 done = accepted.any(-1)
                 first = accepted.to(torch.uint8).argmax(-1)  # the first accepted try
-                rows = torch.arange(pending.numel(), device=a.device)
-                draw = x[rows, first]
-                draw.scatter_(-1, top[pending], rest[rows, first].unsqueeze(-1))
+                draw = x[torch.arange(pending.numel(), device=x.device), first]
                 out[pending[done]] = draw[done]
                 pending = pending[~done]
         return out.view(shape).to(self.logits.dtype)
+
+
+def _proposals(rates: Tensor, top: Tensor) -> tuple[Tensor, Tensor]:
+    """Which proposal each row of ``rates`` (R, K) (``a = η − max η``, largest at ``top`` (R, 1))
+    draws from and its acceptance probability, both (R,): uniform on the simplex accepts
+    ``(K − 1)! Z(a)``, the corner proposal ``Z(a) / Π_{i≠j} c_i`` with ``c_i = ∫_0^1 e^{a_i x} dx``
+    (``True``: the uniform one, where it accepts at least as often)."""
+    flat = rates == 0
+    safe = torch.where(flat, -1.0, rates)
+    log_c = torch.where(flat, 0.0, torch.log(-torch.expm1(safe)) - torch.log(-safe))
+    log_z = _log_divided_difference(rates)
+    log_uniform = math.lgamma(rates.shape[-1]) + log_z
+    log_corner = log_z - log_c.scatter(-1, top, 0.0).sum(-1)
+    uniform = log_uniform >= log_corner
+    return uniform, torch.where(uniform, log_uniform, log_corner).exp().clamp(1e-300, 1.0)
+
+
+def _propose(rates: Tensor, top: Tensor, uniform: Tensor, tries: int) -> tuple[Tensor, Tensor]:
+    """``tries`` proposals (P, tries, K) for each of P rows of ``rates`` (P, K) and whether each
+    is accepted (P, tries): rows with ``uniform`` draw uniformly on the simplex (normalised
+    exponentials) and keep a draw with probability ``e^{a·x}``; the others draw the coordinates
+    other than ``top`` from exponentials truncated to [0, 1] and keep them when they sum to at
+    most 1 (class docstring). One set of uniforms serves both (each row uses one of them)."""
+    p, k = rates.shape
+    a = rates.unsqueeze(1)  # (P, 1, K)
+    u = torch.rand(p, tries, k + 1, dtype=a.dtype, device=a.device)
+    u, v = u[..., :k], u[..., k]
+    spacings = -torch.log1p(-u)  # Exp(1)
+    on_simplex = spacings / spacings.sum(-1, keepdim=True)
+    keep_uniform = torch.log(v) <= (a * on_simplex).sum(-1)
+    corner = _truncated_exponential(u, a)
+    index = top.unsqueeze(1).expand(-1, tries, 1)
+    corner.scatter_(-1, index, 0.0)
+    rest = 1.0 - corner.sum(-1, keepdim=True)
+    corner.scatter_(-1, index, rest)
+    by_uniform = uniform.view(p, 1)
+    return (torch.where(by_uniform.unsqueeze(-1), on_simplex, corner),
+            torch.where(by_uniform, keep_uniform, rest.squeeze(-1) >= 0))
 
 
 def _truncated_exponential(u: Tensor, a: Tensor) -> Tensor:
