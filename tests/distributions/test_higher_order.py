@@ -11,6 +11,7 @@ from torch.autograd import gradgradcheck
 from latentgrad.distributions import (
     IGR,
     BinaryGaussianSparsemax,
+    ContinuousCategorical,
     GaussianSparsemax,
     HardConcrete,
     MixedDirichlet,
@@ -36,6 +37,7 @@ CASES = {
                        lambda faces, conc: MixedDirichlet(faces, conc.exp())),
     "IGR": ((_params(2, 3, seed=6), 0.3 * _params(2, 3, seed=7)),
             lambda loc, log_scale: IGR(loc, log_scale.exp(), 0.5)),
+    "ContinuousCategorical": ((_params(2, 4, seed=9),), ContinuousCategorical),
     "Concrete SST": ((_params(2, 4, seed=8),),
                      lambda scores: StochasticSoftmax(Categorical(4), scores, 0.7)),
 }  # fmt: skip

@@ -43,6 +43,14 @@ CASES = {
         lambda: D.MixedDirichlet(D.NonEmptyFaces(_r(4, 3)), torch.ones(3)),
         "(2,) and (4,)",
     ),
+    "ContinuousCategorical K": (
+        lambda: D.ContinuousCategorical(_r(2, 3)), lambda: D.ContinuousCategorical(_r(2, 4)),
+        "same K",
+    ),
+    "ContinuousCategorical batch": (
+        lambda: D.ContinuousCategorical(_r(2, 3)), lambda: D.ContinuousCategorical(_r(4, 3)),
+        "(2,) and (4,)",
+    ),
 }  # fmt: skip
 
 
@@ -75,6 +83,7 @@ BROADCAST_PAIRS = {
         lambda b: D.BinaryGaussianSparsemax(_b(b), 0.5 + _b(b).abs()),
         lambda b: D.MixedUniform(torch.float64).expand(b),
     ),
+    "ContinuousCategorical": (lambda b: D.ContinuousCategorical(_b(b, 4)),) * 2,
     "HardConcrete-MixedUniform": (
         lambda b: D.HardConcrete(_b(b), 0.5 + _b(b).abs()),
         lambda b: D.MixedUniform(torch.float64).expand(b),
