@@ -61,7 +61,7 @@ def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
     available, replaces ``rows_fn`` (it validates the rows itself). ``vjp``, the mapping's
     closed-form (symmetric) Jacobian product from its output, makes it work under
     ``torch.func.vmap`` (module docstring); with it, every ``torch.func`` transform (``grad``,
-    ``jvp``, ``jacrev``, ``vmap``) goes through ``_Vmapped``, so the autograd Functions that
+    ``jvp``, ``jacrev``, ``vmap``) goes through ``_UnderTransforms``, so the autograd Functions that
     ``rows_fn`` applies may take ``ctx`` in ``forward``: such a Function costs about 15 us per
     call against 90 for one with ``setup_context``, which ``torch.func`` requires (its ``apply``
     binds the arguments with ``inspect.signature`` on every call).
@@ -69,7 +69,7 @@ def map_rows(x: object, dim: int, rows_fn: Callable[[Tensor, Maxima], Tensor],
     x, dim = check_scores(x, dim)
     if transforms_active():
         if vjp is not None:
-            return _Vmapped.apply(
+            return _UnderTransforms.apply(
                 x, dim, lambda t, d: map_rows(t, d, rows_fn, spread, fused, vjp), vjp)
         if _vmap_active():
             raise RuntimeError(
@@ -131,10 +131,10 @@ def _along(vjp: RowsVJP, v: Tensor, y: Tensor, dim: int) -> Tensor:
     return from_rows(rows, y, dim).to(v.dtype)
 
 
-class _Vmapped(torch.autograd.Function):
-    """``mapping(x, dim)`` (``dim`` >= 0) whose ``vmap`` rule maps the unbatched tensor, the
-    vmapped dimension moved first, and whose derivatives are the closed-form ``vjp`` from the
-    output (pure tensor ops: they batch)."""
+class _UnderTransforms(torch.autograd.Function):
+    """``mapping(x, dim)`` (``dim`` >= 0) as every ``torch.func`` transform sees it: its ``vmap``
+    rule maps the unbatched tensor, the vmapped dimension moved first, and its derivatives are
+    the closed-form ``vjp`` from the output (pure tensor ops: they batch)."""
 
     @staticmethod
     def forward(x, dim, mapping, vjp):
