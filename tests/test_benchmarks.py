@@ -23,6 +23,8 @@ TINY = {
                                    "--train-decodes", "4"], "per decoder call"),
     "compare_estimators.py": (["--draws", "20"], "|bias|"),
     "bench_tree_sampling.py": (["--repeats", "1"], "ms"),
+    "bench_continuous_categorical.py": (["--repeats", "1", "--rows", "2", "--ks", "3"],
+                                        "closed form"),
     "bench_trees_vs_peers.py": (["--repeats", "1"], "float32 max |error|"),
     "bench_distributions_vs_relaxit.py": (["--repeats", "1"], "relaxit"),
     "bench_estimators_vs_storchastic.py": (["--repeats", "1", "--draws", "1024"], "storchastic"),
