@@ -235,17 +235,14 @@ class MixedDirichletGLM(nn.Module):
         return _log_concentration(self.concentration, x)
 
 
-class DirichletGLM(nn.Module):
-    """``x (B, P) -> Dirichlet(exp(clamp(Wx + b)) + 1e−6)``; targets smoothed into the open
-    simplex by ``(y + ε)/(1 + Kε)``."""
+class OpenSimplexGLM(nn.Module):
+    """A baseline GLM whose distribution lives on the open simplex (``forward`` in the subclass):
+    trained on targets smoothed into it by ``(y + ε)/(1 + Kε)``, read by its exact mean (it has no
+    faces: every share is predicted non-zero)."""
 
-    def __init__(self, num_features: int, num_classes: int, smoothing: float) -> None:
+    def __init__(self, smoothing: float) -> None:
         super().__init__()
-        self.concentration = nn.Linear(num_features, num_classes)
         self.smoothing = smoothing
-
-    def forward(self, x: Tensor) -> Dirichlet:
-        return Dirichlet(_log_concentration(self.concentration, x).exp() + MIN_CONCENTRATION)
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         return -self(x).log_prob(smoothed(y, self.smoothing))
@@ -261,26 +258,28 @@ def smoothed(y: Tensor, eps: float) -> Tensor:
     return (y + eps) / (1 + y.shape[-1] * eps)
 
 
-class ContinuousCategoricalGLM(nn.Module):
-    """``x (B, P) -> ContinuousCategorical(η)``, ``η = (Wx + b, 0)`` (the last class is the
-    reference of the K − 1 free parameters); targets smoothed as for the Dirichlet."""
+class DirichletGLM(OpenSimplexGLM):
+    """``x (B, P) -> Dirichlet(exp(clamp(Wx + b)) + 1e−6)``."""
 
     def __init__(self, num_features: int, num_classes: int, smoothing: float) -> None:
-        super().__init__()
+        super().__init__(smoothing)
+        self.concentration = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: Tensor) -> Dirichlet:
+        return Dirichlet(_log_concentration(self.concentration, x).exp() + MIN_CONCENTRATION)
+
+
+class ContinuousCategoricalGLM(OpenSimplexGLM):
+    """``x (B, P) -> ContinuousCategorical(η)``, ``η = (Wx + b, 0)`` (the last class is the
+    reference of the K − 1 free parameters)."""
+
+    def __init__(self, num_features: int, num_classes: int, smoothing: float) -> None:
+        super().__init__(smoothing)
         self.logits = nn.Linear(num_features, num_classes - 1)
-        self.smoothing = smoothing
 
     def forward(self, x: Tensor) -> ContinuousCategorical:
         free = self.logits(x)
         return ContinuousCategorical(torch.cat([free, free.new_zeros(*free.shape[:-1], 1)], -1))
-
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        return -self(x).log_prob(smoothed(y, self.smoothing))
-
-    @torch.no_grad()
-    def predict(self, x: Tensor, n_samples: int) -> dict[str, Tensor]:
-        mean = self(x).mean
-        return {"mean": mean, "mode": mean, "face": torch.ones_like(mean)}
 
 
 def share_errors(y: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
