@@ -129,21 +129,23 @@ class ContinuousCategorical(CheckedDistribution):
         log_p = (eta * value.to(torch.float64)).sum(-1) - _log_divided_difference(eta)
         return log_p.to(torch.promote_types(self.logits.dtype, value.dtype))
 
-    def _mean64(self, eta: Tensor) -> Tensor:
-        """``E[x]`` (*batch, K) in float64 from the shifted ``eta``: ``exp[η, η_i] / exp[η]``
-        (relative accuracy about 1e-12 at the largest spreads, the matrix exponential's)."""
+    @staticmethod
+    def _mean_and_log_z(eta: Tensor) -> tuple[Tensor, Tensor]:
+        """``E[x]`` (*batch, K) and ``log Z`` (*batch,) in float64 from the shifted ``eta``:
+        ``E[x_i] = exp[η, η_i] / exp[η]`` (relative accuracy about 1e-12 at the largest spreads,
+        the matrix exponential's)."""
         k = eta.shape[-1]
         repeated = torch.cat([eta.unsqueeze(-2).expand(*eta.shape, k),
                               eta.unsqueeze(-1)], dim=-1)  # (*batch, K, K + 1): row i ends in η_i
-        mean = (_log_divided_difference(repeated)
-                - _log_divided_difference(eta).unsqueeze(-1)).exp()
-        return mean / mean.sum(-1, keepdim=True)  # sums to 1 to rounding (1e-13 off at most)
+        log_z = _log_divided_difference(eta)
+        mean = (_log_divided_difference(repeated) - log_z.unsqueeze(-1)).exp()
+        return mean / mean.sum(-1, keepdim=True), log_z  # sums to 1 to rounding
 
     @property
     def mean(self) -> Tensor:
         """``E[x] = ∇ log Z(η)`` (*batch, K), in the simplex's interior (differentiable)."""
         eta, _ = _shifted(self.logits)
-        return self._mean64(eta).to(self.logits.dtype)
+        return self._mean_and_log_z(eta)[0].to(self.logits.dtype)
 
     @property
     def mode(self) -> Tensor:
@@ -154,8 +156,8 @@ class ContinuousCategorical(CheckedDistribution):
     def entropy(self) -> Tensor:
         """``H = log Z(η) − η·E[x]`` (*batch,), on the shifted η."""
         eta, _ = _shifted(self.logits)
-        entropy = _log_divided_difference(eta) - (eta * self._mean64(eta)).sum(-1)
-        return entropy.to(self.logits.dtype)
+        mean, log_z = self._mean_and_log_z(eta)
+        return (log_z - (eta * mean).sum(-1)).to(self.logits.dtype)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:  # noqa: B008 (torch's signature)
         """Exact draws (*sample, *batch, K) by rejection (class docstring); no gradient."""
@@ -235,8 +237,8 @@ def _kl_continuous_categorical(p: ContinuousCategorical, q: ContinuousCategorica
     check_kl_shapes(p, q)
     eta_p, _ = _shifted(p.logits)
     eta_q, _ = _shifted(q.logits)
-    kl = ((eta_p - eta_q) * p._mean64(eta_p)).sum(-1) - _log_divided_difference(eta_p) \
-        + _log_divided_difference(eta_q)
+    mean_p, log_z_p = p._mean_and_log_z(eta_p)
+    kl = ((eta_p - eta_q) * mean_p).sum(-1) - log_z_p + _log_divided_difference(eta_q)
     return kl.clamp_min(0.0).to(torch.promote_types(p.logits.dtype, q.logits.dtype))
 
 
