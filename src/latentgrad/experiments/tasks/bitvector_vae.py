@@ -8,8 +8,8 @@ pixel / 255; the targets are the raw bytes, no binarisation.
 Model: encoder ``784 → 128 → D`` (ReLU) gives the bit scores t; decoder ``D → 128 → 784·5``
 (ReLU hidden layer), reshaped to ``784 × 5``, then one ``Linear(5 → 256)`` shared by all pixels
 gives each pixel's 256 logits; ``ℓ(z) = −log p(x|z)`` (the distortion), as in the reference
-code from its second commit on (its first had a log-softmax inside every MLP, removed a month
-before the paper's scripts).
+code from its second commit on (its first had a log-softmax inside every MLP, removed the next
+day, before any of its run scripts).
 Prior and loss ``−ELBO = E_q[ℓ(z)] + KL(q ‖ prior)``, per estimator family:
 
 - discrete (``sfe``, ``sfe_plus``, ``nvil``, ``gumbel``, ``st_gumbel``): q = independent
