@@ -138,6 +138,51 @@ def test_resume_continues_from_the_last_checkpoint(data_env: Path, tmp_path: Pat
         run("ssvae", "sfe", 0, {"profile": "tiny", "optim": {"lr": 0.5}}, out=tmp_path, resume=True)
 
 
+def _change_saved_setting(d: Path, key: str, value: object) -> None:
+    """Edit ``estimator_args.<key>`` in a run's ``config.yaml`` and its last checkpoint, as if the
+    run had been started by a version whose task config had another default."""
+    saved = yaml.safe_load((d / "config.yaml").read_text())
+    saved["estimator_args"][key] = value
+    (d / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    ckpt_path = d / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["hyper_parameters"]["config"]["estimator_args"][key] = value
+    torch.save(ckpt, ckpt_path)
+
+
+@pytest.mark.parametrize("entry", ["run", "sweep"])
+@pytest.mark.parametrize(("estimator", "resumes"), [("sfe", True), ("nvil", False)])
+def test_a_changed_default_the_estimator_does_not_read_does_not_block_resume(
+    tmp_path: Path, estimator: str, resumes: bool, entry: str
+) -> None:
+    """NVIL's baseline network (``estimator_args.nvil_hidden``) changed in the task config after
+    other estimators' runs started: SFE does not read it and resumes (``run --resume`` and
+    ``sweep``); NVIL's own run is refused, naming the setting."""
+    from latentgrad.experiments.config import ConfigError
+    from latentgrad.experiments.runner import run
+    from latentgrad.experiments.sweep import sweep
+
+    first = {"profile": "tiny", "trainer": {"max_epochs": 20, "max_steps": 3}}
+    run("signal_game", estimator, 0, first, out=tmp_path)
+    d = tmp_path / "signal_game" / estimator / "seed0"
+    _change_saved_setting(d, "nvil_hidden", [3, 3])
+
+    def resume() -> int:
+        if entry == "run":
+            longer = {"profile": "tiny", "trainer": {"max_epochs": 20, "max_steps": 5}}
+            return run("signal_game", estimator, 0, longer, out=tmp_path,
+                       resume=True)["global_step"]
+        longer_args = ["profile=tiny", "trainer.max_epochs=20", "trainer.max_steps=5"]
+        assert sweep("signal_game", [estimator], [0], longer_args, out=str(tmp_path)) == 0
+        return json.loads((d / "metrics.json").read_text())["global_step"]
+
+    if resumes:
+        assert resume() == 5
+    else:
+        with pytest.raises(ConfigError, match=r"estimator_args\.nvil_hidden \(\[3, 3\] saved"):
+            resume()
+
+
 def test_killed_run_resumes_without_losing_finished_epochs(data_env: Path, tmp_path: Path) -> None:
     """SIGKILL one optimizer step into the third epoch (after the checkpoint of the second: the
     tiny profile's warm-start epoch of 32 // 16 steps, then main epochs of 64 // 16 steps); the

@@ -59,20 +59,20 @@ def run_dir_for(out: str | os.PathLike[str], task: str, estimator: str, seed: in
     return Path(out) / task / estimator / f"seed{seed}"
 
 
-def _differing(saved: dict[str, Any], config: dict[str, Any],
-               prefix: str = "") -> tuple[list[str], list[str]]:
-    """The dotted keys, the trainer section aside, at which ``saved`` and ``config`` differ
-    (``optim.lr``, not ``optim``), and apart from them the keys set now that the saved config
-    lacks (a run started by a version without that setting; a key unset in both is no
-    difference)."""
+def _differing(saved: dict[str, Any], config: dict[str, Any], prefix: str = "",
+               ignore: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """The dotted keys, the trainer section and the keys in ``ignore`` aside, at which ``saved``
+    and ``config`` differ (``optim.lr``, not ``optim``), and apart from them the keys set now that
+    the saved config lacks (a run started by a version without that setting; a key unset in both
+    is no difference)."""
     differ: list[str] = []
     unsaved: list[str] = []
     for key in sorted(set(saved) | set(config), key=str):
-        if not prefix and key == "trainer":
+        if (not prefix and key == "trainer") or f"{prefix}{key}" in ignore:
             continue
         a, b = saved.get(key), config.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            more, more_unsaved = _differing(a, b, f"{prefix}{key}.")
+            more, more_unsaved = _differing(a, b, f"{prefix}{key}.", ignore)
             differ += more
             unsaved += more_unsaved
         elif key not in saved and b is not None:
@@ -96,12 +96,14 @@ def saved_config(path: Path) -> dict[str, Any]:
     return saved
 
 
-def check_same_config(saved_path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def check_same_config(saved_path: Path, config: dict[str, Any],
+                      ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
     """On resume (and in a sweep over existing cells), all but the trainer section (run length,
-    devices) must match the saved run: a ConfigError naming the differing sections. Returns the
-    saved config."""
+    devices) and the dotted keys in ``ignore`` (settings the run does not read:
+    ``unread_settings``) must match the saved run: a ConfigError naming the differing sections.
+    Returns the saved config."""
     saved = saved_config(saved_path)
-    differ, unsaved = _differing(saved, config)
+    differ, unsaved = _differing(saved, config, ignore=ignore)
     problems = []
     if differ:
         problems.append(f"differs from {saved_path} in {', '.join(differ)} (resume with the "
@@ -142,24 +144,45 @@ def _is_global_zero() -> bool:
     )
 
 
+def _estimator_args_read(module: Any, estimator: str) -> tuple[str, ...] | None:
+    """The ``estimator_args`` keys a run of ``estimator`` reads: its registry entry's ``args``,
+    plus those the task ``module`` reads itself for it (``ESTIMATOR_ARGS``, a dict estimator ->
+    keys, optional); None where that is not known (an entry without ``args``, or a task whose
+    ``estimator`` names a model rather than a registry entry: its ``Config`` has checked it)."""
+    from latentgrad.experiments.estimators import ESTIMATORS
+
+    if estimator not in ESTIMATORS or ESTIMATORS[estimator].args is None:
+        return None
+    return (*ESTIMATORS[estimator].args,
+            *getattr(module, "ESTIMATOR_ARGS", {}).get(estimator, ()))
+
+
+def unread_settings(module: Any, estimator: str, *configs: dict[str, Any]) -> frozenset[str]:
+    """The dotted ``estimator_args.<key>`` settings of ``configs`` (resolved configs, saved or
+    current) that a run of ``estimator`` does not read: a change to one of them (another
+    estimator's default changed in the task's config) does not stop a run from resuming."""
+    used = _estimator_args_read(module, estimator)
+    if used is None:
+        return frozenset()
+    keys: set[str] = set()
+    for config in configs:
+        args = config.get("estimator_args")
+        if isinstance(args, dict):
+            keys.update(args)
+    return frozenset(f"estimator_args.{k}" for k in keys - set(used))
+
+
 def _check_estimator_args(
     module: Any, estimator: str, overrides: dict[str, Any],
     config_file: str | os.PathLike[str] | None,
 ) -> None:
-    """Refuse ``estimator_args`` keys the user set that ``estimator`` does not read: its
-    registry entry's ``args``, plus those the task ``module`` reads itself for it
-    (``ESTIMATOR_ARGS``, a dict estimator -> keys, optional). Tasks whose ``estimator`` names a
-    model rather than a registry entry (their ``Config`` has checked it) are left alone."""
-    from latentgrad.experiments.estimators import ESTIMATORS
-
-    if estimator not in ESTIMATORS:
-        return
-    used = ESTIMATORS[estimator].args
+    """Refuse ``estimator_args`` keys the user set that ``estimator`` does not read
+    (``_estimator_args_read``): they would be silently ignored."""
+    used = _estimator_args_read(module, estimator)
     user = deep_merge(load_yaml(config_file) if config_file is not None else {}, overrides)
     given = user.get("estimator_args")
     if used is None or not isinstance(given, dict):
         return
-    used = (*used, *getattr(module, "ESTIMATOR_ARGS", {}).get(estimator, ()))
     ignored = sorted(set(given) - set(used))
     if ignored:
         raise ConfigError(
@@ -342,7 +365,10 @@ def _train_and_test(
                 f"run directory {run_dir} already holds a run; "
                 "pass --resume to continue it or choose another --out"
             )
-        saved_trainer = check_same_config(run_dir / "config.yaml", config).get("trainer")
+        saved = saved_config(run_dir / "config.yaml")
+        saved_trainer = check_same_config(
+            run_dir / "config.yaml", config, unread_settings(module, estimator, saved, config)
+        ).get("trainer")
         if metrics_path.exists() and saved_trainer == config["trainer"]:
             return json.loads(metrics_path.read_text())  # finished with these settings
     if resume:  # DDP workers start after rank 0 chose and pruned: they find the same file
@@ -359,7 +385,8 @@ def _train_and_test(
             except CheckpointError as err:
                 raise ConfigError(str(err)) from None
             changed, unsaved = ([], []) if summary.config is None else _differing(
-                summary.config, config)
+                summary.config, config,
+                ignore=unread_settings(module, estimator, summary.config, config))
             differ = changed + unsaved
             if differ:  # a checkpoint copied in from another run: it would not even load
                 raise ConfigError(

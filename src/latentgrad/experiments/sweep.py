@@ -36,6 +36,8 @@ from latentgrad.experiments.runner import (
     check_run,
     check_same_config,
     run_dir_for,
+    saved_config,
+    unread_settings,
 )
 from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
 
@@ -250,12 +252,13 @@ def _check_cells(
     for estimator in estimators:
         for seed in seeds:
             try:
-                _, cfg = check_run(task, estimator, seed, parsed, config_file)
-                configs[estimator, seed] = to_dict(cfg)
+                module, cfg = check_run(task, estimator, seed, parsed, config_file)
+                config = configs[estimator, seed] = to_dict(cfg)
                 saved = run_dir_for(out, task, estimator, seed) / "config.yaml"
                 if saved.exists():
+                    unread = unread_settings(module, estimator, saved_config(saved), config)
                     saved_trainers[estimator, seed] = check_same_config(
-                        saved, configs[estimator, seed]).get("trainer")
+                        saved, config, unread).get("trainer")
                     check_not_shortened(saved.parent, configs[estimator, seed]["trainer"])
             except ConfigError as err:
                 errors.append(f"{estimator}/seed{seed}: {err}")
