@@ -96,14 +96,21 @@ def saved_config(path: Path) -> dict[str, Any]:
     return saved
 
 
-def check_same_config(saved_path: Path, config: dict[str, Any],
-                      ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _run_differences(saved: dict[str, Any], config: dict[str, Any], module: Any,
+                     estimator: str) -> tuple[list[str], list[str]]:
+    """``_differing`` for a run of ``estimator`` in the task ``module``: the ``estimator_args``
+    it does not read are no difference (``_unread_settings``)."""
+    return _differing(saved, config, ignore=_unread_settings(module, estimator, saved, config))
+
+
+def check_same_config(saved_path: Path, config: dict[str, Any], module: Any = None,
+                      estimator: str = "") -> dict[str, Any]:
     """On resume (and in a sweep over existing cells), all but the trainer section (run length,
-    devices) and the dotted keys in ``ignore`` (settings the run does not read:
-    ``unread_settings``) must match the saved run: a ConfigError naming the differing sections.
-    Returns the saved config."""
+    devices) and the ``estimator_args`` that a run of ``estimator`` in the task ``module`` does
+    not read must match the saved run: a ConfigError naming the differing sections. Returns the
+    saved config."""
     saved = saved_config(saved_path)
-    differ, unsaved = _differing(saved, config, ignore=ignore)
+    differ, unsaved = _run_differences(saved, config, module, estimator)
     problems = []
     if differ:
         problems.append(f"differs from {saved_path} in {', '.join(differ)} (resume with the "
@@ -157,7 +164,7 @@ def _estimator_args_read(module: Any, estimator: str) -> tuple[str, ...] | None:
             *getattr(module, "ESTIMATOR_ARGS", {}).get(estimator, ()))
 
 
-def unread_settings(module: Any, estimator: str, *configs: dict[str, Any]) -> frozenset[str]:
+def _unread_settings(module: Any, estimator: str, *configs: dict[str, Any]) -> frozenset[str]:
     """The dotted ``estimator_args.<key>`` settings of ``configs`` (resolved configs, saved or
     current) that a run of ``estimator`` does not read: a change to one of them (another
     estimator's default changed in the task's config) does not stop a run from resuming."""
@@ -365,10 +372,8 @@ def _train_and_test(
                 f"run directory {run_dir} already holds a run; "
                 "pass --resume to continue it or choose another --out"
             )
-        saved = saved_config(run_dir / "config.yaml")
         saved_trainer = check_same_config(
-            run_dir / "config.yaml", config, unread_settings(module, estimator, saved, config)
-        ).get("trainer")
+            run_dir / "config.yaml", config, module, estimator).get("trainer")
         if metrics_path.exists() and saved_trainer == config["trainer"]:
             return json.loads(metrics_path.read_text())  # finished with these settings
     if resume:  # DDP workers start after rank 0 chose and pruned: they find the same file
@@ -384,9 +389,8 @@ def _train_and_test(
                 summary = checkpoint_summary(ckpt)
             except CheckpointError as err:
                 raise ConfigError(str(err)) from None
-            changed, unsaved = ([], []) if summary.config is None else _differing(
-                summary.config, config,
-                ignore=unread_settings(module, estimator, summary.config, config))
+            changed, unsaved = ([], []) if summary.config is None else _run_differences(
+                summary.config, config, module, estimator)
             differ = changed + unsaved
             if differ:  # a checkpoint copied in from another run: it would not even load
                 raise ConfigError(

@@ -36,8 +36,6 @@ from latentgrad.experiments.runner import (
     check_run,
     check_same_config,
     run_dir_for,
-    saved_config,
-    unread_settings,
 )
 from latentgrad.experiments.stopping import STOPPED_EXIT_CODE
 
@@ -256,10 +254,9 @@ def _check_cells(
                 config = configs[estimator, seed] = to_dict(cfg)
                 saved = run_dir_for(out, task, estimator, seed) / "config.yaml"
                 if saved.exists():
-                    unread = unread_settings(module, estimator, saved_config(saved), config)
                     saved_trainers[estimator, seed] = check_same_config(
-                        saved, config, unread).get("trainer")
-                    check_not_shortened(saved.parent, configs[estimator, seed]["trainer"])
+                        saved, config, module, estimator).get("trainer")
+                    check_not_shortened(saved.parent, config["trainer"])
             except ConfigError as err:
                 errors.append(f"{estimator}/seed{seed}: {err}")
     if errors:
