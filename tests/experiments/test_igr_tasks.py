@@ -146,6 +146,33 @@ def test_paper_and_faithful_profiles_are_the_protocol_defaults(task: str) -> Non
         assert faithful_seeds == paper_seeds[: len(faithful_seeds)]
 
 
+# IGR-I, IGR-Planar, IGR-SB, Gumbel-Softmax: the reference's final scripts for the VAE protocol
+# (the defaults), and the two sets its repository labels "cv" and "vertex proximity"
+IGR_VAE_TEMPERATURES = {
+    None: (0.15, 0.15, 0.15, 0.67),
+    "cv": (1.0, 0.85, 0.15, 1.0),
+    "vertex": (0.1, 0.3, 0.02, 0.25),
+}
+
+
+@pytest.mark.parametrize("suffix", list(IGR_VAE_TEMPERATURES))
+def test_igr_vae_temperature_profiles_change_only_the_temperature(suffix: str | None) -> None:
+    """``paper``/``faithful`` run the final scripts' temperatures; ``paper_cv``/``faithful_cv`` and
+    ``paper_vertex``/``faithful_vertex`` the two other sets, with the protocol otherwise the
+    defaults', and their sweeps the same seeds as ``paper``/``faithful``."""
+    estimators = ("igr_i", "igr_planar", "igr_sb", "gumbel_concrete")
+    for base in ("paper", "faithful"):
+        profile = base if suffix is None else f"{base}_{suffix}"
+        for estimator, tau in zip(estimators, IGR_VAE_TEMPERATURES[suffix], strict=True):
+            config = profile_config("igr_vae", estimator, profile)
+            assert config["estimator_args"]["temperature"] == tau
+            defaults = profile_config("igr_vae", estimator, None)
+            config["estimator_args"].pop("temperature")
+            defaults["estimator_args"].pop("temperature")
+            assert config == defaults
+        assert sweep_grid("igr_vae", profile, None, None) == sweep_grid("igr_vae", base, None, None)
+
+
 def test_igr_discrete_posterior_in_chunks_is_the_pmf_of_the_whole_batch(monkeypatch) -> None:
     """``discrete_posterior`` evaluates IGR-I's zero-temperature pmf a few examples at a time; the
     result is that of one call on the whole batch (rowwise, in float64), and a proper pmf."""
