@@ -58,6 +58,21 @@ def test_each_attempt_records_its_compute_and_the_run_sums_them(tmp_path: Path) 
     assert compute["cpu_hours"] == pytest.approx((first["cpu_s"] + last["cpu_s"]) / 3600, abs=1e-3)
 
 
+def test_the_run_level_fields_are_the_first_start_not_the_first_attempts_end(
+        tmp_path: Path) -> None:
+    """A resumed run's ``run.json`` must not read as stopped at its first attempt's step."""
+    write_run_records(tmp_path, CONFIG, ["run", "ssvae"])
+    record_attempt_end(tmp_path, AttemptClock(time.monotonic(), time.process_time()), 120,
+                       "stopped by SIGTERM", 1)
+    write_run_records(tmp_path, CONFIG, ["run", "ssvae", "--resume"])
+    record_attempt_end(tmp_path, AttemptClock(time.monotonic(), time.process_time()), 300,
+                       "finished", 1)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["started"] == info["attempts"][0]["started"]
+    assert not {"ended", "outcome", "global_step", "wall_s", "cpu_s", "threads"} & set(info)
+    assert [a["outcome"] for a in info["attempts"]] == ["stopped by SIGTERM", "finished"]
+
+
 def test_an_unreadable_record_leaves_the_attempts_end_unrecorded_with_a_warning(
         tmp_path: Path) -> None:
     """Recording runs in a ``finally`` around training: it must not replace the run's own

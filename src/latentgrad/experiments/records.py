@@ -58,6 +58,9 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+_START_KEYS = ("started", "host", "platform", "git")  # what an attempt records when it starts
+
+
 def write_run_records(run_dir: Path, config: dict[str, Any], argv: list[str] | None) -> None:
     """Write ``config.yaml``, ``command.txt`` and ``run.json`` (seed, commit, versions, host).
 
@@ -81,7 +84,8 @@ def write_run_records(run_dir: Path, config: dict[str, Any], argv: list[str] | N
         "estimator": config["estimator"],
         "seed": config["seed"],
         "profile": config["profile"],
-        **attempts[0],
+        # the first start only; each attempt's end (outcome, step, compute) stays in its entry
+        **{k: attempts[0][k] for k in _START_KEYS if k in attempts[0]},
         "versions": package_versions(),
         "attempts": attempts,
     }
@@ -99,8 +103,7 @@ def _previous_attempts(path: Path) -> list[dict[str, Any]]:
         return []
     if isinstance(info.get("attempts"), list):
         return info["attempts"]
-    keys = ("started", "host", "platform", "git")
-    return [{k: info[k] for k in keys if k in info}] if "started" in info else []
+    return [{k: info[k] for k in _START_KEYS if k in info}] if "started" in info else []
 
 
 class AttemptClock(NamedTuple):
