@@ -11,7 +11,7 @@ from torch.distributions import RelaxedBernoulli, RelaxedOneHotCategorical, kl_d
 
 import latentgrad as lg
 from _references import planar_ref, softmax_pp_ref, sticks_ref
-from latentgrad.distributions.igr import IGR, IGRStickBreaking, uniform_prior_loc
+from latentgrad.distributions.igr import IGR, IGRPlanar, IGRStickBreaking, uniform_prior_loc
 from latentgrad.estimators import relaxed
 from latentgrad.estimators.relaxed import GumbelSoftmax, IGREstimator
 from latentgrad.estimators.schedules import Constant, ExponentialDecay, Learnable
@@ -341,6 +341,48 @@ def test_igr_several_latent_variables_with_planar_flows_per_variable():
     assert torch.isfinite(scores.grad).all()
 
 
+@pytest.mark.parametrize("variant", ["I", "SB", "planar"])
+def test_igr_stl_keeps_the_loss_and_drops_exactly_the_score_term_from_the_gradient(variant):
+    """With ``stl=True`` the loss is the same number, and its gradient differs from the ordinary
+    one by ``kl_coeff · mean_b ∇ log q(ψ_b)`` at the drawn ψ held fixed (the score term)."""
+    kw = {"prior": (0.1, 1.2) if variant != "planar" else "uniform", "kl": "sampled",
+          "kl_coeff": 0.7, "num_categories": 5, "eps": 0.05}
+    plain = IGREstimator(variant, 0.5, **kw).double()
+    stl = IGREstimator(variant, 0.5, stl=True, **kw).double()
+    stl.load_state_dict(plain.state_dict())  # the same flows
+    weights = torch.randn(4, 5, dtype=D)
+    grads, losses = [], []
+    for est in (plain, stl):
+        scores = igr_scores(4, 4, seed=9)
+        out, rec = run(est, scores, weights=weights, seed=3)
+        grads.append(torch.autograd.grad(out.loss, scores)[0])
+        losses.append(out.loss.detach())
+    assert torch.equal(*losses)
+    psi = rec.calls[0][0].detach()
+    scores = igr_scores(4, 4, seed=9)
+    loc, log_scale = scores.unbind(-2)
+    if variant == "I":
+        q = IGR(loc, log_scale.exp(), 0.5)
+    elif variant == "SB":
+        q = IGRStickBreaking(loc, log_scale.exp(), 0.5, eps=0.05)
+    else:
+        q = IGRPlanar(loc, log_scale.exp(), 0.5, stl.flows)
+    score_term = torch.autograd.grad(0.7 * q.log_prob(psi).mean(), scores)[0]
+    torch.testing.assert_close(grads[0] - grads[1], score_term, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["I", "SB", "planar"])
+def test_igr_stl_gradient_is_finite_where_the_log_scale_is_below_the_dtypes_range(variant):
+    """ξ = −90 in float32: σ is clamped to the smallest normal number and passes no gradient to
+    ξ; the path coefficient −ε/σ is kept finite, so no inf · 0 = NaN reaches the scores."""
+    est = IGREstimator(variant, 0.5, prior=(0.0, 1.0) if variant != "planar" else "uniform",
+                       kl="sampled", stl=True, num_categories=4)
+    scores = torch.stack([torch.randn(3, 3), torch.full((3, 3), -90.0)], -2).requires_grad_()
+    out, _ = run(est, scores, weights=torch.randn(3, 4))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(scores.grad).all()
+
+
 def test_igr_estimator_bad_inputs_raise():
     with pytest.raises(ValueError, match="variant"):
         IGREstimator("II")
@@ -360,6 +402,10 @@ def test_igr_estimator_bad_inputs_raise():
         IGREstimator("planar", num_categories=3, prior="uniform")
     with pytest.raises(ValueError, match="kl"):
         IGREstimator("I", kl="exact")
+    with pytest.raises(ValueError, match=r"stl=True .* pass kl='sampled' with a prior"):
+        IGREstimator("I", prior="uniform", stl=True)  # the closed-form KL has no sampled density
+    with pytest.raises(TypeError, match="stl must be a bool"):
+        IGREstimator("I", prior="uniform", kl="sampled", stl="yes")
     est = IGREstimator("I")
     with pytest.raises(ValueError, match=r"\(B, \*latent, 2, K-1\)"):
         est(torch.zeros(2, 3, 4), Recorder(torch.zeros(2, 5)))

@@ -214,3 +214,13 @@ def test_second_test_elbo_takes_the_exact_gaussian_kl(estimator: str) -> None:
     torch.manual_seed(6)
     out = model.estimate(scores, model.loss_fn(x))
     torch.testing.assert_close(stats["neg_elbo_closed_kl"], out.expected_loss + want)
+
+
+@pytest.mark.parametrize("estimator", ["igr_i", "igr_sb", "igr_planar"])
+def test_sticking_the_landing_is_off_by_default_and_set_by_estimator_args(estimator: str) -> None:
+    """The protocol trains without sticking the landing; ``estimator_args.igr_stl=true`` turns
+    it on for each IGR variant of the VAE (whose sampled KL it applies to)."""
+    for overrides, want in (({}, False), ({"estimator_args": {"igr_stl": True}}, True)):
+        cfg = to_dict(resolve(IGRVAEConfig, "igr_vae", estimator, 0,
+                              {"profile": "tiny", **overrides}))
+        assert IGRVAE(cfg, pixels=6, likelihood="bernoulli").estimator.stl is want

@@ -11,8 +11,12 @@ an invertible map, then softmax++: ``ψ = softmax_pp(λ; τ, δ)`` with
 Log-densities are by change of variables (density of the first K−1 coordinates of ψ):
 ``log q(ψ) = log N(κ; loc, scale²) − log|det ∂λ/∂κ| − Σ_{k=1}^{K} log ψ_k + (K−1) log τ``.
 ``rsample_with_log_prob`` evaluates it at the sample's own noise (no inversion, exact at any τ);
-``log_prob`` inverts the map. The temperature is a float or a tensor broadcastable to the batch
-shape (it may require grad); ``delta`` is a positive float (δ = 1 in the paper).
+``log_prob`` inverts the map. With ``stl=True`` (sticking the landing, Roeder et al. 2017) the
+densities returned with a draw keep their value but are differentiated along the draw's path only,
+as ``log q_φ̄(ψ(φ))`` with the density's own parameters φ̄ (loc, scale, the flows) held fixed: the
+score term ``∇_φ log q_φ(ψ)``, whose expectation is zero, is dropped. The temperature is a float
+or a tensor broadcastable to the batch shape (it may require grad); ``delta`` is a positive float
+(δ = 1 in the paper).
 
 At low temperature the smallest entries of ψ underflow (``log ψ_k ≈ −Δλ/τ``): draws raise every
 entry to the dtype's smallest normal number (``open_simplex_point``), so they stay in the open
@@ -157,13 +161,31 @@ def _gauss_log_prob(kappa: Tensor, loc: Tensor, scale: Tensor, log_scale: Tensor
     return _noise_log_prob((kappa - loc) / scale, log_scale)
 
 
-def _apply_flows(flows: Sequence[PlanarFlow], kappa: Tensor) -> tuple[Tensor, Tensor]:
-    """``λ = f_L ∘ … ∘ f_1(κ)`` and ``Σ_l log|det_l|`` (no flows: ``κ`` and 0)."""
+def _apply_flows(
+    flows: Sequence[PlanarFlow], kappa: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``λ = f_L ∘ … ∘ f_1(κ)``, ``Σ_l log|det_l|`` and the input of each flow (no flows: ``κ``,
+    0 and ``[]``)."""
     log_det = torch.zeros_like(kappa[..., 0])
+    inputs = []
     for flow in flows:
+        inputs.append(kappa)
         kappa, ld = flow(kappa)
         log_det = log_det + ld
-    return kappa, log_det
+    return kappa, log_det, inputs
+
+
+def _path_gauss_log_prob(eps: Tensor, log_scale: Tensor, kappa: Tensor) -> Tensor:
+    """``log N(κ; loc, scale²)`` at ``κ = loc + scale·ε`` summed over the last dim, with the
+    gradient of sticking the landing: the value from the noise, differentiated only through ``κ``
+    (``∂/∂κ = −ε/σ``, the parameters held fixed). The coefficient ``−ε·exp(−log σ)`` is kept
+    below ``finfo.max / (1 + |ε|)`` in magnitude, so that it and its product with ``∂κ/∂σ = ε``
+    stay finite where σ is near the dtype's smallest normal number (a large finite gradient,
+    not inf, nor NaN where a clamped σ passes zero gradient on)."""
+    limit = torch.finfo(kappa.dtype).max / (1 + eps.detach().abs())
+    coeff = torch.minimum(torch.maximum(-eps * (-log_scale).exp(), -limit), limit).detach()
+    value = _noise_log_prob(eps, log_scale).detach()
+    return value + (coeff * (kappa - kappa.detach())).sum(dim=-1)
 
 
 def open_simplex_point(log_psi: Tensor, dtype: torch.dtype) -> Tensor:
@@ -269,11 +291,12 @@ class _IGRBase(CheckedDistribution):
         return torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
 
     def _draw(
-        self, sample_shape: Sequence[int], densities: bool = True
+        self, sample_shape: Sequence[int], densities: bool = True, stl: bool = False
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:  # pragma: no cover - abstract
         """One reparameterised draw: ``ψ``, ``log q(ψ)``, the point ``u`` where this variant's
         prior is Gaussian (IGR-I: κ; SB: the kept κ; planar: λ, since its prior is an IGR-I) and
-        ``log q(u)``; both densities ``None`` unless ``densities``. The maps from ``u`` to ψ are
+        ``log q(u)``; both densities ``None`` unless ``densities``, and differentiated along the
+        draw's path only where ``stl`` (``rsample_with_log_prob``). The maps from ``u`` to ψ are
         shared with the prior, so their Jacobians cancel in
         ``log q(ψ) − log p(ψ) = log q(u) − log N(u; μ₀, σ₀²)``."""
         raise NotImplementedError
@@ -284,7 +307,8 @@ class _IGRBase(CheckedDistribution):
         return cls
 
     def _softmax_pp_draw(
-        self, sample_shape: Sequence[int], flows: Sequence[PlanarFlow], densities: bool
+        self, sample_shape: Sequence[int], flows: Sequence[PlanarFlow], densities: bool,
+        stl: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """``_draw`` of ``ψ = softmax_pp(λ)``, ``λ = flows(κ)``, ``κ = loc + scale·ε``:
         ``log q(λ) = log N(κ; loc, scale²) − Σ log|det flows|`` is returned with λ."""
@@ -293,7 +317,7 @@ class _IGRBase(CheckedDistribution):
         # loc + scale·ε overflowing: the vertex it points at (before the flows too: an infinite
         # entry gave them inf - inf = NaN)
         kappa = (self.loc + self.scale * eps).clamp(-info.max, info.max)
-        lam, flow_log_det = _apply_flows(flows, kappa)
+        lam, flow_log_det, inputs = _apply_flows(flows, kappa)
         lam = lam.clamp(-info.max, info.max)
         dtype = lam.dtype  # half precision: softmax++ and its Jacobian in float32
         work, tau = working_dtype(dtype), self.temperature
@@ -301,7 +325,16 @@ class _IGRBase(CheckedDistribution):
         log_psi = log_psi.clamp_min(torch.finfo(work).min)  # an underflowed ψ_k: log ψ_k finite
         if not densities:
             return open_simplex_point(log_psi, dtype), None, lam, None
-        log_lam = _noise_log_prob(eps, self.log_scale) - flow_log_det
+        if stl:
+            # log q_φ̄(λ) at the fixed parameters: λ pulled back through the frozen flows (values
+            # unchanged, Jacobians inverted), then the Gaussian differentiated through κ only
+            point, flow_log_det = lam, torch.zeros_like(flow_log_det)
+            for flow, flow_input in zip(reversed(flows), reversed(inputs)):
+                point = flow.pulled_back(point, flow_input)
+                flow_log_det = flow_log_det + flow(point, frozen=True)[1]
+            log_lam = _path_gauss_log_prob(eps, self.log_scale, point) - flow_log_det
+        else:
+            log_lam = _noise_log_prob(eps, self.log_scale) - flow_log_det
         log_det = softmax_pp_log_abs_det_jacobian(log_psi, tau.to(work), log_input=True)
         log_q = (log_lam.to(work) - log_det).to(dtype)
         return open_simplex_point(log_psi, dtype), log_q, lam, log_lam
@@ -313,24 +346,32 @@ class _IGRBase(CheckedDistribution):
         z = softmax_pp_inverse(log_psi, self.temperature, self.delta, log_input=True)
         for flow in reversed(flows):
             z = flow.inverse(z)
-        _, flow_log_det = _apply_flows(flows, z)
+        _, flow_log_det, _ = _apply_flows(flows, z)
         log_det = softmax_pp_log_abs_det_jacobian(log_psi, self.temperature, log_input=True)
         return _gauss_log_prob(z, self.loc, self.scale, self.log_scale) - flow_log_det - log_det
 
-    def rsample_with_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+    def rsample_with_log_prob(
+        self, sample_shape: Sequence[int] = (), *, stl: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """A reparameterised sample ``(*sample_shape, *batch, K)`` and its log-density
-        ``(*sample_shape, *batch)``, computed from the sample's own noise (no inversion)."""
-        psi, log_q, _, _ = self._draw(sample_shape)
+        ``(*sample_shape, *batch)``, computed from the sample's own noise (no inversion).
+
+        ``stl``: sticking the landing (Roeder et al. 2017): the same value, differentiated as
+        ``log q_φ̄(ψ(φ))`` with the parameters φ̄ (loc, scale and, for IGR-Planar, the flows)
+        held fixed, so only the path through the sample carries gradient."""
+        psi, log_q, _, _ = self._draw(sample_shape, stl=stl)
         return psi, log_q
 
     def rsample_with_kl(
-        self, prior: _IGRBase, sample_shape: Sequence[int] = ()
+        self, prior: _IGRBase, sample_shape: Sequence[int] = (), *, stl: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(ψ, log q(ψ), log q(ψ) − log p(ψ))`` at one reparameterised draw: the one-sample KL
         estimate to ``prior`` (same map, temperature and delta: an ``IGR`` prior for IGR-I and
         IGR-Planar, an ``IGRStickBreaking`` prior for IGR-SB), computed where both densities are
         Gaussian-based so the shared Jacobians cancel exactly. Batch shapes broadcast (the
-        result has the common one)."""
+        result has the common one). ``stl``: ``log q`` differentiated along the sample's path
+        only (``rsample_with_log_prob``); where q equals the prior, the KL's gradient is then
+        exactly 0 at every draw."""
         if not isinstance(prior, self._prior_class()):
             raise TypeError(
                 f"prior of {type(self).__name__} must be a {self._prior_class().__name__}, "
@@ -347,7 +388,7 @@ class _IGRBase(CheckedDistribution):
         # draws carry this distribution's batch shape: on the common one first (a prior of a
         # larger batch, which kl_divergence also broadcasts)
         q, prior = on_common_batch(self, prior)
-        psi, log_q, point, log_q_point = q._draw(sample_shape)
+        psi, log_q, point, log_q_point = q._draw(sample_shape, stl=stl)
         n = point.shape[-1]
         log_p_point = _gauss_log_prob(
             point, prior.loc[..., :n], prior.scale[..., :n], prior.log_scale[..., :n]
@@ -414,9 +455,9 @@ class IGR(_IGRBase):
         self._expand_params(new, torch.Size(batch_shape))
         return new
 
-    def _draw(self, sample_shape: Sequence[int],
-              densities: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-        return self._softmax_pp_draw(sample_shape, (), densities)
+    def _draw(self, sample_shape: Sequence[int], densities: bool = True,
+              stl: bool = False) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        return self._softmax_pp_draw(sample_shape, (), densities, stl)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log q(ψ)`` by inverting softmax++: ``(*sample, *batch, K) -> (*sample, *batch)``.
@@ -545,8 +586,8 @@ class IGRStickBreaking(_IGRBase):
         level = torch.quantile(needed.flatten().float(), self.quantile, interpolation="higher")
         return int(min(max(int(level.item()), 1), k1))
 
-    def _draw(self, sample_shape: Sequence[int],
-              densities: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    def _draw(self, sample_shape: Sequence[int], densities: bool = True,
+              stl: bool = False) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         eps = self._noise(sample_shape)
         info = torch.finfo(self.loc.dtype)  # loc + scale·ε overflowing: the stick it points at
         kappa = (self.loc + self.scale * eps).clamp(-info.max, info.max)
@@ -558,7 +599,10 @@ class IGRStickBreaking(_IGRBase):
         psi = F.pad(open_simplex_point(log_psi, log_psi.dtype), (0, self.num_categories - n - 1))
         if not densities:
             return psi, None, kappa_n, None
-        gauss = _noise_log_prob(eps_n, log_scale_n)
+        if stl:
+            gauss = _path_gauss_log_prob(eps_n, log_scale_n, kappa_n)
+        else:
+            gauss = _noise_log_prob(eps_n, log_scale_n)
         log_q = (
             gauss
             - stick_breaking_logits_log_abs_det_jacobian(kappa_n)
@@ -632,25 +676,47 @@ class PlanarFlow(nn.Module):
         self.w = nn.Parameter(torch.randn(shape) / math.sqrt(dim))
         self.b = nn.Parameter(torch.zeros(shape[:-1]))
 
+    def _params(self, frozen: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``(û, w, b)``, detached where ``frozen``."""
+        u, w, b = (p.detach() for p in (self.u, self.w, self.b)) if frozen else (
+            self.u, self.w, self.b)
+        wu = (w * u).sum(dim=-1, keepdim=True)
+        sq_norm = w.pow(2).sum(dim=-1, keepdim=True)
+        norm = sq_norm.sqrt() if self.reference_form else sq_norm
+        return u + (F.softplus(wu) - 1 - wu) * w / norm, w, b
+
     def u_hat(self) -> Tensor:
         """The constrained direction ``û`` (``wᵀû = softplus(wᵀu) − 1`` unless reference_form)."""
-        wu = (self.w * self.u).sum(dim=-1, keepdim=True)
-        sq_norm = self.w.pow(2).sum(dim=-1, keepdim=True)
-        norm = sq_norm.sqrt() if self.reference_form else sq_norm
-        return self.u + (F.softplus(wu) - 1 - wu) * self.w / norm
+        return self._params(frozen=False)[0]
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(z), log|det ∂f/∂z|)``: ``(..., dim) -> (..., dim), (...)``."""
-        u_hat = self.u_hat()
-        a = (z * self.w).sum(dim=-1)
-        # wᵀz beyond the dtype (z near finfo.max; inf - inf gave NaN): from z scaled by its
-        # largest entry, which keeps the sign that tanh saturates to
+    @staticmethod
+    def _activation(z: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """``tanh(wᵀz + b)`` ``(...)``; ``wᵀz`` beyond the dtype (z near finfo.max; inf − inf gave
+        NaN) from z scaled by its largest entry, which keeps the sign that tanh saturates to."""
+        a = (z * w).sum(dim=-1)
         m = z.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1)
-        a = torch.where(torch.isfinite(a), a, ((z / m) * self.w).sum(dim=-1) * m.squeeze(-1))
-        h = torch.tanh(a + self.b)
-        wu = (self.w * u_hat).sum(dim=-1)
+        a = torch.where(torch.isfinite(a), a, ((z / m) * w).sum(dim=-1) * m.squeeze(-1))
+        return torch.tanh(a + b)
+
+    def forward(self, z: Tensor, frozen: bool = False) -> tuple[Tensor, Tensor]:
+        """``(f(z), log|det ∂f/∂z|)``: ``(..., dim) -> (..., dim), (...)``; ``frozen``: no
+        gradient reaches the flow's parameters (gradients still flow through ``z``)."""
+        u_hat, w, b = self._params(frozen)
+        h = self._activation(z, w, b)
+        wu = (w * u_hat).sum(dim=-1)
         log_det = torch.log(torch.abs(1 + (1 - h.pow(2)) * wu))
         return z + u_hat * h.unsqueeze(-1), log_det
+
+    def pulled_back(self, y: Tensor, z: Tensor) -> Tensor:
+        """``f⁻¹(y)`` to first order at ``y = f(z)``, the parameters held fixed: the value of
+        ``z``, with the Jacobian ``(∂f/∂z)⁻¹ = I − û h′ wᵀ / (1 + h′ wᵀû)`` (Sherman–Morrison,
+        ``h′ = 1 − tanh²(wᵀz + b)``) with respect to ``y``. ``(..., dim) -> (..., dim)``."""
+        u_hat, w, b = self._params(frozen=True)
+        z = z.detach()
+        slope = 1 - self._activation(z, w, b).pow(2)
+        dy = y - y.detach()
+        step = slope * (dy * w).sum(dim=-1) / (1 + slope * (w * u_hat).sum(dim=-1))
+        return z + dy - u_hat * step.unsqueeze(-1)
 
     def inverse(self, y: Tensor) -> Tensor:
         """``f⁻¹(y)``: solve the scalar equation ``a + c tanh(a + b) = wᵀy`` for ``a = wᵀz``
@@ -732,9 +798,9 @@ class IGRPlanar(_IGRBase):
         self._expand_params(new, torch.Size(batch_shape))
         return new
 
-    def _draw(self, sample_shape: Sequence[int],
-              densities: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-        return self._softmax_pp_draw(sample_shape, self.flows, densities)
+    def _draw(self, sample_shape: Sequence[int], densities: bool = True,
+              stl: bool = False) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        return self._softmax_pp_draw(sample_shape, self.flows, densities, stl)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log q(ψ)`` by inverting softmax++ and then each flow numerically."""

@@ -368,6 +368,13 @@ class IGREstimator(Estimator):
             (the IGR reference's training objective; the only choice for planar).
         kl_coeff: weight of the KL in the loss.
         entropy_coeff: weight of the one-sample entropy estimate ``−log q(ψ)``.
+        stl: sticking the landing (Roeder et al. 2017): the one-sample ``log q(ψ)`` in the
+            sampled KL and the entropy term is differentiated along the draw's path only, the
+            posterior's own parameters (μ, ξ, the flows) held fixed. The same value and an
+            unbiased gradient without the score term, whose expectation is zero; where the
+            posterior equals the prior, the KL's gradient is exactly zero at every draw. It needs
+            a one-sample density in the loss (``kl="sampled"`` with a prior, or
+            ``entropy_coeff != 0``); otherwise ``ValueError``.
         eps, quantile: IGR-SB truncation (``IGRStickBreaking``).
         num_categories, latent_shape, num_flows: planar only; the estimator owns
             ``num_flows`` ``PlanarFlow(K − 1, latent_shape)`` modules (global per latent
@@ -391,6 +398,7 @@ class IGREstimator(Estimator):
         kl: str = "closed_form",
         kl_coeff: float = 1.0,
         entropy_coeff: float = 0.0,
+        stl: bool = False,
         eps: float = 0.01,
         quantile: float = 1.0,
         num_categories: int | None = None,
@@ -405,6 +413,14 @@ class IGREstimator(Estimator):
             raise ValueError(f"kl must be 'closed_form' or 'sampled', got {kl!r}")
         if variant == "planar" and kl == "closed_form" and prior is not None:
             raise ValueError("IGR-Planar has no closed-form KL: pass kl='sampled'")
+        if not isinstance(stl, bool):
+            raise TypeError(f"stl must be a bool, got {type(stl).__name__}")
+        if stl and not entropy_coeff and (prior is None or kl != "sampled"):
+            raise ValueError(
+                "stl=True changes the gradient of a one-sample log-density, but this loss has "
+                "none: pass kl='sampled' with a prior, or a non-zero entropy_coeff"
+            )
+        self.stl = stl
         self.variant = variant
         self.kl = kl
         self.temperature = as_schedule(temperature)
@@ -540,11 +556,11 @@ class IGREstimator(Estimator):
         dist = self._distribution(loc, log_scale, tau)
         kl = None
         if self.prior_kind is None:
-            psi, log_q = dist.rsample_with_log_prob()
+            psi, log_q = dist.rsample_with_log_prob(stl=self.stl)
         elif self.kl == "sampled":
-            psi, log_q, kl = dist.rsample_with_kl(self._prior(loc, tau))
+            psi, log_q, kl = dist.rsample_with_kl(self._prior(loc, tau), stl=self.stl)
         else:
-            psi, log_q = dist.rsample_with_log_prob()
+            psi, log_q = dist.rsample_with_log_prob(stl=self.stl)
             kl = kl_divergence(dist, self._prior(loc, tau))
         self._check_terms(scores, tau, log_q, kl)
         if self.reading() == "mode":

@@ -190,9 +190,9 @@ def _gumbel_concrete(cfg: EstimatorConfig, num_classes: int, features_dim: int) 
 
 
 _IGR_ARGS = {
-    "I": ("temperature", "igr_kl", "entropy_coeff"),
-    "SB": ("temperature", "igr_kl", "igr_threshold", "igr_quantile", "entropy_coeff"),
-    "planar": ("temperature", "num_flows", "entropy_coeff"),
+    "I": ("temperature", "igr_kl", "igr_stl", "entropy_coeff"),
+    "SB": ("temperature", "igr_kl", "igr_stl", "igr_threshold", "igr_quantile", "entropy_coeff"),
+    "planar": ("temperature", "igr_stl", "num_flows", "entropy_coeff"),
 }
 
 
@@ -225,6 +225,7 @@ def _igr(variant: str) -> Callable[..., Estimator]:
             temperature=cfg.temperature,
             prior=prior,
             entropy_coeff=cfg.entropy_coeff,
+            stl=cfg.igr_stl,
             eval_mode=SAMPLE_READING,
             **kwargs,
         )

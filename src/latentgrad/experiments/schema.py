@@ -89,9 +89,10 @@ class EstimatorConfig:
 
     ``prior_temperature``: τ₀ of the uniform Concrete prior of ``gumbel_concrete``. IGR
     estimators (fixed ``temperature``): ``igr_kl`` (``closed_form`` Gaussian KL or the one-sample
-    ``sampled`` log-ratio; IGR-Planar is always sampled), ``igr_threshold`` (IGR-SB keeps sticks
-    until their mass exceeds it, at the ``igr_quantile`` of the draws) and ``num_flows``
-    (IGR-Planar).
+    ``sampled`` log-ratio; IGR-Planar is always sampled), ``igr_stl`` (sticking the landing: the
+    one-sample ``log q`` differentiated along the draw's path only), ``igr_threshold`` (IGR-SB
+    keeps sticks until their mass exceeds it, at the ``igr_quantile`` of the draws) and
+    ``num_flows`` (IGR-Planar).
     ``simplex_stretch``: λ of K-D Hard Concrete, ``sparsemax(λ · Concrete draw)``;
     ``temperature``: the Gumbel/Concrete schedule's start, and Hard Concrete's β (its start,
     annealed like the relaxations', ``max(temperature_min, temperature · e^{-anneal_rate · t})``
@@ -112,6 +113,7 @@ class EstimatorConfig:
     nvil_hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
     prior_temperature: float = 0.5
     igr_kl: str = "closed_form"
+    igr_stl: bool = False
     igr_threshold: float = 0.9
     igr_quantile: float = 0.5
     num_flows: int = 2
