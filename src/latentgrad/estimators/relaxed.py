@@ -368,6 +368,12 @@ class IGREstimator(Estimator):
             (the IGR reference's training objective; the only choice for planar).
         kl_coeff: weight of the KL in the loss.
         entropy_coeff: weight of the one-sample entropy estimate ``−log q(ψ)``.
+        eps, quantile: IGR-SB truncation (``IGRStickBreaking``).
+        num_categories, latent_shape, num_flows: planar only; the estimator owns
+            ``num_flows`` ``PlanarFlow(K − 1, latent_shape)`` modules (global per latent
+            variable, trained with the model).
+        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the one-hot argmax of
+            ψ at the location, no noise) or ``"sample"``.
         stl: sticking the landing (Roeder et al. 2017): the one-sample ``log q(ψ)`` in the
             sampled KL and the entropy term is differentiated along the draw's path only, the
             posterior's own parameters (μ, ξ, the flows) held fixed. The same value and an
@@ -375,12 +381,6 @@ class IGREstimator(Estimator):
             posterior equals the prior, the KL's gradient is exactly zero at every draw. It needs
             a one-sample density in the loss (``kl="sampled"`` with a prior, or
             ``entropy_coeff != 0``); otherwise ``ValueError``.
-        eps, quantile: IGR-SB truncation (``IGRStickBreaking``).
-        num_categories, latent_shape, num_flows: planar only; the estimator owns
-            ``num_flows`` ``PlanarFlow(K − 1, latent_shape)`` modules (global per latent
-            variable, trained with the model).
-        eval_mode: the reading in ``eval()`` (``Estimator``): ``"mode"`` (the one-hot argmax of
-            ψ at the location, no noise) or ``"sample"``.
 
     Output: ``expected_loss = ℓ(z)``, ``entropy = −log q(ψ)`` at the sample (summed over latent
     variables), logs ``temperature``, ``kl`` (mean) and, for SB, ``truncation`` (sticks kept).
@@ -398,13 +398,13 @@ class IGREstimator(Estimator):
         kl: str = "closed_form",
         kl_coeff: float = 1.0,
         entropy_coeff: float = 0.0,
-        stl: bool = False,
         eps: float = 0.01,
         quantile: float = 1.0,
         num_categories: int | None = None,
         latent_shape: tuple[int, ...] = (),
         num_flows: int = 2,
         eval_mode: str = "mode",
+        stl: bool = False,
     ) -> None:
         super().__init__(entropy_coeff)
         self._set_eval_mode(eval_mode, ("mode", "sample"))
