@@ -11,17 +11,14 @@ n - 1 highest- and the n - 1 lowest-scored pairs of each layout.
 import sys
 
 import torch
-import yaml
 
-from latentgrad.experiments.tasks.graph_layout import build_run
+from latentgrad.experiments.checkpoint import load_training_checkpoint
+from latentgrad.experiments.saved_run import load_run
 from latentgrad.experiments.tasks.structured import undirected
 
 cell = sys.argv[1]
-with open(f"{cell}/config.yaml") as f:
-    model, data = build_run(yaml.safe_load(f), None)
-ckpt = torch.load(f"{cell}/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
-model.load_state_dict(ckpt["state_dict"])
-model.eval()
+model, data = load_run(cell)
+step = load_training_checkpoint(f"{cell}/checkpoints/last.ckpt")["global_step"]
 x, adj = data.load()["valid"][:512]
 with torch.no_grad():
     scores = model.scores(x)  # (B, n, n), symmetric
@@ -31,7 +28,7 @@ pair_scores = scores[:, i, j]
 true = undirected(adj)  # (B, n(n-1)/2), the same i < j order
 high = true.gather(1, pair_scores.topk(n - 1, dim=1).indices).float().mean()
 low = true.gather(1, (-pair_scores).topk(n - 1, dim=1).indices).float().mean()
-print(f"step {ckpt['global_step']}: mean score {pair_scores[true].mean():.2f} on true edges, "
+print(f"step {step}: mean score {pair_scores[true].mean():.2f} on true edges, "
       f"{pair_scores[~true].mean():.2f} on the others")
 print(f"true edges among the {n - 1} highest-scored pairs {high:.3f}, among the {n - 1} lowest "
       f"{low:.3f} (chance {true.float().mean():.3f})")

@@ -14,17 +14,15 @@ in units of its standard error.
 import sys
 
 import torch
-import yaml
 
-from latentgrad.experiments.tasks.igr_vae import build_run
+from latentgrad.experiments.checkpoint import load_training_checkpoint
+from latentgrad.experiments.saved_run import load_run
 
 cell = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
 draws = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-with open(f"{cell}/config.yaml") as f:
-    model, data = build_run(yaml.safe_load(f), None)
-ckpt = torch.load(f"{cell}/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
-model.load_state_dict(ckpt["state_dict"])
+model, data = load_run(cell)
+step = load_training_checkpoint(f"{cell}/checkpoints/last.ckpt")["global_step"]
 model.train()  # relaxed draws, as in training
 data.setup("fit")
 x = data.train.tensors[0][:n]
@@ -47,6 +45,6 @@ for stl, g in grads.items():
           f"{g.shape[-1]} score coordinates), squared norm of the mean gradient {sq:.4g}")
 diff = grads[True].mean(0) - grads[False].mean(0)
 se = ((grads[True] - grads[False]).var(0) / draws).sqrt()
-print(f"step {ckpt['global_step']}, {n} images, {draws} draws: the mean gradients differ by "
+print(f"step {step}, {n} images, {draws} draws: the mean gradients differ by "
       f"{(diff.abs() / se.clamp_min(1e-30)).mean().item():.2f} standard errors on average "
       f"(unbiased: about 0.8)")

@@ -11,19 +11,13 @@ have a small σ, and how many (variable, coordinate) pairs are ever active (σ <
 import sys
 
 import torch
-import yaml
 from torch.distributions import Normal, kl_divergence
 
 from latentgrad.distributions.igr import uniform_prior_loc
-from latentgrad.experiments.tasks.igr_vae import build_run
+from latentgrad.experiments.saved_run import load_run
 
-run_dir = sys.argv[1]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-config = yaml.safe_load(open(f"{run_dir}/config.yaml"))
-model, data = build_run(config, None)
-state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-model.load_state_dict(state["state_dict"])
-model.eval()
+model, data = load_run(sys.argv[1])
 
 
 def quantiles(t: torch.Tensor) -> list[float]:
@@ -32,7 +26,7 @@ def quantiles(t: torch.Tensor) -> list[float]:
     return [round(v, 3) for v in torch.quantile(t.flatten(), levels).tolist()]
 
 
-if config["estimator"] == "gumbel_concrete":
+if model.cfg.estimator == "gumbel_concrete":
     with torch.no_grad():
         probs = model.scores(data.test.tensors[0][:n]).softmax(-1)  # (N, V, K)
     print("largest class probability, quantiles (10/50/90%)", quantiles(probs.amax(-1)))

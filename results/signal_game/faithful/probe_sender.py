@@ -8,15 +8,10 @@ messages, and the pre-activation of the scalar network's output h = sigmoid(Σ_c
 import sys
 
 import torch
-import yaml
 
-from latentgrad.experiments.tasks.signal_game import build_run
+from latentgrad.experiments.saved_run import load_run
 
-run_dir = sys.argv[1]
-config = yaml.safe_load(open(f"{run_dir}/config.yaml"))
-model, data = build_run(config, None)
-state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-model.load_state_dict(state["state_dict"])
+model, data = load_run(sys.argv[1])
 model.train()
 model.log_train = lambda *args, **kwargs: None  # no Lightning trainer attached
 batch = next(iter(data.train_dataloader()))

@@ -9,17 +9,11 @@ messages among the targets whose support is not the whole vocabulary.
 import sys
 
 import torch
-import yaml
 
-from latentgrad.experiments.tasks.signal_game import build_run
+from latentgrad.experiments.saved_run import load_run
 from latentgrad.mappings import sparsemax
 
-run_dir = sys.argv[1]
-config = yaml.safe_load(open(f"{run_dir}/config.yaml"))
-model, data = build_run(config, None)
-state = torch.load(f"{run_dir}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-model.load_state_dict(state["state_dict"])
-model.eval()
+model, data = load_run(sys.argv[1])
 data.setup()
 targets = torch.cat([batch[0] for batch in data.val_dataloader()])  # (games, F)
 with torch.no_grad():

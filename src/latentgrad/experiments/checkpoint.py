@@ -133,12 +133,22 @@ class CheckpointSummary(NamedTuple):
     global_step: int
 
 
+def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The training checkpoint at ``path``, loaded onto the CPU with ``weights_only=True``;
+    ``CheckpointError`` naming the file and why when it is not an intact one."""
+    ckpt, why = _read(Path(path))
+    if ckpt is None:
+        raise CheckpointError(f"{path} is unusable ({why})")
+    return ckpt
+
+
 def checkpoint_summary(path: Path) -> CheckpointSummary:
     """``CheckpointSummary`` of the checkpoint at ``path`` (one read); ``CheckpointError`` if it
     is not an intact training checkpoint."""
-    ckpt, why = _read(path)
-    if ckpt is None:
-        raise CheckpointError(f"--resume: {path} is unusable ({why})")
+    try:
+        ckpt = load_training_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--resume: {err}") from None
     hparams = ckpt.get("hyper_parameters")
     config = hparams.get("config") if isinstance(hparams, dict) else None
     try:
