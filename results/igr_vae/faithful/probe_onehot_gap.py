@@ -1,4 +1,4 @@
-"""When does an igr_vae run's decoder stop reading the one-hots well? (the trajectory in ../README.md)
+"""When does an igr_vae run's decoder stop reading the one-hots well? (onehot_gap.md)
 
 Usage: LATENTGRAD_DATA=DIR python probe_onehot_gap.py RUN_DIR CKPT [CKPT ...] [--images N]
 RUN_DIR is an igr_vae run (its config.yaml); each CKPT is a checkpoint that run wrote at some step
